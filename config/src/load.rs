@@ -1,0 +1,858 @@
+//! Loading a configuration directory: every file read, every error found in
+//! one pass, then the checks that span files (references, limits, overlaps).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+
+use crate::error::{ConfigError, ConfigErrors};
+use crate::model::*;
+use crate::reader::{At, Source, Table};
+
+/// Loads and validates the directory `dir` (layout in `interfaces.md`).
+///
+/// Returns every error found, sorted by file and position, or the
+/// configuration with its warnings.
+pub fn load_dir(dir: &Path) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    if !dir.is_dir() {
+        return Err(ConfigErrors(vec![ConfigError {
+            file: dir.to_path_buf(),
+            line: 0,
+            col: 0,
+            msg: "not a configuration directory (it should hold host.toml, ports/ and groups/)".into(),
+        }]));
+    }
+
+    let host_path = dir.join("host.toml");
+    let host = if host_path.exists() {
+        read_file(&host_path, &mut errors, &mut warnings, |src, t| Some(parse_host(src, t))).unwrap_or_default()
+    } else {
+        Host::default()
+    };
+
+    let mut ports = Vec::new();
+    for path in toml_files(&dir.join("ports"), &mut errors) {
+        if let Some(p) = read_file(&path, &mut errors, &mut warnings, |src, t| parse_port(src, t, &path, &host)) {
+            ports.push(p);
+        }
+    }
+    let mut groups = Vec::new();
+    for path in toml_files(&dir.join("groups"), &mut errors) {
+        if let Some(g) = read_file(&path, &mut errors, &mut warnings, |src, t| parse_group(src, t, &path, &host)) {
+            groups.push(g);
+        }
+    }
+    let mut prefix_lists = Vec::new();
+    for path in toml_files(&dir.join("prefix-lists"), &mut errors) {
+        if let Some(p) = read_file(&path, &mut errors, &mut warnings, |src, t| parse_prefix_list(src, t, &path)) {
+            prefix_lists.push(p);
+        }
+    }
+    ports.sort_by(|a, b| a.id.cmp(&b.id));
+    groups.sort_by(|a, b| a.id.cmp(&b.id));
+    prefix_lists.sort_by(|a, b| a.id.cmp(&b.id));
+
+    let cfg = Config { dir: dir.to_path_buf(), host, ports, groups, prefix_lists, warnings: Vec::new() };
+    cross_check(&cfg, &mut errors, &mut warnings);
+
+    if errors.is_empty() {
+        sort_messages(&mut warnings);
+        Ok(Config { warnings, ..cfg })
+    } else {
+        sort_messages(&mut errors);
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn sort_messages(v: &mut Vec<ConfigError>) {
+    v.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
+    v.dedup();
+}
+
+/// The `.toml` files of a folder, sorted; a missing folder is empty.
+/// Other files (editor backups, READMEs) are not configuration and are
+/// skipped.
+fn toml_files(dir: &Path, errors: &mut Vec<ConfigError>) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut out = Vec::new();
+    for entry in rd {
+        match entry {
+            Ok(e) => {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "toml") && p.is_file() {
+                    out.push(p);
+                }
+            }
+            Err(e) => errors.push(ConfigError { file: dir.to_path_buf(), line: 0, col: 0, msg: format!("cannot list: {e}") }),
+        }
+    }
+    out.sort();
+    out
+}
+
+fn read_file<T>(
+    path: &Path,
+    errors: &mut Vec<ConfigError>,
+    warnings: &mut Vec<ConfigError>,
+    parse: impl FnOnce(&mut Source<'_>, &Table<'_, '_>) -> Option<T>,
+) -> Option<T> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            errors.push(ConfigError { file: path.to_path_buf(), line: 0, col: 0, msg: format!("cannot read: {e}") });
+            return None;
+        }
+    };
+    let mut src = Source::new(path, &text);
+    let doc = src.parse();
+    let out = doc.and_then(|doc| {
+        let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let table = Table::new(&doc, name);
+        parse(&mut src, &table)
+    });
+    let ok = src.errors.is_empty();
+    errors.append(&mut src.errors);
+    warnings.append(&mut src.warnings);
+    if ok { out } else { None }
+}
+
+fn file_stem(path: &Path) -> String {
+    path.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned())
+}
+
+/// Reads `id`, which must equal the file name and carry `prefix`.
+fn read_id(src: &mut Source<'_>, t: &Table<'_, '_>, path: &Path, prefix: &str, kind: &str) -> Option<At<String>> {
+    let id = t.required_string(src, "id", &format!("every {kind} file names its id, the same as the file name"))?;
+    let stem = file_stem(path);
+    if id.v != stem {
+        src.error(&id.span, format!("id \"{}\" differs from the file name \"{stem}.toml\": they must be equal", id.v));
+    }
+    if !id.v.starts_with(prefix) {
+        src.error(&id.span, format!("{kind} id \"{}\" must start with \"{prefix}\"", id.v));
+    } else if id.v.len() == prefix.len() || !id.v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        src.error(&id.span, format!("{kind} id \"{}\" may only use letters, digits, '-', '_' and '.'", id.v));
+    }
+    Some(id)
+}
+
+// ---------------------------------------------------------------- host.toml
+
+fn parse_host(src: &mut Source<'_>, t: &Table<'_, '_>) -> Host {
+    let mut h = Host::default();
+    t.only_keys(
+        src,
+        &["policy_model", "on_policy_change", "blocked_egress", "infra_allow", "uplink", "datapath", "metrics", "conntrack", "limits"],
+    );
+    if let Some(m) = t.choice(src, "policy_model", &["priority", "ordered", "union"]) {
+        h.policy_model = match m.v.as_str() {
+            "ordered" => PolicyModel::Ordered,
+            "union" => PolicyModel::Union,
+            _ => PolicyModel::Priority,
+        };
+    }
+    if let Some(m) = t.choice(src, "on_policy_change", &["revalidate", "keep"]) {
+        h.on_policy_change = if m.v == "keep" { OnPolicyChange::Keep } else { OnPolicyChange::Revalidate };
+    }
+    if let Some(list) = t.strings(src, "blocked_egress") {
+        h.blocked_egress = list.iter().filter_map(|s| parse_blocked(src, s)).collect();
+    }
+    if let Some(list) = t.strings(src, "infra_allow") {
+        h.infra_allow = list.iter().filter_map(|s| cidr_at(src, s, "infra_allow")).collect();
+    }
+    if let Some(u) = t.table(src, "uplink") {
+        u.only_keys(src, &["interface"]);
+        h.uplink_interface = interface_name(src, &u);
+    }
+    if let Some(d) = t.table(src, "datapath") {
+        d.only_keys(src, &["cores", "mode", "zero_copy", "busy_poll"]);
+        if let Some(cores) = d.integers(src, "cores") {
+            let mut v = Vec::new();
+            for c in cores {
+                match usize::try_from(c.v) {
+                    Ok(n) if n < 4096 => v.push(n),
+                    _ => src.error(&c.span, format!("core {} is not a CPU number", c.v)),
+                }
+            }
+            if v.is_empty() {
+                src.error(&d.span, "`cores` must name at least one CPU for a poll loop");
+            }
+            h.datapath.cores = v;
+        }
+        if let Some(m) = d.choice(src, "mode", &["auto", "native", "skb"]) {
+            h.datapath.mode = match m.v.as_str() {
+                "native" => XdpMode::Native,
+                "skb" => XdpMode::Skb,
+                _ => XdpMode::Auto,
+            };
+        }
+        if let Some(m) = d.choice(src, "zero_copy", &["auto", "on", "off"]) {
+            h.datapath.zero_copy = match m.v.as_str() {
+                "on" => ZeroCopy::On,
+                "off" => ZeroCopy::Off,
+                _ => ZeroCopy::Auto,
+            };
+        }
+        if let Some(b) = d.boolean(src, "busy_poll") {
+            h.datapath.busy_poll = b;
+        }
+    }
+    if let Some(m) = t.table(src, "metrics") {
+        m.only_keys(src, &["listen"]);
+        if let Some(l) = m.string(src, "listen") {
+            match l.v.parse::<SocketAddr>() {
+                Ok(a) => h.metrics_listen = a,
+                Err(_) => src.error(&l.span, format!("`listen` = \"{}\" is not an address:port such as \"127.0.0.1:9469\"", l.v)),
+            }
+        }
+    }
+    if let Some(c) = t.table(src, "conntrack") {
+        c.only_keys(src, &["capacity", "per_port_capacity", "tcp_strict", "timeouts"]);
+        let ct = &mut h.conntrack;
+        ct.capacity = c.u32_in(src, "capacity", 1, 1 << 28).unwrap_or(ct.capacity);
+        ct.per_port_capacity = c.u32_in(src, "per_port_capacity", 1, 1 << 28).unwrap_or(ct.per_port_capacity);
+        ct.tcp_strict = c.boolean(src, "tcp_strict").unwrap_or(ct.tcp_strict);
+        if ct.per_port_capacity > ct.capacity {
+            src.error(&c.span, format!("per_port_capacity {} is above capacity {}", ct.per_port_capacity, ct.capacity));
+        }
+        if let Some(tt) = c.table(src, "timeouts") {
+            ct.timeouts = parse_timeouts(src, &tt, ct.timeouts);
+        }
+    }
+    if let Some(l) = t.table(src, "limits") {
+        l.only_keys(
+            src,
+            &["rules_per_group", "groups_per_port", "rules_per_port", "group_refs_per_group", "members_per_group", "max_priority"],
+        );
+        let lim = &mut h.limits;
+        lim.rules_per_group = l.u32_in(src, "rules_per_group", 1, 1_000_000).unwrap_or(lim.rules_per_group);
+        lim.groups_per_port = l.u32_in(src, "groups_per_port", 1, 1000).unwrap_or(lim.groups_per_port);
+        lim.rules_per_port = l.u32_in(src, "rules_per_port", 1, 1_000_000).unwrap_or(lim.rules_per_port);
+        lim.group_refs_per_group = l.u32_in(src, "group_refs_per_group", 0, 1_000_000).unwrap_or(lim.group_refs_per_group);
+        lim.members_per_group = l.u32_in(src, "members_per_group", 1, 10_000_000).unwrap_or(lim.members_per_group);
+        lim.max_priority = l.u32_in(src, "max_priority", 1, 255).unwrap_or(lim.max_priority);
+    }
+    h
+}
+
+/// Reads a `[conntrack.timeouts]`-shaped table over `base`.
+pub(crate) fn parse_timeouts(src: &mut Source<'_>, t: &Table<'_, '_>, base: Timeouts) -> Timeouts {
+    t.only_keys(src, &["tcp_syn", "tcp_established", "tcp_closing", "udp", "udp_stream", "icmp", "other"]);
+    let mut o = base;
+    let day = 86_400 * 7;
+    o.tcp_syn = t.u32_in(src, "tcp_syn", 1, day).unwrap_or(o.tcp_syn);
+    o.tcp_established = t.u32_in(src, "tcp_established", 1, day).unwrap_or(o.tcp_established);
+    o.tcp_closing = t.u32_in(src, "tcp_closing", 1, day).unwrap_or(o.tcp_closing);
+    o.udp = t.u32_in(src, "udp", 1, day).unwrap_or(o.udp);
+    o.udp_stream = t.u32_in(src, "udp_stream", 1, day).unwrap_or(o.udp_stream);
+    o.icmp = t.u32_in(src, "icmp", 1, day).unwrap_or(o.icmp);
+    o.other = t.u32_in(src, "other", 1, day).unwrap_or(o.other);
+    o
+}
+
+/// `"tcp/25"` or `"udp/6000-6100"`.
+fn parse_blocked(src: &mut Source<'_>, s: &At<String>) -> Option<BlockedPort> {
+    let bad = |src: &mut Source<'_>| {
+        src.error(&s.span, format!("blocked_egress entry \"{}\" must be \"tcp/<port>\", \"udp/<port>\" or \"tcp/<start>-<end>\"", s.v));
+    };
+    let Some((proto, ports)) = s.v.split_once('/') else {
+        bad(src);
+        return None;
+    };
+    let protocol = match proto {
+        "tcp" => TCP,
+        "udp" => UDP,
+        _ => {
+            bad(src);
+            return None;
+        }
+    };
+    let (a, b) = ports.split_once('-').unwrap_or((ports, ports));
+    match (a.parse::<u16>(), b.parse::<u16>()) {
+        (Ok(start), Ok(end)) if start >= 1 && start <= end => Some(BlockedPort { protocol, ports: PortRange { start, end } }),
+        _ => {
+            bad(src);
+            None
+        }
+    }
+}
+
+fn interface_name(src: &mut Source<'_>, t: &Table<'_, '_>) -> Option<String> {
+    let s = t.string(src, "interface")?;
+    // Linux interface names: 1..15 bytes, no '/', no whitespace.
+    if s.v.is_empty() || s.v.len() > 15 || s.v.contains(['/', ' ', '\t', ':']) {
+        src.error(&s.span, format!("interface \"{}\" is not a Linux interface name (1 to 15 characters, no '/', ':' or spaces)", s.v));
+        return None;
+    }
+    Some(s.v)
+}
+
+// ---------------------------------------------------------------- addresses
+
+/// Parses an address (a host route) or a CIDR whose host bits are zero.
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    if let Ok(a) = s.parse::<IpAddr>() {
+        return Ok(IpNet::from(a));
+    }
+    match s.parse::<IpNet>() {
+        Ok(n) if n.trunc() == n => Ok(n),
+        Ok(n) => Err(format!("\"{s}\" has bits set after the prefix length; did you mean \"{}\"?", n.trunc())),
+        Err(_) => Err(format!("\"{s}\" is not an IP address or CIDR (such as \"10.0.0.0/8\" or \"2001:db8::/32\")")),
+    }
+}
+
+fn cidr_at(src: &mut Source<'_>, s: &At<String>, key: &str) -> Option<IpNet> {
+    match parse_cidr(&s.v) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            src.error(&s.span, format!("bad CIDR in `{key}`: {e}"));
+            None
+        }
+    }
+}
+
+fn parse_mac(s: &str) -> Option<Mac> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut out {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(Mac(out))
+}
+
+// ---------------------------------------------------------------- ports
+
+fn parse_port(src: &mut Source<'_>, t: &Table<'_, '_>, path: &Path, host: &Host) -> Option<Port> {
+    t.only_keys(src, &["id", "interface", "mac", "ipv4", "ipv6", "security_groups", "spoof_check", "allow_blocked_egress"]);
+    let id = read_port_id(src, t, path);
+    let interface = interface_name(src, t);
+    let mac = t.string(src, "mac").and_then(|m| match parse_mac(&m.v) {
+        Some(mac) if mac.0[0] & 1 == 1 => {
+            src.error(&m.span, format!("mac \"{}\" is a multicast address; a port needs a unicast MAC", m.v));
+            None
+        }
+        Some(mac) if mac.0 == [0; 6] => {
+            src.error(&m.span, "mac 00:00:00:00:00:00 is not a usable address");
+            None
+        }
+        Some(mac) => Some(mac),
+        None => {
+            src.error(&m.span, format!("mac \"{}\" is not a MAC address such as \"02:00:00:00:00:01\"", m.v));
+            None
+        }
+    });
+    let mut family = |key: &str, v4: bool| -> Vec<IpNet> {
+        let Some(list) = t.strings(src, key) else { return Vec::new() };
+        let mut out = Vec::new();
+        for s in &list {
+            let Some(n) = cidr_at(src, s, key) else { continue };
+            if matches!(n, IpNet::V4(_)) != v4 {
+                let want = if v4 { "IPv4" } else { "IPv6" };
+                src.error(&s.span, format!("\"{}\" in `{key}` is not an {want} address", s.v));
+            } else if out.iter().any(|o: &IpNet| o.contains(&n) || n.contains(o)) {
+                src.error(&s.span, format!("\"{}\" in `{key}` overlaps another address of this port", s.v));
+            } else {
+                out.push(n);
+            }
+        }
+        out
+    };
+    let ipv4 = family("ipv4", true);
+    let ipv6 = family("ipv6", false);
+    let mut security_groups: Vec<IdRef> = Vec::new();
+    if !t.has("security_groups") {
+        src.error(&t.span, "missing `security_groups`: a port is bound to 1 or more security groups, in order");
+    }
+    if let Some(list) = t.strings(src, "security_groups") {
+        if list.is_empty() {
+            src.error(&t.span, "`security_groups` is empty: a port is bound to at least one security group");
+        }
+        for s in &list {
+            if security_groups.iter().any(|g| g.id == s.v) {
+                src.error(&s.span, format!("security group \"{}\" is listed twice", s.v));
+                continue;
+            }
+            security_groups.push(IdRef { id: s.v.clone(), loc: src.loc(s.span.start) });
+        }
+        let lim = host.limits.groups_per_port;
+        if list.len() > lim as usize {
+            src.error(&list[lim as usize].span, format!("port has {} security groups, over the limit groups_per_port = {lim}", list.len()));
+        }
+    }
+    let spoof_check = t.boolean(src, "spoof_check").unwrap_or(true);
+    let allow_blocked_egress = t.boolean(src, "allow_blocked_egress").unwrap_or(false);
+    if mac.is_none() && !t.has("mac") {
+        src.warn(&t.span, "port has no `mac`: it can be checked and traced, but the datapath needs one to forward and spoof-check");
+    }
+    if interface.is_none() && !t.has("interface") {
+        src.warn(&t.span, "port has no `interface`: `sgswitch run` needs the host-side interface of the VM NIC");
+    }
+    Some(Port { id: id?.v, file: path.to_path_buf(), interface, mac, ipv4, ipv6, security_groups, spoof_check, allow_blocked_egress })
+}
+
+fn read_port_id(src: &mut Source<'_>, t: &Table<'_, '_>, path: &Path) -> Option<At<String>> {
+    let id = t.required_string(src, "id", "every port file names its id, the same as the file name")?;
+    let stem = file_stem(path);
+    if id.v != stem {
+        src.error(&id.span, format!("id \"{}\" differs from the file name \"{stem}.toml\": they must be equal", id.v));
+    }
+    if id.v.is_empty() || !id.v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        src.error(&id.span, format!("port id \"{}\" may only use letters, digits, '-', '_' and '.'", id.v));
+    }
+    if id.v.starts_with("sg-") || id.v.starts_with("pl-") {
+        src.error(&id.span, format!("port id \"{}\" must not start with \"sg-\" or \"pl-\", which name groups and prefix lists", id.v));
+    }
+    Some(id)
+}
+
+// ---------------------------------------------------------------- groups
+
+fn parse_group(src: &mut Source<'_>, t: &Table<'_, '_>, path: &Path, host: &Host) -> Option<Group> {
+    t.only_keys(src, &["id", "name", "description", "type", "intra_group", "remote_members", "ingress", "egress"]);
+    let id = read_id(src, t, path, "sg-", "security group");
+    let name = t.string(src, "name").map(|s| s.v);
+    let description = t.string(src, "description").map_or_else(String::new, |s| s.v);
+    let kind = match t.choice(src, "type", &["basic", "enterprise"]) {
+        Some(k) if k.v == "enterprise" => GroupType::Enterprise,
+        _ => GroupType::Basic,
+    };
+    let intra = t.choice(src, "intra_group", &["accept", "drop"]);
+    let intra_group = match (&intra, kind) {
+        (Some(a), GroupType::Enterprise) if a.v == "accept" => {
+            src.error(&a.span, "enterprise groups have no intra-group allow: `intra_group` is fixed to \"drop\"");
+            IntraGroup::Drop
+        }
+        (_, GroupType::Enterprise) => IntraGroup::Drop,
+        (Some(a), GroupType::Basic) if a.v == "drop" => IntraGroup::Drop,
+        _ => IntraGroup::Accept,
+    };
+    if let Some(a) = &intra {
+        if host.policy_model != PolicyModel::Priority && kind == GroupType::Basic && a.v == "accept" {
+            src.warn(
+                &a.span,
+                format!("intra_group = \"accept\" has no effect under policy_model = \"{}\": only the priority model allows same-group traffic implicitly", host.policy_model.as_str()),
+            );
+        }
+    }
+    let mut remote_members = Vec::new();
+    if let Some(list) = t.strings(src, "remote_members") {
+        remote_members = list.iter().filter_map(|s| cidr_at(src, s, "remote_members")).collect();
+        if kind == GroupType::Enterprise && !list.is_empty() {
+            src.warn(&list[0].span, "remote_members of an enterprise group have no effect: enterprise groups cannot be referenced");
+        }
+    }
+    let mut ingress = Vec::new();
+    let mut egress = Vec::new();
+    for d in Direction::ALL {
+        let key = d.as_str();
+        let out = if d == Direction::Ingress { &mut ingress } else { &mut egress };
+        for rt in t.tables(src, key, &format!("an [[{key}]] rule")) {
+            if let Some(r) = parse_rule(src, &rt, d, kind, host) {
+                out.push(r);
+            }
+        }
+    }
+    let refs = ingress.iter().chain(&egress).filter(|r| matches!(r.remote, Remote::Group(_)));
+    let lim = host.limits.group_refs_per_group;
+    if let Some(r) = refs.clone().nth(lim as usize) {
+        src.error_at(
+            r.remote_loc,
+            format!("group has {} rules that reference a group, over the limit group_refs_per_group = {lim}", refs.count()),
+        );
+    }
+    let id = id?.v;
+    Some(Group {
+        name: name.unwrap_or_else(|| id.clone()),
+        id,
+        file: path.to_path_buf(),
+        description,
+        kind,
+        intra_group,
+        remote_members,
+        ingress,
+        egress,
+    })
+}
+
+/// `"start/end"`, `"-1/-1"` (every port: `None`) or a single `"80"`.
+fn parse_port_range(s: &str) -> Result<Option<PortRange>, String> {
+    if s == "-1/-1" || s == "-1" {
+        return Ok(None);
+    }
+    let (a, b) = s.split_once('/').unwrap_or((s, s));
+    let (Ok(start), Ok(end)) = (a.trim().parse::<i64>(), b.trim().parse::<i64>()) else {
+        return Err(format!("port range \"{s}\" must be \"start/end\" (such as \"80/80\" or \"1024/65535\") or \"-1/-1\""));
+    };
+    if !(1..=65535).contains(&start) || !(1..=65535).contains(&end) {
+        return Err(format!("port range {start}/{end}: ports are 1..65535 (\"-1/-1\" means every port)"));
+    }
+    if start > end {
+        return Err(format!("port range {start}/{end}: start is above end"));
+    }
+    let start = u16::try_from(start).expect("checked to be in 1..=65535");
+    let end = u16::try_from(end).expect("checked to be in 1..=65535");
+    Ok(Some(PortRange { start, end }))
+}
+
+fn parse_rule(src: &mut Source<'_>, t: &Table<'_, '_>, d: Direction, kind: GroupType, host: &Host) -> Option<Rule> {
+    t.only_keys(
+        src,
+        &["priority", "action", "protocol", "ports", "source", "source_ports", "destination", "icmp_type", "icmp_code", "description"],
+    );
+    let errors_before = src.errors.len();
+    let (remote_key, local_key) = match d {
+        Direction::Ingress => ("source", "destination"),
+        Direction::Egress => ("destination", "source"),
+    };
+    let max_prio = i64::from(host.limits.max_priority);
+    let priority = t.int_in(src, "priority", 1, max_prio).map_or(1, |p| u8::try_from(p.v).unwrap_or(u8::MAX));
+    let action_at = t.choice(src, "action", &["allow", "deny"]);
+    let action = if action_at.as_ref().is_some_and(|a| a.v == "deny") { Action::Deny } else { Action::Allow };
+    if let (Some(a), Action::Deny, PolicyModel::Union) = (&action_at, action, host.policy_model) {
+        src.error(&a.span, "deny rules are not allowed under policy_model = \"union\" (host.toml): that model is allow-only");
+    }
+    let protocol_at =
+        t.required_string(src, "protocol", "say which protocol the rule matches: all, tcp, udp, icmp, icmpv6, gre or a number 0..255");
+    let protocol = protocol_at.as_ref().and_then(|p| match parse_protocol(&p.v) {
+        Some(p) => Some(p),
+        None => {
+            src.error(&p.span, format!("`protocol` = \"{}\" is not all, tcp, udp, icmp, icmpv6, gre or a protocol number 0..255", p.v));
+            None
+        }
+    });
+    let has_ports = matches!(protocol, Some(Some(TCP | UDP)));
+    let mut range = |key: &str| -> Option<PortRange> {
+        let s = t.string(src, key)?;
+        match parse_port_range(&s.v) {
+            Ok(None) => None,
+            Ok(Some(r)) => {
+                if let Some(p) = protocol.filter(|_| !has_ports) {
+                    src.error(
+                        &s.span,
+                        format!(
+                            "port range {r} needs protocol tcp or udp; protocol {} has no ports (use \"-1/-1\" or leave `{key}` out)",
+                            protocol_name(p)
+                        ),
+                    );
+                }
+                Some(r)
+            }
+            Err(e) => {
+                src.error(&s.span, e);
+                None
+            }
+        }
+    };
+    let ports = range("ports");
+    let source_ports = range("source_ports");
+
+    let mut icmp = |key: &str| -> Option<At<u8>> {
+        let v = t.int_in(src, key, -1, 255)?;
+        if let Some(p) = protocol.filter(|p| !matches!(p, Some(ICMP | ICMPV6))) {
+            src.error(&v.span, format!("`{key}` needs protocol icmp or icmpv6, not {}", protocol_name(p)));
+        }
+        u8::try_from(v.v).ok().map(|n| At { v: n, span: v.span })
+    };
+    let icmp_type = icmp("icmp_type");
+    let icmp_code = icmp("icmp_code");
+    if let (None, Some(c)) = (&icmp_type, &icmp_code) {
+        src.error(&c.span, "`icmp_code` needs an `icmp_type`: a code means nothing without its type");
+    }
+
+    let remote_missing = match d {
+        Direction::Ingress => "say where the traffic comes from: a CIDR (\"0.0.0.0/0\" is anywhere), an sg-… group or a pl-… prefix list",
+        Direction::Egress => "say where the traffic goes: a CIDR (\"0.0.0.0/0\" is anywhere), an sg-… group or a pl-… prefix list",
+    };
+    let remote_at = t.required_string(src, remote_key, remote_missing);
+    let remote = remote_at.as_ref().and_then(|r| {
+        if r.v.starts_with("sg-") {
+            if kind == GroupType::Enterprise {
+                src.error(
+                    &r.span,
+                    format!("an enterprise group may not reference another group (\"{}\"); use a CIDR or a prefix list", r.v),
+                );
+            }
+            Some(Remote::Group(r.v.clone()))
+        } else if r.v.starts_with("pl-") {
+            Some(Remote::PrefixList(r.v.clone()))
+        } else {
+            cidr_at(src, r, remote_key).map(Remote::Cidr)
+        }
+    });
+    let local = t.string(src, local_key).and_then(|l| {
+        if l.v.starts_with("sg-") || l.v.starts_with("pl-") {
+            src.error(
+                &l.span,
+                format!("`{local_key}` of an {} rule is the port's own side: it must be a CIDR, not \"{}\"", d.as_str(), l.v),
+            );
+            return None;
+        }
+        cidr_at(src, &l, local_key).map(|n| At { v: n, span: l.span })
+    });
+
+    // Families must agree: a rule whose sides (or protocol) are of different
+    // IP versions could never match, which is always a mistake.
+    let fam = |n: &IpNet| matches!(n, IpNet::V4(_));
+    if let (Some(Remote::Cidr(r)), Some(l)) = (&remote, &local) {
+        if fam(r) != fam(&l.v) {
+            src.error(
+                &l.span,
+                format!("`{local_key}` {} and `{remote_key}` {r} are of different IP versions: the rule could never match", l.v),
+            );
+        }
+    }
+    let mut check_family = |n: &IpNet, span: &std::ops::Range<usize>| match protocol {
+        Some(Some(ICMP)) if !fam(n) => src.error(span, format!("protocol icmp is IPv4 only, but {n} is IPv6: use icmpv6")),
+        Some(Some(ICMPV6)) if fam(n) => src.error(span, format!("protocol icmpv6 is IPv6 only, but {n} is IPv4: use icmp")),
+        _ => {}
+    };
+    if let (Some(Remote::Cidr(n)), Some(at)) = (&remote, &remote_at) {
+        check_family(n, &at.span);
+    }
+    if let Some(l) = &local {
+        check_family(&l.v, &l.span);
+    }
+
+    let description = t.string(src, "description").map_or_else(String::new, |s| s.v);
+    if src.errors.len() > errors_before {
+        return None;
+    }
+    Some(Rule {
+        loc: src.loc(t.span.start),
+        priority,
+        action,
+        protocol: protocol?,
+        ports,
+        source_ports,
+        remote_loc: src.loc(remote_at?.span.start),
+        remote: remote?,
+        local: local.map(|l| l.v),
+        icmp_type: icmp_type.map(|a| a.v),
+        icmp_code: icmp_code.map(|a| a.v),
+        description,
+    })
+}
+
+// ---------------------------------------------------------------- prefix lists
+
+fn parse_prefix_list(src: &mut Source<'_>, t: &Table<'_, '_>, path: &Path) -> Option<PrefixList> {
+    t.only_keys(src, &["id", "name", "description", "max_entries", "entries"]);
+    let id = read_id(src, t, path, "pl-", "prefix list");
+    if !t.has("max_entries") {
+        src.error(&t.span, "missing `max_entries`: a prefix list declares its capacity, which is what a rule referencing it counts for");
+    }
+    let max_entries = t.u32_in(src, "max_entries", 1, 10_000);
+    if !t.has("entries") {
+        src.error(&t.span, "missing `entries`: the list of CIDRs");
+    }
+    let list = t.strings(src, "entries").unwrap_or_default();
+    let mut entries: Vec<IpNet> = Vec::new();
+    for s in &list {
+        if let Some(n) = cidr_at(src, s, "entries") {
+            if entries.contains(&n) {
+                src.warn(&s.span, format!("{n} is listed twice"));
+            } else {
+                entries.push(n);
+            }
+        }
+    }
+    let max_entries = max_entries?;
+    if entries.len() > max_entries as usize {
+        src.error(
+            &list[max_entries as usize].span,
+            format!("prefix list has {} entries, over its max_entries = {max_entries}", entries.len()),
+        );
+    }
+    Some(PrefixList { id: id?.v, file: path.to_path_buf(), max_entries, entries })
+}
+
+// ---------------------------------------------------------------- across files
+
+fn err(file: &Path, loc: Loc, msg: String) -> ConfigError {
+    ConfigError { file: file.to_path_buf(), line: loc.line, col: loc.col, msg }
+}
+
+/// Checks that need more than one file: references, group types, limits
+/// that add up across files, and ports that claim one address or MAC.
+fn cross_check(cfg: &Config, errors: &mut Vec<ConfigError>, warnings: &mut Vec<ConfigError>) {
+    let first = Loc { line: 1, col: 1 };
+    let groups: HashMap<&str, &Group> = cfg.groups.iter().map(|g| (g.id.as_str(), g)).collect();
+    let lists: HashMap<&str, &PrefixList> = cfg.prefix_lists.iter().map(|p| (p.id.as_str(), p)).collect();
+    let lim = cfg.host.limits;
+
+    // Duplicate ids can only come from a file whose id differs from its name,
+    // which is already an error; say which file holds the first.
+    let mut dup = |kind: &str, items: Vec<(&str, &PathBuf)>| {
+        for w in items.windows(2) {
+            if w[0].0 == w[1].0 {
+                errors.push(err(w[1].1, first, format!("duplicate {kind} id \"{}\": {} has it too", w[0].0, w[0].1.display())));
+            }
+        }
+    };
+    dup("port", cfg.ports.iter().map(|p| (p.id.as_str(), &p.file)).collect());
+    dup("security group", cfg.groups.iter().map(|g| (g.id.as_str(), &g.file)).collect());
+    dup("prefix list", cfg.prefix_lists.iter().map(|p| (p.id.as_str(), &p.file)).collect());
+
+    let mut referenced: BTreeMap<&str, bool> = BTreeMap::new();
+    for g in &cfg.groups {
+        let mut weight = 0u32;
+        let mut over_reported = false;
+        for (d, r) in g.ingress.iter().map(|r| (Direction::Ingress, r)).chain(g.egress.iter().map(|r| (Direction::Egress, r))) {
+            match &r.remote {
+                Remote::Group(id) => {
+                    referenced.insert(id, true);
+                    match groups.get(id.as_str()) {
+                        None => errors.push(err(
+                            &g.file,
+                            r.remote_loc,
+                            format!("{} rule references security group \"{id}\", but there is no groups/{id}.toml", d.as_str()),
+                        )),
+                        Some(t) if t.kind == GroupType::Enterprise => errors.push(err(
+                            &g.file,
+                            r.remote_loc,
+                            format!("{} rule references \"{id}\", an enterprise group: enterprise groups cannot be referenced", d.as_str()),
+                        )),
+                        Some(_) => {}
+                    }
+                }
+                Remote::PrefixList(id) => {
+                    referenced.insert(id, true);
+                    if !lists.contains_key(id.as_str()) {
+                        errors.push(err(
+                            &g.file,
+                            r.remote_loc,
+                            format!("{} rule references prefix list \"{id}\", but there is no prefix-lists/{id}.toml", d.as_str()),
+                        ));
+                    }
+                }
+                Remote::Cidr(_) => {}
+            }
+            weight = weight.saturating_add(cfg.rule_weight(r));
+            if weight > lim.rules_per_group && !over_reported {
+                over_reported = true;
+                let total: u32 = g.ingress.iter().chain(&g.egress).map(|r| cfg.rule_weight(r)).sum();
+                errors.push(err(
+                    &g.file,
+                    r.loc,
+                    format!("group {} counts {total} rules (ingress and egress together; a prefix-list rule counts as its max_entries), over the limit rules_per_group = {}", g.id, lim.rules_per_group),
+                ));
+            }
+        }
+    }
+
+    // Ports: group references, one group type per port, rules per port,
+    // unique MACs and addresses.
+    let mut members: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut macs: HashMap<Mac, &Port> = HashMap::new();
+    let mut owned: Vec<(IpNet, &Port)> = Vec::new();
+    for p in &cfg.ports {
+        let mut kinds = Vec::new();
+        let mut rules = 0u32;
+        for r in &p.security_groups {
+            referenced.insert(&r.id, true);
+            match groups.get(r.id.as_str()) {
+                None => errors.push(err(
+                    &p.file,
+                    r.loc,
+                    format!("port binds security group \"{}\", but there is no groups/{}.toml", r.id, r.id),
+                )),
+                Some(g) => {
+                    kinds.push((g.kind, r));
+                    rules = rules.saturating_add(g.ingress.iter().chain(&g.egress).map(|x| cfg.rule_weight(x)).sum());
+                    *members.entry(g.id.as_str()).or_default() += (p.ipv4.len() + p.ipv6.len()) as u64;
+                }
+            }
+        }
+        if let (Some((k0, _)), Some((_, r))) = (kinds.first(), kinds.iter().find(|(k, _)| k != &kinds[0].0)) {
+            errors.push(err(
+                &p.file,
+                r.loc,
+                format!(
+                    "port mixes {} and {} security groups (\"{}\"): a port's groups must all be of one type",
+                    k0.as_str(),
+                    if *k0 == GroupType::Basic { "enterprise" } else { "basic" },
+                    r.id
+                ),
+            ));
+        }
+        if rules > lim.rules_per_port {
+            let loc = p.security_groups.first().map_or(first, |r| r.loc);
+            errors.push(err(
+                &p.file,
+                loc,
+                format!("port {} has {rules} rules across its groups, over the limit rules_per_port = {}", p.id, lim.rules_per_port),
+            ));
+        }
+        if let Some(m) = p.mac {
+            if let Some(other) = macs.insert(m, p) {
+                errors.push(err(&p.file, first, format!("mac {m} is also the mac of port {} ({})", other.id, other.file.display())));
+            }
+        }
+        for n in p.addresses() {
+            if let Some((o, other)) = owned.iter().find(|(o, _)| o.contains(n) || n.contains(o)) {
+                errors.push(err(&p.file, first, format!("address {n} overlaps {o} of port {} ({})", other.id, other.file.display())));
+            }
+        }
+        owned.extend(p.addresses().map(|n| (*n, p)));
+    }
+
+    for g in &cfg.groups {
+        let n = members.get(g.id.as_str()).copied().unwrap_or(0) + g.remote_members.len() as u64;
+        if g.kind == GroupType::Basic && n > u64::from(lim.members_per_group) {
+            errors.push(err(
+                &g.file,
+                first,
+                format!(
+                    "group {} has {n} members (addresses of its ports plus remote_members), over the limit members_per_group = {}",
+                    g.id, lim.members_per_group
+                ),
+            ));
+        }
+        if !referenced.contains_key(g.id.as_str()) {
+            warnings.push(err(&g.file, first, format!("security group {} is bound to no port and referenced by no rule", g.id)));
+        }
+    }
+    for p in &cfg.prefix_lists {
+        if !referenced.contains_key(p.id.as_str()) {
+            warnings.push(err(&p.file, first, format!("prefix list {} is referenced by no rule", p.id)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges_parse_and_reject_reversed_or_out_of_range() {
+        assert_eq!(parse_port_range("-1/-1"), Ok(None));
+        assert_eq!(parse_port_range("22/22"), Ok(Some(PortRange { start: 22, end: 22 })));
+        assert_eq!(parse_port_range("443"), Ok(Some(PortRange { start: 443, end: 443 })));
+        assert_eq!(parse_port_range("200/1"), Err("port range 200/1: start is above end".into()));
+        assert!(parse_port_range("0/80").unwrap_err().contains("1..65535"));
+        assert!(parse_port_range("http").is_err());
+    }
+
+    #[test]
+    fn cidrs_accept_hosts_and_reject_host_bits() {
+        assert_eq!(parse_cidr("10.0.0.1").unwrap().to_string(), "10.0.0.1/32");
+        assert_eq!(parse_cidr("fd00::/8").unwrap().to_string(), "fd00::/8");
+        assert!(parse_cidr("10.0.0.1/24").unwrap_err().contains("did you mean \"10.0.0.0/24\""));
+        assert!(parse_cidr("10.0.0/8").is_err());
+    }
+
+    #[test]
+    fn macs_parse_six_hex_pairs() {
+        assert_eq!(parse_mac("02:00:00:00:00:0a"), Some(Mac([2, 0, 0, 0, 0, 10])));
+        assert_eq!(parse_mac("02:00:00:00:00"), None);
+        assert_eq!(parse_mac("02:00:00:00:00:00:01"), None);
+        assert_eq!(parse_mac("2:0:0:0:0:1"), None);
+    }
+}

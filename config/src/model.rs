@@ -1,0 +1,461 @@
+//! The validated configuration: what a directory says once it has loaded
+//! without errors. Every value here has passed the checks of [`crate::load`];
+//! code that consumes a [`Config`] may rely on the invariants noted on each
+//! type.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+
+/// A position in a configuration file, 1-based, as editors show it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Loc {
+    pub line: u32,
+    pub col: u32,
+}
+
+/// How the rules of a port's groups are combined (see `semantics.md`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PolicyModel {
+    /// Alibaba ECS: intra-group allow, then all rules merged by priority,
+    /// deny before allow at equal priority; default deny in, allow out.
+    #[default]
+    Priority,
+    /// Tencent CVM: groups in binding order, rules top to bottom, first match
+    /// decides; default deny both ways.
+    Ordered,
+    /// AWS / OpenStack: allow-only, any matching rule allows; default deny.
+    Union,
+}
+
+impl PolicyModel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyModel::Priority => "priority",
+            PolicyModel::Ordered => "ordered",
+            PolicyModel::Union => "union",
+        }
+    }
+}
+
+/// What a reload does to tracked connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum OnPolicyChange {
+    #[default]
+    Revalidate,
+    Keep,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum XdpMode {
+    #[default]
+    Auto,
+    Native,
+    Skb,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ZeroCopy {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+/// A transport protocol and port range blocked toward the uplink
+/// (`blocked_egress = ["tcp/25"]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BlockedPort {
+    pub protocol: u8,
+    pub ports: PortRange,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Datapath {
+    pub cores: Vec<usize>,
+    pub mode: XdpMode,
+    pub zero_copy: ZeroCopy,
+    pub busy_poll: bool,
+}
+
+impl Default for Datapath {
+    fn default() -> Self {
+        Datapath { cores: vec![0], mode: XdpMode::Auto, zero_copy: ZeroCopy::Auto, busy_poll: false }
+    }
+}
+
+/// Connection-tracking timeouts, in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Timeouts {
+    pub tcp_syn: u32,
+    pub tcp_established: u32,
+    pub tcp_closing: u32,
+    pub udp: u32,
+    pub udp_stream: u32,
+    pub icmp: u32,
+    pub other: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { tcp_syn: 120, tcp_established: 910, tcp_closing: 120, udp: 30, udp_stream: 180, icmp: 30, other: 600 }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Conntrack {
+    pub capacity: u32,
+    pub per_port_capacity: u32,
+    pub tcp_strict: bool,
+    pub timeouts: Timeouts,
+}
+
+impl Default for Conntrack {
+    fn default() -> Self {
+        Conntrack { capacity: 1_048_576, per_port_capacity: 65_536, tcp_strict: false, timeouts: Timeouts::default() }
+    }
+}
+
+/// The limits table of `semantics.md`, every number configurable per host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Limits {
+    pub rules_per_group: u32,
+    pub groups_per_port: u32,
+    pub rules_per_port: u32,
+    pub group_refs_per_group: u32,
+    pub members_per_group: u32,
+    /// Highest (numerically largest) priority a rule may carry; 1 is always
+    /// the lowest number and the highest priority.
+    pub max_priority: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            rules_per_group: 200,
+            groups_per_port: 10,
+            rules_per_port: 1000,
+            group_refs_per_group: 20,
+            members_per_group: 6000,
+            max_priority: 100,
+        }
+    }
+}
+
+/// `host.toml`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Host {
+    pub policy_model: PolicyModel,
+    pub on_policy_change: OnPolicyChange,
+    pub blocked_egress: Vec<BlockedPort>,
+    /// Service addresses that bypass the groups (a metadata proxy, say).
+    pub infra_allow: Vec<IpNet>,
+    /// Required only when the datapath runs.
+    pub uplink_interface: Option<String>,
+    pub datapath: Datapath,
+    pub metrics_listen: SocketAddr,
+    pub conntrack: Conntrack,
+    pub limits: Limits,
+}
+
+impl Default for Host {
+    fn default() -> Self {
+        Host {
+            policy_model: PolicyModel::Priority,
+            on_policy_change: OnPolicyChange::Revalidate,
+            blocked_egress: vec![BlockedPort { protocol: 6, ports: PortRange { start: 25, end: 25 } }],
+            infra_allow: Vec::new(),
+            uplink_interface: None,
+            datapath: Datapath::default(),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9469)),
+            conntrack: Conntrack::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// An Ethernet address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Mac(pub [u8; 6]);
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+/// A reference to another object by id, with where it was written.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct IdRef {
+    pub id: String,
+    pub loc: Loc,
+}
+
+/// `ports/<id>.toml`: one VM network interface.
+///
+/// # Invariants
+/// `ipv4` holds only IPv4 networks and `ipv6` only IPv6 ones; the port's
+/// groups exist, are 1..=`groups_per_port`, distinct, and all of one type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Port {
+    pub id: String,
+    pub file: PathBuf,
+    pub interface: Option<String>,
+    pub mac: Option<Mac>,
+    pub ipv4: Vec<IpNet>,
+    pub ipv6: Vec<IpNet>,
+    pub security_groups: Vec<IdRef>,
+    pub spoof_check: bool,
+    pub allow_blocked_egress: bool,
+}
+
+impl Port {
+    /// Every address or prefix the port owns, IPv4 first.
+    pub fn addresses(&self) -> impl Iterator<Item = &IpNet> {
+        self.ipv4.iter().chain(&self.ipv6)
+    }
+
+    /// The port's first address of the family of `like`: the default local
+    /// side of a traced packet.
+    pub fn first_address_like(&self, like: IpAddr) -> Option<IpAddr> {
+        let list = if like.is_ipv4() { &self.ipv4 } else { &self.ipv6 };
+        list.first().map(|n| n.addr())
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum GroupType {
+    #[default]
+    Basic,
+    Enterprise,
+}
+
+impl GroupType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupType::Basic => "basic",
+            GroupType::Enterprise => "enterprise",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum IntraGroup {
+    #[default]
+    Accept,
+    Drop,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    #[default]
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub const ALL: [Direction; 2] = [Direction::Ingress, Direction::Egress];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    /// Listed first so that `Deny < Allow`: at equal priority, deny sorts first.
+    Deny,
+    #[default]
+    Allow,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+        }
+    }
+}
+
+/// The protocol a rule matches: `None` is `all`, otherwise an IP protocol
+/// number (tcp 6, udp 17, icmp 1, icmpv6 58, gre 47).
+pub type Protocol = Option<u8>;
+
+pub const TCP: u8 = 6;
+pub const UDP: u8 = 17;
+pub const ICMP: u8 = 1;
+pub const ICMPV6: u8 = 58;
+pub const GRE: u8 = 47;
+
+/// The name of a protocol as the configuration writes it.
+pub fn protocol_name(p: Protocol) -> String {
+    match p {
+        None => "all".into(),
+        Some(TCP) => "tcp".into(),
+        Some(UDP) => "udp".into(),
+        Some(ICMP) => "icmp".into(),
+        Some(ICMPV6) => "icmpv6".into(),
+        Some(GRE) => "gre".into(),
+        Some(n) => n.to_string(),
+    }
+}
+
+/// Parses a protocol as written in a rule or on the command line: a name or
+/// a number 0..=255. `all` gives `Some(None)`.
+pub fn parse_protocol(s: &str) -> Option<Protocol> {
+    Some(match s {
+        "all" => None,
+        "tcp" => Some(TCP),
+        "udp" => Some(UDP),
+        "icmp" => Some(ICMP),
+        "icmpv6" => Some(ICMPV6),
+        "gre" => Some(GRE),
+        n => Some(n.parse::<u8>().ok()?),
+    })
+}
+
+/// An inclusive port range, `start <= end`, both in 1..=65535.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortRange {
+    pub start: u16,
+    pub end: u16,
+}
+
+impl PortRange {
+    pub fn contains(self, port: u16) -> bool {
+        self.start <= port && port <= self.end
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.start, self.end)
+    }
+}
+
+/// The remote side of a rule.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Remote {
+    Cidr(IpNet),
+    /// The members of a security group.
+    Group(String),
+    /// The entries of a prefix list.
+    PrefixList(String),
+}
+
+impl fmt::Display for Remote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Remote::Cidr(n) => n.fmt(f),
+            Remote::Group(id) | Remote::PrefixList(id) => f.write_str(id),
+        }
+    }
+}
+
+/// One `[[ingress]]` or `[[egress]]` entry.
+///
+/// # Invariants
+/// Port ranges only with tcp/udp; ICMP type/code only with icmp/icmpv6 and a
+/// code only with a type; CIDRs of `remote` and `local` are of one family and
+/// agree with an icmp/icmpv6 protocol.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Rule {
+    /// Where the rule's table starts in its group file.
+    pub loc: Loc,
+    pub priority: u8,
+    pub action: Action,
+    pub protocol: Protocol,
+    /// Destination port range; `None` is `-1/-1`, every port.
+    pub ports: Option<PortRange>,
+    pub source_ports: Option<PortRange>,
+    pub remote: Remote,
+    /// Where `remote` was written, for messages about what it references.
+    pub remote_loc: Loc,
+    /// Which of the port's own addresses the rule applies to.
+    pub local: Option<IpNet>,
+    pub icmp_type: Option<u8>,
+    pub icmp_code: Option<u8>,
+    pub description: String,
+}
+
+impl Default for Remote {
+    fn default() -> Self {
+        Remote::Cidr(IpNet::default())
+    }
+}
+
+/// `groups/<id>.toml`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    pub id: String,
+    pub file: PathBuf,
+    pub name: String,
+    pub description: String,
+    pub kind: GroupType,
+    /// Always `Drop` for enterprise groups.
+    pub intra_group: IntraGroup,
+    pub remote_members: Vec<IpNet>,
+    pub ingress: Vec<Rule>,
+    pub egress: Vec<Rule>,
+}
+
+impl Group {
+    pub fn rules(&self, d: Direction) -> &[Rule] {
+        match d {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+}
+
+/// `prefix-lists/<id>.toml`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrefixList {
+    pub id: String,
+    pub file: PathBuf,
+    pub max_entries: u32,
+    pub entries: Vec<IpNet>,
+}
+
+/// A whole configuration directory. Ports, groups and prefix lists are
+/// sorted by id; ids are unique within each kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    pub dir: PathBuf,
+    pub host: Host,
+    pub ports: Vec<Port>,
+    pub groups: Vec<Group>,
+    pub prefix_lists: Vec<PrefixList>,
+    /// Things that load but an operator would want to know about.
+    pub warnings: Vec<crate::ConfigError>,
+}
+
+impl Config {
+    pub fn port(&self, id: &str) -> Option<&Port> {
+        self.ports.iter().find(|p| p.id == id)
+    }
+
+    pub fn group(&self, id: &str) -> Option<&Group> {
+        self.groups.iter().find(|g| g.id == id)
+    }
+
+    pub fn prefix_list(&self, id: &str) -> Option<&PrefixList> {
+        self.prefix_lists.iter().find(|p| p.id == id)
+    }
+
+    /// How many rules a rule counts for against the limits: a rule that
+    /// references a prefix list counts as the list's `max_entries`.
+    pub fn rule_weight(&self, rule: &Rule) -> u32 {
+        match &rule.remote {
+            Remote::PrefixList(id) => self.prefix_list(id).map_or(1, |p| p.max_entries.max(1)),
+            _ => 1,
+        }
+    }
+}

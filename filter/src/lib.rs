@@ -1,0 +1,24 @@
+//! Security-group policy: the decision contract of `shared/design/semantics.md`.
+//!
+//! - [`decision`]: what is judged ([`Packet`]: one first packet of a flow, as
+//!   seen from a port) and what comes out ([`Decision`]: verdict, what decided,
+//!   and the deciding rule's identity).
+//! - [`policy`]: [`Policy`], a loaded configuration with group memberships
+//!   resolved and each port's groups in binding order.
+//! - [`reference`]: the reference evaluator, [`Policy::evaluate`]. It is a
+//!   plain, literal reading of the three policy models and stays in the
+//!   project as the oracle that faster classifiers are checked against. It is
+//!   written to be obviously correct, not fast.
+//!
+//! # Contract
+//! Pure: no I/O, no threads, no clock. A `Policy` is built only from a
+//! [`sgswitch_config::Config`] that loaded without errors.
+#![forbid(unsafe_code)]
+
+pub mod decision;
+pub mod policy;
+pub mod reference;
+
+pub use decision::{By, Decision, Packet, RuleRef, Verdict};
+pub use policy::{Policy, PortIdx};
+pub use sgswitch_config::{Action, Direction, GroupType, PolicyModel};

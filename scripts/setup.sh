@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs what the build and the tests need on a fresh Debian machine. Safe to
+# run again; installs nothing that is already there.
+set -euo pipefail
+need=()
+command -v cargo >/dev/null || { echo "setup: cargo is missing: install Rust (rustup) first" >&2; exit 2; }
+command -v python3 >/dev/null || need+=(python3)
+if ! rustup component list --installed 2>/dev/null | grep -q '^clippy'; then rustup component add clippy rustfmt >/dev/null 2>&1 || true; fi
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then echo "setup: need ${need[*]}; run as root or install them" >&2; exit 2; fi
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi

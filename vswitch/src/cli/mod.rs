@@ -1,0 +1,87 @@
+//! Subcommands. Each returns `Result<(), CliError>`; `main` maps the error to
+//! the exit status of the contract.
+
+mod check;
+mod describe;
+mod trace;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use sgswitch_config::{ConfigErrors, load_dir};
+use sgswitch_filter::Policy;
+
+/// A failure that ends the command, with its exit status.
+#[derive(Debug)]
+pub(crate) enum CliError {
+    /// Exit 1: the command line or its inputs are wrong.
+    Usage(String),
+    /// Exit 1: the configuration directory is invalid.
+    Config(ConfigErrors),
+    /// Exit 2: something failed at run time.
+    Runtime(String),
+}
+
+impl CliError {
+    pub(crate) fn code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) | CliError::Config(_) => 1,
+            CliError::Runtime(_) => 2,
+        }
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::Usage(m) => write!(f, "error: {m}"),
+            CliError::Config(errs) => {
+                writeln!(f, "{errs}")?;
+                let n = errs.0.len();
+                write!(f, "{n} error{}; the configuration was not loaded", if n == 1 { "" } else { "s" })
+            }
+            CliError::Runtime(m) => write!(f, "error: {m}"),
+        }
+    }
+}
+
+/// sgswitch: a userspace virtual switch that enforces cloud security groups.
+#[derive(Debug, Parser)]
+#[command(name = "sgswitch", version, about, long_about = None)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load, validate and compile a configuration directory; print a summary
+    /// and findings. Exits 1 if the configuration is invalid.
+    Check {
+        /// The configuration directory (host.toml, ports/, groups/, prefix-lists/).
+        dir: PathBuf,
+    },
+    /// The decision for one first packet (no connection state), or for each
+    /// line of a batch file.
+    Trace(Box<trace::TraceArgs>),
+}
+
+pub(crate) fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.cmd {
+        Command::Check { dir } => check::run(&dir),
+        Command::Trace(args) => trace::run(&args),
+    }
+}
+
+/// Loads and resolves a configuration directory.
+fn load_policy(dir: &std::path::Path) -> Result<Policy, CliError> {
+    load_dir(dir).map(Policy::new).map_err(CliError::Config)
+}
+
+/// Writes to stdout; a closed or failing stdout is a runtime failure.
+fn out(text: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).map_err(|e| CliError::Runtime(format!("writing output: {e}")))
+}

@@ -1,0 +1,240 @@
+//! `sgswitch trace`: the decision for one first packet, or a batch of them.
+
+use std::io::Read;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sgswitch_config::{Direction, ICMP, ICMPV6, TCP, UDP, parse_protocol};
+use sgswitch_filter::{Decision, Packet, Policy, PortIdx};
+
+use super::{CliError, describe, load_policy, out};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct TraceArgs {
+    /// The configuration directory.
+    dir: PathBuf,
+    /// The port (ENI) id.
+    #[arg(long, required_unless_present = "batch")]
+    port: Option<String>,
+    /// ingress (toward the VM) or egress (from the VM).
+    #[arg(long, required_unless_present = "batch", value_parser = ["ingress", "egress"])]
+    direction: Option<String>,
+    /// tcp, udp, icmp, icmpv6, gre or an IP protocol number.
+    #[arg(long, required_unless_present = "batch")]
+    proto: Option<String>,
+    /// The far side: the source for ingress, the destination for egress.
+    #[arg(long, required_unless_present = "batch")]
+    remote: Option<String>,
+    /// The far side's port (the destination port for egress).
+    #[arg(long)]
+    remote_port: Option<i64>,
+    /// The port's own address [default: its first address of the remote's family].
+    #[arg(long)]
+    local: Option<String>,
+    /// The VM's own port (the destination port for ingress).
+    #[arg(long)]
+    local_port: Option<i64>,
+    /// ICMP type [default: echo request, 8 for icmp, 128 for icmpv6].
+    #[arg(long)]
+    icmp_type: Option<i64>,
+    /// ICMP code [default: 0].
+    #[arg(long)]
+    icmp_code: Option<i64>,
+    /// A file with one JSON request per line (keys port, direction, proto,
+    /// remote, remote_port, local, local_port, icmp_type, icmp_code); "-" reads
+    /// standard input.
+    #[arg(long, conflicts_with_all = ["port", "direction", "proto", "remote", "remote_port", "local", "local_port", "icmp_type", "icmp_code"])]
+    batch: Option<PathBuf>,
+    /// One JSON object per decision.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A protocol given as a name or a number.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Proto {
+    Name(String),
+    Number(i64),
+}
+
+/// One request: the flags of a single trace, or one line of a batch.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Request {
+    port: String,
+    direction: String,
+    proto: Proto,
+    remote: String,
+    remote_port: Option<i64>,
+    local: Option<String>,
+    local_port: Option<i64>,
+    icmp_type: Option<i64>,
+    icmp_code: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+struct JsonRule<'a> {
+    group: &'a str,
+    direction: &'a str,
+    index: u16,
+    priority: u8,
+    action: &'a str,
+}
+
+/// The `--json` line of `interfaces.md`; field order is the contract's.
+#[derive(Debug, Serialize)]
+struct JsonDecision<'a> {
+    verdict: &'a str,
+    by: &'a str,
+    rule: Option<JsonRule<'a>>,
+}
+
+fn in_range(what: &str, v: i64, hi: i64) -> Result<u16, String> {
+    u16::try_from(v).ok().filter(|&n| i64::from(n) <= hi).ok_or_else(|| format!("{what} {v} is out of range 0..{hi}"))
+}
+
+/// Turns a request into the port and packet it asks about.
+fn resolve(policy: &Policy, r: &Request) -> Result<(PortIdx, Packet), String> {
+    let port = policy.port_index(&r.port).ok_or_else(|| format!("no port \"{}\" in the configuration", r.port))?;
+    let direction = match r.direction.as_str() {
+        "ingress" => Direction::Ingress,
+        "egress" => Direction::Egress,
+        d => return Err(format!("direction \"{d}\" is not ingress or egress")),
+    };
+    let proto = match &r.proto {
+        Proto::Name(s) => match parse_protocol(s) {
+            Some(Some(p)) => p,
+            Some(None) => return Err("a packet has one protocol: \"all\" is for rules".into()),
+            None => return Err(format!("protocol \"{s}\" is not tcp, udp, icmp, icmpv6, gre or a number 0..255")),
+        },
+        Proto::Number(n) => u8::try_from(*n).map_err(|_| format!("protocol {n} is out of range 0..255"))?,
+    };
+    let remote: IpAddr = r.remote.parse().map_err(|_| format!("remote \"{}\" is not an IP address", r.remote))?;
+    let p = &policy.ports()[port];
+    let local: IpAddr = match &r.local {
+        Some(l) => l.parse().map_err(|_| format!("local \"{l}\" is not an IP address"))?,
+        None => p
+            .first_address_like(remote)
+            .ok_or_else(|| format!("port {} has no {} address; give --local", p.id, if remote.is_ipv4() { "IPv4" } else { "IPv6" }))?,
+    };
+    if local.is_ipv4() != remote.is_ipv4() {
+        return Err(format!("local {local} and remote {remote} are of different IP versions"));
+    }
+    let has_ports = matches!(proto, TCP | UDP);
+    if !has_ports && (r.remote_port.is_some() || r.local_port.is_some()) {
+        return Err("ports apply to tcp and udp only".into());
+    }
+    let (dst_port, dst_flag) = match direction {
+        Direction::Ingress => (r.local_port, "the VM's own port: --local-port (local_port in a batch)"),
+        Direction::Egress => (r.remote_port, "the remote service's port: --remote-port (remote_port in a batch)"),
+    };
+    if has_ports && dst_port.is_none() {
+        return Err(format!(
+            "an {} {} packet needs its destination port, {dst_flag}",
+            direction.as_str(),
+            sgswitch_config::protocol_name(Some(proto))
+        ));
+    }
+    let is_icmp = matches!(proto, ICMP | ICMPV6);
+    if !is_icmp && (r.icmp_type.is_some() || r.icmp_code.is_some()) {
+        return Err("icmp_type and icmp_code apply to icmp and icmpv6 only".into());
+    }
+    // An unspecified ICMP message is an echo request: "can they ping it?".
+    let echo = if proto == ICMPV6 { 128 } else { 8 };
+    let byte = |what: &str, v: i64| u8::try_from(v).map_err(|_| format!("{what} {v} is out of range 0..255"));
+    let pkt = Packet {
+        direction,
+        proto,
+        remote,
+        local,
+        // An unspecified source port is 0: only rules without `source_ports` match it.
+        remote_port: in_range("remote_port", r.remote_port.unwrap_or(0), 65535)?,
+        local_port: in_range("local_port", r.local_port.unwrap_or(0), 65535)?,
+        icmp_type: r.icmp_type.map_or(Ok(echo), |t| byte("icmp_type", t))?,
+        icmp_code: r.icmp_code.map_or(Ok(0), |c| byte("icmp_code", c))?,
+    };
+    Ok((port, pkt))
+}
+
+fn json_line(policy: &Policy, d: &Decision) -> String {
+    let rule = d.rule().map(|r| JsonRule {
+        group: &policy.group(r.group).id,
+        direction: r.direction.as_str(),
+        index: r.index,
+        priority: r.priority,
+        action: r.action.as_str(),
+    });
+    let j = JsonDecision { verdict: d.verdict.as_str(), by: d.by.as_str(), rule };
+    serde_json::to_string(&j).expect("a struct of strings and integers serialises")
+}
+
+fn read_batch(path: &Path) -> Result<String, CliError> {
+    let mut text = String::new();
+    let res = if path == Path::new("-") {
+        std::io::stdin().read_to_string(&mut text).map(|_| ())
+    } else {
+        std::fs::read_to_string(path).map(|t| text = t)
+    };
+    res.map_err(|e| CliError::Usage(format!("{}: cannot read: {e}", path.display())))?;
+    Ok(text)
+}
+
+pub(crate) fn run(a: &TraceArgs) -> Result<(), CliError> {
+    let policy = load_policy(&a.dir)?;
+    let queries: Vec<(PortIdx, Packet)> = match &a.batch {
+        None => {
+            let req = Request {
+                port: a.port.clone().unwrap_or_default(),
+                direction: a.direction.clone().unwrap_or_default(),
+                proto: Proto::Name(a.proto.clone().unwrap_or_default()),
+                remote: a.remote.clone().unwrap_or_default(),
+                remote_port: a.remote_port,
+                local: a.local.clone(),
+                local_port: a.local_port,
+                icmp_type: a.icmp_type,
+                icmp_code: a.icmp_code,
+            };
+            vec![resolve(&policy, &req).map_err(CliError::Usage)?]
+        }
+        Some(path) => {
+            let text = read_batch(path)?;
+            let mut qs = Vec::new();
+            let mut errors = Vec::new();
+            // Blank lines are skipped; every other line is one request.
+            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                let parsed = serde_json::from_str::<Request>(line).map_err(|e| e.to_string()).and_then(|r| resolve(&policy, &r));
+                match parsed {
+                    Ok(q) => qs.push(q),
+                    Err(e) => errors.push(format!("{}:{}: {e}", path.display(), i + 1)),
+                }
+            }
+            if !errors.is_empty() {
+                return Err(CliError::Usage(errors.join("\nerror: ")));
+            }
+            qs
+        }
+    };
+
+    let decisions: Vec<Decision> = queries.iter().map(|(port, pkt)| policy.evaluate(*port, pkt)).collect();
+    let text = if a.json {
+        decisions.iter().map(|d| json_line(&policy, d) + "\n").collect::<String>()
+    } else {
+        let rows: Vec<Vec<String>> = queries
+            .iter()
+            .zip(&decisions)
+            .map(|((port, pkt), d)| {
+                vec![
+                    policy.ports()[*port].id.clone(),
+                    pkt.direction.as_str().to_string(),
+                    describe::packet(pkt),
+                    d.verdict.as_str().to_uppercase(),
+                    describe::why(&policy, *port, pkt, d),
+                ]
+            })
+            .collect();
+        describe::table(&rows)
+    };
+    out(&text)
+}
