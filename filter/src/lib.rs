@@ -5,6 +5,8 @@
 //!   and the deciding rule's identity).
 //! - [`policy`]: [`Policy`], a loaded configuration with group memberships
 //!   resolved and each port's groups in binding order.
+//! - [`query`]: [`Query`], an operator's question (`sgswitch trace`) resolved
+//!   into a `Packet` with the documented defaults.
 //! - [`reference`]: the reference evaluator, [`Policy::evaluate`]. It is a
 //!   plain, literal reading of the three policy models and stays in the
 //!   project as the oracle that faster classifiers are checked against. It is
@@ -17,8 +19,10 @@
 
 pub mod decision;
 pub mod policy;
+pub mod query;
 pub mod reference;
 
 pub use decision::{By, Decision, Packet, RuleRef, Verdict};
 pub use policy::{Policy, PortIdx};
+pub use query::Query;
 pub use sgswitch_config::{Action, Direction, GroupType, PolicyModel};

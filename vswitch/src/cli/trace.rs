@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sgswitch_config::{Direction, ICMP, ICMPV6, TCP, UDP, parse_protocol};
-use sgswitch_filter::{Decision, Packet, Policy, PortIdx};
+use sgswitch_config::{Direction, parse_protocol};
+use sgswitch_filter::{Decision, Packet, Policy, PortIdx, Query};
 
 use super::{CliError, describe, load_policy, out};
 
@@ -91,13 +91,13 @@ struct JsonDecision<'a> {
     rule: Option<JsonRule<'a>>,
 }
 
-fn in_range(what: &str, v: i64, hi: i64) -> Result<u16, String> {
-    u16::try_from(v).ok().filter(|&n| i64::from(n) <= hi).ok_or_else(|| format!("{what} {v} is out of range 0..{hi}"))
+fn in_range<T: TryFrom<i64>>(what: &str, v: Option<i64>, hi: i64) -> Result<Option<T>, String> {
+    v.map(|n| T::try_from(n).ok().filter(|_| (0..=hi).contains(&n)).ok_or_else(|| format!("{what} {n} is out of range 0..{hi}")))
+        .transpose()
 }
 
-/// Turns a request into the port and packet it asks about.
+/// Parses a request's strings and numbers, then resolves it against the policy.
 fn resolve(policy: &Policy, r: &Request) -> Result<(PortIdx, Packet), String> {
-    let port = policy.port_index(&r.port).ok_or_else(|| format!("no port \"{}\" in the configuration", r.port))?;
     let direction = match r.direction.as_str() {
         "ingress" => Direction::Ingress,
         "egress" => Direction::Egress,
@@ -109,53 +109,21 @@ fn resolve(policy: &Policy, r: &Request) -> Result<(PortIdx, Packet), String> {
             Some(None) => return Err("a packet has one protocol: \"all\" is for rules".into()),
             None => return Err(format!("protocol \"{s}\" is not tcp, udp, icmp, icmpv6, gre or a number 0..255")),
         },
-        Proto::Number(n) => u8::try_from(*n).map_err(|_| format!("protocol {n} is out of range 0..255"))?,
+        Proto::Number(n) => in_range("protocol", Some(*n), 255)?.expect("given"),
     };
-    let remote: IpAddr = r.remote.parse().map_err(|_| format!("remote \"{}\" is not an IP address", r.remote))?;
-    let p = &policy.ports()[port];
-    let local: IpAddr = match &r.local {
-        Some(l) => l.parse().map_err(|_| format!("local \"{l}\" is not an IP address"))?,
-        None => p
-            .first_address_like(remote)
-            .ok_or_else(|| format!("port {} has no {} address; give --local", p.id, if remote.is_ipv4() { "IPv4" } else { "IPv6" }))?,
-    };
-    if local.is_ipv4() != remote.is_ipv4() {
-        return Err(format!("local {local} and remote {remote} are of different IP versions"));
-    }
-    let has_ports = matches!(proto, TCP | UDP);
-    if !has_ports && (r.remote_port.is_some() || r.local_port.is_some()) {
-        return Err("ports apply to tcp and udp only".into());
-    }
-    let (dst_port, dst_flag) = match direction {
-        Direction::Ingress => (r.local_port, "the VM's own port: --local-port (local_port in a batch)"),
-        Direction::Egress => (r.remote_port, "the remote service's port: --remote-port (remote_port in a batch)"),
-    };
-    if has_ports && dst_port.is_none() {
-        return Err(format!(
-            "an {} {} packet needs its destination port, {dst_flag}",
-            direction.as_str(),
-            sgswitch_config::protocol_name(Some(proto))
-        ));
-    }
-    let is_icmp = matches!(proto, ICMP | ICMPV6);
-    if !is_icmp && (r.icmp_type.is_some() || r.icmp_code.is_some()) {
-        return Err("icmp_type and icmp_code apply to icmp and icmpv6 only".into());
-    }
-    // An unspecified ICMP message is an echo request: "can they ping it?".
-    let echo = if proto == ICMPV6 { 128 } else { 8 };
-    let byte = |what: &str, v: i64| u8::try_from(v).map_err(|_| format!("{what} {v} is out of range 0..255"));
-    let pkt = Packet {
+    let ip = |what: &str, s: &str| s.parse::<IpAddr>().map_err(|_| format!("{what} \"{s}\" is not an IP address"));
+    let q = Query {
+        port: r.port.clone(),
         direction,
         proto,
-        remote,
-        local,
-        // An unspecified source port is 0: only rules without `source_ports` match it.
-        remote_port: in_range("remote_port", r.remote_port.unwrap_or(0), 65535)?,
-        local_port: in_range("local_port", r.local_port.unwrap_or(0), 65535)?,
-        icmp_type: r.icmp_type.map_or(Ok(echo), |t| byte("icmp_type", t))?,
-        icmp_code: r.icmp_code.map_or(Ok(0), |c| byte("icmp_code", c))?,
+        remote: ip("remote", &r.remote)?,
+        local: r.local.as_deref().map(|l| ip("local", l)).transpose()?,
+        remote_port: in_range("remote_port", r.remote_port, 65535)?,
+        local_port: in_range("local_port", r.local_port, 65535)?,
+        icmp_type: in_range("icmp_type", r.icmp_type, 255)?,
+        icmp_code: in_range("icmp_code", r.icmp_code, 255)?,
     };
-    Ok((port, pkt))
+    policy.resolve(&q)
 }
 
 fn json_line(policy: &Policy, d: &Decision) -> String {
