@@ -1,7 +1,7 @@
 //! Loading a configuration directory: every file read, every error found in
 //! one pass, then the checks that span files (references, limits, overlaps).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -27,28 +27,31 @@ pub fn load_dir(dir: &Path) -> Result<Config, ConfigErrors> {
         }]));
     }
 
+    let mut seen = Seen::default();
     let host_path = dir.join("host.toml");
     let host = if host_path.exists() {
-        read_file(&host_path, &mut errors, &mut warnings, |src, t| Some(parse_host(src, t))).unwrap_or_default()
+        read_file(&host_path, "host", &mut seen, &mut errors, &mut warnings, |src, t| Some(parse_host(src, t))).unwrap_or_default()
     } else {
         Host::default()
     };
 
     let mut ports = Vec::new();
     for path in toml_files(&dir.join("ports"), &mut errors) {
-        if let Some(p) = read_file(&path, &mut errors, &mut warnings, |src, t| parse_port(src, t, &path, &host)) {
+        if let Some(p) = read_file(&path, "port", &mut seen, &mut errors, &mut warnings, |src, t| parse_port(src, t, &path, &host)) {
             ports.push(p);
         }
     }
     let mut groups = Vec::new();
     for path in toml_files(&dir.join("groups"), &mut errors) {
-        if let Some(g) = read_file(&path, &mut errors, &mut warnings, |src, t| parse_group(src, t, &path, &host)) {
+        if let Some(g) =
+            read_file(&path, "security group", &mut seen, &mut errors, &mut warnings, |src, t| parse_group(src, t, &path, &host))
+        {
             groups.push(g);
         }
     }
     let mut prefix_lists = Vec::new();
     for path in toml_files(&dir.join("prefix-lists"), &mut errors) {
-        if let Some(p) = read_file(&path, &mut errors, &mut warnings, |src, t| parse_prefix_list(src, t, &path)) {
+        if let Some(p) = read_file(&path, "prefix list", &mut seen, &mut errors, &mut warnings, |src, t| parse_prefix_list(src, t, &path)) {
             prefix_lists.push(p);
         }
     }
@@ -57,7 +60,8 @@ pub fn load_dir(dir: &Path) -> Result<Config, ConfigErrors> {
     prefix_lists.sort_by(|a, b| a.id.cmp(&b.id));
 
     let cfg = Config { dir: dir.to_path_buf(), host, ports, groups, prefix_lists, warnings: Vec::new() };
-    cross_check(&cfg, &mut errors, &mut warnings);
+    duplicate_ids(&seen, &mut errors);
+    cross_check(&cfg, &seen.broken, &mut errors, &mut warnings);
 
     if errors.is_empty() {
         sort_messages(&mut warnings);
@@ -94,8 +98,19 @@ fn toml_files(dir: &Path, errors: &mut Vec<ConfigError>) -> Vec<PathBuf> {
     out
 }
 
+/// What the loader learnt of every file, loaded or not: the id it declares
+/// (for duplicate detection) and whether it had errors (so that references
+/// to it are not reported a second time as missing).
+#[derive(Default)]
+struct Seen {
+    declared: Vec<(String, String, PathBuf)>,
+    broken: HashSet<String>,
+}
+
 fn read_file<T>(
     path: &Path,
+    kind: &str,
+    seen: &mut Seen,
     errors: &mut Vec<ConfigError>,
     warnings: &mut Vec<ConfigError>,
     parse: impl FnOnce(&mut Source<'_>, &Table<'_, '_>) -> Option<T>,
@@ -104,6 +119,7 @@ fn read_file<T>(
         Ok(t) => t,
         Err(e) => {
             errors.push(ConfigError { file: path.to_path_buf(), line: 0, col: 0, msg: format!("cannot read: {e}") });
+            seen.broken.insert(file_stem(path));
             return None;
         }
     };
@@ -112,12 +128,20 @@ fn read_file<T>(
     let out = doc.and_then(|doc| {
         let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         let table = Table::new(&doc, name);
+        if let Some(id) = table.peek_string("id") {
+            seen.declared.push((kind.to_string(), id, path.to_path_buf()));
+        }
         parse(&mut src, &table)
     });
     let ok = src.errors.is_empty();
     errors.append(&mut src.errors);
     warnings.append(&mut src.warnings);
-    if ok { out } else { None }
+    if ok {
+        out
+    } else {
+        seen.broken.insert(file_stem(path));
+        None
+    }
 }
 
 fn file_stem(path: &Path) -> String {
@@ -679,26 +703,26 @@ fn err(file: &Path, loc: Loc, msg: String) -> ConfigError {
     ConfigError { file: file.to_path_buf(), line: loc.line, col: loc.col, msg }
 }
 
+/// Two files of one kind that declare the same id. Only possible when an id
+/// differs from its file name (itself an error), but then the operator
+/// needs to know which other file the id collides with.
+fn duplicate_ids(seen: &Seen, errors: &mut Vec<ConfigError>) {
+    let mut first: HashMap<(&str, &str), &PathBuf> = HashMap::new();
+    for (kind, id, path) in &seen.declared {
+        if let Some(other) = first.insert((kind, id), path) {
+            let (a, b) = if other < path { (other, path) } else { (path, other) };
+            errors.push(err(b, Loc { line: 1, col: 1 }, format!("duplicate {kind} id \"{id}\": {} has it too", a.display())));
+        }
+    }
+}
+
 /// Checks that need more than one file: references, group types, limits
 /// that add up across files, and ports that claim one address or MAC.
-fn cross_check(cfg: &Config, errors: &mut Vec<ConfigError>, warnings: &mut Vec<ConfigError>) {
+fn cross_check(cfg: &Config, broken: &HashSet<String>, errors: &mut Vec<ConfigError>, warnings: &mut Vec<ConfigError>) {
     let first = Loc { line: 1, col: 1 };
     let groups: HashMap<&str, &Group> = cfg.groups.iter().map(|g| (g.id.as_str(), g)).collect();
     let lists: HashMap<&str, &PrefixList> = cfg.prefix_lists.iter().map(|p| (p.id.as_str(), p)).collect();
     let lim = cfg.host.limits;
-
-    // Duplicate ids can only come from a file whose id differs from its name,
-    // which is already an error; say which file holds the first.
-    let mut dup = |kind: &str, items: Vec<(&str, &PathBuf)>| {
-        for w in items.windows(2) {
-            if w[0].0 == w[1].0 {
-                errors.push(err(w[1].1, first, format!("duplicate {kind} id \"{}\": {} has it too", w[0].0, w[0].1.display())));
-            }
-        }
-    };
-    dup("port", cfg.ports.iter().map(|p| (p.id.as_str(), &p.file)).collect());
-    dup("security group", cfg.groups.iter().map(|g| (g.id.as_str(), &g.file)).collect());
-    dup("prefix list", cfg.prefix_lists.iter().map(|p| (p.id.as_str(), &p.file)).collect());
 
     let mut referenced: BTreeMap<&str, bool> = BTreeMap::new();
     for g in &cfg.groups {
@@ -709,6 +733,7 @@ fn cross_check(cfg: &Config, errors: &mut Vec<ConfigError>, warnings: &mut Vec<C
                 Remote::Group(id) => {
                     referenced.insert(id, true);
                     match groups.get(id.as_str()) {
+                        None if broken.contains(id) => {}
                         None => errors.push(err(
                             &g.file,
                             r.remote_loc,
@@ -724,7 +749,7 @@ fn cross_check(cfg: &Config, errors: &mut Vec<ConfigError>, warnings: &mut Vec<C
                 }
                 Remote::PrefixList(id) => {
                     referenced.insert(id, true);
-                    if !lists.contains_key(id.as_str()) {
+                    if !lists.contains_key(id.as_str()) && !broken.contains(id) {
                         errors.push(err(
                             &g.file,
                             r.remote_loc,
@@ -758,6 +783,7 @@ fn cross_check(cfg: &Config, errors: &mut Vec<ConfigError>, warnings: &mut Vec<C
         for r in &p.security_groups {
             referenced.insert(&r.id, true);
             match groups.get(r.id.as_str()) {
+                None if broken.contains(&r.id) => {}
                 None => errors.push(err(
                     &p.file,
                     r.loc,

@@ -122,6 +122,14 @@ impl<'t, 'i> Table<'t, 'i> {
         self.table.get(key)
     }
 
+    /// The string at `key`, if it is one; reports nothing.
+    pub(crate) fn peek_string(&self, key: &str) -> Option<String> {
+        match self.get(key)?.get_ref() {
+            DeValue::String(s) => Some(s.to_string()),
+            _ => None,
+        }
+    }
+
     pub(crate) fn has(&self, key: &str) -> bool {
         self.table.get(key).is_some()
     }

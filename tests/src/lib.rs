@@ -1,4 +1,6 @@
-//! Helpers for the black-box tests of `sgswitch`: finding the binary, writing
+//! Helpers for the black-box tests of `sgswitch` (the `*.rs` files beside
+//! this crate, built as test targets of the `sgswitch` package): running the
+//! binary, writing
 //! configuration directories, and the conformance-table format.
 //!
 //! # Conformance case files (`tests/conformance/*.toml`)
@@ -21,19 +23,10 @@ use std::process::{Command, Output};
 use serde::Deserialize;
 use tempfile::TempDir;
 
-/// The `sgswitch` binary of this build (`target/<profile>/sgswitch`), which
-/// `cargo test --workspace` builds before any test runs.
-pub fn sgswitch_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
-    let bin = profile_dir.join("sgswitch");
-    assert!(bin.exists(), "{} is missing: run `cargo test --workspace` (or `cargo build -p sgswitch`) first", bin.display());
-    bin
-}
-
-/// Runs `sgswitch` with `args`.
-pub fn sgswitch(args: &[&str]) -> Output {
-    Command::new(sgswitch_bin()).args(args).output().expect("run sgswitch")
+/// Runs the `sgswitch` binary at `bin` with `args`. Test targets pass
+/// `env!("CARGO_BIN_EXE_sgswitch")`, which cargo builds before the tests run.
+pub fn run(bin: &str, args: &[&str]) -> Output {
+    Command::new(bin).args(args).output().expect("run sgswitch")
 }
 
 /// Writes `files` (relative path, contents) into a new temporary directory.

@@ -6,7 +6,11 @@ use std::net::IpAddr;
 
 use sgswitch_config::{Direction, load_dir, parse_protocol};
 use sgswitch_filter::{By, Policy, Query};
-use sgswitch_tests::{Case, Expected, PacketCase, Proto, conformance_cases, sgswitch, write_dir};
+use sgswitch_tests::{Case, Expected, PacketCase, Proto, conformance_cases, write_dir};
+
+fn sgswitch(args: &[&str]) -> std::process::Output {
+    sgswitch_tests::run(env!("CARGO_BIN_EXE_sgswitch"), args)
+}
 
 fn query(p: &PacketCase) -> Query {
     let direction = if p.direction == "ingress" { Direction::Ingress } else { Direction::Egress };
