@@ -1,5 +1,5 @@
 //! The validated configuration: what a directory says once it has loaded
-//! without errors. Every value here has passed the checks of [`crate::load`];
+//! without errors. Every value here has passed the checks of [`crate::load_dir`];
 //! code that consumes a [`Config`] may rely on the invariants noted on each
 //! type.
 

@@ -7,7 +7,7 @@
 //!   resolved and each port's groups in binding order.
 //! - [`query`]: [`Query`], an operator's question (`sgswitch trace`) resolved
 //!   into a `Packet` with the documented defaults.
-//! - [`reference`]: the reference evaluator, [`Policy::evaluate`]. It is a
+//! - [`mod@reference`]: the reference evaluator, [`Policy::evaluate`]. It is a
 //!   plain, literal reading of the three policy models and stays in the
 //!   project as the oracle that faster classifiers are checked against. It is
 //!   written to be obviously correct, not fast.

@@ -65,12 +65,14 @@ fn rule_spec() -> impl Strategy<Value = RuleSpec> {
         })
 }
 
+/// A group as indices: intra-group accept?, remote members, ingress, egress.
+type GroupSpec = (bool, Vec<usize>, Vec<RuleSpec>, Vec<RuleSpec>);
+
 #[derive(Clone, Debug)]
 struct Spec {
     model: PolicyModel,
     enterprise: bool,
-    /// Per group: intra-group accept?, remote members, ingress, egress.
-    groups: Vec<(bool, Vec<usize>, Vec<RuleSpec>, Vec<RuleSpec>)>,
+    groups: Vec<GroupSpec>,
     lists: Vec<Vec<usize>>,
     /// Per port: address indices, group indices (deduplicated in order).
     ports: Vec<(Vec<usize>, Vec<usize>)>,

@@ -1,0 +1,301 @@
+//! The command-line contract of `interfaces.md`: exit statuses, the exact
+//! `trace --json` shape, batch handling, and output meant for people.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sgswitch");
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+
+fn sgswitch(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run sgswitch")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).expect("utf-8")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).expect("utf-8")
+}
+
+fn trace(extra: &[&str]) -> Output {
+    let mut args = vec!["trace", EXAMPLES];
+    args.extend_from_slice(extra);
+    sgswitch(&args)
+}
+
+#[test]
+fn check_accepts_the_examples_and_summarises_them() {
+    let o = sgswitch(&["check", EXAMPLES]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("valid, policy model \"priority\""), "{out}");
+    assert!(out.contains("6 ports, 5 security groups, 1 prefix list"), "{out}");
+    let web1 = out.lines().find(|l| l.starts_with("eni-web1 ")).expect("a row per port");
+    assert_eq!(web1.split_whitespace().collect::<Vec<_>>(), ["eni-web1", "sg-web,sg-ssh", "7", "0", "7/1000"]);
+    // The bastion's one rule references a 10-entry prefix list: it counts 10.
+    let bastion = out.lines().find(|l| l.starts_with("eni-bastion ")).expect("bastion row");
+    assert!(bastion.ends_with("10/1000"), "{bastion}");
+    assert!(out.contains("no findings"), "{out}");
+}
+
+#[test]
+fn trace_json_is_exactly_the_contract_for_a_rule_decision() {
+    let o = trace(&[
+        "--port",
+        "eni-bastion",
+        "--direction",
+        "ingress",
+        "--proto",
+        "tcp",
+        "--remote",
+        "198.51.100.7",
+        "--local-port",
+        "22",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(
+        stdout(&o),
+        "{\"verdict\":\"allow\",\"by\":\"rule\",\"rule\":{\"group\":\"sg-bastion\",\"direction\":\"ingress\",\"index\":0,\"priority\":1,\"action\":\"allow\"}}\n"
+    );
+}
+
+#[test]
+fn trace_json_has_a_null_rule_for_defaults_and_intra_group() {
+    let o = trace(&[
+        "--port",
+        "eni-bastion",
+        "--direction",
+        "ingress",
+        "--proto",
+        "tcp",
+        "--remote",
+        "192.0.2.1",
+        "--local-port",
+        "22",
+        "--json",
+    ]);
+    assert_eq!(stdout(&o), "{\"verdict\":\"deny\",\"by\":\"default\",\"rule\":null}\n");
+    let o = trace(&[
+        "--port",
+        "eni-web2",
+        "--direction",
+        "ingress",
+        "--proto",
+        "udp",
+        "--remote",
+        "10.0.0.11",
+        "--local-port",
+        "9000",
+        "--json",
+    ]);
+    assert_eq!(stdout(&o), "{\"verdict\":\"allow\",\"by\":\"intra-group\",\"rule\":null}\n");
+}
+
+#[test]
+fn trace_reports_a_deny_rule_with_its_priority() {
+    let o = trace(&[
+        "--port",
+        "eni-db1",
+        "--direction",
+        "egress",
+        "--proto",
+        "tcp",
+        "--remote",
+        "192.0.2.80",
+        "--remote-port",
+        "443",
+        "--json",
+    ]);
+    assert_eq!(
+        stdout(&o),
+        "{\"verdict\":\"deny\",\"by\":\"rule\",\"rule\":{\"group\":\"sg-db\",\"direction\":\"egress\",\"index\":1,\"priority\":100,\"action\":\"deny\"}}\n"
+    );
+}
+
+#[test]
+fn trace_plain_says_in_one_line_which_rule_decided_and_why() {
+    let o = trace(&[
+        "--port",
+        "eni-web1",
+        "--direction",
+        "ingress",
+        "--proto",
+        "tcp",
+        "--remote",
+        "203.0.113.9",
+        "--remote-port",
+        "40000",
+        "--local-port",
+        "80",
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = stdout(&o);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    for part in [
+        "eni-web1",
+        "ingress",
+        "tcp 203.0.113.9:40000 -> 10.0.0.11:80",
+        "DENY",
+        "rule sg-web/ingress/0",
+        "deny tcp 80/80 from 203.0.113.0/24",
+        "priority 1",
+        "abusive network",
+    ] {
+        assert!(out.contains(part), "missing {part:?} in {out}");
+    }
+}
+
+fn batch_file(lines: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().expect("temp file");
+    f.write_all(lines.as_bytes()).expect("write");
+    f
+}
+
+const BATCH: &str = r#"{"port":"eni-web1","direction":"ingress","proto":"tcp","remote":"2001:db8:7::1","remote_port":50000,"local_port":443}
+{"port":"eni-web1","direction":"ingress","proto":"icmp","remote":"192.0.2.50"}
+
+{"port":"eni-db1","direction":"ingress","proto":6,"remote":"10.0.0.11","local_port":5432}
+{"port":"eni-lab2","direction":"ingress","proto":"tcp","remote":"10.0.3.41","local_port":8080}
+"#;
+
+#[test]
+fn batch_gives_one_result_per_request_in_order() {
+    let f = batch_file(BATCH);
+    let o = trace(&["--batch", f.path().to_str().expect("utf-8"), "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let lines: Vec<String> = stdout(&o).lines().map(String::from).collect();
+    assert_eq!(
+        lines,
+        [
+            r#"{"verdict":"allow","by":"rule","rule":{"group":"sg-web","direction":"ingress","index":3,"priority":1,"action":"allow"}}"#,
+            r#"{"verdict":"allow","by":"rule","rule":{"group":"sg-web","direction":"ingress","index":4,"priority":10,"action":"allow"}}"#,
+            r#"{"verdict":"allow","by":"rule","rule":{"group":"sg-db","direction":"ingress","index":0,"priority":1,"action":"allow"}}"#,
+            r#"{"verdict":"deny","by":"default","rule":null}"#,
+        ]
+    );
+}
+
+#[test]
+fn batch_reads_standard_input_and_aligns_plain_columns() {
+    let mut child =
+        Command::new(BIN).args(["trace", EXAMPLES, "--batch", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("spawn");
+    child.stdin.take().expect("stdin").write_all(BATCH.as_bytes()).expect("write");
+    let o = child.wait_with_output().expect("wait");
+    assert_eq!(o.status.code(), Some(0));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4);
+    // The verdict column starts at the same place on every line.
+    let cols: Vec<usize> = lines.iter().map(|l| l.find(" ALLOW ").or_else(|| l.find(" DENY ")).expect("verdict")).collect();
+    assert!(cols.windows(2).all(|w| w[0] == w[1]), "{out}");
+}
+
+#[test]
+fn batch_errors_name_every_bad_line_and_print_no_results() {
+    let f = batch_file(
+        "{\"port\":\"eni-web1\",\"direction\":\"ingress\",\"proto\":\"icmp\",\"remote\":\"192.0.2.1\"}\n{\"port\":\"eni-nope\",\"direction\":\"ingress\",\"proto\":\"icmp\",\"remote\":\"192.0.2.1\"}\nnot json\n",
+    );
+    let path = f.path().to_str().expect("utf-8");
+    let o = trace(&["--batch", path, "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(o.stdout.is_empty());
+    let err = stderr(&o);
+    assert!(err.contains(&format!("{path}:2: no port \"eni-nope\" in the configuration")), "{err}");
+    assert!(err.contains(&format!("{path}:3: ")), "{err}");
+}
+
+#[test]
+fn usage_errors_exit_1_and_help_exits_0() {
+    let o = sgswitch(&["trace", EXAMPLES, "--port", "eni-web1"]);
+    assert_eq!(o.status.code(), Some(1), "missing required flags");
+    let o = trace(&["--port", "eni-web1", "--direction", "sideways", "--proto", "tcp", "--remote", "1.2.3.4"]);
+    assert_eq!(o.status.code(), Some(1), "bad direction");
+    let o = sgswitch(&["frobnicate"]);
+    assert_eq!(o.status.code(), Some(1), "unknown subcommand");
+    let o = sgswitch(&["--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).contains("trace"));
+    let o = sgswitch(&["--version"]);
+    assert_eq!(o.status.code(), Some(0));
+}
+
+#[test]
+fn trace_refuses_questions_it_cannot_answer() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--port", "eni-x", "--direction", "ingress", "--proto", "icmp", "--remote", "1.2.3.4"], "no port \"eni-x\""),
+        (&["--port", "eni-web1", "--direction", "ingress", "--proto", "tcp", "--remote", "1.2.3.4"], "needs its destination port"),
+        (&["--port", "eni-web1", "--direction", "ingress", "--proto", "all", "--remote", "1.2.3.4"], "\"all\" is for rules"),
+        (
+            &["--port", "eni-web1", "--direction", "ingress", "--proto", "icmp", "--remote", "1.2.3.4", "--local-port", "1"],
+            "ports apply to tcp and udp only",
+        ),
+        (
+            &[
+                "--port",
+                "eni-web1",
+                "--direction",
+                "ingress",
+                "--proto",
+                "udp",
+                "--remote",
+                "1.2.3.4",
+                "--local-port",
+                "1",
+                "--icmp-type",
+                "3",
+            ],
+            "icmp and icmpv6 only",
+        ),
+        (
+            &["--port", "eni-web1", "--direction", "ingress", "--proto", "icmp", "--remote", "1.2.3.4", "--local", "fd00::11"],
+            "different IP versions",
+        ),
+        (&["--port", "eni-web1", "--direction", "ingress", "--proto", "icmp", "--remote", "1.2.3"], "not an IP address"),
+        (
+            &["--port", "eni-web1", "--direction", "ingress", "--proto", "udp", "--remote", "1.2.3.4", "--local-port", "65536"],
+            "out of range",
+        ),
+    ];
+    for (args, msg) in cases {
+        let o = trace(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&o).contains(msg), "{args:?}: {}", stderr(&o));
+        assert!(o.stdout.is_empty());
+    }
+}
+
+#[test]
+fn an_invalid_configuration_fails_trace_with_exit_1() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("groups")).expect("mkdir");
+    std::fs::write(dir.path().join("groups/sg-a.toml"), "id = \"sg-b\"\n").expect("write");
+    let o = sgswitch(&[
+        "trace",
+        dir.path().to_str().expect("utf-8"),
+        "--port",
+        "p",
+        "--direction",
+        "ingress",
+        "--proto",
+        "icmp",
+        "--remote",
+        "1.2.3.4",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("groups/sg-a.toml:1:6: id \"sg-b\" differs from the file name"), "{}", stderr(&o));
+}
+
+#[test]
+fn check_lists_findings_that_do_not_stop_loading() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("groups")).expect("mkdir");
+    std::fs::write(dir.path().join("groups/sg-unused.toml"), "id = \"sg-unused\"\n").expect("write");
+    let o = sgswitch(&["check", dir.path().to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = stdout(&o);
+    assert!(out.contains("1 finding:"), "{out}");
+    assert!(out.contains("groups/sg-unused.toml:1:1: security group sg-unused is bound to no port and referenced by no rule"), "{out}");
+}
