@@ -198,8 +198,13 @@ fn packet() -> impl Strategy<Value = Packet> {
         })
 }
 
+/// Every (port, packet, decision) of the policy's ports and the packets.
+fn decisions<'a>(policy: &Policy, pkts: &'a [Packet]) -> Vec<(usize, &'a Packet, Decision)> {
+    (0..policy.ports().len()).flat_map(|port| pkts.iter().map(move |p| (port, p, policy.evaluate(port, p)))).collect()
+}
+
 fn decide_all(policy: &Policy, pkts: &[Packet]) -> Vec<Decision> {
-    (0..policy.ports().len()).flat_map(|port| pkts.iter().map(move |p| policy.evaluate(port, p))).collect()
+    decisions(policy, pkts).into_iter().map(|(_, _, d)| d).collect()
 }
 
 proptest! {
@@ -210,21 +215,18 @@ proptest! {
     #[test]
     fn the_deciding_rule_matches_and_nothing_outranks_it(s in spec(), pkts in prop::collection::vec(packet(), 1..20)) {
         let policy = Policy::new(build(&s));
-        for port in 0..policy.ports().len() {
-            for p in &pkts {
-                let d = policy.evaluate(port, p);
-                if let By::Rule(r) = d.by {
-                    prop_assert!(policy.rule_matches(policy.rule(r), p));
-                    prop_assert_eq!(d.verdict, Verdict::from(r.action));
-                    prop_assert!(policy.port_groups(port).contains(&r.group));
-                    prop_assert_eq!(r.direction, p.direction);
-                    if s.model == PolicyModel::Priority {
-                        for &g in policy.port_groups(port) {
-                            for (i, rule) in policy.group(g).rules(p.direction).iter().enumerate() {
-                                let id = policy.rule_ref(g, p.direction, i);
-                                if policy.rule_matches(rule, p) {
-                                    prop_assert!((id.priority, id.action) >= (r.priority, r.action));
-                                }
+        for (port, p, d) in decisions(&policy, &pkts) {
+            if let By::Rule(r) = d.by {
+                prop_assert!(policy.rule_matches(policy.rule(r), p));
+                prop_assert_eq!(d.verdict, Verdict::from(r.action));
+                prop_assert!(policy.port_groups(port).contains(&r.group));
+                prop_assert_eq!(r.direction, p.direction);
+                if s.model == PolicyModel::Priority {
+                    for &g in policy.port_groups(port) {
+                        for (i, rule) in policy.group(g).rules(p.direction).iter().enumerate() {
+                            let id = policy.rule_ref(g, p.direction, i);
+                            if policy.rule_matches(rule, p) {
+                                prop_assert!((id.priority, id.action) >= (r.priority, r.action));
                             }
                         }
                     }
@@ -273,17 +275,15 @@ proptest! {
     #[test]
     fn rules_of_one_ip_version_never_decide_the_other(s in spec(), pkts in prop::collection::vec(packet(), 1..20)) {
         let policy = Policy::new(build(&s));
-        for port in 0..policy.ports().len() {
-            for p in &pkts {
-                if let By::Rule(r) = policy.evaluate(port, p).by {
-                    let rule = policy.rule(r);
-                    let v4 = p.remote.is_ipv4();
-                    if let Remote::Cidr(n) = rule.remote {
-                        prop_assert_eq!(matches!(n, IpNet::V4(_)), v4);
-                    }
-                    if let Some(n) = rule.local {
-                        prop_assert_eq!(matches!(n, IpNet::V4(_)), v4);
-                    }
+        for (_, p, d) in decisions(&policy, &pkts) {
+            if let By::Rule(r) = d.by {
+                let rule = policy.rule(r);
+                let v4 = p.remote.is_ipv4();
+                if let Remote::Cidr(n) = rule.remote {
+                    prop_assert_eq!(matches!(n, IpNet::V4(_)), v4);
+                }
+                if let Some(n) = rule.local {
+                    prop_assert_eq!(matches!(n, IpNet::V4(_)), v4);
                 }
             }
         }
@@ -305,13 +305,10 @@ proptest! {
             gs.insert(0, first);
         }
         let policy = Policy::new(build(&s));
-        for port in 0..policy.ports().len() {
-            for p in &pkts {
-                let d = policy.evaluate(port, p);
-                prop_assert_eq!(d.verdict, if deny { Verdict::Deny } else { Verdict::Allow });
-                let By::Rule(r) = d.by else { panic!("a catch-all rule decides") };
-                prop_assert_eq!(&policy.group(r.group).id, &format!("sg-{first}"));
-            }
+        for (_, _, d) in decisions(&policy, &pkts) {
+            prop_assert_eq!(d.verdict, if deny { Verdict::Deny } else { Verdict::Allow });
+            let By::Rule(r) = d.by else { panic!("a catch-all rule decides") };
+            prop_assert_eq!(&policy.group(r.group).id, &format!("sg-{first}"));
         }
     }
 
@@ -321,21 +318,18 @@ proptest! {
     #[test]
     fn defaults_follow_the_model(s in spec(), pkts in prop::collection::vec(packet(), 1..20)) {
         let policy = Policy::new(build(&s));
-        for port in 0..policy.ports().len() {
-            for p in &pkts {
-                let d = policy.evaluate(port, p);
-                if d.by == By::Default {
-                    let want = match (s.model, p.direction) {
-                        (PolicyModel::Priority, Direction::Egress) if !s.enterprise => Verdict::Allow,
-                        _ => Verdict::Deny,
-                    };
-                    prop_assert_eq!(d.verdict, want);
-                }
-                if let By::IntraGroup { group } = d.by {
-                    prop_assert_eq!(s.model, PolicyModel::Priority);
-                    prop_assert!(!s.enterprise);
-                    prop_assert!(policy.members(group).iter().any(|n| n.contains(&p.remote)));
-                }
+        for (_, p, d) in decisions(&policy, &pkts) {
+            if d.by == By::Default {
+                let want = match (s.model, p.direction) {
+                    (PolicyModel::Priority, Direction::Egress) if !s.enterprise => Verdict::Allow,
+                    _ => Verdict::Deny,
+                };
+                prop_assert_eq!(d.verdict, want);
+            }
+            if let By::IntraGroup { group } = d.by {
+                prop_assert_eq!(s.model, PolicyModel::Priority);
+                prop_assert!(!s.enterprise);
+                prop_assert!(policy.members(group).iter().any(|n| n.contains(&p.remote)));
             }
         }
     }

@@ -19,9 +19,10 @@ fn stderr(o: &Output) -> String {
     String::from_utf8(o.stderr.clone()).expect("utf-8")
 }
 
-fn trace(extra: &[&str]) -> Output {
+/// `sgswitch trace examples/ <flags>`, the flags as one whitespace-separated string.
+fn trace(flags: &str) -> Output {
     let mut args = vec!["trace", EXAMPLES];
-    args.extend_from_slice(extra);
+    args.extend(flags.split_whitespace());
     sgswitch(&args)
 }
 
@@ -42,19 +43,7 @@ fn check_accepts_the_examples_and_summarises_them() {
 
 #[test]
 fn trace_json_is_exactly_the_contract_for_a_rule_decision() {
-    let o = trace(&[
-        "--port",
-        "eni-bastion",
-        "--direction",
-        "ingress",
-        "--proto",
-        "tcp",
-        "--remote",
-        "198.51.100.7",
-        "--local-port",
-        "22",
-        "--json",
-    ]);
+    let o = trace("--port eni-bastion --direction ingress --proto tcp --remote 198.51.100.7 --local-port 22 --json");
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(
         stdout(&o),
@@ -64,51 +53,15 @@ fn trace_json_is_exactly_the_contract_for_a_rule_decision() {
 
 #[test]
 fn trace_json_has_a_null_rule_for_defaults_and_intra_group() {
-    let o = trace(&[
-        "--port",
-        "eni-bastion",
-        "--direction",
-        "ingress",
-        "--proto",
-        "tcp",
-        "--remote",
-        "192.0.2.1",
-        "--local-port",
-        "22",
-        "--json",
-    ]);
+    let o = trace("--port eni-bastion --direction ingress --proto tcp --remote 192.0.2.1 --local-port 22 --json");
     assert_eq!(stdout(&o), "{\"verdict\":\"deny\",\"by\":\"default\",\"rule\":null}\n");
-    let o = trace(&[
-        "--port",
-        "eni-web2",
-        "--direction",
-        "ingress",
-        "--proto",
-        "udp",
-        "--remote",
-        "10.0.0.11",
-        "--local-port",
-        "9000",
-        "--json",
-    ]);
+    let o = trace("--port eni-web2 --direction ingress --proto udp --remote 10.0.0.11 --local-port 9000 --json");
     assert_eq!(stdout(&o), "{\"verdict\":\"allow\",\"by\":\"intra-group\",\"rule\":null}\n");
 }
 
 #[test]
 fn trace_reports_a_deny_rule_with_its_priority() {
-    let o = trace(&[
-        "--port",
-        "eni-db1",
-        "--direction",
-        "egress",
-        "--proto",
-        "tcp",
-        "--remote",
-        "192.0.2.80",
-        "--remote-port",
-        "443",
-        "--json",
-    ]);
+    let o = trace("--port eni-db1 --direction egress --proto tcp --remote 192.0.2.80 --remote-port 443 --json");
     assert_eq!(
         stdout(&o),
         "{\"verdict\":\"deny\",\"by\":\"rule\",\"rule\":{\"group\":\"sg-db\",\"direction\":\"egress\",\"index\":1,\"priority\":100,\"action\":\"deny\"}}\n"
@@ -117,20 +70,7 @@ fn trace_reports_a_deny_rule_with_its_priority() {
 
 #[test]
 fn trace_plain_says_in_one_line_which_rule_decided_and_why() {
-    let o = trace(&[
-        "--port",
-        "eni-web1",
-        "--direction",
-        "ingress",
-        "--proto",
-        "tcp",
-        "--remote",
-        "203.0.113.9",
-        "--remote-port",
-        "40000",
-        "--local-port",
-        "80",
-    ]);
+    let o = trace("--port eni-web1 --direction ingress --proto tcp --remote 203.0.113.9 --remote-port 40000 --local-port 80");
     assert_eq!(o.status.code(), Some(0));
     let out = stdout(&o);
     assert_eq!(out.lines().count(), 1, "{out}");
@@ -164,7 +104,7 @@ const BATCH: &str = r#"{"port":"eni-web1","direction":"ingress","proto":"tcp","r
 #[test]
 fn batch_gives_one_result_per_request_in_order() {
     let f = batch_file(BATCH);
-    let o = trace(&["--batch", f.path().to_str().expect("utf-8"), "--json"]);
+    let o = trace(&format!("--batch {} --json", f.path().display()));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let lines: Vec<String> = stdout(&o).lines().map(String::from).collect();
     assert_eq!(
@@ -199,7 +139,7 @@ fn batch_errors_name_every_bad_line_and_print_no_results() {
         "{\"port\":\"eni-web1\",\"direction\":\"ingress\",\"proto\":\"icmp\",\"remote\":\"192.0.2.1\"}\n{\"port\":\"eni-nope\",\"direction\":\"ingress\",\"proto\":\"icmp\",\"remote\":\"192.0.2.1\"}\nnot json\n",
     );
     let path = f.path().to_str().expect("utf-8");
-    let o = trace(&["--batch", path, "--json"]);
+    let o = trace(&format!("--batch {path} --json"));
     assert_eq!(o.status.code(), Some(1));
     assert!(o.stdout.is_empty());
     let err = stderr(&o);
@@ -211,7 +151,7 @@ fn batch_errors_name_every_bad_line_and_print_no_results() {
 fn usage_errors_exit_1_and_help_exits_0() {
     let o = sgswitch(&["trace", EXAMPLES, "--port", "eni-web1"]);
     assert_eq!(o.status.code(), Some(1), "missing required flags");
-    let o = trace(&["--port", "eni-web1", "--direction", "sideways", "--proto", "tcp", "--remote", "1.2.3.4"]);
+    let o = trace("--port eni-web1 --direction sideways --proto tcp --remote 1.2.3.4");
     assert_eq!(o.status.code(), Some(1), "bad direction");
     let o = sgswitch(&["frobnicate"]);
     assert_eq!(o.status.code(), Some(1), "unknown subcommand");
@@ -224,40 +164,15 @@ fn usage_errors_exit_1_and_help_exits_0() {
 
 #[test]
 fn trace_refuses_questions_it_cannot_answer() {
-    let cases: &[(&[&str], &str)] = &[
-        (&["--port", "eni-x", "--direction", "ingress", "--proto", "icmp", "--remote", "1.2.3.4"], "no port \"eni-x\""),
-        (&["--port", "eni-web1", "--direction", "ingress", "--proto", "tcp", "--remote", "1.2.3.4"], "needs its destination port"),
-        (&["--port", "eni-web1", "--direction", "ingress", "--proto", "all", "--remote", "1.2.3.4"], "\"all\" is for rules"),
-        (
-            &["--port", "eni-web1", "--direction", "ingress", "--proto", "icmp", "--remote", "1.2.3.4", "--local-port", "1"],
-            "ports apply to tcp and udp only",
-        ),
-        (
-            &[
-                "--port",
-                "eni-web1",
-                "--direction",
-                "ingress",
-                "--proto",
-                "udp",
-                "--remote",
-                "1.2.3.4",
-                "--local-port",
-                "1",
-                "--icmp-type",
-                "3",
-            ],
-            "icmp and icmpv6 only",
-        ),
-        (
-            &["--port", "eni-web1", "--direction", "ingress", "--proto", "icmp", "--remote", "1.2.3.4", "--local", "fd00::11"],
-            "different IP versions",
-        ),
-        (&["--port", "eni-web1", "--direction", "ingress", "--proto", "icmp", "--remote", "1.2.3"], "not an IP address"),
-        (
-            &["--port", "eni-web1", "--direction", "ingress", "--proto", "udp", "--remote", "1.2.3.4", "--local-port", "65536"],
-            "out of range",
-        ),
+    let cases: &[(&str, &str)] = &[
+        ("--port eni-x --direction ingress --proto icmp --remote 1.2.3.4", "no port \"eni-x\""),
+        ("--port eni-web1 --direction ingress --proto tcp --remote 1.2.3.4", "needs its destination port"),
+        ("--port eni-web1 --direction ingress --proto all --remote 1.2.3.4", "\"all\" is for rules"),
+        ("--port eni-web1 --direction ingress --proto icmp --remote 1.2.3.4 --local-port 1", "ports apply to tcp and udp only"),
+        ("--port eni-web1 --direction ingress --proto udp --remote 1.2.3.4 --local-port 1 --icmp-type 3", "icmp and icmpv6 only"),
+        ("--port eni-web1 --direction ingress --proto icmp --remote 1.2.3.4 --local fd00::11", "different IP versions"),
+        ("--port eni-web1 --direction ingress --proto icmp --remote 1.2.3", "not an IP address"),
+        ("--port eni-web1 --direction ingress --proto udp --remote 1.2.3.4 --local-port 65536", "out of range"),
     ];
     for (args, msg) in cases {
         let o = trace(args);
