@@ -57,6 +57,11 @@ impl Key {
         (Key { lo: lo.0, hi: hi.0, lo_port: lo.1, hi_port: hi.1, zone: t.zone, proto: t.proto, v6: t.src.is_ipv6() }, src_is_lo)
     }
 
+    /// (low address, high address, low port, high port, zone, protocol, is IPv6).
+    pub fn parts(&self) -> ([u8; 16], [u8; 16], u16, u16, Zone, u8, bool) {
+        (self.lo, self.hi, self.lo_port, self.hi_port, self.zone, self.proto, self.v6)
+    }
+
     pub fn zone(&self) -> Zone {
         self.zone
     }

@@ -5,6 +5,9 @@
 //!   per zone (one zone per port).
 //! - [`tcp`]: the TCP state machine as a pure function, with the liberal
 //!   sequence check for RST.
+//! - [`table`]: the bounded, preallocated connection [`Table`]: lookup and
+//!   state update, creation through the caller's policy closure, amortised
+//!   expiry, capacity and eviction, lazy revalidation by policy generation.
 //!
 //! # Contract
 //! Pure data structures: no I/O, no threads, no clock (the caller passes
@@ -12,7 +15,9 @@
 #![forbid(unsafe_code)]
 
 pub mod key;
+pub mod table;
 pub mod tcp;
 
 pub use key::{Key, Tuple, Zone};
+pub use table::{Counters, Now, Outcome, PacketInfo, Settings, State, Stats, Table, Timeouts};
 pub use tcp::{Segment, Side, Step, TcpState};

@@ -1,0 +1,732 @@
+//! The connection table: preallocated, bounded, one owner per set of zones.
+//!
+//! # Design
+//! - **Entries** live in a slab (`Vec<Entry>`) allocated once at its full
+//!   capacity; free entries are chained through their list links.
+//! - **Index**: open addressing with linear probing over `u64` slots
+//!   (entry index and the low 32 bits of the key hash, which include the home
+//!   position), at most half full; deletion shifts followers back, so there
+//!   are no tombstones. A probe compares the stored hash bits before touching
+//!   an entry.
+//! - **Expiry**: a timer wheel of [`WHEEL_SLOTS`] one-second slots, each a
+//!   doubly linked list. An entry sits in the slot of the second its deadline
+//!   (last seen + the timeout of its zone and state) falls in, as computed
+//!   when it was placed. The per-packet path only stamps `last_seen`; it
+//!   re-places an entry only when its state class changes (ESTABLISHED ->
+//!   FIN_WAIT shortens the deadline). [`Table::expire`] walks past seconds
+//!   slot by slot: an expired entry is freed; one seen since it was placed
+//!   (or placed a wheel turn ahead) moves to the slot of its current
+//!   deadline. So an entry is freed within a second of its deadline, each
+//!   live entry is looked at about once per timeout, and every call does a
+//!   bounded amount of work. Lookups never use an entry past its deadline,
+//!   swept or not.
+//! - **Capacity**: a global bound and a per-zone bound. A new flow that finds
+//!   either full may evict the oldest *unassured* entry (half-open TCP,
+//!   unreplied UDP/ICMP/other) of its own zone, found within
+//!   [`EVICT_SCAN`] list heads; assured entries are never evicted, and a zone
+//!   never evicts another zone's entries. Otherwise the new flow is refused
+//!   ([`Outcome::Full`]).
+//! - **Policy generation**: every entry records the generation of the policy
+//!   that admitted it. With `revalidate`, the first packet that meets an entry
+//!   of an older generation re-judges the flow's original first packet through
+//!   the caller's closure; denied, the entry is removed and the packet judged
+//!   as new. No table-wide scan happens on reload.
+//!
+//! # Invariants
+//! `len() <= capacity`, each zone's count `<= per_zone_capacity`; the index
+//! is at most half full; every live entry is in exactly one expiry list and
+//! one index slot. Nothing on the per-packet path allocates.
+
+use std::net::IpAddr;
+
+use crate::key::{self, Key, Tuple, Zone};
+use crate::tcp::{self, Segment, Side, Step, TcpState};
+
+/// Milliseconds on the caller's clock (capture timestamps in `replay`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Now(pub u64);
+
+impl Now {
+    fn ms32(self) -> u32 {
+        // Wrapping on purpose: ages are computed with wrapping_sub, correct
+        // for ages under 2^31 ms (24 days), far above any timeout.
+        u32::try_from(self.0 & 0xffff_ffff).expect("masked to 32 bits")
+    }
+}
+
+/// Timeouts in seconds (the `[conntrack.timeouts]` of `host.toml`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Timeouts {
+    pub tcp_syn: u32,
+    pub tcp_established: u32,
+    pub tcp_closing: u32,
+    pub udp: u32,
+    pub udp_stream: u32,
+    pub icmp: u32,
+    pub other: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { tcp_syn: 120, tcp_established: 910, tcp_closing: 120, udp: 30, udp_stream: 180, icmp: 30, other: 600 }
+    }
+}
+
+impl Timeouts {
+    fn ms(&self, c: Class) -> u32 {
+        let s = match c {
+            Class::TcpSyn => self.tcp_syn,
+            Class::TcpEstablished => self.tcp_established,
+            Class::TcpClosing => self.tcp_closing,
+            Class::Udp => self.udp,
+            Class::UdpStream => self.udp_stream,
+            Class::Icmp => self.icmp,
+            Class::Other => self.other,
+        };
+        s.saturating_mul(1000)
+    }
+}
+
+/// Table settings, fixed at construction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub capacity: u32,
+    pub per_zone_capacity: u32,
+    /// Timeouts per zone; zones beyond the list use `default_timeouts`.
+    pub zone_timeouts: Vec<Timeouts>,
+    pub default_timeouts: Timeouts,
+    pub tcp_strict: bool,
+    /// `on_policy_change = "revalidate"`; false is `keep`.
+    pub revalidate: bool,
+    /// Hash seed; pass a random value so flows cannot be aimed at one bucket.
+    pub seed: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            capacity: 1 << 20,
+            per_zone_capacity: 1 << 16,
+            zone_timeouts: Vec::new(),
+            default_timeouts: Timeouts::default(),
+            tcp_strict: false,
+            revalidate: true,
+            seed: 0x5eed,
+        }
+    }
+}
+
+/// Timeout classes, one expiry list each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Class {
+    TcpSyn,
+    TcpEstablished,
+    TcpClosing,
+    Udp,
+    UdpStream,
+    Icmp,
+    Other,
+}
+
+/// How many entries a new flow looks at (soonest deadline first) to find an
+/// expired entry or an unassured entry of its own zone to evict.
+pub const EVICT_SCAN: usize = 64;
+
+/// Slots of the timer wheel, one second each.
+pub const WHEEL_SLOTS: usize = 4096;
+
+/// Empty slots `expire` may step over in one call.
+pub const MAX_EMPTY_SLOTS: usize = 64;
+
+const NIL: u32 = u32::MAX;
+
+/// The protocol state of an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum State {
+    Tcp(TcpState),
+    /// UDP, ICMP echo and other protocols: whether the reply side was seen.
+    Pseudo {
+        replied: bool,
+    },
+}
+
+/// One tracked flow: 72 bytes (the key is 40).
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    key: Key,
+    last_seen: u32,
+    /// The wheel slot the entry is linked in.
+    slot: u32,
+    generation: u32,
+    /// Per side (orig, reply): the sequence number that side sends next.
+    next_seq: [u32; 2],
+    prev: u32,
+    next: u32,
+    state: State,
+    class: Class,
+    /// [`LIVE`], [`ORIG_IS_LO`] (the opener is the key's low endpoint) and
+    /// [`CLOSER_IS_REPLY`] (the reply side sent the first FIN).
+    flags: u8,
+}
+
+const LIVE: u8 = 1;
+const ORIG_IS_LO: u8 = 2;
+const CLOSER_IS_REPLY: u8 = 4;
+
+impl Entry {
+    fn live(&self) -> bool {
+        self.flags & LIVE != 0
+    }
+
+    fn orig_is_lo(&self) -> bool {
+        self.flags & ORIG_IS_LO != 0
+    }
+
+    fn closer(&self) -> Side {
+        if self.flags & CLOSER_IS_REPLY != 0 { Side::Reply } else { Side::Orig }
+    }
+}
+
+impl Default for Entry {
+    fn default() -> Self {
+        Entry {
+            key: Key::default(),
+            last_seen: 0,
+            slot: 0,
+            generation: 0,
+            next_seq: [0; 2],
+            prev: NIL,
+            next: NIL,
+            state: State::Pseudo { replied: false },
+            class: Class::Other,
+            flags: 0,
+        }
+    }
+}
+
+/// Per-direction packet and byte counts of an entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub packets: [u32; 2],
+    pub bytes: [u64; 2],
+}
+
+/// What the table knows of a packet beyond its tuple.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PacketInfo {
+    /// TCP flags byte (0 for other protocols).
+    pub tcp_flags: u8,
+    pub tcp_seq: u32,
+    /// Transport payload length (for TCP's next sequence number).
+    pub payload_len: u32,
+    /// Bytes on the wire, for the counters.
+    pub wire_len: u32,
+}
+
+/// The outcome for one packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Part of a tracked flow: pass without rule evaluation.
+    Established,
+    /// A new flow the policy allowed; an entry was created.
+    New,
+    /// The policy denied the first packet (no entry).
+    Denied,
+    /// Makes no sense for the flow's state: drop, count `invalid`.
+    Invalid,
+    /// Allowed, but no room: drop, count `conntrack-full`.
+    Full,
+}
+
+/// Table-wide event counts (summed into metrics by the caller).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub created: u64,
+    pub expired: u64,
+    pub evicted: u64,
+    pub full: u64,
+    pub invalid: u64,
+    pub revalidated: u64,
+    pub revalidation_removed: u64,
+}
+
+/// A bounded connection table.
+#[derive(Debug)]
+pub struct Table {
+    s: Settings,
+    entries: Vec<Entry>,
+    counters: Vec<Counters>,
+    slots: Vec<u64>,
+    mask: usize,
+    free: u32,
+    len: u32,
+    zone_len: Vec<u32>,
+    heads: Vec<u32>,
+    tails: Vec<u32>,
+    /// The next second the sweep will process (None before the first flow).
+    cursor: Option<u64>,
+    stats: Stats,
+}
+
+fn class_of(state: State, proto: u8) -> Class {
+    match state {
+        State::Tcp(TcpState::SynSent | TcpState::SynRecv) => Class::TcpSyn,
+        State::Tcp(TcpState::Established) => Class::TcpEstablished,
+        State::Tcp(_) => Class::TcpClosing,
+        State::Pseudo { replied } => match proto {
+            17 if replied => Class::UdpStream,
+            17 => Class::Udp,
+            1 | 58 => Class::Icmp,
+            _ => Class::Other,
+        },
+    }
+}
+
+fn assured(state: State) -> bool {
+    match state {
+        State::Tcp(s) => !matches!(s, TcpState::SynSent | TcpState::SynRecv),
+        State::Pseudo { replied } => replied,
+    }
+}
+
+fn side_ix(s: Side) -> usize {
+    match s {
+        Side::Orig => 0,
+        Side::Reply => 1,
+    }
+}
+
+impl Table {
+    /// Allocates the whole table. Zones are numbered `0..zones`.
+    ///
+    /// # Panics
+    /// If `capacity` is 0 or above 2^30.
+    pub fn new(s: Settings, zones: usize) -> Table {
+        assert!(s.capacity > 0 && s.capacity <= 1 << 30, "capacity must be 1..2^30");
+        let cap = s.capacity as usize;
+        let nslots = (cap * 2).next_power_of_two();
+        let mut entries = vec![Entry::default(); cap];
+        for (i, e) in entries.iter_mut().enumerate() {
+            e.next = if i + 1 < cap { u32::try_from(i + 1).expect("capacity <= 2^30") } else { NIL };
+        }
+        Table {
+            counters: vec![Counters::default(); cap],
+            slots: vec![0; nslots],
+            mask: nslots - 1,
+            free: 0,
+            len: 0,
+            zone_len: vec![0; zones],
+            heads: vec![NIL; WHEEL_SLOTS],
+            tails: vec![NIL; WHEEL_SLOTS],
+            cursor: None,
+            stats: Stats::default(),
+            entries,
+            s,
+        }
+    }
+
+    fn timeouts(&self, zone: Zone) -> &Timeouts {
+        self.s.zone_timeouts.get(usize::from(zone)).unwrap_or(&self.s.default_timeouts)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn zone_len(&self, zone: Zone) -> usize {
+        self.zone_len.get(usize::from(zone)).map_or(0, |&n| n as usize)
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Bytes the table holds per flow at full capacity: entry, counters and
+    /// index slots.
+    pub fn bytes_per_flow(&self) -> usize {
+        let per = std::mem::size_of::<Entry>() + std::mem::size_of::<Counters>();
+        per + self.slots.len() * std::mem::size_of::<u64>() / self.entries.len()
+    }
+
+    /// The size of one entry in bytes.
+    pub fn entry_size() -> usize {
+        std::mem::size_of::<Entry>()
+    }
+
+    // ------------------------------------------------------------ index
+    //
+    // Slots and hashes are u64; positions are their low bits, so the
+    // truncating casts to usize below are the point.
+
+    #[expect(clippy::cast_possible_truncation, reason = "positions are the low bits of a hash or slot")]
+    fn find(&self, key: &Key, h: u64) -> Option<usize> {
+        let tag = h & 0xffff_ffff;
+        let mut i = (h as usize) & self.mask;
+        loop {
+            let s = self.slots[i];
+            if s == 0 {
+                return None;
+            }
+            if s & 0xffff_ffff == tag {
+                let idx = (s >> 32) as usize - 1;
+                if self.entries[idx].key == *key {
+                    return Some(idx);
+                }
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    #[expect(clippy::cast_possible_truncation, reason = "positions are the low bits of a hash or slot")]
+    fn index_insert(&mut self, h: u64, idx: usize) {
+        let mut i = (h as usize) & self.mask;
+        while self.slots[i] != 0 {
+            i = (i + 1) & self.mask;
+        }
+        self.slots[i] = ((idx as u64 + 1) << 32) | (h & 0xffff_ffff);
+    }
+
+    #[expect(clippy::cast_possible_truncation, reason = "positions are the low bits of a hash or slot")]
+    fn index_remove(&mut self, h: u64, idx: usize) {
+        let want = (idx as u64 + 1) << 32;
+        let mut i = (h as usize) & self.mask;
+        while self.slots[i] & !0xffff_ffff != want {
+            i = (i + 1) & self.mask;
+        }
+        // Backward-shift deletion: pull followers whose home is not in (i, j].
+        let mut j = i;
+        loop {
+            j = (j + 1) & self.mask;
+            let s = self.slots[j];
+            if s == 0 {
+                break;
+            }
+            let home = (s as usize) & self.mask;
+            if (j.wrapping_sub(home) & self.mask) >= (j.wrapping_sub(i) & self.mask) {
+                self.slots[i] = s;
+                i = j;
+            }
+        }
+        self.slots[i] = 0;
+    }
+
+    // ------------------------------------------------------------ lists
+
+    fn unlink(&mut self, idx: usize) {
+        let (prev, next, slot) = (self.entries[idx].prev, self.entries[idx].next, self.entries[idx].slot as usize);
+        if prev == NIL {
+            self.heads[slot] = next
+        } else {
+            self.entries[prev as usize].next = next
+        }
+        if next == NIL { self.tails[slot] = prev } else { self.entries[next as usize].prev = prev }
+    }
+
+    fn link(&mut self, idx: usize, slot: usize) {
+        let i32 = u32::try_from(idx).expect("capacity <= 2^30");
+        let e = &mut self.entries[idx];
+        e.slot = u32::try_from(slot).expect("WHEEL_SLOTS fits u32");
+        e.prev = self.tails[slot];
+        e.next = NIL;
+        if self.tails[slot] == NIL {
+            self.heads[slot] = i32
+        } else {
+            self.entries[self.tails[slot] as usize].next = i32
+        }
+        self.tails[slot] = i32;
+    }
+
+    /// The absolute second of the entry's deadline, given the full clock.
+    fn deadline_sec(&self, idx: usize, now: Now) -> u64 {
+        let e = &self.entries[idx];
+        let age = u64::from(now.ms32().wrapping_sub(e.last_seen));
+        let timeout = u64::from(self.timeouts(e.key.zone()).ms(e.class));
+        (now.0.saturating_sub(age) + timeout) / 1000
+    }
+
+    /// Links the entry into the slot of its deadline (never a slot the
+    /// sweep has already passed).
+    #[expect(clippy::cast_possible_truncation, reason = "a slot is the deadline second modulo the wheel size")]
+    fn place(&mut self, idx: usize, now: Now) {
+        let cursor = *self.cursor.get_or_insert(now.0 / 1000);
+        let sec = self.deadline_sec(idx, now).max(cursor);
+        self.link(idx, (sec as usize) & (WHEEL_SLOTS - 1));
+    }
+
+    fn release(&mut self, idx: usize) {
+        self.unlink(idx);
+        self.free_entry(idx);
+    }
+
+    /// Frees an entry already unlinked from the wheel.
+    fn free_entry(&mut self, idx: usize) {
+        let key = self.entries[idx].key;
+        self.index_remove(key.hash(self.s.seed), idx);
+        let e = &mut self.entries[idx];
+        e.flags &= !LIVE;
+        e.next = self.free;
+        self.free = u32::try_from(idx).expect("capacity <= 2^30");
+        self.len -= 1;
+        if let Some(n) = self.zone_len.get_mut(usize::from(key.zone())) {
+            *n -= 1;
+        }
+    }
+
+    fn expired(&self, idx: usize, now: u32) -> bool {
+        let e = &self.entries[idx];
+        now.wrapping_sub(e.last_seen) >= self.timeouts(e.key.zone()).ms(e.class)
+    }
+
+    // ------------------------------------------------------------ expiry
+
+    /// Frees expired entries, at most `budget` of them, looking at most at
+    /// `2 * budget` entries and [`MAX_EMPTY_SLOTS`] empty slots. Call once per
+    /// poll-loop iteration. Returns how many entries were freed.
+    #[expect(clippy::cast_possible_truncation, reason = "a slot is a second modulo the wheel size")]
+    pub fn expire(&mut self, now: Now, budget: usize) -> usize {
+        let Some(mut cursor) = self.cursor else { return 0 };
+        let now_sec = now.0 / 1000;
+        // After a long gap every slot is due once; older seconds add nothing.
+        cursor = cursor.max(now_sec.saturating_sub(WHEEL_SLOTS as u64));
+        let (mut freed, mut looked, mut empty) = (0, 0, 0);
+        let now32 = now.ms32();
+        // Only whole past seconds are swept, so a slot is never revisited
+        // within the second it is due.
+        while cursor < now_sec && freed < budget && looked < 2 * budget && empty < MAX_EMPTY_SLOTS {
+            let slot = (cursor as usize) & (WHEEL_SLOTS - 1);
+            let h = self.heads[slot];
+            if h == NIL {
+                empty += 1;
+                cursor += 1;
+                continue;
+            }
+            let idx = h as usize;
+            looked += 1;
+            self.unlink(idx);
+            if self.expired(idx, now32) {
+                self.free_entry(idx);
+                self.stats.expired += 1;
+                freed += 1;
+            } else {
+                // Seen since it was placed, or a wheel turn ahead: re-place
+                // by its current deadline, which is after this second.
+                let sec = self.deadline_sec(idx, now).max(cursor + 1);
+                self.link(idx, (sec as usize) & (WHEEL_SLOTS - 1));
+            }
+        }
+        self.cursor = Some(cursor);
+        freed
+    }
+
+    /// Whether the sweep has reached `now`: every entry whose deadline is
+    /// before the current second has been freed.
+    pub fn caught_up(&self, now: Now) -> bool {
+        self.cursor.is_none_or(|c| c >= now.0 / 1000)
+    }
+
+    /// Makes room for a new flow of `zone`: frees the first entry, soonest
+    /// deadline first within [`EVICT_SCAN`] entries, that is expired (any
+    /// zone: it is dead) or unassured and of `zone`.
+    #[expect(clippy::cast_possible_truncation, reason = "a slot is a second modulo the wheel size")]
+    fn evict_for(&mut self, zone: Zone, now: Now) -> bool {
+        let Some(cursor) = self.cursor else { return false };
+        let now32 = now.ms32();
+        let mut scanned = 0;
+        for k in 0..WHEEL_SLOTS {
+            let mut i = self.heads[((cursor as usize) + k) & (WHEEL_SLOTS - 1)];
+            while i != NIL {
+                let (next, ezone, estate) =
+                    (self.entries[i as usize].next, self.entries[i as usize].key.zone(), self.entries[i as usize].state);
+                if self.expired(i as usize, now32) {
+                    self.release(i as usize);
+                    self.stats.expired += 1;
+                    return true;
+                }
+                if ezone == zone && !assured(estate) {
+                    self.release(i as usize);
+                    self.stats.evicted += 1;
+                    return true;
+                }
+                scanned += 1;
+                if scanned >= EVICT_SCAN {
+                    return false;
+                }
+                i = next;
+            }
+        }
+        false
+    }
+
+    // ------------------------------------------------------------ packets
+
+    /// Tracks one packet.
+    ///
+    /// `generation` is the current policy's. `judge(original)` asks the
+    /// policy whether a flow's first packet (given as its tuple from the
+    /// opener's side) is allowed: for a new flow, and for revalidating a flow
+    /// admitted under an older generation.
+    pub fn track(&mut self, t: &Tuple, p: &PacketInfo, now: Now, generation: u32, mut judge: impl FnMut(&Tuple) -> bool) -> Outcome {
+        let (key, src_is_lo) = Key::of(t);
+        let h = key.hash(self.s.seed);
+        if let Some(idx) = self.find(&key, h) {
+            if self.expired(idx, now.ms32()) {
+                self.release(idx);
+                self.stats.expired += 1;
+            } else if self.entries[idx].generation != generation && self.s.revalidate {
+                self.stats.revalidated += 1;
+                let original = if key::side(src_is_lo, self.entries[idx].orig_is_lo()) == Side::Orig { *t } else { t.reversed() };
+                if judge(&original) {
+                    self.entries[idx].generation = generation;
+                    return self.update(idx, src_is_lo, p, now);
+                }
+                self.release(idx);
+                self.stats.revalidation_removed += 1;
+            } else {
+                return self.update(idx, src_is_lo, p, now);
+            }
+        }
+        self.create(t, key, h, src_is_lo, p, now, generation, judge)
+    }
+
+    fn update(&mut self, idx: usize, src_is_lo: bool, p: &PacketInfo, now: Now) -> Outcome {
+        let strict = self.s.tcp_strict;
+        let e = &mut self.entries[idx];
+        let side = key::side(src_is_lo, e.orig_is_lo());
+        let new_state = match e.state {
+            State::Tcp(st) => {
+                let seg = Segment::from_flags(p.tcp_flags);
+                if seg == Segment::Rst && !tcp::rst_in_window(p.tcp_seq, e.next_seq[side_ix(side)]) {
+                    self.stats.invalid += 1;
+                    return Outcome::Invalid;
+                }
+                match tcp::step(st, side, seg, e.closer(), p.payload_len > 0, strict) {
+                    Step::Invalid => {
+                        self.stats.invalid += 1;
+                        return Outcome::Invalid;
+                    }
+                    Step::To(next) => {
+                        if seg == Segment::Fin && matches!(st, TcpState::SynRecv | TcpState::Established) {
+                            e.flags = (e.flags & !CLOSER_IS_REPLY) | if side == Side::Reply { CLOSER_IS_REPLY } else { 0 };
+                        }
+                        let syn_fin = u32::from(p.tcp_flags & (tcp::flags::SYN | tcp::flags::FIN) != 0);
+                        e.next_seq[side_ix(side)] = p.tcp_seq.wrapping_add(p.payload_len).wrapping_add(syn_fin);
+                        State::Tcp(next)
+                    }
+                }
+            }
+            State::Pseudo { replied } => State::Pseudo { replied: replied || side == Side::Reply },
+        };
+        e.state = new_state;
+        e.last_seen = now.ms32();
+        let c = &mut self.counters[idx];
+        c.packets[side_ix(side)] = c.packets[side_ix(side)].wrapping_add(1);
+        c.bytes[side_ix(side)] = c.bytes[side_ix(side)].wrapping_add(u64::from(p.wire_len));
+        let class = class_of(new_state, self.entries[idx].key.proto());
+        if class != self.entries[idx].class {
+            self.unlink(idx);
+            self.entries[idx].class = class;
+            self.place(idx, now);
+        }
+        Outcome::Established
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "the parts of track() a new flow needs, computed once")]
+    fn create(
+        &mut self,
+        t: &Tuple,
+        key: Key,
+        h: u64,
+        src_is_lo: bool,
+        p: &PacketInfo,
+        now: Now,
+        generation: u32,
+        mut judge: impl FnMut(&Tuple) -> bool,
+    ) -> Outcome {
+        let state = match t.proto {
+            6 => match tcp::first(Segment::from_flags(p.tcp_flags), self.s.tcp_strict) {
+                Some(s) => State::Tcp(s),
+                None => {
+                    self.stats.invalid += 1;
+                    return Outcome::Invalid;
+                }
+            },
+            _ => State::Pseudo { replied: false },
+        };
+        if !judge(t) {
+            return Outcome::Denied;
+        }
+        let zone_full = |tb: &Table| tb.zone_len(t.zone) >= tb.s.per_zone_capacity as usize;
+        if (self.len >= self.s.capacity || zone_full(self)) && !self.evict_for(t.zone, now) {
+            self.stats.full += 1;
+            return Outcome::Full;
+        }
+        if usize::from(t.zone) >= self.zone_len.len() || self.free == NIL {
+            // An unknown zone has no share; a full slab cannot happen below
+            // capacity, but is refused rather than trusted.
+            self.stats.full += 1;
+            return Outcome::Full;
+        }
+        let idx = self.free as usize;
+        self.free = self.entries[idx].next;
+        let syn = u32::from(p.tcp_flags & tcp::flags::SYN != 0);
+        self.entries[idx] = Entry {
+            key,
+            last_seen: now.ms32(),
+            slot: 0,
+            generation,
+            next_seq: [p.tcp_seq.wrapping_add(p.payload_len).wrapping_add(syn), 0],
+            prev: NIL,
+            next: NIL,
+            state,
+            class: class_of(state, t.proto),
+            flags: LIVE | if src_is_lo { ORIG_IS_LO } else { 0 },
+        };
+        self.counters[idx] = Counters { packets: [1, 0], bytes: [u64::from(p.wire_len), 0] };
+        self.place(idx, now);
+        self.index_insert(h, idx);
+        self.len += 1;
+        self.zone_len[usize::from(t.zone)] += 1;
+        self.stats.created += 1;
+        Outcome::New
+    }
+
+    /// Looks a flow up without changing it: its state and counters.
+    pub fn get(&self, t: &Tuple) -> Option<(State, Counters)> {
+        let (key, _) = Key::of(t);
+        self.find(&key, key.hash(self.s.seed)).map(|i| (self.entries[i].state, self.counters[i]))
+    }
+
+    /// Every live flow as (original tuple, state, counters): for listing.
+    pub fn flows(&self) -> impl Iterator<Item = (Tuple, State, Counters)> + '_ {
+        self.entries.iter().zip(&self.counters).filter(|(e, _)| e.live()).map(|(e, c)| (original_tuple(e), e.state, *c))
+    }
+
+    /// Removes every flow of `zone` (all zones with `None`). Not for the
+    /// per-packet path: it scans the slab.
+    pub fn flush(&mut self, zone: Option<Zone>) -> usize {
+        let victims: Vec<usize> =
+            (0..self.entries.len()).filter(|&i| self.entries[i].live() && zone.is_none_or(|z| self.entries[i].key.zone() == z)).collect();
+        for &i in &victims {
+            self.release(i);
+        }
+        victims.len()
+    }
+}
+
+fn original_tuple(e: &Entry) -> Tuple {
+    let (lo, hi, lo_port, hi_port, zone, proto, v6) = e.key.parts();
+    let addr = |b: [u8; 16]| {
+        let v6a = std::net::Ipv6Addr::from(b);
+        match (v6, v6a.to_ipv4_mapped()) {
+            (false, Some(v4)) => IpAddr::V4(v4),
+            _ => IpAddr::V6(v6a),
+        }
+    };
+    let (src, sport, dst, dport) = if e.orig_is_lo() { (lo, lo_port, hi, hi_port) } else { (hi, hi_port, lo, lo_port) };
+    Tuple { zone, proto, src: addr(src), dst: addr(dst), sport, dport }
+}

@@ -1,0 +1,109 @@
+//! Random packet sequences against a plain model of the table: a map from
+//! flow to (last seen, replied), with the timeouts of `semantics.md`.
+//! Exercises creation, replies, staleness, expiry and index deletion.
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+use sgswitch_conntrack::{Now, Outcome, PacketInfo, Settings, Table, Tuple};
+
+const PKT: PacketInfo = PacketInfo { tcp_flags: 0, tcp_seq: 0, payload_len: 1, wire_len: 60 };
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// Flow number, from the reply side?, milliseconds to wait first.
+    Packet(u8, bool, u32),
+    /// Sweep with a budget.
+    Expire(u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => (0u8..40, any::<bool>(), prop_oneof![Just(0u32), 0u32..5_000, 25_000u32..40_000]).prop_map(|(f, r, w)| Op::Packet(f, r, w)),
+        1 => (1u8..20).prop_map(Op::Expire),
+    ]
+}
+
+fn flow(f: u8) -> Tuple {
+    let proto = if f % 3 == 0 { 1 } else { 17 };
+    Tuple {
+        zone: u16::from(f % 2),
+        proto,
+        src: format!("10.0.{}.1", f % 4).parse().unwrap(),
+        dst: "192.0.2.9".parse().unwrap(),
+        sport: 1000 + u16::from(f),
+        dport: if proto == 1 { 1000 + u16::from(f) } else { 53 },
+    }
+}
+
+/// The policy: flows whose number is a multiple of 7 are denied.
+fn allowed(t: &Tuple) -> bool {
+    (t.sport.max(t.dport) - 1000) % 7 != 0
+}
+
+fn timeout_ms(proto: u8, replied: bool) -> u64 {
+    match (proto, replied) {
+        (17, false) => 30_000,
+        (17, true) => 180_000,
+        _ => 30_000,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn table_agrees_with_a_plain_model(ops in prop::collection::vec(op(), 1..300)) {
+        let mut t = Table::new(Settings { capacity: 64, per_zone_capacity: 64, ..Settings::default() }, 2);
+        // Model: canonical flow -> (orig tuple, last seen ms, replied).
+        let mut model: HashMap<u8, (Tuple, u64, bool)> = HashMap::new();
+        let mut now = 0u64;
+        for op in ops {
+            match op {
+                Op::Packet(f, reply, wait) => {
+                    now += u64::from(wait);
+                    let base = flow(f);
+                    let tp = if reply { base.reversed() } else { base };
+                    let live = model.get(&f).filter(|(_, seen, rep)| now - seen < timeout_ms(base.proto, *rep)).copied();
+                    let want = match live {
+                        Some((orig, _, rep)) => {
+                            let from_reply = tp != orig;
+                            model.insert(f, (orig, now, rep || from_reply));
+                            Outcome::Established
+                        }
+                        None => {
+                            model.remove(&f);
+                            if allowed(&tp) {
+                                model.insert(f, (tp, now, false));
+                                Outcome::New
+                            } else {
+                                Outcome::Denied
+                            }
+                        }
+                    };
+                    let got = t.track(&tp, &PKT, Now(now), 1, allowed);
+                    prop_assert_eq!(got, want, "flow {} reply {} at {} ms", f, reply, now);
+                }
+                Op::Expire(budget) => {
+                    t.expire(Now(now), usize::from(budget));
+                }
+            }
+            prop_assert!(t.len() >= model.values().filter(|(o, seen, rep)| now - seen < timeout_ms(o.proto, *rep)).count());
+            prop_assert!(t.len() <= model.len());
+        }
+        // A full sweep frees every flow whose deadline is before the current
+        // second (the wheel's granularity) and keeps every live one; flows
+        // that expired within this second may be either.
+        while !t.caught_up(Now(now)) {
+            t.expire(Now(now), 64);
+        }
+        let second = now / 1000 * 1000;
+        let at_most = model.values().filter(|(o, seen, rep)| seen + timeout_ms(o.proto, *rep) >= second).count();
+        let live: Vec<&(Tuple, u64, bool)> = model.values().filter(|(o, seen, rep)| now - seen < timeout_ms(o.proto, *rep)).collect();
+        prop_assert!(live.len() <= t.len() && t.len() <= at_most, "{} live, {} in the table, {} at most", live.len(), t.len(), at_most);
+        for (orig, _, _) in live {
+            prop_assert!(t.get(orig).is_some());
+            prop_assert!(t.get(&orig.reversed()).is_some());
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The per-packet path allocates nothing: tracking hits, new flows,
+//! evictions, refusals and expiry sweeps over thousands of packets, counted
+//! by a global allocator.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use sgswitch_conntrack::tcp::flags::{ACK, SYN};
+use sgswitch_conntrack::{Now, PacketInfo, Settings, Table, Tuple};
+
+struct Counting;
+
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: delegates to the system allocator unchanged; only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: `p` came from `System.alloc` with layout `l`.
+        unsafe { System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn tracking_and_expiry_allocate_nothing() {
+    let mut t = Table::new(Settings { capacity: 4096, per_zone_capacity: 1024, ..Settings::default() }, 4);
+    let tuples: Vec<Tuple> = (0..8000u32)
+        .map(|i| Tuple {
+            zone: u16::try_from(i % 4).unwrap(),
+            proto: if i % 2 == 0 { 6 } else { 17 },
+            src: std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)),
+            dst: "192.0.2.9".parse().unwrap(),
+            sport: 40000,
+            dport: 443,
+        })
+        .collect();
+    let before = ALLOCS.load(Ordering::Relaxed);
+    let mut now = 0;
+    for round in 0..3 {
+        for (i, tp) in tuples.iter().enumerate() {
+            now += 1;
+            let flags = if round == 0 { SYN } else { ACK };
+            let p = PacketInfo { tcp_flags: flags, tcp_seq: 1, payload_len: 0, wire_len: 64 };
+            let _ = t.track(tp, &p, Now(now), 1, |x| x.sport != 7);
+            let _ = t.track(&tp.reversed(), &PacketInfo { tcp_flags: SYN | ACK, ..p }, Now(now), 2, |_| i % 3 != 0);
+            t.expire(Now(now), 8);
+        }
+    }
+    let after = ALLOCS.load(Ordering::Relaxed);
+    assert_eq!(after - before, 0, "allocations on the per-packet path");
+    assert!(t.stats().created > 0 && t.stats().full + t.stats().evicted > 0, "{:?}", t.stats());
+}

@@ -1,0 +1,332 @@
+//! Behaviour of the connection table with a fake clock.
+
+use std::cell::Cell;
+
+use sgswitch_conntrack::tcp::flags::{ACK, FIN, RST, SYN};
+use sgswitch_conntrack::{Now, Outcome, PacketInfo, Settings, State, Table, TcpState, Timeouts, Tuple};
+
+fn tuple(zone: u16, proto: u8, src: &str, sport: u16, dst: &str, dport: u16) -> Tuple {
+    Tuple { zone, proto, src: src.parse().unwrap(), dst: dst.parse().unwrap(), sport, dport }
+}
+
+fn tcp(flags: u8, seq: u32) -> PacketInfo {
+    PacketInfo { tcp_flags: flags, tcp_seq: seq, payload_len: 0, wire_len: 64 }
+}
+
+fn data(flags: u8, seq: u32, len: u32) -> PacketInfo {
+    PacketInfo { tcp_flags: flags, tcp_seq: seq, payload_len: len, wire_len: 64 + len }
+}
+
+const UDP: PacketInfo = PacketInfo { tcp_flags: 0, tcp_seq: 0, payload_len: 10, wire_len: 80 };
+
+fn s(secs: u64) -> Now {
+    Now(secs * 1000)
+}
+
+fn table(zones: usize) -> Table {
+    Table::new(Settings { capacity: 64, per_zone_capacity: 32, ..Settings::default() }, zones)
+}
+
+/// Runs the amortised sweep until it has reached `now`; returns how many
+/// flows it freed. A flow is freed within a second after its deadline.
+fn sweep(t: &mut Table, now: Now) -> usize {
+    let mut freed = 0;
+    while !t.caught_up(now) {
+        freed += t.expire(now, 100);
+    }
+    freed
+}
+
+fn allow(_: &Tuple) -> bool {
+    true
+}
+
+fn deny(_: &Tuple) -> bool {
+    false
+}
+
+fn state(t: &Table, tp: &Tuple) -> Option<State> {
+    t.get(tp).map(|(s, _)| s)
+}
+
+#[test]
+fn a_handshake_creates_one_entry_and_replies_pass_without_judging() {
+    let mut t = table(1);
+    let c = tuple(0, 6, "10.0.0.1", 40000, "192.0.2.9", 22);
+    let r = c.reversed();
+    let judged = Cell::new(0);
+    let judge = |_: &Tuple| {
+        judged.set(judged.get() + 1);
+        true
+    };
+    assert_eq!(t.track(&c, &tcp(SYN, 100), s(0), 1, judge), Outcome::New);
+    assert_eq!(state(&t, &c), Some(State::Tcp(TcpState::SynSent)));
+    assert_eq!(t.track(&r, &tcp(SYN | ACK, 900), s(0), 1, judge), Outcome::Established);
+    assert_eq!(state(&t, &c), Some(State::Tcp(TcpState::SynRecv)));
+    assert_eq!(t.track(&c, &tcp(ACK, 101), s(0), 1, judge), Outcome::Established);
+    assert_eq!(state(&t, &r), Some(State::Tcp(TcpState::Established)));
+    assert_eq!(t.track(&r, &data(ACK, 901, 500), s(1), 1, judge), Outcome::Established);
+    assert_eq!(judged.get(), 1, "only the first packet is judged");
+    assert_eq!(t.len(), 1);
+    let (_, counters) = t.get(&c).unwrap();
+    assert_eq!(counters.packets, [2, 2]);
+    assert_eq!(counters.bytes, [128, 64 + 564]);
+}
+
+#[test]
+fn a_syn_ack_with_no_syn_seen_is_invalid_and_not_judged() {
+    let mut t = table(1);
+    let r = tuple(0, 6, "192.0.2.9", 22, "10.0.0.1", 40000);
+    assert_eq!(t.track(&r, &tcp(SYN | ACK, 1), s(0), 1, |_| panic!("not judged")), Outcome::Invalid);
+    assert!(t.is_empty());
+    assert_eq!(t.stats().invalid, 1);
+}
+
+#[test]
+fn mid_stream_pick_up_is_allowed_when_the_policy_allows_unless_strict() {
+    let c = tuple(0, 6, "10.0.0.1", 40000, "192.0.2.9", 22);
+    let mut t = table(1);
+    assert_eq!(t.track(&c, &tcp(ACK, 5000), s(0), 1, allow), Outcome::New);
+    assert_eq!(state(&t, &c), Some(State::Tcp(TcpState::Established)));
+    assert_eq!(t.track(&c.reversed(), &tcp(ACK, 7000), s(0), 1, allow), Outcome::Established);
+
+    let mut t = table(1);
+    assert_eq!(t.track(&c, &tcp(ACK, 5000), s(0), 1, deny), Outcome::Denied);
+    assert!(t.is_empty());
+
+    let mut strict = Table::new(Settings { capacity: 8, per_zone_capacity: 8, tcp_strict: true, ..Settings::default() }, 1);
+    assert_eq!(strict.track(&c, &tcp(ACK, 5000), s(0), 1, allow), Outcome::Invalid);
+}
+
+#[test]
+fn a_denied_first_packet_creates_nothing() {
+    let mut t = table(1);
+    let c = tuple(0, 17, "10.0.0.1", 5000, "192.0.2.9", 53);
+    assert_eq!(t.track(&c, &UDP, s(0), 1, deny), Outcome::Denied);
+    assert_eq!(t.track(&c.reversed(), &UDP, s(0), 1, deny), Outcome::Denied, "no entry lets the reply in");
+    assert!(t.is_empty());
+}
+
+#[test]
+fn udp_unreplied_times_out_at_30s_and_a_stream_at_180s() {
+    let mut t = table(1);
+    let a = tuple(0, 17, "10.0.0.1", 5000, "192.0.2.9", 53);
+    let b = tuple(0, 17, "10.0.0.1", 5001, "192.0.2.9", 53);
+    t.track(&a, &UDP, s(0), 1, allow);
+    t.track(&b, &UDP, s(0), 1, allow);
+    t.track(&b.reversed(), &UDP, s(1), 1, allow);
+    assert_eq!(state(&t, &b), Some(State::Pseudo { replied: true }));
+    assert_eq!(sweep(&mut t, s(29)), 0);
+    assert_eq!(sweep(&mut t, s(31)), 1, "the unreplied flow goes at 30 s");
+    assert!(t.get(&a).is_none());
+    assert_eq!(sweep(&mut t, s(180)), 0);
+    assert_eq!(sweep(&mut t, s(182)), 1, "the stream goes 180 s after its last packet");
+    assert!(t.is_empty());
+    assert_eq!(t.stats().expired, 2);
+}
+
+#[test]
+fn activity_keeps_a_flow_alive_past_its_timeout() {
+    let mut t = table(1);
+    let a = tuple(0, 17, "10.0.0.1", 5000, "192.0.2.9", 53);
+    t.track(&a, &UDP, s(0), 1, allow);
+    for sec in (20..200).step_by(20) {
+        t.track(&a, &UDP, s(sec), 1, allow);
+        sweep(&mut t, s(sec));
+        assert_eq!(t.len(), 1, "at {sec} s");
+    }
+    assert_eq!(sweep(&mut t, s(212)), 1);
+}
+
+#[test]
+fn tcp_timeouts_follow_the_state() {
+    let mut t = table(1);
+    let half = tuple(0, 6, "10.0.0.1", 40000, "192.0.2.9", 22);
+    let est = tuple(0, 6, "10.0.0.1", 40001, "192.0.2.9", 22);
+    t.track(&half, &tcp(SYN, 1), s(0), 1, allow);
+    t.track(&est, &tcp(SYN, 1), s(0), 1, allow);
+    t.track(&est.reversed(), &tcp(SYN | ACK, 1), s(0), 1, allow);
+    t.track(&est, &tcp(ACK, 2), s(0), 1, allow);
+    assert_eq!(sweep(&mut t, s(119)), 0);
+    assert_eq!(sweep(&mut t, s(121)), 1, "SYN_SENT: 120 s");
+    assert!(t.get(&half).is_none());
+    assert_eq!(sweep(&mut t, s(909)), 0);
+    assert_eq!(sweep(&mut t, s(911)), 1, "ESTABLISHED: 910 s");
+}
+
+#[test]
+fn a_packet_meeting_an_expired_entry_starts_a_new_flow() {
+    let mut t = table(1);
+    let a = tuple(0, 17, "10.0.0.1", 5000, "192.0.2.9", 53);
+    t.track(&a, &UDP, s(0), 1, allow);
+    // No sweep ran; the packet itself finds the entry stale.
+    assert_eq!(t.track(&a.reversed(), &UDP, s(31), 1, deny), Outcome::Denied);
+    assert!(t.is_empty());
+}
+
+#[test]
+fn per_zone_timeouts_override_the_host_defaults() {
+    let short = Timeouts { udp: 5, ..Timeouts::default() };
+    let mut t = Table::new(
+        Settings { capacity: 8, per_zone_capacity: 8, zone_timeouts: vec![Timeouts::default(), short], ..Settings::default() },
+        2,
+    );
+    let a = tuple(0, 17, "10.0.0.1", 5000, "192.0.2.9", 53);
+    let b = tuple(1, 17, "10.0.0.2", 5000, "192.0.2.9", 53);
+    t.track(&a, &UDP, s(0), 1, allow);
+    t.track(&b, &UDP, s(0), 1, allow);
+    assert_eq!(sweep(&mut t, s(4)), 0);
+    assert_eq!(sweep(&mut t, s(6)), 1);
+    assert!(t.get(&b).is_none() && t.get(&a).is_some());
+}
+
+#[test]
+fn expiry_work_per_call_is_bounded() {
+    let mut t = Table::new(Settings { capacity: 2000, per_zone_capacity: 2000, ..Settings::default() }, 1);
+    for port in 0..1000u16 {
+        t.track(&tuple(0, 17, "10.0.0.1", port, "192.0.2.9", 53), &UDP, s(0), 1, allow);
+    }
+    assert_eq!(t.expire(s(60), 10), 10);
+    assert_eq!(t.len(), 990);
+    while !t.caught_up(s(60)) {
+        t.expire(s(60), 64);
+    }
+    assert!(t.is_empty());
+}
+
+#[test]
+fn a_full_zone_evicts_its_oldest_unassured_flow_but_never_an_assured_one() {
+    let mut t = Table::new(Settings { capacity: 100, per_zone_capacity: 2, ..Settings::default() }, 2);
+    let f = |p: u16| tuple(0, 17, "10.0.0.1", p, "192.0.2.9", 53);
+    t.track(&f(1), &UDP, s(0), 1, allow);
+    t.track(&f(2), &UDP, s(1), 1, allow);
+    assert_eq!(t.track(&f(3), &UDP, s(2), 1, allow), Outcome::New, "evicts an unreplied flow");
+    assert!(t.get(&f(1)).is_none(), "the oldest one");
+    assert_eq!(t.stats().evicted, 1);
+    // Both left become assured (replied).
+    t.track(&f(2).reversed(), &UDP, s(3), 1, allow);
+    t.track(&f(3).reversed(), &UDP, s(3), 1, allow);
+    assert_eq!(t.track(&f(4), &UDP, s(4), 1, allow), Outcome::Full);
+    assert_eq!(t.stats().full, 1);
+    assert_eq!(t.zone_len(0), 2);
+    // The other zone still has its share.
+    let g = |p: u16| tuple(1, 17, "10.0.0.2", p, "192.0.2.9", 53);
+    assert_eq!(t.track(&g(1), &UDP, s(4), 1, allow), Outcome::New);
+    assert_eq!(t.track(&g(2), &UDP, s(4), 1, allow), Outcome::New);
+}
+
+#[test]
+fn a_full_table_never_takes_room_from_another_zone() {
+    let mut t = Table::new(Settings { capacity: 3, per_zone_capacity: 3, ..Settings::default() }, 2);
+    for p in 1..=3 {
+        assert_eq!(t.track(&tuple(0, 17, "10.0.0.1", p, "192.0.2.9", 53), &UDP, s(0), 1, allow), Outcome::New);
+    }
+    assert_eq!(t.track(&tuple(1, 17, "10.0.0.2", 1, "192.0.2.9", 53), &UDP, s(1), 1, allow), Outcome::Full);
+    assert_eq!(t.zone_len(0), 3);
+}
+
+#[test]
+fn revalidation_removes_exactly_the_flows_the_new_policy_denies() {
+    let mut t = table(1);
+    let ssh = tuple(0, 6, "192.0.2.9", 40000, "10.0.0.1", 22);
+    let web = tuple(0, 6, "192.0.2.9", 40001, "10.0.0.1", 80);
+    for c in [ssh, web] {
+        t.track(&c, &tcp(SYN, 1), s(0), 1, allow);
+        t.track(&c.reversed(), &tcp(SYN | ACK, 1), s(0), 1, allow);
+        t.track(&c, &tcp(ACK, 2), s(0), 1, allow);
+    }
+    // Generation 2 denies SSH (either way). The judge sees each flow's
+    // original first packet, even when the packet that meets the entry is a
+    // reply; a removed flow's packet is then judged as new.
+    let seen = std::cell::RefCell::new(Vec::new());
+    let policy2 = |o: &Tuple| {
+        seen.borrow_mut().push(*o);
+        o.dport != 22 && o.sport != 22
+    };
+    assert_eq!(t.track(&web.reversed(), &tcp(ACK, 2), s(1), 2, policy2), Outcome::Established);
+    assert_eq!(t.track(&ssh.reversed(), &tcp(ACK, 2), s(1), 2, policy2), Outcome::Denied);
+    assert_eq!(*seen.borrow(), vec![web, ssh, ssh.reversed()]);
+    assert!(t.get(&ssh).is_none());
+    assert_eq!(t.stats().revalidated, 2);
+    assert_eq!(t.stats().revalidation_removed, 1);
+    // Revalidated once: later packets of the surviving flow are not judged.
+    assert_eq!(t.track(&web, &tcp(ACK, 3), s(2), 2, |_| panic!("already revalidated")), Outcome::Established);
+}
+
+#[test]
+fn keep_leaves_existing_flows_alone_after_a_policy_change() {
+    let mut t = Table::new(Settings { capacity: 8, per_zone_capacity: 8, revalidate: false, ..Settings::default() }, 1);
+    let a = tuple(0, 17, "10.0.0.1", 5000, "192.0.2.9", 53);
+    t.track(&a, &UDP, s(0), 1, allow);
+    assert_eq!(t.track(&a.reversed(), &UDP, s(1), 2, |_| panic!("keep never re-judges")), Outcome::Established);
+}
+
+#[test]
+fn an_rst_out_of_window_is_invalid_and_one_in_window_closes() {
+    let mut t = table(1);
+    let c = tuple(0, 6, "10.0.0.1", 40000, "192.0.2.9", 22);
+    t.track(&c, &tcp(SYN, 1000), s(0), 1, allow);
+    t.track(&c.reversed(), &tcp(SYN | ACK, 5000), s(0), 1, allow);
+    t.track(&c, &tcp(ACK, 1001), s(0), 1, allow);
+    assert_eq!(t.track(&c.reversed(), &tcp(RST, 5001 + (1 << 30)), s(1), 1, allow), Outcome::Invalid);
+    assert_eq!(state(&t, &c), Some(State::Tcp(TcpState::Established)));
+    assert_eq!(t.track(&c.reversed(), &tcp(RST, 5001), s(1), 1, allow), Outcome::Established);
+    assert_eq!(state(&t, &c), Some(State::Tcp(TcpState::Close)));
+}
+
+#[test]
+fn a_full_close_walks_fin_wait_close_wait_last_ack_time_wait() {
+    let mut t = table(1);
+    let c = tuple(0, 6, "10.0.0.1", 40000, "192.0.2.9", 22);
+    let r = c.reversed();
+    t.track(&c, &tcp(SYN, 0), s(0), 1, allow);
+    t.track(&r, &tcp(SYN | ACK, 0), s(0), 1, allow);
+    t.track(&c, &tcp(ACK, 1), s(0), 1, allow);
+    let steps = [
+        (c, FIN | ACK, TcpState::FinWait),
+        (r, ACK, TcpState::CloseWait),
+        (r, ACK, TcpState::CloseWait), // half-closed: the server still sends
+        (r, FIN | ACK, TcpState::LastAck),
+        (c, ACK, TcpState::TimeWait),
+    ];
+    for (tp, fl, want) in steps {
+        assert_eq!(t.track(&tp, &tcp(fl, 1), s(1), 1, allow), Outcome::Established);
+        assert_eq!(state(&t, &c), Some(State::Tcp(want)));
+    }
+    assert_eq!(sweep(&mut t, s(120)), 0);
+    assert_eq!(sweep(&mut t, s(1 + 121)), 1, "closing states: 120 s");
+}
+
+#[test]
+fn icmp_echo_is_tracked_by_identifier() {
+    let mut t = table(1);
+    let req = tuple(0, 1, "10.0.0.1", 77, "192.0.2.9", 77);
+    assert_eq!(t.track(&req, &UDP, s(0), 1, allow), Outcome::New);
+    assert_eq!(t.track(&req.reversed(), &UDP, s(0), 1, deny), Outcome::Established);
+    let other_id = tuple(0, 1, "192.0.2.9", 78, "10.0.0.1", 78);
+    assert_eq!(t.track(&other_id, &UDP, s(0), 1, deny), Outcome::Denied);
+}
+
+#[test]
+fn flows_are_listed_from_the_openers_side_and_flushed_per_zone() {
+    let mut t = table(2);
+    let a = tuple(0, 17, "10.0.0.9", 5000, "10.0.0.1", 53);
+    let b = tuple(1, 17, "fd00::1", 5000, "fd00::9", 53);
+    t.track(&a, &UDP, s(0), 1, allow);
+    t.track(&b, &UDP, s(0), 1, allow);
+    let mut listed: Vec<Tuple> = t.flows().map(|(tp, _, _)| tp).collect();
+    listed.sort_by_key(|tp| tp.zone);
+    assert_eq!(listed, vec![a, b]);
+    assert_eq!(t.flush(Some(0)), 1);
+    assert!(t.get(&a).is_none() && t.get(&b).is_some());
+    assert_eq!(t.flush(None), 1);
+    assert!(t.is_empty());
+}
+
+#[test]
+fn memory_per_flow_is_reported_and_bounded() {
+    let t = Table::new(Settings { capacity: 1 << 16, per_zone_capacity: 1 << 16, ..Settings::default() }, 1);
+    println!("entry {} bytes, {} bytes per flow all-in", Table::entry_size(), t.bytes_per_flow());
+    assert!(Table::entry_size() <= 72);
+    assert!(t.bytes_per_flow() <= 128);
+}
