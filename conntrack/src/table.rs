@@ -695,6 +695,17 @@ impl Table {
         Outcome::New
     }
 
+    /// Whether an ICMP or ICMPv6 error (destination unreachable, packet too
+    /// big, time exceeded, parameter problem) is *related* to a tracked flow:
+    /// `inner` is the tuple of the header embedded in the error, as the
+    /// flow's own packet was sent, in the zone of the port that receives the
+    /// error. A related error passes; otherwise the caller judges it as a new
+    /// packet. Related errors do not refresh the flow.
+    pub fn related(&self, inner: &Tuple, now: Now) -> bool {
+        let (key, _) = Key::of(inner);
+        self.find(&key, key.hash(self.s.seed)).is_some_and(|i| !self.expired(i, now.ms32()))
+    }
+
     /// Looks a flow up without changing it: its state and counters.
     pub fn get(&self, t: &Tuple) -> Option<(State, Counters)> {
         let (key, _) = Key::of(t);

@@ -330,3 +330,24 @@ fn memory_per_flow_is_reported_and_bounded() {
     assert!(Table::entry_size() <= 72);
     assert!(t.bytes_per_flow() <= 128);
 }
+
+#[test]
+fn icmp_errors_about_a_tracked_flow_are_related_in_v4_and_v6() {
+    let mut t = table(2);
+    // The VM (zone 0) sent UDP to a server; a router answers "fragmentation
+    // needed" quoting that datagram.
+    let out = tuple(0, 17, "10.0.0.1", 5000, "192.0.2.9", 53);
+    t.track(&out, &UDP, s(0), 1, allow);
+    assert!(t.related(&out, s(1)));
+    // Either direction of the quoted header belongs to the flow.
+    assert!(t.related(&out.reversed(), s(1)));
+    // Another flow, another zone or an expired flow is not related.
+    assert!(!t.related(&tuple(0, 17, "10.0.0.1", 5001, "192.0.2.9", 53), s(1)));
+    assert!(!t.related(&Tuple { zone: 1, ..out }, s(1)));
+    assert!(!t.related(&out, s(31)));
+
+    let v6 = tuple(0, 6, "fd00::1", 40000, "2001:db8::9", 443);
+    t.track(&v6, &tcp(SYN, 1), s(40), 1, allow);
+    assert!(t.related(&v6, s(41)), "ICMPv6 packet too big for a TCP flow");
+    assert!(!t.related(&tuple(0, 6, "fd00::1", 40000, "2001:db8::9", 80), s(41)));
+}

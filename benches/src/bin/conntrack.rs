@@ -1,0 +1,158 @@
+//! Connection-table costs, single core, batched as the datapath calls it.
+//!
+//! `cargo run --release -p sgswitch-benches --bin conntrack -- --json [--quick]`
+//! prints one JSON object per line, table size and flow popularity, with
+//! `entries`, `distribution` (`uniform` or `zipf`, s = 1.0),
+//! `hit_ns_median` and `hit_ns_p99` (per packet, over batches of 64 packets
+//! that all hit, state update included), `new_flows_per_sec` (inserting
+//! distinct flows into an empty table), `expire_ns_per_entry` (the amortised
+//! sweep freeing every entry), `entry_bytes` and `bytes_per_flow` (entry,
+//! counters and index slots at the configured load).
+//! Sizes: 64k, 1M and 4M entries; `--quick`: 64k and 1M.
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Instant;
+
+use sgswitch_conntrack::{Now, Outcome, PacketInfo, Settings, Table, Tuple};
+
+const BATCH: usize = 64;
+
+/// xorshift64*: deterministic and dependency-free.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn flow(i: u32) -> Tuple {
+    Tuple {
+        zone: u16::try_from(i % 64).expect("< 64"),
+        proto: 17,
+        src: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (i >> 6))),
+        dst: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9)),
+        sport: 10_000 + u16::try_from(i % 50_000).expect("< 50000"),
+        dport: 53,
+    }
+}
+
+const PKT: PacketInfo = PacketInfo { tcp_flags: 0, tcp_seq: 0, payload_len: 18, wire_len: 64 };
+
+fn settings(n: usize) -> Settings {
+    let cap = u32::try_from(n).expect("fits");
+    Settings { capacity: cap, per_zone_capacity: cap, seed: 0x1234_5678, ..Settings::default() }
+}
+
+/// Samples of flow indices: uniform, or Zipf(1.0) by inverse CDF.
+fn samples(n: usize, count: usize, zipf: bool, rng: &mut Rng) -> Vec<u32> {
+    if !zipf {
+        return (0..count).map(|_| u32::try_from(rng.next() % n as u64).expect("< n")).collect();
+    }
+    let mut cdf = Vec::with_capacity(n);
+    let mut sum = 0.0;
+    for k in 1..=n {
+        sum += 1.0 / k as f64;
+        cdf.push(sum);
+    }
+    // Popular ranks are scattered over the table, not the first entries.
+    let perm: Vec<u32> = {
+        let mut p: Vec<u32> = (0..u32::try_from(n).expect("fits")).collect();
+        for i in (1..n).rev() {
+            let j = usize::try_from(rng.next() % (i as u64 + 1)).expect("fits");
+            p.swap(i, j);
+        }
+        p
+    };
+    (0..count)
+        .map(|_| {
+            let u = rng.unit() * sum;
+            perm[cdf.partition_point(|&c| c < u).min(n - 1)]
+        })
+        .collect()
+}
+
+fn run(n: usize, zipf: bool, json: bool) {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ n as u64);
+    let flows: Vec<Tuple> = (0..u32::try_from(n).expect("fits")).map(flow).collect();
+
+    // New flows per second: fill an empty table.
+    let mut t = Table::new(settings(n), 64);
+    let start = Instant::now();
+    for f in &flows {
+        let o = t.track(f, &PKT, Now(1_000), 1, |_| true);
+        debug_assert_eq!(o, Outcome::New);
+    }
+    let fill = start.elapsed().as_secs_f64();
+    assert_eq!(t.len(), n, "every flow inserted");
+    let new_per_sec = n as f64 / fill;
+
+    // Hits, in batches of 64, replies and requests mixed.
+    let count = 2_000_000usize.max(n);
+    let picks = samples(n, count, zipf, &mut rng);
+    let mut per_batch = Vec::with_capacity(count / BATCH);
+    let mut now = 2_000u64;
+    for chunk in picks.chunks_exact(BATCH) {
+        now += 1;
+        let start = Instant::now();
+        for (k, &i) in chunk.iter().enumerate() {
+            let f = &flows[i as usize];
+            let tp = if k % 2 == 0 { *f } else { f.reversed() };
+            black_box(t.track(black_box(&tp), &PKT, Now(now), 1, |_| true));
+        }
+        per_batch.push(start.elapsed().as_nanos() as f64 / BATCH as f64);
+    }
+    per_batch.sort_by(f64::total_cmp);
+    let q = |p: usize| per_batch[(per_batch.len() * p / 100).min(per_batch.len() - 1)];
+
+    // Expiry: everything times out; sweep until caught up.
+    let later = Now(now + 400_000);
+    let start = Instant::now();
+    let mut freed = 0;
+    while !t.caught_up(later) {
+        freed += t.expire(later, 256);
+    }
+    let expire_ns = start.elapsed().as_nanos() as f64 / freed.max(1) as f64;
+    assert_eq!(freed, n, "the sweep freed every flow");
+
+    let dist = if zipf { "zipf" } else { "uniform" };
+    if json {
+        println!(
+            "{{\"entries\":{n},\"distribution\":\"{dist}\",\"hit_ns_median\":{:.1},\"hit_ns_p99\":{:.1},\"new_flows_per_sec\":{:.0},\"expire_ns_per_entry\":{:.1},\"entry_bytes\":{},\"bytes_per_flow\":{}}}",
+            q(50),
+            q(99),
+            new_per_sec,
+            expire_ns,
+            Table::entry_size(),
+            t.bytes_per_flow()
+        );
+    } else {
+        println!(
+            "{n:>8} {dist:<8} hit {:>6.1} ns median {:>6.1} ns p99, {:>5.2} M new flows/s, expiry {:>5.1} ns/entry, {} B/flow",
+            q(50),
+            q(99),
+            new_per_sec / 1e6,
+            expire_ns,
+            t.bytes_per_flow()
+        );
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let json = std::env::args().any(|a| a == "--json");
+    let sizes: &[usize] = if quick { &[1 << 16, 1 << 20] } else { &[1 << 16, 1 << 20, 1 << 22] };
+    for &n in sizes {
+        for zipf in [false, true] {
+            run(n, zipf, json);
+        }
+    }
+}
