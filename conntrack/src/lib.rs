@@ -19,5 +19,5 @@ pub mod table;
 pub mod tcp;
 
 pub use key::{Key, Tuple, Zone};
-pub use table::{Counters, Now, Outcome, PacketInfo, Settings, State, Stats, Table, Timeouts};
+pub use table::{BATCH, Counters, Now, Outcome, PacketInfo, Settings, State, Stats, Table, Timeouts};
 pub use tcp::{Segment, Side, Step, TcpState};

@@ -107,3 +107,35 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// `track_batch` gives the same outcomes and leaves the same table as
+    /// tracking the same packets one by one, including flows that repeat
+    /// within a batch and flows created by an earlier packet of the batch.
+    #[test]
+    fn a_batch_is_the_same_as_one_by_one(batches in prop::collection::vec(prop::collection::vec((0u8..40, any::<bool>()), 1..100), 1..8)) {
+        let settings = Settings { capacity: 32, per_zone_capacity: 20, ..Settings::default() };
+        let mut one = Table::new(settings.clone(), 2);
+        let mut many = Table::new(settings, 2);
+        for (b, batch) in batches.iter().enumerate() {
+            let now = Now(b as u64 * 7_000);
+            let tuples: Vec<Tuple> = batch.iter().map(|&(f, r)| if r { flow(f).reversed() } else { flow(f) }).collect();
+            let infos = vec![PKT; tuples.len()];
+            let want: Vec<Outcome> = tuples.iter().map(|tp| one.track(tp, &PKT, now, 1, allowed)).collect();
+            let mut got = vec![Outcome::Invalid; tuples.len()];
+            many.track_batch(&tuples, &infos, now, 1, allowed, &mut got);
+            prop_assert_eq!(&got, &want);
+            one.expire(now, 4);
+            many.expire(now, 4);
+        }
+        prop_assert_eq!(one.len(), many.len());
+        prop_assert_eq!(one.stats(), many.stats());
+        let mut a: Vec<_> = one.flows().map(|(t, s, c)| (format!("{t:?}"), s, c)).collect();
+        let mut b: Vec<_> = many.flows().map(|(t, s, c)| (format!("{t:?}"), s, c)).collect();
+        a.sort_by(|x, y| x.0.cmp(&y.0));
+        b.sort_by(|x, y| x.0.cmp(&y.0));
+        prop_assert_eq!(a, b);
+    }
+}

@@ -41,6 +41,8 @@ fn tracking_and_expiry_allocate_nothing() {
             dport: 443,
         })
         .collect();
+    let infos = vec![PacketInfo { tcp_flags: ACK, tcp_seq: 1, payload_len: 0, wire_len: 64 }; 64];
+    let mut out = [sgswitch_conntrack::Outcome::Invalid; 64];
     let before = ALLOCS.load(Ordering::Relaxed);
     let mut now = 0;
     for round in 0..3 {
@@ -53,6 +55,13 @@ fn tracking_and_expiry_allocate_nothing() {
             t.expire(Now(now), 8);
         }
     }
+    // The batch path, with its fixed-size scratch arrays.
+    let checked = ALLOCS.load(Ordering::Relaxed);
+    for chunk in tuples.chunks_exact(64) {
+        now += 1;
+        t.track_batch(chunk, &infos, Now(now), 3, |_| true, &mut out);
+    }
+    assert_eq!(ALLOCS.load(Ordering::Relaxed) - checked, 0, "allocations in track_batch");
     let after = ALLOCS.load(Ordering::Relaxed);
     assert_eq!(after - before, 0, "allocations on the per-packet path");
     assert!(t.stats().created > 0 && t.stats().full + t.stats().evicted > 0, "{:?}", t.stats());
