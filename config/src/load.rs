@@ -762,7 +762,7 @@ fn cross_check(cfg: &Config, broken: &HashSet<String>, errors: &mut Vec<ConfigEr
             weight = weight.saturating_add(cfg.rule_weight(r));
             if weight > lim.rules_per_group && !over_reported {
                 over_reported = true;
-                let total: u32 = g.ingress.iter().chain(&g.egress).map(|r| cfg.rule_weight(r)).sum();
+                let total = cfg.group_weight(g);
                 errors.push(err(
                     &g.file,
                     r.loc,
@@ -791,7 +791,7 @@ fn cross_check(cfg: &Config, broken: &HashSet<String>, errors: &mut Vec<ConfigEr
                 )),
                 Some(g) => {
                     kinds.push((g.kind, r));
-                    rules = rules.saturating_add(g.ingress.iter().chain(&g.egress).map(|x| cfg.rule_weight(x)).sum());
+                    rules = rules.saturating_add(cfg.group_weight(g));
                     *members.entry(g.id.as_str()).or_default() += (p.ipv4.len() + p.ipv6.len()) as u64;
                 }
             }

@@ -458,4 +458,10 @@ impl Config {
             _ => 1,
         }
     }
+
+    /// How many rules a group counts for against the limits: the weights of
+    /// its ingress and egress rules together.
+    pub fn group_weight(&self, group: &Group) -> u32 {
+        group.ingress.iter().chain(&group.egress).fold(0u32, |n, r| n.saturating_add(self.rule_weight(r)))
+    }
 }

@@ -272,6 +272,16 @@ pub struct Table {
     warm: u64,
 }
 
+/// A packet's tuple with its key, hash and side, computed once per packet.
+#[derive(Clone, Copy, Debug)]
+struct Probe<'t> {
+    t: &'t Tuple,
+    key: Key,
+    h: u64,
+    /// Whether the packet's source is the key's low endpoint.
+    src_is_lo: bool,
+}
+
 /// The most packets `track_batch` works on together.
 pub const BATCH: usize = 64;
 
@@ -578,9 +588,13 @@ impl Table {
     /// opener's side) is allowed: for a new flow, and for revalidating a flow
     /// admitted under an older generation.
     pub fn track(&mut self, t: &Tuple, p: &PacketInfo, now: Now, generation: u32, judge: impl FnMut(&Tuple) -> bool) -> Outcome {
+        let probe = self.probe(t);
+        self.track_probe(&probe, p, now, generation, judge)
+    }
+
+    fn probe<'t>(&self, t: &'t Tuple) -> Probe<'t> {
         let (key, src_is_lo) = Key::of(t);
-        let h = key.hash(self.s.seed);
-        self.track_hashed(t, key, h, src_is_lo, p, now, generation, judge)
+        Probe { t, key, h: key.hash(self.s.seed), src_is_lo }
     }
 
     /// [`Table::track`] for a batch: `out[i]` is the outcome of `tuples[i]`
@@ -608,19 +622,13 @@ impl Table {
         out: &mut [Outcome],
     ) {
         assert!(tuples.len() == infos.len() && infos.len() == out.len(), "one info and one outcome per tuple");
-        let mut keys = [Key::default(); BATCH];
-        let mut lo = [false; BATCH];
-        let mut hashes = [0u64; BATCH];
         let mut slots = [0u64; BATCH];
         for ((ts, ps), os) in tuples.chunks(BATCH).zip(infos.chunks(BATCH)).zip(out.chunks_mut(BATCH)) {
             let n = ts.len();
-            for i in 0..n {
-                (keys[i], lo[i]) = Key::of(&ts[i]);
-                hashes[i] = keys[i].hash(self.s.seed);
-            }
+            let probes: [Option<Probe<'_>>; BATCH] = std::array::from_fn(|i| ts.get(i).map(|t| self.probe(t)));
             let mut warm = 0u64;
-            for i in 0..n {
-                slots[i] = self.slots[(hashes[i] as usize) & self.mask];
+            for (slot, probe) in slots.iter_mut().zip(probes.iter().flatten()) {
+                *slot = self.slots[(probe.h as usize) & self.mask];
             }
             for &slot in &slots[..n] {
                 if slot != 0 {
@@ -629,24 +637,21 @@ impl Table {
                 }
             }
             self.warm ^= warm;
-            for i in 0..n {
-                os[i] = self.track_hashed(&ts[i], keys[i], hashes[i], lo[i], &ps[i], now, generation, &mut judge);
+            for ((o, probe), p) in os.iter_mut().zip(probes.iter().flatten()).zip(ps) {
+                *o = self.track_probe(probe, p, now, generation, &mut judge);
             }
         }
     }
 
-    #[expect(clippy::too_many_arguments, reason = "track() after the key and hash are known")]
-    fn track_hashed(
+    fn track_probe(
         &mut self,
-        t: &Tuple,
-        key: Key,
-        h: u64,
-        src_is_lo: bool,
+        probe: &Probe<'_>,
         p: &PacketInfo,
         now: Now,
         generation: u32,
         mut judge: impl FnMut(&Tuple) -> bool,
     ) -> Outcome {
+        let &Probe { t, key, h, src_is_lo } = probe;
         if let Some(idx) = self.find(&key, h) {
             if self.expired(idx, now.ms32()) {
                 self.release(idx);
@@ -664,7 +669,7 @@ impl Table {
                 return self.update(idx, src_is_lo, p, now);
             }
         }
-        self.create(t, key, h, src_is_lo, p, now, generation, judge)
+        self.create(probe, p, now, generation, judge)
     }
 
     fn update(&mut self, idx: usize, src_is_lo: bool, p: &PacketInfo, now: Now) -> Outcome {
@@ -709,18 +714,8 @@ impl Table {
         Outcome::Established
     }
 
-    #[expect(clippy::too_many_arguments, reason = "the parts of track() a new flow needs, computed once")]
-    fn create(
-        &mut self,
-        t: &Tuple,
-        key: Key,
-        h: u64,
-        src_is_lo: bool,
-        p: &PacketInfo,
-        now: Now,
-        generation: u32,
-        mut judge: impl FnMut(&Tuple) -> bool,
-    ) -> Outcome {
+    fn create(&mut self, probe: &Probe<'_>, p: &PacketInfo, now: Now, generation: u32, mut judge: impl FnMut(&Tuple) -> bool) -> Outcome {
+        let &Probe { t, key, h, src_is_lo } = probe;
         let state = match t.proto {
             6 => match tcp::first(Segment::from_flags(p.tcp_flags), self.s.tcp_strict) {
                 Some(s) => State::Tcp(s),

@@ -25,8 +25,7 @@ pub(crate) fn run(dir: &Path) -> Result<(), CliError> {
     for (i, p) in cfg.ports.iter().enumerate() {
         let groups = policy.port_groups(i);
         let count = |d: Direction| groups.iter().map(|&g| policy.group(g).rules(d).len()).sum::<usize>();
-        let weight: u32 =
-            groups.iter().flat_map(|&g| policy.group(g).ingress.iter().chain(&policy.group(g).egress)).map(|r| cfg.rule_weight(r)).sum();
+        let weight: u32 = groups.iter().map(|&g| cfg.group_weight(policy.group(g))).sum();
         let names: Vec<&str> = p.security_groups.iter().map(|r| r.id.as_str()).collect();
         rows.push(vec![
             p.id.clone(),
