@@ -3,7 +3,7 @@
 use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
 
-use sgswitch_config::{Direction, ICMP, ICMPV6, Rule, TCP, UDP, protocol_name};
+use sgswitch_config::{Direction, ICMP, ICMPV6, PolicyModel, Rule, TCP, UDP, protocol_name};
 use sgswitch_filter::{By, Decision, Packet, Policy, PortIdx};
 
 /// `allow tcp 22/22 from pl-office`, with the optional fields that narrow it.
@@ -73,11 +73,11 @@ pub(crate) fn why(policy: &Policy, port: PortIdx, pkt: &Packet, d: &Decision) ->
         By::Default => {
             let model = policy.config().host.policy_model;
             let tail = match (model, pkt.direction) {
-                (sgswitch_config::PolicyModel::Priority, Direction::Ingress) => "ingress is denied by default".to_string(),
-                (sgswitch_config::PolicyModel::Priority, Direction::Egress) if policy.port_is_enterprise(port) => {
+                (PolicyModel::Priority, Direction::Ingress) => "ingress is denied by default".to_string(),
+                (PolicyModel::Priority, Direction::Egress) if policy.port_is_enterprise(port) => {
                     "egress is denied by default for enterprise groups".to_string()
                 }
-                (sgswitch_config::PolicyModel::Priority, Direction::Egress) => "egress is allowed by default for basic groups".to_string(),
+                (PolicyModel::Priority, Direction::Egress) => "egress is allowed by default for basic groups".to_string(),
                 (m, _) => format!("the implicit deny at the bottom ({} model)", m.as_str()),
             };
             format!("default: no rule matched; {tail}")

@@ -109,7 +109,7 @@ fn resolve(policy: &Policy, r: &Request) -> Result<(PortIdx, Packet), String> {
             Some(None) => return Err("a packet has one protocol: \"all\" is for rules".into()),
             None => return Err(format!("protocol \"{s}\" is not tcp, udp, icmp, icmpv6, gre or a number 0..255")),
         },
-        Proto::Number(n) => in_range("protocol", Some(*n), 255)?.expect("given"),
+        Proto::Number(n) => u8::try_from(*n).map_err(|_| format!("protocol {n} is out of range 0..255"))?,
     };
     let ip = |what: &str, s: &str| s.parse::<IpAddr>().map_err(|_| format!("{what} \"{s}\" is not an IP address"));
     let q = Query {
