@@ -148,7 +148,8 @@ fn file_stem(path: &Path) -> String {
     path.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned())
 }
 
-/// Reads `id`, which must equal the file name and carry `prefix`.
+/// Reads `id`, which must equal the file name, carry `prefix` (empty for
+/// ports) and use only letters, digits, '-', '_' and '.'.
 fn read_id(src: &mut Source<'_>, t: &Table<'_, '_>, path: &Path, prefix: &str, kind: &str) -> Option<At<String>> {
     let id = t.required_string(src, "id", &format!("every {kind} file names its id, the same as the file name"))?;
     let stem = file_stem(path);
@@ -355,7 +356,10 @@ fn parse_mac(s: &str) -> Option<Mac> {
 
 fn parse_port(src: &mut Source<'_>, t: &Table<'_, '_>, path: &Path, host: &Host) -> Option<Port> {
     t.only_keys(src, &["id", "interface", "mac", "ipv4", "ipv6", "security_groups", "spoof_check", "allow_blocked_egress"]);
-    let id = read_port_id(src, t, path);
+    let id = read_id(src, t, path, "", "port");
+    if let Some(id) = id.as_ref().filter(|id| id.v.starts_with("sg-") || id.v.starts_with("pl-")) {
+        src.error(&id.span, format!("port id \"{}\" must not start with \"sg-\" or \"pl-\", which name groups and prefix lists", id.v));
+    }
     let interface = interface_name(src, t);
     let mac = t.string(src, "mac").and_then(|m| match parse_mac(&m.v) {
         Some(mac) if mac.0[0] & 1 == 1 => {
@@ -419,21 +423,6 @@ fn parse_port(src: &mut Source<'_>, t: &Table<'_, '_>, path: &Path, host: &Host)
         src.warn(&t.span, "port has no `interface`: `sgswitch run` needs the host-side interface of the VM NIC");
     }
     Some(Port { id: id?.v, file: path.to_path_buf(), interface, mac, ipv4, ipv6, security_groups, spoof_check, allow_blocked_egress })
-}
-
-fn read_port_id(src: &mut Source<'_>, t: &Table<'_, '_>, path: &Path) -> Option<At<String>> {
-    let id = t.required_string(src, "id", "every port file names its id, the same as the file name")?;
-    let stem = file_stem(path);
-    if id.v != stem {
-        src.error(&id.span, format!("id \"{}\" differs from the file name \"{stem}.toml\": they must be equal", id.v));
-    }
-    if id.v.is_empty() || !id.v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-        src.error(&id.span, format!("port id \"{}\" may only use letters, digits, '-', '_' and '.'", id.v));
-    }
-    if id.v.starts_with("sg-") || id.v.starts_with("pl-") {
-        src.error(&id.span, format!("port id \"{}\" must not start with \"sg-\" or \"pl-\", which name groups and prefix lists", id.v));
-    }
-    Some(id)
 }
 
 // ---------------------------------------------------------------- groups
