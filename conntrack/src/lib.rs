@@ -5,6 +5,8 @@
 //!   per zone (one zone per port).
 //! - [`tcp`]: the TCP state machine as a pure function, with the liberal
 //!   sequence check for RST.
+//! - [`frag`]: fragments follow the verdict of their datagram's first
+//!   fragment; early followers wait in a bounded hold.
 //! - [`table`]: the bounded, preallocated connection [`Table`]: lookup and
 //!   state update, creation through the caller's policy closure, amortised
 //!   expiry, capacity and eviction, lazy revalidation by policy generation.
@@ -14,10 +16,12 @@
 //! `now`), no locks. One owner per zone.
 #![forbid(unsafe_code)]
 
+pub mod frag;
 pub mod key;
 pub mod table;
 pub mod tcp;
 
+pub use frag::{Follow, FragKey, FragSettings, FragStats, Fragment, Fragments};
 pub use key::{Key, Tuple, Zone};
 pub use table::{BATCH, Counters, Now, Outcome, PacketInfo, Settings, State, Stats, Table, Timeouts};
 pub use tcp::{Segment, Side, Step, TcpState};

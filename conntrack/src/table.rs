@@ -149,6 +149,11 @@ pub enum State {
     Pseudo {
         replied: bool,
     },
+    /// A TCP flow a policy change revoked (revalidation denied it). It is
+    /// kept as a marker while its packets keep coming, so that neither side
+    /// can pick it up mid-stream again; only a new SYN starts the 5-tuple
+    /// afresh. It lives the `tcp_closing` timeout after its last packet.
+    Revoked,
 }
 
 /// One tracked flow: 72 bytes (the key is 40).
@@ -289,7 +294,7 @@ fn class_of(state: State, proto: u8) -> Class {
     match state {
         State::Tcp(TcpState::SynSent | TcpState::SynRecv) => Class::TcpSyn,
         State::Tcp(TcpState::Established) => Class::TcpEstablished,
-        State::Tcp(_) => Class::TcpClosing,
+        State::Tcp(_) | State::Revoked => Class::TcpClosing,
         State::Pseudo { replied } => match proto {
             17 if replied => Class::UdpStream,
             17 => Class::Udp,
@@ -303,7 +308,14 @@ fn assured(state: State) -> bool {
     match state {
         State::Tcp(s) => !matches!(s, TcpState::SynSent | TcpState::SynRecv),
         State::Pseudo { replied } => replied,
+        State::Revoked => false,
     }
+}
+
+/// A SYN without ACK: the only segment that may start a TCP flow on the
+/// 5-tuple of a revoked one.
+fn is_opening_syn(flags: u8) -> bool {
+    flags & (tcp::flags::SYN | tcp::flags::ACK | tcp::flags::RST) == tcp::flags::SYN
 }
 
 fn side_ix(s: Side) -> usize {
@@ -656,6 +668,12 @@ impl Table {
             if self.expired(idx, now.ms32()) {
                 self.release(idx);
                 self.stats.expired += 1;
+            } else if self.entries[idx].state == State::Revoked {
+                if !is_opening_syn(p.tcp_flags) {
+                    self.entries[idx].last_seen = now.ms32();
+                    return Outcome::Denied;
+                }
+                self.release(idx);
             } else if self.entries[idx].generation != generation && self.s.revalidate {
                 self.stats.revalidated += 1;
                 let original = if key::side(src_is_lo, self.entries[idx].orig_is_lo()) == Side::Orig { *t } else { t.reversed() };
@@ -663,13 +681,28 @@ impl Table {
                     self.entries[idx].generation = generation;
                     return self.update(idx, src_is_lo, p, now);
                 }
-                self.release(idx);
                 self.stats.revalidation_removed += 1;
+                if key.proto() != 6 || is_opening_syn(p.tcp_flags) {
+                    self.release(idx);
+                } else {
+                    self.revoke(idx, now);
+                    return Outcome::Denied;
+                }
             } else {
                 return self.update(idx, src_is_lo, p, now);
             }
         }
         self.create(probe, p, now, generation, judge)
+    }
+
+    /// Turns a TCP entry into a [`State::Revoked`] marker (see there).
+    fn revoke(&mut self, idx: usize, now: Now) {
+        self.unlink(idx);
+        let e = &mut self.entries[idx];
+        e.state = State::Revoked;
+        e.class = Class::TcpClosing;
+        e.last_seen = now.ms32();
+        self.place(idx, now);
     }
 
     fn update(&mut self, idx: usize, src_is_lo: bool, p: &PacketInfo, now: Now) -> Outcome {
@@ -699,6 +732,7 @@ impl Table {
                 }
             }
             State::Pseudo { replied } => State::Pseudo { replied: replied || side == Side::Reply },
+            State::Revoked => return Outcome::Denied,
         };
         e.state = new_state;
         e.last_seen = now.ms32();

@@ -1,6 +1,7 @@
 //! Random packet sequences against a plain model of the table: a map from
 //! flow to (last seen, replied), with the timeouts of `semantics.md`.
-//! Exercises creation, replies, staleness, expiry and index deletion.
+//! Exercises creation, replies, staleness, expiry, index deletion and
+//! revalidation after policy changes.
 
 use std::collections::HashMap;
 
@@ -15,12 +16,15 @@ enum Op {
     Packet(u8, bool, u32),
     /// Sweep with a budget.
     Expire(u8),
+    /// A new policy generation.
+    Policy,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => (0u8..40, any::<bool>(), prop_oneof![Just(0u32), 0u32..5_000, 25_000u32..40_000]).prop_map(|(f, r, w)| Op::Packet(f, r, w)),
         1 => (1u8..20).prop_map(Op::Expire),
+        1 => Just(Op::Policy),
     ]
 }
 
@@ -38,7 +42,13 @@ fn flow(f: u8) -> Tuple {
 
 /// The policy: flows whose number is a multiple of 7 are denied.
 fn allowed(t: &Tuple) -> bool {
-    (t.sport.max(t.dport) - 1000) % 7 != 0
+    allowed_in(0, t)
+}
+
+/// Policy generation `g`: flows whose number is a multiple of 7, 6 or 5
+/// are denied, so each change flips some verdicts both ways.
+fn allowed_in(g: u32, t: &Tuple) -> bool {
+    (t.sport.max(t.dport) - 1000) % (7 - u16::try_from(g % 3).unwrap()) != 0
 }
 
 fn timeout_ms(proto: u8, replied: bool) -> u64 {
@@ -55,40 +65,47 @@ proptest! {
     #[test]
     fn table_agrees_with_a_plain_model(ops in prop::collection::vec(op(), 1..300)) {
         let mut t = Table::new(Settings { capacity: 64, per_zone_capacity: 64, ..Settings::default() }, 2);
-        // Model: canonical flow -> (orig tuple, last seen ms, replied).
-        let mut model: HashMap<u8, (Tuple, u64, bool)> = HashMap::new();
+        // Model: canonical flow -> (orig tuple, last seen ms, replied,
+        // generation that admitted or last revalidated it).
+        let mut model: HashMap<u8, (Tuple, u64, bool, u32)> = HashMap::new();
         let mut now = 0u64;
+        let mut g = 0u32;
         for op in ops {
             match op {
                 Op::Packet(f, reply, wait) => {
                     now += u64::from(wait);
                     let base = flow(f);
                     let tp = if reply { base.reversed() } else { base };
-                    let live = model.get(&f).filter(|(_, seen, rep)| now - seen < timeout_ms(base.proto, *rep)).copied();
+                    let live = model
+                        .get(&f)
+                        .filter(|(_, seen, rep, _)| now - seen < timeout_ms(base.proto, *rep))
+                        .filter(|(orig, _, _, admitted)| *admitted == g || allowed_in(g, orig))
+                        .copied();
                     let want = match live {
-                        Some((orig, _, rep)) => {
+                        Some((orig, _, rep, _)) => {
                             let from_reply = tp != orig;
-                            model.insert(f, (orig, now, rep || from_reply));
+                            model.insert(f, (orig, now, rep || from_reply, g));
                             Outcome::Established
                         }
                         None => {
                             model.remove(&f);
-                            if allowed(&tp) {
-                                model.insert(f, (tp, now, false));
+                            if allowed_in(g, &tp) {
+                                model.insert(f, (tp, now, false, g));
                                 Outcome::New
                             } else {
                                 Outcome::Denied
                             }
                         }
                     };
-                    let got = t.track(&tp, &PKT, Now(now), 1, allowed);
+                    let got = t.track(&tp, &PKT, Now(now), g, |x| allowed_in(g, x));
                     prop_assert_eq!(got, want, "flow {} reply {} at {} ms", f, reply, now);
                 }
                 Op::Expire(budget) => {
                     t.expire(Now(now), usize::from(budget));
                 }
+                Op::Policy => g += 1,
             }
-            prop_assert!(t.len() >= model.values().filter(|(o, seen, rep)| now - seen < timeout_ms(o.proto, *rep)).count());
+            prop_assert!(t.len() >= model.values().filter(|(o, seen, rep, _)| now - seen < timeout_ms(o.proto, *rep)).count());
             prop_assert!(t.len() <= model.len());
         }
         // A full sweep frees every flow whose deadline is before the current
@@ -98,10 +115,10 @@ proptest! {
             t.expire(Now(now), 64);
         }
         let second = now / 1000 * 1000;
-        let at_most = model.values().filter(|(o, seen, rep)| seen + timeout_ms(o.proto, *rep) >= second).count();
-        let live: Vec<&(Tuple, u64, bool)> = model.values().filter(|(o, seen, rep)| now - seen < timeout_ms(o.proto, *rep)).collect();
+        let at_most = model.values().filter(|(o, seen, rep, _)| seen + timeout_ms(o.proto, *rep) >= second).count();
+        let live: Vec<_> = model.values().filter(|(o, seen, rep, _)| now - seen < timeout_ms(o.proto, *rep)).collect();
         prop_assert!(live.len() <= t.len() && t.len() <= at_most, "{} live, {} in the table, {} at most", live.len(), t.len(), at_most);
-        for (orig, _, _) in live {
+        for (orig, _, _, _) in live {
             prop_assert!(t.get(orig).is_some());
             prop_assert!(t.get(&orig.reversed()).is_some());
         }

@@ -75,3 +75,33 @@ fn tracking_and_expiry_allocate_nothing() {
     assert_eq!(after - before, 0, "allocations on the per-packet path");
     assert!(t.stats().created > 0 && t.stats().full + t.stats().evicted > 0, "{:?}", t.stats());
 }
+
+#[test]
+fn fragment_tracking_allocates_nothing() {
+    use sgswitch_conntrack::{FragKey, FragSettings, Fragment, Fragments};
+    let mut f = Fragments::new(FragSettings { datagrams: 512, held: 32, ..FragSettings::default() });
+    let keys: Vec<FragKey> = (0..4000u32)
+        .map(|i| FragKey {
+            zone: u16::try_from(i % 3).unwrap(),
+            proto: 17,
+            src: std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i % 97)),
+            dst: "192.0.2.9".parse().unwrap(),
+            id: i,
+        })
+        .collect();
+    let mut released = 0u32;
+    let before = allocs();
+    for (now, k) in (0u64..).step_by(7).zip(&keys) {
+        // Followers before, the first, a follower after: holds, releases,
+        // refusals when full, expiry of records and holds.
+        let _ = f.follower(&Fragment { key: *k, offset: 1480, len: 100 }, k.id, sgswitch_conntrack::Now(now));
+        if k.id % 5 != 0 {
+            let _ = f.first(&Fragment { key: *k, offset: 0, len: 1480 }, k.id % 2 == 0, sgswitch_conntrack::Now(now), |_, _| released += 1);
+        }
+        let _ = f.follower(&Fragment { key: *k, offset: 2960, len: 100 }, k.id, sgswitch_conntrack::Now(now));
+        f.expire(sgswitch_conntrack::Now(now), |_, _| released += 1);
+    }
+    assert_eq!(allocs() - before, 0, "allocations in fragment tracking");
+    let s = f.stats();
+    assert!(released > 0 && s.timed_out > 0 && s.full > 0, "{s:?}");
+}

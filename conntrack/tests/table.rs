@@ -237,7 +237,8 @@ fn revalidation_removes_exactly_the_flows_the_new_policy_denies() {
     }
     // Generation 2 denies SSH (either way). The judge sees each flow's
     // original first packet, even when the packet that meets the entry is a
-    // reply; a removed flow's packet is then judged as new.
+    // reply; a revoked TCP flow's non-SYN packet is dropped without a
+    // second judgement (no mid-stream pick-up of a revoked flow).
     let seen = std::cell::RefCell::new(Vec::new());
     let policy2 = |o: &Tuple| {
         seen.borrow_mut().push(*o);
@@ -245,8 +246,8 @@ fn revalidation_removes_exactly_the_flows_the_new_policy_denies() {
     };
     assert_eq!(t.track(&web.reversed(), &tcp(ACK, 2), s(1), 2, policy2), Outcome::Established);
     assert_eq!(t.track(&ssh.reversed(), &tcp(ACK, 2), s(1), 2, policy2), Outcome::Denied);
-    assert_eq!(*seen.borrow(), vec![web, ssh, ssh.reversed()]);
-    assert!(t.get(&ssh).is_none());
+    assert_eq!(*seen.borrow(), vec![web, ssh]);
+    assert_eq!(state(&t, &ssh), Some(State::Revoked));
     assert_eq!(t.stats().revalidated, 2);
     assert_eq!(t.stats().revalidation_removed, 1);
     // Revalidated once: later packets of the surviving flow are not judged.
@@ -350,4 +351,47 @@ fn icmp_errors_about_a_tracked_flow_are_related_in_v4_and_v6() {
     t.track(&v6, &tcp(SYN, 1), s(40), 1, allow);
     assert!(t.related(&v6, s(41)), "ICMPv6 packet too big for a TCP flow");
     assert!(!t.related(&tuple(0, 6, "fd00::1", 40000, "2001:db8::9", 80), s(41)));
+}
+
+#[test]
+fn a_revoked_tcp_flow_stays_cut_even_when_the_other_side_could_pick_it_up() {
+    // Inbound SSH admitted under generation 1. Generation 2 denies inbound
+    // SSH but still allows everything outbound: the VM's next segment must
+    // not pick the connection up again as a flow the VM opened.
+    let mut t = table(1);
+    let client = tuple(0, 6, "198.51.100.7", 40000, "10.0.0.11", 22);
+    let vm = client.reversed();
+    let inbound_ssh_denied = |x: &Tuple| !(x.dport == 22 && x.dst == client.dst);
+    assert_eq!(t.track(&client, &tcp(SYN, 1), s(1), 1, allow), Outcome::New);
+    assert_eq!(t.track(&vm, &tcp(SYN | ACK, 100), s(1), 1, allow), Outcome::Established);
+    assert_eq!(t.track(&client, &tcp(ACK, 2), s(1), 1, allow), Outcome::Established);
+    // The client speaks first after the change: revalidated, denied.
+    assert_eq!(t.track(&client, &data(ACK, 2, 10), s(2), 2, inbound_ssh_denied), Outcome::Denied);
+    assert_eq!(t.stats().revalidation_removed, 1);
+    // The VM answers; the egress policy would allow a mid-stream pick-up.
+    assert_eq!(t.track(&vm, &data(ACK, 101, 10), s(3), 2, inbound_ssh_denied), Outcome::Denied);
+    assert_eq!(t.track(&client, &data(ACK, 12, 10), s(4), 2, inbound_ssh_denied), Outcome::Denied);
+    // The same when the VM is the first to speak after the change.
+    let client2 = tuple(0, 6, "198.51.100.7", 40001, "10.0.0.11", 22);
+    assert_eq!(t.track(&client2, &tcp(SYN, 1), s(1), 1, allow), Outcome::New);
+    assert_eq!(t.track(&client2.reversed(), &tcp(SYN | ACK, 100), s(1), 1, allow), Outcome::Established);
+    assert_eq!(t.track(&client2.reversed(), &data(ACK, 101, 10), s(5), 2, inbound_ssh_denied), Outcome::Denied);
+    assert_eq!(t.track(&client2, &data(ACK, 2, 10), s(5), 2, inbound_ssh_denied), Outcome::Denied);
+    // A new connection on the same ports is judged afresh: the VM may open
+    // one (egress allows it); the client may not.
+    assert_eq!(t.track(&vm, &tcp(SYN, 500), s(6), 2, inbound_ssh_denied), Outcome::New);
+    assert_eq!(t.track(&client2, &tcp(SYN, 9), s(6), 2, inbound_ssh_denied), Outcome::Denied);
+}
+
+#[test]
+fn a_revoked_udp_flow_is_judged_as_new_from_either_side() {
+    // The contract's plain reading for protocols without a handshake: the
+    // VM may start the flow again under its egress rules.
+    let mut t = table(1);
+    let client = tuple(0, 17, "198.51.100.7", 5000, "10.0.0.11", 53);
+    let vm = client.reversed();
+    let inbound_dns_denied = |x: &Tuple| !(x.dport == 53 && x.dst == client.dst);
+    assert_eq!(t.track(&client, &UDP, s(1), 1, allow), Outcome::New);
+    assert_eq!(t.track(&client, &UDP, s(2), 2, inbound_dns_denied), Outcome::Denied);
+    assert_eq!(t.track(&vm, &UDP, s(3), 2, inbound_dns_denied), Outcome::New);
 }
