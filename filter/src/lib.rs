@@ -17,11 +17,14 @@
 //! [`sgswitch_config::Config`] that loaded without errors.
 #![forbid(unsafe_code)]
 
+mod bits;
+pub mod compiled;
 pub mod decision;
 pub mod policy;
 pub mod query;
 pub mod reference;
 
+pub use compiled::{Compiled, Key, PortTables, Table};
 pub use decision::{By, Decision, Packet, RuleRef, Verdict};
 pub use policy::{Policy, PortIdx};
 pub use query::Query;
