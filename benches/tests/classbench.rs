@@ -1,9 +1,12 @@
 //! The reference evaluator on every packet of the ClassBench 1k traces,
 //! against ClassBench's own first-match scan written independently in
-//! `classbench::CbRule::matches`.
+//! `classbench::CbRule::matches`; and the compiled classifier against the
+//! reference on every packet of every trace (1k and 10k).
+
+use std::sync::Arc;
 
 use sgswitch_benches::classbench::{self, FAMILIES};
-use sgswitch_filter::{By, Policy, Verdict};
+use sgswitch_filter::{By, Compiled, Direction, Key, Policy, Verdict};
 
 #[test]
 fn reference_evaluator_agrees_with_classbench_first_match_on_every_1k_trace() {
@@ -28,4 +31,35 @@ fn reference_evaluator_agrees_with_classbench_first_match_on_every_1k_trace() {
         packets += trace.len();
     }
     assert!(packets > 100_000, "all twelve 1k traces were read ({packets} packets)");
+}
+
+/// Every trace in the data set: the twelve 1k traces and the 10k ones.
+fn traces() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(classbench::data_dir())
+        .expect("the ClassBench directory")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| n.strip_suffix("_trace").map(str::to_owned))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn compiled_classifier_agrees_with_the_reference_on_every_trace_packet() {
+    let mut packets = 0usize;
+    let sets = traces();
+    for set in &sets {
+        let rules = classbench::parse_rules(&classbench::read(set).unwrap()).unwrap();
+        let trace = classbench::parse_trace(&classbench::read(&format!("{set}_trace")).unwrap()).unwrap();
+        let policy = Arc::new(Policy::new(classbench::config(&rules)));
+        let compiled = Compiled::new(policy.clone(), 1);
+        let table = compiled.port(0).unwrap().get(Direction::Ingress);
+        for (i, t) in trace.iter().enumerate() {
+            let p = classbench::packet(t);
+            let want = policy.evaluate(0, &p);
+            assert_eq!(table.classify(&Key::of(&p)), want, "{set}_trace line {}: {t:?}", i + 1);
+        }
+        packets += trace.len();
+    }
+    assert!(sets.len() >= 15 && packets > 100_000, "{} traces, {packets} packets", sets.len());
 }
