@@ -214,3 +214,22 @@ fn check_lists_findings_that_do_not_stop_loading() {
     assert!(out.contains("1 finding:"), "{out}");
     assert!(out.contains("groups/sg-unused.toml:1:1: security group sg-unused is bound to no port and referenced by no rule"), "{out}");
 }
+
+#[test]
+fn trace_decides_with_the_compiled_tables_and_the_reference_alike() {
+    // The default path is the compiled classifier (with the cross-check in
+    // debug builds); --reference is the oracle; --cross-check runs both.
+    let f = batch_file(BATCH);
+    let path = f.path().display().to_string();
+    let compiled = trace(&format!("--batch {path} --json"));
+    let reference = trace(&format!("--batch {path} --json --reference"));
+    let checked = trace(&format!("--batch {path} --json --cross-check"));
+    for o in [&compiled, &reference, &checked] {
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(o));
+    }
+    assert_eq!(stdout(&compiled), stdout(&reference));
+    assert_eq!(stdout(&compiled), stdout(&checked));
+    assert_eq!(stdout(&compiled).lines().count(), 4);
+    let both = trace(&format!("--batch {path} --reference --cross-check"));
+    assert_eq!(both.status.code(), Some(1), "the two switches exclude each other");
+}

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sgswitch_config::{Direction, parse_protocol};
-use sgswitch_filter::{Decision, Packet, Policy, PortIdx, Query};
+use sgswitch_filter::{Compiled, Decision, Packet, Policy, PortIdx, Query};
 
 use super::{CliError, describe, load_policy, out};
 
@@ -49,6 +49,14 @@ pub(crate) struct TraceArgs {
     /// One JSON object per decision.
     #[arg(long)]
     json: bool,
+    /// Decide with the reference evaluator instead of the compiled tables
+    /// the datapath uses.
+    #[arg(long, conflicts_with = "cross_check")]
+    reference: bool,
+    /// Decide with both and fail (exit 2) if they disagree. Always on in
+    /// debug builds.
+    #[arg(long)]
+    cross_check: bool,
 }
 
 /// A protocol given as a name or a number.
@@ -185,7 +193,7 @@ pub(crate) fn run(a: &TraceArgs) -> Result<(), CliError> {
         }
     };
 
-    let decisions: Vec<Decision> = queries.iter().map(|(port, pkt)| policy.evaluate(*port, pkt)).collect();
+    let decisions = decide(&policy, &queries, a.reference, a.cross_check || cfg!(debug_assertions))?;
     let text = if a.json {
         decisions.iter().map(|d| json_line(&policy, d) + "\n").collect::<String>()
     } else {
@@ -205,4 +213,32 @@ pub(crate) fn run(a: &TraceArgs) -> Result<(), CliError> {
         describe::table(&rows)
     };
     out(&text)
+}
+
+/// The decisions for `queries`: from the compiled tables (the datapath's
+/// code) unless `reference`; with `cross_check`, from both, and a
+/// disagreement is an error that names the packet.
+fn decide(policy: &Policy, queries: &[(PortIdx, Packet)], reference: bool, cross_check: bool) -> Result<Vec<Decision>, CliError> {
+    if reference {
+        return Ok(queries.iter().map(|(port, pkt)| policy.evaluate(*port, pkt)).collect());
+    }
+    let compiled = Compiled::new(std::sync::Arc::new(policy.clone()), 0);
+    let mut out = Vec::with_capacity(queries.len());
+    for (port, pkt) in queries {
+        let d = compiled.decide(*port, pkt);
+        if cross_check {
+            let r = policy.evaluate(*port, pkt);
+            if r != d {
+                return Err(CliError::Runtime(format!(
+                    "compiled classifier and reference evaluator disagree on port {} {}: compiled {}, reference {}",
+                    policy.ports()[*port].id,
+                    describe::packet(pkt),
+                    describe::why(policy, *port, pkt, &d),
+                    describe::why(policy, *port, pkt, &r)
+                )));
+            }
+        }
+        out.push(d);
+    }
+    Ok(out)
 }
