@@ -169,3 +169,33 @@ pub fn packet(t: &CbPacket) -> Packet {
         icmp_code: 0,
     }
 }
+
+/// `n` packets drawn from random rules (inside both prefixes, both port
+/// ranges, the rule's protocol or tcp/udp for a wildcard), for the sets
+/// that come without a trace.
+pub fn synthetic(rules: &[CbRule], n: usize, seed: u64) -> Vec<CbPacket> {
+    let mut rng = crate::sgshape::Rng::new(seed);
+    (0..n)
+        .map(|_| {
+            let i = usize::try_from(rng.below(rules.len().max(1) as u64)).expect("index");
+            let Some(r) = rules.get(i) else {
+                return CbPacket {
+                    src: Ipv4Addr::from(rng.u32()),
+                    dst: Ipv4Addr::from(rng.u32()),
+                    sport: 0,
+                    dport: 0,
+                    proto: 6,
+                    from_rule: 0,
+                };
+            };
+            CbPacket {
+                src: crate::sgshape::addr_in(&mut rng, r.src),
+                dst: crate::sgshape::addr_in(&mut rng, r.dst),
+                sport: rng.u16_in(r.sport.0, r.sport.1),
+                dport: rng.u16_in(r.dport.0, r.dport.1),
+                proto: r.proto.unwrap_or(if rng.chance(50) { 6 } else { 17 }),
+                from_rule: i,
+            }
+        })
+        .collect()
+}

@@ -6,6 +6,9 @@
 //!   destination port ranges, protocol, rule order as priority order (the
 //!   `ordered` model, one group, so the first match wins exactly as in
 //!   ClassBench).
+//! - [`sgshape`]: synthetic policies of realistic security-group shape and
+//!   packets drawn from them.
 #![forbid(unsafe_code)]
 
 pub mod classbench;
+pub mod sgshape;

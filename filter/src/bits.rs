@@ -25,7 +25,11 @@ use std::hash::Hash;
 pub(crate) trait Point: Copy + Ord + Hash + std::fmt::Debug {
     const MIN: Self;
     const MAX: Self;
+    const BITS: u32;
     fn succ(self) -> Self;
+    /// The value's top bits: `self >> shift`, which fits `usize` for the
+    /// shifts [`Field`] uses (at most [`MAX_BUCKET_BITS`] bits remain).
+    fn bucket(self, shift: u32) -> usize;
 }
 
 macro_rules! point {
@@ -33,17 +37,32 @@ macro_rules! point {
         impl Point for $t {
             const MIN: Self = <$t>::MIN;
             const MAX: Self = <$t>::MAX;
+            const BITS: u32 = <$t>::BITS;
             fn succ(self) -> Self {
                 self + 1
+            }
+            #[allow(clippy::cast_possible_truncation, reason = "at most MAX_BUCKET_BITS bits remain after the shift (u128 only)")]
+            fn bucket(self, shift: u32) -> usize {
+                (self >> shift) as usize
             }
         }
     )*};
 }
+
+/// The largest bucket index a field keeps: 2^16 buckets (256 KB) at most.
+const MAX_BUCKET_BITS: u32 = 16;
 point!(u16, u32, u128);
 
 /// One field: interval starts, their rows, the rows and their aggregates.
+///
+/// Finding the interval of a value is a search among the starts, narrowed
+/// first by the value's top bits: `index[b]..index[b + 1]` are the
+/// intervals that start in bucket `b`. There are about as many buckets as
+/// intervals, so a lookup compares one or two starts instead of a dozen.
 #[derive(Clone, Debug)]
 pub(crate) struct Field<T> {
+    shift: u32,
+    index: Vec<u32>,
     starts: Vec<T>,
     row_of: Vec<u32>,
     /// Row `r` is `rows[r * words..(r + 1) * words]`.
@@ -56,8 +75,14 @@ impl<T: Point> Field<T> {
     /// The row of `v`: its words and its aggregate.
     #[inline]
     fn row(&self, v: T, words: usize, agg_words: usize) -> (&[u64], &[u64]) {
-        // starts[0] == T::MIN, so the partition point is at least 1.
-        let i = self.starts.partition_point(|&s| s <= v).saturating_sub(1);
+        let b = v.bucket(self.shift);
+        let lo = self.index.get(b).map_or(0, |&x| x as usize);
+        let hi = self.index.get(b + 1).map_or(lo, |&x| x as usize);
+        // Intervals starting in this bucket at or before `v`; if none, the
+        // last one of an earlier bucket (starts[0] == T::MIN, bucket 0, so
+        // there is always one).
+        let n = self.starts.get(lo..hi).map_or(0, |s| s.partition_point(|&s| s <= v));
+        let i = (lo + n).saturating_sub(1);
         let r = self.row_of.get(i).map_or(0, |&r| r as usize);
         let w = self.rows.get(r * words..(r + 1) * words).unwrap_or(&[]);
         let a = self.aggs.get(r * agg_words..(r + 1) * agg_words).unwrap_or(&[]);
@@ -65,7 +90,7 @@ impl<T: Point> Field<T> {
     }
 
     fn memory_bytes(&self) -> usize {
-        self.starts.len() * size_of::<T>() + self.row_of.len() * 4 + (self.rows.len() + self.aggs.len()) * 8
+        self.index.len() * 4 + self.starts.len() * size_of::<T>() + self.row_of.len() * 4 + (self.rows.len() + self.aggs.len()) * 8
     }
 
     fn intervals(&self) -> usize {
@@ -93,7 +118,7 @@ pub(crate) fn build_field<T: Point>(per_rule: &[&[(T, T)]], words: usize, agg_wo
     let mut counts = vec![0i32; per_rule.len()];
     let mut cur = vec![0u64; words];
     let mut ids: HashMap<Vec<u64>, u32> = HashMap::new();
-    let mut f = Field { starts: Vec::new(), row_of: Vec::new(), rows: Vec::new(), aggs: Vec::new() };
+    let mut f = Field { shift: 0, index: Vec::new(), starts: Vec::new(), row_of: Vec::new(), rows: Vec::new(), aggs: Vec::new() };
     let mut i = 0;
     let mut pos = T::MIN;
     loop {
@@ -130,6 +155,12 @@ pub(crate) fn build_field<T: Point>(per_rule: &[&[(T, T)]], words: usize, agg_wo
             None => break,
         }
     }
+    // About one interval per bucket.
+    let bits = (usize::BITS - f.starts.len().leading_zeros()).clamp(1, MAX_BUCKET_BITS.min(T::BITS));
+    f.shift = T::BITS - bits;
+    let buckets = 1usize << bits;
+    f.index =
+        (0..=buckets).map(|b| u32::try_from(f.starts.partition_point(|s| s.bucket(f.shift) < b)).expect("intervals fit u32")).collect();
     f
 }
 
