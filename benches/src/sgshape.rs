@@ -25,7 +25,7 @@ impl Rng {
         Rng(seed)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -35,7 +35,7 @@ impl Rng {
 
     /// Uniform in `0..n` (`n > 0`).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.next_u64() % n
     }
 
     pub fn u16_in(&mut self, lo: u16, hi: u16) -> u16 {
@@ -43,7 +43,7 @@ impl Rng {
     }
 
     pub fn u32(&mut self) -> u32 {
-        u32::try_from(self.next() >> 32).expect("32 bits")
+        u32::try_from(self.next_u64() >> 32).expect("32 bits")
     }
 
     pub fn chance(&mut self, percent: u64) -> bool {
