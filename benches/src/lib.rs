@@ -8,7 +8,14 @@
 //!   ClassBench).
 //! - [`sgshape`]: synthetic policies of realistic security-group shape and
 //!   packets drawn from them.
-#![forbid(unsafe_code)]
+//! - `rte_acl` (feature `rte-acl`): DPDK's classifier through a small C
+//!   shim, for comparison. The only unsafe code in the project outside the
+//!   datapath's kernel interfaces.
+#![deny(unsafe_code)]
 
 pub mod classbench;
 pub mod sgshape;
+
+#[cfg(feature = "rte-acl")]
+#[allow(unsafe_code, reason = "FFI to DPDK's rte_acl, for comparison only")]
+pub mod rte_acl;
