@@ -53,7 +53,8 @@ macro_rules! point {
 const MAX_BUCKET_BITS: u32 = 16;
 point!(u16, u32, u128);
 
-/// One field: interval starts, their rows, the rows and their aggregates.
+/// One field: interval starts and, per interval, where its row starts in the
+/// owning [`Bits`]' row arena.
 ///
 /// Finding the interval of a value is a search among the starts, narrowed
 /// first by the value's top bits: `index[b]..index[b + 1]` are the
@@ -63,47 +64,37 @@ point!(u16, u32, u128);
 pub(crate) struct Field<T> {
     shift: u32,
     index: Vec<u32>,
-    starts: Vec<T>,
-    row_of: Vec<u32>,
-    /// Row `r` is `rows[r * words..(r + 1) * words]`.
-    rows: Vec<u64>,
-    /// Aggregate of row `r` is `aggs[r * agg_words..(r + 1) * agg_words]`.
-    aggs: Vec<u64>,
+    /// (interval start, row offset); the first start is `T::MIN`.
+    ivs: Vec<(T, u32)>,
+    distinct_rows: usize,
 }
 
 impl<T: Point> Field<T> {
-    /// The row of `v`: its words and its aggregate.
+    /// The arena offset of the row of `v`.
     #[inline]
-    fn row(&self, v: T, words: usize, agg_words: usize) -> (&[u64], &[u64]) {
+    fn locate(&self, v: T) -> usize {
         let b = v.bucket(self.shift);
         let lo = self.index.get(b).map_or(0, |&x| x as usize);
         let hi = self.index.get(b + 1).map_or(lo, |&x| x as usize);
         // Intervals starting in this bucket at or before `v`; if none, the
-        // last one of an earlier bucket (starts[0] == T::MIN, bucket 0, so
-        // there is always one).
-        let n = self.starts.get(lo..hi).map_or(0, |s| s.partition_point(|&s| s <= v));
-        let i = (lo + n).saturating_sub(1);
-        let r = self.row_of.get(i).map_or(0, |&r| r as usize);
-        let w = self.rows.get(r * words..(r + 1) * words).unwrap_or(&[]);
-        let a = self.aggs.get(r * agg_words..(r + 1) * agg_words).unwrap_or(&[]);
-        (w, a)
+        // last one of an earlier bucket (ivs[0] starts at T::MIN, in bucket
+        // 0, so there is always one).
+        let n = self.ivs.get(lo..hi).map_or(0, |s| s.partition_point(|&(s, _)| s <= v));
+        self.ivs.get((lo + n).saturating_sub(1)).map_or(0, |&(_, off)| off as usize)
     }
 
     fn memory_bytes(&self) -> usize {
-        self.index.len() * 4 + self.starts.len() * size_of::<T>() + self.row_of.len() * 4 + (self.rows.len() + self.aggs.len()) * 8
+        self.index.len() * 4 + self.ivs.len() * size_of::<(T, u32)>()
     }
 
     fn intervals(&self) -> usize {
-        self.starts.len()
-    }
-
-    fn distinct_rows(&self) -> usize {
-        self.row_of.iter().copied().max().map_or(0, |m| m as usize + 1)
+        self.ivs.len()
     }
 }
 
-/// Builds a [`Field`] from, per rule, the intervals it matches.
-pub(crate) fn build_field<T: Point>(per_rule: &[&[(T, T)]], words: usize, agg_words: usize) -> Field<T> {
+/// Builds a [`Field`] from, per rule, the intervals it matches, appending
+/// its distinct rows (each `[aggregate words…, words…]`) to `arena`.
+fn build_field<T: Point>(per_rule: &[&[(T, T)]], words: usize, agg_words: usize, arena: &mut Vec<u64>) -> Field<T> {
     // (position, rule, +1 at a start / -1 after an end)
     let mut events: Vec<(T, u32, i32)> = Vec::new();
     for (rule, ivs) in (0u32..).zip(per_rule) {
@@ -117,13 +108,14 @@ pub(crate) fn build_field<T: Point>(per_rule: &[&[(T, T)]], words: usize, agg_wo
     events.sort_unstable_by_key(|e| e.0);
     let mut counts = vec![0i32; per_rule.len()];
     let mut cur = vec![0u64; words];
-    let mut ids: HashMap<Vec<u64>, u32> = HashMap::new();
-    let mut f = Field { shift: 0, index: Vec::new(), starts: Vec::new(), row_of: Vec::new(), rows: Vec::new(), aggs: Vec::new() };
+    let mut offsets: HashMap<Vec<u64>, u32> = HashMap::new();
+    let mut ivs: Vec<(T, u32)> = Vec::new();
     let mut i = 0;
     let mut pos = T::MIN;
     loop {
-        while i < events.len() && events[i].0 == pos {
-            let (_, rule, d) = events[i];
+        while let Some(&(at, rule, d)) = events.get(i)
+            && at == pos
+        {
             let c = &mut counts[rule as usize];
             *c += d;
             let bit = 1u64 << (rule % 64);
@@ -134,21 +126,20 @@ pub(crate) fn build_field<T: Point>(per_rule: &[&[(T, T)]], words: usize, agg_wo
             }
             i += 1;
         }
-        let next_id = u32::try_from(ids.len()).expect("fewer rows than intervals");
-        let id = *ids.entry(cur.clone()).or_insert_with(|| {
-            f.rows.extend_from_slice(&cur);
+        let off = *offsets.entry(cur.clone()).or_insert_with(|| {
+            let off = u32::try_from(arena.len()).expect("row arena under 2^32 words");
             let mut agg = vec![0u64; agg_words];
             for (w, &x) in cur.iter().enumerate() {
                 if x != 0 {
                     agg[w / 64] |= 1 << (w % 64);
                 }
             }
-            f.aggs.extend_from_slice(&agg);
-            next_id
+            arena.extend_from_slice(&agg);
+            arena.extend_from_slice(&cur);
+            off
         });
-        if f.row_of.last() != Some(&id) {
-            f.starts.push(pos);
-            f.row_of.push(id);
+        if ivs.last().map(|l| l.1) != Some(off) {
+            ivs.push((pos, off));
         }
         match events.get(i) {
             Some(e) => pos = e.0,
@@ -156,12 +147,11 @@ pub(crate) fn build_field<T: Point>(per_rule: &[&[(T, T)]], words: usize, agg_wo
         }
     }
     // About one interval per bucket.
-    let bits = (usize::BITS - f.starts.len().leading_zeros()).clamp(1, MAX_BUCKET_BITS.min(T::BITS));
-    f.shift = T::BITS - bits;
-    let buckets = 1usize << bits;
-    f.index =
-        (0..=buckets).map(|b| u32::try_from(f.starts.partition_point(|s| s.bucket(f.shift) < b)).expect("intervals fit u32")).collect();
-    f
+    let bits = (usize::BITS - ivs.len().leading_zeros()).clamp(1, MAX_BUCKET_BITS.min(T::BITS));
+    let shift = T::BITS - bits;
+    let index =
+        (0..=1usize << bits).map(|b| u32::try_from(ivs.partition_point(|iv| iv.0.bucket(shift) < b)).expect("intervals fit u32")).collect();
+    Field { shift, index, ivs, distinct_rows: offsets.len() }
 }
 
 /// Builds the field `get` picks out of every rule's constraints.
@@ -170,9 +160,10 @@ fn field_of<A, T: Point>(
     get: impl Fn(&Constraints<A>) -> &Vec<(T, T)>,
     words: usize,
     agg_words: usize,
+    arena: &mut Vec<u64>,
 ) -> Field<T> {
     let per: Vec<&[(T, T)]> = rules.iter().map(|c| get(c).as_slice()).collect();
-    build_field(&per, words, agg_words)
+    build_field(&per, words, agg_words, arena)
 }
 
 /// The bit-vector table of one IP family: six fields over the same rules.
@@ -180,8 +171,9 @@ fn field_of<A, T: Point>(
 pub(crate) struct Bits<A> {
     /// Bit `i` is entry `entry[i]` of the owning table.
     pub(crate) entry: Vec<u32>,
-    words: usize,
     agg_words: usize,
+    /// Every field's distinct rows, each `[aggregate words…, words…]`.
+    rows: Vec<u64>,
     remote: Field<A>,
     local: Field<A>,
     proto: Field<u16>,
@@ -216,77 +208,90 @@ pub(crate) struct FamilyKey<A> {
 }
 
 /// How many fields a lookup ANDs at most.
-const FIELDS: usize = 6;
+pub(crate) const FIELDS: usize = 6;
+
+/// Where a key's rows are: arena offsets of its active fields' rows.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Located {
+    offs: [usize; FIELDS],
+    n: usize,
+}
 
 impl<A: Point> Bits<A> {
-    /// `rules[i]` is bit `i`, entry `entry[i]`.
+    /// `rules[i]` is bit `i`, entry `entry[i]`. Every rule must have at
+    /// least one interval in every field (a rule that cannot match is left
+    /// out by the caller).
     pub(crate) fn build(rules: &[Constraints<A>], entry: Vec<u32>) -> Bits<A> {
+        debug_assert!(rules.iter().all(|c| !c.remote.is_empty() && !c.local.is_empty() && !c.proto.is_empty()));
         let words = rules.len().div_ceil(64).max(1);
         let agg_words = words.div_ceil(64);
-        let remote = field_of(rules, |c| &c.remote, words, agg_words);
-        let local = field_of(rules, |c| &c.local, words, agg_words);
-        let proto = field_of(rules, |c| &c.proto, words, agg_words);
-        let dst_port = field_of(rules, |c| &c.dst_port, words, agg_words);
-        let src_port = field_of(rules, |c| &c.src_port, words, agg_words);
-        let icmp = field_of(rules, |c| &c.icmp, words, agg_words);
-        let mut b = Bits { entry, words, agg_words, remote, local, proto, dst_port, src_port, icmp, active: 0 };
-        let counts = [
-            b.remote.intervals(),
-            b.local.intervals(),
-            b.proto.intervals(),
-            b.dst_port.intervals(),
-            b.src_port.intervals(),
-            b.icmp.intervals(),
-        ];
+        let mut rows = Vec::new();
+        let remote = field_of(rules, |c| &c.remote, words, agg_words, &mut rows);
+        let local = field_of(rules, |c| &c.local, words, agg_words, &mut rows);
+        let proto = field_of(rules, |c| &c.proto, words, agg_words, &mut rows);
+        let dst_port = field_of(rules, |c| &c.dst_port, words, agg_words, &mut rows);
+        let src_port = field_of(rules, |c| &c.src_port, words, agg_words, &mut rows);
+        let icmp = field_of(rules, |c| &c.icmp, words, agg_words, &mut rows);
+        let counts =
+            [remote.intervals(), local.intervals(), proto.intervals(), dst_port.intervals(), src_port.intervals(), icmp.intervals()];
+        let mut active = 0;
         for (i, n) in counts.into_iter().enumerate() {
             // One interval means one row for every value: every rule in it,
             // or (no rules) none, which the empty `entry` already says.
             if n > 1 {
-                b.active |= 1 << i;
+                active |= 1 << i;
             }
         }
-        b
+        Bits { entry, agg_words, rows, remote, local, proto, dst_port, src_port, icmp, active }
     }
 
-    /// The rows of `k` in the active fields.
+    /// Finds the rows of `k` in the active fields (the loads of a lookup
+    /// that do not depend on each other).
     #[inline]
-    fn rows(&self, k: &FamilyKey<A>) -> ([&[u64]; FIELDS], [&[u64]; FIELDS], usize) {
-        let (w, a) = (self.words, self.agg_words);
-        let found: [Option<(&[u64], &[u64])>; FIELDS] = [
-            (self.active & 1 != 0).then(|| self.remote.row(k.remote, w, a)),
-            (self.active & 2 != 0).then(|| self.local.row(k.local, w, a)),
-            (self.active & 4 != 0).then(|| self.proto.row(k.proto, w, a)),
-            (self.active & 8 != 0).then(|| self.dst_port.row(k.dst_port, w, a)),
-            (self.active & 16 != 0).then(|| self.src_port.row(k.src_port, w, a)),
-            (self.active & 32 != 0).then(|| self.icmp.row(k.icmp, w, a)),
-        ];
-        let mut rows: [&[u64]; FIELDS] = [&[]; FIELDS];
-        let mut aggs: [&[u64]; FIELDS] = [&[]; FIELDS];
-        let mut n = 0;
-        for (r, g) in found.into_iter().flatten() {
-            rows[n] = r;
-            aggs[n] = g;
-            n += 1;
+    pub(crate) fn locate(&self, k: &FamilyKey<A>) -> Located {
+        let mut l = Located::default();
+        let mut add = |off: usize| {
+            if let Some(slot) = l.offs.get_mut(l.n) {
+                *slot = off;
+                l.n += 1;
+            }
+        };
+        if self.active & 1 != 0 {
+            add(self.remote.locate(k.remote));
         }
-        (rows, aggs, n)
+        if self.active & 2 != 0 {
+            add(self.local.locate(k.local));
+        }
+        if self.active & 4 != 0 {
+            add(self.proto.locate(k.proto));
+        }
+        if self.active & 8 != 0 {
+            add(self.dst_port.locate(k.dst_port));
+        }
+        if self.active & 16 != 0 {
+            add(self.src_port.locate(k.src_port));
+        }
+        if self.active & 32 != 0 {
+            add(self.icmp.locate(k.icmp));
+        }
+        l
     }
 
-    /// The lowest-numbered rule matching `k`, as an entry index.
+    /// The lowest-numbered rule in all the located rows, as an entry index.
     #[inline]
-    pub(crate) fn lookup(&self, k: &FamilyKey<A>) -> Option<u32> {
+    pub(crate) fn resolve(&self, l: &Located) -> Option<u32> {
         if self.entry.is_empty() {
             return None;
         }
-        let (rows, aggs, n) = self.rows(k);
-        let (rows, aggs) = (&rows[..n], &aggs[..n]);
+        let offs = l.offs.get(..l.n).unwrap_or(&[]);
+        let word = |at: usize| offs.iter().fold(u64::MAX, |x, &o| x & self.rows.get(o + at).copied().unwrap_or(0));
         for a in 0..self.agg_words {
-            let mut m = aggs.iter().fold(u64::MAX, |m, g| m & g.get(a).copied().unwrap_or(0));
+            let mut m = word(a);
             while m != 0 {
                 let w = a * 64 + m.trailing_zeros() as usize;
-                let x = rows.iter().fold(u64::MAX, |x, r| x & r.get(w).copied().unwrap_or(0));
+                let x = word(self.agg_words + w);
                 if x != 0 {
-                    let bit = w * 64 + x.trailing_zeros() as usize;
-                    return self.entry.get(bit).copied();
+                    return self.entry.get(w * 64 + x.trailing_zeros() as usize).copied();
                 }
                 m &= m - 1;
             }
@@ -294,8 +299,15 @@ impl<A: Point> Bits<A> {
         None
     }
 
+    /// The lowest-numbered rule matching `k`, as an entry index.
+    #[inline]
+    pub(crate) fn lookup(&self, k: &FamilyKey<A>) -> Option<u32> {
+        self.resolve(&self.locate(k))
+    }
+
     pub(crate) fn memory_bytes(&self) -> usize {
         self.entry.len() * 4
+            + self.rows.len() * 8
             + self.remote.memory_bytes()
             + self.local.memory_bytes()
             + self.proto.memory_bytes()
@@ -306,6 +318,6 @@ impl<A: Point> Bits<A> {
 
     /// (intervals, distinct rows) of the remote address field.
     pub(crate) fn remote_shape(&self) -> (usize, usize) {
-        (self.remote.intervals(), self.remote.distinct_rows())
+        (self.remote.intervals(), self.remote.distinct_rows)
     }
 }

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use sgswitch_config::{Action, Direction, GroupType, IntraGroup, PolicyModel, Rule};
 
-use crate::bits::{Bits, Constraints, FamilyKey, Point};
+use crate::bits::{Bits, Constraints, FamilyKey, Located, Point};
 use crate::decision::{By, Decision, Packet, RuleRef, Verdict};
 use crate::policy::{Policy, PortIdx};
 
@@ -118,9 +118,20 @@ impl Table {
 
     /// [`Table::classify`] for a batch: `out[i]` is the decision of
     /// `keys[i]`; extra outputs are left alone.
+    ///
+    /// Per chunk of 64 keys, first every key's rows are located (the
+    /// interval searches, independent loads whose cache misses overlap),
+    /// then every key's rows are ANDed.
     pub fn classify_batch(&self, keys: &[Key], out: &mut [Decision]) {
-        for (k, o) in keys.iter().zip(out.iter_mut()) {
-            *o = self.classify(k);
+        const CHUNK: usize = 64;
+        let mut located = [Located::default(); CHUNK];
+        for (ks, os) in keys.chunks(CHUNK).zip(out.chunks_mut(CHUNK)) {
+            for (l, k) in located.iter_mut().zip(ks) {
+                *l = if k.v6 { self.v6.locate(&k.family(|x| x)) } else { self.v4.locate(&k.family(low32)) };
+            }
+            for ((o, l), k) in os.iter_mut().zip(&located).zip(ks) {
+                *o = self.decision(if k.v6 { self.v6.resolve(l) } else { self.v4.resolve(l) });
+            }
         }
     }
 
