@@ -15,7 +15,7 @@
 //! - `union`: the allow rules in that order (deny rules never decide).
 //!
 //! First match over that list is a packet-classification problem, solved by
-//! the bit-vector engine in [`crate::bits`] (see the crate documentation
+//! the bit-vector engine in `bits.rs` (see the crate documentation
 //! for the measurements behind the choice). Group references and prefix
 //! lists are expanded into address *sets* of one rule (several intervals
 //! on one field, one bit), never into one rule per member. IPv4 and IPv6
