@@ -2,40 +2,13 @@
 //! evictions, refusals and expiry sweeps over thousands of packets, counted
 //! by a global allocator.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
 use sgswitch_conntrack::tcp::flags::{ACK, SYN};
 use sgswitch_conntrack::{Now, PacketInfo, Settings, Table, Tuple};
 
-struct Counting;
+#[path = "../../tests/support/counting_alloc.rs"]
+mod counting_alloc;
 
-thread_local! {
-    // Per thread: the test harness's own threads allocate while a test runs,
-    // and only the measured thread's allocations count. Const-initialised,
-    // so reading it never allocates.
-    static ALLOCS: Cell<usize> = const { Cell::new(0) };
-}
-
-fn allocs() -> usize {
-    ALLOCS.with(Cell::get)
-}
-
-// SAFETY: delegates to the system allocator unchanged; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.with(|c| c.set(c.get() + 1));
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: `p` came from `System.alloc` with layout `l`.
-        unsafe { System.dealloc(p, l) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+use counting_alloc::allocs;
 
 #[test]
 fn tracking_and_expiry_allocate_nothing() {
