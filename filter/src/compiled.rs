@@ -192,17 +192,16 @@ struct Entry<'a> {
 
 /// The port's first-match list in direction `d`, per the policy model.
 fn entries<'a>(policy: &'a Policy, port: PortIdx, d: Direction) -> Vec<Entry<'a>> {
-    let groups = policy.port_groups(port);
-    let rules =
-        || groups.iter().flat_map(move |&g| policy.group(g).rules(d).iter().enumerate().map(move |(i, r)| (policy.rule_ref(g, d, i), r)));
     let rule_entry = |(id, r): (RuleRef, &'a Rule)| Entry {
         decision: Decision { verdict: id.action.into(), by: By::Rule(id) },
         remote: policy.remote_nets(&r.remote),
         rule: Some(r),
     };
+    let rules = policy.port_rules(port, d);
     match policy.config().host.policy_model {
         PolicyModel::Priority => {
-            let intra = groups
+            let intra = policy
+                .port_groups(port)
                 .iter()
                 .filter(|&&g| policy.group(g).kind == GroupType::Basic && policy.group(g).intra_group == IntraGroup::Accept)
                 .map(|&g| Entry {
@@ -210,22 +209,13 @@ fn entries<'a>(policy: &'a Policy, port: PortIdx, d: Direction) -> Vec<Entry<'a>
                     remote: policy.members(g),
                     rule: None,
                 });
-            let mut sorted: Vec<(RuleRef, &Rule)> = rules().collect();
+            let mut sorted: Vec<(RuleRef, &Rule)> = rules.collect();
             sorted.sort_by_key(|(id, _)| (id.priority, id.action));
             intra.chain(sorted.into_iter().map(rule_entry)).collect()
         }
-        PolicyModel::Ordered => rules().map(rule_entry).collect(),
-        PolicyModel::Union => rules().filter(|(id, _)| id.action == Action::Allow).map(rule_entry).collect(),
+        PolicyModel::Ordered => rules.map(rule_entry).collect(),
+        PolicyModel::Union => rules.filter(|(id, _)| id.action == Action::Allow).map(rule_entry).collect(),
     }
-}
-
-/// The default decision of a port in direction `d` (`semantics.md`).
-fn default_decision(policy: &Policy, port: PortIdx, d: Direction) -> Decision {
-    let verdict = match (policy.config().host.policy_model, d) {
-        (PolicyModel::Priority, Direction::Egress) if !policy.port_is_enterprise(port) => Verdict::Allow,
-        _ => Verdict::Deny,
-    };
-    Decision { verdict, by: By::Default }
 }
 
 /// The full range of a field.
@@ -319,7 +309,7 @@ impl Table {
         let v6 = family(&list, true, &v6_bounds);
         let decisions = list.iter().map(|e| e.decision).collect();
         let build_ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        Table { decisions, default: default_decision(policy, port, d), v4, v6, build_ns }
+        Table { decisions, default: policy.default_decision(port, d), v4, v6, build_ns }
     }
 }
 
@@ -374,19 +364,22 @@ impl Compiled {
         self.port(port).map_or(Decision { verdict: Verdict::Deny, by: By::Default }, |t| t.get(pkt.direction).classify(&Key::of(pkt)))
     }
 
+    /// Each distinct `PortTables` once (ports sharing a group list share
+    /// one).
+    fn distinct(&self) -> Vec<&Arc<PortTables>> {
+        let mut seen: Vec<&Arc<PortTables>> = self.ports.iter().collect();
+        seen.sort_unstable_by_key(|t| Arc::as_ptr(t));
+        seen.dedup_by_key(|t| Arc::as_ptr(t));
+        seen
+    }
+
     /// Distinct tables (ports sharing a group list count once).
     pub fn distinct_tables(&self) -> usize {
-        let mut seen: Vec<*const PortTables> = self.ports.iter().map(Arc::as_ptr).collect();
-        seen.sort_unstable();
-        seen.dedup();
-        seen.len()
+        self.distinct().len()
     }
 
     /// Bytes held by all tables, shared ones counted once.
     pub fn memory_bytes(&self) -> usize {
-        let mut seen: Vec<&Arc<PortTables>> = self.ports.iter().collect();
-        seen.sort_unstable_by_key(|t| Arc::as_ptr(t));
-        seen.dedup_by_key(|t| Arc::as_ptr(t));
-        seen.iter().map(|t| t.ingress.memory_bytes() + t.egress.memory_bytes()).sum()
+        self.distinct().iter().map(|t| t.ingress.memory_bytes() + t.egress.memory_bytes()).sum()
     }
 }

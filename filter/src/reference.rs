@@ -54,7 +54,7 @@ impl Policy {
 
     /// Every rule of the port's groups in the packet's direction, in group
     /// binding order then file order.
-    fn port_rules<'a>(&'a self, port: PortIdx, d: Direction) -> impl Iterator<Item = (RuleRef, &'a Rule)> + 'a {
+    pub(crate) fn port_rules<'a>(&'a self, port: PortIdx, d: Direction) -> impl Iterator<Item = (RuleRef, &'a Rule)> + 'a {
         self.port_groups(port)
             .iter()
             .flat_map(move |&g| self.group(g).rules(d).iter().enumerate().map(move |(i, r)| (self.rule_ref(g, d, i), r)))
@@ -92,12 +92,17 @@ impl Policy {
         if let Some(r) = best {
             return Decision { verdict: r.action.into(), by: By::Rule(r) };
         }
-        // 5. Defaults: ingress deny; egress allow for basic, deny for
-        // enterprise groups.
-        let verdict = match pkt.direction {
-            Direction::Ingress => Verdict::Deny,
-            Direction::Egress if self.port_is_enterprise(port) => Verdict::Deny,
-            Direction::Egress => Verdict::Allow,
+        // 5. Defaults.
+        self.default_decision(port, pkt.direction)
+    }
+
+    /// The decision when nothing matched (`semantics.md`): under `priority`,
+    /// ingress deny and egress allow for basic groups, deny for enterprise
+    /// groups; under `ordered` and `union`, deny both ways.
+    pub fn default_decision(&self, port: PortIdx, d: Direction) -> Decision {
+        let verdict = match (self.config().host.policy_model, d) {
+            (PolicyModel::Priority, Direction::Egress) if !self.port_is_enterprise(port) => Verdict::Allow,
+            _ => Verdict::Deny,
         };
         Decision { verdict, by: By::Default }
     }
@@ -110,7 +115,7 @@ impl Policy {
                 return Decision { verdict: id.action.into(), by: By::Rule(id) };
             }
         }
-        Decision { verdict: Verdict::Deny, by: By::Default }
+        self.default_decision(port, pkt.direction)
     }
 
     /// AWS / OpenStack: allowed if any (allow) rule matches; the first in
@@ -121,6 +126,6 @@ impl Policy {
                 return Decision { verdict: Verdict::Allow, by: By::Rule(id) };
             }
         }
-        Decision { verdict: Verdict::Deny, by: By::Default }
+        self.default_decision(port, pkt.direction)
     }
 }
