@@ -195,8 +195,8 @@ impl<H: Copy> Fragments<H> {
     /// passes: not if it is tiny, if the table is full, or if an earlier
     /// first fragment of the same datagram was judged otherwise (then the
     /// datagram is dropped from here on).
-    pub fn first(&mut self, f: &Fragment, allowed: bool, now: Now, mut release: impl FnMut(H, bool)) -> bool {
-        self.expire(now, &mut release);
+    pub fn first(&mut self, f: &Fragment, allowed: bool, now: Now, release: impl FnMut(H, bool)) -> bool {
+        self.forget_expired(now);
         let allowed = if f.is_tiny() {
             self.stats.tiny += 1;
             false
@@ -219,22 +219,7 @@ impl<H: Copy> Fragments<H> {
                 false
             }
         };
-        if self.held_len > 0 {
-            for slot in &mut self.held {
-                if let Some(h) = slot
-                    && h.key == f.key
-                {
-                    if pass {
-                        self.stats.passed += 1;
-                    } else {
-                        self.stats.denied += 1;
-                    }
-                    release(h.handle, pass);
-                    *slot = None;
-                    self.held_len -= 1;
-                }
-            }
-        }
+        self.sweep_held(now, Some((f.key, pass)), release);
         pass
     }
 
@@ -273,7 +258,13 @@ impl<H: Copy> Fragments<H> {
     /// hold time (through `release(handle, false)`), and forgets expired
     /// datagrams. Called once per poll-loop iteration; its work is bounded
     /// by the number of held followers plus the records that expire.
-    pub fn expire(&mut self, now: Now, mut release: impl FnMut(H, bool)) {
+    pub fn expire(&mut self, now: Now, release: impl FnMut(H, bool)) {
+        self.forget_expired(now);
+        self.sweep_held(now, None, release);
+    }
+
+    /// Forgets the verdicts of datagrams older than `datagram_ms`.
+    fn forget_expired(&mut self, now: Now) {
         while let Some(&(key, since)) = self.order.front() {
             if now.0.saturating_sub(since.0) < u64::from(self.s.datagram_ms) {
                 break;
@@ -281,18 +272,35 @@ impl<H: Copy> Fragments<H> {
             self.order.pop_front();
             self.records.remove(&key);
         }
+    }
+
+    /// One pass over the hold: followers past the hold time are dropped;
+    /// with `judged = Some((key, pass))`, the followers of that datagram
+    /// are released with its verdict.
+    fn sweep_held(&mut self, now: Now, judged: Option<(FragKey, bool)>, mut release: impl FnMut(H, bool)) {
         if self.held_len == 0 {
             return;
         }
         for slot in &mut self.held {
-            if let Some(h) = slot
-                && now.0.saturating_sub(h.since.0) >= u64::from(self.s.hold_ms)
-            {
+            let Some(h) = slot else { continue };
+            let verdict = if now.0.saturating_sub(h.since.0) >= u64::from(self.s.hold_ms) {
                 self.stats.timed_out += 1;
-                release(h.handle, false);
-                *slot = None;
-                self.held_len -= 1;
-            }
+                false
+            } else if let Some((key, pass)) = judged
+                && h.key == key
+            {
+                if pass {
+                    self.stats.passed += 1;
+                } else {
+                    self.stats.denied += 1;
+                }
+                pass
+            } else {
+                continue;
+            };
+            release(h.handle, verdict);
+            *slot = None;
+            self.held_len -= 1;
         }
     }
 }
