@@ -17,6 +17,8 @@
 //!   `"<allow|deny> default"` or `"allow intra-group"`.
 #![forbid(unsafe_code)]
 
+pub mod frames;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -3,6 +3,7 @@
 
 mod check;
 mod describe;
+mod replay;
 mod trace;
 
 use std::fmt;
@@ -65,12 +66,17 @@ enum Command {
     /// The decision for one first packet (no connection state), or for each
     /// line of a batch file.
     Trace(Box<trace::TraceArgs>),
+    /// Run the whole pipeline (parsing, anti-spoofing, conntrack,
+    /// classification, forwarding) over a capture, with its timestamps as
+    /// the clock; one line per packet.
+    Replay(replay::ReplayArgs),
 }
 
 pub(crate) fn run(cli: Cli) -> Result<(), CliError> {
     match cli.cmd {
         Command::Check { dir } => check::run(&dir),
         Command::Trace(args) => trace::run(&args),
+        Command::Replay(args) => replay::run(&args),
     }
 }
 

@@ -1,0 +1,9 @@
+//! The sgswitch datapath: frame parsing, the per-packet pipeline, the
+//! snapshot it reads, and the capture replay. The `sgswitch` binary
+//! (`main.rs`) is the command line around it.
+#![deny(unsafe_code)]
+
+pub mod parse;
+pub mod pipeline;
+pub mod plan;
+pub mod replay;

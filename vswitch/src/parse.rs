@@ -1,0 +1,451 @@
+//! Frame parsing: a zero-copy read of the headers the pipeline decides on.
+//!
+//! Ethernet (with one or two 802.1Q/802.1ad tags) and ARP are read by hand:
+//! they are fixed-size and a dozen lines. IPv4 (with options and AH) and IPv6
+//! (with its extension-header chain, fragment header included) are read with
+//! etherparse's sliced API, which validates lengths, IHL and the chain. The
+//! transport fields the policy and conntrack need (ports, TCP flags and
+//! sequence number, ICMP type, code and echo id, and the embedded header of
+//! ICMP errors) are read straight from the IP payload.
+//!
+//! Nothing here allocates or panics: every read is bounds-checked and a frame
+//! that does not hold what its headers promise is [`Malformed`]. Any byte
+//! string is a valid input. The IPv6 extension chain is bounded by the frame
+//! (every header is at least 8 bytes).
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use etherparse::{Ipv4Slice, Ipv6ExtensionSlice, Ipv6Slice, LaxIpSlice};
+
+pub const ETH_IPV4: u16 = 0x0800;
+pub const ETH_ARP: u16 = 0x0806;
+pub const ETH_IPV6: u16 = 0x86dd;
+const ETH_VLAN: u16 = 0x8100;
+const ETH_QINQ: u16 = 0x88a8;
+
+pub const TCP: u8 = 6;
+pub const UDP: u8 = 17;
+pub const ICMP: u8 = 1;
+pub const ICMPV6: u8 = 58;
+
+/// Why a frame could not be read. Counted, never fatal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Malformed {
+    /// Shorter than an Ethernet header (or its VLAN tags).
+    Ethernet,
+    Arp,
+    /// The IP header is truncated or inconsistent (bad IHL, lengths,
+    /// extension chain).
+    Ip,
+    /// An unfragmented (or first-fragment) TCP/UDP/ICMP header that is
+    /// truncated or has a bad data offset.
+    Transport,
+}
+
+impl Malformed {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Malformed::Ethernet => "ethernet",
+            Malformed::Arp => "arp",
+            Malformed::Ip => "ip",
+            Malformed::Transport => "transport",
+        }
+    }
+}
+
+/// An Ethernet address.
+pub type MacAddr = [u8; 6];
+
+/// The headers of one frame, copied out (a few dozen bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub dst: MacAddr,
+    pub src: MacAddr,
+    /// The outer VLAN id, if tagged.
+    pub vlan: Option<u16>,
+    /// Bytes on the wire.
+    pub len: u32,
+    pub net: Net,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Net {
+    Arp(Arp),
+    Ip(Ip),
+    /// Another ethertype.
+    Other(u16),
+}
+
+/// An Ethernet/IPv4 ARP packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Arp {
+    pub op: u16,
+    pub sender_mac: MacAddr,
+    pub sender_ip: Ipv4Addr,
+    pub target_ip: Ipv4Addr,
+}
+
+/// An IPv4 or IPv6 packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ip {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// The upper-layer protocol (after IPv6 extension headers).
+    pub proto: u8,
+    /// Set when the packet is a fragment of a larger datagram.
+    pub frag: Option<Frag>,
+    pub l4: L4,
+}
+
+/// The fragment fields of a fragmented datagram's piece.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frag {
+    /// IPv4: 16 bits; IPv6: 32.
+    pub id: u32,
+    /// Offset of this piece's data in the datagram, in bytes.
+    pub offset: u32,
+    /// Bytes of datagram data in this piece.
+    pub len: u32,
+}
+
+/// The transport fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4 {
+    /// A non-first fragment, a tiny first fragment, or a protocol without
+    /// ports (GRE, ESP, ...).
+    None,
+    Tcp(Tcp),
+    Udp {
+        sport: u16,
+        dport: u16,
+        payload_len: u32,
+    },
+    /// ICMP or ICMPv6 (by the packet's protocol).
+    Icmp(Icmp),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tcp {
+    pub sport: u16,
+    pub dport: u16,
+    pub flags: u8,
+    pub seq: u32,
+    pub payload_len: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Icmp {
+    pub typ: u8,
+    pub code: u8,
+    /// The echo identifier for echo requests and replies, else 0.
+    pub echo_id: Option<u16>,
+    /// For errors: the header embedded in the error.
+    pub inner: Option<Inner>,
+}
+
+/// The header an ICMP error carries: the packet that caused it, as sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inner {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub proto: u8,
+    /// Ports (TCP/UDP) or the echo id twice (ICMP echo); 0 otherwise.
+    pub sport: u16,
+    pub dport: u16,
+}
+
+impl Ip {
+    pub fn is_v6(&self) -> bool {
+        self.src.is_ipv6()
+    }
+
+    /// (source port, destination port) as conntrack and the policy read
+    /// them: TCP/UDP ports, the echo id twice for ICMP echo, else (0, 0).
+    pub fn ports(&self) -> (u16, u16) {
+        match self.l4 {
+            L4::Tcp(t) => (t.sport, t.dport),
+            L4::Udp { sport, dport, .. } => (sport, dport),
+            L4::Icmp(Icmp { echo_id: Some(id), .. }) => (id, id),
+            _ => (0, 0),
+        }
+    }
+}
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+fn be32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes([*b.get(at)?, *b.get(at + 1)?, *b.get(at + 2)?, *b.get(at + 3)?]))
+}
+
+fn mac(b: &[u8], at: usize) -> Option<MacAddr> {
+    b.get(at..at + 6)?.try_into().ok()
+}
+
+fn len32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Reads one Ethernet frame.
+///
+/// # Errors
+/// [`Malformed`] when a header is truncated or inconsistent.
+pub fn parse(data: &[u8]) -> Result<Frame, Malformed> {
+    let dst = mac(data, 0).ok_or(Malformed::Ethernet)?;
+    let src = mac(data, 6).ok_or(Malformed::Ethernet)?;
+    let mut ethertype = be16(data, 12).ok_or(Malformed::Ethernet)?;
+    let mut at = 14;
+    let mut vlan = None;
+    // At most two tags (802.1ad outer, 802.1Q inner).
+    for _ in 0..2 {
+        if ethertype != ETH_VLAN && ethertype != ETH_QINQ {
+            break;
+        }
+        let tci = be16(data, at).ok_or(Malformed::Ethernet)?;
+        vlan.get_or_insert(tci & 0x0fff);
+        ethertype = be16(data, at + 2).ok_or(Malformed::Ethernet)?;
+        at += 4;
+    }
+    let body = &data[at..];
+    let net = match ethertype {
+        ETH_ARP => Net::Arp(arp(body).ok_or(Malformed::Arp)?),
+        ETH_IPV4 => Net::Ip(ipv4(body)?),
+        ETH_IPV6 => Net::Ip(ipv6(body)?),
+        other => Net::Other(other),
+    };
+    Ok(Frame { dst, src, vlan, len: len32(data.len()), net })
+}
+
+fn arp(b: &[u8]) -> Option<Arp> {
+    // Ethernet (1) / IPv4 (0x0800), 6-byte and 4-byte addresses.
+    if be16(b, 0)? != 1 || be16(b, 2)? != ETH_IPV4 || *b.get(4)? != 6 || *b.get(5)? != 4 {
+        return None;
+    }
+    let ip = |at: usize| -> Option<Ipv4Addr> { Some(Ipv4Addr::from(be32(b, at)?)) };
+    Some(Arp { op: be16(b, 6)?, sender_mac: mac(b, 8)?, sender_ip: ip(14)?, target_ip: ip(24)? })
+}
+
+fn ipv4(b: &[u8]) -> Result<Ip, Malformed> {
+    let s = Ipv4Slice::from_slice(b).map_err(|_| Malformed::Ip)?;
+    let h = s.header();
+    let payload = s.payload();
+    let proto = payload.ip_number.0;
+    let offset = u32::from(h.fragments_offset().byte_offset());
+    let frag =
+        (h.more_fragments() || offset != 0).then(|| Frag { id: u32::from(h.identification()), offset, len: len32(payload.payload.len()) });
+    let l4 = transport(proto, payload.payload, frag, false)?;
+    Ok(Ip { src: IpAddr::V4(h.source_addr()), dst: IpAddr::V4(h.destination_addr()), proto, frag, l4 })
+}
+
+fn ipv6(b: &[u8]) -> Result<Ip, Malformed> {
+    let s = Ipv6Slice::from_slice(b).map_err(|_| Malformed::Ip)?;
+    let h = s.header();
+    let payload = s.payload();
+    let proto = payload.ip_number.0;
+    let mut frag = None;
+    for ext in s.extensions().clone() {
+        if let Ipv6ExtensionSlice::Fragment(f) = ext {
+            let offset = u32::from(f.fragment_offset().byte_offset());
+            // An atomic fragment (offset 0, no more) is a whole datagram.
+            if f.more_fragments() || offset != 0 {
+                frag = Some(Frag { id: f.identification(), offset, len: len32(payload.payload.len()) });
+            }
+        }
+    }
+    let l4 = transport(proto, payload.payload, frag, true)?;
+    Ok(Ip { src: IpAddr::V6(h.source_addr()), dst: IpAddr::V6(h.destination_addr()), proto, frag, l4 })
+}
+
+/// The transport fields of an IP payload. A non-first fragment has none; a
+/// first fragment too short for its header has none either (conntrack's
+/// fragment rules drop it as tiny).
+fn transport(proto: u8, p: &[u8], frag: Option<Frag>, v6: bool) -> Result<L4, Malformed> {
+    let fragmented = frag.is_some();
+    if frag.is_some_and(|f| f.offset != 0) {
+        return Ok(L4::None);
+    }
+    let l4 = match (proto, v6) {
+        (TCP, _) => tcp(p).map(L4::Tcp),
+        (UDP, _) => (|| {
+            let udp_len = usize::from(be16(p, 4)?);
+            // A fragment's UDP length covers the whole datagram.
+            if !fragmented && (udp_len < 8 || udp_len > p.len()) {
+                return None;
+            }
+            let payload_len = if fragmented { p.len() } else { udp_len } - 8;
+            Some(L4::Udp { sport: be16(p, 0)?, dport: be16(p, 2)?, payload_len: len32(payload_len) })
+        })(),
+        (ICMP, false) | (ICMPV6, true) => icmp(p, v6).map(L4::Icmp),
+        _ => return Ok(L4::None),
+    };
+    match l4 {
+        Some(l4) => Ok(l4),
+        None if fragmented => Ok(L4::None),
+        None => Err(Malformed::Transport),
+    }
+}
+
+fn tcp(p: &[u8]) -> Option<Tcp> {
+    let doff = usize::from(*p.get(12)? >> 4) * 4;
+    if doff < 20 || doff > p.len() {
+        return None;
+    }
+    Some(Tcp { sport: be16(p, 0)?, dport: be16(p, 2)?, seq: be32(p, 4)?, flags: *p.get(13)?, payload_len: len32(p.len() - doff) })
+}
+
+/// Whether an ICMP (v4) or ICMPv6 type is an error that embeds the packet
+/// that caused it.
+pub fn is_icmp_error(typ: u8, v6: bool) -> bool {
+    if v6 { matches!(typ, 1..=4) } else { matches!(typ, 3 | 11 | 12) }
+}
+
+fn icmp(p: &[u8], v6: bool) -> Option<Icmp> {
+    let (typ, code) = (*p.first()?, *p.get(1)?);
+    if p.len() < 8 {
+        return None;
+    }
+    let echo = if v6 { matches!(typ, 128 | 129) } else { matches!(typ, 0 | 8) };
+    let echo_id = if echo { Some(be16(p, 4)?) } else { None };
+    let inner = if is_icmp_error(typ, v6) { embedded(&p[8..], v6) } else { None };
+    Some(Icmp { typ, code, echo_id, inner })
+}
+
+/// The embedded header of an ICMP error: IP header plus at least the first
+/// 8 bytes of its payload (RFC 792), possibly truncated; lax parsing.
+fn embedded(b: &[u8], v6: bool) -> Option<Inner> {
+    let (ip, _) = LaxIpSlice::from_slice(b).ok()?;
+    let (src, dst) = (ip.source_addr(), ip.destination_addr());
+    if src.is_ipv6() != v6 {
+        return None;
+    }
+    let payload = ip.payload();
+    let proto = payload.ip_number.0;
+    let q = payload.payload;
+    let (sport, dport) = match proto {
+        TCP | UDP => (be16(q, 0)?, be16(q, 2)?),
+        ICMP | ICMPV6 => {
+            let typ = *q.first()?;
+            let echo = if v6 { matches!(typ, 128 | 129) } else { matches!(typ, 0 | 8) };
+            if echo {
+                let id = be16(q, 4)?;
+                (id, id)
+            } else {
+                (0, 0)
+            }
+        }
+        _ => (0, 0),
+    };
+    Some(Inner { src, dst, proto, sport, dport })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    const A: MacAddr = [2, 0, 0, 0, 0, 1];
+    const B: MacAddr = [2, 0, 0, 0, 0, 2];
+
+    fn tcp_v4(flags_syn: bool) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2(A, B).ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64).tcp(40000, 22, 7, 1000);
+        let b = if flags_syn { b.syn() } else { b.ack(1) };
+        let mut out = Vec::new();
+        b.write(&mut out, b"hello").unwrap();
+        out
+    }
+
+    #[test]
+    fn reads_tcp_over_ipv4() {
+        let f = parse(&tcp_v4(true)).unwrap();
+        assert_eq!((f.src, f.dst, f.vlan), (A, B, None));
+        let Net::Ip(ip) = f.net else { panic!("not ip") };
+        assert_eq!(ip.src, IpAddr::from([10, 0, 0, 1]));
+        assert_eq!(ip.proto, TCP);
+        assert_eq!(ip.frag, None);
+        assert_eq!(ip.l4, L4::Tcp(Tcp { sport: 40000, dport: 22, flags: 0x02, seq: 7, payload_len: 5 }));
+    }
+
+    #[test]
+    fn reads_vlan_tagged_udp_over_ipv6() {
+        let b = PacketBuilder::ethernet2(A, B)
+            .single_vlan(etherparse::VlanId::try_new(42).unwrap())
+            .ipv6([0xfd; 16], [0xfe; 16], 64)
+            .udp(5353, 53);
+        let mut out = Vec::new();
+        b.write(&mut out, b"q").unwrap();
+        let f = parse(&out).unwrap();
+        assert_eq!(f.vlan, Some(42));
+        let Net::Ip(ip) = f.net else { panic!("not ip") };
+        assert!(ip.is_v6());
+        assert_eq!(ip.l4, L4::Udp { sport: 5353, dport: 53, payload_len: 1 });
+    }
+
+    #[test]
+    fn reads_the_header_embedded_in_an_icmp_error() {
+        // The original packet: UDP 10.0.0.2:53 -> 10.0.0.1:5000, as sent.
+        let mut orig = Vec::new();
+        PacketBuilder::ipv4([10, 0, 0, 2], [10, 0, 0, 1], 64).udp(53, 5000).write(&mut orig, b"payload!").unwrap();
+        let b = PacketBuilder::ethernet2(A, B)
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port));
+        let mut out = Vec::new();
+        b.write(&mut out, &orig[..28]).unwrap();
+        let Net::Ip(ip) = parse(&out).unwrap().net else { panic!("not ip") };
+        let L4::Icmp(icmp) = ip.l4 else { panic!("not icmp") };
+        assert_eq!((icmp.typ, icmp.code, icmp.echo_id), (3, 3, None));
+        let inner = icmp.inner.unwrap();
+        assert_eq!(
+            (inner.src, inner.dst, inner.proto, inner.sport, inner.dport),
+            (IpAddr::from([10, 0, 0, 2]), IpAddr::from([10, 0, 0, 1]), UDP, 53, 5000)
+        );
+    }
+
+    #[test]
+    fn reads_arp() {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&A);
+        f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+        f.extend_from_slice(&A);
+        f.extend_from_slice(&[10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 10, 0, 0, 2]);
+        let Net::Arp(arp) = parse(&f).unwrap().net else { panic!("not arp") };
+        assert_eq!((arp.op, arp.sender_mac, arp.sender_ip, arp.target_ip), (1, A, Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)));
+    }
+
+    #[test]
+    fn fragments_carry_ports_only_in_the_first_piece() {
+        let mut frame = tcp_v4(true);
+        // More fragments, offset 0: a first fragment keeps its ports.
+        frame[14 + 6] = 0x20;
+        let Net::Ip(ip) = parse(&frame).unwrap().net else { panic!() };
+        assert!(matches!(ip.l4, L4::Tcp(_)));
+        assert_eq!(ip.frag.map(|f| f.offset), Some(0));
+        // Offset 8 bytes (1 unit): no ports.
+        frame[14 + 6] = 0x00;
+        frame[14 + 7] = 0x01;
+        let Net::Ip(ip) = parse(&frame).unwrap().net else { panic!() };
+        assert_eq!(ip.l4, L4::None);
+        assert_eq!(ip.frag.map(|f| f.offset), Some(8));
+    }
+
+    #[test]
+    fn truncated_and_inconsistent_headers_are_malformed() {
+        let frame = tcp_v4(true);
+        assert_eq!(parse(&frame[..10]), Err(Malformed::Ethernet));
+        assert_eq!(parse(&frame[..30]), Err(Malformed::Ip));
+        let mut bad_ihl = frame.clone();
+        bad_ihl[14] = 0x43;
+        assert_eq!(parse(&bad_ihl), Err(Malformed::Ip));
+        let mut bad_doff = frame.clone();
+        bad_doff[14 + 20 + 12] = 0x20;
+        assert_eq!(parse(&bad_doff), Err(Malformed::Transport));
+    }
+
+    #[test]
+    fn every_prefix_of_a_frame_parses_or_fails_cleanly() {
+        let frame = tcp_v4(false);
+        for n in 0..=frame.len() {
+            let _ = parse(&frame[..n]);
+        }
+    }
+}

@@ -1,0 +1,632 @@
+//! The per-packet pipeline (`architecture.md`), one piece of code for
+//! `replay` and `run`:
+//!
+//! ```text
+//! parse -> infrastructure (ARP/ND/MLD/DHCP)? -> anti-spoofing (frames from VMs)
+//!       -> forwarding target (destination MAC; uplink frames by destination IP)
+//!       -> stage: sender's egress (frames from a VM), then receiver's ingress
+//!          (frames to a VM), each: fragments -> related ICMP -> conntrack
+//!          (zone = port) -> on a miss: blocked egress, classification
+//! ```
+//!
+//! A [`Pipeline`] belongs to one poll loop and owns its conntrack table and
+//! fragment tracker; the caller passes the current [`Plan`] and the clock.
+//! `process` never allocates, locks, blocks or panics, whatever the bytes
+//! (tests in `vswitch/tests/pipeline_*.rs`).
+//!
+//! Choices where `semantics.md` is silent (also in `docs/design.md`):
+//! - Broadcast and multicast infrastructure frames (ARP, ND, MLD, DHCP) are
+//!   flooded to the other ports and the uplink; other IP broadcast or
+//!   multicast from a VM goes to the uplink only (after its egress check),
+//!   and from the uplink it is dropped (`no-port`): delivering it to VMs
+//!   would need every receiver's ingress judged.
+//! - An ICMP error that is not related to a tracked flow is judged by the
+//!   rules like any first packet, but creates no entry; so do ICMP messages
+//!   other than echo.
+//! - Blocked egress ports apply to the first packet of a flow toward the
+//!   uplink (a flow the remote side opened from port 25 is not blocked).
+
+use std::net::IpAddr;
+
+use sgswitch_config::{Direction, Host};
+use sgswitch_conntrack::{self as ct, Follow, FragKey, FragSettings, Fragment, Fragments, Now, PacketInfo, Tuple, Zone};
+use sgswitch_filter::{By, Decision, Key, Packet, PortIdx, RuleRef, Verdict};
+
+use crate::parse::{self, Frame, Icmp, Ip, L4, MacAddr, Net};
+use crate::plan::{MAX_PORTS, Plan, PortPlan};
+
+/// Where a frame came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A VM port (its egress).
+    Port(PortIdx),
+    Uplink,
+}
+
+/// Where a frame goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum To {
+    Port(PortIdx),
+    Uplink,
+    /// Every port but `except`, and the uplink unless the frame came from it.
+    Flood {
+        except: Option<PortIdx>,
+        uplink: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Forward(To),
+    Drop,
+    /// A fragment waiting for its first fragment; its outcome comes later
+    /// through [`Pipeline::take_released`].
+    Held,
+}
+
+/// Why a frame was forwarded or dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    Established,
+    Related,
+    Rule(RuleRef),
+    IntraGroup,
+    Default,
+    Spoof,
+    Invalid,
+    BlockedEgress,
+    ConntrackFull,
+    Infrastructure,
+    Fragment,
+    /// The frame could not be parsed.
+    Malformed,
+    /// An ethertype other than IPv4, IPv6 and ARP.
+    NonIp,
+    /// Uplink traffic for no port of this host.
+    NoPort,
+}
+
+/// Reason kinds, the counter index.
+pub const REASONS: [&str; 14] = [
+    "established",
+    "related",
+    "rule",
+    "intra-group",
+    "default",
+    "spoof",
+    "invalid",
+    "blocked-egress",
+    "conntrack-full",
+    "infrastructure",
+    "fragment",
+    "malformed",
+    "non-ip",
+    "no-port",
+];
+
+impl Reason {
+    pub fn kind(self) -> usize {
+        match self {
+            Reason::Established => 0,
+            Reason::Related => 1,
+            Reason::Rule(_) => 2,
+            Reason::IntraGroup => 3,
+            Reason::Default => 4,
+            Reason::Spoof => 5,
+            Reason::Invalid => 6,
+            Reason::BlockedEgress => 7,
+            Reason::ConntrackFull => 8,
+            Reason::Infrastructure => 9,
+            Reason::Fragment => 10,
+            Reason::Malformed => 11,
+            Reason::NonIp => 12,
+            Reason::NoPort => 13,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        REASONS[self.kind()]
+    }
+
+    fn of(d: Decision) -> Reason {
+        match d.by {
+            By::Rule(r) => Reason::Rule(r),
+            By::IntraGroup { .. } => Reason::IntraGroup,
+            By::Default => Reason::Default,
+        }
+    }
+}
+
+/// The fate of one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub action: Action,
+    pub reason: Reason,
+    /// The port whose policy or checks decided, and in which direction.
+    pub port: Option<PortIdx>,
+    pub direction: Direction,
+}
+
+/// Counters of one port (index 0 of [`Counters::ports`] is traffic that
+/// belongs to no port: malformed or unknown uplink frames).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortCounters {
+    /// `[direction][forwarded?][reason kind]`: (packets, bytes).
+    pub by: [[[(u64, u64); REASONS.len()]; 2]; 2],
+}
+
+impl Default for PortCounters {
+    fn default() -> Self {
+        PortCounters { by: [[[(0, 0); REASONS.len()]; 2]; 2] }
+    }
+}
+
+/// One loop's counters: single writer, read when scraped.
+#[derive(Clone, Debug)]
+pub struct Counters {
+    /// Per zone + 1.
+    pub ports: Vec<PortCounters>,
+    /// Hits per rule of the current plan (see [`Plan::rule_slot`]).
+    pub rule_hits: Vec<u64>,
+    pub rule_hits_generation: u32,
+}
+
+fn dir_ix(d: Direction) -> usize {
+    match d {
+        Direction::Ingress => 0,
+        Direction::Egress => 1,
+    }
+}
+
+/// Fragments held by the tracker carry what the pipeline needs to finish
+/// them when they are released.
+#[derive(Clone, Copy, Debug)]
+pub struct Pending<H> {
+    handle: H,
+    ip: Ip,
+    len: u32,
+    port: PortIdx,
+    direction: Direction,
+    /// After the sender's egress: the receiving port, whose ingress is next.
+    then: Option<PortIdx>,
+    to: To,
+}
+
+/// Settings of a pipeline, from `host.toml`.
+pub fn conntrack_settings(host: &Host, seed: u64) -> ct::Settings {
+    let t = host.conntrack.timeouts;
+    ct::Settings {
+        capacity: host.conntrack.capacity,
+        per_zone_capacity: host.conntrack.per_port_capacity,
+        zone_timeouts: Vec::new(),
+        default_timeouts: ct::Timeouts {
+            tcp_syn: t.tcp_syn,
+            tcp_established: t.tcp_established,
+            tcp_closing: t.tcp_closing,
+            udp: t.udp,
+            udp_stream: t.udp_stream,
+            icmp: t.icmp,
+            other: t.other,
+        },
+        tcp_strict: host.conntrack.tcp_strict,
+        revalidate: host.on_policy_change == sgswitch_config::OnPolicyChange::Revalidate,
+        seed,
+    }
+}
+
+/// Expiry work per [`Pipeline::tick`].
+const EXPIRE_BUDGET: usize = 64;
+
+/// The pipeline of one poll loop. `H` is the caller's handle of a frame (a
+/// UMEM address, a capture index).
+#[derive(Debug)]
+pub struct Pipeline<H> {
+    pub conntrack: ct::Table,
+    frags: Fragments<Pending<H>>,
+    pub counters: Counters,
+    /// Released fragments not yet finished (scratch, preallocated).
+    scratch: Vec<(Pending<H>, bool)>,
+    /// Finished outcomes of fragments that were held.
+    released: Vec<(H, Outcome)>,
+}
+
+impl<H: Copy> Pipeline<H> {
+    pub fn new(settings: ct::Settings, frag: FragSettings) -> Pipeline<H> {
+        let held = frag.held as usize;
+        Pipeline {
+            conntrack: ct::Table::new(settings, MAX_PORTS),
+            frags: Fragments::new(frag),
+            counters: Counters { ports: vec![PortCounters::default(); MAX_PORTS + 1], rule_hits: Vec::new(), rule_hits_generation: 0 },
+            scratch: Vec::with_capacity(held + 1),
+            released: Vec::with_capacity(held + 1),
+        }
+    }
+
+    pub fn fragments(&self) -> &Fragments<Pending<H>> {
+        &self.frags
+    }
+
+    /// Makes the rule-hit counters fit `plan`, if it is a new one; returns
+    /// the previous plan's hits (to be folded by name). Call between
+    /// batches, never per packet: this allocates once per reload.
+    pub fn adopt(&mut self, plan: &Plan) -> Option<(u32, Vec<u64>)> {
+        if self.counters.rule_hits_generation == plan.generation && self.counters.rule_hits.len() == plan.rules_total() {
+            return None;
+        }
+        let old = std::mem::replace(&mut self.counters.rule_hits, vec![0; plan.rules_total()]);
+        let generation = std::mem::replace(&mut self.counters.rule_hits_generation, plan.generation);
+        Some((generation, old))
+    }
+
+    /// Amortised housekeeping, once per loop iteration: expires a bounded
+    /// number of flows and releases fragments whose hold ran out.
+    pub fn tick(&mut self, plan: &Plan, now: Now) {
+        self.conntrack.expire(now, EXPIRE_BUDGET);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        self.frags.expire(now, |p, pass| scratch.push((p, pass)));
+        self.finish_released(plan, &mut scratch, now);
+        self.scratch = scratch;
+    }
+
+    /// Outcomes of held fragments that were decided since the last call.
+    pub fn take_released(&mut self) -> impl Iterator<Item = (H, Outcome)> + '_ {
+        self.released.drain(..)
+    }
+
+    /// Decides one frame.
+    pub fn process(&mut self, plan: &Plan, src: Source, data: &[u8], now: Now, handle: H) -> Outcome {
+        let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        let out = match parse::parse(data) {
+            Ok(frame) => self.frame(plan, src, &frame, now, handle),
+            Err(_) => {
+                let (port, direction) = match src {
+                    Source::Port(p) => (Some(p), Direction::Egress),
+                    Source::Uplink => (None, Direction::Ingress),
+                };
+                Outcome { action: Action::Drop, reason: Reason::Malformed, port, direction }
+            }
+        };
+        self.count(plan, &out, len);
+        out
+    }
+
+    fn count(&mut self, plan: &Plan, o: &Outcome, len: u32) {
+        if o.action == Action::Held {
+            return;
+        }
+        let slot = o.port.and_then(|p| plan.ports.get(p)).map_or(0, |p| usize::from(p.zone) + 1);
+        let fwd = usize::from(matches!(o.action, Action::Forward(_)));
+        if let Some(c) = self.counters.ports.get_mut(slot) {
+            let cell = &mut c.by[dir_ix(o.direction)][fwd][o.reason.kind()];
+            cell.0 += 1;
+            cell.1 += u64::from(len);
+        }
+        if let Reason::Rule(r) = o.reason
+            && self.counters.rule_hits_generation == plan.generation
+            && let Some(h) = self.counters.rule_hits.get_mut(plan.rule_slot(r))
+        {
+            *h += 1;
+        }
+    }
+
+    fn frame(&mut self, plan: &Plan, src: Source, f: &Frame, now: Now, handle: H) -> Outcome {
+        match src {
+            Source::Port(p) => self.port_frame(plan, p, f, now, handle),
+            Source::Uplink => self.uplink_frame(plan, f, now, handle),
+        }
+    }
+
+    fn port_frame(&mut self, plan: &Plan, p: PortIdx, f: &Frame, now: Now, handle: H) -> Outcome {
+        let drop = |reason| Outcome { action: Action::Drop, reason, port: Some(p), direction: Direction::Egress };
+        let Some(port) = plan.ports.get(p) else { return drop(Reason::NoPort) };
+        if port.spoof_check && port.mac.is_some_and(|m| m != f.src) {
+            return drop(Reason::Spoof);
+        }
+        let to = egress_target(plan, p, &f.dst);
+        match f.net {
+            Net::Arp(a) => {
+                let own = a.sender_ip.is_unspecified() || port.owns(IpAddr::V4(a.sender_ip));
+                if port.spoof_check && (port.mac.is_some_and(|m| m != a.sender_mac) || !own) {
+                    return drop(Reason::Spoof);
+                }
+                infra(to, Some(p), Direction::Egress)
+            }
+            Net::Other(_) => drop(Reason::NonIp),
+            Net::Ip(ip) => {
+                match infra_kind(&ip) {
+                    Infra::Client => {
+                        // Unspecified sources (DHCP, DAD) and link-local ones
+                        // are how these protocols start.
+                        if port.spoof_check && !(ip.src.is_unspecified() || is_link_local(ip.src) || port.owns(ip.src)) {
+                            return drop(Reason::Spoof);
+                        }
+                        return infra(to, Some(p), Direction::Egress);
+                    }
+                    Infra::Server => return drop(Reason::Infrastructure),
+                    Infra::None => {}
+                }
+                if port.spoof_check && !(port.owns(ip.src) || is_link_local(ip.src)) {
+                    return drop(Reason::Spoof);
+                }
+                let to = match to {
+                    // IP broadcast and multicast go to the uplink only.
+                    To::Flood { .. } => To::Uplink,
+                    t => t,
+                };
+                let then = match to {
+                    To::Port(q) => Some(q),
+                    _ => None,
+                };
+                let pending = Pending { handle, ip, len: f.len, port: p, direction: Direction::Egress, then, to };
+                self.stages(plan, pending, now)
+            }
+        }
+    }
+
+    fn uplink_frame(&mut self, plan: &Plan, f: &Frame, now: Now, handle: H) -> Outcome {
+        let drop = |reason| Outcome { action: Action::Drop, reason, port: None, direction: Direction::Ingress };
+        let by_mac = if is_group(&f.dst) { None } else { plan.port_by_mac(&f.dst) };
+        match f.net {
+            Net::Arp(_) => match by_mac {
+                Some(q) => infra(To::Port(q), Some(q), Direction::Ingress),
+                None if is_group(&f.dst) => infra(To::Flood { except: None, uplink: false }, None, Direction::Ingress),
+                None => drop(Reason::NoPort),
+            },
+            Net::Other(_) => drop(Reason::NonIp),
+            Net::Ip(ip) => {
+                let q = by_mac.or_else(|| if is_group(&f.dst) { None } else { plan.port_by_ip(ip.dst) });
+                if infra_kind(&ip) != Infra::None {
+                    return match q {
+                        Some(q) => infra(To::Port(q), Some(q), Direction::Ingress),
+                        None if is_group(&f.dst) => infra(To::Flood { except: None, uplink: false }, None, Direction::Ingress),
+                        None => drop(Reason::NoPort),
+                    };
+                }
+                let Some(q) = q else { return drop(Reason::NoPort) };
+                let pending = Pending { handle, ip, len: f.len, port: q, direction: Direction::Ingress, then: None, to: To::Port(q) };
+                self.stages(plan, pending, now)
+            }
+        }
+    }
+
+    /// Runs `pending`'s stage and, when it passes and a receiving port
+    /// follows, that port's ingress stage.
+    fn stages(&mut self, plan: &Plan, mut pending: Pending<H>, now: Now) -> Outcome {
+        loop {
+            let out = self.stage(plan, &pending, now);
+            match (out.action, pending.then) {
+                (Action::Forward(_), Some(q)) => {
+                    pending = Pending { port: q, direction: Direction::Ingress, then: None, to: To::Port(q), ..pending };
+                }
+                _ => return out,
+            }
+        }
+    }
+
+    /// One port's checks in one direction.
+    fn stage(&mut self, plan: &Plan, pd: &Pending<H>, now: Now) -> Outcome {
+        let (p, d, ip) = (pd.port, pd.direction, &pd.ip);
+        let done = |action, reason| Outcome { action, reason, port: Some(p), direction: d };
+        let pass = |reason| done(Action::Forward(pd.to), reason);
+        let drop = |reason| done(Action::Drop, reason);
+        let Some(port) = plan.ports.get(p) else { return drop(Reason::NoPort) };
+        let (remote, _) = sides(ip, d);
+        if plan.infra_allowed(remote) {
+            return pass(Reason::Infrastructure);
+        }
+        let zone = port.zone;
+        let fragment = ip.frag.map(|fr| Fragment {
+            key: FragKey { zone, proto: ip.proto, src: ip.src, dst: ip.dst, id: fr.id },
+            offset: fr.offset,
+            len: fr.len,
+        });
+        if let Some(fr) = fragment.filter(|fr| !fr.is_first()) {
+            return match self.frags.follower(&fr, *pd, now) {
+                Follow::Pass => pass(Reason::Fragment),
+                Follow::Drop => drop(Reason::Fragment),
+                Follow::Held => done(Action::Held, Reason::Fragment),
+            };
+        }
+        let out = self.judge_first(plan, port, pd, now);
+        let Some(fr) = fragment else { return out };
+        let allowed = matches!(out.action, Action::Forward(_));
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let passes = self.frags.first(&fr, allowed, now, |h, ok| scratch.push((h, ok)));
+        self.finish_released(plan, &mut scratch, now);
+        self.scratch = scratch;
+        if allowed && !passes { drop(Reason::Fragment) } else { out }
+    }
+
+    /// Finishes fragments the tracker released: their remaining stages.
+    fn finish_released(&mut self, plan: &Plan, scratch: &mut Vec<(Pending<H>, bool)>, now: Now) {
+        for (pd, ok) in scratch.drain(..) {
+            let out = if ok {
+                let out =
+                    Outcome { action: Action::Forward(pd.to), reason: Reason::Fragment, port: Some(pd.port), direction: pd.direction };
+                match pd.then {
+                    Some(q) => {
+                        self.stages(plan, Pending { port: q, direction: Direction::Ingress, then: None, to: To::Port(q), ..pd }, now)
+                    }
+                    None => out,
+                }
+            } else {
+                Outcome { action: Action::Drop, reason: Reason::Fragment, port: Some(pd.port), direction: pd.direction }
+            };
+            if out.action != Action::Held {
+                self.count(plan, &out, pd.len);
+                // Bounded by the hold size, reserved at construction.
+                if self.released.len() < self.released.capacity() {
+                    self.released.push((pd.handle, out));
+                }
+            }
+        }
+    }
+
+    /// The first packet of a flow, or a packet of a tracked one: related
+    /// ICMP, conntrack, and the rules on a miss.
+    fn judge_first(&mut self, plan: &Plan, port: &PortPlan, pd: &Pending<H>, now: Now) -> Outcome {
+        let (p, d, ip) = (pd.port, pd.direction, &pd.ip);
+        let done = |action, reason| Outcome { action, reason, port: Some(p), direction: d };
+        let verdict = |dec: Decision| match dec.verdict {
+            Verdict::Allow => done(Action::Forward(pd.to), Reason::of(dec)),
+            Verdict::Deny => done(Action::Drop, Reason::of(dec)),
+        };
+        let to_uplink = pd.to == To::Uplink;
+        let tables = plan.compiled.port(p);
+        let classify = |pkt: &Packet| {
+            tables.map_or(Decision { verdict: Verdict::Deny, by: By::Default }, |t| t.get(pkt.direction).classify(&Key::of(pkt)))
+        };
+        if let L4::Icmp(icmp) = ip.l4
+            && icmp.echo_id.is_none()
+        {
+            if let Some(inner) = icmp.inner {
+                let t =
+                    Tuple { zone: port.zone, proto: inner.proto, src: inner.src, dst: inner.dst, sport: inner.sport, dport: inner.dport };
+                if self.conntrack.related(&t, now) {
+                    return done(Action::Forward(pd.to), Reason::Related);
+                }
+            }
+            return verdict(classify(&packet(ip, d)));
+        }
+        if ip.frag.is_some() && ip.l4 == L4::None && matches!(ip.proto, parse::TCP | parse::UDP | parse::ICMP | parse::ICMPV6) {
+            // A first fragment too short for its transport header: the
+            // fragment tracker drops it as tiny.
+            return done(Action::Drop, Reason::Fragment);
+        }
+        let (sport, dport) = ip.ports();
+        let t = Tuple { zone: port.zone, proto: ip.proto, src: ip.src, dst: ip.dst, sport, dport };
+        let info = match ip.l4 {
+            L4::Tcp(tcp) => PacketInfo { tcp_flags: tcp.flags, tcp_seq: tcp.seq, payload_len: tcp.payload_len, wire_len: pd.len },
+            L4::Udp { payload_len, .. } => PacketInfo { payload_len, wire_len: pd.len, ..PacketInfo::default() },
+            _ => PacketInfo { wire_len: pd.len, ..PacketInfo::default() },
+        };
+        let blocked = d == Direction::Egress && to_uplink && !port.allow_blocked_egress;
+        let mut reason = None;
+        let outcome = self.conntrack.track(&t, &info, now, plan.generation, |orig| {
+            // The flow's first packet, from the opener's side: in this
+            // packet's direction if it is this packet's orientation.
+            let od = if orig.src == t.src && orig.sport == t.sport { d } else { flip(d) };
+            if blocked && od == Direction::Egress && plan.blocked(orig.proto, orig.dport) {
+                reason = Some(Reason::BlockedEgress);
+                return false;
+            }
+            let dec = classify(&tuple_packet(orig, od, ip));
+            reason = Some(Reason::of(dec));
+            dec.verdict == Verdict::Allow
+        });
+        match outcome {
+            ct::Outcome::Established => done(Action::Forward(pd.to), Reason::Established),
+            ct::Outcome::New => done(Action::Forward(pd.to), reason.unwrap_or(Reason::Default)),
+            ct::Outcome::Denied => {
+                // Denied without a judgement: a flow a reload revoked; name
+                // what the rules say of this packet now.
+                let r = reason.unwrap_or_else(|| Reason::of(classify(&packet(ip, d))));
+                done(Action::Drop, r)
+            }
+            ct::Outcome::Invalid => done(Action::Drop, Reason::Invalid),
+            ct::Outcome::Full => done(Action::Drop, Reason::ConntrackFull),
+        }
+    }
+
+    /// The zone a port's flows live in (for listing and flushing).
+    pub fn zone_of(plan: &Plan, p: PortIdx) -> Option<Zone> {
+        plan.ports.get(p).map(|x| x.zone)
+    }
+}
+
+fn flip(d: Direction) -> Direction {
+    match d {
+        Direction::Ingress => Direction::Egress,
+        Direction::Egress => Direction::Ingress,
+    }
+}
+
+/// (remote, local) of a packet seen in direction `d`.
+fn sides(ip: &Ip, d: Direction) -> (IpAddr, IpAddr) {
+    match d {
+        Direction::Ingress => (ip.src, ip.dst),
+        Direction::Egress => (ip.dst, ip.src),
+    }
+}
+
+/// The policy's view of a packet in direction `d`.
+fn packet(ip: &Ip, d: Direction) -> Packet {
+    let (remote, local) = sides(ip, d);
+    let (sport, dport) = ip.ports();
+    let (remote_port, local_port) = match d {
+        Direction::Ingress => (sport, dport),
+        Direction::Egress => (dport, sport),
+    };
+    let (icmp_type, icmp_code) = match ip.l4 {
+        L4::Icmp(Icmp { typ, code, .. }) => (typ, code),
+        _ => (0, 0),
+    };
+    Packet { direction: d, proto: ip.proto, remote, local, remote_port, local_port, icmp_type, icmp_code }
+}
+
+/// The policy's view of a flow's first packet given as a tuple (ICMP type
+/// and code from the packet at hand when it is the same orientation; an
+/// echo flow's opener sent a request).
+fn tuple_packet(t: &Tuple, d: Direction, ip: &Ip) -> Packet {
+    let same = t.src == ip.src && t.sport == ip.ports().0;
+    let (icmp_type, icmp_code) = match ip.l4 {
+        L4::Icmp(Icmp { typ, code, .. }) if same => (typ, code),
+        L4::Icmp(_) => (if ip.is_v6() { 128 } else { 8 }, 0),
+        _ => (0, 0),
+    };
+    let (remote, local, remote_port, local_port) = match d {
+        Direction::Ingress => (t.src, t.dst, t.sport, t.dport),
+        Direction::Egress => (t.dst, t.src, t.dport, t.sport),
+    };
+    Packet { direction: d, proto: t.proto, remote, local, remote_port, local_port, icmp_type, icmp_code }
+}
+
+fn infra(to: To, port: Option<PortIdx>, direction: Direction) -> Outcome {
+    Outcome { action: Action::Forward(to), reason: Reason::Infrastructure, port, direction }
+}
+
+/// Broadcast or multicast.
+fn is_group(mac: &MacAddr) -> bool {
+    mac[0] & 1 != 0
+}
+
+fn is_link_local(a: IpAddr) -> bool {
+    matches!(a, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
+}
+
+/// Where a frame from port `p` goes by its destination MAC.
+fn egress_target(plan: &Plan, p: PortIdx, dst: &MacAddr) -> To {
+    if is_group(dst) {
+        return To::Flood { except: Some(p), uplink: true };
+    }
+    match plan.port_by_mac(dst) {
+        Some(q) if q != p => To::Port(q),
+        _ => To::Uplink,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Infra {
+    None,
+    /// Always allowed: ND (RS, NS, NA), MLD, DHCP and DHCPv6 client.
+    Client,
+    /// Router advertisements, redirects, DHCP server replies: allowed from
+    /// the uplink, dropped from VMs.
+    Server,
+}
+
+fn infra_kind(ip: &Ip) -> Infra {
+    match (ip.proto, ip.l4) {
+        (parse::ICMPV6, L4::Icmp(i)) => match i.typ {
+            130..=133 | 135 | 136 | 143 => Infra::Client,
+            134 | 137 => Infra::Server,
+            _ => Infra::None,
+        },
+        (parse::UDP, L4::Udp { sport, dport, .. }) => match (ip.is_v6(), sport, dport) {
+            (false, 68, 67) | (true, 546, 547) => Infra::Client,
+            (false, 67, 68) | (true, 547, 546) => Infra::Server,
+            _ => Infra::None,
+        },
+        _ => Infra::None,
+    }
+}

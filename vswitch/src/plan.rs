@@ -1,0 +1,189 @@
+//! The snapshot the datapath reads: the compiled policy plus what forwarding
+//! and anti-spoofing need per port, built off the hot path and published as
+//! one immutable value.
+//!
+//! Conntrack zones outlive snapshots: a port keeps its zone across reloads
+//! (so its flows survive), a removed port's zone is flushed and reused.
+
+use std::collections::HashMap as StdMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use hashbrown::HashMap;
+use ipnet::IpNet;
+use sgswitch_config::{Config, PortRange};
+use sgswitch_conntrack::Zone;
+use sgswitch_filter::{Compiled, Policy, PortIdx};
+
+use crate::parse::MacAddr;
+
+/// Most ports one switch serves (conntrack zones are `u16`; this bounds the
+/// per-zone arrays).
+pub const MAX_PORTS: usize = 4096;
+
+/// Stable zone numbers by port id, kept by the control thread across
+/// reloads.
+#[derive(Debug, Default)]
+pub struct Zones {
+    by_id: StdMap<String, Zone>,
+    free: Vec<Zone>,
+    next: Zone,
+}
+
+impl Zones {
+    /// The zone of each port of `cfg` (same order), reusing the zones of
+    /// ports that stay; returns the zones of ports that went away (their
+    /// flows must be flushed).
+    ///
+    /// # Errors
+    /// More than [`MAX_PORTS`] ports.
+    pub fn assign(&mut self, ids: &[&str]) -> Result<(Vec<Zone>, Vec<Zone>), String> {
+        if ids.len() > MAX_PORTS {
+            return Err(format!("{} ports: at most {MAX_PORTS} are supported", ids.len()));
+        }
+        let mut gone: Vec<Zone> = self.by_id.iter().filter(|(id, _)| !ids.contains(&id.as_str())).map(|(_, &z)| z).collect();
+        gone.sort_unstable();
+        self.by_id.retain(|id, _| ids.contains(&id.as_str()));
+        self.free.extend(gone.iter().rev());
+        let zones = ids
+            .iter()
+            .map(|&id| {
+                *self.by_id.entry(id.to_owned()).or_insert_with(|| {
+                    self.free.pop().unwrap_or_else(|| {
+                        let z = self.next;
+                        self.next += 1;
+                        z
+                    })
+                })
+            })
+            .collect();
+        Ok((zones, gone))
+    }
+}
+
+/// What the datapath knows of one port.
+#[derive(Clone, Debug)]
+pub struct PortPlan {
+    pub id: Arc<str>,
+    pub zone: Zone,
+    pub interface: Option<String>,
+    pub mac: Option<MacAddr>,
+    pub nets: Vec<IpNet>,
+    pub spoof_check: bool,
+    pub allow_blocked_egress: bool,
+}
+
+impl PortPlan {
+    /// Whether `a` is one of the port's addresses (or in its prefixes).
+    pub fn owns(&self, a: IpAddr) -> bool {
+        self.nets.iter().any(|n| n.contains(&a))
+    }
+}
+
+/// One configuration, ready for the datapath.
+#[derive(Debug)]
+pub struct Plan {
+    pub compiled: Compiled,
+    pub ports: Vec<PortPlan>,
+    by_mac: HashMap<MacAddr, PortIdx>,
+    by_net: Vec<(IpNet, PortIdx)>,
+    pub blocked_egress: Vec<(u8, PortRange)>,
+    pub infra_allow: Vec<IpNet>,
+    /// The generation conntrack entries are stamped with.
+    pub generation: u32,
+    /// Per group: the flat index of its first ingress rule, and its ingress
+    /// rule count (egress rules follow); the last element is the total.
+    rule_base: Vec<(u32, u32)>,
+    rules_total: u32,
+    /// Highest zone in use + 1.
+    pub zones: usize,
+}
+
+impl Plan {
+    /// Builds the plan of a loaded configuration with the given zones (one
+    /// per port, from [`Zones::assign`]).
+    pub fn new(cfg: Config, zones: &[Zone], generation: u32) -> Plan {
+        let ports: Vec<PortPlan> = cfg
+            .ports
+            .iter()
+            .zip(zones)
+            .map(|(p, &zone)| PortPlan {
+                id: Arc::from(p.id.as_str()),
+                zone,
+                interface: p.interface.clone(),
+                mac: p.mac.map(|m| m.0),
+                nets: p.addresses().copied().collect(),
+                spoof_check: p.spoof_check,
+                allow_blocked_egress: p.allow_blocked_egress,
+            })
+            .collect();
+        let by_mac = ports.iter().enumerate().filter_map(|(i, p)| p.mac.map(|m| (m, i))).collect();
+        let by_net = ports.iter().enumerate().flat_map(|(i, p)| p.nets.iter().map(move |n| (*n, i))).collect();
+        let blocked_egress = cfg.host.blocked_egress.iter().map(|b| (b.protocol, b.ports)).collect();
+        let infra_allow = cfg.host.infra_allow.clone();
+        let mut rule_base = Vec::with_capacity(cfg.groups.len());
+        let mut total = 0u32;
+        for g in &cfg.groups {
+            let (i, e) = (u32::try_from(g.ingress.len()).unwrap_or(u32::MAX), u32::try_from(g.egress.len()).unwrap_or(u32::MAX));
+            rule_base.push((total, i));
+            total = total.saturating_add(i).saturating_add(e);
+        }
+        let zones = zones.iter().map(|&z| usize::from(z) + 1).max().unwrap_or(0);
+        let compiled = Compiled::new(Arc::new(Policy::new(cfg)), u64::from(generation));
+        Plan { compiled, ports, by_mac, by_net, blocked_egress, infra_allow, generation, rule_base, rules_total: total, zones }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        self.compiled.policy()
+    }
+
+    /// The port whose MAC is `mac`.
+    pub fn port_by_mac(&self, mac: &MacAddr) -> Option<PortIdx> {
+        self.by_mac.get(mac).copied()
+    }
+
+    /// The port that owns `a` (the most specific of its prefixes wins).
+    pub fn port_by_ip(&self, a: IpAddr) -> Option<PortIdx> {
+        self.by_net.iter().filter(|(n, _)| n.contains(&a)).max_by_key(|(n, _)| n.prefix_len()).map(|&(_, p)| p)
+    }
+
+    /// Whether host `blocked_egress` stops a new flow to `dport` over
+    /// `proto` toward the uplink.
+    pub fn blocked(&self, proto: u8, dport: u16) -> bool {
+        self.blocked_egress.iter().any(|&(p, r)| p == proto && r.start <= dport && dport <= r.end)
+    }
+
+    pub fn infra_allowed(&self, a: IpAddr) -> bool {
+        self.infra_allow.iter().any(|n| n.contains(&a))
+    }
+
+    /// Rules of all groups, ingress and egress: the size of a rule-hit
+    /// counter array.
+    pub fn rules_total(&self) -> usize {
+        self.rules_total as usize
+    }
+
+    /// The flat index of a rule in a rule-hit counter array.
+    pub fn rule_slot(&self, r: sgswitch_filter::RuleRef) -> usize {
+        let (base, n_ingress) = self.rule_base.get(usize::from(r.group)).copied().unwrap_or((0, 0));
+        let off = match r.direction {
+            sgswitch_config::Direction::Ingress => 0,
+            sgswitch_config::Direction::Egress => n_ingress,
+        };
+        (base + off + u32::from(r.index)) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zones_survive_reloads_and_are_reused_after_removal() {
+        let mut z = Zones::default();
+        assert_eq!(z.assign(&["a", "b", "c"]).unwrap(), (vec![0, 1, 2], vec![]));
+        assert_eq!(z.assign(&["a", "c", "d"]).unwrap(), (vec![0, 2, 1], vec![1]));
+        assert_eq!(z.assign(&["d"]).unwrap(), (vec![1], vec![0, 2]));
+        assert_eq!(z.assign(&["x", "y", "d", "z"]).unwrap(), (vec![0, 2, 1, 3], vec![]));
+    }
+}
