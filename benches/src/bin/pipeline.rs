@@ -1,0 +1,150 @@
+//! The in-memory pipeline, single core: parse, anti-spoofing, conntrack,
+//! classification and the forwarding decision over 64-byte frames in
+//! batches of 64, as a poll loop calls it (one `tick` per batch).
+//!
+//! `cargo run --release -p sgswitch-benches --bin pipeline -- --json [--quick]`
+//! prints one JSON object per line with `case`, `rules`, `mpps`,
+//! `ns_per_packet`, `flows` and `packets`. Cases:
+//! - `established`: frames of flows already in the table (50,000 flows);
+//! - `new`: every frame opens a flow the policy allows (an entry is made);
+//! - `denied`: every frame is a first packet the policy denies (classified,
+//!   nothing stored).
+//!
+//! The policy is the security-group shape of the `classify` benchmark (three
+//! groups, group references with 100-1,000 members, wildcards), with 10 or
+//! 1,000 ingress rules; the frames arrive from the uplink for the port.
+
+use std::time::Instant;
+
+use sgswitch::pipeline::{Action, Pipeline, Reason, Source, conntrack_settings};
+use sgswitch::plan::{Plan, Zones};
+use sgswitch_benches::sgshape;
+use sgswitch_config::{Config, Mac};
+use sgswitch_conntrack::{FragSettings, Now};
+use sgswitch_filter::Packet;
+use sgswitch_tests::frames::{self, Ends, UPLINK_MAC};
+
+const PORT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x10];
+const BATCH: usize = 64;
+const FRAME: usize = 64;
+
+fn plan(rules: usize) -> Plan {
+    let mut cfg: Config = sgshape::config(rules, 42);
+    cfg.ports[0].mac = Some(Mac(PORT_MAC));
+    cfg.host.conntrack.per_port_capacity = cfg.host.conntrack.capacity;
+    let ids: Vec<&str> = cfg.ports.iter().map(|p| p.id.as_str()).collect();
+    let (zones, _) = Zones::default().assign(&ids).expect("one port");
+    Plan::new(cfg, &zones, 1)
+}
+
+/// A 64-byte frame (60 bytes without the FCS, padded) for a packet arriving
+/// at the port.
+fn frame(p: &Packet) -> [u8; FRAME] {
+    let e = Ends { src_mac: UPLINK_MAC, dst_mac: PORT_MAC, src: p.remote, dst: p.local };
+    let f = match p.proto {
+        6 => frames::tcp(&e, p.remote_port, p.local_port, "A", 1, 1, b""),
+        17 => frames::udp(&e, p.remote_port, p.local_port, &[0; 18]),
+        1 => frames::echo(&e, p.remote_port, 1, true),
+        other => frames::raw_ip(&e, other, &[0; 26]),
+    };
+    let mut out = [0u8; FRAME];
+    let n = f.len().min(FRAME);
+    out[..n].copy_from_slice(&f[..n]);
+    out
+}
+
+fn pipeline(plan: &Plan) -> Pipeline<u32> {
+    let mut p = Pipeline::new(conntrack_settings(&plan.policy().config().host, 9), FragSettings::default());
+    p.adopt(plan);
+    p
+}
+
+/// Runs `frames` through `pipe` in batches, `rounds` times; returns ns per
+/// packet and how many frames were forwarded.
+fn run(pipe: &mut Pipeline<u32>, plan: &Plan, frames: &[[u8; FRAME]], rounds: usize, now: u64) -> (f64, usize) {
+    let mut forwarded = 0;
+    let t = Instant::now();
+    for r in 0..rounds {
+        let now = Now(now + r as u64);
+        for batch in frames.chunks(BATCH) {
+            for (i, f) in (0u32..).zip(batch) {
+                let o = pipe.process(plan, Source::Uplink, f, now, i);
+                forwarded += usize::from(matches!(o.action, Action::Forward(_)));
+            }
+            pipe.tick(plan, now);
+        }
+    }
+    let ns = t.elapsed().as_nanos() as f64 / (frames.len() * rounds) as f64;
+    (ns, forwarded)
+}
+
+fn print(json: bool, case: &str, rules: usize, ns: f64, flows: usize, packets: usize) {
+    let mpps = 1e3 / ns;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"case": case, "rules": rules, "mpps": (mpps * 100.0).round() / 100.0,
+                "ns_per_packet": (ns * 10.0).round() / 10.0, "flows": flows, "packets": packets})
+        );
+    } else {
+        println!("{case:<12} rules {rules:>5}  {mpps:>6.2} Mpps  {ns:>7.1} ns/packet  ({flows} flows, {packets} packets)");
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let json = args.iter().any(|a| a == "--json");
+    let quick = args.iter().any(|a| a == "--quick");
+    let (n_packets, rounds) = if quick { (200_000, 3) } else { (1_000_000, 10) };
+    for rules in [10, 1000] {
+        let plan = plan(rules);
+        let cfg = plan.policy().config();
+        // First packets, judged once to sort allowed from denied.
+        let candidates: Vec<Packet> = sgshape::packets(cfg, n_packets, 7)
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut p)| {
+                // Distinct flows: the remote port carries the index.
+                p.remote_port = u16::try_from(1024 + i % 60_000).expect("port");
+                p
+            })
+            .collect();
+        let mut probe = pipeline(&plan);
+        let mut allowed = Vec::new();
+        let mut denied = Vec::new();
+        for p in &candidates {
+            let f = frame(p);
+            let o = probe.process(&plan, Source::Uplink, &f, Now(0), 0);
+            match (o.action, o.reason) {
+                (Action::Forward(_), Reason::Rule(_) | Reason::Default | Reason::IntraGroup) => allowed.push(f),
+                (Action::Drop, Reason::Rule(_) | Reason::Default) => denied.push(f),
+                _ => {}
+            }
+        }
+        drop(probe);
+
+        // Established: 50,000 flows created, then looked up again and again.
+        let flows = &allowed[..allowed.len().min(50_000)];
+        let mut pipe = pipeline(&plan);
+        run(&mut pipe, &plan, flows, 1, 1);
+        let (ns, fwd) = run(&mut pipe, &plan, flows, rounds * 4, 2);
+        assert_eq!(fwd, flows.len() * rounds * 4, "every established frame forwarded");
+        print(json, "established", rules, ns, flows.len(), flows.len() * rounds * 4);
+
+        // New: every frame opens a flow (a fresh table each round).
+        let mut best = f64::MAX;
+        for _ in 0..rounds.min(3) {
+            let mut pipe = pipeline(&plan);
+            let (ns, fwd) = run(&mut pipe, &plan, &allowed, 1, 1);
+            assert_eq!(fwd, allowed.len(), "every new allowed flow forwarded");
+            best = best.min(ns);
+        }
+        print(json, "new", rules, best, allowed.len(), allowed.len());
+
+        // Denied first packets: classified, dropped, nothing stored.
+        let mut pipe = pipeline(&plan);
+        let (ns, fwd) = run(&mut pipe, &plan, &denied, rounds, 1);
+        assert_eq!(fwd, 0);
+        print(json, "denied", rules, ns, denied.len(), denied.len() * rounds);
+    }
+}

@@ -1,0 +1,145 @@
+//! The pipeline as a library: any bytes are handled without panic, and
+//! deciding frames (new flows, established flows, fragments, ICMP errors,
+//! drops of every kind) allocates nothing.
+
+use std::path::Path;
+
+use sgswitch::pipeline::{Action, Pipeline, Reason, Source, conntrack_settings};
+use sgswitch::plan::{Plan, Zones};
+use sgswitch_conntrack::{FragSettings, Now};
+use sgswitch_tests::frames::{self, Ends, UPLINK_MAC};
+
+#[path = "../../tests/support/counting_alloc.rs"]
+mod counting_alloc;
+
+fn examples() -> Plan {
+    let cfg = sgswitch_config::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")).expect("examples load");
+    let ids: Vec<&str> = cfg.ports.iter().map(|p| p.id.as_str()).collect();
+    let (zones, _) = Zones::default().assign(&ids).expect("zones");
+    Plan::new(cfg, &zones, 1)
+}
+
+fn pipeline(plan: &Plan) -> Pipeline<u32> {
+    let mut p = Pipeline::new(conntrack_settings(&plan.policy().config().host, 7), FragSettings::default());
+    p.adopt(plan);
+    p
+}
+
+/// A few valid frames of every kind the pipeline handles, for mutation.
+fn corpus(plan: &Plan) -> Vec<(Source, Vec<u8>)> {
+    let web = plan.ports.iter().position(|p| &*p.id == "eni-web1").expect("eni-web1");
+    let mac = plan.ports[web].mac.expect("mac");
+    let ip = |s: &str| s.parse().expect("ip");
+    let out = Ends { src_mac: mac, dst_mac: UPLINK_MAC, src: ip("10.0.0.11"), dst: ip("192.0.2.9") };
+    let out6 = Ends { src_mac: mac, dst_mac: UPLINK_MAC, src: ip("fd00::11"), dst: ip("2001:db8::9") };
+    let syn = frames::tcp(&out, 40000, 443, "S", 1, 0, b"");
+    let udp = frames::udp(&out6, 5000, 53, &[1; 40]);
+    let mut v = vec![
+        (Source::Port(web), syn.clone()),
+        (Source::Uplink, frames::tcp(&out.reversed(), 443, 40000, "SA", 9, 2, b"")),
+        (Source::Port(web), udp.clone()),
+        (Source::Uplink, frames::icmp(&out6.reversed(), 1, 4, [0; 4], &frames::ip_part(&udp)[..48])),
+        (Source::Uplink, frames::icmp(&out.reversed(), 3, 3, [0; 4], &frames::ip_part(&syn)[..28])),
+        (Source::Port(web), frames::echo(&out, 3, 1, true)),
+        (Source::Port(web), frames::arp(mac, [0xff; 6], 1, mac, [10, 0, 0, 11], [10, 0, 0, 1])),
+        (Source::Port(web), frames::raw_ip(&out, 47, &[0; 24])),
+    ];
+    let big = frames::tcp(&out.reversed(), 443, 40000, "A", 9, 2, &[5; 120]);
+    v.extend(frames::fragment_v4(&big, 48, 77).into_iter().rev().map(|f| (Source::Uplink, f)));
+    v
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        usize::try_from(self.next() % n as u64).expect("small")
+    }
+}
+
+#[test]
+fn random_and_mutated_frames_never_panic() {
+    let plan = examples();
+    let mut pipe = pipeline(&plan);
+    let corpus = corpus(&plan);
+    let mut rng = Rng(1);
+    let mut buf = Vec::with_capacity(2048);
+    let mut dropped = 0;
+    for i in 0..200_000u32 {
+        buf.clear();
+        let src = match rng.below(4) {
+            0 => Source::Uplink,
+            // Out-of-range port indexes included.
+            _ => Source::Port(rng.below(plan.ports.len() + 2)),
+        };
+        if i % 3 == 0 {
+            let n = rng.below(160);
+            buf.extend((0..n).map(|_| rng.next().to_le_bytes()[0]));
+        } else {
+            let (_, base) = &corpus[rng.below(corpus.len())];
+            buf.extend_from_slice(base);
+            for _ in 0..=rng.below(6) {
+                let at = rng.below(buf.len());
+                buf[at] = rng.next().to_le_bytes()[0];
+            }
+            if rng.below(4) == 0 {
+                buf.truncate(rng.below(buf.len() + 1));
+            }
+        }
+        let now = Now(u64::from(i));
+        let o = pipe.process(&plan, src, &buf, now, i);
+        dropped += usize::from(o.action == Action::Drop);
+        pipe.tick(&plan, now);
+        pipe.take_released().for_each(drop);
+    }
+    assert!(dropped > 100_000, "mostly garbage is mostly dropped: {dropped}");
+}
+
+#[test]
+fn deciding_frames_allocates_nothing() {
+    let plan = examples();
+    let mut pipe = pipeline(&plan);
+    let corpus = corpus(&plan);
+    let web = plan.ports.iter().position(|p| &*p.id == "eni-web1").expect("eni-web1");
+    let mac = plan.ports[web].mac.expect("mac");
+    let ip = |s: &str| s.parse().expect("ip");
+    // Many new flows, then the same flows again (established).
+    let flows: Vec<Vec<u8>> = (0..2000u16)
+        .map(|i| {
+            let e = Ends { src_mac: mac, dst_mac: UPLINK_MAC, src: ip("10.0.0.11"), dst: ip(&format!("192.0.2.{}", i % 200)) };
+            frames::udp(&e, 10_000 + i, 53, b"q")
+        })
+        .collect();
+    let mut mutated = corpus[0].1.clone();
+    mutated[14] = 0x4f;
+    // Warm up once (first-touch of lazily initialised statics).
+    let _ = pipe.process(&plan, corpus[0].0, &corpus[0].1, Now(0), 0);
+    let before = counting_alloc::allocs();
+    let mut reasons = [0usize; 14];
+    for round in 0..3u64 {
+        for (i, f) in flows.iter().enumerate() {
+            let o = pipe.process(&plan, Source::Port(web), f, Now(1000 + round), u32::try_from(i).expect("small"));
+            reasons[o.reason.kind()] += 1;
+        }
+        for (i, (src, f)) in corpus.iter().enumerate() {
+            let o = pipe.process(&plan, *src, f, Now(1000 + round), u32::try_from(i).expect("small"));
+            reasons[o.reason.kind()] += 1;
+        }
+        let o = pipe.process(&plan, Source::Uplink, &mutated, Now(1000 + round), 0);
+        reasons[o.reason.kind()] += 1;
+        pipe.tick(&plan, Now(2000 + round * 1000));
+        reasons[Reason::Fragment.kind()] += pipe.take_released().count();
+    }
+    assert_eq!(counting_alloc::allocs() - before, 0, "the pipeline allocated");
+    assert!(reasons[Reason::Established.kind()] >= 4000, "{reasons:?}");
+    assert!(reasons[Reason::Malformed.kind()] >= 3, "{reasons:?}");
+    assert!(reasons[Reason::Fragment.kind()] > 0, "{reasons:?}");
+}
