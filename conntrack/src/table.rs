@@ -623,7 +623,6 @@ impl Table {
     ///
     /// # Panics
     /// If the three slices differ in length.
-    #[expect(clippy::cast_possible_truncation, reason = "positions are the low bits of a hash or slot")]
     pub fn track_batch(
         &mut self,
         tuples: &[Tuple],
@@ -638,21 +637,39 @@ impl Table {
         for ((ts, ps), os) in tuples.chunks(BATCH).zip(infos.chunks(BATCH)).zip(out.chunks_mut(BATCH)) {
             let n = ts.len();
             let probes: [Option<Probe<'_>>; BATCH] = std::array::from_fn(|i| ts.get(i).map(|t| self.probe(t)));
-            let mut warm = 0u64;
-            for (slot, probe) in slots.iter_mut().zip(probes.iter().flatten()) {
-                *slot = self.slots[(probe.h as usize) & self.mask];
-            }
-            for &slot in &slots[..n] {
-                if slot != 0 {
-                    let idx = (slot >> 32) as usize - 1;
-                    warm ^= u64::from(self.entries[idx].last_seen) ^ self.counters[idx].bytes[0];
-                }
-            }
-            self.warm ^= warm;
+            self.warm_probes(&probes, &mut slots[..n]);
             for ((o, probe), p) in os.iter_mut().zip(probes.iter().flatten()).zip(ps) {
                 *o = self.track_probe(probe, p, now, generation, &mut judge);
             }
         }
+    }
+
+    /// Brings the index slots and entries of `tuples` (at most [`BATCH`])
+    /// into the cache, their misses overlapped, ahead of tracking them one
+    /// by one: what [`Table::track_batch`] does first, for a caller that
+    /// must interleave other work between the packets of a batch.
+    pub fn warm(&mut self, tuples: &[Tuple]) {
+        let n = tuples.len().min(BATCH);
+        let probes: [Option<Probe<'_>>; BATCH] = std::array::from_fn(|i| tuples.get(i).filter(|_| i < n).map(|t| self.probe(t)));
+        let mut slots = [0u64; BATCH];
+        self.warm_probes(&probes, &mut slots[..n]);
+    }
+
+    /// Loads the home slot of every probe, then every entry those slots
+    /// name; the loads of a phase are independent, so their misses overlap.
+    #[expect(clippy::cast_possible_truncation, reason = "positions are the low bits of a hash or slot")]
+    fn warm_probes(&mut self, probes: &[Option<Probe<'_>>], slots: &mut [u64]) {
+        let mut warm = 0u64;
+        for (slot, probe) in slots.iter_mut().zip(probes.iter().flatten()) {
+            *slot = self.slots[(probe.h as usize) & self.mask];
+        }
+        for &slot in &*slots {
+            if slot != 0 {
+                let idx = (slot >> 32) as usize - 1;
+                warm ^= u64::from(self.entries[idx].last_seen) ^ self.counters[idx].bytes[0];
+            }
+        }
+        self.warm ^= warm;
     }
 
     fn track_probe(

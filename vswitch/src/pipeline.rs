@@ -275,8 +275,49 @@ impl<H: Copy> Pipeline<H> {
 
     /// Decides one frame.
     pub fn process(&mut self, plan: &Plan, src: Source, data: &[u8], now: Now, handle: H) -> Outcome {
-        let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
-        let out = match parse::parse(data) {
+        self.decide(plan, src, parse::parse(data), data.len(), now, handle)
+    }
+
+    /// Decides a batch of frames, in order, exactly as [`Pipeline::process`]
+    /// one by one would: `out[i]` is the outcome of `frames[i]`. All frames
+    /// are parsed first and their connection entries brought into the
+    /// cache together, so the table's cache misses overlap.
+    ///
+    /// # Panics
+    /// If `out` is shorter than `frames`.
+    pub fn process_batch(&mut self, plan: &Plan, frames: &[(Source, &[u8], H)], now: Now, out: &mut [Outcome]) {
+        assert!(out.len() >= frames.len(), "one outcome per frame");
+        for (chunk, outs) in frames.chunks(ct::BATCH).zip(out.chunks_mut(ct::BATCH)) {
+            let parsed: [Option<Result<Frame, parse::Malformed>>; ct::BATCH] =
+                std::array::from_fn(|i| chunk.get(i).map(|f| parse::parse(f.1)));
+            let mut tuples =
+                [Tuple { zone: 0, proto: 0, src: IpAddr::from([0; 4]), dst: IpAddr::from([0; 4]), sport: 0, dport: 0 }; ct::BATCH];
+            let mut n = 0;
+            for ((src, _, _), p) in chunk.iter().zip(&parsed) {
+                if let Some(Ok(Frame { net: Net::Ip(ip), dst, .. })) = p {
+                    let port = match *src {
+                        Source::Port(p) => Some(p),
+                        Source::Uplink => plan.port_by_mac(dst),
+                    };
+                    if let Some(zone) = port.and_then(|p| plan.ports.get(p)).map(|p| p.zone) {
+                        let (sport, dport) = ip.ports();
+                        tuples[n] = Tuple { zone, proto: ip.proto, src: ip.src, dst: ip.dst, sport, dport };
+                        n += 1;
+                    }
+                }
+            }
+            self.conntrack.warm(&tuples[..n]);
+            for ((&(src, data, handle), p), o) in chunk.iter().zip(parsed).zip(outs.iter_mut()) {
+                if let Some(p) = p {
+                    *o = self.decide(plan, src, p, data.len(), now, handle);
+                }
+            }
+        }
+    }
+
+    fn decide(&mut self, plan: &Plan, src: Source, parsed: Result<Frame, parse::Malformed>, len: usize, now: Now, handle: H) -> Outcome {
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        let out = match parsed {
             Ok(frame) => self.frame(plan, src, &frame, now, handle),
             Err(_) => {
                 let (port, direction) = match src {

@@ -143,3 +143,38 @@ fn deciding_frames_allocates_nothing() {
     assert!(reasons[Reason::Malformed.kind()] >= 3, "{reasons:?}");
     assert!(reasons[Reason::Fragment.kind()] > 0, "{reasons:?}");
 }
+
+#[test]
+fn a_batch_decides_exactly_as_frames_one_by_one() {
+    let plan = examples();
+    let corpus = corpus(&plan);
+    let mut rng = Rng(5);
+    // Mutated frames too: batches mix every outcome.
+    let frames: Vec<(sgswitch::pipeline::Source, Vec<u8>)> = (0..5000)
+        .map(|_| {
+            let (src, f) = &corpus[rng.below(corpus.len())];
+            let mut f = f.clone();
+            if rng.below(3) == 0 {
+                let at = rng.below(f.len());
+                f[at] ^= rng.next().to_le_bytes()[0];
+            }
+            (*src, f)
+        })
+        .collect();
+    let (mut one, mut many) = (pipeline(&plan), pipeline(&plan));
+    let none = sgswitch::pipeline::Outcome {
+        action: Action::Drop,
+        reason: Reason::Default,
+        port: None,
+        direction: sgswitch_config::Direction::Ingress,
+    };
+    let mut out = vec![none; 64];
+    for (b, chunk) in frames.chunks(64).enumerate() {
+        let now = Now(b as u64 * 10);
+        let items: Vec<(Source, &[u8], u32)> = chunk.iter().map(|(s, f)| (*s, &f[..], 0)).collect();
+        many.process_batch(&plan, &items, now, &mut out[..chunk.len()]);
+        for (i, (s, f)) in chunk.iter().enumerate() {
+            assert_eq!(one.process(&plan, *s, f, now, 0), out[i], "batch {b} frame {i}");
+        }
+    }
+}

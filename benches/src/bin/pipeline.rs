@@ -16,9 +16,10 @@
 
 use std::time::Instant;
 
-use sgswitch::pipeline::{Action, Pipeline, Reason, Source, conntrack_settings};
+use sgswitch::pipeline::{Action, Outcome, Pipeline, Reason, Source, conntrack_settings};
 use sgswitch::plan::{Plan, Zones};
 use sgswitch_benches::sgshape;
+use sgswitch_config::Direction;
 use sgswitch_config::{Config, Mac};
 use sgswitch_conntrack::{FragSettings, Now};
 use sgswitch_filter::Packet;
@@ -64,13 +65,15 @@ fn pipeline(plan: &Plan) -> Pipeline<u32> {
 fn run(pipe: &mut Pipeline<u32>, plan: &Plan, frames: &[[u8; FRAME]], rounds: usize, now: u64) -> (f64, usize) {
     let mut forwarded = 0;
     let t = Instant::now();
+    let mut out = [Outcome { action: Action::Drop, reason: Reason::Default, port: None, direction: Direction::Ingress }; BATCH];
     for r in 0..rounds {
         let now = Now(now + r as u64);
         for batch in frames.chunks(BATCH) {
-            for (i, f) in (0u32..).zip(batch) {
-                let o = pipe.process(plan, Source::Uplink, f, now, i);
-                forwarded += usize::from(matches!(o.action, Action::Forward(_)));
-            }
+            let items: [(Source, &[u8], u32); BATCH] =
+                std::array::from_fn(|i| (Source::Uplink, batch.get(i).map_or(&[][..], |f| &f[..]), 0));
+            let n = batch.len();
+            pipe.process_batch(plan, &items[..n], now, &mut out[..n]);
+            forwarded += out[..n].iter().filter(|o| matches!(o.action, Action::Forward(_))).count();
             pipe.tick(plan, now);
         }
     }
@@ -133,8 +136,12 @@ fn main() {
 
         // New: every frame opens a flow (a fresh table each round).
         let mut best = f64::MAX;
+        // The table's pages are touched once first (as in a running
+        // switch), then emptied: each round inserts into a warm, empty table.
+        let mut pipe = pipeline(&plan);
+        run(&mut pipe, &plan, &allowed, 1, 1);
         for _ in 0..rounds.min(3) {
-            let mut pipe = pipeline(&plan);
+            pipe.conntrack.flush(None);
             let (ns, fwd) = run(&mut pipe, &plan, &allowed, 1, 1);
             assert_eq!(fwd, allowed.len(), "every new allowed flow forwarded");
             best = best.min(ns);
