@@ -193,7 +193,7 @@ fn parse_host(src: &mut Source<'_>, t: &Table<'_, '_>) -> Host {
         h.uplink_interface = interface_name(src, &u);
     }
     if let Some(d) = t.table(src, "datapath") {
-        d.only_keys(src, &["cores", "mode", "zero_copy", "busy_poll"]);
+        d.only_keys(src, &["cores", "mode", "zero_copy", "busy_poll", "frames", "ring_size"]);
         if let Some(cores) = d.integers(src, "cores") {
             let mut v = Vec::new();
             for c in cores {
@@ -223,6 +223,15 @@ fn parse_host(src: &mut Source<'_>, t: &Table<'_, '_>) -> Host {
         }
         if let Some(b) = d.boolean(src, "busy_poll") {
             h.datapath.busy_poll = b;
+        }
+        for (key, lo, hi) in [("frames", 512, 1 << 18), ("ring_size", 64, 1 << 15)] {
+            if let Some(n) = d.u32_in(src, key, lo, hi) {
+                if n.is_power_of_two() {
+                    *(if key == "frames" { &mut h.datapath.frames } else { &mut h.datapath.ring_size }) = n;
+                } else if let Some(at) = d.integer(src, key) {
+                    src.error(&at.span, format!("`{key}` = {n} must be a power of two"));
+                }
+            }
         }
     }
     if let Some(m) = t.table(src, "metrics") {

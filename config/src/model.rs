@@ -78,11 +78,15 @@ pub struct Datapath {
     pub mode: XdpMode,
     pub zero_copy: ZeroCopy,
     pub busy_poll: bool,
+    /// UMEM frames (2 KiB each) per poll loop, a power of two.
+    pub frames: u32,
+    /// Entries of each rx, tx, fill and completion ring, a power of two.
+    pub ring_size: u32,
 }
 
 impl Default for Datapath {
     fn default() -> Self {
-        Datapath { cores: vec![0], mode: XdpMode::Auto, zero_copy: ZeroCopy::Auto, busy_poll: false }
+        Datapath { cores: vec![0], mode: XdpMode::Auto, zero_copy: ZeroCopy::Auto, busy_poll: false, frames: 4096, ring_size: 2048 }
     }
 }
 

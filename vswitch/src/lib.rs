@@ -7,3 +7,5 @@ pub mod parse;
 pub mod pipeline;
 pub mod plan;
 pub mod replay;
+pub mod run;
+pub mod xdp;

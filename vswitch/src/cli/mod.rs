@@ -70,6 +70,13 @@ enum Command {
     /// classification, forwarding) over a capture, with its timestamps as
     /// the clock; one line per packet.
     Replay(replay::ReplayArgs),
+    /// The switch: AF_XDP poll loops on the ports' and the uplink's
+    /// interfaces, hot reload on file change and SIGHUP; SIGINT or SIGTERM
+    /// stops it and prints its counters.
+    Run {
+        /// The configuration directory.
+        dir: PathBuf,
+    },
 }
 
 pub(crate) fn run(cli: Cli) -> Result<(), CliError> {
@@ -77,6 +84,14 @@ pub(crate) fn run(cli: Cli) -> Result<(), CliError> {
         Command::Check { dir } => check::run(&dir),
         Command::Trace(args) => trace::run(&args),
         Command::Replay(args) => replay::run(&args),
+        Command::Run { dir } => {
+            // A configuration error is a usage error (exit 1); anything
+            // else that stops the switch is a runtime failure (exit 2).
+            load_dir(&dir).map_err(CliError::Config)?;
+            let report = sgswitch::run::run(&dir).map_err(CliError::Runtime)?;
+            eprint!("{}", sgswitch::run::summary(&report));
+            Ok(())
+        }
     }
 }
 

@@ -1,0 +1,259 @@
+//! AF_XDP sockets with xsk-rs: one socket per (interface, queue), all the
+//! sockets of one poll loop on one shared UMEM.
+//!
+//! Sharing the UMEM is what lets a loop forward without copying: a frame
+//! received on one port is handed to another port's tx ring by its
+//! descriptor. Frames that go to several places (flooded ARP/ND) are copied
+//! into fresh UMEM frames, one per target, and so are frames handed to
+//! another poll loop (each loop has its own UMEM).
+//!
+//! The XDP attach mode and zero-copy are chosen by trying, most capable
+//! first: native zero-copy, native copy, then generic (skb) copy, within what
+//! `host.toml` allows (`mode`, `zero_copy`); the mode in use is returned and
+//! logged. veth and tap devices have no zero-copy support, so on them the
+//! kernel copies between the device and the UMEM (copy mode) even when the
+//! attach mode is native.
+#![allow(unsafe_code, reason = "xsk-rs ring and UMEM access is unsafe; each call says why it holds")]
+
+use std::num::NonZeroU32;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use sgswitch_config::{XdpMode, ZeroCopy};
+use xsk_rs::config::{BindFlags, FrameSize, LibxdpFlags, QueueSize, SocketConfig, UmemConfig, XdpFlags};
+use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
+
+/// UMEM frame size: one MTU-sized Ethernet frame and headroom.
+pub const FRAME_SIZE: u32 = 2048;
+
+/// The mode a socket actually runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mode {
+    /// Native (driver) XDP; false is generic (skb) mode.
+    pub native: bool,
+    pub zero_copy: bool,
+}
+
+impl Mode {
+    pub fn describe(self) -> String {
+        format!("{} {}", if self.native { "native" } else { "skb" }, if self.zero_copy { "zero-copy" } else { "copy" })
+    }
+}
+
+/// One bound socket and its four rings.
+pub struct Socket {
+    pub interface: String,
+    pub queue: u32,
+    pub mode: Mode,
+    pub tx: TxQueue,
+    pub rx: RxQueue,
+    pub fq: FillQueue,
+    pub cq: CompQueue,
+    /// Entries of the fill ring.
+    fill_size: u32,
+}
+
+impl std::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Socket({}#{} {})", self.interface, self.queue, self.mode.describe())
+    }
+}
+
+/// A loop's UMEM and its free frames.
+pub struct Memory {
+    pub umem: Umem,
+    pub free: Vec<FrameDesc>,
+    pub ring_size: u32,
+}
+
+impl std::fmt::Debug for Memory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Memory({} free)", self.free.len())
+    }
+}
+
+impl Memory {
+    /// A UMEM of `frames` frames of [`FRAME_SIZE`] bytes.
+    ///
+    /// # Errors
+    /// The memory cannot be mapped or registered.
+    pub fn new(frames: u32, ring_size: u32) -> Result<Memory, String> {
+        let qs = |n: u32| QueueSize::new(n).map_err(|e| format!("ring size {n}: {e}"));
+        let config = UmemConfig::builder()
+            .frame_size(FrameSize::new(FRAME_SIZE).map_err(|e| e.to_string())?)
+            .fill_queue_size(qs(ring_size)?)
+            .comp_queue_size(qs(ring_size)?)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let n = NonZeroU32::new(frames).ok_or("a UMEM needs frames")?;
+        let (umem, free) = Umem::new(config, n, false).map_err(|e| format!("creating the UMEM ({frames} frames): {e}"))?;
+        Ok(Memory { umem, free, ring_size })
+    }
+
+    /// The bytes of a received (or written) frame.
+    pub fn data(&self, d: &FrameDesc) -> &[u8] {
+        // SAFETY: `d` is a descriptor of this UMEM, owned by the caller
+        // (not in any ring), so the kernel does not write the frame.
+        unsafe { self.umem.data(d) }.contents()
+    }
+
+    /// Copies `bytes` into a free frame; `None` if none is free.
+    pub fn copy_in(&mut self, bytes: &[u8]) -> Option<FrameDesc> {
+        let mut d = self.free.pop()?;
+        // SAFETY: `d` came from the free list: no ring holds it.
+        let written = std::io::Write::write_all(&mut unsafe { self.umem.data_mut(&mut d) }.cursor(), bytes).is_ok();
+        if written {
+            Some(d)
+        } else {
+            self.free.push(d);
+            None
+        }
+    }
+
+    /// Binds a socket on `interface`/`queue`, trying the attach modes
+    /// `mode` and `zero_copy` allow, most capable first.
+    ///
+    /// # Errors
+    /// The interface does not exist, or no mode could be bound; the message
+    /// names the interface and the last reason.
+    pub fn bind(&self, interface: &str, queue: u32, mode: XdpMode, zero_copy: ZeroCopy) -> Result<Socket, String> {
+        if !Path::new("/sys/class/net").join(interface).exists() {
+            return Err(format!("interface {interface}: no such network interface"));
+        }
+        let natives: &[bool] = match mode {
+            XdpMode::Auto => &[true, false],
+            XdpMode::Native => &[true],
+            XdpMode::Skb => &[false],
+        };
+        let zcs: &[bool] = match zero_copy {
+            ZeroCopy::Auto => &[true, false],
+            ZeroCopy::On => &[true],
+            ZeroCopy::Off => &[false],
+        };
+        let name = interface.parse().map_err(|_| format!("interface {interface}: not a valid interface name"))?;
+        let qs = QueueSize::new(self.ring_size).map_err(|e| e.to_string())?;
+        let mut last = String::new();
+        for &native in natives {
+            for &zc in zcs {
+                // Generic mode has no zero-copy.
+                if zc && !native {
+                    continue;
+                }
+                let xdp = if native { XdpFlags::XDP_FLAGS_DRV_MODE } else { XdpFlags::XDP_FLAGS_SKB_MODE };
+                let bind = BindFlags::XDP_USE_NEED_WAKEUP | if zc { BindFlags::XDP_ZEROCOPY } else { BindFlags::XDP_COPY };
+                let config = SocketConfig::builder()
+                    .rx_queue_size(qs)
+                    .tx_queue_size(qs)
+                    .xdp_flags(xdp)
+                    .bind_flags(bind)
+                    .libxdp_flags(LibxdpFlags::empty())
+                    .build();
+                // SAFETY: every (interface, queue) is bound once per
+                // switch (the runtime opens each port's socket once), so
+                // the default program load is not shared.
+                match unsafe { xsk_rs::Socket::new(config, &self.umem, &name, queue) } {
+                    Ok((tx, rx, Some((fq, cq)))) => {
+                        // A socket sharing a UMEM may end up in copy mode
+                        // whatever it asked for: ask the kernel.
+                        let zero_copy = zc && is_zero_copy(rx.fd().as_raw_fd());
+                        return Ok(Socket {
+                            interface: interface.to_owned(),
+                            queue,
+                            mode: Mode { native, zero_copy },
+                            tx,
+                            rx,
+                            fq,
+                            cq,
+                            fill_size: self.ring_size,
+                        });
+                    }
+                    Ok((_, _, None)) => return Err(format!("interface {interface} queue {queue}: already bound by this switch")),
+                    Err(e) => last = format!("{} {}: {e}", if native { "native" } else { "skb" }, if zc { "zero-copy" } else { "copy" }),
+                }
+            }
+        }
+        Err(format!(
+            "interface {interface}: cannot open an AF_XDP socket ({last}); is the switch running as root, and the kernel built with XDP sockets?"
+        ))
+    }
+}
+
+/// Whether a bound AF_XDP socket runs in zero-copy mode
+/// (`getsockopt(SOL_XDP, XDP_OPTIONS)`).
+fn is_zero_copy(fd: std::os::fd::RawFd) -> bool {
+    const SOL_XDP: libc::c_int = 283;
+    const XDP_OPTIONS: libc::c_int = 8;
+    const XDP_OPTIONS_ZEROCOPY: u32 = 1;
+    let mut flags: u32 = 0;
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<u32>()).unwrap_or(4);
+    // SAFETY: `fd` is an open AF_XDP socket; the kernel writes at most
+    // `len` bytes (struct xdp_options is one u32) into `flags`.
+    let rc = unsafe { libc::getsockopt(fd, SOL_XDP, XDP_OPTIONS, (&raw mut flags).cast(), &raw mut len) };
+    rc == 0 && flags & XDP_OPTIONS_ZEROCOPY != 0
+}
+
+/// Silences libbpf's and libxdp's own messages on stderr (ELF section
+/// notices, the bpffs fallback): the switch reports what failed itself.
+pub fn quiet_libraries() {
+    // SAFETY: setting the print callbacks to none; called before any
+    // socket is created.
+    unsafe {
+        libxdp_sys::libxdp_set_print(None);
+        libbpf_set_print(std::ptr::null());
+    }
+}
+
+unsafe extern "C" {
+    /// libbpf (linked in through libxdp-sys): `libbpf_print_fn_t
+    /// libbpf_set_print(libbpf_print_fn_t fn)`; null silences it.
+    fn libbpf_set_print(f: *const libc::c_void) -> *const libc::c_void;
+}
+
+impl Socket {
+    /// Returns completed tx frames to `free`.
+    pub fn reclaim(&mut self, free: &mut Vec<FrameDesc>, scratch: &mut [FrameDesc]) -> usize {
+        // SAFETY: descriptors from the completion ring are ours again.
+        let n = unsafe { self.cq.consume(scratch) };
+        free.extend_from_slice(&scratch[..n]);
+        n
+    }
+
+    /// Tops the fill ring up to `target` frames from `free` (each socket of
+    /// a loop gets its share of the UMEM; an empty fill ring drops frames).
+    pub fn refill(&mut self, free: &mut Vec<FrameDesc>, target: u32) {
+        let ring = self.fq.nb_free(u32::MAX);
+        let filled = self.fill_size.saturating_sub(ring);
+        let want = (target.saturating_sub(filled) as usize).min(free.len()).min(ring as usize);
+        if want > 0 {
+            let from = free.len() - want;
+            // SAFETY: the descriptors are free (in no ring), of this UMEM.
+            let done = unsafe { self.fq.produce(&free[from..]) };
+            free.truncate(free.len() - done);
+        }
+        if self.fq.needs_wakeup() {
+            let _ = self.fq.wakeup(self.rx.fd_mut(), 0);
+        }
+    }
+
+    /// Takes received frames into `descs`; returns how many.
+    pub fn receive(&mut self, descs: &mut [FrameDesc]) -> usize {
+        // SAFETY: the frames handed back are ours until given to a ring.
+        unsafe { self.rx.consume(descs) }
+    }
+
+    /// Queues frames for transmission; returns how many the ring took (the
+    /// rest stay the caller's).
+    pub fn transmit(&mut self, descs: &[FrameDesc]) -> usize {
+        if descs.is_empty() {
+            return 0;
+        }
+        // SAFETY: the descriptors are ours (received or copied into), of
+        // this loop's UMEM, and not in any other ring.
+        let n = unsafe { self.tx.produce(descs) };
+        // Copy mode transmits only on a kick (sendto), whatever the flag.
+        if n > 0 && (self.tx.needs_wakeup() || !self.mode.zero_copy) {
+            let _ = self.tx.wakeup();
+        }
+        n
+    }
+}
