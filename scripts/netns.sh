@@ -36,16 +36,24 @@ vm() { # name mac ipv4 ipv6
   ip -n "$ns" addr add "$4/48" dev eth0 nodad
   ip -n "$ns" link set lo up
   ip -n "$ns" link set eth0 up
+  no_offload "$ns"
   ip -n "$ns" route add default via 10.0.255.1
   ip link set "tap-$1" up
   # The switch's sockets take every frame; no host stack on these.
   sysctl -qw "net.ipv6.conf.tap-$1.disable_ipv6=1"
 }
 
+# veth hands frames over with checksums left to offload (CHECKSUM_PARTIAL);
+# XDP sees them unfinished and would forward bad checksums, so the senders
+# compute them (a VM's virtio NIC is configured the same way).
+no_offload() {
+  ip netns exec "$1" ethtool -K eth0 tx off >/dev/null
+}
+
 up() {
   down
   for v in "${VMS[@]}"; do
-    IFS=: read -r name m1 m2 m3 m4 m5 m6 v4 v6rest <<<"$v"
+    IFS=: read -r name m1 m2 m3 m4 m5 m6 v4 _ <<<"$v"
     v6=${v#*:*:*:*:*:*:*:*:}
     vm "$name" "$m1:$m2:$m3:$m4:$m5:$m6" "$v4" "$v6"
   done
@@ -58,6 +66,7 @@ up() {
   ip -n "$ns" addr add 203.0.113.9/32 dev eth0
   ip -n "$ns" link set lo up
   ip -n "$ns" link set eth0 up
+  no_offload "$ns"
   ip link set sgs-uplink up
   sysctl -qw net.ipv6.conf.sgs-uplink.disable_ipv6=1
 }

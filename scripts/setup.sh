@@ -5,6 +5,11 @@ set -euo pipefail
 need=()
 command -v cargo >/dev/null || { echo "setup: cargo is missing: install Rust (rustup) first" >&2; exit 2; }
 command -v python3 >/dev/null || need+=(python3)
+# xsk-rs builds libxdp and libbpf from source; the datapath tests and the demo
+# use iproute2 (namespaces, veth), ethtool, ping and netcat.
+for pkg in libelf-dev zlib1g-dev pkg-config clang m4 libpcap-dev iproute2 iputils-ping netcat-openbsd ethtool; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
 if ! rustup component list --installed 2>/dev/null | grep -q '^clippy'; then rustup component add clippy rustfmt >/dev/null 2>&1 || true; fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then echo "setup: need ${need[*]}; run as root or install them" >&2; exit 2; fi

@@ -116,7 +116,9 @@ fn watch(dir: &Path, published: &ArcSwap<Published>, zones: &mut Zones, generati
     use notify::Watcher;
     let (tx, rx) = std::sync::mpsc::channel();
     let watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
-        if e.is_ok_and(|e| !e.kind.is_access()) {
+        // Configuration files only (editors' swap files and logs beside
+        // them do not count).
+        if e.is_ok_and(|e| !e.kind.is_access() && e.paths.iter().any(|p| p.extension().is_some_and(|x| x == "toml"))) {
             let _ = tx.send(());
         }
     });
@@ -269,15 +271,17 @@ fn poll_loop(
     while !stop.load(Ordering::Relaxed) {
         let latest = published.load();
         if !Arc::ptr_eq(&latest, &current) {
-            current = arc_swap::Guard::into_inner(latest);
+            let next = arc_swap::Guard::into_inner(latest);
+            // The old plan's rule hits are named by the old plan.
+            let old = pipe.adopt(&next.plan);
+            fold(&mut report, &current.plan, old);
+            current = next;
             for &z in &current.gone {
                 pipe.conntrack.flush(Some(z));
             }
             if let Err(e) = reconcile(&current.plan, &mem, host, &mut socks, &mut by_port, cap) {
                 eprintln!("sgswitch: {e}; the port stays without a socket until the next reload");
             }
-            let old = pipe.adopt(&current.plan);
-            fold(&mut report, &current.plan, old);
         }
         let plan = &current.plan;
         let now = Now(u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX));
