@@ -2,34 +2,12 @@
 //! library (load + reference evaluator) and through the `sgswitch` binary
 //! (`trace --batch --json`), against the expected decisions.
 
-use std::net::IpAddr;
-
-use sgswitch_config::{Direction, load_dir, parse_protocol};
-use sgswitch_filter::{By, Policy, Query};
-use sgswitch_tests::{Case, Expected, PacketCase, Proto, conformance_cases, write_dir};
+use sgswitch_config::load_dir;
+use sgswitch_filter::{By, Policy};
+use sgswitch_tests::{Case, Expected, conformance_cases, write_dir};
 
 fn sgswitch(args: &[&str]) -> std::process::Output {
     sgswitch_tests::run(env!("CARGO_BIN_EXE_sgswitch"), args)
-}
-
-fn query(p: &PacketCase) -> Query {
-    let direction = if p.direction == "ingress" { Direction::Ingress } else { Direction::Egress };
-    let proto = match &p.proto {
-        Proto::Name(n) => parse_protocol(n).flatten().expect("a packet protocol"),
-        Proto::Number(n) => *n,
-    };
-    let ip = |s: &str| s.parse::<IpAddr>().expect("IP address");
-    Query {
-        port: p.port.clone(),
-        direction,
-        proto,
-        remote: ip(&p.remote),
-        local: p.local.as_deref().map(ip),
-        remote_port: p.remote_port,
-        local_port: p.local_port,
-        icmp_type: p.icmp_type,
-        icmp_code: p.icmp_code,
-    }
 }
 
 /// Runs one case both ways; returns a message per mismatch.
@@ -46,7 +24,7 @@ fn run_case(file: &str, case: &Case) -> Vec<String> {
     let policy = Policy::new(cfg);
     for (i, p) in case.packets.iter().enumerate() {
         let want = Expected::parse(&p.expect);
-        let (port, pkt) = match policy.resolve(&query(p)) {
+        let (port, pkt) = match policy.resolve(&p.query()) {
             Ok(x) => x,
             Err(e) => {
                 fails.push(format!("{}: cannot resolve: {e}", at(i)));

@@ -6,10 +6,10 @@
 use std::net::IpAddr;
 
 use serde_json::Value;
-use sgswitch_config::{Direction, load_dir, parse_protocol};
-use sgswitch_filter::{Policy, Query};
+use sgswitch_config::{Direction, load_dir};
+use sgswitch_filter::Policy;
 use sgswitch_tests::frames::{self, BROADCAST, Ends, Mac, UPLINK_MAC};
-use sgswitch_tests::{Expected, Proto, conformance_cases, write_dir};
+use sgswitch_tests::{Expected, conformance_cases, write_dir};
 
 fn sgswitch(args: &[&str]) -> std::process::Output {
     sgswitch_tests::run(env!("CARGO_BIN_EXE_sgswitch"), args)
@@ -89,25 +89,10 @@ fn conformance_rows_with_real_frames() {
         let policy = Policy::new(load_dir(dir.path()).unwrap_or_else(|e| panic!("{file}: {}: {e}", case.name)));
         let mut frames_in = Vec::new();
         for p in &case.packets {
-            let proto = match &p.proto {
-                Proto::Name(n) => parse_protocol(n).flatten().expect("protocol"),
-                Proto::Number(n) => *n,
-            };
-            let direction = if p.direction == "ingress" { Direction::Ingress } else { Direction::Egress };
-            let q = Query {
-                port: p.port.clone(),
-                direction,
-                proto,
-                remote: ip(&p.remote),
-                local: p.local.as_deref().map(ip),
-                remote_port: p.remote_port,
-                local_port: p.local_port,
-                icmp_type: p.icmp_type,
-                icmp_code: p.icmp_code,
-            };
-            let (port, pkt) = policy.resolve(&q).expect("resolvable packet");
+            let q = p.query();
+            let (proto, direction) = (q.proto, q.direction);
+            let (_, pkt) = policy.resolve(&q).expect("resolvable packet");
             let mac = port_mac(port_ids.iter().position(|id| *id == p.port).expect("port"));
-            let _ = port;
             let (e, sport, dport) = match direction {
                 Direction::Ingress => {
                     (Ends { src_mac: UPLINK_MAC, dst_mac: mac, src: pkt.remote, dst: pkt.local }, pkt.remote_port, pkt.local_port)

@@ -203,3 +203,27 @@ pub fn conformance_cases() -> Vec<(String, Case)> {
     }
     out
 }
+
+impl PacketCase {
+    /// The packet as a policy query (what `trace` asks).
+    pub fn query(&self) -> sgswitch_filter::Query {
+        use sgswitch_config::Direction;
+        let direction = if self.direction == "ingress" { Direction::Ingress } else { Direction::Egress };
+        let proto = match &self.proto {
+            Proto::Name(n) => sgswitch_config::parse_protocol(n).flatten().expect("a packet protocol"),
+            Proto::Number(n) => *n,
+        };
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("IP address");
+        sgswitch_filter::Query {
+            port: self.port.clone(),
+            direction,
+            proto,
+            remote: ip(&self.remote),
+            local: self.local.as_deref().map(ip),
+            remote_port: self.remote_port,
+            local_port: self.local_port,
+            icmp_type: self.icmp_type,
+            icmp_code: self.icmp_code,
+        }
+    }
+}
