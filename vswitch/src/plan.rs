@@ -133,6 +133,17 @@ impl Plan {
         Plan { compiled, ports, by_mac, by_net, blocked_egress, infra_allow, generation, rule_base, rules_total: total, zones }
     }
 
+    /// The plan of `cfg` with zones from `zones` (kept across reloads), and
+    /// the zones of ports that went away since the last call.
+    ///
+    /// # Errors
+    /// More ports than [`MAX_PORTS`].
+    pub fn build(cfg: Config, zones: &mut Zones, generation: u32) -> Result<(Plan, Vec<Zone>), String> {
+        let ids: Vec<&str> = cfg.ports.iter().map(|p| p.id.as_str()).collect();
+        let (assigned, gone) = zones.assign(&ids)?;
+        Ok((Plan::new(cfg, &assigned, generation), gone))
+    }
+
     pub fn policy(&self) -> &Policy {
         self.compiled.policy()
     }

@@ -50,9 +50,8 @@ pub struct Published {
 /// The configuration's file:line messages.
 pub fn load(dir: &Path, zones: &mut Zones, generation: u32) -> Result<Published, String> {
     let cfg: Config = load_dir(dir).map_err(|e| e.to_string())?;
-    let ids: Vec<&str> = cfg.ports.iter().map(|p| p.id.as_str()).collect();
-    let (z, gone) = zones.assign(&ids)?;
-    Ok(Published { plan: Plan::new(cfg, &z, generation), gone })
+    let (plan, gone) = Plan::build(cfg, zones, generation)?;
+    Ok(Published { plan, gone })
 }
 
 /// What the loop reports back for the shutdown summary.

@@ -14,9 +14,7 @@ mod counting_alloc;
 
 fn examples() -> Plan {
     let cfg = sgswitch_config::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")).expect("examples load");
-    let ids: Vec<&str> = cfg.ports.iter().map(|p| p.id.as_str()).collect();
-    let (zones, _) = Zones::default().assign(&ids).expect("zones");
-    Plan::new(cfg, &zones, 1)
+    Plan::build(cfg, &mut Zones::default(), 1).expect("zones").0
 }
 
 fn pipeline(plan: &Plan) -> Pipeline<u32> {

@@ -33,9 +33,7 @@ fn plan(rules: usize) -> Plan {
     let mut cfg: Config = sgshape::config(rules, 42);
     cfg.ports[0].mac = Some(Mac(PORT_MAC));
     cfg.host.conntrack.per_port_capacity = cfg.host.conntrack.capacity;
-    let ids: Vec<&str> = cfg.ports.iter().map(|p| p.id.as_str()).collect();
-    let (zones, _) = Zones::default().assign(&ids).expect("one port");
-    Plan::new(cfg, &zones, 1)
+    Plan::build(cfg, &mut Zones::default(), 1).expect("one port").0
 }
 
 /// A 64-byte frame (60 bytes without the FCS, padded) for a packet arriving

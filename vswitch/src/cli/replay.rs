@@ -28,9 +28,7 @@ pub(crate) struct ReplayArgs {
 /// The plan of a configuration directory, zones numbered from 0.
 pub(crate) fn load_plan(dir: &Path) -> Result<Plan, CliError> {
     let cfg: Config = load_dir(dir).map_err(CliError::Config)?;
-    let ids: Vec<&str> = cfg.ports.iter().map(|p| p.id.as_str()).collect();
-    let (zones, _) = sgswitch::plan::Zones::default().assign(&ids).map_err(CliError::Usage)?;
-    Ok(Plan::new(cfg, &zones, 1))
+    Plan::build(cfg, &mut sgswitch::plan::Zones::default(), 1).map(|(plan, _)| plan).map_err(CliError::Usage)
 }
 
 pub(crate) fn run(args: &ReplayArgs) -> Result<(), CliError> {
