@@ -300,8 +300,7 @@ impl<H: Copy> Pipeline<H> {
                         Source::Uplink => plan.port_by_mac(dst),
                     };
                     if let Some(zone) = port.and_then(|p| plan.ports.get(p)).map(|p| p.zone) {
-                        let (sport, dport) = ip.ports();
-                        tuples[n] = Tuple { zone, proto: ip.proto, src: ip.src, dst: ip.dst, sport, dport };
+                        tuples[n] = tuple(ip, zone);
                         n += 1;
                     }
                 }
@@ -534,8 +533,7 @@ impl<H: Copy> Pipeline<H> {
             // fragment tracker drops it as tiny.
             return done(Action::Drop, Reason::Fragment);
         }
-        let (sport, dport) = ip.ports();
-        let t = Tuple { zone: port.zone, proto: ip.proto, src: ip.src, dst: ip.dst, sport, dport };
+        let t = tuple(ip, port.zone);
         let info = match ip.l4 {
             L4::Tcp(tcp) => PacketInfo { tcp_flags: tcp.flags, tcp_seq: tcp.seq, payload_len: tcp.payload_len, wire_len: pd.len },
             L4::Udp { payload_len, .. } => PacketInfo { payload_len, wire_len: pd.len, ..PacketInfo::default() },
@@ -568,11 +566,6 @@ impl<H: Copy> Pipeline<H> {
             ct::Outcome::Full => done(Action::Drop, Reason::ConntrackFull),
         }
     }
-
-    /// The zone a port's flows live in (for listing and flushing).
-    pub fn zone_of(plan: &Plan, p: PortIdx) -> Option<Zone> {
-        plan.ports.get(p).map(|x| x.zone)
-    }
 }
 
 fn flip(d: Direction) -> Direction {
@@ -590,19 +583,15 @@ fn sides(ip: &Ip, d: Direction) -> (IpAddr, IpAddr) {
     }
 }
 
+/// A packet's flow tuple in `zone`.
+fn tuple(ip: &Ip, zone: Zone) -> Tuple {
+    let (sport, dport) = ip.ports();
+    Tuple { zone, proto: ip.proto, src: ip.src, dst: ip.dst, sport, dport }
+}
+
 /// The policy's view of a packet in direction `d`.
 fn packet(ip: &Ip, d: Direction) -> Packet {
-    let (remote, local) = sides(ip, d);
-    let (sport, dport) = ip.ports();
-    let (remote_port, local_port) = match d {
-        Direction::Ingress => (sport, dport),
-        Direction::Egress => (dport, sport),
-    };
-    let (icmp_type, icmp_code) = match ip.l4 {
-        L4::Icmp(Icmp { typ, code, .. }) => (typ, code),
-        _ => (0, 0),
-    };
-    Packet { direction: d, proto: ip.proto, remote, local, remote_port, local_port, icmp_type, icmp_code }
+    tuple_packet(&tuple(ip, 0), d, ip)
 }
 
 /// The policy's view of a flow's first packet given as a tuple (ICMP type
