@@ -550,6 +550,15 @@ fn malformed_frames_are_dropped_and_counted() {
     for l in &lines {
         assert_eq!((l["action"].as_str(), l["reason"].as_str()), (Some("drop"), Some("malformed")), "{l}");
     }
+    // A broken frame from a VM's MAC is that port's egress (the capture
+    // rule of the contract), counted there.
+    let mut from_vm_bad = frames::tcp(&from_vm(WEB, "10.0.0.11", UPLINK_MAC, "192.0.2.7"), 40000, 80, "S", 1, 0, b"");
+    from_vm_bad[14] = 0x4f;
+    let lines = replay(dir.path(), &[(0, from_vm_bad)]);
+    assert_eq!(
+        (lines[0]["reason"].as_str(), lines[0]["port"].as_str(), lines[0]["direction"].as_str()),
+        (Some("malformed"), Some("eni-web1"), Some("egress"))
+    );
     let out = sgswitch(&["replay", dir.path().to_str().expect("utf-8"), "--pcap", "/nonexistent/capture.pcap"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/capture.pcap"));

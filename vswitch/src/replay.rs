@@ -93,7 +93,9 @@ pub fn run(plan: &Plan, frames: &[Captured], seed: u64) -> Vec<Outcome> {
     for (i, f) in frames.iter().enumerate() {
         now = now.max(ms(f.ts));
         pipe.tick(plan, now);
-        let src = crate::parse::parse(&f.data).ok().and_then(|fr| plan.port_by_mac(&fr.src)).map_or(Source::Uplink, Source::Port);
+        // The source MAC (bytes 6..12) says which side sent the frame.
+        let src_mac = f.data.get(6..12).and_then(|m| <[u8; 6]>::try_from(m).ok());
+        let src = src_mac.and_then(|m| plan.port_by_mac(&m)).map_or(Source::Uplink, Source::Port);
         let o = pipe.process(plan, src, &f.data, now, i);
         if o.action != Action::Held {
             out[i] = Some(o);
