@@ -141,20 +141,11 @@ pub fn fragment_v4(frame: &[u8], size: usize, id: u16) -> Vec<Vec<u8>> {
             let units = u16::try_from(i * size / 8).expect("offset fits");
             let mf = if i + 1 < n { 0x2000 } else { 0 };
             f[20..22].copy_from_slice(&(mf | units).to_be_bytes());
-            f[24..26].copy_from_slice(&[0, 0]);
-            let sum = checksum(&f[14..14 + ihl]);
-            f[24..26].copy_from_slice(&sum.to_be_bytes());
+            let (header, _) = etherparse::Ipv4Header::from_slice(&f[14..]).expect("the header just written");
+            f[24..26].copy_from_slice(&header.calc_header_checksum().to_be_bytes());
             f
         })
         .collect()
-}
-
-fn checksum(h: &[u8]) -> u16 {
-    let mut s: u32 = h.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    !u16::try_from(s).expect("folded")
 }
 
 /// Writes frames, each with its time in milliseconds, as a pcap file.
