@@ -192,19 +192,13 @@ fn reconcile(
     cap: usize,
 ) -> Result<(), String> {
     let wanted: Vec<Option<&str>> = plan.ports.iter().map(|p| p.interface.as_deref()).collect();
-    // Keep the uplink (index 0) and ports still configured.
-    let mut keep = vec![true];
-    for s in socks.iter().skip(1) {
-        keep.push(wanted.contains(&Some(s.sock.interface.as_str())));
-    }
-    let mut i = 0;
+    // Keep the uplink (it stays first) and ports still configured.
     socks.retain(|s| {
-        let k = keep[i];
-        i += 1;
-        if !k {
+        let keep = s.src == Source::Uplink || wanted.contains(&Some(s.sock.interface.as_str()));
+        if !keep {
             eprintln!("sgswitch: {}: port removed, socket closed", s.sock.interface);
         }
-        k
+        keep
     });
     by_port.clear();
     for (p, w) in wanted.iter().enumerate() {
