@@ -170,7 +170,19 @@ fn parse_host(src: &mut Source<'_>, t: &Table<'_, '_>) -> Host {
     let mut h = Host::default();
     t.only_keys(
         src,
-        &["policy_model", "on_policy_change", "blocked_egress", "infra_allow", "uplink", "datapath", "metrics", "conntrack", "limits"],
+        &[
+            "policy_model",
+            "on_policy_change",
+            "blocked_egress",
+            "infra_allow",
+            "uplink",
+            "datapath",
+            "metrics",
+            "control",
+            "flow_log",
+            "conntrack",
+            "limits",
+        ],
     );
     if let Some(m) = t.choice(src, "policy_model", &["priority", "ordered", "union"]) {
         h.policy_model = match m.v.as_str() {
@@ -242,6 +254,35 @@ fn parse_host(src: &mut Source<'_>, t: &Table<'_, '_>) -> Host {
                 Err(_) => src.error(&l.span, format!("`listen` = \"{}\" is not an address:port such as \"127.0.0.1:9469\"", l.v)),
             }
         }
+    }
+    if let Some(c) = t.table(src, "control") {
+        c.only_keys(src, &["socket"]);
+        if let Some(p) = c.string(src, "socket") {
+            if p.v.is_empty() || p.v.len() > 107 {
+                src.error(&p.span, format!("`socket` = \"{}\" must be a path of 1 to 107 bytes (a Unix socket address)", p.v));
+            } else {
+                h.control_socket = PathBuf::from(&p.v);
+            }
+        }
+    }
+    if let Some(f) = t.table(src, "flow_log") {
+        f.only_keys(src, &["enabled", "path", "rate", "burst", "sample", "repeat_after"]);
+        let fl = &mut h.flow_log;
+        fl.enabled = f.boolean(src, "enabled").unwrap_or(fl.enabled);
+        if let Some(p) = f.string(src, "path") {
+            fl.to = match p.v.as_str() {
+                "" => {
+                    src.error(&p.span, "`path` must be \"stderr\" or a file path");
+                    FlowLogTo::Stderr
+                }
+                "stderr" => FlowLogTo::Stderr,
+                path => FlowLogTo::File(PathBuf::from(path)),
+            };
+        }
+        fl.rate = f.u32_in(src, "rate", 1, 1_000_000).unwrap_or(fl.rate);
+        fl.burst = f.u32_in(src, "burst", 1, 1_000_000).unwrap_or(fl.burst);
+        fl.sample = f.u32_in(src, "sample", 1, 1_000_000).unwrap_or(fl.sample);
+        fl.repeat_after = f.u32_in(src, "repeat_after", 0, 86_400).unwrap_or(fl.repeat_after);
     }
     if let Some(c) = t.table(src, "conntrack") {
         c.only_keys(src, &["capacity", "per_port_capacity", "tcp_strict", "timeouts"]);

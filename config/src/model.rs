@@ -160,8 +160,39 @@ pub struct Host {
     pub uplink_interface: Option<String>,
     pub datapath: Datapath,
     pub metrics_listen: SocketAddr,
+    /// The control socket `sgswitch ctl` talks to (`[control] socket`).
+    pub control_socket: PathBuf,
+    pub flow_log: FlowLog,
     pub conntrack: Conntrack,
     pub limits: Limits,
+}
+
+/// Where the flow log of denied packets goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FlowLogTo {
+    Stderr,
+    /// A file, appended to.
+    File(PathBuf),
+}
+
+/// `[flow_log]`: one line per denied flow, rate-limited and sampled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowLog {
+    pub enabled: bool,
+    pub to: FlowLogTo,
+    /// Lines per second at most (a token bucket of `burst` lines).
+    pub rate: u32,
+    pub burst: u32,
+    /// Log one denied flow in `sample`.
+    pub sample: u32,
+    /// A flow is logged at most once per this many seconds.
+    pub repeat_after: u32,
+}
+
+impl Default for FlowLog {
+    fn default() -> Self {
+        FlowLog { enabled: false, to: FlowLogTo::Stderr, rate: 100, burst: 200, sample: 1, repeat_after: 10 }
+    }
 }
 
 impl Default for Host {
@@ -174,6 +205,8 @@ impl Default for Host {
             uplink_interface: None,
             datapath: Datapath::default(),
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9469)),
+            control_socket: PathBuf::from("/run/sgswitch.sock"),
+            flow_log: FlowLog::default(),
             conntrack: Conntrack::default(),
             limits: Limits::default(),
         }

@@ -3,9 +3,14 @@
 //! (`main.rs`) is the command line around it.
 #![deny(unsafe_code)]
 
+pub mod control;
+pub mod flowlog;
+pub mod metrics;
 pub mod parse;
 pub mod pipeline;
 pub mod plan;
 pub mod replay;
+pub mod request;
 pub mod run;
+pub mod stats;
 pub mod xdp;

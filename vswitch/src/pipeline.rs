@@ -27,13 +27,17 @@
 //!   uplink (a flow the remote side opened from port 25 is not blocked).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use sgswitch_config::{Direction, Host};
 use sgswitch_conntrack::{self as ct, Follow, FragKey, FragSettings, Fragment, Fragments, Now, PacketInfo, Tuple, Zone};
 use sgswitch_filter::{By, Decision, Key, Packet, PortIdx, RuleRef, Verdict};
 
+use crate::flowlog::FlowLog;
 use crate::parse::{self, Frame, Icmp, Ip, L4, MacAddr, Net};
 use crate::plan::{MAX_PORTS, Plan, PortPlan};
+pub use crate::stats::REASONS;
+use crate::stats::{Counters, RuleHits};
 
 /// Where a frame came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,24 +90,6 @@ pub enum Reason {
     NoPort,
 }
 
-/// Reason kinds, the counter index.
-pub const REASONS: [&str; 14] = [
-    "established",
-    "related",
-    "rule",
-    "intra-group",
-    "default",
-    "spoof",
-    "invalid",
-    "blocked-egress",
-    "conntrack-full",
-    "infrastructure",
-    "fragment",
-    "malformed",
-    "non-ip",
-    "no-port",
-];
-
 impl Reason {
     pub fn kind(self) -> usize {
         match self {
@@ -145,30 +131,6 @@ pub struct Outcome {
     /// The port whose policy or checks decided, and in which direction.
     pub port: Option<PortIdx>,
     pub direction: Direction,
-}
-
-/// Counters of one port (index 0 of [`Counters::ports`] is traffic that
-/// belongs to no port: malformed or unknown uplink frames).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PortCounters {
-    /// `[direction][forwarded?][reason kind]`: (packets, bytes).
-    pub by: [[[(u64, u64); REASONS.len()]; 2]; 2],
-}
-
-impl Default for PortCounters {
-    fn default() -> Self {
-        PortCounters { by: [[[(0, 0); REASONS.len()]; 2]; 2] }
-    }
-}
-
-/// One loop's counters: single writer, read when scraped.
-#[derive(Clone, Debug)]
-pub struct Counters {
-    /// Per zone + 1.
-    pub ports: Vec<PortCounters>,
-    /// Hits per rule of the current plan (see [`Plan::rule_slot`]).
-    pub rule_hits: Vec<u64>,
-    pub rule_hits_generation: u32,
 }
 
 fn dir_ix(d: Direction) -> usize {
@@ -223,7 +185,12 @@ const EXPIRE_BUDGET: usize = 64;
 pub struct Pipeline<H> {
     pub conntrack: ct::Table,
     frags: Fragments<Pending<H>>,
-    pub counters: Counters,
+    /// Shared with the metrics endpoint (see [`crate::stats`]).
+    pub counters: Arc<Counters>,
+    /// Where denied packets are logged, if anywhere.
+    pub flow_log: Option<FlowLog>,
+    /// The current plan's rule hits (also published in `counters`).
+    hits: Arc<RuleHits>,
     /// Released fragments not yet finished (scratch, preallocated).
     scratch: Vec<(Pending<H>, bool)>,
     /// Finished outcomes of fragments that were held.
@@ -232,11 +199,18 @@ pub struct Pipeline<H> {
 
 impl<H: Copy> Pipeline<H> {
     pub fn new(settings: ct::Settings, frag: FragSettings) -> Pipeline<H> {
+        Pipeline::with_counters(settings, frag, Arc::new(Counters::default()))
+    }
+
+    /// A pipeline that counts into `counters` (shared with a scraper).
+    pub fn with_counters(settings: ct::Settings, frag: FragSettings, counters: Arc<Counters>) -> Pipeline<H> {
         let held = frag.held as usize;
         Pipeline {
             conntrack: ct::Table::new(settings, MAX_PORTS),
             frags: Fragments::new(frag),
-            counters: Counters { ports: vec![PortCounters::default(); MAX_PORTS + 1], rule_hits: Vec::new(), rule_hits_generation: 0 },
+            counters,
+            flow_log: None,
+            hits: Arc::new(RuleHits::new(0, Arc::from([]))),
             scratch: Vec::with_capacity(held + 1),
             released: Vec::with_capacity(held + 1),
         }
@@ -246,16 +220,15 @@ impl<H: Copy> Pipeline<H> {
         &self.frags
     }
 
-    /// Makes the rule-hit counters fit `plan`, if it is a new one; returns
-    /// the previous plan's hits (to be folded by name). Call between
-    /// batches, never per packet: this allocates once per reload.
-    pub fn adopt(&mut self, plan: &Plan) -> Option<(u32, Vec<u64>)> {
-        if self.counters.rule_hits_generation == plan.generation && self.counters.rule_hits.len() == plan.rules_total() {
-            return None;
+    /// Makes the rule-hit counters fit `plan`, if it is a new one, and
+    /// publishes them (the old plan's hits are folded by rule label). Call
+    /// between batches, never per packet: this allocates once per reload.
+    pub fn adopt(&mut self, plan: &Plan) {
+        if self.hits.generation == plan.generation && self.hits.hits.len() == plan.rules_total() {
+            return;
         }
-        let old = std::mem::replace(&mut self.counters.rule_hits, vec![0; plan.rules_total()]);
-        let generation = std::mem::replace(&mut self.counters.rule_hits_generation, plan.generation);
-        Some((generation, old))
+        self.hits = Arc::new(RuleHits::new(plan.generation, Arc::clone(&plan.rule_labels)));
+        self.counters.publish_rules(Arc::clone(&self.hits));
     }
 
     /// Amortised housekeeping, once per loop iteration: expires a bounded
@@ -317,7 +290,16 @@ impl<H: Copy> Pipeline<H> {
     fn decide(&mut self, plan: &Plan, src: Source, parsed: Result<Frame, parse::Malformed>, len: usize, now: Now, handle: H) -> Outcome {
         let len = u32::try_from(len).unwrap_or(u32::MAX);
         let out = match parsed {
-            Ok(frame) => self.frame(plan, src, &frame, now, handle),
+            Ok(frame) => {
+                let o = self.frame(plan, src, &frame, now, handle);
+                if o.action == Action::Drop
+                    && let Some(log) = self.flow_log.as_mut()
+                    && let Net::Ip(ip) = &frame.net
+                {
+                    log.offer(now, plan.generation, &o, ip);
+                }
+                o
+            }
             Err(_) => {
                 let (port, direction) = match src {
                     Source::Port(p) => (Some(p), Direction::Egress),
@@ -336,16 +318,16 @@ impl<H: Copy> Pipeline<H> {
         }
         let slot = o.port.and_then(|p| plan.ports.get(p)).map_or(0, |p| usize::from(p.zone) + 1);
         let fwd = usize::from(matches!(o.action, Action::Forward(_)));
-        if let Some(c) = self.counters.ports.get_mut(slot) {
-            let cell = &mut c.by[dir_ix(o.direction)][fwd][o.reason.kind()];
-            cell.0 += 1;
-            cell.1 += u64::from(len);
+        if let Some(c) = self.counters.ports.get(slot) {
+            let cell = &c.by[dir_ix(o.direction)][fwd][o.reason.kind()];
+            cell.packets.add(1);
+            cell.bytes.add(u64::from(len));
         }
         if let Reason::Rule(r) = o.reason
-            && self.counters.rule_hits_generation == plan.generation
-            && let Some(h) = self.counters.rule_hits.get_mut(plan.rule_slot(r))
+            && self.hits.generation == plan.generation
+            && let Some(h) = self.hits.hits.get(plan.rule_slot(r))
         {
-            *h += 1;
+            h.add(1);
         }
     }
 

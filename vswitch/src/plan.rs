@@ -16,6 +16,7 @@ use sgswitch_conntrack::Zone;
 use sgswitch_filter::{Compiled, Policy, PortIdx};
 
 use crate::parse::MacAddr;
+use crate::stats::RuleLabel;
 
 /// Most ports one switch serves (conntrack zones are `u16`; this bounds the
 /// per-zone arrays).
@@ -95,6 +96,8 @@ pub struct Plan {
     /// rule count (egress rules follow); the last element is the total.
     rule_base: Vec<(u32, u32)>,
     rules_total: u32,
+    /// Each rule slot's name, for rule-hit metrics and the flow log.
+    pub rule_labels: Arc<[RuleLabel]>,
     /// Highest zone in use + 1.
     pub zones: usize,
 }
@@ -128,9 +131,38 @@ impl Plan {
             rule_base.push((total, i));
             total = total.saturating_add(i).saturating_add(e);
         }
+        let mut rule_labels = Vec::with_capacity(total as usize);
+        for g in &cfg.groups {
+            let group: Arc<str> = Arc::from(g.id.as_str());
+            for d in sgswitch_config::Direction::ALL {
+                for (i, r) in g.rules(d).iter().enumerate() {
+                    rule_labels.push(RuleLabel {
+                        group: Arc::clone(&group),
+                        direction: d.as_str(),
+                        index: u16::try_from(i).unwrap_or(u16::MAX),
+                        action: match r.action {
+                            sgswitch_config::Action::Allow => "allow",
+                            sgswitch_config::Action::Deny => "deny",
+                        },
+                    });
+                }
+            }
+        }
         let zones = zones.iter().map(|&z| usize::from(z) + 1).max().unwrap_or(0);
         let compiled = Compiled::new(Arc::new(Policy::new(cfg)), u64::from(generation));
-        Plan { compiled, ports, by_mac, by_net, blocked_egress, infra_allow, generation, rule_base, rules_total: total, zones }
+        Plan {
+            compiled,
+            ports,
+            by_mac,
+            by_net,
+            blocked_egress,
+            infra_allow,
+            generation,
+            rule_base,
+            rules_total: total,
+            rule_labels: rule_labels.into(),
+            zones,
+        }
     }
 
     /// The plan of `cfg` with zones from `zones` (kept across reloads), and

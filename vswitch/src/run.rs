@@ -1,41 +1,55 @@
 //! `sgswitch run`: the switch. A control thread (the caller's) loads,
 //! validates and compiles configurations and publishes them; a poll loop,
 //! pinned to its core, moves frames between the ports' and the uplink's
-//! AF_XDP sockets through the pipeline.
+//! AF_XDP sockets through the pipeline. Beside them: the metrics endpoint
+//! ([`crate::metrics`]), the control socket ([`crate::control`]) and the
+//! flow-log writer ([`crate::flowlog`]), each its own thread that reads the
+//! loop's counters and never makes the loop wait.
 //!
 //! - **Reload**: a change under the configuration directory (inotify through
-//!   the `notify` crate, debounced 200 ms) or SIGHUP loads the directory
-//!   again. A valid configuration is compiled off the hot path and published
-//!   with one atomic swap ([`arc_swap`]); the loop picks it up between
-//!   batches, opens the sockets of new ports and closes those of removed
-//!   ones, and flushes a removed port's flows. An invalid one is refused
-//!   with its file:line messages on stderr; the running one stays.
+//!   the `notify` crate, debounced 200 ms), SIGHUP or `sgswitch ctl reload`
+//!   loads the directory again. A valid configuration is compiled off the
+//!   hot path and published with one atomic swap ([`arc_swap`]); the loop
+//!   picks it up between batches, opens the sockets of new ports and closes
+//!   those of removed ones, and flushes a removed port's flows. An invalid
+//!   one is refused with its file:line messages in the log; the running one
+//!   stays. `[metrics]`, `[control]`, `[flow_log]` and `[datapath]` are read
+//!   at start only.
 //! - **Shutdown**: SIGINT or SIGTERM stops the loop; dropping the sockets
 //!   detaches the XDP programs libxdp attached, so nothing is left on the
-//!   interfaces.
+//!   interfaces; the control socket's file is removed.
 //! - **One poll loop** runs on the first core of `[datapath] cores`; the
-//!   others are not used yet (the pipeline and conntrack are per-loop, ready
-//!   for more loops; the hand-over between loops is not built).
+//!   others are not used yet (the pipeline, conntrack and the counters are
+//!   per loop, ready for more loops; the hand-over between loops is not
+//!   built).
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use sgswitch_config::{Config, Host, load_dir};
-use sgswitch_conntrack::{FragSettings, Now, Zone};
+use sgswitch_conntrack::{self as ct, FragSettings, Now, Tuple, Zone};
+use tracing::{info, warn};
 use xsk_rs::FrameDesc;
 
-use crate::pipeline::{Action, Counters, Outcome, Pipeline, REASONS, Reason, Source, To, conntrack_settings};
+use crate::flowlog::{self, FlowLog};
+use crate::pipeline::{Action, Outcome, Pipeline, REASONS, Reason, Source, To, conntrack_settings};
 use crate::plan::{Plan, Zones};
+use crate::stats::{ControlStats, Counter, Counters, LoopStats, SocketStats};
 use crate::xdp::{Memory, Socket};
 
 /// Frames taken from one rx ring at a time.
 const BATCH: usize = 64;
 /// Free frames kept back from the fill rings for copies (floods).
 const KEEP_FOR_COPIES: usize = 256;
+/// How often a loop copies the kernel's socket statistics and its
+/// connection table's totals into its counters.
+const STATS_EVERY_MS: u64 = 250;
+/// Requests a loop takes from the control socket per iteration.
+const REQUESTS_PER_ITERATION: usize = 4;
 
 /// A configuration ready to publish, with the zones of ports that went away.
 #[derive(Debug)]
@@ -54,22 +68,95 @@ pub fn load(dir: &Path, zones: &mut Zones, generation: u32) -> Result<Published,
     Ok(Published { plan, gone })
 }
 
-/// What the loop reports back for the shutdown summary.
-#[derive(Debug, Default)]
-pub struct Report {
-    pub counters: Option<Counters>,
-    pub rule_hits: HashMap<(String, String, u16), u64>,
-    pub tx_dropped: u64,
-    /// (zone, port id) of the last configuration.
-    pub ports: Vec<(Zone, String)>,
+/// A flow as the control socket lists it: its original tuple, state and
+/// per-direction counts.
+pub type FlowRow = (Tuple, ct::State, ct::Counters);
+
+/// What the control socket asks of a poll loop (answered between batches).
+#[derive(Debug)]
+pub enum LoopRequest {
+    /// Up to `limit` flows (of one zone, or all), and how many there are.
+    Flows { zone: Option<Zone>, limit: usize, reply: SyncSender<(Vec<FlowRow>, usize)> },
+    /// Removes the flows of one zone, or all; replies how many.
+    Flush { zone: Option<Zone>, reply: SyncSender<usize> },
+    /// The live entry of a flow, if any.
+    Lookup { tuple: Tuple, reply: SyncSender<Option<(ct::State, ct::Counters)>> },
 }
 
-/// Runs the switch on `dir` until SIGINT or SIGTERM.
+/// Everything the switch's threads share.
+#[derive(Debug)]
+pub struct Shared {
+    pub dir: PathBuf,
+    /// `host.toml` as it was at start (the settings read once).
+    pub host: Host,
+    pub published: ArcSwap<Published>,
+    zones: Mutex<Zones>,
+    pub control: ControlStats,
+    pub loops: Vec<Arc<LoopStats>>,
+    pub requests: Vec<SyncSender<LoopRequest>>,
+    pub flow_log: Option<Arc<flowlog::Stats>>,
+    pub stop: AtomicBool,
+    pub started: SystemTime,
+}
+
+impl Shared {
+    /// Loads, validates, compiles and publishes `dir`; logs and counts the
+    /// outcome. Serialised: the file watcher, SIGHUP and `ctl reload` may
+    /// ask at once.
+    ///
+    /// # Errors
+    /// The new configuration's messages; the running one stays.
+    pub fn reload(&self, why: &str) -> Result<u64, String> {
+        let mut zones = self.zones.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let next = self.control.generation.load(Ordering::Relaxed) + 1;
+        let t = Instant::now();
+        match load(&self.dir, &mut zones, u32::try_from(next).unwrap_or(u32::MAX)) {
+            Ok(p) => {
+                let ports = p.plan.ports.len();
+                self.published.store(Arc::new(p));
+                self.control.generation.store(next, Ordering::Relaxed);
+                self.control.loaded_at_ms.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
+                self.control.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                info!(
+                    generation = next,
+                    ports,
+                    "reloaded ({why}): generation {next}, {ports} ports, compiled in {:.1} ms",
+                    t.elapsed().as_secs_f64() * 1e3
+                );
+                Ok(next)
+            }
+            Err(e) => {
+                self.control.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                warn!("reload ({why}) refused; the running configuration stays in force:\n{e}");
+                Err(e)
+            }
+        }
+    }
+
+    /// Asks loop `i` and waits for the answer (at most two seconds).
+    ///
+    /// # Errors
+    /// The loop is gone or did not answer in time.
+    pub fn ask<T>(&self, i: usize, make: impl FnOnce(SyncSender<T>) -> LoopRequest) -> Result<T, String> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let q = self.requests.get(i).ok_or("no such poll loop")?;
+        q.try_send(make(tx)).map_err(|_| format!("poll loop {i} is busy with other requests; try again"))?;
+        rx.recv_timeout(Duration::from_secs(2)).map_err(|_| format!("poll loop {i} did not answer"))
+    }
+}
+
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Runs the switch on `dir` until SIGINT or SIGTERM; returns the shutdown
+/// summary.
 ///
 /// # Errors
-/// The configuration is invalid, the uplink is not configured, or a socket
-/// cannot be opened (the message names the interface and the reason).
-pub fn run(dir: &Path) -> Result<Report, String> {
+/// The configuration is invalid, the uplink is not configured, a socket
+/// cannot be opened (the message names the interface and the reason), or
+/// the metrics address or control socket cannot be bound.
+pub fn run(dir: &Path) -> Result<String, String> {
     crate::xdp::quiet_libraries();
     let mut zones = Zones::default();
     let first = load(dir, &mut zones, 1)?;
@@ -82,37 +169,91 @@ pub fn run(dir: &Path) -> Result<Report, String> {
     }
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup)).map_err(|e| format!("installing signal handlers: {e}"))?;
 
-    let published = Arc::new(ArcSwap::from_pointee(first));
-    let generation = Arc::new(AtomicU64::new(1));
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    // Bind the operator's endpoints first: a taken address fails the start
+    // before any interface is touched.
+    let metrics = crate::metrics::bind(host.metrics_listen)?;
+    let control = crate::control::bind(&host.control_socket)?;
+
     let core = host.datapath.cores.first().copied().unwrap_or(0);
     if host.datapath.cores.len() > 1 {
-        eprintln!("sgswitch: one poll loop runs, on core {core}; more loops are not built yet (cores = {:?})", host.datapath.cores);
+        warn!("one poll loop runs, on core {core}; more loops are not built yet (cores = {:?})", host.datapath.cores);
     }
+    let stats = Arc::new(LoopStats::new(0, core, Arc::new(Counters::default())));
+    let (req_tx, req_rx) = std::sync::mpsc::sync_channel::<LoopRequest>(8);
+    let (log, writer) = match host.flow_log.enabled {
+        true => {
+            let (l, w) = FlowLog::new(&host.flow_log);
+            (Some(l), Some(w))
+        }
+        false => (None, None),
+    };
+    let shared = Arc::new(Shared {
+        dir: dir.to_owned(),
+        host: host.clone(),
+        published: ArcSwap::from_pointee(first),
+        zones: Mutex::new(zones),
+        control: ControlStats::default(),
+        loops: vec![Arc::clone(&stats)],
+        requests: vec![req_tx],
+        flow_log: log.as_ref().map(|l| Arc::clone(l.stats())),
+        stop: AtomicBool::new(false),
+        started: SystemTime::now(),
+    });
+    shared.control.generation.store(1, Ordering::Relaxed);
+    shared.control.loaded_at_ms.store(unix_ms(shared.started), Ordering::Relaxed);
+
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let writer = match writer.map(|w| w.start(Arc::clone(&shared))).transpose() {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = std::fs::remove_file(&host.control_socket);
+            return Err(e);
+        }
+    };
     let worker = {
-        let (published, stop) = (Arc::clone(&published), Arc::clone(&stop));
+        let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
         std::thread::Builder::new()
             .name(format!("sgswitch-loop-{core}"))
-            .spawn(move || poll_loop(&host, &uplink, core, &published, &stop, &ready_tx))
+            .spawn(move || poll_loop(&shared, &uplink, &stats, log, &req_rx, &stop, &ready_tx))
             .map_err(|e| format!("starting the poll loop: {e}"))?
+    };
+    let finish = |shared: &Shared| {
+        shared.stop.store(true, Ordering::Relaxed);
+        let _ = std::fs::remove_file(&shared.host.control_socket);
     };
     match ready_rx.recv() {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
+            finish(&shared);
             let _ = worker.join();
             return Err(e);
         }
-        Err(_) => return Err("the poll loop ended before it was ready".into()),
+        Err(_) => {
+            finish(&shared);
+            return Err("the poll loop ended before it was ready".into());
+        }
     }
-    eprintln!("sgswitch: running on {} (generation 1); SIGHUP or a file change reloads, SIGINT/SIGTERM stops", dir.display());
-    watch(dir, &published, &mut zones, &generation, &stop, &hup);
-    worker.join().map_err(|_| "the poll loop panicked".to_owned())?
+    let threads = [crate::metrics::serve(metrics, Arc::clone(&shared)), crate::control::serve(control, Arc::clone(&shared))];
+    info!(
+        metrics = %host.metrics_listen,
+        control = %host.control_socket.display(),
+        "running on {} (generation 1); SIGHUP or a file change reloads, SIGINT/SIGTERM stops",
+        dir.display()
+    );
+    watch(&shared, &stop, &hup);
+    let result = worker.join().map_err(|_| "the poll loop panicked".to_owned()).and_then(|r| r);
+    finish(&shared);
+    for t in threads.into_iter().flatten().chain(writer) {
+        let _ = t.join();
+    }
+    result.map(|()| summary(&shared))
 }
 
 /// The control thread: reloads on file changes (debounced) and SIGHUP until
 /// told to stop.
-fn watch(dir: &Path, published: &ArcSwap<Published>, zones: &mut Zones, generation: &AtomicU64, stop: &AtomicBool, hup: &AtomicBool) {
+fn watch(shared: &Shared, stop: &AtomicBool, hup: &AtomicBool) {
     use notify::Watcher;
+    let dir = &shared.dir;
     let (tx, rx) = std::sync::mpsc::channel();
     let watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
         // Configuration files only (editors' swap files and logs beside
@@ -125,12 +266,12 @@ fn watch(dir: &Path, published: &ArcSwap<Published>, zones: &mut Zones, generati
         Ok(mut w) => match w.watch(dir, notify::RecursiveMode::Recursive) {
             Ok(()) => Some(w),
             Err(e) => {
-                eprintln!("sgswitch: watching {} failed ({e}); reload with SIGHUP", dir.display());
+                warn!("watching {} failed ({e}); reload with SIGHUP", dir.display());
                 None
             }
         },
         Err(e) => {
-            eprintln!("sgswitch: cannot watch files ({e}); reload with SIGHUP");
+            warn!("cannot watch files ({e}); reload with SIGHUP");
             None
         }
     };
@@ -143,42 +284,32 @@ fn watch(dir: &Path, published: &ArcSwap<Published>, zones: &mut Zones, generati
         let signalled = hup.swap(false, Ordering::Relaxed);
         if signalled || due.is_some_and(|d| now >= d) {
             due = None;
-            reload(dir, published, zones, generation, if signalled { "SIGHUP" } else { "file change" });
+            let _ = shared.reload(if signalled { "SIGHUP" } else { "file change" });
         }
     }
+    shared.stop.store(true, Ordering::Relaxed);
 }
 
-/// Loads, validates, compiles and publishes; logs the outcome.
-pub fn reload(dir: &Path, published: &ArcSwap<Published>, zones: &mut Zones, generation: &AtomicU64, why: &str) {
-    let next = generation.load(Ordering::Relaxed) + 1;
-    let t = Instant::now();
-    match load(dir, zones, u32::try_from(next).unwrap_or(u32::MAX)) {
-        Ok(p) => {
-            generation.store(next, Ordering::Relaxed);
-            let ports = p.plan.ports.len();
-            published.store(Arc::new(p));
-            eprintln!(
-                "sgswitch: reloaded ({why}): generation {next}, {ports} ports, compiled in {:.1} ms",
-                t.elapsed().as_secs_f64() * 1e3
-            );
-        }
-        Err(e) => {
-            eprintln!("sgswitch: reload ({why}) refused; the running configuration stays in force:\n{e}");
-        }
-    }
-}
-
-/// A socket and where its frames come from.
+/// A socket, where its frames come from, and its counters.
 struct Port {
     sock: Socket,
     src: Source,
     pending: Vec<FrameDesc>,
+    stats: Arc<SocketStats>,
 }
 
-fn open(mem: &Memory, host: &Host, interface: &str) -> Result<Socket, String> {
-    let s = mem.bind(interface, 0, host.datapath.mode, host.datapath.zero_copy)?;
-    eprintln!("sgswitch: {interface}: AF_XDP socket on queue 0, {}", s.mode.describe());
-    Ok(s)
+fn open(mem: &Memory, host: &Host, interface: &str, src: Source, cap: usize) -> Result<Port, String> {
+    let sock = mem.bind(interface, 0, host.datapath.mode, host.datapath.zero_copy)?;
+    info!(interface, queue = 0, mode = %sock.mode.describe(), "{interface}: AF_XDP socket on queue 0, {}", sock.mode.describe());
+    let stats = Arc::new(SocketStats {
+        interface: interface.to_owned(),
+        queue: sock.queue,
+        native: sock.mode.native,
+        zero_copy: sock.mode.zero_copy,
+        kernel: Default::default(),
+        tx_full: Counter::default(),
+    });
+    Ok(Port { sock, src, pending: Vec::with_capacity(cap), stats })
 }
 
 /// Opens the sockets of the plan's ports that have none, closes those of
@@ -196,11 +327,12 @@ fn reconcile(
     socks.retain(|s| {
         let keep = s.src == Source::Uplink || wanted.contains(&Some(s.sock.interface.as_str()));
         if !keep {
-            eprintln!("sgswitch: {}: port removed, socket closed", s.sock.interface);
+            info!(interface = %s.sock.interface, "{}: port removed, socket closed", s.sock.interface);
         }
         keep
     });
     by_port.clear();
+    let mut result = Ok(());
     for (p, w) in wanted.iter().enumerate() {
         let Some(name) = w else {
             by_port.push(None);
@@ -208,76 +340,152 @@ fn reconcile(
         };
         let at = match socks.iter().position(|s| s.sock.interface == *name) {
             Some(at) => at,
-            None => {
-                let sock = open(mem, host, name)?;
-                socks.push(Port { sock, src: Source::Port(p), pending: Vec::with_capacity(cap) });
-                socks.len() - 1
-            }
+            None => match open(mem, host, name, Source::Port(p), cap) {
+                Ok(port) => {
+                    socks.push(port);
+                    socks.len() - 1
+                }
+                Err(e) => {
+                    by_port.push(None);
+                    result = result.and(Err(e));
+                    continue;
+                }
+            },
         };
         socks[at].src = Source::Port(p);
         by_port.push(Some(at));
     }
-    Ok(())
+    result
+}
+
+/// Copies the kernel's socket statistics and the table's totals into the
+/// loop's counters.
+fn publish_stats(stats: &LoopStats, socks: &[Port], pipe: &Pipeline<FrameDesc>, plan: &Plan) {
+    for p in socks {
+        if let Ok(k) = p.sock.rx.fd().xdp_statistics() {
+            let v = [
+                k.rx_dropped(),
+                k.rx_invalid_descs(),
+                k.tx_invalid_descs(),
+                k.rx_ring_full(),
+                k.rx_fill_ring_empty_descs(),
+                k.tx_ring_empty_descs(),
+            ];
+            for (c, v) in p.stats.kernel.iter().zip(v) {
+                c.set(v);
+            }
+        }
+    }
+    let t = pipe.conntrack.stats();
+    let v = [t.created, t.expired, t.evicted, t.full, t.invalid, t.revalidated, t.revalidation_removed];
+    for (c, v) in stats.conntrack.iter().zip(v) {
+        c.set(v);
+    }
+    for port in &plan.ports {
+        if let Some(e) = stats.conntrack_entries.get(usize::from(port.zone)) {
+            e.store(u32::try_from(pipe.conntrack.zone_len(port.zone)).unwrap_or(u32::MAX), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Answers the control socket's requests (bounded work per iteration).
+fn answer(requests: &Receiver<LoopRequest>, pipe: &mut Pipeline<FrameDesc>, stats: &LoopStats) {
+    for _ in 0..REQUESTS_PER_ITERATION {
+        let Ok(r) = requests.try_recv() else { return };
+        match r {
+            LoopRequest::Flows { zone, limit, reply } => {
+                let mut total = 0;
+                let mut rows = Vec::new();
+                for f in pipe.conntrack.flows().filter(|f| zone.is_none_or(|z| f.0.zone == z)) {
+                    total += 1;
+                    if rows.len() < limit {
+                        rows.push(f);
+                    }
+                }
+                let _ = reply.try_send((rows, total));
+            }
+            LoopRequest::Flush { zone, reply } => {
+                let n = pipe.conntrack.flush(zone);
+                if let Some(z) = zone
+                    && let Some(e) = stats.conntrack_entries.get(usize::from(z))
+                {
+                    e.store(0, Ordering::Relaxed);
+                }
+                let _ = reply.try_send(n);
+            }
+            LoopRequest::Lookup { tuple, reply } => {
+                let _ = reply.try_send(pipe.conntrack.get(&tuple));
+            }
+        }
+    }
 }
 
 /// The poll loop: owns the UMEM, the sockets and the pipeline.
 fn poll_loop(
-    host: &Host,
+    shared: &Shared,
     uplink: &str,
-    core: usize,
-    published: &ArcSwap<Published>,
+    stats: &LoopStats,
+    log: Option<FlowLog>,
+    requests: &Receiver<LoopRequest>,
     stop: &AtomicBool,
     ready: &std::sync::mpsc::Sender<Result<(), String>>,
-) -> Result<Report, String> {
+) -> Result<(), String> {
+    let host = &shared.host;
+    let core = stats.core;
     if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-        eprintln!("sgswitch: could not pin the poll loop to core {core}; running unpinned");
+        warn!("could not pin the poll loop to core {core}; running unpinned");
     }
-    let setup = || -> Result<(Memory, Vec<Port>), String> {
+    let cap = host.datapath.frames as usize;
+    let mut by_port: Vec<Option<usize>> = Vec::new();
+    let mut current = shared.published.load_full();
+    let setup = |by_port: &mut Vec<Option<usize>>| -> Result<(Memory, Vec<Port>), String> {
         let mem = Memory::new(host.datapath.frames, host.datapath.ring_size)?;
-        let cap = host.datapath.frames as usize;
-        let sock = open(&mem, host, uplink)?;
-        Ok((mem, vec![Port { sock, src: Source::Uplink, pending: Vec::with_capacity(cap) }]))
+        let mut socks = vec![open(&mem, host, uplink, Source::Uplink, cap)?];
+        reconcile(&current.plan, &mem, host, &mut socks, by_port, cap)?;
+        Ok((mem, socks))
     };
-    let (mut mem, mut socks) = match setup() {
+    let (mut mem, mut socks) = match setup(&mut by_port) {
         Ok(x) => x,
         Err(e) => {
             let _ = ready.send(Err(e.clone()));
             return Err(e);
         }
     };
-    let cap = host.datapath.frames as usize;
-    let mut by_port: Vec<Option<usize>> = Vec::new();
-    let mut current = published.load_full();
-    if let Err(e) = reconcile(&current.plan, &mem, host, &mut socks, &mut by_port, cap) {
-        let _ = ready.send(Err(e.clone()));
-        return Err(e);
-    }
+    stats.sockets.store(Arc::new(socks.iter().map(|p| Arc::clone(&p.stats)).collect()));
     let _ = ready.send(Ok(()));
-    let mut pipe: Pipeline<FrameDesc> = Pipeline::new(conntrack_settings(host, seed()), FragSettings::default());
-    let mut report = Report::default();
-    fold(&mut report, &current.plan, pipe.adopt(&current.plan));
+    let mut pipe: Pipeline<FrameDesc> =
+        Pipeline::with_counters(conntrack_settings(host, seed()), FragSettings::default(), Arc::clone(&stats.pipeline));
+    pipe.adopt(&current.plan);
     let start = Instant::now();
+    if let Some(l) = &log {
+        l.set_epoch(SystemTime::now());
+    }
+    pipe.flow_log = log;
     let mut rx = vec![FrameDesc::default(); BATCH];
     let mut scratch = vec![FrameDesc::default(); host.datapath.ring_size as usize];
     let none = Outcome { action: Action::Drop, reason: Reason::Default, port: None, direction: sgswitch_config::Direction::Ingress };
     let mut outs = [none; BATCH];
+    let mut stats_due = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        let latest = published.load();
+        let latest = shared.published.load();
         if !Arc::ptr_eq(&latest, &current) {
-            let next = arc_swap::Guard::into_inner(latest);
-            // The old plan's rule hits are named by the old plan.
-            let old = pipe.adopt(&next.plan);
-            fold(&mut report, &current.plan, old);
-            current = next;
+            current = arc_swap::Guard::into_inner(latest);
+            pipe.adopt(&current.plan);
             for &z in &current.gone {
                 pipe.conntrack.flush(Some(z));
+                pipe.counters.reset_zone(z);
+                if let Some(e) = stats.conntrack_entries.get(usize::from(z)) {
+                    e.store(0, Ordering::Relaxed);
+                }
             }
             if let Err(e) = reconcile(&current.plan, &mem, host, &mut socks, &mut by_port, cap) {
-                eprintln!("sgswitch: {e}; the port stays without a socket until the next reload");
+                warn!("{e}; the port stays without a socket until the next reload");
             }
+            stats.sockets.store(Arc::new(socks.iter().map(|p| Arc::clone(&p.stats)).collect()));
         }
         let plan = &current.plan;
-        let now = Now(u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX));
+        let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let now = Now(ms);
         let mut busy = false;
         // Each socket's share of the UMEM for its fill ring; the rest is
         // for frames in flight and copies.
@@ -290,6 +498,7 @@ fn poll_loop(
                 continue;
             }
             busy = true;
+            stats.batch(n);
             let src = socks[s].src;
             {
                 let items: [(Source, &[u8], FrameDesc); BATCH] =
@@ -297,23 +506,31 @@ fn poll_loop(
                 pipe.process_batch(plan, &items[..n], now, &mut outs[..n]);
             }
             for i in 0..n {
-                dispatch(&mut mem, &mut socks, &by_port, s, rx[i], &outs[i]);
+                dispatch(&mut mem, &mut socks, &by_port, s, rx[i], &outs[i], stats);
             }
             while let Some((d, o)) = pipe.take_released().next() {
-                dispatch(&mut mem, &mut socks, &by_port, usize::MAX, d, &o);
+                dispatch(&mut mem, &mut socks, &by_port, usize::MAX, d, &o, stats);
             }
         }
         for p in &mut socks {
             let sent = p.sock.transmit(&p.pending);
-            report.tx_dropped += (p.pending.len() - sent) as u64;
+            p.stats.tx_full.add((p.pending.len() - sent) as u64);
             mem.free.extend_from_slice(&p.pending[sent..]);
             p.pending.clear();
         }
         pipe.tick(plan, now);
         while let Some((d, o)) = pipe.take_released().next() {
-            dispatch(&mut mem, &mut socks, &by_port, usize::MAX, d, &o);
+            dispatch(&mut mem, &mut socks, &by_port, usize::MAX, d, &o, stats);
         }
-        if !busy {
+        answer(requests, &mut pipe, stats);
+        if ms >= stats_due {
+            stats_due = ms + STATS_EVERY_MS;
+            publish_stats(stats, &socks, &pipe, plan);
+        }
+        if busy {
+            stats.busy.add(1);
+        } else {
+            stats.idle.add(1);
             if host.datapath.busy_poll {
                 std::hint::spin_loop();
             } else {
@@ -321,37 +538,15 @@ fn poll_loop(
             }
         }
     }
-    report.ports = current.plan.ports.iter().map(|p| (p.zone, p.id.to_string())).collect();
-    fold(&mut report, &current.plan, Some((current.plan.generation, pipe.counters.rule_hits.clone())));
-    report.counters = Some(pipe.counters.clone());
+    publish_stats(stats, &socks, &pipe, &current.plan);
     // Sockets close here, detaching the XDP programs.
     drop(socks);
-    Ok(report)
-}
-
-/// Adds a plan's rule hits to the report by rule name.
-fn fold(report: &mut Report, plan: &Plan, hits: Option<(u32, Vec<u64>)>) {
-    let Some((generation, hits)) = hits else { return };
-    if generation != plan.generation {
-        return;
-    }
-    let policy = plan.policy();
-    for (gi, g) in policy.config().groups.iter().enumerate() {
-        for d in sgswitch_config::Direction::ALL {
-            for (i, _) in g.rules(d).iter().enumerate() {
-                let r = policy.rule_ref(u16::try_from(gi).unwrap_or(u16::MAX), d, i);
-                let n = hits.get(plan.rule_slot(r)).copied().unwrap_or(0);
-                if n > 0 {
-                    *report.rule_hits.entry((g.id.clone(), d.as_str().to_owned(), r.index)).or_default() += n;
-                }
-            }
-        }
-    }
+    Ok(())
 }
 
 /// Sends a decided frame on its way: its descriptor to the target socket's
 /// tx batch, copies for a flood, or back to the free list.
-fn dispatch(mem: &mut Memory, socks: &mut [Port], by_port: &[Option<usize>], from: usize, d: FrameDesc, o: &Outcome) {
+fn dispatch(mem: &mut Memory, socks: &mut [Port], by_port: &[Option<usize>], from: usize, d: FrameDesc, o: &Outcome, stats: &LoopStats) {
     match o.action {
         Action::Forward(To::Port(q)) => match by_port.get(q).copied().flatten() {
             Some(t) if t != from => socks[t].pending.push(d),
@@ -365,8 +560,11 @@ fn dispatch(mem: &mut Memory, socks: &mut [Port], by_port: &[Option<usize>], fro
             buf[..len].copy_from_slice(&bytes[..len]);
             for (t, p) in socks.iter_mut().enumerate() {
                 let skip = t == from || (t == 0 && !uplink) || matches!(p.src, Source::Port(q) if Some(q) == except);
-                if !skip && let Some(c) = mem.copy_in(&buf[..len]) {
-                    p.pending.push(c);
+                if !skip {
+                    match mem.copy_in(&buf[..len]) {
+                        Some(c) => p.pending.push(c),
+                        None => stats.copy_failed.add(1),
+                    }
                 }
             }
             mem.free.push(d);
@@ -382,34 +580,43 @@ fn seed() -> u64 {
 }
 
 /// The shutdown summary: per port and direction, packets by action and
-/// reason; rule hits by rule.
-pub fn summary(r: &Report) -> String {
+/// reason (summed over the loops); rule hits by rule.
+pub fn summary(shared: &Shared) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let Some(c) = &r.counters else { return s };
+    let current = shared.published.load();
     let _ = writeln!(s, "counters (packets):");
-    for (slot, pc) in c.ports.iter().enumerate() {
-        let name = match slot.checked_sub(1) {
-            None => "(no port)".to_owned(),
-            Some(z) => r.ports.iter().find(|(zone, _)| usize::from(*zone) == z).map_or(format!("zone {z}"), |(_, id)| id.clone()),
-        };
+    let mut names: Vec<(usize, String)> = vec![(0, "(no port)".to_owned())];
+    names.extend(current.plan.ports.iter().map(|p| (usize::from(p.zone) + 1, p.id.to_string())));
+    for (slot, name) in &names {
         for (di, d) in ["ingress", "egress"].iter().enumerate() {
             for (fi, f) in ["dropped", "forwarded"].iter().enumerate() {
-                let parts: Vec<String> =
-                    REASONS.iter().zip(pc.by[di][fi]).filter(|(_, (n, _))| *n > 0).map(|(r, (n, _))| format!("{r}={n}")).collect();
+                let parts: Vec<String> = REASONS
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(ri, r)| {
+                        let n: u64 = shared.loops.iter().map(|l| l.pipeline.ports[*slot].by[di][fi][ri].packets.get()).sum();
+                        (n > 0).then(|| format!("{r}={n}"))
+                    })
+                    .collect();
                 if !parts.is_empty() {
                     let _ = writeln!(s, "  {name} {d} {f}: {}", parts.join(" "));
                 }
             }
         }
     }
-    let mut hits: Vec<_> = r.rule_hits.iter().collect();
-    hits.sort();
-    for ((g, d, i), n) in hits {
+    let mut hits = std::collections::BTreeMap::new();
+    for l in &shared.loops {
+        for (label, n) in l.pipeline.rules.load().totals() {
+            *hits.entry((label.group.to_string(), label.direction, label.index)).or_insert(0u64) += n;
+        }
+    }
+    for ((g, d, i), n) in hits.into_iter().filter(|(_, n)| *n > 0) {
         let _ = writeln!(s, "  rule {g}/{d}/{i}: {n} hits");
     }
-    if r.tx_dropped > 0 {
-        let _ = writeln!(s, "  tx ring full: {} frames dropped", r.tx_dropped);
+    let tx_full: u64 = shared.loops.iter().flat_map(|l| l.sockets.load().iter().map(|p| p.tx_full.get()).collect::<Vec<_>>()).sum();
+    if tx_full > 0 {
+        let _ = writeln!(s, "  tx ring full: {tx_full} frames dropped");
     }
     s
 }

@@ -2,6 +2,7 @@
 //! the exit status of the contract.
 
 mod check;
+mod ctl;
 mod describe;
 mod replay;
 mod trace;
@@ -76,7 +77,14 @@ enum Command {
     Run {
         /// The configuration directory.
         dir: PathBuf,
+        /// Log lines as human-readable text or as one JSON object each.
+        #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+        log_format: String,
     },
+    /// Talk to the running switch through its control socket: status,
+    /// reload, connection listing and flushing, and trace against the live
+    /// policy and connection state.
+    Ctl(ctl::CtlArgs),
 }
 
 pub(crate) fn run(cli: Cli) -> Result<(), CliError> {
@@ -84,15 +92,29 @@ pub(crate) fn run(cli: Cli) -> Result<(), CliError> {
         Command::Check { dir } => check::run(&dir),
         Command::Trace(args) => trace::run(&args),
         Command::Replay(args) => replay::run(&args),
-        Command::Run { dir } => {
+        Command::Run { dir, log_format } => {
             // A configuration error is a usage error (exit 1); anything
             // else that stops the switch is a runtime failure (exit 2).
             load_dir(&dir).map_err(CliError::Config)?;
-            let report = sgswitch::run::run(&dir).map_err(CliError::Runtime)?;
-            eprint!("{}", sgswitch::run::summary(&report));
+            init_logging(&log_format);
+            let summary = sgswitch::run::run(&dir).map_err(CliError::Runtime)?;
+            eprint!("{summary}");
             Ok(())
         }
+        Command::Ctl(args) => ctl::run(&args),
     }
+}
+
+/// The switch's log on stderr: text for people (no colours unless stderr
+/// is a terminal), or one JSON object per line for log collectors.
+fn init_logging(format: &str) {
+    use std::io::IsTerminal;
+    let b = tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false);
+    let _ = if format == "json" {
+        b.json().with_current_span(false).try_init()
+    } else {
+        b.with_ansi(std::io::stderr().is_terminal()).try_init()
+    };
 }
 
 /// Loads and resolves a configuration directory.

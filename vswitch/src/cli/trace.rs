@@ -1,12 +1,10 @@
 //! `sgswitch trace`: the decision for one first packet, or a batch of them.
 
 use std::io::Read;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-use sgswitch_config::{Direction, parse_protocol};
-use sgswitch_filter::{Compiled, Decision, Packet, Policy, PortIdx, Query};
+use sgswitch::request::{Proto, Request, json_line, resolve};
+use sgswitch_filter::{Compiled, Decision, Packet, Policy, PortIdx};
 
 use super::{CliError, describe, load_policy, out};
 
@@ -14,33 +12,8 @@ use super::{CliError, describe, load_policy, out};
 pub(crate) struct TraceArgs {
     /// The configuration directory.
     dir: PathBuf,
-    /// The port (ENI) id.
-    #[arg(long, required_unless_present = "batch")]
-    port: Option<String>,
-    /// ingress (toward the VM) or egress (from the VM).
-    #[arg(long, required_unless_present = "batch", value_parser = ["ingress", "egress"])]
-    direction: Option<String>,
-    /// tcp, udp, icmp, icmpv6, gre or an IP protocol number.
-    #[arg(long, required_unless_present = "batch")]
-    proto: Option<String>,
-    /// The far side: the source for ingress, the destination for egress.
-    #[arg(long, required_unless_present = "batch")]
-    remote: Option<String>,
-    /// The far side's port (the destination port for egress).
-    #[arg(long)]
-    remote_port: Option<i64>,
-    /// The port's own address [default: its first address of the remote's family].
-    #[arg(long)]
-    local: Option<String>,
-    /// The VM's own port (the destination port for ingress).
-    #[arg(long)]
-    local_port: Option<i64>,
-    /// ICMP type [default: echo request, 8 for icmp, 128 for icmpv6].
-    #[arg(long)]
-    icmp_type: Option<i64>,
-    /// ICMP code [default: 0].
-    #[arg(long)]
-    icmp_code: Option<i64>,
+    #[command(flatten)]
+    packet: PacketFlags,
     /// A file with one JSON request per line (keys port, direction, proto,
     /// remote, remote_port, local, local_port, icmp_type, icmp_code); "-" reads
     /// standard input.
@@ -59,91 +32,66 @@ pub(crate) struct TraceArgs {
     cross_check: bool,
 }
 
-/// A protocol given as a name or a number.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Proto {
-    Name(String),
-    Number(i64),
-}
-
-/// One request: the flags of a single trace, or one line of a batch.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Request {
-    port: String,
-    direction: String,
-    proto: Proto,
-    remote: String,
+/// One packet's flags, for `trace` and `ctl trace`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct PacketFlags {
+    /// The port (ENI) id.
+    #[arg(long)]
+    port: Option<String>,
+    /// ingress (toward the VM) or egress (from the VM).
+    #[arg(long, value_parser = ["ingress", "egress"])]
+    direction: Option<String>,
+    /// tcp, udp, icmp, icmpv6, gre or an IP protocol number.
+    #[arg(long)]
+    proto: Option<String>,
+    /// The far side: the source for ingress, the destination for egress.
+    #[arg(long)]
+    remote: Option<String>,
+    /// The far side's port (the destination port for egress).
+    #[arg(long)]
     remote_port: Option<i64>,
+    /// The port's own address [default: its first address of the remote's family].
+    #[arg(long)]
     local: Option<String>,
+    /// The VM's own port (the destination port for ingress).
+    #[arg(long)]
     local_port: Option<i64>,
+    /// ICMP type [default: echo request, 8 for icmp, 128 for icmpv6].
+    #[arg(long)]
     icmp_type: Option<i64>,
+    /// ICMP code [default: 0].
+    #[arg(long)]
     icmp_code: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
-struct JsonRule<'a> {
-    group: &'a str,
-    direction: &'a str,
-    index: u16,
-    priority: u8,
-    action: &'a str,
-}
-
-/// The `--json` line of `interfaces.md`; field order is the contract's.
-#[derive(Debug, Serialize)]
-struct JsonDecision<'a> {
-    verdict: &'a str,
-    by: &'a str,
-    rule: Option<JsonRule<'a>>,
-}
-
-fn in_range<T: TryFrom<i64>>(what: &str, v: Option<i64>, hi: i64) -> Result<Option<T>, String> {
-    v.map(|n| T::try_from(n).ok().filter(|_| (0..=hi).contains(&n)).ok_or_else(|| format!("{what} {n} is out of range 0..{hi}")))
-        .transpose()
-}
-
-/// Parses a request's strings and numbers, then resolves it against the policy.
-fn resolve(policy: &Policy, r: &Request) -> Result<(PortIdx, Packet), String> {
-    let direction = match r.direction.as_str() {
-        "ingress" => Direction::Ingress,
-        "egress" => Direction::Egress,
-        d => return Err(format!("direction \"{d}\" is not ingress or egress")),
-    };
-    let proto = match &r.proto {
-        Proto::Name(s) => match parse_protocol(s) {
-            Some(Some(p)) => p,
-            Some(None) => return Err("a packet has one protocol: \"all\" is for rules".into()),
-            None => return Err(format!("protocol \"{s}\" is not tcp, udp, icmp, icmpv6, gre or a number 0..255")),
-        },
-        Proto::Number(n) => u8::try_from(*n).map_err(|_| format!("protocol {n} is out of range 0..255"))?,
-    };
-    let ip = |what: &str, s: &str| s.parse::<IpAddr>().map_err(|_| format!("{what} \"{s}\" is not an IP address"));
-    let q = Query {
-        port: r.port.clone(),
-        direction,
-        proto,
-        remote: ip("remote", &r.remote)?,
-        local: r.local.as_deref().map(|l| ip("local", l)).transpose()?,
-        remote_port: in_range("remote_port", r.remote_port, 65535)?,
-        local_port: in_range("local_port", r.local_port, 65535)?,
-        icmp_type: in_range("icmp_type", r.icmp_type, 255)?,
-        icmp_code: in_range("icmp_code", r.icmp_code, 255)?,
-    };
-    policy.resolve(&q)
-}
-
-fn json_line(policy: &Policy, d: &Decision) -> String {
-    let rule = d.rule().map(|r| JsonRule {
-        group: &policy.group(r.group).id,
-        direction: r.direction.as_str(),
-        index: r.index,
-        priority: r.priority,
-        action: r.action.as_str(),
-    });
-    let j = JsonDecision { verdict: d.verdict.as_str(), by: d.by.as_str(), rule };
-    serde_json::to_string(&j).expect("a struct of strings and integers serialises")
+impl PacketFlags {
+    /// The request these flags describe; `--port`, `--direction`, `--proto`
+    /// and `--remote` are required.
+    pub(crate) fn request(&self) -> Result<Request, CliError> {
+        let missing: Vec<&str> = [
+            ("--port", self.port.is_none()),
+            ("--direction", self.direction.is_none()),
+            ("--proto", self.proto.is_none()),
+            ("--remote", self.remote.is_none()),
+        ]
+        .into_iter()
+        .filter_map(|(f, m)| m.then_some(f))
+        .collect();
+        if !missing.is_empty() {
+            return Err(CliError::Usage(format!("missing {}", missing.join(", "))));
+        }
+        Ok(Request {
+            port: self.port.clone().unwrap_or_default(),
+            direction: self.direction.clone().unwrap_or_default(),
+            proto: Proto::Name(self.proto.clone().unwrap_or_default()),
+            remote: self.remote.clone().unwrap_or_default(),
+            remote_port: self.remote_port,
+            local: self.local.clone(),
+            local_port: self.local_port,
+            icmp_type: self.icmp_type,
+            icmp_code: self.icmp_code,
+        })
+    }
 }
 
 fn read_batch(path: &Path) -> Result<String, CliError> {
@@ -161,17 +109,7 @@ pub(crate) fn run(a: &TraceArgs) -> Result<(), CliError> {
     let policy = load_policy(&a.dir)?;
     let queries: Vec<(PortIdx, Packet)> = match &a.batch {
         None => {
-            let req = Request {
-                port: a.port.clone().unwrap_or_default(),
-                direction: a.direction.clone().unwrap_or_default(),
-                proto: Proto::Name(a.proto.clone().unwrap_or_default()),
-                remote: a.remote.clone().unwrap_or_default(),
-                remote_port: a.remote_port,
-                local: a.local.clone(),
-                local_port: a.local_port,
-                icmp_type: a.icmp_type,
-                icmp_code: a.icmp_code,
-            };
+            let req = a.packet.request()?;
             vec![resolve(&policy, &req).map_err(CliError::Usage)?]
         }
         Some(path) => {

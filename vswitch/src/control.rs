@@ -1,0 +1,293 @@
+//! The control socket: a Unix stream socket (mode 0600, `[control] socket`)
+//! that `sgswitch ctl` talks to. One JSON request per connection, one JSON
+//! answer line: `{"ok":true,"result":…}` or `{"ok":false,"error":"…"}`.
+//!
+//! Verbs: `status`, `reload`, `conntrack-list` (`port`, `limit`),
+//! `conntrack-flush` (`port`), `trace` (`request`: the keys of a `trace
+//! --batch` line). Requests about connection state go to the poll loop that
+//! owns it through a bounded queue; the loop answers between batches, a
+//! few requests per iteration, so the control socket never stalls it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sgswitch_config::Direction;
+use sgswitch_conntrack::{State, TcpState, Tuple, Zone};
+
+use crate::request::{Request, json_line, resolve};
+use crate::run::{LoopRequest, Shared};
+
+/// Flows `conntrack-list` returns unless asked for another number.
+pub const DEFAULT_LIMIT: usize = 1000;
+/// Largest request accepted.
+const MAX_REQUEST: u64 = 64 * 1024;
+
+/// A request on the control socket.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "verb", rename_all = "kebab-case")]
+pub enum CtlRequest {
+    Status,
+    Reload,
+    ConntrackList { port: Option<String>, limit: Option<usize> },
+    ConntrackFlush { port: Option<String> },
+    Trace { request: Request },
+}
+
+/// Binds the control socket at `path` with mode 0600. A socket file left by
+/// a switch that is gone is replaced; one a running switch answers on is
+/// not.
+///
+/// # Errors
+/// Another switch answers there, or the socket cannot be made.
+pub fn bind(path: &Path) -> Result<UnixListener, String> {
+    let err = |e: &dyn std::fmt::Display| format!("control socket {}: {e}", path.display());
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(err(&"another sgswitch is running and answers there; stop it or set [control] socket"));
+        }
+        std::fs::remove_file(path).map_err(|e| err(&e))?;
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+    }
+    let l = UnixListener::bind(path).map_err(|e| err(&e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| err(&e))?;
+    l.set_nonblocking(true).map_err(|e| err(&e))?;
+    Ok(l)
+}
+
+/// Serves the control socket until the switch stops.
+pub fn serve(listener: UnixListener, shared: Arc<Shared>) -> Option<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("sgswitch-control".into())
+        .spawn(move || {
+            while !shared.stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let _ = handle(conn, &shared);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        })
+        .ok()
+}
+
+fn handle(conn: UnixStream, shared: &Shared) -> std::io::Result<()> {
+    conn.set_nonblocking(false)?;
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    conn.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut line = String::new();
+    BufReader::new((&conn).take(MAX_REQUEST)).read_line(&mut line)?;
+    let answer = match serde_json::from_str::<CtlRequest>(&line) {
+        Ok(req) => match answer(&req, shared) {
+            Ok(result) => json!({"ok": true, "result": result}),
+            Err(e) => json!({"ok": false, "error": e}),
+        },
+        Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
+    };
+    let mut conn = conn;
+    writeln!(conn, "{answer}")
+}
+
+fn answer(req: &CtlRequest, shared: &Shared) -> Result<Value, String> {
+    match req {
+        CtlRequest::Status => Ok(status(shared)),
+        CtlRequest::Reload => shared.reload("ctl reload").map(|g| json!({"generation": g})),
+        CtlRequest::ConntrackList { port, limit } => {
+            let zone = zone_of(shared, port.as_deref())?;
+            let limit = limit.unwrap_or(DEFAULT_LIMIT);
+            let published = shared.published.load();
+            let mut flows = Vec::new();
+            let mut total = 0;
+            for i in 0..shared.loops.len() {
+                let (rows, n) = shared.ask(i, |reply| LoopRequest::Flows { zone, limit, reply })?;
+                total += n;
+                for (t, state, c) in rows.into_iter().take(limit.saturating_sub(flows.len())) {
+                    let port = published.plan.ports.iter().find(|p| p.zone == t.zone).map(|p| p.id.to_string());
+                    flows.push(json!({
+                        "port": port,
+                        "proto": proto_name(t.proto),
+                        "src": t.src.to_string(),
+                        "sport": t.sport,
+                        "dst": t.dst.to_string(),
+                        "dport": t.dport,
+                        "state": state_name(state),
+                        "packets": c.packets,
+                        "bytes": c.bytes,
+                    }));
+                }
+            }
+            Ok(json!({"total": total, "flows": flows}))
+        }
+        CtlRequest::ConntrackFlush { port } => {
+            let zone = zone_of(shared, port.as_deref())?;
+            let mut n = 0;
+            for i in 0..shared.loops.len() {
+                n += shared.ask(i, |reply| LoopRequest::Flush { zone, reply })?;
+            }
+            Ok(json!({"flushed": n}))
+        }
+        CtlRequest::Trace { request } => trace(shared, request),
+    }
+}
+
+/// The zone of a port id; `None` for all ports.
+fn zone_of(shared: &Shared, port: Option<&str>) -> Result<Option<Zone>, String> {
+    let Some(id) = port else { return Ok(None) };
+    let published = shared.published.load();
+    published
+        .plan
+        .ports
+        .iter()
+        .find(|p| &*p.id == id)
+        .map(|p| Some(p.zone))
+        .ok_or_else(|| format!("no port \"{id}\" in the running configuration"))
+}
+
+fn status(shared: &Shared) -> Value {
+    let published = shared.published.load();
+    let plan = &published.plan;
+    let c = &shared.control;
+    let ports: Vec<Value> = plan
+        .ports
+        .iter()
+        .map(|p| {
+            let flows: u64 = shared
+                .loops
+                .iter()
+                .map(|l| l.conntrack_entries.get(usize::from(p.zone)).map_or(0, |e| u64::from(e.load(Ordering::Relaxed))))
+                .sum();
+            json!({"id": &*p.id, "interface": p.interface, "zone": p.zone, "flows": flows})
+        })
+        .collect();
+    let loops: Vec<Value> = shared
+        .loops
+        .iter()
+        .map(|l| {
+            let sockets: Vec<Value> = l
+                .sockets
+                .load()
+                .iter()
+                .map(|s| json!({"interface": s.interface, "queue": s.queue, "mode": if s.native { "native" } else { "skb" }, "zero_copy": s.zero_copy}))
+                .collect();
+            json!({"index": l.index, "core": l.core, "batches": l.batches.get(), "busy": l.busy.get(), "idle": l.idle.get(), "sockets": sockets})
+        })
+        .collect();
+    let loaded = SystemTime::UNIX_EPOCH + Duration::from_millis(c.loaded_at_ms.load(Ordering::Relaxed));
+    json!({
+        "config": shared.dir.display().to_string(),
+        "generation": c.generation.load(Ordering::Relaxed),
+        "loaded_at": humantime::format_rfc3339_millis(loaded).to_string(),
+        "reloads": {"success": c.reloads_ok.load(Ordering::Relaxed), "failure": c.reloads_failed.load(Ordering::Relaxed)},
+        "uptime_seconds": shared.started.elapsed().map_or(0, |d| d.as_secs()),
+        "metrics": shared.host.metrics_listen.to_string(),
+        "flow_log": shared.flow_log.is_some(),
+        "ports": ports,
+        "loops": loops,
+    })
+}
+
+/// The decision for a packet against the live policy and the live
+/// connection state: a flow the table tracks passes as established (unless
+/// a reload revoked it); otherwise the rules decide, as `sgswitch trace`.
+fn trace(shared: &Shared, r: &Request) -> Result<Value, String> {
+    let published = shared.published.load();
+    let plan = &published.plan;
+    let (port, pkt) = resolve(plan.policy(), r)?;
+    let decision = plan.compiled.decide(port, &pkt);
+    let policy: Value = serde_json::from_str(&json_line(plan.policy(), &decision)).map_err(|e| e.to_string())?;
+    let zone = plan.ports.get(port).map(|p| p.zone).ok_or("the port has no zone")?;
+    let (src, dst, sport, dport) = match pkt.direction {
+        Direction::Ingress => (pkt.remote, pkt.local, pkt.remote_port, pkt.local_port),
+        Direction::Egress => (pkt.local, pkt.remote, pkt.local_port, pkt.remote_port),
+    };
+    let tuple = Tuple { zone, proto: pkt.proto, src, dst, sport, dport };
+    let mut entry = None;
+    for i in 0..shared.loops.len() {
+        if let Some(e) = shared.ask(i, |reply| LoopRequest::Lookup { tuple, reply })? {
+            entry = Some(e);
+        }
+    }
+    let conntrack = entry.map(|(state, c)| json!({"state": state_name(state), "packets": c.packets, "bytes": c.bytes}));
+    // A revoked flow drops its packets; a closed one takes only a new SYN.
+    let established = entry.is_some_and(|(s, _)| !matches!(s, State::Revoked | State::Tcp(TcpState::Close)));
+    Ok(if established {
+        json!({"verdict": "allow", "by": "established", "rule": null, "conntrack": conntrack, "policy": policy})
+    } else {
+        let mut v = policy.clone();
+        v["conntrack"] = conntrack.unwrap_or(Value::Null);
+        v["policy"] = policy;
+        v
+    })
+}
+
+pub fn state_name(s: State) -> &'static str {
+    match s {
+        State::Tcp(t) => match t {
+            TcpState::SynSent => "SYN_SENT",
+            TcpState::SynRecv => "SYN_RECV",
+            TcpState::Established => "ESTABLISHED",
+            TcpState::FinWait => "FIN_WAIT",
+            TcpState::CloseWait => "CLOSE_WAIT",
+            TcpState::LastAck => "LAST_ACK",
+            TcpState::TimeWait => "TIME_WAIT",
+            TcpState::Close => "CLOSE",
+        },
+        State::Pseudo { replied: false } => "UNREPLIED",
+        State::Pseudo { replied: true } => "REPLIED",
+        State::Revoked => "REVOKED",
+    }
+}
+
+pub fn proto_name(p: u8) -> String {
+    match p {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        1 => "icmp".into(),
+        58 => "icmpv6".into(),
+        47 => "gre".into(),
+        n => n.to_string(),
+    }
+}
+
+/// Why a `ctl` call failed.
+#[derive(Debug)]
+pub enum CallError {
+    /// The switch could not be reached (exit 2).
+    Unreachable(String),
+    /// The switch refused the request (exit 1).
+    Refused(String),
+}
+
+/// Sends one request to the switch at `path` and returns its result.
+///
+/// # Errors
+/// The switch is not reachable, or it refused the request.
+pub fn call(path: &Path, req: &CtlRequest) -> Result<Value, CallError> {
+    let unreachable = |e: &dyn std::fmt::Display| {
+        CallError::Unreachable(format!(
+            "cannot reach the switch at {}: {e}; is `sgswitch run` running? (--socket names another control socket)",
+            path.display()
+        ))
+    };
+    let mut conn = UnixStream::connect(path).map_err(|e| unreachable(&e))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| unreachable(&e))?;
+    let text = serde_json::to_string(req).expect("a request serialises");
+    writeln!(conn, "{text}").map_err(|e| unreachable(&e))?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).map_err(|e| unreachable(&e))?;
+    let v: Value = serde_json::from_str(&reply).map_err(|e| unreachable(&format!("unreadable answer ({e})")))?;
+    if v["ok"].as_bool() == Some(true) {
+        Ok(v["result"].clone())
+    } else {
+        Err(CallError::Refused(v["error"].as_str().unwrap_or("the switch refused the request").to_owned()))
+    }
+}

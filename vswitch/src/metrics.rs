@@ -1,0 +1,262 @@
+//! `/metrics`: the Prometheus text exposition format (version 0.0.4),
+//! served on `[metrics] listen` by a small HTTP server thread (tiny_http).
+//!
+//! # Design
+//! A scrape reads the loops' counters ([`crate::stats`]) with relaxed
+//! loads and sums them over the loops; it takes no lock a poll loop takes,
+//! so a slow or stuck scraper can never stall the datapath. The text is
+//! rendered by [`render`], a plain encoder of the format (HELP and TYPE
+//! per family, escaped label values); `promtool check metrics` and a real
+//! Prometheus server check it in the tests. The per-loop atomic arrays are
+//! summed at scrape time, which does not fit prometheus-client's model of
+//! owned metric objects without a custom collector for every family; the
+//! encoder is the smaller thing to get right (`docs/design.md`).
+//!
+//! Traffic counters are exported for the (port, direction, action, reason)
+//! cells that have counted something; rule counters for every rule of the
+//! current configuration, at zero too, so that `rate()` sees a rule's
+//! first hits.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::run::Shared;
+use crate::stats::{BATCH_BUCKETS, CONNTRACK_EVENTS, KERNEL_STATS, REASONS};
+
+/// Binds the endpoint.
+///
+/// # Errors
+/// The address cannot be bound; the message names it.
+pub fn bind(addr: SocketAddr) -> Result<tiny_http::Server, String> {
+    tiny_http::Server::http(addr).map_err(|e| format!("metrics endpoint {addr}: cannot listen ({e}); set [metrics] listen in host.toml"))
+}
+
+/// Serves `/metrics` until the switch stops.
+pub fn serve(server: tiny_http::Server, shared: Arc<Shared>) -> Option<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("sgswitch-metrics".into())
+        .spawn(move || {
+            while !shared.stop.load(Ordering::Relaxed) {
+                let Ok(Some(req)) = server.recv_timeout(Duration::from_millis(100)) else { continue };
+                let path = req.url().split('?').next().unwrap_or("");
+                let resp = match (req.method(), path) {
+                    (tiny_http::Method::Get, "/metrics") => {
+                        let ct = tiny_http::Header::from_bytes("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                            .expect("a valid header");
+                        tiny_http::Response::from_string(render(&shared)).with_header(ct)
+                    }
+                    (tiny_http::Method::Get, "/") => tiny_http::Response::from_string("sgswitch: metrics at /metrics\n"),
+                    _ => tiny_http::Response::from_string("not found; metrics are at /metrics\n").with_status_code(404),
+                };
+                let _ = req.respond(resp);
+            }
+        })
+        .ok()
+}
+
+/// The text format, family by family.
+struct Text(String);
+
+impl Text {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"");
+                for c in v.chars() {
+                    match c {
+                        '\\' => self.0.push_str("\\\\"),
+                        '"' => self.0.push_str("\\\""),
+                        '\n' => self.0.push_str("\\n"),
+                        c => self.0.push(c),
+                    }
+                }
+                self.0.push('"');
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+}
+
+/// Renders every metric of the running switch.
+pub fn render(shared: &Shared) -> String {
+    let mut t = Text(String::with_capacity(16 * 1024));
+    let published = shared.published.load();
+    let plan = &published.plan;
+    let mut ports: Vec<(usize, &str)> = vec![(0, "none")];
+    ports.extend(plan.ports.iter().map(|p| (usize::from(p.zone) + 1, &*p.id)));
+
+    // Traffic.
+    for (name, bytes, help) in [
+        ("sgswitch_packets_total", false, "Packets judged, by port, direction (of the port), action and reason."),
+        ("sgswitch_bytes_total", true, "Bytes of the packets judged, by port, direction, action and reason."),
+    ] {
+        t.family(name, "counter", help);
+        for &(slot, id) in &ports {
+            for (di, d) in ["ingress", "egress"].iter().enumerate() {
+                for (fi, action) in ["drop", "forward"].iter().enumerate() {
+                    for (ri, reason) in REASONS.iter().enumerate() {
+                        let n: u64 = shared
+                            .loops
+                            .iter()
+                            .map(|l| {
+                                let c = &l.pipeline.ports[slot].by[di][fi][ri];
+                                if bytes { c.bytes.get() } else { c.packets.get() }
+                            })
+                            .sum();
+                        if n > 0 {
+                            t.sample(name, &[("port", id), ("direction", d), ("action", action), ("reason", reason)], n);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // Rules.
+    let mut hits = BTreeMap::new();
+    for l in &shared.loops {
+        for (label, n) in l.pipeline.rules.load().totals() {
+            *hits.entry(label).or_insert(0u64) += n;
+        }
+    }
+    t.family(
+        "sgswitch_rule_hits_total",
+        "counter",
+        "First packets decided by a rule (group, direction, 0-based index in the file, action), as `sgswitch trace` names it.",
+    );
+    for (l, n) in &hits {
+        t.sample(
+            "sgswitch_rule_hits_total",
+            &[("group", &l.group), ("direction", l.direction), ("index", &l.index.to_string()), ("action", l.action)],
+            n,
+        );
+    }
+
+    // Connection tracking.
+    t.family("sgswitch_conntrack_entries", "gauge", "Tracked flows per port.");
+    for p in &plan.ports {
+        let n: u64 = shared
+            .loops
+            .iter()
+            .map(|l| l.conntrack_entries.get(usize::from(p.zone)).map_or(0, |e| u64::from(e.load(Ordering::Relaxed))))
+            .sum();
+        t.sample("sgswitch_conntrack_entries", &[("port", &p.id)], n);
+    }
+    t.family("sgswitch_conntrack_capacity", "gauge", "Most flows the host tracks (`[conntrack] capacity`).");
+    t.sample("sgswitch_conntrack_capacity", &[], shared.host.conntrack.capacity);
+    t.family("sgswitch_conntrack_port_capacity", "gauge", "Most flows one port tracks (`[conntrack] per_port_capacity`).");
+    t.sample("sgswitch_conntrack_port_capacity", &[], shared.host.conntrack.per_port_capacity);
+    for (i, (event, help)) in CONNTRACK_EVENTS.iter().enumerate() {
+        let name = format!("sgswitch_conntrack_{event}_total");
+        t.family(&name, "counter", &format!("Connection tracking: {help}."));
+        t.sample(&name, &[], shared.loops.iter().map(|l| l.conntrack[i].get()).sum::<u64>());
+    }
+
+    // Poll loops.
+    t.family("sgswitch_loop_info", "gauge", "A poll loop and the core it is pinned to.");
+    for l in &shared.loops {
+        t.sample("sgswitch_loop_info", &[("loop", &l.index.to_string()), ("core", &l.core.to_string())], 1);
+    }
+    t.family("sgswitch_loop_batches_total", "counter", "Batches of received frames processed.");
+    for l in &shared.loops {
+        t.sample("sgswitch_loop_batches_total", &[("loop", &l.index.to_string())], l.batches.get());
+    }
+    t.family("sgswitch_loop_batch_packets", "histogram", "Frames per received batch.");
+    for l in &shared.loops {
+        let lp = l.index.to_string();
+        let mut acc = 0;
+        for (le, c) in BATCH_BUCKETS.iter().zip(&l.batch_sizes) {
+            acc += c.get();
+            t.sample("sgswitch_loop_batch_packets_bucket", &[("loop", &lp), ("le", &le.to_string())], acc);
+        }
+        t.sample("sgswitch_loop_batch_packets_bucket", &[("loop", &lp), ("le", "+Inf")], acc);
+        t.sample("sgswitch_loop_batch_packets_sum", &[("loop", &lp)], l.batch_packets.get());
+        t.sample("sgswitch_loop_batch_packets_count", &[("loop", &lp)], l.batches.get());
+    }
+    t.family("sgswitch_loop_iterations_total", "counter", "Poll-loop iterations, busy (some ring had frames) or idle.");
+    for l in &shared.loops {
+        let lp = l.index.to_string();
+        t.sample("sgswitch_loop_iterations_total", &[("loop", &lp), ("state", "busy")], l.busy.get());
+        t.sample("sgswitch_loop_iterations_total", &[("loop", &lp), ("state", "idle")], l.idle.get());
+    }
+    t.family("sgswitch_loop_copy_failed_total", "counter", "Flooded frames not copied to a target for want of a free UMEM frame.");
+    for l in &shared.loops {
+        t.sample("sgswitch_loop_copy_failed_total", &[("loop", &l.index.to_string())], l.copy_failed.get());
+    }
+
+    // AF_XDP sockets.
+    let sockets: Vec<_> = shared.loops.iter().flat_map(|l| l.sockets.load().iter().map(Arc::clone).collect::<Vec<_>>()).collect();
+    t.family("sgswitch_xsk_info", "gauge", "An AF_XDP socket with the XDP attach mode and zero-copy state in use.");
+    for s in &sockets {
+        let q = s.queue.to_string();
+        let mode = if s.native { "native" } else { "skb" };
+        let zc = if s.zero_copy { "true" } else { "false" };
+        t.sample("sgswitch_xsk_info", &[("interface", &s.interface), ("queue", &q), ("mode", mode), ("zero_copy", zc)], 1);
+    }
+    t.family("sgswitch_xsk_tx_ring_full_drops_total", "counter", "Frames dropped because the socket's tx ring was full.");
+    for s in &sockets {
+        t.sample("sgswitch_xsk_tx_ring_full_drops_total", &[("interface", &s.interface), ("queue", &s.queue.to_string())], s.tx_full.get());
+    }
+    for (i, (stat, help)) in KERNEL_STATS.iter().enumerate() {
+        let name = format!("sgswitch_xsk_{stat}_total");
+        t.family(&name, "counter", &format!("Kernel XDP socket statistics: {help}."));
+        for s in &sockets {
+            t.sample(&name, &[("interface", &s.interface), ("queue", &s.queue.to_string())], s.kernel[i].get());
+        }
+    }
+
+    // Configuration.
+    let c = &shared.control;
+    t.family("sgswitch_config_generation", "gauge", "Generation of the configuration in force (1 at start, +1 per applied reload).");
+    t.sample("sgswitch_config_generation", &[], c.generation.load(Ordering::Relaxed));
+    t.family("sgswitch_config_last_reload_timestamp_seconds", "gauge", "Unix time the configuration in force was loaded.");
+    t.sample("sgswitch_config_last_reload_timestamp_seconds", &[], c.loaded_at_ms.load(Ordering::Relaxed) as f64 / 1000.0);
+    t.family("sgswitch_config_reloads_total", "counter", "Reloads, applied (success) or refused (failure).");
+    t.sample("sgswitch_config_reloads_total", &[("result", "success")], c.reloads_ok.load(Ordering::Relaxed));
+    t.sample("sgswitch_config_reloads_total", &[("result", "failure")], c.reloads_failed.load(Ordering::Relaxed));
+    t.family("sgswitch_config_ports", "gauge", "Ports in the configuration in force.");
+    t.sample("sgswitch_config_ports", &[], plan.ports.len());
+
+    // Flow log.
+    if let Some(fl) = &shared.flow_log {
+        t.family("sgswitch_flow_log_records_total", "counter", "Denied packets offered to the flow log, by what became of them.");
+        for (outcome, n) in fl.outcomes() {
+            t.sample("sgswitch_flow_log_records_total", &[("outcome", outcome)], n.get());
+        }
+    }
+
+    let started = shared.started.duration_since(std::time::SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    t.family("sgswitch_start_time_seconds", "gauge", "Unix time the switch started.");
+    t.sample("sgswitch_start_time_seconds", &[], started);
+    t.family("sgswitch_build_info", "gauge", "The running sgswitch version.");
+    t.sample("sgswitch_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
+    t.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_and_help_are_escaped() {
+        let mut t = Text(String::new());
+        t.family("x_total", "counter", "a \\ b\nc");
+        t.sample("x_total", &[("g", "a\"b\\c\nd")], 3);
+        assert_eq!(t.0, "# HELP x_total a \\\\ b\\nc\n# TYPE x_total counter\nx_total{g=\"a\\\"b\\\\c\\nd\"} 3\n");
+    }
+}
