@@ -6,8 +6,10 @@ need=()
 command -v cargo >/dev/null || { echo "setup: cargo is missing: install Rust (rustup) first" >&2; exit 2; }
 command -v python3 >/dev/null || need+=(python3)
 # xsk-rs builds libxdp and libbpf from source; the datapath tests and the demo
-# use iproute2 (namespaces, veth), ethtool, ping and netcat.
-for pkg in libelf-dev zlib1g-dev pkg-config clang m4 libpcap-dev iproute2 iputils-ping netcat-openbsd ethtool; do
+# use iproute2 (namespaces, veth), ethtool, ping and netcat; the operations
+# test runs a real Prometheus (and promtool) and setpriv (util-linux); the demo
+# reads the metrics with curl.
+for pkg in libelf-dev zlib1g-dev pkg-config clang m4 libpcap-dev iproute2 iputils-ping netcat-openbsd ethtool prometheus util-linux curl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if ! rustup component list --installed 2>/dev/null | grep -q '^clippy'; then rustup component add clippy rustfmt >/dev/null 2>&1 || true; fi

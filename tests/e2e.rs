@@ -4,17 +4,10 @@
 //! both directions, VM to VM, a reload with a broken file that changes
 //! nothing, a reload that closes a port, and a clean shutdown.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn sh(cmd: &str) -> bool {
-    Command::new("bash").arg("-c").arg(cmd).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
-}
+use sgswitch_tests::netns::{Topology, examples, require_root, sh, wait_for};
 
 fn connects(ns: &str, args: &str) -> bool {
     sh(&format!("ip netns exec sgs-{ns} nc -z -w 2 {args}"))
@@ -24,48 +17,11 @@ fn pings(ns: &str, to: &str) -> bool {
     sh(&format!("ip netns exec sgs-{ns} ping -c 3 -i 0.2 -W 1 {to}"))
 }
 
-struct Topology;
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        sh(&format!("{}/scripts/netns.sh down", root().display()));
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    for e in std::fs::read_dir(from).expect("read dir") {
-        let e = e.expect("entry");
-        let target = to.join(e.file_name());
-        if e.file_type().expect("type").is_dir() {
-            std::fs::create_dir_all(&target).expect("mkdir");
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).expect("copy");
-        }
-    }
-}
-
-fn wait_for(log: &Path, text: &str, after: usize) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(10) {
-        if std::fs::read_to_string(log).is_ok_and(|s| s.matches(text).count() > after) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
 #[test]
 fn the_switch_enforces_the_groups_on_real_interfaces_and_reloads() {
-    // SAFETY-free root check: namespaces need CAP_NET_ADMIN; CI runs as root.
-    if !sh("[ \"$(id -u)\" -eq 0 ] && command -v ip && command -v nc && command -v ethtool") {
-        panic!("the end-to-end test needs root, iproute2, netcat-openbsd and ethtool (scripts/setup.sh installs them)");
-    }
-    assert!(sh(&format!("{}/scripts/netns.sh up", root().display())), "netns.sh up");
-    let _topology = Topology;
-    let dir = tempfile::tempdir().expect("tempdir");
-    copy_dir(&root().join("examples"), dir.path());
+    require_root();
+    let _topology = Topology::up();
+    let dir = examples("127.0.0.1:19471", "");
     let logs = tempfile::tempdir().expect("tempdir");
     let log = logs.path().join("switch.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_sgswitch"))
@@ -116,8 +72,7 @@ fn the_switch_enforces_the_groups_on_real_interfaces_and_reloads() {
 
 #[test]
 fn a_missing_interface_is_named() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    copy_dir(&root().join("examples"), dir.path());
+    let dir = examples("127.0.0.1:19472", "");
     let host = dir.path().join("host.toml");
     let text = std::fs::read_to_string(&host).expect("read").replace("sgs-uplink", "sgs-nosuch0");
     std::fs::write(&host, text).expect("write");

@@ -205,7 +205,7 @@ impl Default for Host {
             uplink_interface: None,
             datapath: Datapath::default(),
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9469)),
-            control_socket: PathBuf::from("/run/sgswitch.sock"),
+            control_socket: PathBuf::from("/run/sgswitch/control.sock"),
             flow_log: FlowLog::default(),
             conntrack: Conntrack::default(),
             limits: Limits::default(),

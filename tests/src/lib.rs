@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod frames;
+pub mod netns;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

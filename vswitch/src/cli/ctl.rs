@@ -15,7 +15,7 @@ use super::{CliError, describe, out};
 #[derive(Debug, clap::Args)]
 pub(crate) struct CtlArgs {
     /// The control socket (`[control] socket` in host.toml).
-    #[arg(long, default_value = "/run/sgswitch.sock")]
+    #[arg(long, default_value = "/run/sgswitch/control.sock")]
     socket: PathBuf,
     #[command(subcommand)]
     verb: Verb,

@@ -1,0 +1,108 @@
+//! The namespace topology of `scripts/netns.sh` for the end-to-end tests
+//! (root only): bring it up and down, run commands in it, and copies of
+//! `examples/` with private metrics and control endpoints, so two switches
+//! started by tests never share an address.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs `cmd` in bash; whether it succeeded (output discarded).
+pub fn sh(cmd: &str) -> bool {
+    Command::new("bash").arg("-c").arg(cmd).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// Panics with what the end-to-end tests need unless they can run.
+pub fn require_root() {
+    if !sh("[ \"$(id -u)\" -eq 0 ] && command -v ip && command -v nc && command -v ethtool") {
+        panic!("the end-to-end tests need root, iproute2, netcat-openbsd and ethtool (scripts/setup.sh installs them)");
+    }
+}
+
+/// The topology; removed when dropped.
+#[derive(Debug)]
+pub struct Topology;
+
+impl Topology {
+    pub fn up() -> Topology {
+        assert!(sh(&format!("{}/scripts/netns.sh up", root().display())), "netns.sh up");
+        Topology
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        sh(&format!("{}/scripts/netns.sh down", root().display()));
+    }
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).expect("read dir") {
+        let e = e.expect("entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            std::fs::create_dir_all(&target).expect("mkdir");
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// A copy of `examples/` whose switch serves metrics on `metrics` and its
+/// control socket in the copy's own directory (`control.sock` beside
+/// `host.toml`), plus `extra` appended to `host.toml`.
+pub fn examples(metrics: &str, extra: &str) -> TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_dir(&root().join("examples"), dir.path());
+    let host = dir.path().join("host.toml");
+    let text = std::fs::read_to_string(&host).expect("read host.toml");
+    assert!(text.contains("listen = \"127.0.0.1:9469\""), "examples/host.toml sets the metrics address");
+    let text = text.replace("listen = \"127.0.0.1:9469\"", &format!("listen = \"{metrics}\""));
+    let control = dir.path().join("control.sock");
+    std::fs::write(&host, format!("{text}\n[control]\nsocket = \"{}\"\n{extra}", control.display())).expect("write host.toml");
+    dir
+}
+
+/// Waits up to ten seconds for `text` to appear in `log` more than `after`
+/// times.
+pub fn wait_for(log: &Path, text: &str, after: usize) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        if std::fs::read_to_string(log).is_ok_and(|s| s.matches(text).count() > after) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// `GET path` over HTTP/1.0 from a server on loopback; the body, if the
+/// status is 200.
+pub fn http_get(addr: &str, path: &str) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned()).or_else(|| head.starts_with("HTTP/1.0 200").then(|| body.to_owned()))
+}
+
+/// Percent-encodes a query-string value.
+pub fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b => format!("%{b:02X}"),
+        })
+        .collect()
+}
