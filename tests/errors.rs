@@ -364,3 +364,21 @@ fn a_missing_directory_is_a_configuration_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/sgswitch-config: not a configuration directory"));
 }
+
+#[test]
+fn flow_log_and_control_settings_are_checked() {
+    let host = "[control]\nsocket = \"\"\n\n[flow_log]\nenabled = \"yes\"\nrate = 0\nsample = 2\nbatch = 4\n";
+    let dir = write_dir(&files(&[("host.toml", host)]));
+    let out = sgswitch(&["check", dir.path().to_str().expect("utf-8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for want in [
+        "host.toml:2:10: `socket` = \"\" must be a path of 1 to 107 bytes (a Unix socket address)",
+        "host.toml:5:11: `enabled` must be true or false, not a string",
+        "host.toml:8:1: unknown key `batch` in [flow_log]",
+        "host.toml:6:8: `rate` = 0 is out of range: it must be 1..1000000",
+    ] {
+        assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
+    }
+    assert!(stderr.contains("4 errors"), "{stderr}");
+}

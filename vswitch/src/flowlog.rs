@@ -247,6 +247,12 @@ pub fn line(r: &Record, epoch_ms: u64, plan: Option<&Published>) -> String {
 }
 
 impl Writer {
+    /// Takes the oldest waiting record (the writer thread's loop; tests and
+    /// benchmarks drain with it too).
+    pub fn pop(&self) -> Option<Record> {
+        self.queue.pop()
+    }
+
     /// Opens the destination (a file is created if missing, appended to).
     ///
     /// # Errors
@@ -286,7 +292,7 @@ impl Writer {
                     }
                     let epoch = self.stats.epoch_ms.load(Ordering::Relaxed);
                     let mut wrote = false;
-                    while let Some(r) = self.queue.pop() {
+                    while let Some(r) = self.pop() {
                         let plan = recent.iter().rev().find(|p| p.plan.generation == r.generation).map(|p| &**p);
                         match writeln!(out, "{}", line(&r, epoch, plan)) {
                             Ok(()) => self.stats.written.add(1),

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use sgswitch::flowlog::{self, FlowLog, Writer};
 use sgswitch::pipeline::{Action, Pipeline, Reason, Source, conntrack_settings};
 use sgswitch::plan::{Plan, Zones};
 use sgswitch_conntrack::{FragSettings, Now};
@@ -175,4 +176,76 @@ fn a_batch_decides_exactly_as_frames_one_by_one() {
             assert_eq!(one.process(&plan, *s, f, now, 0), out[i], "batch {b} frame {i}");
         }
     }
+}
+
+fn flow_log(rate: u32, burst: u32, sample: u32) -> (FlowLog, Writer) {
+    FlowLog::new(&sgswitch_config::FlowLog { enabled: true, rate, burst, sample, ..sgswitch_config::FlowLog::default() })
+}
+
+/// A SYN from the uplink to eni-web1's port 9999 (denied by default).
+fn denied_syn(plan: &Plan, sport: u16) -> Vec<u8> {
+    let web = plan.ports.iter().position(|p| &*p.id == "eni-web1").expect("eni-web1");
+    let mac = plan.ports[web].mac.expect("mac");
+    let ip = |s: &str| s.parse().expect("ip");
+    let e = Ends { src_mac: UPLINK_MAC, dst_mac: mac, src: ip("192.0.2.77"), dst: ip("10.0.0.11") };
+    frames::tcp(&e, sport, 9999, "S", 1, 0, b"")
+}
+
+#[test]
+fn a_flood_of_denied_flows_is_logged_within_the_rate_and_allocates_nothing() {
+    let plan = examples();
+    let mut pipe = pipeline(&plan);
+    let (log, writer) = flow_log(10, 5, 1);
+    let stats = std::sync::Arc::clone(log.stats());
+    pipe.flow_log = Some(log);
+    let syns: Vec<Vec<u8>> = (0..2000u16).map(|i| denied_syn(&plan, 20_000 + i)).collect();
+    let _ = pipe.process(&plan, Source::Uplink, &syns[0], Now(0), 0);
+    let before = counting_alloc::allocs();
+    for f in &syns[1..1000] {
+        assert_eq!(pipe.process(&plan, Source::Uplink, f, Now(0), 0).reason, Reason::Default);
+    }
+    // One second later: the bucket refilled to its burst, not beyond; the
+    // first flow again is a repeat.
+    for f in &syns[1000..] {
+        let _ = pipe.process(&plan, Source::Uplink, f, Now(1000), 0);
+    }
+    let _ = pipe.process(&plan, Source::Uplink, &syns[0], Now(1000), 0);
+    assert_eq!(counting_alloc::allocs() - before, 0, "offering to the flow log allocated");
+    let mut records = Vec::new();
+    while let Some(r) = writer.pop() {
+        records.push(r);
+    }
+    assert_eq!(records.len(), 10, "a burst of 5 at t=0 and 5 more after a second");
+    assert_eq!(stats.rate_limited.get(), 1990);
+    assert_eq!(stats.repeat.get(), 1);
+    assert_eq!(stats.queue_full.get(), 0);
+    let web = plan.ports.iter().position(|p| &*p.id == "eni-web1");
+    let r = records[0];
+    assert_eq!((r.port, r.direction, r.proto, r.sport, r.dport, r.reason), (web, sgswitch_config::Direction::Ingress, 6, 20_000, 9999, Reason::Default));
+    assert_eq!(r.src, "192.0.2.77".parse::<std::net::IpAddr>().unwrap());
+    let line: serde_json::Value = serde_json::from_str(&flowlog::line(&r, 0, None)).expect("JSON");
+    assert_eq!((line["direction"].as_str(), line["proto"].as_str(), line["reason"].as_str()), (Some("ingress"), Some("tcp"), Some("default")));
+    assert_eq!(line["time"], "1970-01-01T00:00:00.000Z");
+}
+
+#[test]
+fn sampling_keeps_one_denied_flow_in_n_and_allowed_packets_are_never_logged() {
+    let plan = examples();
+    let mut pipe = pipeline(&plan);
+    let (log, writer) = flow_log(1_000_000, 1_000_000, 4);
+    let stats = std::sync::Arc::clone(log.stats());
+    pipe.flow_log = Some(log);
+    for i in 0..100u16 {
+        let _ = pipe.process(&plan, Source::Uplink, &denied_syn(&plan, 30_000 + i), Now(0), 0);
+    }
+    // An allowed flow (http to web1) is not offered at all.
+    let web = plan.ports.iter().position(|p| &*p.id == "eni-web1").expect("eni-web1");
+    let ip = |s: &str| s.parse().expect("ip");
+    let e = Ends { src_mac: UPLINK_MAC, dst_mac: plan.ports[web].mac.expect("mac"), src: ip("192.0.2.78"), dst: ip("10.0.0.11") };
+    assert!(matches!(pipe.process(&plan, Source::Uplink, &frames::tcp(&e, 1234, 80, "S", 1, 0, b""), Now(0), 0).action, Action::Forward(_)));
+    let mut n = 0;
+    while writer.pop().is_some() {
+        n += 1;
+    }
+    assert_eq!((n, stats.sampled_out.get()), (25, 75));
 }
