@@ -221,10 +221,16 @@ fn a_flood_of_denied_flows_is_logged_within_the_rate_and_allocates_nothing() {
     assert_eq!(stats.queue_full.get(), 0);
     let web = plan.ports.iter().position(|p| &*p.id == "eni-web1");
     let r = records[0];
-    assert_eq!((r.port, r.direction, r.proto, r.sport, r.dport, r.reason), (web, sgswitch_config::Direction::Ingress, 6, 20_000, 9999, Reason::Default));
+    assert_eq!(
+        (r.port, r.direction, r.proto, r.sport, r.dport, r.reason),
+        (web, sgswitch_config::Direction::Ingress, 6, 20_000, 9999, Reason::Default)
+    );
     assert_eq!(r.src, "192.0.2.77".parse::<std::net::IpAddr>().unwrap());
     let line: serde_json::Value = serde_json::from_str(&flowlog::line(&r, 0, None)).expect("JSON");
-    assert_eq!((line["direction"].as_str(), line["proto"].as_str(), line["reason"].as_str()), (Some("ingress"), Some("tcp"), Some("default")));
+    assert_eq!(
+        (line["direction"].as_str(), line["proto"].as_str(), line["reason"].as_str()),
+        (Some("ingress"), Some("tcp"), Some("default"))
+    );
     assert_eq!(line["time"], "1970-01-01T00:00:00.000Z");
 }
 
@@ -242,7 +248,10 @@ fn sampling_keeps_one_denied_flow_in_n_and_allowed_packets_are_never_logged() {
     let web = plan.ports.iter().position(|p| &*p.id == "eni-web1").expect("eni-web1");
     let ip = |s: &str| s.parse().expect("ip");
     let e = Ends { src_mac: UPLINK_MAC, dst_mac: plan.ports[web].mac.expect("mac"), src: ip("192.0.2.78"), dst: ip("10.0.0.11") };
-    assert!(matches!(pipe.process(&plan, Source::Uplink, &frames::tcp(&e, 1234, 80, "S", 1, 0, b""), Now(0), 0).action, Action::Forward(_)));
+    assert!(matches!(
+        pipe.process(&plan, Source::Uplink, &frames::tcp(&e, 1234, 80, "S", 1, 0, b""), Now(0), 0).action,
+        Action::Forward(_)
+    ));
     let mut n = 0;
     while writer.pop().is_some() {
         n += 1;
