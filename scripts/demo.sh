@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The demo: builds sgswitch, creates network namespaces for the six VMs of
 # examples/ and an "internet" host behind the uplink (scripts/netns.sh),
-# starts `sgswitch run examples` on them, and sends traffic that the security
-# groups allow and traffic they drop; then stops the switch, prints the
-# counters that moved, and removes everything. Needs root.
+# starts `sgswitch run` on a copy of examples/ (with the flow log of denied
+# flows on), and sends traffic that the security groups allow and traffic they
+# drop; shows the Prometheus metrics, `sgswitch ctl` against the running
+# switch and the flow log; then stops the switch, prints the counters that
+# moved, and removes everything. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "demo: run as root (it creates network namespaces)" >&2; exit 2; }
@@ -11,11 +13,12 @@ scripts/setup.sh
 cargo build --quiet --locked -p sgswitch
 sg=target/debug/sgswitch
 log=$(mktemp)
+cfg=$(mktemp -d)
 pid=
 cleanup() {
   [ -n "$pid" ] && kill -INT "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
   scripts/netns.sh down
-  rm -f "$log"
+  rm -rf "$log" "$cfg"
 }
 trap cleanup EXIT
 
@@ -31,7 +34,10 @@ step "Validate the example host (web, db, bastion, isolated lab)" $sg check exam
 scripts/netns.sh up
 echo
 echo "Namespaces sgs-web1 sgs-web2 sgs-db1 sgs-bastion sgs-lab1 sgs-lab2 (VMs) and sgs-inet (the uplink side)."
-$sg run examples 2>"$log" &
+cp -r examples/. "$cfg"
+printf '\n[flow_log]\nenabled = true\npath = "%s/denied.log"\n' "$cfg" >>"$cfg/host.toml"
+echo "Running on a copy of examples/ with the flow log on: $cfg"
+$sg run "$cfg" 2>"$log" &
 pid=$!
 for _ in $(seq 50); do grep -q "running on" "$log" && break; sleep 0.1; done
 cat "$log"
@@ -53,6 +59,14 @@ step "web1 to web2 (intra-group accept): ping answered" ns web1 ping -c 2 -i 0.2
 step "lab1 to lab2 port 8080 (sg-lab isolates its members): dropped" connect lab1 10.0.3.42 8080
 step "Outbound SMTP from web1 (host blocked_egress tcp/25): dropped" connect web1 10.0.255.1 25
 
+metrics() { curl -s http://127.0.0.1:9469/metrics | grep -E '^sgswitch_(packets_total\{port="eni-web1"|rule_hits_total\{group="sg-(web|ssh)".*\} [1-9]|conntrack_(entries\{port="eni-web1"|created_total)|xsk_info\{interface="tap-web1"|config_generation)'; }
+step "Prometheus metrics (http://127.0.0.1:9469/metrics), a selection" metrics
+step "The running switch, through its control socket" $sg ctl status
+step "Its tracked flows" $sg ctl conntrack list
+step "Why is SSH from elsewhere dropped? Asked of the live policy and state" \
+  $sg ctl trace --port eni-bastion --direction ingress --proto tcp --remote 10.0.255.1 --local-port 22
+step "The flow log of denied flows (rate-limited, one line per flow)" cat "$cfg/denied.log"
+
 printf '\n\033[1m== Stop the switch (SIGINT): the counters that moved\033[0m\n'
 kill -INT "$pid"
 wait "$pid" || true
@@ -61,3 +75,4 @@ sed -n '/^counters/,$p' "$log"
 echo
 echo "XDP programs left on the interfaces: $(ip link show | grep -c ' xdp' || true)"
 echo "Per-packet answers without a live switch: sgswitch trace examples ... and sgswitch replay examples --pcap FILE."
+echo "Service files: contrib/systemd/sgswitch.service, contrib/prometheus/prometheus.yml, contrib/grafana/sgswitch.json."

@@ -81,6 +81,14 @@ fn ctl_json(sock: &Path, args: &[&str]) -> Value {
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("ctl {args:?} printed no JSON ({e}): {out}"))
 }
 
+/// `ctl trace --json` of a TCP packet from `remote` to eni-web1's port 80.
+fn http_trace(sock: &Path, remote: &str, extra: &[&str]) -> Value {
+    let mut args =
+        vec!["trace", "--port", "eni-web1", "--direction", "ingress", "--proto", "tcp", "--remote", remote, "--local-port", "80", "--json"];
+    args.extend_from_slice(extra);
+    ctl_json(sock, &args)
+}
+
 /// An instant query through Prometheus' HTTP API: the result vector.
 fn query(q: &str) -> Vec<Value> {
     let body = http_get(PROMETHEUS, &format!("/api/v1/query?query={}", url_encode(q))).unwrap_or_else(|| panic!("query {q} failed"));
@@ -257,45 +265,11 @@ fn prometheus_sees_the_traffic_the_control_socket_answers_and_the_flow_log_holds
     };
     assert_eq!(flow["src"], "10.0.255.1");
     let sport = flow["sport"].to_string();
-    let live = ctl_json(
-        &sock,
-        &[
-            "trace",
-            "--port",
-            "eni-web1",
-            "--direction",
-            "ingress",
-            "--proto",
-            "tcp",
-            "--remote",
-            "10.0.255.1",
-            "--remote-port",
-            &sport,
-            "--local-port",
-            "80",
-            "--json",
-        ],
-    );
+    let live = http_trace(&sock, "10.0.255.1", &["--remote-port", &sport]);
     assert_eq!((live["verdict"].as_str(), live["by"].as_str()), (Some("allow"), Some("established")), "{live}");
     assert_eq!(live["conntrack"]["state"], "ESTABLISHED");
     assert_eq!(live["policy"]["verdict"], "allow");
-    let denied = ctl_json(
-        &sock,
-        &[
-            "trace",
-            "--port",
-            "eni-web1",
-            "--direction",
-            "ingress",
-            "--proto",
-            "tcp",
-            "--remote",
-            "203.0.113.9",
-            "--local-port",
-            "80",
-            "--json",
-        ],
-    );
+    let denied = http_trace(&sock, "203.0.113.9", &[]);
     assert_eq!((denied["verdict"].as_str(), denied["by"].as_str()), (Some("deny"), Some("rule")), "{denied}");
     assert_eq!(denied["rule"], traced["rule"], "ctl trace and trace name the same rule");
     assert!(denied["conntrack"].is_null());
