@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use sgswitch_tests::netns::{Topology, examples, require_root, sh, wait_for};
+use sgswitch_tests::netns::{Kill, Topology, examples, require_root, sh, wait_for};
 
 fn connects(ns: &str, args: &str) -> bool {
     sh(&format!("ip netns exec sgs-{ns} nc -z -w 2 {args}"))
@@ -17,6 +17,70 @@ fn pings(ns: &str, to: &str) -> bool {
     sh(&format!("ip netns exec sgs-{ns} ping -c 3 -i 0.2 -W 1 {to}"))
 }
 
+/// A threaded TCP echo server on port 443 (python3, inside a namespace).
+const ECHO_SERVER: &str = "import socket,threading\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('0.0.0.0',443));s.listen()\ndef h(c):\n  while True:\n    d=c.recv(4096)\n    if not d: break\n    c.sendall(d)\nwhile True:\n  c,_=s.accept();threading.Thread(target=h,args=(c,),daemon=True).start()";
+
+/// One TCP connection from the internet host to web1:443, held open; each
+/// line written is sent and must come back within two seconds.
+const ECHO_CLIENT: &str = r#"
+import socket, sys
+c = socket.create_connection(('10.0.0.11', 443), timeout=3)
+c.settimeout(2)
+print('connected', flush=True)
+for line in sys.stdin:
+    try:
+        c.sendall(line.encode())
+        d = c.recv(4096)
+        print('ok' if d == line.encode() else 'bad', flush=True)
+    except socket.timeout:
+        print('timeout', flush=True)
+    except OSError as e:
+        print('error', e, flush=True)
+"#;
+
+struct Echo {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Echo {
+    fn connect() -> Echo {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", "sgs-inet", "python3", "-c", ECHO_CLIENT])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("echo client");
+        let out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut e = Echo { child, out };
+        assert_eq!(e.line(), "connected", "the echo client connects");
+        e
+    }
+
+    fn line(&mut self) -> String {
+        let mut l = String::new();
+        let _ = std::io::BufRead::read_line(&mut self.out, &mut l);
+        l.trim().to_owned()
+    }
+
+    fn say(&mut self, text: &str) -> String {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        std::io::Write::write_all(stdin, format!("{text}\n").as_bytes()).expect("write to the client");
+        self.line()
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn reloads(log: &std::path::Path) -> usize {
+    std::fs::read_to_string(log).unwrap_or_default().matches("reloaded").count()
+}
+
 #[test]
 fn the_switch_enforces_the_groups_on_real_interfaces_and_reloads() {
     require_root();
@@ -24,11 +88,13 @@ fn the_switch_enforces_the_groups_on_real_interfaces_and_reloads() {
     let dir = examples("127.0.0.1:19471", "");
     let logs = tempfile::tempdir().expect("tempdir");
     let log = logs.path().join("switch.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sgswitch"))
-        .args(["run", dir.path().to_str().expect("utf-8")])
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("start sgswitch run");
+    let mut child = Kill(
+        Command::new(env!("CARGO_BIN_EXE_sgswitch"))
+            .args(["run", dir.path().to_str().expect("utf-8")])
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start sgswitch run"),
+    );
     assert!(wait_for(&log, "running on", 0), "switch did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
     for (ns, port) in [("web1", 80), ("bastion", 22), ("db1", 5432), ("lab2", 8080), ("web2", 80)] {
         assert!(sh(&format!("ip netns exec sgs-{ns} sh -c 'nc -lk -p {port} >/dev/null 2>&1 &'")));
@@ -46,8 +112,29 @@ fn the_switch_enforces_the_groups_on_real_interfaces_and_reloads() {
     assert!(!connects("lab1", "10.0.3.42 8080"), "lab isolation");
     assert!(!connects("web1", "10.0.255.1 25"), "outbound smtp is blocked");
 
-    // A broken file: refused, the running configuration stays.
+    // An established connection lives through ten reloads that keep its
+    // verdict, and a reload that denies it cuts it (revalidate).
+    let _server = Kill(Command::new("ip").args(["netns", "exec", "sgs-web1", "python3", "-c", ECHO_SERVER]).spawn().expect("echo server"));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut client = Echo::connect();
+    assert_eq!(client.say("hello"), "ok", "https echo through the switch");
+    let db = dir.path().join("groups/sg-db.toml");
+    let db_text = std::fs::read_to_string(&db).expect("read sg-db");
+    for i in 0..10 {
+        let before = reloads(&log);
+        std::fs::write(&db, db_text.replace("no internet\"", &format!("no internet (edit {i})\""))).expect("write sg-db");
+        assert!(wait_for(&log, "reloaded", before), "reload {i} applied: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        assert_eq!(client.say(&format!("after reload {i}")), "ok", "the connection survives reload {i}");
+    }
     let web = dir.path().join("groups/sg-web.toml");
+    let before = reloads(&log);
+    let web_text = std::fs::read_to_string(&web).expect("read sg-web");
+    std::fs::write(&web, web_text.replacen("ports = \"443/443\"", "ports = \"4443/4443\"", 1)).expect("write sg-web");
+    assert!(wait_for(&log, "reloaded", before), "the closing reload applied");
+    assert_eq!(client.say("after https is closed"), "timeout", "the connection is cut by the reload that denies it");
+    drop(client);
+
+    // A broken file: refused, the running configuration stays.
     let good = std::fs::read_to_string(&web).expect("read");
     std::fs::write(&web, format!("{good}\n[[ingress]]\nprotocol = \"tcp\"\nports = \"99999/1\"\n")).expect("write");
     assert!(wait_for(&log, "refused", 0), "the broken file is refused: {}", std::fs::read_to_string(&log).unwrap_or_default());
@@ -57,13 +144,13 @@ fn the_switch_enforces_the_groups_on_real_interfaces_and_reloads() {
     // A valid change that closes http: applied on file change.
     std::fs::write(&web, good.replace("ports = \"80/80\"\nsource = \"0.0.0.0/0\"", "ports = \"81/81\"\nsource = \"0.0.0.0/0\""))
         .expect("write");
-    assert!(wait_for(&log, "reloaded", 0), "reload applied: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(wait_for(&log, "reloaded", before + 1), "reload applied: {}", std::fs::read_to_string(&log).unwrap_or_default());
     assert!(!connects("inet", "10.0.0.11 80"), "http is closed by the new policy");
     assert!(pings("inet", "10.0.0.11"), "ping still allowed");
 
     // SIGTERM: clean exit, counters printed, no XDP program left.
-    assert!(sh(&format!("kill -TERM {}", child.id())));
-    let status = child.wait().expect("wait");
+    assert!(sh(&format!("kill -TERM {}", child.0.id())));
+    let status = child.0.wait().expect("wait");
     assert!(status.success(), "exit status {status}");
     let text = std::fs::read_to_string(&log).expect("log");
     assert!(text.contains("counters (packets):") && text.contains("rule sg-web/ingress/0"), "{text}");

@@ -9,11 +9,11 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sgswitch_tests::netns::{Topology, examples, http_get, require_root, root, sh, url_encode, wait_for};
+use sgswitch_tests::netns::{Kill, Topology, examples, http_get, require_root, root, sh, url_encode, wait_for};
 
 const METRICS: &str = "127.0.0.1:19469";
 const PROMETHEUS: &str = "127.0.0.1:19090";
@@ -47,15 +47,6 @@ for i in range(n):
     s.sendto(b'x', (dst, dport))
     s.close()
 "#;
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn python(ns: &str, script: &str, args: &[&str]) {
     let ok = Command::new("ip")

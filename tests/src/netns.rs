@@ -27,6 +27,18 @@ pub fn require_root() {
     }
 }
 
+/// A child process killed (and reaped) when dropped, so a failing test
+/// leaves no switch or server behind.
+#[derive(Debug)]
+pub struct Kill(pub std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The topology; removed when dropped.
 #[derive(Debug)]
 pub struct Topology;
