@@ -101,7 +101,12 @@ impl Memory {
     pub fn copy_in(&mut self, bytes: &[u8]) -> Option<FrameDesc> {
         let mut d = self.free.pop()?;
         // SAFETY: `d` came from the free list: no ring holds it.
-        let written = std::io::Write::write_all(&mut unsafe { self.umem.data_mut(&mut d) }.cursor(), bytes).is_ok();
+        let mut data = unsafe { self.umem.data_mut(&mut d) };
+        let mut cursor = data.cursor();
+        // A frame dropped back to the free list keeps its old length, and a
+        // cursor writes after it: start at the beginning.
+        cursor.set_pos(0);
+        let written = std::io::Write::write_all(&mut cursor, bytes).is_ok();
         if written {
             Some(d)
         } else {
@@ -255,5 +260,24 @@ impl Socket {
             let _ = self.tx.wakeup();
         }
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recycled_frame_holds_exactly_the_bytes_copied_in_last() {
+        let mut mem = Memory::new(512, 64).expect("a UMEM");
+        let long: Vec<u8> = (0..148u8).collect();
+        let d = mem.copy_in(&long).expect("a free frame");
+        assert_eq!(mem.data(&d), &long[..]);
+        // Back to the free list as a dropped frame goes (with its length),
+        // and taken again (the list is a stack).
+        mem.free.push(d);
+        let short = [7u8; 60];
+        let d = mem.copy_in(&short).expect("a free frame");
+        assert_eq!(mem.data(&d), &short[..], "the frame has the new bytes only");
     }
 }
