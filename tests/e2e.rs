@@ -84,8 +84,21 @@ fn reloads(log: &std::path::Path) -> usize {
 #[test]
 fn the_switch_enforces_the_groups_on_real_interfaces_and_reloads() {
     require_root();
+    // One poll loop, then two: with two, ports alternate between the loops,
+    // so VM-to-VM and uplink traffic crosses from one loop to the other.
+    for cores in ["[0]", "[0, 1]"] {
+        scenario(cores);
+    }
+}
+
+fn scenario(cores: &str) {
+    eprintln!("== cores = {cores}");
     let _topology = Topology::up();
     let dir = examples("127.0.0.1:19471", "");
+    let host = dir.path().join("host.toml");
+    let text = std::fs::read_to_string(&host).expect("read host.toml");
+    assert!(text.contains("cores = [0]"), "examples/host.toml names its cores");
+    std::fs::write(&host, text.replace("cores = [0]", &format!("cores = {cores}"))).expect("write host.toml");
     let logs = tempfile::tempdir().expect("tempdir");
     let log = logs.path().join("switch.log");
     let mut child = Kill(

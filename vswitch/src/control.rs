@@ -189,7 +189,7 @@ fn status(shared: &Shared) -> Value {
         "reloads": {"success": c.reloads_ok.load(Ordering::Relaxed), "failure": c.reloads_failed.load(Ordering::Relaxed)},
         "uptime_seconds": shared.started.elapsed().map_or(0, |d| d.as_secs()),
         "metrics": shared.host.metrics_listen.to_string(),
-        "flow_log": shared.flow_log.is_some(),
+        "flow_log": !shared.flow_log.is_empty(),
         "ports": ports,
         "loops": loops,
     })

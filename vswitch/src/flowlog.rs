@@ -16,7 +16,7 @@
 use std::io::Write;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use crossbeam_queue::ArrayQueue;
@@ -66,8 +66,6 @@ pub struct Stats {
     pub queue_full: Counter,
     /// Write errors (by the writer).
     pub errors: Counter,
-    /// Unix time, in ms, of the loop clock's zero.
-    epoch_ms: AtomicU64,
 }
 
 impl Stats {
@@ -153,13 +151,24 @@ impl FlowLog {
         (log, Writer { queue, stats, to: cfg.to.clone() })
     }
 
-    pub fn stats(&self) -> &Arc<Stats> {
-        &self.stats
+    /// One flow log per poll loop, all feeding one writer: each loop has
+    /// its own counters and its share of the rate and burst (rounded up),
+    /// so the host's total stays at what `[flow_log]` says.
+    pub fn per_loop(cfg: &sgswitch_config::FlowLog, loops: usize) -> (Vec<FlowLog>, Writer) {
+        let loops = u32::try_from(loops.max(1)).unwrap_or(u32::MAX);
+        let share = sgswitch_config::FlowLog { rate: cfg.rate.div_ceil(loops), burst: cfg.burst.div_ceil(loops), ..cfg.clone() };
+        let (first, writer) = FlowLog::new(&share);
+        let mut logs = vec![first];
+        while logs.len() < loops as usize {
+            let mut l = FlowLog::new(&share).0;
+            l.queue = Arc::clone(&writer.queue);
+            logs.push(l);
+        }
+        (logs, writer)
     }
 
-    /// Sets the wall-clock time of the loop clock's zero.
-    pub fn set_epoch(&self, t: SystemTime) {
-        self.stats.epoch_ms.store(crate::run::unix_ms(t), Ordering::Relaxed);
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
     }
 
     /// Offers a denied packet. Never allocates, locks or blocks.
@@ -290,7 +299,7 @@ impl Writer {
                         }
                         recent.push(cur);
                     }
-                    let epoch = self.stats.epoch_ms.load(Ordering::Relaxed);
+                    let epoch = crate::run::unix_ms(shared.started);
                     let mut wrote = false;
                     while let Some(r) = self.pop() {
                         let plan = recent.iter().rev().find(|p| p.plan.generation == r.generation).map(|p| &**p);

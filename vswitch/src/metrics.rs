@@ -199,6 +199,14 @@ pub fn render(shared: &Shared) -> String {
         t.sample("sgswitch_loop_copy_failed_total", &[("loop", &l.index.to_string())], l.copy_failed.get());
     }
 
+    t.family("sgswitch_loop_handover_total", "counter", "Frames handed from a poll loop to the loop that owns their next stage or socket, by outcome (sent, dropped: the inbox was full, received).");
+    for l in &shared.loops {
+        let lp = l.index.to_string();
+        for (outcome, c) in [("sent", &l.handover_sent), ("dropped", &l.handover_dropped), ("received", &l.handover_received)] {
+            t.sample("sgswitch_loop_handover_total", &[("loop", &lp), ("outcome", outcome)], c.get());
+        }
+    }
+
     // AF_XDP sockets.
     let sockets: Vec<_> = shared.loops.iter().flat_map(|l| l.sockets.load().iter().map(Arc::clone).collect::<Vec<_>>()).collect();
     t.family("sgswitch_xsk_info", "gauge", "An AF_XDP socket with the XDP attach mode and zero-copy state in use.");
@@ -233,10 +241,11 @@ pub fn render(shared: &Shared) -> String {
     t.sample("sgswitch_config_ports", &[], plan.ports.len());
 
     // Flow log.
-    if let Some(fl) = &shared.flow_log {
+    if let Some(first) = shared.flow_log.first() {
         t.family("sgswitch_flow_log_records_total", "counter", "Denied packets offered to the flow log, by what became of them.");
-        for (outcome, n) in fl.outcomes() {
-            t.sample("sgswitch_flow_log_records_total", &[("outcome", outcome)], n.get());
+        for (i, (outcome, _)) in first.outcomes().iter().enumerate() {
+            let n: u64 = shared.flow_log.iter().map(|fl| fl.outcomes()[i].1.get()).sum();
+            t.sample("sgswitch_flow_log_records_total", &[("outcome", outcome)], n);
         }
     }
 

@@ -45,6 +45,9 @@ pub enum Source {
     /// A VM port (its egress).
     Port(PortIdx),
     Uplink,
+    /// Handed over by another poll loop: the sender's checks passed there,
+    /// and this port's ingress (owned by this loop) is next.
+    Peer(PortIdx),
 }
 
 /// Where a frame goes.
@@ -66,6 +69,9 @@ pub enum Action {
     /// A fragment waiting for its first fragment; its outcome comes later
     /// through [`Pipeline::take_released`].
     Held,
+    /// The next stage is this port's ingress, and another poll loop owns
+    /// the port (and its conntrack zone): hand the frame over to it.
+    Handover(PortIdx),
 }
 
 /// Why a frame was forwarded or dropped.
@@ -189,6 +195,8 @@ pub struct Pipeline<H> {
     pub counters: Arc<Counters>,
     /// Where denied packets are logged, if anywhere.
     pub flow_log: Option<FlowLog>,
+    /// Which zones this pipeline's loop owns: `zone % loops == me`.
+    owner: (usize, usize),
     /// The current plan's rule hits (also published in `counters`).
     hits: Arc<RuleHits>,
     /// Released fragments not yet finished (scratch, preallocated).
@@ -210,10 +218,22 @@ impl<H: Copy> Pipeline<H> {
             frags: Fragments::new(frag),
             counters,
             flow_log: None,
+            owner: (0, 1),
             hits: Arc::new(RuleHits::new(0, Arc::from([]))),
             scratch: Vec::with_capacity(held + 1),
             released: Vec::with_capacity(held + 1),
         }
+    }
+
+    /// Makes this the pipeline of loop `me` of `loops`: it judges the ports
+    /// whose zone is `me` modulo `loops`, and hands frames for the others
+    /// over ([`Action::Handover`]).
+    pub fn set_owner(&mut self, me: usize, loops: usize) {
+        self.owner = (me, loops.max(1));
+    }
+
+    fn owns(&self, plan: &Plan, p: PortIdx) -> bool {
+        plan.ports.get(p).is_none_or(|port| owner_of(port.zone, self.owner.1) == self.owner.0)
     }
 
     pub fn fragments(&self) -> &Fragments<Pending<H>> {
@@ -269,7 +289,7 @@ impl<H: Copy> Pipeline<H> {
             for ((src, _, _), p) in chunk.iter().zip(&parsed) {
                 if let Some(Ok(Frame { net: Net::Ip(ip), dst, .. })) = p {
                     let port = match *src {
-                        Source::Port(p) => Some(p),
+                        Source::Port(p) | Source::Peer(p) => Some(p),
                         Source::Uplink => plan.port_by_mac(dst),
                     };
                     if let Some(zone) = port.and_then(|p| plan.ports.get(p)).map(|p| p.zone) {
@@ -303,6 +323,7 @@ impl<H: Copy> Pipeline<H> {
             Err(_) => {
                 let (port, direction) = match src {
                     Source::Port(p) => (Some(p), Direction::Egress),
+                    Source::Peer(p) => (Some(p), Direction::Ingress),
                     Source::Uplink => (None, Direction::Ingress),
                 };
                 Outcome { action: Action::Drop, reason: Reason::Malformed, port, direction }
@@ -313,7 +334,9 @@ impl<H: Copy> Pipeline<H> {
     }
 
     fn count(&mut self, plan: &Plan, o: &Outcome, len: u32) {
-        if o.action == Action::Held {
+        // A held fragment is counted when released, a handed-over frame by
+        // the loop that finishes it.
+        if matches!(o.action, Action::Held | Action::Handover(_)) {
             return;
         }
         let slot = o.port.and_then(|p| plan.ports.get(p)).map_or(0, |p| usize::from(p.zone) + 1);
@@ -335,6 +358,14 @@ impl<H: Copy> Pipeline<H> {
         match src {
             Source::Port(p) => self.port_frame(plan, p, f, now, handle),
             Source::Uplink => self.uplink_frame(plan, f, now, handle),
+            Source::Peer(q) => match f.net {
+                Net::Ip(ip) => {
+                    let pending = Pending { handle, ip, len: f.len, port: q, direction: Direction::Ingress, then: None, to: To::Port(q) };
+                    self.stages(plan, pending, now)
+                }
+                // Only IP frames are handed over for judging.
+                _ => Outcome { action: Action::Drop, reason: Reason::Malformed, port: Some(q), direction: Direction::Ingress },
+            },
         }
     }
 
@@ -415,6 +446,17 @@ impl<H: Copy> Pipeline<H> {
     /// follows, that port's ingress stage.
     fn stages(&mut self, plan: &Plan, mut pending: Pending<H>, now: Now) -> Outcome {
         loop {
+            // The sender's egress runs where its frame arrived (the loop
+            // owns that port's socket); a receiver's ingress runs in the
+            // loop that owns the receiver's zone.
+            if pending.direction == Direction::Ingress && !self.owns(plan, pending.port) {
+                return Outcome {
+                    action: Action::Handover(pending.port),
+                    reason: Reason::Default,
+                    port: Some(pending.port),
+                    direction: pending.direction,
+                };
+            }
             let out = self.stage(plan, &pending, now);
             match (out.action, pending.then) {
                 (Action::Forward(_), Some(q)) => {
@@ -548,6 +590,11 @@ impl<H: Copy> Pipeline<H> {
             ct::Outcome::Full => done(Action::Drop, Reason::ConntrackFull),
         }
     }
+}
+
+/// The poll loop of `loops` that owns `zone` (and the port it belongs to).
+pub fn owner_of(zone: Zone, loops: usize) -> usize {
+    usize::from(zone) % loops.max(1)
 }
 
 fn flip(d: Direction) -> Direction {

@@ -136,7 +136,9 @@ pub fn reason_text(policy: &Policy, r: Reason) -> String {
 /// `broadcast`, or `None` for a drop.
 pub fn to_text(plan: &Plan, o: &Outcome) -> Option<String> {
     match o.action {
-        Action::Forward(To::Port(p)) => plan.ports.get(p).map(|p| p.id.to_string()),
+        // Replay runs one pipeline, which owns every port: it never hands
+        // over; a handed-over frame is on its way to that port.
+        Action::Forward(To::Port(p)) | Action::Handover(p) => plan.ports.get(p).map(|p| p.id.to_string()),
         Action::Forward(To::Uplink) => Some("uplink".to_owned()),
         Action::Forward(To::Flood { .. }) => Some("broadcast".to_owned()),
         Action::Drop | Action::Held => None,

@@ -18,10 +18,15 @@
 //! - **Shutdown**: SIGINT or SIGTERM stops the loop; dropping the sockets
 //!   detaches the XDP programs libxdp attached, so nothing is left on the
 //!   interfaces; the control socket's file is removed.
-//! - **One poll loop** runs on the first core of `[datapath] cores`; the
-//!   others are not used yet (the pipeline, conntrack and the counters are
-//!   per loop, ready for more loops; the hand-over between loops is not
-//!   built).
+//! - **Poll loops**: one per core of `[datapath] cores`, pinned. Loop `i`
+//!   owns the ports whose conntrack zone is `i` modulo the number of loops
+//!   (zones are stable per port id, so a port stays with its loop across
+//!   reloads), their sockets and their flows; loop 0 also owns the uplink's
+//!   socket. A frame whose next stage or whose target socket belongs to
+//!   another loop is copied into that loop's bounded inbox (a lock-free
+//!   `ArrayQueue`): the sender's egress is judged where the frame arrived,
+//!   the receiver's ingress in the receiver's loop. A full inbox drops the
+//!   frame and counts it.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,13 +35,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use crossbeam_queue::ArrayQueue;
 use sgswitch_config::{Config, Host, load_dir};
 use sgswitch_conntrack::{self as ct, FragSettings, Now, Tuple, Zone};
+use sgswitch_filter::PortIdx;
 use tracing::{info, warn};
 use xsk_rs::FrameDesc;
 
 use crate::flowlog::{self, FlowLog};
-use crate::pipeline::{Action, Outcome, Pipeline, REASONS, Reason, Source, To, conntrack_settings};
+use crate::pipeline::{Action, Outcome, Pipeline, REASONS, Reason, Source, To, conntrack_settings, owner_of};
 use crate::plan::{Plan, Zones};
 use crate::stats::{ControlStats, Counter, Counters, LoopStats, SocketStats};
 use crate::xdp::{Memory, Socket};
@@ -94,9 +101,14 @@ pub struct Shared {
     pub control: ControlStats,
     pub loops: Vec<Arc<LoopStats>>,
     pub requests: Vec<SyncSender<LoopRequest>>,
-    pub flow_log: Option<Arc<flowlog::Stats>>,
+    /// Per loop: frames other loops hand over to it.
+    inboxes: Vec<Arc<ArrayQueue<Parcel>>>,
+    /// Per loop, when the flow log is on.
+    pub flow_log: Vec<Arc<flowlog::Stats>>,
     pub stop: AtomicBool,
+    /// Wall-clock time at start, and the same moment on the loops' clock.
     pub started: SystemTime,
+    pub epoch: Instant,
 }
 
 impl Shared {
@@ -174,18 +186,16 @@ pub fn run(dir: &Path) -> Result<String, String> {
     let metrics = crate::metrics::bind(host.metrics_listen)?;
     let control = crate::control::bind(&host.control_socket)?;
 
-    let core = host.datapath.cores.first().copied().unwrap_or(0);
-    if host.datapath.cores.len() > 1 {
-        warn!("one poll loop runs, on core {core}; more loops are not built yet (cores = {:?})", host.datapath.cores);
-    }
-    let stats = Arc::new(LoopStats::new(0, core, Arc::new(Counters::default())));
-    let (req_tx, req_rx) = std::sync::mpsc::sync_channel::<LoopRequest>(8);
-    let (log, writer) = match host.flow_log.enabled {
-        true => {
-            let (l, w) = FlowLog::new(&host.flow_log);
-            (Some(l), Some(w))
-        }
-        false => (None, None),
+    let cores = if host.datapath.cores.is_empty() { vec![0] } else { host.datapath.cores.clone() };
+    let n = cores.len();
+    let stats: Vec<Arc<LoopStats>> =
+        cores.iter().enumerate().map(|(i, &c)| Arc::new(LoopStats::new(i, c, Arc::new(Counters::default())))).collect();
+    let (requests, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| std::sync::mpsc::sync_channel::<LoopRequest>(8)).unzip();
+    let (logs, writer): (Vec<Option<FlowLog>>, _) = if host.flow_log.enabled {
+        let (logs, w) = FlowLog::per_loop(&host.flow_log, n);
+        (logs.into_iter().map(Some).collect(), Some(w))
+    } else {
+        ((0..n).map(|_| None).collect(), None)
     };
     let shared = Arc::new(Shared {
         dir: dir.to_owned(),
@@ -193,55 +203,78 @@ pub fn run(dir: &Path) -> Result<String, String> {
         published: ArcSwap::from_pointee(first),
         zones: Mutex::new(zones),
         control: ControlStats::default(),
-        loops: vec![Arc::clone(&stats)],
-        requests: vec![req_tx],
-        flow_log: log.as_ref().map(|l| Arc::clone(l.stats())),
+        loops: stats.clone(),
+        requests,
+        inboxes: (0..n).map(|_| Arc::new(ArrayQueue::new(HANDOVER))).collect(),
+        flow_log: logs.iter().flatten().map(|l| Arc::clone(l.stats())).collect(),
         stop: AtomicBool::new(false),
         started: SystemTime::now(),
+        epoch: Instant::now(),
     });
     shared.control.generation.store(1, Ordering::Relaxed);
     shared.control.loaded_at_ms.store(unix_ms(shared.started), Ordering::Relaxed);
 
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-    let writer = match writer.map(|w| w.start(Arc::clone(&shared))).transpose() {
-        Ok(w) => w,
-        Err(e) => {
-            let _ = std::fs::remove_file(&host.control_socket);
-            return Err(e);
-        }
-    };
-    let worker = {
-        let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
-        std::thread::Builder::new()
-            .name(format!("sgswitch-loop-{core}"))
-            .spawn(move || poll_loop(&shared, &uplink, &stats, log, &req_rx, &stop, &ready_tx))
-            .map_err(|e| format!("starting the poll loop: {e}"))?
-    };
     let finish = |shared: &Shared| {
         shared.stop.store(true, Ordering::Relaxed);
         let _ = std::fs::remove_file(&shared.host.control_socket);
     };
-    match ready_rx.recv() {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
+    let writer = match writer.map(|w| w.start(Arc::clone(&shared))).transpose() {
+        Ok(w) => w,
+        Err(e) => {
             finish(&shared);
-            let _ = worker.join();
             return Err(e);
         }
-        Err(_) => {
-            finish(&shared);
-            return Err("the poll loop ended before it was ready".into());
+    };
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let mut workers = Vec::with_capacity(n);
+    for ((stats, log), requests) in stats.into_iter().zip(logs).zip(receivers) {
+        let (mine, uplink, ready) = (Arc::clone(&shared), uplink.clone(), ready_tx.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("sgswitch-loop-{}", stats.index))
+            .spawn(move || poll_loop(&mine, &uplink, &stats, log, &requests, &ready));
+        match spawned {
+            Ok(w) => workers.push(w),
+            Err(e) => {
+                finish(&shared);
+                return Err(format!("starting poll loop {}: {e}", workers.len()));
+            }
         }
+    }
+    drop(ready_tx);
+    let mut failed = None;
+    for _ in 0..n {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failed.get_or_insert(e);
+            }
+            Err(_) => {
+                failed.get_or_insert_with(|| "a poll loop ended before it was ready".to_owned());
+            }
+        }
+    }
+    if let Some(e) = failed {
+        finish(&shared);
+        for w in workers {
+            let _ = w.join();
+        }
+        return Err(e);
     }
     let threads = [crate::metrics::serve(metrics, Arc::clone(&shared)), crate::control::serve(control, Arc::clone(&shared))];
     info!(
         metrics = %host.metrics_listen,
         control = %host.control_socket.display(),
-        "running on {} (generation 1); SIGHUP or a file change reloads, SIGINT/SIGTERM stops",
-        dir.display()
+        loops = n,
+        "running on {} (generation 1, {n} poll loop{} on cores {cores:?}); SIGHUP or a file change reloads, SIGINT/SIGTERM stops",
+        dir.display(),
+        if n == 1 { "" } else { "s" }
     );
     watch(&shared, &stop, &hup);
-    let result = worker.join().map_err(|_| "the poll loop panicked".to_owned()).and_then(|r| r);
+    let mut result = Ok(());
+    for w in workers {
+        let r = w.join().map_err(|_| "a poll loop panicked".to_owned()).and_then(|r| r);
+        result = result.and(r);
+    }
     finish(&shared);
     for t in threads.into_iter().flatten().chain(writer) {
         let _ = t.join();
@@ -312,18 +345,21 @@ fn open(mem: &Memory, host: &Host, interface: &str, src: Source, cap: usize) -> 
     Ok(Port { sock, src, pending: Vec::with_capacity(cap), stats })
 }
 
-/// Opens the sockets of the plan's ports that have none, closes those of
-/// ports that went away, and maps the plan's port indexes to sockets.
+/// Opens the sockets of the plan's ports this loop owns that have none,
+/// closes those of ports that went away (or are another loop's), and maps
+/// the plan's port indexes to this loop's sockets.
 fn reconcile(
     plan: &Plan,
     mem: &Memory,
     host: &Host,
+    me: Owner,
     socks: &mut Vec<Port>,
     by_port: &mut Vec<Option<usize>>,
     cap: usize,
 ) -> Result<(), String> {
-    let wanted: Vec<Option<&str>> = plan.ports.iter().map(|p| p.interface.as_deref()).collect();
-    // Keep the uplink (it stays first) and ports still configured.
+    let wanted: Vec<Option<&str>> =
+        plan.ports.iter().map(|p| p.interface.as_deref().filter(|_| owner_of(p.zone, me.loops) == me.index)).collect();
+    // Keep the uplink and the ports still configured here.
     socks.retain(|s| {
         let keep = s.src == Source::Uplink || wanted.contains(&Some(s.sock.interface.as_str()));
         if !keep {
@@ -420,28 +456,96 @@ fn answer(requests: &Receiver<LoopRequest>, pipe: &mut Pipeline<FrameDesc>, stat
     }
 }
 
-/// The poll loop: owns the UMEM, the sockets and the pipeline.
+/// Frames one loop's inbox holds at most (each a 2 KiB parcel: 2 MiB).
+const HANDOVER: usize = 1024;
+
+/// Which loop this is, of how many.
+#[derive(Clone, Copy, Debug)]
+struct Owner {
+    index: usize,
+    loops: usize,
+}
+
+/// What the receiving loop does with a handed-over frame.
+#[derive(Clone, Copy, Debug)]
+enum Task {
+    /// Judge it with this port's ingress (the loop owns the port's zone),
+    /// then send it on.
+    Judge(PortIdx),
+    /// Transmit it: to a port's socket or the uplink of the receiving loop,
+    /// or flood it to the receiving loop's sockets.
+    Send(To),
+}
+
+/// A frame handed from one poll loop to another. Each loop has its own
+/// UMEM, so the bytes are copied (`docs/design.md`).
+pub struct Parcel {
+    task: Task,
+    len: u16,
+    data: [u8; crate::xdp::FRAME_SIZE as usize],
+}
+
+impl std::fmt::Debug for Parcel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Parcel({:?}, {} bytes)", self.task, self.len)
+    }
+}
+
+/// What a loop needs to send frames to the others.
+struct Peers<'a> {
+    me: Owner,
+    inboxes: &'a [Arc<ArrayQueue<Parcel>>],
+    stats: &'a LoopStats,
+}
+
+impl Peers<'_> {
+    /// Hands a copy of `bytes` to loop `to`; a full inbox drops and counts.
+    fn send(&self, to: usize, task: Task, bytes: &[u8]) {
+        let Some(inbox) = self.inboxes.get(to) else { return };
+        let mut p = Parcel { task, len: 0, data: [0; crate::xdp::FRAME_SIZE as usize] };
+        let n = bytes.len().min(p.data.len());
+        p.data[..n].copy_from_slice(&bytes[..n]);
+        p.len = u16::try_from(n).unwrap_or(u16::MAX);
+        if inbox.push(p).is_ok() {
+            self.stats.handover_sent.add(1);
+        } else {
+            self.stats.handover_dropped.add(1);
+        }
+    }
+
+    fn owner(&self, plan: &Plan, q: PortIdx) -> Option<usize> {
+        plan.ports.get(q).map(|p| owner_of(p.zone, self.me.loops))
+    }
+}
+
+/// The poll loop: owns its UMEM, the sockets of its ports (and, for loop 0,
+/// the uplink's), their conntrack zones and its pipeline.
 fn poll_loop(
     shared: &Shared,
     uplink: &str,
     stats: &LoopStats,
     log: Option<FlowLog>,
     requests: &Receiver<LoopRequest>,
-    stop: &AtomicBool,
     ready: &std::sync::mpsc::Sender<Result<(), String>>,
 ) -> Result<(), String> {
     let host = &shared.host;
+    let me = Owner { index: stats.index, loops: shared.loops.len() };
+    let peers = Peers { me, inboxes: &shared.inboxes, stats };
+    let inbox = &shared.inboxes[me.index];
     let core = stats.core;
     if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-        warn!("could not pin the poll loop to core {core}; running unpinned");
+        warn!("could not pin poll loop {} to core {core}; running unpinned", me.index);
     }
     let cap = host.datapath.frames as usize;
     let mut by_port: Vec<Option<usize>> = Vec::new();
     let mut current = shared.published.load_full();
     let setup = |by_port: &mut Vec<Option<usize>>| -> Result<(Memory, Vec<Port>), String> {
         let mem = Memory::new(host.datapath.frames, host.datapath.ring_size)?;
-        let mut socks = vec![open(&mem, host, uplink, Source::Uplink, cap)?];
-        reconcile(&current.plan, &mem, host, &mut socks, by_port, cap)?;
+        let mut socks = Vec::new();
+        if me.index == 0 {
+            socks.push(open(&mem, host, uplink, Source::Uplink, cap)?);
+        }
+        reconcile(&current.plan, &mem, host, me, &mut socks, by_port, cap)?;
         Ok((mem, socks))
     };
     let (mut mem, mut socks) = match setup(&mut by_port) {
@@ -455,18 +559,16 @@ fn poll_loop(
     let _ = ready.send(Ok(()));
     let mut pipe: Pipeline<FrameDesc> =
         Pipeline::with_counters(conntrack_settings(host, seed()), FragSettings::default(), Arc::clone(&stats.pipeline));
-    pipe.adopt(&current.plan);
-    let start = Instant::now();
-    if let Some(l) = &log {
-        l.set_epoch(SystemTime::now());
-    }
+    pipe.set_owner(me.index, me.loops);
     pipe.flow_log = log;
+    pipe.adopt(&current.plan);
     let mut rx = vec![FrameDesc::default(); BATCH];
+    let mut peer_src = [Source::Uplink; BATCH];
     let mut scratch = vec![FrameDesc::default(); host.datapath.ring_size as usize];
     let none = Outcome { action: Action::Drop, reason: Reason::Default, port: None, direction: sgswitch_config::Direction::Ingress };
     let mut outs = [none; BATCH];
     let mut stats_due = 0u64;
-    while !stop.load(Ordering::Relaxed) {
+    while !shared.stop.load(Ordering::Relaxed) {
         let latest = shared.published.load();
         if !Arc::ptr_eq(&latest, &current) {
             current = arc_swap::Guard::into_inner(latest);
@@ -478,18 +580,18 @@ fn poll_loop(
                     e.store(0, Ordering::Relaxed);
                 }
             }
-            if let Err(e) = reconcile(&current.plan, &mem, host, &mut socks, &mut by_port, cap) {
+            if let Err(e) = reconcile(&current.plan, &mem, host, me, &mut socks, &mut by_port, cap) {
                 warn!("{e}; the port stays without a socket until the next reload");
             }
             stats.sockets.store(Arc::new(socks.iter().map(|p| Arc::clone(&p.stats)).collect()));
         }
         let plan = &current.plan;
-        let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let ms = u64::try_from(shared.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         let now = Now(ms);
         let mut busy = false;
         // Each socket's share of the UMEM for its fill ring; the rest is
-        // for frames in flight and copies.
-        let share = u32::try_from((host.datapath.frames as usize).saturating_sub(KEEP_FOR_COPIES) / (2 * socks.len())).unwrap_or(0);
+        // for frames in flight, copies and handed-over frames.
+        let share = u32::try_from((host.datapath.frames as usize).saturating_sub(KEEP_FOR_COPIES) / (2 * socks.len().max(1))).unwrap_or(0);
         for s in 0..socks.len() {
             socks[s].sock.reclaim(&mut mem.free, &mut scratch);
             socks[s].sock.refill(&mut mem.free, share);
@@ -506,10 +608,40 @@ fn poll_loop(
                 pipe.process_batch(plan, &items[..n], now, &mut outs[..n]);
             }
             for i in 0..n {
-                dispatch(&mut mem, &mut socks, &by_port, s, rx[i], &outs[i], stats);
+                dispatch(plan, &mut mem, &mut socks, &by_port, s, rx[i], &outs[i], &peers);
             }
             while let Some((d, o)) = pipe.take_released().next() {
-                dispatch(&mut mem, &mut socks, &by_port, usize::MAX, d, &o, stats);
+                dispatch(plan, &mut mem, &mut socks, &by_port, usize::MAX, d, &o, &peers);
+            }
+        }
+        // Frames the other loops handed over: sent on, or judged first.
+        let mut n = 0;
+        while n < BATCH
+            && let Some(p) = inbox.pop()
+        {
+            busy = true;
+            stats.handover_received.add(1);
+            let bytes = &p.data[..usize::from(p.len)];
+            match p.task {
+                Task::Judge(q) => match mem.copy_in(bytes) {
+                    Some(d) => {
+                        rx[n] = d;
+                        peer_src[n] = Source::Peer(q);
+                        n += 1;
+                    }
+                    None => stats.copy_failed.add(1),
+                },
+                Task::Send(to) => deliver(&mut mem, &mut socks, &by_port, usize::MAX, bytes, to, stats),
+            }
+        }
+        if n > 0 {
+            {
+                let items: [(Source, &[u8], FrameDesc); BATCH] =
+                    std::array::from_fn(|i| (peer_src[i], if i < n { mem.data(&rx[i]) } else { &[][..] }, rx[i]));
+                pipe.process_batch(plan, &items[..n], now, &mut outs[..n]);
+            }
+            for i in 0..n {
+                dispatch(plan, &mut mem, &mut socks, &by_port, usize::MAX, rx[i], &outs[i], &peers);
             }
         }
         for p in &mut socks {
@@ -520,7 +652,7 @@ fn poll_loop(
         }
         pipe.tick(plan, now);
         while let Some((d, o)) = pipe.take_released().next() {
-            dispatch(&mut mem, &mut socks, &by_port, usize::MAX, d, &o, stats);
+            dispatch(plan, &mut mem, &mut socks, &by_port, usize::MAX, d, &o, &peers);
         }
         answer(requests, &mut pipe, stats);
         if ms >= stats_due {
@@ -544,33 +676,81 @@ fn poll_loop(
     Ok(())
 }
 
-/// Sends a decided frame on its way: its descriptor to the target socket's
-/// tx batch, copies for a flood, or back to the free list.
-fn dispatch(mem: &mut Memory, socks: &mut [Port], by_port: &[Option<usize>], from: usize, d: FrameDesc, o: &Outcome, stats: &LoopStats) {
+/// Copies `bytes` to this loop's sockets for `to`: one port's, the
+/// uplink's, or every socket a flood reaches (but `from`).
+fn deliver(mem: &mut Memory, socks: &mut [Port], by_port: &[Option<usize>], from: usize, bytes: &[u8], to: To, stats: &LoopStats) {
+    for (t, p) in socks.iter_mut().enumerate() {
+        let hit = match to {
+            To::Port(q) => by_port.get(q).copied().flatten() == Some(t),
+            To::Uplink => p.src == Source::Uplink,
+            To::Flood { except, uplink } => {
+                t != from && (p.src != Source::Uplink || uplink) && !matches!(p.src, Source::Port(q) if Some(q) == except)
+            }
+        };
+        if hit {
+            match mem.copy_in(bytes) {
+                Some(c) => p.pending.push(c),
+                None => stats.copy_failed.add(1),
+            }
+        }
+    }
+}
+
+/// Sends a decided frame on its way: its descriptor to one of this loop's
+/// sockets, copies for a flood, a copy to the loop that owns the target
+/// (to send, or to judge its ingress), or back to the free list.
+#[expect(clippy::too_many_arguments, reason = "the loop's state, passed apart so that the borrows stay disjoint")]
+fn dispatch(
+    plan: &Plan,
+    mem: &mut Memory,
+    socks: &mut [Port],
+    by_port: &[Option<usize>],
+    from: usize,
+    d: FrameDesc,
+    o: &Outcome,
+    peers: &Peers<'_>,
+) {
+    let local = |to: To| match to {
+        To::Port(q) => by_port.get(q).copied().flatten(),
+        To::Uplink => socks.iter().position(|p| p.src == Source::Uplink),
+        To::Flood { .. } => None,
+    };
     match o.action {
-        Action::Forward(To::Port(q)) => match by_port.get(q).copied().flatten() {
-            Some(t) if t != from => socks[t].pending.push(d),
-            _ => mem.free.push(d),
-        },
-        Action::Forward(To::Uplink) if from != 0 => socks[0].pending.push(d),
-        Action::Forward(To::Flood { except, uplink }) => {
-            let mut buf = [0u8; crate::xdp::FRAME_SIZE as usize];
-            let bytes = mem.data(&d);
-            let len = bytes.len().min(buf.len());
-            buf[..len].copy_from_slice(&bytes[..len]);
-            for (t, p) in socks.iter_mut().enumerate() {
-                let skip = t == from || (t == 0 && !uplink) || matches!(p.src, Source::Port(q) if Some(q) == except);
-                if !skip {
-                    match mem.copy_in(&buf[..len]) {
-                        Some(c) => p.pending.push(c),
-                        None => stats.copy_failed.add(1),
+        Action::Forward(to @ (To::Port(_) | To::Uplink)) => {
+            match local(to) {
+                Some(t) if t != from => return socks[t].pending.push(d),
+                Some(_) => {}
+                None => {
+                    let owner = match to {
+                        To::Port(q) => peers.owner(plan, q),
+                        _ => Some(0),
+                    };
+                    if let Some(l) = owner.filter(|&l| l != peers.me.index) {
+                        peers.send(l, Task::Send(to), mem.data(&d));
                     }
                 }
             }
             mem.free.push(d);
         }
+        Action::Forward(to @ To::Flood { .. }) => {
+            let mut buf = [0u8; crate::xdp::FRAME_SIZE as usize];
+            let bytes = mem.data(&d);
+            let len = bytes.len().min(buf.len());
+            buf[..len].copy_from_slice(&bytes[..len]);
+            mem.free.push(d);
+            deliver(mem, socks, by_port, from, &buf[..len], to, peers.stats);
+            for l in (0..peers.me.loops).filter(|&l| l != peers.me.index) {
+                peers.send(l, Task::Send(to), &buf[..len]);
+            }
+        }
+        Action::Handover(q) => {
+            if let Some(l) = peers.owner(plan, q).filter(|&l| l != peers.me.index) {
+                peers.send(l, Task::Judge(q), mem.data(&d));
+            }
+            mem.free.push(d);
+        }
         Action::Held => {}
-        _ => mem.free.push(d),
+        Action::Drop => mem.free.push(d),
     }
 }
 

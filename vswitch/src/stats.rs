@@ -225,8 +225,13 @@ pub struct LoopStats {
     pub batch_packets: Counter,
     pub busy: Counter,
     pub idle: Counter,
-    /// Flood copies that found no free UMEM frame.
+    /// Copies (floods, handed-over frames) that found no free UMEM frame.
     pub copy_failed: Counter,
+    /// Frames handed to other loops, dropped because the target's inbox
+    /// was full, and taken from this loop's inbox.
+    pub handover_sent: Counter,
+    pub handover_dropped: Counter,
+    pub handover_received: Counter,
     pub conntrack: [Counter; CONNTRACK_EVENTS.len()],
     /// Live flows per zone.
     pub conntrack_entries: Box<[AtomicU32]>,
@@ -245,6 +250,9 @@ impl LoopStats {
             busy: Counter::default(),
             idle: Counter::default(),
             copy_failed: Counter::default(),
+            handover_sent: Counter::default(),
+            handover_dropped: Counter::default(),
+            handover_received: Counter::default(),
             conntrack: Default::default(),
             conntrack_entries: (0..MAX_PORTS).map(|_| AtomicU32::new(0)).collect(),
             sockets: ArcSwap::from_pointee(Vec::new()),

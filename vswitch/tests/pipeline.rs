@@ -258,3 +258,50 @@ fn sampling_keeps_one_denied_flow_in_n_and_allowed_packets_are_never_logged() {
     }
     assert_eq!((n, stats.sampled_out.get()), (25, 75));
 }
+
+#[test]
+fn two_loops_hand_a_vm_to_vm_flow_over_and_each_judges_its_own_ports() {
+    let plan = examples();
+    let idx = |id: &str| plan.ports.iter().position(|p| &*p.id == id).expect("port");
+    let (web, db) = (idx("eni-web1"), idx("eni-db1"));
+    let loop_of = |p: usize| sgswitch::pipeline::owner_of(plan.ports[p].zone, 2);
+    assert_ne!(loop_of(web), loop_of(db), "the example's zones put web1 and db1 on different loops");
+    let mut loops = [pipeline(&plan), pipeline(&plan)];
+    for (i, l) in loops.iter_mut().enumerate() {
+        l.set_owner(i, 2);
+    }
+    let ip = |s: &str| s.parse().expect("ip");
+    let e = Ends {
+        src_mac: plan.ports[web].mac.expect("mac"),
+        dst_mac: plan.ports[db].mac.expect("mac"),
+        src: ip("10.0.0.11"),
+        dst: ip("10.0.1.21"),
+    };
+    let syn = frames::tcp(&e, 40000, 5432, "S", 1, 0, b"");
+    let synack = frames::tcp(&e.reversed(), 5432, 40000, "SA", 9, 2, b"");
+    let ack = frames::tcp(&e, 40000, 5432, "A", 2, 10, b"");
+    let (a, b) = (loop_of(web), loop_of(db));
+    // web1's egress where its frame arrives; db1's ingress in db1's loop.
+    let o = loops[a].process(&plan, Source::Port(web), &syn, Now(0), 0);
+    assert_eq!(o.action, Action::Handover(db), "{o:?}");
+    let o = loops[b].process(&plan, Source::Peer(db), &syn, Now(0), 0);
+    assert_eq!(o.action, Action::Forward(sgswitch::pipeline::To::Port(db)));
+    assert!(matches!(o.reason, Reason::Rule(_)), "{o:?}");
+    let o = loops[b].process(&plan, Source::Port(db), &synack, Now(1), 0);
+    assert_eq!(o.action, Action::Handover(web));
+    let o = loops[a].process(&plan, Source::Peer(web), &synack, Now(1), 0);
+    assert_eq!((o.action, o.reason), (Action::Forward(sgswitch::pipeline::To::Port(web)), Reason::Established));
+    assert_eq!(loops[a].process(&plan, Source::Port(web), &ack, Now(2), 0).action, Action::Handover(db));
+    assert_eq!(loops[b].process(&plan, Source::Peer(db), &ack, Now(2), 0).reason, Reason::Established);
+    // Each zone's flow lives in its owner only.
+    assert_eq!((loops[a].conntrack.zone_len(plan.ports[web].zone), loops[b].conntrack.zone_len(plan.ports[web].zone)), (1, 0));
+    assert_eq!((loops[b].conntrack.zone_len(plan.ports[db].zone), loops[a].conntrack.zone_len(plan.ports[db].zone)), (1, 0));
+    // An uplink frame for db1 arriving in web1's loop is handed over unjudged.
+    let from_net = Ends { src_mac: UPLINK_MAC, dst_mac: plan.ports[db].mac.expect("mac"), src: ip("192.0.2.5"), dst: ip("10.0.1.21") };
+    let o = loops[a].process(&plan, Source::Uplink, &frames::tcp(&from_net, 1234, 5432, "S", 1, 0, b""), Now(3), 0);
+    assert_eq!(o.action, Action::Handover(db));
+    // A handed-over frame is counted once, by the loop that finished it.
+    let total =
+        |l: &Pipeline<u32>| -> u64 { l.counters.ports.iter().flat_map(|p| p.by.iter().flatten().flatten()).map(|c| c.packets.get()).sum() };
+    assert_eq!(total(&loops[a]) + total(&loops[b]), 3, "syn, syn-ack and ack each counted once");
+}
