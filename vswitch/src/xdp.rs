@@ -255,8 +255,9 @@ impl Socket {
         // SAFETY: the descriptors are ours (received or copied into), of
         // this loop's UMEM, and not in any other ring.
         let n = unsafe { self.tx.produce(descs) };
-        // Copy mode transmits only on a kick (sendto), whatever the flag.
-        if n > 0 && (self.tx.needs_wakeup() || !self.mode.zero_copy) {
+        // Copy mode transmits only on a kick (sendto), whatever the flag;
+        // kick a full ring too, or it is never drained.
+        if self.tx.needs_wakeup() || !self.mode.zero_copy {
             let _ = self.tx.wakeup();
         }
         n

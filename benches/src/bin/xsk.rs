@@ -1,0 +1,160 @@
+//! AF_XDP traffic for the end-to-end benchmark (`benches/e2e.sh`), on the
+//! same socket code as the switch (`sgswitch::xdp`). Root; each mode runs on
+//! one interface pair inside the namespace it is started in.
+//!
+//! - `xsk tx IFACE --src-mac M --dst-mac M --src IP --dst IP --dport N
+//!   --flows F --seconds S`: 64-byte UDP frames (60 bytes and the FCS) as
+//!   fast as the ring takes them, F flows (source ports 10000..), for S
+//!   seconds; prints `{"sent":N,"seconds":S}`.
+//! - `xsk rx IFACE --seconds S`: counts frames for S seconds from the first
+//!   one; prints `{"received":N,"seconds":S,"pps":R}`.
+//! - `xsk fwd IFACE_A IFACE_B --seconds S`: the ceiling: forwards every frame
+//!   from A to B and from B to A by descriptor on one shared UMEM, with no
+//!   parsing or policy; prints `{"forwarded":N}`.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use sgswitch::xdp::{Memory, Socket};
+use sgswitch_config::{XdpMode, ZeroCopy};
+use sgswitch_tests::frames::{self, Ends};
+use xsk_rs::FrameDesc;
+
+const BATCH: usize = 64;
+const FRAMES: u32 = 8192;
+const RING: u32 = 2048;
+
+fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
+}
+
+fn need<'a>(args: &'a [String], name: &str) -> &'a str {
+    arg(args, name).unwrap_or_else(|| {
+        eprintln!("xsk: {name} is required");
+        std::process::exit(1)
+    })
+}
+
+fn mac(s: &str) -> [u8; 6] {
+    let v: Vec<u8> = s.split(':').filter_map(|h| u8::from_str_radix(h, 16).ok()).collect();
+    v.try_into().unwrap_or_else(|_| {
+        eprintln!("xsk: {s} is not a MAC address");
+        std::process::exit(1)
+    })
+}
+
+fn bind(mem: &Memory, iface: &str) -> Socket {
+    mem.bind(iface, 0, XdpMode::Auto, ZeroCopy::Auto).unwrap_or_else(|e| {
+        eprintln!("xsk: {e}");
+        std::process::exit(2)
+    })
+}
+
+fn memory() -> Memory {
+    Memory::new(FRAMES, RING).unwrap_or_else(|e| {
+        eprintln!("xsk: {e}");
+        std::process::exit(2)
+    })
+}
+
+fn tx(args: &[String]) {
+    let iface = &args[2];
+    let seconds: u64 = need(args, "--seconds").parse().expect("--seconds N");
+    let flows: u16 = arg(args, "--flows").unwrap_or("1024").parse().expect("--flows N");
+    let dport: u16 = need(args, "--dport").parse().expect("--dport N");
+    let ends = Ends {
+        src_mac: mac(need(args, "--src-mac")),
+        dst_mac: mac(need(args, "--dst-mac")),
+        src: need(args, "--src").parse::<Ipv4Addr>().expect("--src IPv4").into(),
+        dst: need(args, "--dst").parse::<Ipv4Addr>().expect("--dst IPv4").into(),
+    };
+    let templates: Vec<Vec<u8>> = (0..flows.max(1)).map(|i| frames::udp(&ends, 10_000 + i, dport, &[0; 18])).collect();
+    let mut mem = memory();
+    let mut sock = bind(&mem, iface);
+    let mut scratch = vec![FrameDesc::default(); RING as usize];
+    let mut batch: Vec<FrameDesc> = Vec::with_capacity(BATCH);
+    let (mut sent, mut next) = (0u64, 0usize);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(seconds) {
+        sock.reclaim(&mut mem.free, &mut scratch);
+        while batch.len() < BATCH {
+            let Some(d) = mem.copy_in(&templates[next % templates.len()]) else { break };
+            batch.push(d);
+            next += 1;
+        }
+        let n = sock.transmit(&batch);
+        sent += n as u64;
+        batch.drain(..n);
+        if n == 0 {
+            std::hint::spin_loop();
+        }
+    }
+    println!("{}", serde_json::json!({"sent": sent, "seconds": seconds}));
+}
+
+fn rx(args: &[String]) {
+    let iface = &args[2];
+    let seconds: f64 = need(args, "--seconds").parse().expect("--seconds N");
+    let mut mem = memory();
+    let mut sock = bind(&mem, iface);
+    let mut descs = vec![FrameDesc::default(); BATCH];
+    let mut received = 0u64;
+    let mut first: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds + 30.0);
+    while Instant::now() < deadline && first.is_none_or(|f| f.elapsed().as_secs_f64() < seconds) {
+        sock.refill(&mut mem.free, RING);
+        let n = sock.receive(&mut descs);
+        if n > 0 {
+            first.get_or_insert_with(Instant::now);
+            received += n as u64;
+            mem.free.extend_from_slice(&descs[..n]);
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+    let window = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    let pps = if window > 0.0 { received as f64 / window } else { 0.0 };
+    println!("{}", serde_json::json!({"received": received, "seconds": window, "pps": pps.round()}));
+}
+
+fn fwd(args: &[String]) {
+    let (a, b) = (&args[2], &args[3]);
+    let seconds: u64 = need(args, "--seconds").parse().expect("--seconds N");
+    let mut mem = memory();
+    let mut socks = [bind(&mem, a), bind(&mem, b)];
+    let mut pending: [Vec<FrameDesc>; 2] = [Vec::with_capacity(RING as usize), Vec::with_capacity(RING as usize)];
+    let mut descs = vec![FrameDesc::default(); BATCH];
+    let mut scratch = vec![FrameDesc::default(); RING as usize];
+    let mut forwarded = 0u64;
+    let share = (FRAMES - 512) / 4;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(seconds) {
+        for i in 0..2 {
+            socks[i].reclaim(&mut mem.free, &mut scratch);
+            socks[i].refill(&mut mem.free, share);
+            let n = socks[i].receive(&mut descs);
+            pending[1 - i].extend_from_slice(&descs[..n]);
+        }
+        for i in 0..2 {
+            let sent = socks[i].transmit(&pending[i]);
+            forwarded += sent as u64;
+            mem.free.extend_from_slice(&pending[i][sent..]);
+            pending[i].clear();
+        }
+    }
+    println!("{}", serde_json::json!({"forwarded": forwarded}));
+}
+
+fn main() {
+    sgswitch::xdp::quiet_libraries();
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("tx") if args.len() > 2 => tx(&args),
+        Some("rx") if args.len() > 2 => rx(&args),
+        Some("fwd") if args.len() > 3 => fwd(&args),
+        _ => {
+            eprintln!("usage: xsk tx IFACE --src-mac M --dst-mac M --src IP --dst IP --dport N [--flows F] --seconds S\n       xsk rx IFACE --seconds S\n       xsk fwd IFACE_A IFACE_B --seconds S");
+            std::process::exit(1);
+        }
+    }
+}
