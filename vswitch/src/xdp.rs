@@ -49,8 +49,8 @@ pub struct Socket {
     pub rx: RxQueue,
     pub fq: FillQueue,
     pub cq: CompQueue,
-    /// Entries of the fill ring.
-    fill_size: u32,
+    /// Entries of each of its rings (fill, completion, rx, tx).
+    ring_size: u32,
 }
 
 impl std::fmt::Debug for Socket {
@@ -169,7 +169,7 @@ impl Memory {
                             rx,
                             fq,
                             cq,
-                            fill_size: self.ring_size,
+                            ring_size: self.ring_size,
                         });
                     }
                     Ok((_, _, None)) => return Err(format!("interface {interface} queue {queue}: already bound by this switch")),
@@ -227,7 +227,7 @@ impl Socket {
     /// a loop gets its share of the UMEM; an empty fill ring drops frames).
     pub fn refill(&mut self, free: &mut Vec<FrameDesc>, target: u32) {
         let ring = self.fq.nb_free(u32::MAX);
-        let filled = self.fill_size.saturating_sub(ring);
+        let filled = self.ring_size.saturating_sub(ring);
         let want = (target.saturating_sub(filled) as usize).min(free.len()).min(ring as usize);
         if want > 0 {
             let from = free.len() - want;
@@ -246,18 +246,28 @@ impl Socket {
         unsafe { self.rx.consume(descs) }
     }
 
-    /// Queues frames for transmission; returns how many the ring took (the
-    /// rest stay the caller's).
+    /// Queues frames for transmission, as many as the ring has room for;
+    /// returns how many it took (the rest stay the caller's). Call it every
+    /// loop iteration, with no frames too: it also kicks the kernel while
+    /// the ring holds frames the kernel has not taken.
     pub fn transmit(&mut self, descs: &[FrameDesc]) -> usize {
-        if descs.is_empty() {
-            return 0;
+        let mut n = 0;
+        if !descs.is_empty() {
+            // xsk-rs submits all or nothing: offer what the ring has room for.
+            let room = usize::try_from(self.tx.nb_free(u32::try_from(descs.len()).unwrap_or(u32::MAX))).unwrap_or(usize::MAX);
+            let take = descs.len().min(room);
+            if take > 0 {
+                // SAFETY: the descriptors are ours (received or copied
+                // into), of this loop's UMEM, and not in any other ring.
+                n = unsafe { self.tx.produce(&descs[..take]) };
+            }
         }
-        // SAFETY: the descriptors are ours (received or copied into), of
-        // this loop's UMEM, and not in any other ring.
-        let n = unsafe { self.tx.produce(descs) };
-        // Copy mode transmits only on a kick (sendto), whatever the flag;
-        // kick a full ring too, or it is never drained.
-        if self.tx.needs_wakeup() || !self.mode.zero_copy {
+        // Copy mode sends only on a kick (sendto), at most 32 frames per
+        // kick; zero-copy drivers ask for one with the need-wakeup flag.
+        // Kick while the kernel has not taken everything from the ring, or
+        // the tail of a burst waits for the next frame.
+        let waiting = self.tx.nb_free_exact() < self.ring_size;
+        if waiting && (!self.mode.zero_copy || self.tx.needs_wakeup()) {
             let _ = self.tx.wakeup();
         }
         n

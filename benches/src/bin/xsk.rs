@@ -153,7 +153,9 @@ fn main() {
         Some("rx") if args.len() > 2 => rx(&args),
         Some("fwd") if args.len() > 3 => fwd(&args),
         _ => {
-            eprintln!("usage: xsk tx IFACE --src-mac M --dst-mac M --src IP --dst IP --dport N [--flows F] --seconds S\n       xsk rx IFACE --seconds S\n       xsk fwd IFACE_A IFACE_B --seconds S");
+            eprintln!(
+                "usage: xsk tx IFACE --src-mac M --dst-mac M --src IP --dst IP --dport N [--flows F] --seconds S\n       xsk rx IFACE --seconds S\n       xsk fwd IFACE_A IFACE_B --seconds S"
+            );
             std::process::exit(1);
         }
     }
