@@ -59,7 +59,9 @@ up() {
   done
   local ns="$P-inet"
   ip netns add "$ns"
-  ip link add sgs-uplink type veth peer name eth0 netns "$ns"
+  # Two queues, as a multi-queue NIC has: the switch opens a socket on each
+  # (with two poll loops, one each), and the host's flows spread over both.
+  ip link add sgs-uplink numtxqueues 2 numrxqueues 2 type veth peer name eth0 numtxqueues 2 numrxqueues 2 netns "$ns"
   ip -n "$ns" link set eth0 address 02:ee:00:00:00:01
   ip -n "$ns" addr add 10.0.255.1/16 dev eth0
   ip -n "$ns" addr add 198.51.100.7/32 dev eth0

@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use sgswitch_tests::netns::{Kill, Topology, examples, require_root, sh, wait_for};
+use sgswitch_tests::netns::{Kill, Topology, examples, http_get, require_root, sh, wait_for};
 
 fn connects(ns: &str, args: &str) -> bool {
     sh(&format!("ip netns exec sgs-{ns} nc -z -w 2 {args}"))
@@ -124,6 +124,21 @@ fn scenario(cores: &str) {
     assert!(connects("web1", "10.0.0.12 80"), "intra-group accept between web servers");
     assert!(!connects("lab1", "10.0.3.42 8080"), "lab isolation");
     assert!(!connects("web1", "10.0.255.1 25"), "outbound smtp is blocked");
+    // Every queue of the two-queue uplink has its socket; with two loops,
+    // frames cross between them both ways.
+    let metrics = http_get("127.0.0.1:19471", "/metrics").expect("GET /metrics");
+    for q in ["0", "1"] {
+        assert!(metrics.contains(&format!("sgswitch_xsk_info{{interface=\"sgs-uplink\",queue=\"{q}\"")), "uplink queue {q}: {metrics}");
+    }
+    if cores != "[0]" {
+        for l in ["0", "1"] {
+            let sent = metrics
+                .lines()
+                .find_map(|m| m.strip_prefix(&format!("sgswitch_loop_handover_total{{loop=\"{l}\",outcome=\"sent\"}} ")))
+                .and_then(|v| v.parse::<u64>().ok());
+            assert!(sent.is_some_and(|n| n > 0), "loop {l} handed frames over: {sent:?}");
+        }
+    }
 
     // An established connection lives through ten reloads that keep its
     // verdict, and a reload that denies it cuts it (revalidate).

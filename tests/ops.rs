@@ -214,7 +214,7 @@ fn prometheus_sees_the_traffic_the_control_socket_answers_and_the_flow_log_holds
     assert_eq!(settle(&format!("sgswitch_rule_hits_total{{{selector}}}"), N as f64), Some(N as f64), "rule hits of {selector}");
     let drops = "sgswitch_packets_total{port=\"eni-web1\",direction=\"ingress\",action=\"drop\",reason=\"rule\"}";
     assert_eq!(settle(drops, N as f64), Some(N as f64), "{drops}");
-    assert_eq!(value("count(sgswitch_xsk_info)"), Some(7.0), "one socket per port and the uplink");
+    assert_eq!(value("count(sgswitch_xsk_info)"), Some(8.0), "one socket per port and per uplink queue (two)");
     assert_eq!(value("sgswitch_config_generation"), Some(1.0));
 
     // The flow log names them.
@@ -231,7 +231,7 @@ fn prometheus_sees_the_traffic_the_control_socket_answers_and_the_flow_log_holds
     let status = ctl_json(&sock, &["status", "--json"]);
     assert_eq!(status["generation"], 1);
     assert_eq!(status["ports"].as_array().map(Vec::len), Some(6));
-    assert_eq!(status["loops"][0]["sockets"].as_array().map(Vec::len), Some(7));
+    assert_eq!(status["loops"][0]["sockets"].as_array().map(Vec::len), Some(8), "six ports and two uplink queues");
     assert!(sh("ip netns exec sgs-web1 sh -c 'nc -lk -p 80 >/dev/null 2>&1 &'"));
     std::thread::sleep(Duration::from_millis(300));
     let held = Kill(

@@ -331,9 +331,17 @@ struct Port {
     stats: Arc<SocketStats>,
 }
 
-fn open(mem: &Memory, host: &Host, interface: &str, src: Source, cap: usize) -> Result<Port, String> {
-    let sock = mem.bind(interface, 0, host.datapath.mode, host.datapath.zero_copy)?;
-    info!(interface, queue = 0, mode = %sock.mode.describe(), "{interface}: AF_XDP socket on queue 0, {}", sock.mode.describe());
+impl Port {
+    /// The socket on queue 0 is its interface's primary: unicast to the
+    /// interface and floods go out there, once.
+    fn primary(&self) -> bool {
+        self.sock.queue == 0
+    }
+}
+
+fn open(mem: &Memory, host: &Host, interface: &str, queue: u32, src: Source, cap: usize) -> Result<Port, String> {
+    let sock = mem.bind(interface, queue, host.datapath.mode, host.datapath.zero_copy)?;
+    info!(interface, queue, mode = %sock.mode.describe(), "{interface}: AF_XDP socket on queue {queue}, {}", sock.mode.describe());
     let stats = Arc::new(SocketStats {
         interface: interface.to_owned(),
         queue: sock.queue,
@@ -370,26 +378,29 @@ fn reconcile(
     by_port.clear();
     let mut result = Ok(());
     for (p, w) in wanted.iter().enumerate() {
-        let Some(name) = w else {
-            by_port.push(None);
-            continue;
-        };
-        let at = match socks.iter().position(|s| s.sock.interface == *name) {
-            Some(at) => at,
-            None => match open(mem, host, name, Source::Port(p), cap) {
-                Ok(port) => {
-                    socks.push(port);
-                    socks.len() - 1
-                }
-                Err(e) => {
-                    by_port.push(None);
-                    result = result.and(Err(e));
-                    continue;
-                }
-            },
-        };
-        socks[at].src = Source::Port(p);
-        by_port.push(Some(at));
+        by_port.push(None);
+        let Some(name) = w else { continue };
+        // Every receive queue of the port's interface; all in this loop,
+        // which owns the port's zone.
+        for queue in 0..crate::xdp::rx_queues(name) {
+            let at = match socks.iter().position(|s| s.sock.interface == *name && s.sock.queue == queue) {
+                Some(at) => at,
+                None => match open(mem, host, name, queue, Source::Port(p), cap) {
+                    Ok(port) => {
+                        socks.push(port);
+                        socks.len() - 1
+                    }
+                    Err(e) => {
+                        result = result.and(Err(e));
+                        continue;
+                    }
+                },
+            };
+            socks[at].src = Source::Port(p);
+            if queue == 0 {
+                by_port[p] = Some(at);
+            }
+        }
     }
     result
 }
@@ -541,9 +552,11 @@ fn poll_loop(
     let mut current = shared.published.load_full();
     let setup = |by_port: &mut Vec<Option<usize>>| -> Result<(Memory, Vec<Port>), String> {
         let mem = Memory::new(host.datapath.frames, host.datapath.ring_size)?;
+        // The uplink's queues are spread over the loops: queue q is loop
+        // q's (modulo the loops); loop 0 has queue 0, the primary.
         let mut socks = Vec::new();
-        if me.index == 0 {
-            socks.push(open(&mem, host, uplink, Source::Uplink, cap)?);
+        for queue in (0..crate::xdp::rx_queues(uplink)).filter(|&q| q as usize % me.loops == me.index) {
+            socks.push(open(&mem, host, uplink, queue, Source::Uplink, cap)?);
         }
         reconcile(&current.plan, &mem, host, me, &mut socks, by_port, cap)?;
         Ok((mem, socks))
@@ -682,9 +695,9 @@ fn deliver(mem: &mut Memory, socks: &mut [Port], by_port: &[Option<usize>], from
     for (t, p) in socks.iter_mut().enumerate() {
         let hit = match to {
             To::Port(q) => by_port.get(q).copied().flatten() == Some(t),
-            To::Uplink => p.src == Source::Uplink,
+            To::Uplink => p.src == Source::Uplink && p.primary(),
             To::Flood { except, uplink } => {
-                t != from && (p.src != Source::Uplink || uplink) && !matches!(p.src, Source::Port(q) if Some(q) == except)
+                p.primary() && t != from && (p.src != Source::Uplink || uplink) && !matches!(p.src, Source::Port(q) if Some(q) == except)
             }
         };
         if hit {

@@ -136,6 +136,11 @@ impl Memory {
             ZeroCopy::Off => &[false],
         };
         let name = interface.parse().map_err(|_| format!("interface {interface}: not a valid interface name"))?;
+        // libxdp loads (or joins) the interface's XDP program when a socket
+        // is made; two loops doing so at once on one interface race and one
+        // fails. Binding is setup work, never per packet: serialise it.
+        static BINDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = BINDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let qs = QueueSize::new(self.ring_size).map_err(|e| e.to_string())?;
         let mut last = String::new();
         for &native in natives {
@@ -181,6 +186,15 @@ impl Memory {
             "interface {interface}: cannot open an AF_XDP socket ({last}); is the switch running as root, and the kernel built with XDP sockets?"
         ))
     }
+}
+
+/// The receive queues of `interface` (`/sys/class/net/<if>/queues/rx-*`),
+/// at least one.
+pub fn rx_queues(interface: &str) -> u32 {
+    let dir = Path::new("/sys/class/net").join(interface).join("queues");
+    let n = std::fs::read_dir(dir)
+        .map_or(0, |d| d.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with("rx-")).count());
+    u32::try_from(n).unwrap_or(1).max(1)
 }
 
 /// Whether a bound AF_XDP socket runs in zero-copy mode
