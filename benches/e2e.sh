@@ -173,7 +173,7 @@ for rules in 10 1000; do
   ip -n sgb-dut link set up0 master br0
   ip -n sgb-dut link set tap-vm master br0
   ip -n sgb-dut link set br0 up
-  bridge -n sgb-dut fdb add $VM_MAC dev tap-vm master static
+  bridge -n sgb-dut fdb replace $VM_MAC dev tap-vm master static
   ip netns exec sgb-dut sysctl -qw net.bridge.bridge-nf-call-iptables=1
   ip netns exec sgb-dut sh -c 'echo 1 > /sys/class/net/up0/queues/rx-0/rps_cpus; echo 1 > /sys/class/net/tap-vm/queues/rx-0/rps_cpus' 
   nft_rules $rules >"$work/rules.nft"

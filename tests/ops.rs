@@ -340,3 +340,17 @@ fn ctl_without_a_running_switch_says_so() {
         );
     }
 }
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze() {
+    assert!(sh("command -v systemd-analyze"), "needs systemd-analyze (Debian's systemd; scripts/setup.sh installs it)");
+    // The unit names the installed paths; verify a copy that points at the
+    // binary cargo built (verify checks that ExecStart exists).
+    let unit = std::fs::read_to_string(root().join("contrib/systemd/sgswitch.service")).expect("read the unit");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let copy = dir.path().join("sgswitch.service");
+    std::fs::write(&copy, unit.replace("/usr/local/bin/sgswitch", env!("CARGO_BIN_EXE_sgswitch"))).expect("write");
+    let out = Command::new("systemd-analyze").arg("verify").arg(&copy).env("SYSTEMD_LOG_LEVEL", "warning").output().expect("systemd-analyze");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.trim().is_empty(), "systemd-analyze verify: {text}");
+}
