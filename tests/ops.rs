@@ -350,7 +350,8 @@ fn the_systemd_unit_passes_systemd_analyze() {
     let dir = tempfile::tempdir().expect("tempdir");
     let copy = dir.path().join("sgswitch.service");
     std::fs::write(&copy, unit.replace("/usr/local/bin/sgswitch", env!("CARGO_BIN_EXE_sgswitch"))).expect("write");
-    let out = Command::new("systemd-analyze").arg("verify").arg(&copy).env("SYSTEMD_LOG_LEVEL", "warning").output().expect("systemd-analyze");
+    let out =
+        Command::new("systemd-analyze").arg("verify").arg(&copy).env("SYSTEMD_LOG_LEVEL", "warning").output().expect("systemd-analyze");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && text.trim().is_empty(), "systemd-analyze verify: {text}");
 }
