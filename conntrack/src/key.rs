@@ -27,10 +27,13 @@ impl Tuple {
     }
 }
 
-fn bytes(a: IpAddr) -> [u8; 16] {
+/// An address as a number whose big-endian bytes are its octets (IPv4
+/// v4-mapped): comparing two is comparing their octets, in a few
+/// instructions instead of a byte-wise loop.
+fn bits(a: IpAddr) -> u128 {
     match a {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
+        IpAddr::V4(v4) => 0xffff_u128 << 32 | u128::from(v4.to_bits()),
+        IpAddr::V6(v6) => v6.to_bits(),
     }
 }
 
@@ -50,11 +53,20 @@ pub struct Key {
 impl Key {
     /// The key of `t`, and whether `t`'s source is the key's low endpoint.
     pub fn of(t: &Tuple) -> (Key, bool) {
-        let s = (bytes(t.src), t.sport);
-        let d = (bytes(t.dst), t.dport);
+        let s = (bits(t.src), t.sport);
+        let d = (bits(t.dst), t.dport);
         let src_is_lo = s <= d;
         let (lo, hi) = if src_is_lo { (s, d) } else { (d, s) };
-        (Key { lo: lo.0, hi: hi.0, lo_port: lo.1, hi_port: hi.1, zone: t.zone, proto: t.proto, v6: t.src.is_ipv6() }, src_is_lo)
+        let key = Key {
+            lo: lo.0.to_be_bytes(),
+            hi: hi.0.to_be_bytes(),
+            lo_port: lo.1,
+            hi_port: hi.1,
+            zone: t.zone,
+            proto: t.proto,
+            v6: t.src.is_ipv6(),
+        };
+        (key, src_is_lo)
     }
 
     /// (low address, high address, low port, high port, zone, protocol, is IPv6).
@@ -119,6 +131,19 @@ mod tests {
         assert_ne!(base, Key::of(&Tuple { sport: 40001, ..a }).0);
         let mapped = t("::ffff:10.0.0.1", 40000, "::ffff:192.0.2.9", 443);
         assert_ne!(base, Key::of(&mapped).0, "IPv4 and v4-mapped IPv6 are different flows");
+    }
+
+    #[test]
+    fn the_low_endpoint_is_the_one_with_the_lower_octets_then_port() {
+        // The order the table relies on: octets first (v4 as v4-mapped),
+        // then the port, as the byte-wise comparison had it.
+        let (_, lo) = Key::of(&t("10.0.0.2", 1, "10.0.0.10", 1));
+        assert!(lo);
+        let (_, lo) = Key::of(&t("10.0.0.2", 9, "10.0.0.2", 8));
+        assert!(!lo);
+        let (k, lo) = Key::of(&t("2001:db8::1", 5, "::ffff:10.0.0.1", 5));
+        assert!(!lo, "::ffff:10.0.0.1 sorts below 2001:db8::1");
+        assert_eq!(k.parts().0, "::ffff:10.0.0.1".parse::<std::net::Ipv6Addr>().unwrap().octets());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! distinct flows into an empty table), `expire_ns_per_entry` (the amortised
 //! sweep freeing every entry), `entry_bytes` and `bytes_per_flow` (entry,
 //! counters and index slots at the configured load).
-//! Sizes: 64k, 1M and 4M entries; `--quick`: 64k and 1M.
+//! Sizes: 64k, 1M and 4M entries; `--quick`: 64k and 1M; `--size N`: N only.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -159,8 +159,15 @@ fn run(n: usize, zipf: bool, json: bool) {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let json = std::env::args().any(|a| a == "--json");
-    let sizes: &[usize] = if quick { &[1 << 16, 1 << 20] } else { &[1 << 16, 1 << 20, 1 << 22] };
-    for &n in sizes {
+    let args: Vec<String> = std::env::args().collect();
+    // `--size N`: one table size only (for profiling).
+    let one: Option<usize> = args.iter().position(|a| a == "--size").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok());
+    let sizes: Vec<usize> = match one {
+        Some(n) => vec![n],
+        None if quick => vec![1 << 16, 1 << 20],
+        None => vec![1 << 16, 1 << 20, 1 << 22],
+    };
+    for &n in &sizes {
         for zipf in [false, true] {
             run(n, zipf, json);
         }
