@@ -156,18 +156,8 @@ fn status(shared: &Shared) -> Value {
     let published = shared.published.load();
     let plan = &published.plan;
     let c = &shared.control;
-    let ports: Vec<Value> = plan
-        .ports
-        .iter()
-        .map(|p| {
-            let flows: u64 = shared
-                .loops
-                .iter()
-                .map(|l| l.conntrack_entries.get(usize::from(p.zone)).map_or(0, |e| u64::from(e.load(Ordering::Relaxed))))
-                .sum();
-            json!({"id": &*p.id, "interface": p.interface, "zone": p.zone, "flows": flows})
-        })
-        .collect();
+    let ports: Vec<Value> =
+        plan.ports.iter().map(|p| json!({"id": &*p.id, "interface": p.interface, "zone": p.zone, "flows": shared.flows(p.zone)})).collect();
     let loops: Vec<Value> = shared
         .loops
         .iter()

@@ -17,7 +17,6 @@
 //! current configuration, at zero too, so that `rate()` sees a rule's
 //! first hits.
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +24,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::run::Shared;
-use crate::stats::{BATCH_BUCKETS, CONNTRACK_EVENTS, KERNEL_STATS, REASONS};
+use crate::stats::{BATCH_BUCKETS, CONNTRACK_EVENTS, KERNEL_STATS, LoopStats, REASONS};
 
 /// Binds the endpoint.
 ///
@@ -90,6 +89,14 @@ impl Text {
         }
         let _ = writeln!(self.0, " {value}");
     }
+
+    /// A counter family with one sample per poll loop.
+    fn per_loop(&mut self, shared: &Shared, name: &str, help: &str, value: impl Fn(&LoopStats) -> u64) {
+        self.family(name, "counter", help);
+        for l in &shared.loops {
+            self.sample(name, &[("loop", &l.index.to_string())], value(l));
+        }
+    }
 }
 
 /// Renders every metric of the running switch.
@@ -110,14 +117,8 @@ pub fn render(shared: &Shared) -> String {
             for (di, d) in ["ingress", "egress"].iter().enumerate() {
                 for (fi, action) in ["drop", "forward"].iter().enumerate() {
                     for (ri, reason) in REASONS.iter().enumerate() {
-                        let n: u64 = shared
-                            .loops
-                            .iter()
-                            .map(|l| {
-                                let c = &l.pipeline.ports[slot].by[di][fi][ri];
-                                if bytes { c.bytes.get() } else { c.packets.get() }
-                            })
-                            .sum();
+                        let (packets, octets) = shared.cell(slot, di, fi, ri);
+                        let n = if bytes { octets } else { packets };
                         if n > 0 {
                             t.sample(name, &[("port", id), ("direction", d), ("action", action), ("reason", reason)], n);
                         }
@@ -128,12 +129,7 @@ pub fn render(shared: &Shared) -> String {
     }
 
     // Rules.
-    let mut hits = BTreeMap::new();
-    for l in &shared.loops {
-        for (label, n) in l.pipeline.rules.load().totals() {
-            *hits.entry(label).or_insert(0u64) += n;
-        }
-    }
+    let hits = shared.rule_totals();
     t.family(
         "sgswitch_rule_hits_total",
         "counter",
@@ -150,12 +146,7 @@ pub fn render(shared: &Shared) -> String {
     // Connection tracking.
     t.family("sgswitch_conntrack_entries", "gauge", "Tracked flows per port.");
     for p in &plan.ports {
-        let n: u64 = shared
-            .loops
-            .iter()
-            .map(|l| l.conntrack_entries.get(usize::from(p.zone)).map_or(0, |e| u64::from(e.load(Ordering::Relaxed))))
-            .sum();
-        t.sample("sgswitch_conntrack_entries", &[("port", &p.id)], n);
+        t.sample("sgswitch_conntrack_entries", &[("port", &p.id)], shared.flows(p.zone));
     }
     t.family("sgswitch_conntrack_capacity", "gauge", "Most flows the host tracks (`[conntrack] capacity`).");
     t.sample("sgswitch_conntrack_capacity", &[], shared.host.conntrack.capacity);
@@ -172,10 +163,7 @@ pub fn render(shared: &Shared) -> String {
     for l in &shared.loops {
         t.sample("sgswitch_loop_info", &[("loop", &l.index.to_string()), ("core", &l.core.to_string())], 1);
     }
-    t.family("sgswitch_loop_batches_total", "counter", "Batches of received frames processed.");
-    for l in &shared.loops {
-        t.sample("sgswitch_loop_batches_total", &[("loop", &l.index.to_string())], l.batches.get());
-    }
+    t.per_loop(shared, "sgswitch_loop_batches_total", "Batches of received frames processed.", |l| l.batches.get());
     t.family("sgswitch_loop_batch_packets", "histogram", "Frames per received batch.");
     for l in &shared.loops {
         let lp = l.index.to_string();
@@ -194,10 +182,9 @@ pub fn render(shared: &Shared) -> String {
         t.sample("sgswitch_loop_iterations_total", &[("loop", &lp), ("state", "busy")], l.busy.get());
         t.sample("sgswitch_loop_iterations_total", &[("loop", &lp), ("state", "idle")], l.idle.get());
     }
-    t.family("sgswitch_loop_copy_failed_total", "counter", "Flooded frames not copied to a target for want of a free UMEM frame.");
-    for l in &shared.loops {
-        t.sample("sgswitch_loop_copy_failed_total", &[("loop", &l.index.to_string())], l.copy_failed.get());
-    }
+    t.per_loop(shared, "sgswitch_loop_copy_failed_total", "Copies (floods, handed-over frames) that found no free UMEM frame.", |l| {
+        l.copy_failed.get()
+    });
 
     t.family("sgswitch_loop_handover_total", "counter", "Frames handed from a poll loop to the loop that owns their next stage or socket, by outcome (sent, dropped: the inbox was full, received).");
     for l in &shared.loops {
@@ -208,7 +195,7 @@ pub fn render(shared: &Shared) -> String {
     }
 
     // AF_XDP sockets.
-    let sockets: Vec<_> = shared.loops.iter().flat_map(|l| l.sockets.load().iter().map(Arc::clone).collect::<Vec<_>>()).collect();
+    let sockets = shared.sockets();
     t.family("sgswitch_xsk_info", "gauge", "An AF_XDP socket with the XDP attach mode and zero-copy state in use.");
     for s in &sockets {
         let q = s.queue.to_string();

@@ -45,7 +45,7 @@ use xsk_rs::FrameDesc;
 use crate::flowlog::{self, FlowLog};
 use crate::pipeline::{Action, Outcome, Pipeline, REASONS, Reason, Source, To, conntrack_settings, owner_of};
 use crate::plan::{Plan, Zones};
-use crate::stats::{ControlStats, Counter, Counters, LoopStats, SocketStats};
+use crate::stats::{ControlStats, Counter, Counters, LoopStats, RuleLabel, SocketStats};
 use crate::xdp::{Memory, Socket};
 
 /// Frames taken from one rx ring at a time.
@@ -154,6 +154,41 @@ impl Shared {
         let q = self.requests.get(i).ok_or("no such poll loop")?;
         q.try_send(make(tx)).map_err(|_| format!("poll loop {i} is busy with other requests; try again"))?;
         rx.recv_timeout(Duration::from_secs(2)).map_err(|_| format!("poll loop {i} did not answer"))
+    }
+}
+
+/// Totals over the poll loops, for the metrics endpoint, the control socket
+/// and the shutdown summary.
+impl Shared {
+    /// Packets and bytes of one counter cell (`slot` is the zone + 1, 0 for
+    /// traffic of no port; `direction`, `forwarded` and `reason` index
+    /// [`crate::stats::PortCounters::by`]).
+    pub fn cell(&self, slot: usize, direction: usize, forwarded: usize, reason: usize) -> (u64, u64) {
+        self.loops.iter().fold((0, 0), |(p, b), l| {
+            let c = &l.pipeline.ports[slot].by[direction][forwarded][reason];
+            (p + c.packets.get(), b + c.bytes.get())
+        })
+    }
+
+    /// Every rule's hits, current plan and earlier ones.
+    pub fn rule_totals(&self) -> std::collections::BTreeMap<RuleLabel, u64> {
+        let mut hits = std::collections::BTreeMap::new();
+        for l in &self.loops {
+            for (label, n) in l.pipeline.rules.load().totals() {
+                *hits.entry(label).or_insert(0) += n;
+            }
+        }
+        hits
+    }
+
+    /// Tracked flows of a zone.
+    pub fn flows(&self, zone: Zone) -> u64 {
+        self.loops.iter().map(|l| l.conntrack_entries.get(usize::from(zone)).map_or(0, |e| u64::from(e.load(Ordering::Relaxed)))).sum()
+    }
+
+    /// Every loop's sockets.
+    pub fn sockets(&self) -> Vec<Arc<SocketStats>> {
+        self.loops.iter().flat_map(|l| l.sockets.load().iter().map(Arc::clone).collect::<Vec<_>>()).collect()
     }
 }
 
@@ -788,7 +823,7 @@ pub fn summary(shared: &Shared) -> String {
                     .iter()
                     .enumerate()
                     .filter_map(|(ri, r)| {
-                        let n: u64 = shared.loops.iter().map(|l| l.pipeline.ports[*slot].by[di][fi][ri].packets.get()).sum();
+                        let (n, _) = shared.cell(*slot, di, fi, ri);
                         (n > 0).then(|| format!("{r}={n}"))
                     })
                     .collect();
@@ -799,15 +834,13 @@ pub fn summary(shared: &Shared) -> String {
         }
     }
     let mut hits = std::collections::BTreeMap::new();
-    for l in &shared.loops {
-        for (label, n) in l.pipeline.rules.load().totals() {
-            *hits.entry((label.group.to_string(), label.direction, label.index)).or_insert(0u64) += n;
-        }
+    for (label, n) in shared.rule_totals() {
+        *hits.entry((label.group.to_string(), label.direction, label.index)).or_insert(0u64) += n;
     }
     for ((g, d, i), n) in hits.into_iter().filter(|(_, n)| *n > 0) {
         let _ = writeln!(s, "  rule {g}/{d}/{i}: {n} hits");
     }
-    let tx_full: u64 = shared.loops.iter().flat_map(|l| l.sockets.load().iter().map(|p| p.tx_full.get()).collect::<Vec<_>>()).sum();
+    let tx_full: u64 = shared.sockets().iter().map(|p| p.tx_full.get()).sum();
     if tx_full > 0 {
         let _ = writeln!(s, "  tx ring full: {tx_full} frames dropped");
     }
