@@ -18,10 +18,10 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sgswitch_config::Direction;
+use sgswitch_config::{Direction, protocol_name};
 use sgswitch_conntrack::{State, TcpState, Tuple, Zone};
 
-use crate::request::{Request, json_line, resolve};
+use crate::request::{Request, decision_value, resolve};
 use crate::run::{LoopRequest, Shared};
 
 /// Flows `conntrack-list` returns unless asked for another number.
@@ -107,14 +107,14 @@ fn answer(req: &CtlRequest, shared: &Shared) -> Result<Value, String> {
             let published = shared.published.load();
             let mut flows = Vec::new();
             let mut total = 0;
-            for i in 0..shared.loops.len() {
+            for i in shared.loops_for(zone) {
                 let (rows, n) = shared.ask(i, |reply| LoopRequest::Flows { zone, limit, reply })?;
                 total += n;
                 for (t, state, c) in rows.into_iter().take(limit.saturating_sub(flows.len())) {
                     let port = published.plan.ports.iter().find(|p| p.zone == t.zone).map(|p| p.id.to_string());
                     flows.push(json!({
                         "port": port,
-                        "proto": proto_name(t.proto),
+                        "proto": protocol_name(Some(t.proto)),
                         "src": t.src.to_string(),
                         "sport": t.sport,
                         "dst": t.dst.to_string(),
@@ -130,7 +130,7 @@ fn answer(req: &CtlRequest, shared: &Shared) -> Result<Value, String> {
         CtlRequest::ConntrackFlush { port } => {
             let zone = zone_of(shared, port.as_deref())?;
             let mut n = 0;
-            for i in 0..shared.loops.len() {
+            for i in shared.loops_for(zone) {
                 n += shared.ask(i, |reply| LoopRequest::Flush { zone, reply })?;
             }
             Ok(json!({"flushed": n}))
@@ -193,7 +193,7 @@ fn trace(shared: &Shared, r: &Request) -> Result<Value, String> {
     let plan = &published.plan;
     let (port, pkt) = resolve(plan.policy(), r)?;
     let decision = plan.compiled.decide(port, &pkt);
-    let policy: Value = serde_json::from_str(&json_line(plan.policy(), &decision)).map_err(|e| e.to_string())?;
+    let policy = decision_value(plan.policy(), &decision);
     let zone = plan.ports.get(port).map(|p| p.zone).ok_or("the port has no zone")?;
     let (src, dst, sport, dport) = match pkt.direction {
         Direction::Ingress => (pkt.remote, pkt.local, pkt.remote_port, pkt.local_port),
@@ -201,7 +201,7 @@ fn trace(shared: &Shared, r: &Request) -> Result<Value, String> {
     };
     let tuple = Tuple { zone, proto: pkt.proto, src, dst, sport, dport };
     let mut entry = None;
-    for i in 0..shared.loops.len() {
+    for i in shared.loops_for(Some(zone)) {
         if let Some(e) = shared.ask(i, |reply| LoopRequest::Lookup { tuple, reply })? {
             entry = Some(e);
         }
@@ -234,17 +234,6 @@ pub fn state_name(s: State) -> &'static str {
         State::Pseudo { replied: false } => "UNREPLIED",
         State::Pseudo { replied: true } => "REPLIED",
         State::Revoked => "REVOKED",
-    }
-}
-
-pub fn proto_name(p: u8) -> String {
-    match p {
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        1 => "icmp".into(),
-        58 => "icmpv6".into(),
-        47 => "gre".into(),
-        n => n.to_string(),
     }
 }
 

@@ -24,7 +24,6 @@ use sgswitch_config::{Direction, FlowLogTo};
 use sgswitch_conntrack::Now;
 use sgswitch_filter::PortIdx;
 
-use crate::control::proto_name;
 use crate::parse::Ip;
 use crate::pipeline::{Outcome, Reason};
 use crate::run::{Published, Shared};
@@ -243,7 +242,7 @@ pub fn line(r: &Record, epoch_ms: u64, plan: Option<&Published>) -> String {
         "time": humantime::format_rfc3339_millis(t).to_string(),
         "port": port,
         "direction": r.direction.as_str(),
-        "proto": proto_name(r.proto),
+        "proto": sgswitch_config::protocol_name(Some(r.proto)),
         "src": r.src.to_string(),
         "sport": r.sport,
         "dst": r.dst.to_string(),

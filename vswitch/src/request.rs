@@ -82,7 +82,13 @@ pub fn resolve(policy: &Policy, r: &Request) -> Result<(PortIdx, Packet), String
     policy.resolve(&q)
 }
 
+/// The `--json` line of a decision.
 pub fn json_line(policy: &Policy, d: &Decision) -> String {
+    decision_value(policy, d).to_string()
+}
+
+/// A decision as the `--json` object (keys in the contract's order).
+pub fn decision_value(policy: &Policy, d: &Decision) -> serde_json::Value {
     let rule = d.rule().map(|r| JsonRule {
         group: &policy.group(r.group).id,
         direction: r.direction.as_str(),
@@ -91,5 +97,5 @@ pub fn json_line(policy: &Policy, d: &Decision) -> String {
         action: r.action.as_str(),
     });
     let j = JsonDecision { verdict: d.verdict.as_str(), by: d.by.as_str(), rule };
-    serde_json::to_string(&j).expect("a struct of strings and integers serialises")
+    serde_json::to_value(&j).expect("a struct of strings and integers serialises")
 }

@@ -186,6 +186,18 @@ impl Shared {
         self.loops.iter().map(|l| l.conntrack_entries.get(usize::from(zone)).map_or(0, |e| u64::from(e.load(Ordering::Relaxed)))).sum()
     }
 
+    /// The loops that hold the flows of `zone` (its owner), or of every
+    /// zone.
+    pub fn loops_for(&self, zone: Option<Zone>) -> std::ops::Range<usize> {
+        match zone {
+            Some(z) => {
+                let o = owner_of(z, self.loops.len());
+                o..o + 1
+            }
+            None => 0..self.loops.len(),
+        }
+    }
+
     /// Every loop's sockets.
     pub fn sockets(&self) -> Vec<Arc<SocketStats>> {
         self.loops.iter().flat_map(|l| l.sockets.load().iter().map(Arc::clone).collect::<Vec<_>>()).collect()
