@@ -1,6 +1,6 @@
 //! `sgswitch run`: the switch. A control thread (the caller's) loads,
-//! validates and compiles configurations and publishes them; a poll loop,
-//! pinned to its core, moves frames between the ports' and the uplink's
+//! validates and compiles configurations and publishes them; poll loops,
+//! each pinned to its core, move frames between the ports' and the uplink's
 //! AF_XDP sockets through the pipeline. Beside them: the metrics endpoint
 //! ([`crate::metrics`]), the control socket ([`crate::control`]) and the
 //! flow-log writer ([`crate::flowlog`]), each its own thread that reads the
@@ -15,14 +15,15 @@
 //!   one is refused with its file:line messages in the log; the running one
 //!   stays. `[metrics]`, `[control]`, `[flow_log]` and `[datapath]` are read
 //!   at start only.
-//! - **Shutdown**: SIGINT or SIGTERM stops the loop; dropping the sockets
+//! - **Shutdown**: SIGINT or SIGTERM stops the loops; dropping the sockets
 //!   detaches the XDP programs libxdp attached, so nothing is left on the
 //!   interfaces; the control socket's file is removed.
 //! - **Poll loops**: one per core of `[datapath] cores`, pinned. Loop `i`
 //!   owns the ports whose conntrack zone is `i` modulo the number of loops
 //!   (zones are stable per port id, so a port stays with its loop across
-//!   reloads), their sockets and their flows; loop 0 also owns the uplink's
-//!   socket. A frame whose next stage or whose target socket belongs to
+//!   reloads), their sockets and their flows. The uplink's receive queues are
+//!   spread over the loops (queue `q` is loop `q` modulo the loops; loop 0
+//!   has queue 0). A frame whose next stage or whose target socket belongs to
 //!   another loop is copied into that loop's bounded inbox (a lock-free
 //!   `ArrayQueue`): the sender's egress is judged where the frame arrived,
 //!   the receiver's ingress in the receiver's loop. A full inbox drops the
@@ -105,7 +106,8 @@ pub struct Shared {
     inboxes: Vec<Arc<ArrayQueue<Parcel>>>,
     /// Per loop, when the flow log is on.
     pub flow_log: Vec<Arc<flowlog::Stats>>,
-    pub stop: AtomicBool,
+    /// Set by SIGINT/SIGTERM, or when the start fails: every thread ends.
+    pub stop: Arc<AtomicBool>,
     /// Wall-clock time at start, and the same moment on the loops' clock.
     pub started: SystemTime,
     pub epoch: Instant,
@@ -254,7 +256,7 @@ pub fn run(dir: &Path) -> Result<String, String> {
         requests,
         inboxes: (0..n).map(|_| Arc::new(ArrayQueue::new(HANDOVER))).collect(),
         flow_log: logs.iter().flatten().map(|l| Arc::clone(l.stats())).collect(),
-        stop: AtomicBool::new(false),
+        stop: Arc::clone(&stop),
         started: SystemTime::now(),
         epoch: Instant::now(),
     });
@@ -316,7 +318,7 @@ pub fn run(dir: &Path) -> Result<String, String> {
         dir.display(),
         if n == 1 { "" } else { "s" }
     );
-    watch(&shared, &stop, &hup);
+    watch(&shared, &hup);
     let mut result = Ok(());
     for w in workers {
         let r = w.join().map_err(|_| "a poll loop panicked".to_owned()).and_then(|r| r);
@@ -331,7 +333,7 @@ pub fn run(dir: &Path) -> Result<String, String> {
 
 /// The control thread: reloads on file changes (debounced) and SIGHUP until
 /// told to stop.
-fn watch(shared: &Shared, stop: &AtomicBool, hup: &AtomicBool) {
+fn watch(shared: &Shared, hup: &AtomicBool) {
     use notify::Watcher;
     let dir = &shared.dir;
     let (tx, rx) = std::sync::mpsc::channel();
@@ -356,7 +358,7 @@ fn watch(shared: &Shared, stop: &AtomicBool, hup: &AtomicBool) {
         }
     };
     let mut due: Option<Instant> = None;
-    while !stop.load(Ordering::Relaxed) {
+    while !shared.stop.load(Ordering::Relaxed) {
         if rx.recv_timeout(Duration::from_millis(50)).is_ok() {
             due = Some(Instant::now() + Duration::from_millis(200));
         }
@@ -367,7 +369,6 @@ fn watch(shared: &Shared, stop: &AtomicBool, hup: &AtomicBool) {
             let _ = shared.reload(if signalled { "SIGHUP" } else { "file change" });
         }
     }
-    shared.stop.store(true, Ordering::Relaxed);
 }
 
 /// A socket, where its frames come from, and its counters.
@@ -576,8 +577,8 @@ impl Peers<'_> {
     }
 }
 
-/// The poll loop: owns its UMEM, the sockets of its ports (and, for loop 0,
-/// the uplink's), their conntrack zones and its pipeline.
+/// The poll loop: owns its UMEM, the sockets of its ports and of its share
+/// of the uplink's queues, their conntrack zones and its pipeline.
 fn poll_loop(
     shared: &Shared,
     uplink: &str,
