@@ -196,7 +196,7 @@ pub struct Pipeline<H> {
     /// Where denied packets are logged, if anywhere.
     pub flow_log: Option<FlowLog>,
     /// Which zones this pipeline's loop owns: `zone % loops == me`.
-    owner: (usize, usize),
+    owner: Owner,
     /// The current plan's rule hits (also published in `counters`).
     hits: Arc<RuleHits>,
     /// Released fragments not yet finished (scratch, preallocated).
@@ -218,24 +218,23 @@ impl<H: Copy> Pipeline<H> {
             frags: Fragments::new(frag),
             counters,
             flow_log: None,
-            owner: (0, 1),
+            owner: Owner::ALONE,
             hits: Arc::new(RuleHits::new(0, Arc::from([]))),
             scratch: Vec::with_capacity(held + 1),
             released: Vec::with_capacity(held + 1),
         }
     }
 
-    /// Makes this the pipeline of loop `me` of `loops`: it judges the ports
-    /// whose zone is `me` modulo `loops`, and hands frames for the others
-    /// over ([`Action::Handover`]).
-    pub fn set_owner(&mut self, me: usize, loops: usize) {
-        self.owner = (me, loops.max(1));
+    /// Makes this the pipeline of loop `owner`: it judges the ports whose
+    /// zones the loop owns, and hands frames for the others over
+    /// ([`Action::Handover`]).
+    pub fn set_owner(&mut self, owner: Owner) {
+        self.owner = owner;
     }
 
     #[inline]
     fn owns(&self, plan: &Plan, p: PortIdx) -> bool {
-        // One loop owns everything: no division on the per-packet path.
-        self.owner.1 == 1 || plan.ports.get(p).is_none_or(|port| owner_of(port.zone, self.owner.1) == self.owner.0)
+        plan.ports.get(p).is_none_or(|port| self.owner.owns(port.zone))
     }
 
     pub fn fragments(&self) -> &Fragments<Pending<H>> {
@@ -597,6 +596,25 @@ impl<H: Copy> Pipeline<H> {
 /// The poll loop of `loops` that owns `zone` (and the port it belongs to).
 pub fn owner_of(zone: Zone, loops: usize) -> usize {
     usize::from(zone) % loops.max(1)
+}
+
+/// Which poll loop this is, of how many.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub index: usize,
+    pub loops: usize,
+}
+
+impl Owner {
+    /// The only loop, owner of every zone (replay, tests).
+    pub const ALONE: Owner = Owner { index: 0, loops: 1 };
+
+    /// Whether this loop owns `zone`.
+    #[inline]
+    pub fn owns(self, zone: Zone) -> bool {
+        // One loop owns everything: no division on the per-packet path.
+        self.loops <= 1 || owner_of(zone, self.loops) == self.index
+    }
 }
 
 fn flip(d: Direction) -> Direction {

@@ -44,7 +44,7 @@ use tracing::{info, warn};
 use xsk_rs::FrameDesc;
 
 use crate::flowlog::{self, FlowLog};
-use crate::pipeline::{Action, Outcome, Pipeline, REASONS, Reason, Source, To, conntrack_settings, owner_of};
+use crate::pipeline::{Action, Outcome, Owner, Pipeline, REASONS, Reason, Source, To, conntrack_settings, owner_of};
 use crate::plan::{Plan, Zones};
 use crate::stats::{ControlStats, Counter, Counters, LoopStats, RuleLabel, SocketStats};
 use crate::xdp::{Memory, Socket};
@@ -413,8 +413,7 @@ fn reconcile(
     by_port: &mut Vec<Option<usize>>,
     cap: usize,
 ) -> Result<(), String> {
-    let wanted: Vec<Option<&str>> =
-        plan.ports.iter().map(|p| p.interface.as_deref().filter(|_| owner_of(p.zone, me.loops) == me.index)).collect();
+    let wanted: Vec<Option<&str>> = plan.ports.iter().map(|p| p.interface.as_deref().filter(|_| me.owns(p.zone))).collect();
     // Keep the uplink and the ports still configured here.
     socks.retain(|s| {
         let keep = s.src == Source::Uplink || wanted.contains(&Some(s.sock.interface.as_str()));
@@ -518,13 +517,6 @@ fn answer(requests: &Receiver<LoopRequest>, pipe: &mut Pipeline<FrameDesc>, stat
 /// Frames one loop's inbox holds at most (each a 2 KiB parcel: 2 MiB).
 const HANDOVER: usize = 1024;
 
-/// Which loop this is, of how many.
-#[derive(Clone, Copy, Debug)]
-struct Owner {
-    index: usize,
-    loops: usize,
-}
-
 /// What the receiving loop does with a handed-over frame.
 #[derive(Clone, Copy, Debug)]
 enum Task {
@@ -620,7 +612,7 @@ fn poll_loop(
     let _ = ready.send(Ok(()));
     let mut pipe: Pipeline<FrameDesc> =
         Pipeline::with_counters(conntrack_settings(host, seed()), FragSettings::default(), Arc::clone(&stats.pipeline));
-    pipe.set_owner(me.index, me.loops);
+    pipe.set_owner(me);
     pipe.flow_log = log;
     pipe.adopt(&current.plan);
     let mut rx = vec![FrameDesc::default(); BATCH];

@@ -268,7 +268,7 @@ fn two_loops_hand_a_vm_to_vm_flow_over_and_each_judges_its_own_ports() {
     assert_ne!(loop_of(web), loop_of(db), "the example's zones put web1 and db1 on different loops");
     let mut loops = [pipeline(&plan), pipeline(&plan)];
     for (i, l) in loops.iter_mut().enumerate() {
-        l.set_owner(i, 2);
+        l.set_owner(sgswitch::pipeline::Owner { index: i, loops: 2 });
     }
     let ip = |s: &str| s.parse().expect("ip");
     let e = Ends {
