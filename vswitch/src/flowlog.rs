@@ -137,17 +137,22 @@ impl FlowLog {
     /// A flow log with the settings of `[flow_log]`.
     pub fn new(cfg: &sgswitch_config::FlowLog) -> (FlowLog, Writer) {
         let queue = Arc::new(ArrayQueue::new(QUEUE));
-        let stats = Arc::new(Stats::default());
-        let log = FlowLog {
-            queue: Arc::clone(&queue),
-            stats: Arc::clone(&stats),
+        let log = FlowLog::feeding(cfg, Arc::clone(&queue));
+        let writer = Writer { queue, stats: Arc::clone(&log.stats), to: cfg.to.clone() };
+        (log, writer)
+    }
+
+    /// A flow log with its own counters that feeds `queue`.
+    fn feeding(cfg: &sgswitch_config::FlowLog, queue: Arc<ArrayQueue<Record>>) -> FlowLog {
+        FlowLog {
+            queue,
+            stats: Arc::new(Stats::default()),
             limiter: Limiter::new(cfg.rate, cfg.burst),
             seen: vec![(0, 0); SEEN].into_boxed_slice(),
             repeat_ms: u64::from(cfg.repeat_after) * 1000,
             sample: u64::from(cfg.sample.max(1)),
             drawn: 0,
-        };
-        (log, Writer { queue, stats, to: cfg.to.clone() })
+        }
     }
 
     /// One flow log per poll loop, all feeding one writer: each loop has
@@ -157,13 +162,8 @@ impl FlowLog {
         let loops = u32::try_from(loops.max(1)).unwrap_or(u32::MAX);
         let share = sgswitch_config::FlowLog { rate: cfg.rate.div_ceil(loops), burst: cfg.burst.div_ceil(loops), ..cfg.clone() };
         let (first, writer) = FlowLog::new(&share);
-        let mut logs = vec![first];
-        while logs.len() < loops as usize {
-            let mut l = FlowLog::new(&share).0;
-            l.queue = Arc::clone(&writer.queue);
-            logs.push(l);
-        }
-        (logs, writer)
+        let rest = (1..loops).map(|_| FlowLog::feeding(&share, Arc::clone(&writer.queue)));
+        (std::iter::once(first).chain(rest).collect(), writer)
     }
 
     pub fn stats(&self) -> &Arc<Stats> {
