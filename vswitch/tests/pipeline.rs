@@ -178,26 +178,37 @@ fn a_batch_decides_exactly_as_frames_one_by_one() {
     }
 }
 
-fn flow_log(rate: u32, burst: u32, sample: u32) -> (FlowLog, Writer) {
-    FlowLog::new(&sgswitch_config::FlowLog { enabled: true, rate, burst, sample, ..sgswitch_config::FlowLog::default() })
+fn flow_log_settings(rate: u32, burst: u32, sample: u32) -> sgswitch_config::FlowLog {
+    sgswitch_config::FlowLog { enabled: true, rate, burst, sample, ..sgswitch_config::FlowLog::default() }
+}
+
+/// A pipeline of the examples logging into a flow log of these settings,
+/// the log's writer side and its counters.
+fn logged(plan: &Plan, rate: u32, burst: u32, sample: u32) -> (Pipeline<u32>, Writer, std::sync::Arc<flowlog::Stats>) {
+    let mut pipe = pipeline(plan);
+    let (log, writer) = FlowLog::new(&flow_log_settings(rate, burst, sample));
+    let stats = std::sync::Arc::clone(log.stats());
+    pipe.flow_log = Some(log);
+    (pipe, writer, stats)
+}
+
+/// A SYN from the uplink (`src`) to eni-web1's port `dport`.
+fn syn_to_web1(plan: &Plan, src: &str, sport: u16, dport: u16) -> Vec<u8> {
+    let web = plan.ports.iter().position(|p| &*p.id == "eni-web1").expect("eni-web1");
+    let ip = |s: &str| s.parse().expect("ip");
+    let e = Ends { src_mac: UPLINK_MAC, dst_mac: plan.ports[web].mac.expect("mac"), src: ip(src), dst: ip("10.0.0.11") };
+    frames::tcp(&e, sport, dport, "S", 1, 0, b"")
 }
 
 /// A SYN from the uplink to eni-web1's port 9999 (denied by default).
 fn denied_syn(plan: &Plan, sport: u16) -> Vec<u8> {
-    let web = plan.ports.iter().position(|p| &*p.id == "eni-web1").expect("eni-web1");
-    let mac = plan.ports[web].mac.expect("mac");
-    let ip = |s: &str| s.parse().expect("ip");
-    let e = Ends { src_mac: UPLINK_MAC, dst_mac: mac, src: ip("192.0.2.77"), dst: ip("10.0.0.11") };
-    frames::tcp(&e, sport, 9999, "S", 1, 0, b"")
+    syn_to_web1(plan, "192.0.2.77", sport, 9999)
 }
 
 #[test]
 fn a_flood_of_denied_flows_is_logged_within_the_rate_and_allocates_nothing() {
     let plan = examples();
-    let mut pipe = pipeline(&plan);
-    let (log, writer) = flow_log(10, 5, 1);
-    let stats = std::sync::Arc::clone(log.stats());
-    pipe.flow_log = Some(log);
+    let (mut pipe, writer, stats) = logged(&plan, 10, 5, 1);
     let syns: Vec<Vec<u8>> = (0..2000u16).map(|i| denied_syn(&plan, 20_000 + i)).collect();
     let _ = pipe.process(&plan, Source::Uplink, &syns[0], Now(0), 0);
     let before = counting_alloc::allocs();
@@ -237,21 +248,13 @@ fn a_flood_of_denied_flows_is_logged_within_the_rate_and_allocates_nothing() {
 #[test]
 fn sampling_keeps_one_denied_flow_in_n_and_allowed_packets_are_never_logged() {
     let plan = examples();
-    let mut pipe = pipeline(&plan);
-    let (log, writer) = flow_log(1_000_000, 1_000_000, 4);
-    let stats = std::sync::Arc::clone(log.stats());
-    pipe.flow_log = Some(log);
+    let (mut pipe, writer, stats) = logged(&plan, 1_000_000, 1_000_000, 4);
     for i in 0..100u16 {
         let _ = pipe.process(&plan, Source::Uplink, &denied_syn(&plan, 30_000 + i), Now(0), 0);
     }
     // An allowed flow (http to web1) is not offered at all.
-    let web = plan.ports.iter().position(|p| &*p.id == "eni-web1").expect("eni-web1");
-    let ip = |s: &str| s.parse().expect("ip");
-    let e = Ends { src_mac: UPLINK_MAC, dst_mac: plan.ports[web].mac.expect("mac"), src: ip("192.0.2.78"), dst: ip("10.0.0.11") };
-    assert!(matches!(
-        pipe.process(&plan, Source::Uplink, &frames::tcp(&e, 1234, 80, "S", 1, 0, b""), Now(0), 0).action,
-        Action::Forward(_)
-    ));
+    let http = syn_to_web1(&plan, "192.0.2.78", 1234, 80);
+    assert!(matches!(pipe.process(&plan, Source::Uplink, &http, Now(0), 0).action, Action::Forward(_)));
     let mut n = 0;
     while writer.pop().is_some() {
         n += 1;
@@ -304,4 +307,33 @@ fn two_loops_hand_a_vm_to_vm_flow_over_and_each_judges_its_own_ports() {
     let total =
         |l: &Pipeline<u32>| -> u64 { l.counters.ports.iter().flat_map(|p| p.by.iter().flatten().flatten()).map(|c| c.packets.get()).sum() };
     assert_eq!(total(&loops[a]) + total(&loops[b]), 3, "syn, syn-ack and ack each counted once");
+}
+
+#[test]
+fn loops_share_the_flow_log_rate_and_feed_one_writer() {
+    let plan = examples();
+    // Bursts of 6 for the host: 3 per loop.
+    let (logs, writer) = FlowLog::per_loop(&flow_log_settings(10, 6, 1), 2);
+    let mut loops: Vec<(Pipeline<u32>, std::sync::Arc<flowlog::Stats>)> = logs
+        .into_iter()
+        .map(|log| {
+            let mut pipe = pipeline(&plan);
+            let stats = std::sync::Arc::clone(log.stats());
+            pipe.flow_log = Some(log);
+            (pipe, stats)
+        })
+        .collect();
+    for (k, (pipe, _)) in loops.iter_mut().enumerate() {
+        for i in 0..100u16 {
+            let _ = pipe.process(&plan, Source::Uplink, &denied_syn(&plan, 40_000 + 100 * u16::try_from(k).unwrap() + i), Now(0), 0);
+        }
+    }
+    let mut n = 0;
+    while writer.pop().is_some() {
+        n += 1;
+    }
+    assert_eq!(n, 6, "one writer sees both loops' records, each within its share");
+    for (_, stats) in &loops {
+        assert_eq!(stats.rate_limited.get(), 97);
+    }
 }
