@@ -729,23 +729,34 @@ fn poll_loop(
     Ok(())
 }
 
+/// This loop's uplink socket, if it has one. The uplink's sockets are opened
+/// before any port's and `reconcile` keeps the order, so it is the first.
+fn uplink_socket(socks: &[Port]) -> Option<usize> {
+    socks.first().filter(|p| p.src == Source::Uplink).map(|_| 0)
+}
+
 /// Copies `bytes` to this loop's sockets for `to`: one port's, the
 /// uplink's, or every socket a flood reaches (but `from`).
 fn deliver(mem: &mut Memory, socks: &mut [Port], by_port: &[Option<usize>], from: usize, bytes: &[u8], to: To, stats: &LoopStats) {
-    for (t, p) in socks.iter_mut().enumerate() {
-        let hit = match to {
-            To::Port(q) => by_port.get(q).copied().flatten() == Some(t),
-            To::Uplink => p.src == Source::Uplink && p.primary(),
-            To::Flood { except, uplink } => {
-                p.primary() && t != from && (p.src != Source::Uplink || uplink) && !matches!(p.src, Source::Port(q) if Some(q) == except)
+    let mut copy = |p: &mut Port| match mem.copy_in(bytes) {
+        Some(c) => p.pending.push(c),
+        None => stats.copy_failed.add(1),
+    };
+    let one = match to {
+        To::Port(q) => by_port.get(q).copied().flatten(),
+        To::Uplink => uplink_socket(socks),
+        To::Flood { except, uplink } => {
+            for (t, p) in socks.iter_mut().enumerate() {
+                if p.primary() && t != from && (p.src != Source::Uplink || uplink) && !matches!(p.src, Source::Port(q) if Some(q) == except)
+                {
+                    copy(p);
+                }
             }
-        };
-        if hit {
-            match mem.copy_in(bytes) {
-                Some(c) => p.pending.push(c),
-                None => stats.copy_failed.add(1),
-            }
+            None
         }
+    };
+    if let Some(t) = one {
+        copy(&mut socks[t]);
     }
 }
 
@@ -765,7 +776,7 @@ fn dispatch(
 ) {
     let local = |to: To| match to {
         To::Port(q) => by_port.get(q).copied().flatten(),
-        To::Uplink => socks.iter().position(|p| p.src == Source::Uplink),
+        To::Uplink => uplink_socket(socks),
         To::Flood { .. } => None,
     };
     match o.action {
