@@ -1,16 +1,12 @@
 //! AF_XDP sockets on a veth pair this test makes (root): a sender that
 //! keeps its tx ring full gets every frame out.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sgswitch::xdp::Memory;
 use sgswitch_config::{XdpMode, ZeroCopy};
+use sgswitch_tests::netns::sh;
 use xsk_rs::FrameDesc;
-
-fn sh(cmd: &str) -> bool {
-    Command::new("bash").arg("-c").arg(cmd).status().is_ok_and(|s| s.success())
-}
 
 struct Pair;
 
