@@ -40,6 +40,7 @@
 use std::net::IpAddr;
 
 use crate::key::{self, Key, Tuple, Zone};
+use crate::mem;
 use crate::tcp::{self, Segment, Side, Step, TcpState};
 
 /// Milliseconds on the caller's clock (capture timestamps in `replay`).
@@ -73,17 +74,11 @@ impl Default for Timeouts {
 }
 
 impl Timeouts {
-    fn ms(&self, c: Class) -> u32 {
-        let s = match c {
-            Class::TcpSyn => self.tcp_syn,
-            Class::TcpEstablished => self.tcp_established,
-            Class::TcpClosing => self.tcp_closing,
-            Class::Udp => self.udp,
-            Class::UdpStream => self.udp_stream,
-            Class::Icmp => self.icmp,
-            Class::Other => self.other,
-        };
-        s.saturating_mul(1000)
+    /// Milliseconds per [`Class`], indexed by the class: what the
+    /// per-packet expiry check reads.
+    fn ms_by_class(&self) -> [u32; CLASSES] {
+        [self.tcp_syn, self.tcp_established, self.tcp_closing, self.udp, self.udp_stream, self.icmp, self.other]
+            .map(|s| s.saturating_mul(1000))
     }
 }
 
@@ -129,6 +124,9 @@ pub enum Class {
     Other,
 }
 
+/// How many timeout classes there are.
+const CLASSES: usize = 7;
+
 /// How many entries a new flow looks at (soonest deadline first) to find an
 /// expired entry or an unassured entry of its own zone to evict.
 pub const EVICT_SCAN: usize = 64;
@@ -156,18 +154,18 @@ pub enum State {
     Revoked,
 }
 
-/// One tracked flow: 72 bytes (the key is 40).
+/// One tracked flow: what a packet of the flow reads and writes, in one
+/// 64-byte cache line (59 bytes used; the key is 40). Its counters and its
+/// wheel linkage live in parallel arrays ([`Counters`], [`Link`]): listing
+/// reads the first, only expiry and state-class changes the second.
 #[derive(Clone, Copy, Debug)]
+#[repr(align(64))]
 struct Entry {
     key: Key,
     last_seen: u32,
-    /// The wheel slot the entry is linked in.
-    slot: u32,
     generation: u32,
     /// Per side (orig, reply): the sequence number that side sends next.
     next_seq: [u32; 2],
-    prev: u32,
-    next: u32,
     state: State,
     class: Class,
     /// [`LIVE`], [`ORIG_IS_LO`] (the opener is the key's low endpoint) and
@@ -198,17 +196,25 @@ impl Default for Entry {
         Entry {
             key: Key::default(),
             last_seen: 0,
-            slot: 0,
             generation: 0,
             next_seq: [0; 2],
-            prev: NIL,
-            next: NIL,
             state: State::Pseudo { replied: false },
             class: Class::Other,
             flags: 0,
         }
     }
 }
+
+/// Where an entry is linked: the wheel slot and its neighbours there (a
+/// free entry's `next` chains the free list).
+#[derive(Clone, Copy, Debug)]
+struct Link {
+    slot: u32,
+    prev: u32,
+    next: u32,
+}
+
+const UNLINKED: Link = Link { slot: 0, prev: NIL, next: NIL };
 
 /// Per-direction packet and byte counts of an entry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -261,7 +267,11 @@ pub struct Stats {
 pub struct Table {
     s: Settings,
     entries: Vec<Entry>,
+    links: Vec<Link>,
     counters: Vec<Counters>,
+    /// Timeouts in ms by class, per zone, then for zones beyond the list.
+    zone_ms: Vec<[u32; CLASSES]>,
+    default_ms: [u32; CLASSES],
     slots: Vec<u64>,
     mask: usize,
     free: u32,
@@ -277,15 +287,17 @@ pub struct Table {
     warm: u64,
 }
 
-/// A packet's tuple with its key, hash and side, computed once per packet.
-#[derive(Clone, Copy, Debug)]
-struct Probe<'t> {
-    t: &'t Tuple,
+/// A packet's key, hash and side, computed once per packet.
+#[derive(Clone, Copy, Debug, Default)]
+struct Probe {
     key: Key,
     h: u64,
     /// Whether the packet's source is the key's low endpoint.
     src_is_lo: bool,
 }
+
+/// How many slots past the home slot warming follows a probe sequence.
+const WARM_RUN: usize = 8;
 
 /// The most packets `track_batch` works on together.
 pub const BATCH: usize = 64;
@@ -334,13 +346,17 @@ impl Table {
         assert!(s.capacity > 0 && s.capacity <= 1 << 30, "capacity must be 1..2^30");
         let cap = s.capacity as usize;
         let nslots = (cap * 2).next_power_of_two();
-        let mut entries = vec![Entry::default(); cap];
-        for (i, e) in entries.iter_mut().enumerate() {
-            e.next = if i + 1 < cap { u32::try_from(i + 1).expect("capacity <= 2^30") } else { NIL };
+        let mut links = mem::filled(cap, UNLINKED);
+        for (i, l) in links.iter_mut().enumerate() {
+            l.next = if i + 1 < cap { u32::try_from(i + 1).expect("capacity <= 2^30") } else { NIL };
         }
         Table {
-            counters: vec![Counters::default(); cap],
-            slots: vec![0; nslots],
+            entries: mem::filled(cap, Entry::default()),
+            links,
+            counters: mem::filled(cap, Counters::default()),
+            zone_ms: s.zone_timeouts.iter().map(Timeouts::ms_by_class).collect(),
+            default_ms: s.default_timeouts.ms_by_class(),
+            slots: mem::filled(nslots, 0),
             mask: nslots - 1,
             free: 0,
             len: 0,
@@ -350,13 +366,14 @@ impl Table {
             cursor: None,
             stats: Stats::default(),
             warm: 0,
-            entries,
             s,
         }
     }
 
-    fn timeouts(&self, zone: Zone) -> &Timeouts {
-        self.s.zone_timeouts.get(usize::from(zone)).unwrap_or(&self.s.default_timeouts)
+    /// The timeout in ms of `class` in `zone`.
+    #[inline]
+    fn timeout_ms(&self, zone: Zone, class: Class) -> u32 {
+        self.zone_ms.get(usize::from(zone)).unwrap_or(&self.default_ms)[class as usize]
     }
 
     pub fn len(&self) -> usize {
@@ -375,10 +392,10 @@ impl Table {
         self.stats
     }
 
-    /// Bytes the table holds per flow at full capacity: entry, counters and
-    /// index slots.
+    /// Bytes the table holds per flow at full capacity: entry, counters,
+    /// wheel linkage and index slots.
     pub fn bytes_per_flow(&self) -> usize {
-        let per = std::mem::size_of::<Entry>() + std::mem::size_of::<Counters>();
+        let per = std::mem::size_of::<Entry>() + std::mem::size_of::<Counters>() + std::mem::size_of::<Link>();
         per + self.slots.len() * std::mem::size_of::<u64>() / self.entries.len()
     }
 
@@ -393,6 +410,7 @@ impl Table {
     // truncating casts to usize below are the point.
 
     #[expect(clippy::cast_possible_truncation, reason = "positions are the low bits of a hash or slot")]
+    #[inline]
     fn find(&self, key: &Key, h: u64) -> Option<usize> {
         let tag = h & 0xffff_ffff;
         let mut i = (h as usize) & self.mask;
@@ -447,25 +465,24 @@ impl Table {
     // ------------------------------------------------------------ lists
 
     fn unlink(&mut self, idx: usize) {
-        let (prev, next, slot) = (self.entries[idx].prev, self.entries[idx].next, self.entries[idx].slot as usize);
+        let Link { slot, prev, next } = self.links[idx];
+        let slot = slot as usize;
         if prev == NIL {
             self.heads[slot] = next
         } else {
-            self.entries[prev as usize].next = next
+            self.links[prev as usize].next = next
         }
-        if next == NIL { self.tails[slot] = prev } else { self.entries[next as usize].prev = prev }
+        if next == NIL { self.tails[slot] = prev } else { self.links[next as usize].prev = prev }
     }
 
     fn link(&mut self, idx: usize, slot: usize) {
         let i32 = u32::try_from(idx).expect("capacity <= 2^30");
-        let e = &mut self.entries[idx];
-        e.slot = u32::try_from(slot).expect("WHEEL_SLOTS fits u32");
-        e.prev = self.tails[slot];
-        e.next = NIL;
-        if self.tails[slot] == NIL {
+        let tail = self.tails[slot];
+        self.links[idx] = Link { slot: u32::try_from(slot).expect("WHEEL_SLOTS fits u32"), prev: tail, next: NIL };
+        if tail == NIL {
             self.heads[slot] = i32
         } else {
-            self.entries[self.tails[slot] as usize].next = i32
+            self.links[tail as usize].next = i32
         }
         self.tails[slot] = i32;
     }
@@ -474,7 +491,7 @@ impl Table {
     fn deadline_sec(&self, idx: usize, now: Now) -> u64 {
         let e = &self.entries[idx];
         let age = u64::from(now.ms32().wrapping_sub(e.last_seen));
-        let timeout = u64::from(self.timeouts(e.key.zone()).ms(e.class));
+        let timeout = u64::from(self.timeout_ms(e.key.zone(), e.class));
         (now.0.saturating_sub(age) + timeout) / 1000
     }
 
@@ -496,9 +513,8 @@ impl Table {
     fn free_entry(&mut self, idx: usize) {
         let key = self.entries[idx].key;
         self.index_remove(key.hash(self.s.seed), idx);
-        let e = &mut self.entries[idx];
-        e.flags &= !LIVE;
-        e.next = self.free;
+        self.entries[idx].flags &= !LIVE;
+        self.links[idx].next = self.free;
         self.free = u32::try_from(idx).expect("capacity <= 2^30");
         self.len -= 1;
         if let Some(n) = self.zone_len.get_mut(usize::from(key.zone())) {
@@ -508,7 +524,7 @@ impl Table {
 
     fn expired(&self, idx: usize, now: u32) -> bool {
         let e = &self.entries[idx];
-        now.wrapping_sub(e.last_seen) >= self.timeouts(e.key.zone()).ms(e.class)
+        now.wrapping_sub(e.last_seen) >= self.timeout_ms(e.key.zone(), e.class)
     }
 
     // ------------------------------------------------------------ expiry
@@ -570,7 +586,7 @@ impl Table {
             let mut i = self.heads[((cursor as usize) + k) & (WHEEL_SLOTS - 1)];
             while i != NIL {
                 let (next, ezone, estate) =
-                    (self.entries[i as usize].next, self.entries[i as usize].key.zone(), self.entries[i as usize].state);
+                    (self.links[i as usize].next, self.entries[i as usize].key.zone(), self.entries[i as usize].state);
                 if self.expired(i as usize, now32) {
                     self.release(i as usize);
                     self.stats.expired += 1;
@@ -601,12 +617,13 @@ impl Table {
     /// admitted under an older generation.
     pub fn track(&mut self, t: &Tuple, p: &PacketInfo, now: Now, generation: u32, judge: impl FnMut(&Tuple) -> bool) -> Outcome {
         let probe = self.probe(t);
-        self.track_probe(&probe, p, now, generation, judge)
+        self.track_probe(t, probe, p, now, generation, judge)
     }
 
-    fn probe<'t>(&self, t: &'t Tuple) -> Probe<'t> {
+    #[inline]
+    fn probe(&self, t: &Tuple) -> Probe {
         let (key, src_is_lo) = Key::of(t);
-        Probe { t, key, h: key.hash(self.s.seed), src_is_lo }
+        Probe { key, h: key.hash(self.s.seed), src_is_lo }
     }
 
     /// [`Table::track`] for a batch: `out[i]` is the outcome of `tuples[i]`
@@ -623,6 +640,7 @@ impl Table {
     ///
     /// # Panics
     /// If the three slices differ in length.
+    #[inline(never)]
     pub fn track_batch(
         &mut self,
         tuples: &[Tuple],
@@ -633,13 +651,15 @@ impl Table {
         out: &mut [Outcome],
     ) {
         assert!(tuples.len() == infos.len() && infos.len() == out.len(), "one info and one outcome per tuple");
-        let mut slots = [0u64; BATCH];
+        let mut probes = [Probe::default(); BATCH];
         for ((ts, ps), os) in tuples.chunks(BATCH).zip(infos.chunks(BATCH)).zip(out.chunks_mut(BATCH)) {
-            let n = ts.len();
-            let probes: [Option<Probe<'_>>; BATCH] = std::array::from_fn(|i| ts.get(i).map(|t| self.probe(t)));
-            self.warm_probes(&probes, &mut slots[..n]);
-            for ((o, probe), p) in os.iter_mut().zip(probes.iter().flatten()).zip(ps) {
-                *o = self.track_probe(probe, p, now, generation, &mut judge);
+            let probes = &mut probes[..ts.len()];
+            for (probe, t) in probes.iter_mut().zip(ts) {
+                *probe = self.probe(t);
+            }
+            self.warm_probes(probes);
+            for (((o, &probe), t), p) in os.iter_mut().zip(&*probes).zip(ts).zip(ps) {
+                *o = self.track_probe(t, probe, p, now, generation, &mut judge);
             }
         }
     }
@@ -649,51 +669,72 @@ impl Table {
     /// by one: what [`Table::track_batch`] does first, for a caller that
     /// must interleave other work between the packets of a batch.
     pub fn warm(&mut self, tuples: &[Tuple]) {
-        let n = tuples.len().min(BATCH);
-        let probes: [Option<Probe<'_>>; BATCH] = std::array::from_fn(|i| tuples.get(i).filter(|_| i < n).map(|t| self.probe(t)));
-        let mut slots = [0u64; BATCH];
-        self.warm_probes(&probes, &mut slots[..n]);
+        let tuples = &tuples[..tuples.len().min(BATCH)];
+        let mut probes = [Probe::default(); BATCH];
+        for (probe, t) in probes.iter_mut().zip(tuples) {
+            *probe = self.probe(t);
+        }
+        self.warm_probes(&probes[..tuples.len()]);
     }
 
-    /// Loads the home slot of every probe, then every entry those slots
-    /// name; the loads of a phase are independent, so their misses overlap.
+    /// Loads the home slot of every probe, then the entry and counters of
+    /// the first slot of its probe sequence whose stored hash bits match (at
+    /// half load a quarter of the flows do not sit in their home slot; the
+    /// following slots are almost always in the same cache line). The loads
+    /// of a phase are independent, so their misses overlap.
     #[expect(clippy::cast_possible_truncation, reason = "positions are the low bits of a hash or slot")]
-    fn warm_probes(&mut self, probes: &[Option<Probe<'_>>], slots: &mut [u64]) {
-        let mut warm = 0u64;
-        for (slot, probe) in slots.iter_mut().zip(probes.iter().flatten()) {
-            *slot = self.slots[(probe.h as usize) & self.mask];
+    fn warm_probes(&mut self, probes: &[Probe]) {
+        let mut homes = [0u64; BATCH];
+        let homes = &mut homes[..probes.len()];
+        for (home, probe) in homes.iter_mut().zip(probes) {
+            *home = self.slots[(probe.h as usize) & self.mask];
         }
-        for &slot in &*slots {
-            if slot != 0 {
-                let idx = (slot >> 32) as usize - 1;
+        let mut warm = 0u64;
+        for (&home, probe) in homes.iter().zip(probes) {
+            let (tag, mut i, mut s) = (probe.h & 0xffff_ffff, (probe.h as usize) & self.mask, home);
+            // Bounded: a run longer than a cache line of slots is left to
+            // `find` (it is rare at half load).
+            for _ in 0..WARM_RUN {
+                if s == 0 || s & 0xffff_ffff == tag {
+                    break;
+                }
+                i = (i + 1) & self.mask;
+                s = self.slots[i];
+            }
+            if s != 0 {
+                let idx = (s >> 32) as usize - 1;
                 warm ^= u64::from(self.entries[idx].last_seen) ^ self.counters[idx].bytes[0];
             }
         }
         self.warm ^= warm;
     }
 
+    #[inline]
     fn track_probe(
         &mut self,
-        probe: &Probe<'_>,
+        t: &Tuple,
+        probe: Probe,
         p: &PacketInfo,
         now: Now,
         generation: u32,
         mut judge: impl FnMut(&Tuple) -> bool,
     ) -> Outcome {
-        let &Probe { t, key, h, src_is_lo } = probe;
+        let Probe { key, h, src_is_lo } = probe;
         if let Some(idx) = self.find(&key, h) {
-            if self.expired(idx, now.ms32()) {
+            let e = &self.entries[idx];
+            let (state, admitted) = (e.state, e.generation);
+            if now.ms32().wrapping_sub(e.last_seen) >= self.timeout_ms(t.zone, e.class) {
                 self.release(idx);
                 self.stats.expired += 1;
-            } else if self.entries[idx].state == State::Revoked {
+            } else if state == State::Revoked {
                 if !is_opening_syn(p.tcp_flags) {
                     self.entries[idx].last_seen = now.ms32();
                     return Outcome::Denied;
                 }
                 self.release(idx);
-            } else if self.entries[idx].generation != generation && self.s.revalidate {
+            } else if admitted != generation && self.s.revalidate {
                 self.stats.revalidated += 1;
-                let original = if key::side(src_is_lo, self.entries[idx].orig_is_lo()) == Side::Orig { *t } else { t.reversed() };
+                let original = if key::side(src_is_lo, e.orig_is_lo()) == Side::Orig { *t } else { t.reversed() };
                 if judge(&original) {
                     self.entries[idx].generation = generation;
                     return self.update(idx, src_is_lo, p, now);
@@ -709,7 +750,7 @@ impl Table {
                 return self.update(idx, src_is_lo, p, now);
             }
         }
-        self.create(probe, p, now, generation, judge)
+        self.create(t, probe, p, now, generation, judge)
     }
 
     /// Turns a TCP entry into a [`State::Revoked`] marker (see there).
@@ -722,51 +763,48 @@ impl Table {
         self.place(idx, now);
     }
 
+    #[inline]
     fn update(&mut self, idx: usize, src_is_lo: bool, p: &PacketInfo, now: Now) -> Outcome {
-        let strict = self.s.tcp_strict;
         let e = &mut self.entries[idx];
         let side = key::side(src_is_lo, e.orig_is_lo());
         let new_state = match e.state {
-            State::Tcp(st) => {
-                let seg = Segment::from_flags(p.tcp_flags);
-                if seg == Segment::Rst && !tcp::rst_in_window(p.tcp_seq, e.next_seq[side_ix(side)]) {
+            State::Pseudo { replied } => State::Pseudo { replied: replied || side == Side::Reply },
+            State::Tcp(st) => match tcp_update(e, st, side, p, self.s.tcp_strict) {
+                Some(next) => State::Tcp(next),
+                None => {
                     self.stats.invalid += 1;
                     return Outcome::Invalid;
                 }
-                match tcp::step(st, side, seg, e.closer(), p.payload_len > 0, strict) {
-                    Step::Invalid => {
-                        self.stats.invalid += 1;
-                        return Outcome::Invalid;
-                    }
-                    Step::To(next) => {
-                        if seg == Segment::Fin && matches!(st, TcpState::SynRecv | TcpState::Established) {
-                            e.flags = (e.flags & !CLOSER_IS_REPLY) | if side == Side::Reply { CLOSER_IS_REPLY } else { 0 };
-                        }
-                        let syn_fin = u32::from(p.tcp_flags & (tcp::flags::SYN | tcp::flags::FIN) != 0);
-                        e.next_seq[side_ix(side)] = p.tcp_seq.wrapping_add(p.payload_len).wrapping_add(syn_fin);
-                        State::Tcp(next)
-                    }
-                }
-            }
-            State::Pseudo { replied } => State::Pseudo { replied: replied || side == Side::Reply },
+            },
             State::Revoked => return Outcome::Denied,
         };
+        let class = class_of(new_state, e.key.proto());
+        let reclass = class != e.class;
         e.state = new_state;
+        e.class = class;
         e.last_seen = now.ms32();
         let c = &mut self.counters[idx];
-        c.packets[side_ix(side)] = c.packets[side_ix(side)].wrapping_add(1);
-        c.bytes[side_ix(side)] = c.bytes[side_ix(side)].wrapping_add(u64::from(p.wire_len));
-        let class = class_of(new_state, self.entries[idx].key.proto());
-        if class != self.entries[idx].class {
+        let i = side_ix(side);
+        c.packets[i] = c.packets[i].wrapping_add(1);
+        c.bytes[i] = c.bytes[i].wrapping_add(u64::from(p.wire_len));
+        if reclass {
+            // A new class, a new deadline (the wheel reads `class`).
             self.unlink(idx);
-            self.entries[idx].class = class;
             self.place(idx, now);
         }
         Outcome::Established
     }
 
-    fn create(&mut self, probe: &Probe<'_>, p: &PacketInfo, now: Now, generation: u32, mut judge: impl FnMut(&Tuple) -> bool) -> Outcome {
-        let &Probe { t, key, h, src_is_lo } = probe;
+    fn create(
+        &mut self,
+        t: &Tuple,
+        probe: Probe,
+        p: &PacketInfo,
+        now: Now,
+        generation: u32,
+        mut judge: impl FnMut(&Tuple) -> bool,
+    ) -> Outcome {
+        let Probe { key, h, src_is_lo } = probe;
         let state = match t.proto {
             6 => match tcp::first(Segment::from_flags(p.tcp_flags), self.s.tcp_strict) {
                 Some(s) => State::Tcp(s),
@@ -792,16 +830,13 @@ impl Table {
             return Outcome::Full;
         }
         let idx = self.free as usize;
-        self.free = self.entries[idx].next;
+        self.free = self.links[idx].next;
         let syn = u32::from(p.tcp_flags & tcp::flags::SYN != 0);
         self.entries[idx] = Entry {
             key,
             last_seen: now.ms32(),
-            slot: 0,
             generation,
             next_seq: [p.tcp_seq.wrapping_add(p.payload_len).wrapping_add(syn), 0],
-            prev: NIL,
-            next: NIL,
             state,
             class: class_of(state, t.proto),
             flags: LIVE | if src_is_lo { ORIG_IS_LO } else { 0 },
@@ -846,6 +881,29 @@ impl Table {
             self.release(i);
         }
         victims.len()
+    }
+}
+
+/// A TCP segment on an entry in state `st`: the next state, with the
+/// entry's sequence numbers and closer recorded, or `None` if the segment
+/// is invalid (out-of-window RST, or no transition). Out of line, so that
+/// the common path of [`Table::update`] stays small enough to inline.
+#[inline(never)]
+fn tcp_update(e: &mut Entry, st: TcpState, side: Side, p: &PacketInfo, strict: bool) -> Option<TcpState> {
+    let seg = Segment::from_flags(p.tcp_flags);
+    if seg == Segment::Rst && !tcp::rst_in_window(p.tcp_seq, e.next_seq[side_ix(side)]) {
+        return None;
+    }
+    match tcp::step(st, side, seg, e.closer(), p.payload_len > 0, strict) {
+        Step::Invalid => None,
+        Step::To(next) => {
+            if seg == Segment::Fin && matches!(st, TcpState::SynRecv | TcpState::Established) {
+                e.flags = (e.flags & !CLOSER_IS_REPLY) | if side == Side::Reply { CLOSER_IS_REPLY } else { 0 };
+            }
+            let syn_fin = u32::from(p.tcp_flags & (tcp::flags::SYN | tcp::flags::FIN) != 0);
+            e.next_seq[side_ix(side)] = p.tcp_seq.wrapping_add(p.payload_len).wrapping_add(syn_fin);
+            Some(next)
+        }
     }
 }
 
