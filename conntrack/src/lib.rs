@@ -25,5 +25,5 @@ pub mod tcp;
 
 pub use frag::{Follow, FragKey, FragSettings, FragStats, Fragment, Fragments};
 pub use key::{Key, Tuple, Zone};
-pub use table::{BATCH, Counters, Now, Outcome, PacketInfo, Settings, State, Stats, Table, Timeouts};
+pub use table::{BATCH, Counters, Now, Outcome, PacketInfo, Prepared, Settings, State, Stats, Table, Timeouts};
 pub use tcp::{Segment, Side, Step, TcpState};

@@ -287,9 +287,11 @@ pub struct Table {
     warm: u64,
 }
 
-/// A packet's key, hash and side, computed once per packet.
-#[derive(Clone, Copy, Debug, Default)]
-struct Probe {
+/// A packet's key, hash and side, computed once per packet: by
+/// [`Table::prepare`] for a caller that warms a batch and then tracks its
+/// packets one by one ([`Table::warm_prepared`], [`Table::track_prepared`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Prepared {
     key: Key,
     h: u64,
     /// Whether the packet's source is the key's low endpoint.
@@ -620,10 +622,39 @@ impl Table {
         self.track_probe(t, probe, p, now, generation, judge)
     }
 
+    /// The key and hash of `t`, for [`Table::warm_prepared`] and
+    /// [`Table::track_prepared`].
     #[inline]
-    fn probe(&self, t: &Tuple) -> Probe {
+    pub fn prepare(&self, t: &Tuple) -> Prepared {
+        self.probe(t)
+    }
+
+    /// [`Table::track`] with `t`'s key and hash already computed.
+    ///
+    /// `prepared` must be `self.prepare(t)` (checked in debug builds).
+    #[inline]
+    pub fn track_prepared(
+        &mut self,
+        t: &Tuple,
+        prepared: Prepared,
+        p: &PacketInfo,
+        now: Now,
+        generation: u32,
+        judge: impl FnMut(&Tuple) -> bool,
+    ) -> Outcome {
+        debug_assert_eq!(prepared, self.probe(t), "prepared for another tuple");
+        self.track_probe(t, prepared, p, now, generation, judge)
+    }
+
+    /// [`Table::warm`] for tuples already prepared.
+    pub fn warm_prepared(&mut self, prepared: &[Prepared]) {
+        self.warm_probes(&prepared[..prepared.len().min(BATCH)]);
+    }
+
+    #[inline]
+    fn probe(&self, t: &Tuple) -> Prepared {
         let (key, src_is_lo) = Key::of(t);
-        Probe { key, h: key.hash(self.s.seed), src_is_lo }
+        Prepared { key, h: key.hash(self.s.seed), src_is_lo }
     }
 
     /// [`Table::track`] for a batch: `out[i]` is the outcome of `tuples[i]`
@@ -651,7 +682,7 @@ impl Table {
         out: &mut [Outcome],
     ) {
         assert!(tuples.len() == infos.len() && infos.len() == out.len(), "one info and one outcome per tuple");
-        let mut probes = [Probe::default(); BATCH];
+        let mut probes = [Prepared::default(); BATCH];
         for ((ts, ps), os) in tuples.chunks(BATCH).zip(infos.chunks(BATCH)).zip(out.chunks_mut(BATCH)) {
             let probes = &mut probes[..ts.len()];
             for (probe, t) in probes.iter_mut().zip(ts) {
@@ -670,7 +701,7 @@ impl Table {
     /// must interleave other work between the packets of a batch.
     pub fn warm(&mut self, tuples: &[Tuple]) {
         let tuples = &tuples[..tuples.len().min(BATCH)];
-        let mut probes = [Probe::default(); BATCH];
+        let mut probes = [Prepared::default(); BATCH];
         for (probe, t) in probes.iter_mut().zip(tuples) {
             *probe = self.probe(t);
         }
@@ -683,7 +714,7 @@ impl Table {
     /// following slots are almost always in the same cache line). The loads
     /// of a phase are independent, so their misses overlap.
     #[expect(clippy::cast_possible_truncation, reason = "positions are the low bits of a hash or slot")]
-    fn warm_probes(&mut self, probes: &[Probe]) {
+    fn warm_probes(&mut self, probes: &[Prepared]) {
         let mut homes = [0u64; BATCH];
         let homes = &mut homes[..probes.len()];
         for (home, probe) in homes.iter_mut().zip(probes) {
@@ -713,13 +744,13 @@ impl Table {
     fn track_probe(
         &mut self,
         t: &Tuple,
-        probe: Probe,
+        probe: Prepared,
         p: &PacketInfo,
         now: Now,
         generation: u32,
         mut judge: impl FnMut(&Tuple) -> bool,
     ) -> Outcome {
-        let Probe { key, h, src_is_lo } = probe;
+        let Prepared { key, h, src_is_lo } = probe;
         if let Some(idx) = self.find(&key, h) {
             let e = &self.entries[idx];
             let (state, admitted) = (e.state, e.generation);
@@ -798,13 +829,13 @@ impl Table {
     fn create(
         &mut self,
         t: &Tuple,
-        probe: Probe,
+        probe: Prepared,
         p: &PacketInfo,
         now: Now,
         generation: u32,
         mut judge: impl FnMut(&Tuple) -> bool,
     ) -> Outcome {
-        let Probe { key, h, src_is_lo } = probe;
+        let Prepared { key, h, src_is_lo } = probe;
         let state = match t.proto {
             6 => match tcp::first(Segment::from_flags(p.tcp_flags), self.s.tcp_strict) {
                 Some(s) => State::Tcp(s),

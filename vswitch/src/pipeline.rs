@@ -203,6 +203,20 @@ pub struct Pipeline<H> {
     scratch: Vec<(Pending<H>, bool)>,
     /// Finished outcomes of fragments that were held.
     released: Vec<(H, Outcome)>,
+    /// What `process_batch` already worked out for the frame being decided.
+    hint: Hint,
+}
+
+/// What [`Pipeline::process_batch`] computed for a frame while warming the
+/// connection table, so that deciding it does not compute it again. Set
+/// for the frame being decided only, and each part taken once.
+#[derive(Clone, Copy, Debug, Default)]
+struct Hint {
+    /// An uplink frame's port by destination MAC.
+    by_mac: Option<Option<PortIdx>>,
+    /// The first stage's conntrack key and hash, for the zone it was
+    /// prepared in (the tuple is a function of the frame and the zone).
+    prepared: Option<(Zone, ct::Prepared)>,
 }
 
 impl<H: Copy> Pipeline<H> {
@@ -222,6 +236,7 @@ impl<H: Copy> Pipeline<H> {
             hits: Arc::new(RuleHits::new(0, Arc::from([]))),
             scratch: Vec::with_capacity(held + 1),
             released: Vec::with_capacity(held + 1),
+            hint: Hint::default(),
         }
     }
 
@@ -269,7 +284,7 @@ impl<H: Copy> Pipeline<H> {
 
     /// Decides one frame.
     pub fn process(&mut self, plan: &Plan, src: Source, data: &[u8], now: Now, handle: H) -> Outcome {
-        self.decide(plan, src, parse::parse(data), data.len(), now, handle)
+        self.decide(plan, src, &parse::parse(data), data.len(), now, handle)
     }
 
     /// Decides a batch of frames, in order, exactly as [`Pipeline::process`]
@@ -284,35 +299,43 @@ impl<H: Copy> Pipeline<H> {
         for (chunk, outs) in frames.chunks(ct::BATCH).zip(out.chunks_mut(ct::BATCH)) {
             let parsed: [Option<Result<Frame, parse::Malformed>>; ct::BATCH] =
                 std::array::from_fn(|i| chunk.get(i).map(|f| parse::parse(f.1)));
-            let mut tuples =
-                [Tuple { zone: 0, proto: 0, src: IpAddr::from([0; 4]), dst: IpAddr::from([0; 4]), sport: 0, dport: 0 }; ct::BATCH];
+            let mut hints = [Hint::default(); ct::BATCH];
+            let mut prepared = [ct::Prepared::default(); ct::BATCH];
             let mut n = 0;
-            for ((src, _, _), p) in chunk.iter().zip(&parsed) {
+            for (((src, _, _), p), hint) in chunk.iter().zip(&parsed).zip(hints.iter_mut()) {
                 if let Some(Ok(Frame { net: Net::Ip(ip), dst, .. })) = p {
                     let port = match *src {
                         Source::Port(p) | Source::Peer(p) => Some(p),
-                        Source::Uplink => plan.port_by_mac(dst),
+                        Source::Uplink if is_group(dst) => None,
+                        Source::Uplink => {
+                            let q = plan.port_by_mac(dst);
+                            hint.by_mac = Some(q);
+                            q
+                        }
                     };
                     if let Some(zone) = port.and_then(|p| plan.ports.get(p)).map(|p| p.zone) {
-                        tuples[n] = tuple(ip, zone);
+                        prepared[n] = self.conntrack.prepare(&tuple(ip, zone));
+                        hint.prepared = Some((zone, prepared[n]));
                         n += 1;
                     }
                 }
             }
-            self.conntrack.warm(&tuples[..n]);
-            for ((&(src, data, handle), p), o) in chunk.iter().zip(parsed).zip(outs.iter_mut()) {
+            self.conntrack.warm_prepared(&prepared[..n]);
+            for (((&(src, data, handle), p), o), hint) in chunk.iter().zip(&parsed).zip(outs.iter_mut()).zip(hints) {
                 if let Some(p) = p {
+                    self.hint = hint;
                     *o = self.decide(plan, src, p, data.len(), now, handle);
                 }
             }
+            self.hint = Hint::default();
         }
     }
 
-    fn decide(&mut self, plan: &Plan, src: Source, parsed: Result<Frame, parse::Malformed>, len: usize, now: Now, handle: H) -> Outcome {
+    fn decide(&mut self, plan: &Plan, src: Source, parsed: &Result<Frame, parse::Malformed>, len: usize, now: Now, handle: H) -> Outcome {
         let len = u32::try_from(len).unwrap_or(u32::MAX);
         let out = match parsed {
             Ok(frame) => {
-                let o = self.frame(plan, src, &frame, now, handle);
+                let o = self.frame(plan, src, frame, now, handle);
                 if o.action == Action::Drop
                     && let Some(log) = self.flow_log.as_mut()
                     && let Net::Ip(ip) = &frame.net
@@ -419,7 +442,11 @@ impl<H: Copy> Pipeline<H> {
 
     fn uplink_frame(&mut self, plan: &Plan, f: &Frame, now: Now, handle: H) -> Outcome {
         let drop = |reason| Outcome { action: Action::Drop, reason, port: None, direction: Direction::Ingress };
-        let by_mac = if is_group(&f.dst) { None } else { plan.port_by_mac(&f.dst) };
+        let by_mac = match self.hint.by_mac.take() {
+            Some(q) => q,
+            None if is_group(&f.dst) => None,
+            None => plan.port_by_mac(&f.dst),
+        };
         match f.net {
             Net::Arp(_) => match by_mac {
                 Some(q) => infra(To::Port(q), Some(q), Direction::Ingress),
@@ -495,6 +522,8 @@ impl<H: Copy> Pipeline<H> {
         let out = self.judge_first(plan, port, pd, now);
         let Some(fr) = fragment else { return out };
         let allowed = matches!(out.action, Action::Forward(_));
+        // Released fragments are other frames: nothing of this one's hint.
+        self.hint = Hint::default();
         let mut scratch = std::mem::take(&mut self.scratch);
         let passes = self.frags.first(&fr, allowed, now, |h, ok| scratch.push((h, ok)));
         self.finish_released(plan, &mut scratch, now);
@@ -566,7 +595,11 @@ impl<H: Copy> Pipeline<H> {
         };
         let blocked = d == Direction::Egress && to_uplink && !port.allow_blocked_egress;
         let mut reason = None;
-        let outcome = self.conntrack.track(&t, &info, now, plan.generation, |orig| {
+        let prepared = match self.hint.prepared.take() {
+            Some((zone, prepared)) if zone == port.zone => prepared,
+            _ => self.conntrack.prepare(&t),
+        };
+        let outcome = self.conntrack.track_prepared(&t, prepared, &info, now, plan.generation, |orig| {
             // The flow's first packet, from the opener's side: in this
             // packet's direction if it is this packet's orientation.
             let od = if orig.src == t.src && orig.sport == t.sport { d } else { flip(d) };

@@ -337,3 +337,38 @@ fn loops_share_the_flow_log_rate_and_feed_one_writer() {
         assert_eq!(stats.rate_limited.get(), 97);
     }
 }
+
+#[test]
+fn a_batch_keeps_each_stage_to_its_own_zone() {
+    // web1 -> db1 with db1's address on the host's infra_allow list: the
+    // sender's egress stage passes as infrastructure without looking up a
+    // flow, so the receiver's ingress stage is the first to track it, in
+    // db1's zone. What the batch prepared for web1's zone must not be used
+    // there (debug builds check every prepared key).
+    let mut cfg = sgswitch_config::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")).expect("examples load");
+    cfg.host.infra_allow = vec!["10.0.1.21/32".parse().expect("cidr")];
+    let plan = Plan::build(cfg, &mut Zones::default(), 1).expect("zones").0;
+    let port = |id: &str| plan.ports.iter().position(|p| &*p.id == id).expect("port");
+    let (web, db) = (port("eni-web1"), port("eni-db1"));
+    let ip = |s: &str| s.parse().expect("ip");
+    let e = Ends {
+        src_mac: plan.ports[web].mac.expect("mac"),
+        dst_mac: plan.ports[db].mac.expect("mac"),
+        src: ip("10.0.0.11"),
+        dst: ip("10.0.1.21"),
+    };
+    let syn = frames::tcp(&e, 40000, 5432, "S", 1, 0, b"");
+    let (mut one, mut many) = (pipeline(&plan), pipeline(&plan));
+    let expected = one.process(&plan, Source::Port(web), &syn, Now(10), 0);
+    let none = sgswitch::pipeline::Outcome {
+        action: Action::Drop,
+        reason: Reason::Default,
+        port: None,
+        direction: sgswitch_config::Direction::Ingress,
+    };
+    let mut out = [none];
+    many.process_batch(&plan, &[(Source::Port(web), &syn[..], 0)], Now(10), &mut out);
+    assert_eq!(out[0], expected);
+    assert_eq!(expected.port, Some(db), "decided by the receiver's stage: {expected:?}");
+    assert_eq!(many.conntrack.len(), one.conntrack.len());
+}
