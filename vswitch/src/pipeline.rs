@@ -205,6 +205,8 @@ pub struct Pipeline<H> {
     released: Vec<(H, Outcome)>,
     /// What `process_batch` already worked out for the frame being decided.
     hint: Hint,
+    /// The conntrack keys `process_batch` prepared for its current batch.
+    prepared: Box<[ct::Prepared; ct::BATCH]>,
 }
 
 /// What [`Pipeline::process_batch`] computed for a frame while warming the
@@ -214,9 +216,10 @@ pub struct Pipeline<H> {
 struct Hint {
     /// An uplink frame's port by destination MAC.
     by_mac: Option<Option<PortIdx>>,
-    /// The first stage's conntrack key and hash, for the zone it was
-    /// prepared in (the tuple is a function of the frame and the zone).
-    prepared: Option<(Zone, ct::Prepared)>,
+    /// Where in `Pipeline::prepared` the first stage's conntrack key and
+    /// hash are, and the zone they were prepared in (the tuple is a function
+    /// of the frame and the zone).
+    prepared: Option<(Zone, u8)>,
 }
 
 impl<H: Copy> Pipeline<H> {
@@ -237,6 +240,7 @@ impl<H: Copy> Pipeline<H> {
             scratch: Vec::with_capacity(held + 1),
             released: Vec::with_capacity(held + 1),
             hint: Hint::default(),
+            prepared: Box::new([ct::Prepared::default(); ct::BATCH]),
         }
     }
 
@@ -300,7 +304,6 @@ impl<H: Copy> Pipeline<H> {
             let parsed: [Option<Result<Frame, parse::Malformed>>; ct::BATCH] =
                 std::array::from_fn(|i| chunk.get(i).map(|f| parse::parse(f.1)));
             let mut hints = [Hint::default(); ct::BATCH];
-            let mut prepared = [ct::Prepared::default(); ct::BATCH];
             let mut n = 0;
             for (((src, _, _), p), hint) in chunk.iter().zip(&parsed).zip(hints.iter_mut()) {
                 if let Some(Ok(Frame { net: Net::Ip(ip), dst, .. })) = p {
@@ -314,13 +317,13 @@ impl<H: Copy> Pipeline<H> {
                         }
                     };
                     if let Some(zone) = port.and_then(|p| plan.ports.get(p)).map(|p| p.zone) {
-                        prepared[n] = self.conntrack.prepare(&tuple(ip, zone));
-                        hint.prepared = Some((zone, prepared[n]));
+                        self.prepared[n] = self.conntrack.prepare(&tuple(ip, zone));
+                        hint.prepared = Some((zone, u8::try_from(n).expect("n < BATCH")));
                         n += 1;
                     }
                 }
             }
-            self.conntrack.warm_prepared(&prepared[..n]);
+            self.conntrack.warm_prepared(&self.prepared[..n]);
             for (((&(src, data, handle), p), o), hint) in chunk.iter().zip(&parsed).zip(outs.iter_mut()).zip(hints) {
                 if let Some(p) = p {
                     self.hint = hint;
@@ -596,7 +599,7 @@ impl<H: Copy> Pipeline<H> {
         let blocked = d == Direction::Egress && to_uplink && !port.allow_blocked_egress;
         let mut reason = None;
         let prepared = match self.hint.prepared.take() {
-            Some((zone, prepared)) if zone == port.zone => prepared,
+            Some((zone, at)) if zone == port.zone => self.prepared[usize::from(at)],
             _ => self.conntrack.prepare(&t),
         };
         let outcome = self.conntrack.track_prepared(&t, prepared, &info, now, plan.generation, |orig| {
