@@ -475,6 +475,9 @@ impl<H: Copy> Pipeline<H> {
 
     /// Runs `pending`'s stage and, when it passes and a receiving port
     /// follows, that port's ingress stage.
+    // Inlined, so that the pending frame (its IP header view is 100 bytes)
+    // is built once where it is used rather than copied into each call.
+    #[inline(always)]
     fn stages(&mut self, plan: &Plan, mut pending: Pending<H>, now: Now) -> Outcome {
         loop {
             // The sender's egress runs where its frame arrived (the loop
@@ -499,6 +502,7 @@ impl<H: Copy> Pipeline<H> {
     }
 
     /// One port's checks in one direction.
+    #[inline(always)]
     fn stage(&mut self, plan: &Plan, pd: &Pending<H>, now: Now) -> Outcome {
         let (p, d, ip) = (pd.port, pd.direction, &pd.ip);
         let done = |action, reason| Outcome { action, reason, port: Some(p), direction: d };
