@@ -179,6 +179,10 @@ fn be32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes([*b.get(at)?, *b.get(at + 1)?, *b.get(at + 2)?, *b.get(at + 3)?]))
 }
 
+fn mac_of(h: &[u8; 14], at: usize) -> MacAddr {
+    std::array::from_fn(|i| h[at + i])
+}
+
 fn mac(b: &[u8], at: usize) -> Option<MacAddr> {
     b.get(at..at + 6)?.try_into().ok()
 }
@@ -192,9 +196,10 @@ fn len32(n: usize) -> u32 {
 /// # Errors
 /// [`Malformed`] when a header is truncated or inconsistent.
 pub fn parse(data: &[u8]) -> Result<Frame, Malformed> {
-    let dst = mac(data, 0).ok_or(Malformed::Ethernet)?;
-    let src = mac(data, 6).ok_or(Malformed::Ethernet)?;
-    let mut ethertype = be16(data, 12).ok_or(Malformed::Ethernet)?;
+    // One length check for the fixed header, then reads without checks.
+    let eth: &[u8; 14] = data.get(..14).and_then(|h| h.try_into().ok()).ok_or(Malformed::Ethernet)?;
+    let (dst, src) = (mac_of(eth, 0), mac_of(eth, 6));
+    let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
     let mut at = 14;
     let mut vlan = None;
     // At most two tags (802.1ad outer, 802.1Q inner).
@@ -287,11 +292,18 @@ fn transport(proto: u8, p: &[u8], frag: Option<Frag>, v6: bool) -> Result<L4, Ma
 }
 
 fn tcp(p: &[u8]) -> Option<Tcp> {
-    let doff = usize::from(*p.get(12)? >> 4) * 4;
+    let h: &[u8; 20] = p.get(..20)?.try_into().ok()?;
+    let doff = usize::from(h[12] >> 4) * 4;
     if doff < 20 || doff > p.len() {
         return None;
     }
-    Some(Tcp { sport: be16(p, 0)?, dport: be16(p, 2)?, seq: be32(p, 4)?, flags: *p.get(13)?, payload_len: len32(p.len() - doff) })
+    Some(Tcp {
+        sport: u16::from_be_bytes([h[0], h[1]]),
+        dport: u16::from_be_bytes([h[2], h[3]]),
+        seq: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+        flags: h[13],
+        payload_len: len32(p.len() - doff),
+    })
 }
 
 /// Whether an ICMP (v4) or ICMPv6 type is an error that embeds the packet
