@@ -5,7 +5,8 @@
 //! `cargo run --release -p sgswitch-benches --bin pipeline -- --json [--quick]`
 //! prints one JSON object per line with `case`, `rules`, `mpps`,
 //! `ns_per_packet`, `flows` and `packets`. Cases:
-//! - `established`: frames of flows already in the table (50,000 flows);
+//! - `established`: frames of flows already in the table (50,000 flows),
+//!   the best of four trials;
 //! - `new`: every frame opens a flow the policy allows (an entry is made);
 //! - `denied`: every frame is a first packet the policy denies (classified,
 //!   nothing stored);
@@ -135,11 +136,16 @@ fn main() {
 
         // Established: 50,000 flows created, then looked up again and again.
         let flows = &allowed[..allowed.len().min(50_000)];
+        // Best of four trials of `rounds` passes (the clock moves on).
         let mut pipe = pipeline(&plan);
         run(&mut pipe, &plan, flows, 1, 1);
-        let (ns, fwd) = run(&mut pipe, &plan, flows, rounds * 4, 2);
-        assert_eq!(fwd, flows.len() * rounds * 4, "every established frame forwarded");
-        print(json, "established", rules, ns, flows.len(), flows.len() * rounds * 4);
+        let mut best = f64::MAX;
+        for trial in 0..4 {
+            let (ns, fwd) = run(&mut pipe, &plan, flows, rounds, 2 + (trial * rounds) as u64);
+            assert_eq!(fwd, flows.len() * rounds, "every established frame forwarded");
+            best = best.min(ns);
+        }
+        print(json, "established", rules, best, flows.len(), flows.len() * rounds);
 
         // New: every frame opens a flow (a fresh table each round).
         let mut best = f64::MAX;
