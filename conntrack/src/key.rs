@@ -104,14 +104,12 @@ impl Key {
         )
     }
 
-    #[expect(clippy::cast_possible_truncation, reason = "the zone's 16 bits of the tail word")]
     pub fn zone(&self) -> Zone {
-        (self.w[4] >> 32) as u16
+        tail_zone(self.w[4])
     }
 
-    #[expect(clippy::cast_possible_truncation, reason = "the protocol's 8 bits of the tail word")]
     pub fn proto(&self) -> u8 {
-        (self.w[4] >> 48) as u8
+        tail_proto(self.w[4])
     }
 
     /// A 64-bit hash keyed by `seed`, so that flows chosen by an attacker
@@ -135,6 +133,50 @@ impl Key {
         let b = fold(w[2] ^ seed.rotate_left(21) ^ K[2], w[3] ^ K[3]);
         fold(w[4] ^ seed.rotate_left(42) ^ K[4], a ^ b.rotate_left(32) ^ K[5])
     }
+}
+
+/// A key as a connection entry stores it: IPv4 keys whole in two words
+/// (both addresses in one, then the tail), IPv6 keys as the tail with the
+/// addresses kept beside the entry ([`Key::v6_addrs`]).
+impl Key {
+    pub(crate) fn is_v6(&self) -> bool {
+        self.w[4] & V6_BIT != 0
+    }
+
+    /// The entry's two words: an IPv4 key's low and high addresses in one
+    /// and its tail (ports, zone, protocol, family); an IPv6 key's 0 and
+    /// tail.
+    #[inline]
+    pub(crate) fn compact(&self) -> [u64; 2] {
+        if self.is_v6() { [0, self.w[4]] } else { [(self.w[1] & 0xffff_ffff) << 32 | (self.w[3] & 0xffff_ffff), self.w[4]] }
+    }
+
+    /// The address words of an IPv6 key (what [`Key::compact`] leaves out).
+    pub(crate) fn v6_addrs(&self) -> [u64; 4] {
+        [self.w[0], self.w[1], self.w[2], self.w[3]]
+    }
+
+    /// The key [`Key::compact`] came from, with its IPv6 addresses.
+    pub(crate) fn from_compact(c: [u64; 2], v6: &[u64; 4]) -> Key {
+        if c[1] & V6_BIT != 0 {
+            Key { w: [v6[0], v6[1], v6[2], v6[3], c[1]] }
+        } else {
+            const MAPPED: u64 = 0xffff << 32;
+            Key { w: [0, MAPPED | c[0] >> 32, 0, MAPPED | (c[0] & 0xffff_ffff), c[1]] }
+        }
+    }
+}
+
+/// The zone in a key's tail word.
+#[expect(clippy::cast_possible_truncation, reason = "the zone's 16 bits of the tail word")]
+pub(crate) fn tail_zone(tail: u64) -> Zone {
+    (tail >> 32) as u16
+}
+
+/// The protocol in a key's tail word.
+#[expect(clippy::cast_possible_truncation, reason = "the protocol's 8 bits of the tail word")]
+pub(crate) fn tail_proto(tail: u64) -> u8 {
+    (tail >> 48) as u8
 }
 
 /// The 128-bit product of `a` and `b`, its halves xored.
@@ -224,6 +266,18 @@ mod tests {
         let flows: Vec<Key> = (0..1000u16).map(|p| Key::of(&t("10.0.0.1", p, "192.0.2.9", 443)).0).collect();
         let moved = flows.iter().filter(|k| k.hash(1) & 0xffff != k.hash(2) & 0xffff).count();
         assert!(moved > 990, "only {moved} of 1000 positions depend on the seed");
+    }
+
+    #[test]
+    fn the_compact_form_gives_the_key_back() {
+        for (a, b) in [("10.0.0.1", "192.0.2.9"), ("255.255.255.255", "0.0.0.0"), ("2001:db8::1", "fe80::2"), ("::ffff:10.0.0.1", "::")] {
+            let (k, _) = Key::of(&t(a, 40000, b, 443));
+            let v6 = if k.is_v6() { k.v6_addrs() } else { [0; 4] };
+            assert_eq!(Key::from_compact(k.compact(), &v6), k, "{a} {b}");
+        }
+        let (v4, _) = Key::of(&t("10.0.0.1", 1, "10.0.0.2", 2));
+        let (other, _) = Key::of(&t("10.0.0.2", 1, "10.0.0.1", 2));
+        assert_ne!(v4.compact(), other.compact(), "both addresses are in the compact word");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //!
 //! # Design
 //! - **Entries** live in a slab (`Vec<Entry>`) allocated once at its full
-//!   capacity; free entries are chained through their list links.
+//!   capacity, one cache line each with the flow's counters; IPv6 keys'
+//!   addresses and the wheel links live in parallel arrays; free entries are
+//!   chained through their links.
 //! - **Index**: open addressing with linear probing over `u64` slots
 //!   (entry index and the low 32 bits of the key hash, which include the home
 //!   position), at most half full; deletion shifts followers back, so there
@@ -154,18 +156,22 @@ pub enum State {
     Revoked,
 }
 
-/// One tracked flow: what a packet of the flow reads and writes, in one
-/// 64-byte cache line (59 bytes used; the key is 40). Its counters and its
-/// wheel linkage live in parallel arrays ([`Counters`], [`Link`]): listing
-/// reads the first, only expiry and state-class changes the second.
+/// One tracked flow: everything a packet of the flow reads and writes, in
+/// one 64-byte cache line (59 bytes used). The key is kept compact
+/// ([`Key::compact`]): an IPv4 key whole, an IPv6 key's addresses in a
+/// parallel array. The wheel linkage lives in another ([`Link`]): only
+/// expiry and state-class changes touch it.
 #[derive(Clone, Copy, Debug)]
 #[repr(align(64))]
 struct Entry {
-    key: Key,
+    key: [u64; 2],
     last_seen: u32,
     generation: u32,
     /// Per side (orig, reply): the sequence number that side sends next.
     next_seq: [u32; 2],
+    /// Per side (orig, reply).
+    packets: [u32; 2],
+    bytes: [u64; 2],
     state: State,
     class: Class,
     /// [`LIVE`], [`ORIG_IS_LO`] (the opener is the key's low endpoint) and
@@ -189,15 +195,25 @@ impl Entry {
     fn closer(&self) -> Side {
         if self.flags & CLOSER_IS_REPLY != 0 { Side::Reply } else { Side::Orig }
     }
+
+    fn zone(&self) -> Zone {
+        key::tail_zone(self.key[1])
+    }
+
+    fn counters(&self) -> Counters {
+        Counters { packets: self.packets, bytes: self.bytes }
+    }
 }
 
 impl Default for Entry {
     fn default() -> Self {
         Entry {
-            key: Key::default(),
+            key: [0; 2],
             last_seen: 0,
             generation: 0,
             next_seq: [0; 2],
+            packets: [0; 2],
+            bytes: [0; 2],
             state: State::Pseudo { replied: false },
             class: Class::Other,
             flags: 0,
@@ -268,7 +284,8 @@ pub struct Table {
     s: Settings,
     entries: Vec<Entry>,
     links: Vec<Link>,
-    counters: Vec<Counters>,
+    /// The addresses of IPv6 entries' keys, by entry.
+    v6: Vec<[u64; 4]>,
     /// Timeouts in ms by class, per zone, then for zones beyond the list.
     zone_ms: Vec<[u32; CLASSES]>,
     default_ms: [u32; CLASSES],
@@ -355,7 +372,7 @@ impl Table {
         Table {
             entries: mem::filled(cap, Entry::default()),
             links,
-            counters: mem::filled(cap, Counters::default()),
+            v6: mem::filled(cap, [0; 4]),
             zone_ms: s.zone_timeouts.iter().map(Timeouts::ms_by_class).collect(),
             default_ms: s.default_timeouts.ms_by_class(),
             slots: mem::filled(nslots, 0),
@@ -394,10 +411,10 @@ impl Table {
         self.stats
     }
 
-    /// Bytes the table holds per flow at full capacity: entry, counters,
-    /// wheel linkage and index slots.
+    /// Bytes the table holds per flow at full capacity: entry, IPv6
+    /// addresses, wheel linkage and index slots.
     pub fn bytes_per_flow(&self) -> usize {
-        let per = std::mem::size_of::<Entry>() + std::mem::size_of::<Counters>() + std::mem::size_of::<Link>();
+        let per = std::mem::size_of::<Entry>() + std::mem::size_of::<[u64; 4]>() + std::mem::size_of::<Link>();
         per + self.slots.len() * std::mem::size_of::<u64>() / self.entries.len()
     }
 
@@ -423,12 +440,23 @@ impl Table {
             }
             if s & 0xffff_ffff == tag {
                 let idx = (s >> 32) as usize - 1;
-                if self.entries[idx].key == *key {
+                if self.holds(idx, key) {
                     return Some(idx);
                 }
             }
             i = (i + 1) & self.mask;
         }
+    }
+
+    /// Whether entry `idx` is `key`'s.
+    #[inline]
+    fn holds(&self, idx: usize, key: &Key) -> bool {
+        self.entries[idx].key == key.compact() && (!key.is_v6() || self.v6[idx] == key.v6_addrs())
+    }
+
+    /// The whole key of entry `idx`.
+    fn key_at(&self, idx: usize) -> Key {
+        Key::from_compact(self.entries[idx].key, &self.v6[idx])
     }
 
     #[expect(clippy::cast_possible_truncation, reason = "positions are the low bits of a hash or slot")]
@@ -493,7 +521,7 @@ impl Table {
     fn deadline_sec(&self, idx: usize, now: Now) -> u64 {
         let e = &self.entries[idx];
         let age = u64::from(now.ms32().wrapping_sub(e.last_seen));
-        let timeout = u64::from(self.timeout_ms(e.key.zone(), e.class));
+        let timeout = u64::from(self.timeout_ms(e.zone(), e.class));
         (now.0.saturating_sub(age) + timeout) / 1000
     }
 
@@ -513,7 +541,7 @@ impl Table {
 
     /// Frees an entry already unlinked from the wheel.
     fn free_entry(&mut self, idx: usize) {
-        let key = self.entries[idx].key;
+        let key = self.key_at(idx);
         self.index_remove(key.hash(self.s.seed), idx);
         self.entries[idx].flags &= !LIVE;
         self.links[idx].next = self.free;
@@ -526,7 +554,7 @@ impl Table {
 
     fn expired(&self, idx: usize, now: u32) -> bool {
         let e = &self.entries[idx];
-        now.wrapping_sub(e.last_seen) >= self.timeout_ms(e.key.zone(), e.class)
+        now.wrapping_sub(e.last_seen) >= self.timeout_ms(e.zone(), e.class)
     }
 
     // ------------------------------------------------------------ expiry
@@ -587,8 +615,7 @@ impl Table {
         for k in 0..WHEEL_SLOTS {
             let mut i = self.heads[((cursor as usize) + k) & (WHEEL_SLOTS - 1)];
             while i != NIL {
-                let (next, ezone, estate) =
-                    (self.links[i as usize].next, self.entries[i as usize].key.zone(), self.entries[i as usize].state);
+                let (next, ezone, estate) = (self.links[i as usize].next, self.entries[i as usize].zone(), self.entries[i as usize].state);
                 if self.expired(i as usize, now32) {
                     self.release(i as usize);
                     self.stats.expired += 1;
@@ -662,7 +689,7 @@ impl Table {
     ///
     /// # Design
     /// Per chunk of [`BATCH`] packets: hash all keys, then load every home
-    /// index slot, then every candidate entry and its counters, and only then
+    /// index slot, then every candidate entry, and only then
     /// run the per-packet logic. The loads of one phase do not depend on each
     /// other, so their cache misses overlap instead of queueing; by the last
     /// phase the lines are in cache. (Later packets of a batch may change
@@ -708,11 +735,11 @@ impl Table {
         self.warm_probes(&probes[..tuples.len()]);
     }
 
-    /// Loads the home slot of every probe, then the entry and counters of
-    /// the first slot of its probe sequence whose stored hash bits match (at
-    /// half load a quarter of the flows do not sit in their home slot; the
-    /// following slots are almost always in the same cache line). The loads
-    /// of a phase are independent, so their misses overlap.
+    /// Loads the home slot of every probe, then the entry of the first slot
+    /// of its probe sequence whose stored hash bits match (at half load a
+    /// quarter of the flows do not sit in their home slot; the following
+    /// slots are almost always in the same cache line). The loads of a
+    /// phase are independent, so their misses overlap.
     #[expect(clippy::cast_possible_truncation, reason = "positions are the low bits of a hash or slot")]
     fn warm_probes(&mut self, probes: &[Prepared]) {
         let mut homes = [0u64; BATCH];
@@ -734,7 +761,7 @@ impl Table {
             }
             if s != 0 {
                 let idx = (s >> 32) as usize - 1;
-                warm ^= u64::from(self.entries[idx].last_seen) ^ self.counters[idx].bytes[0];
+                warm ^= u64::from(self.entries[idx].last_seen);
             }
         }
         self.warm ^= warm;
@@ -809,15 +836,14 @@ impl Table {
             },
             State::Revoked => return Outcome::Denied,
         };
-        let class = class_of(new_state, e.key.proto());
+        let class = class_of(new_state, key::tail_proto(e.key[1]));
         let reclass = class != e.class;
         e.state = new_state;
         e.class = class;
         e.last_seen = now.ms32();
-        let c = &mut self.counters[idx];
         let i = side_ix(side);
-        c.packets[i] = c.packets[i].wrapping_add(1);
-        c.bytes[i] = c.bytes[i].wrapping_add(u64::from(p.wire_len));
+        e.packets[i] = e.packets[i].wrapping_add(1);
+        e.bytes[i] = e.bytes[i].wrapping_add(u64::from(p.wire_len));
         if reclass {
             // A new class, a new deadline (the wheel reads `class`).
             self.unlink(idx);
@@ -864,15 +890,19 @@ impl Table {
         self.free = self.links[idx].next;
         let syn = u32::from(p.tcp_flags & tcp::flags::SYN != 0);
         self.entries[idx] = Entry {
-            key,
+            key: key.compact(),
             last_seen: now.ms32(),
             generation,
             next_seq: [p.tcp_seq.wrapping_add(p.payload_len).wrapping_add(syn), 0],
+            packets: [1, 0],
+            bytes: [u64::from(p.wire_len), 0],
             state,
             class: class_of(state, t.proto),
             flags: LIVE | if src_is_lo { ORIG_IS_LO } else { 0 },
         };
-        self.counters[idx] = Counters { packets: [1, 0], bytes: [u64::from(p.wire_len), 0] };
+        if key.is_v6() {
+            self.v6[idx] = key.v6_addrs();
+        }
         self.place(idx, now);
         self.index_insert(h, idx);
         self.len += 1;
@@ -895,19 +925,21 @@ impl Table {
     /// Looks a flow up without changing it: its state and counters.
     pub fn get(&self, t: &Tuple) -> Option<(State, Counters)> {
         let (key, _) = Key::of(t);
-        self.find(&key, key.hash(self.s.seed)).map(|i| (self.entries[i].state, self.counters[i]))
+        self.find(&key, key.hash(self.s.seed)).map(|i| (self.entries[i].state, self.entries[i].counters()))
     }
 
     /// Every live flow as (original tuple, state, counters): for listing.
     pub fn flows(&self) -> impl Iterator<Item = (Tuple, State, Counters)> + '_ {
-        self.entries.iter().zip(&self.counters).filter(|(e, _)| e.live()).map(|(e, c)| (original_tuple(e), e.state, *c))
+        (0..self.entries.len())
+            .filter(|&i| self.entries[i].live())
+            .map(|i| (original_tuple(&self.key_at(i), self.entries[i].orig_is_lo()), self.entries[i].state, self.entries[i].counters()))
     }
 
     /// Removes every flow of `zone` (all zones with `None`). Not for the
     /// per-packet path: it scans the slab.
     pub fn flush(&mut self, zone: Option<Zone>) -> usize {
         let victims: Vec<usize> =
-            (0..self.entries.len()).filter(|&i| self.entries[i].live() && zone.is_none_or(|z| self.entries[i].key.zone() == z)).collect();
+            (0..self.entries.len()).filter(|&i| self.entries[i].live() && zone.is_none_or(|z| self.entries[i].zone() == z)).collect();
         for &i in &victims {
             self.release(i);
         }
@@ -938,8 +970,9 @@ fn tcp_update(e: &mut Entry, st: TcpState, side: Side, p: &PacketInfo, strict: b
     }
 }
 
-fn original_tuple(e: &Entry) -> Tuple {
-    let (lo, hi, lo_port, hi_port, zone, proto, v6) = e.key.parts();
+/// A flow's tuple as its opener sent it.
+fn original_tuple(key: &Key, orig_is_lo: bool) -> Tuple {
+    let (lo, hi, lo_port, hi_port, zone, proto, v6) = key.parts();
     let addr = |b: [u8; 16]| {
         let v6a = std::net::Ipv6Addr::from(b);
         match (v6, v6a.to_ipv4_mapped()) {
@@ -947,6 +980,6 @@ fn original_tuple(e: &Entry) -> Tuple {
             _ => IpAddr::V6(v6a),
         }
     };
-    let (src, sport, dst, dport) = if e.orig_is_lo() { (lo, lo_port, hi, hi_port) } else { (hi, hi_port, lo, lo_port) };
+    let (src, sport, dst, dport) = if orig_is_lo { (lo, lo_port, hi, hi_port) } else { (hi, hi_port, lo, lo_port) };
     Tuple { zone, proto, src: addr(src), dst: addr(dst), sport, dport }
 }

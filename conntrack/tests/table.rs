@@ -3,7 +3,7 @@
 use std::cell::Cell;
 
 use sgswitch_conntrack::tcp::flags::{ACK, FIN, RST, SYN};
-use sgswitch_conntrack::{Now, Outcome, PacketInfo, Settings, State, Table, TcpState, Timeouts, Tuple};
+use sgswitch_conntrack::{Key, Now, Outcome, PacketInfo, Settings, State, Table, TcpState, Timeouts, Tuple};
 
 fn tuple(zone: u16, proto: u8, src: &str, sport: u16, dst: &str, dport: u16) -> Tuple {
     Tuple { zone, proto, src: src.parse().unwrap(), dst: dst.parse().unwrap(), sport, dport }
@@ -394,4 +394,59 @@ fn a_revoked_udp_flow_is_judged_as_new_from_either_side() {
     assert_eq!(t.track(&client, &UDP, s(1), 1, allow), Outcome::New);
     assert_eq!(t.track(&client, &UDP, s(2), 2, inbound_dns_denied), Outcome::Denied);
     assert_eq!(t.track(&vm, &UDP, s(3), 2, inbound_dns_denied), Outcome::New);
+}
+
+#[test]
+fn flows_that_differ_only_in_their_ipv6_addresses_are_different_entries() {
+    // An IPv6 entry keeps its addresses beside the entry; a lookup must
+    // compare them, not just the ports, zone and protocol stored inline.
+    let mut t = table(1);
+    let udp = PacketInfo { wire_len: 100, ..PacketInfo::default() };
+    let flows: Vec<Tuple> = ["fd00::1", "fd00::2", "fd00:1::1", "::ffff:10.0.0.1", "10.0.0.1"]
+        .iter()
+        .map(|src| {
+            let dst = if src.contains(':') { "2001:db8::9" } else { "192.0.2.9" };
+            tuple(0, 17, src, 5000, dst, 53)
+        })
+        .collect();
+    for f in &flows {
+        assert_eq!(t.track(f, &udp, s(1), 1, |_| true), Outcome::New, "{f:?}");
+    }
+    assert_eq!(t.len(), flows.len());
+    // Each reply finds its own flow, and only that one's counters move.
+    assert_eq!(t.track(&flows[1].reversed(), &udp, s(2), 1, |_| false), Outcome::Established);
+    for (i, f) in flows.iter().enumerate() {
+        let (_, c) = t.get(f).expect("tracked");
+        assert_eq!(c.packets, [1, u32::from(i == 1)], "{f:?}");
+    }
+    let mut listed: Vec<Tuple> = t.flows().map(|(tp, _, _)| tp).collect();
+    listed.sort_by_key(|tp| format!("{tp:?}"));
+    let mut want = flows.clone();
+    want.sort_by_key(|tp| format!("{tp:?}"));
+    assert_eq!(listed, want, "listing gives every flow's addresses back");
+    assert_eq!(t.flush(None), flows.len());
+    assert!(flows.iter().all(|f| t.get(f).is_none()));
+}
+
+#[test]
+fn an_ipv6_flow_whose_hash_bits_collide_is_still_another_flow() {
+    // The index stores 32 bits of the hash, so a lookup only compares keys
+    // when those collide. Find two IPv6 flows, same ports, zone and
+    // protocol, whose low 32 hash bits are equal: only the addresses kept
+    // beside the entries tell them apart.
+    let seed = Settings::default().seed;
+    let flow = |i: u32| tuple(0, 17, &format!("fd00::{:x}:{:x}", i >> 16, i & 0xffff), 5000, "2001:db8::9", 53);
+    let mut seen = std::collections::HashMap::new();
+    let (a, b) = (0..4_000_000u32)
+        .find_map(|i| {
+            let tag = Key::of(&flow(i)).0.hash(seed) & 0xffff_ffff;
+            seen.insert(tag, i).map(|j| (flow(j), flow(i)))
+        })
+        .expect("a 32-bit collision among 4M flows");
+    let mut t = table(1);
+    let udp = PacketInfo { wire_len: 100, ..PacketInfo::default() };
+    assert_eq!(t.track(&a, &udp, s(1), 1, |_| true), Outcome::New);
+    assert!(t.get(&b).is_none(), "{b:?} found {a:?}'s entry");
+    assert_eq!(t.track(&b, &udp, s(1), 1, |_| true), Outcome::New);
+    assert_eq!(t.len(), 2);
 }
