@@ -262,17 +262,10 @@ fn sampling_keeps_one_denied_flow_in_n_and_allowed_packets_are_never_logged() {
     assert_eq!((n, stats.sampled_out.get()), (25, 75));
 }
 
-#[test]
-fn two_loops_hand_a_vm_to_vm_flow_over_and_each_judges_its_own_ports() {
-    let plan = examples();
+/// eni-web1's and eni-db1's ports and the endpoints of web1 -> db1 traffic.
+fn web1_to_db1(plan: &Plan) -> (usize, usize, Ends) {
     let idx = |id: &str| plan.ports.iter().position(|p| &*p.id == id).expect("port");
     let (web, db) = (idx("eni-web1"), idx("eni-db1"));
-    let loop_of = |p: usize| sgswitch::pipeline::owner_of(plan.ports[p].zone, 2);
-    assert_ne!(loop_of(web), loop_of(db), "the example's zones put web1 and db1 on different loops");
-    let mut loops = [pipeline(&plan), pipeline(&plan)];
-    for (i, l) in loops.iter_mut().enumerate() {
-        l.set_owner(sgswitch::pipeline::Owner { index: i, loops: 2 });
-    }
     let ip = |s: &str| s.parse().expect("ip");
     let e = Ends {
         src_mac: plan.ports[web].mac.expect("mac"),
@@ -280,6 +273,19 @@ fn two_loops_hand_a_vm_to_vm_flow_over_and_each_judges_its_own_ports() {
         src: ip("10.0.0.11"),
         dst: ip("10.0.1.21"),
     };
+    (web, db, e)
+}
+
+#[test]
+fn two_loops_hand_a_vm_to_vm_flow_over_and_each_judges_its_own_ports() {
+    let plan = examples();
+    let (web, db, e) = web1_to_db1(&plan);
+    let loop_of = |p: usize| sgswitch::pipeline::owner_of(plan.ports[p].zone, 2);
+    assert_ne!(loop_of(web), loop_of(db), "the example's zones put web1 and db1 on different loops");
+    let mut loops = [pipeline(&plan), pipeline(&plan)];
+    for (i, l) in loops.iter_mut().enumerate() {
+        l.set_owner(sgswitch::pipeline::Owner { index: i, loops: 2 });
+    }
     let syn = frames::tcp(&e, 40000, 5432, "S", 1, 0, b"");
     let synack = frames::tcp(&e.reversed(), 5432, 40000, "SA", 9, 2, b"");
     let ack = frames::tcp(&e, 40000, 5432, "A", 2, 10, b"");
@@ -300,7 +306,12 @@ fn two_loops_hand_a_vm_to_vm_flow_over_and_each_judges_its_own_ports() {
     assert_eq!((loops[a].conntrack.zone_len(plan.ports[web].zone), loops[b].conntrack.zone_len(plan.ports[web].zone)), (1, 0));
     assert_eq!((loops[b].conntrack.zone_len(plan.ports[db].zone), loops[a].conntrack.zone_len(plan.ports[db].zone)), (1, 0));
     // An uplink frame for db1 arriving in web1's loop is handed over unjudged.
-    let from_net = Ends { src_mac: UPLINK_MAC, dst_mac: plan.ports[db].mac.expect("mac"), src: ip("192.0.2.5"), dst: ip("10.0.1.21") };
+    let from_net = Ends {
+        src_mac: UPLINK_MAC,
+        dst_mac: plan.ports[db].mac.expect("mac"),
+        src: "192.0.2.5".parse().expect("ip"),
+        dst: "10.0.1.21".parse().expect("ip"),
+    };
     let o = loops[a].process(&plan, Source::Uplink, &frames::tcp(&from_net, 1234, 5432, "S", 1, 0, b""), Now(3), 0);
     assert_eq!(o.action, Action::Handover(db));
     // A handed-over frame is counted once, by the loop that finished it.
@@ -348,15 +359,7 @@ fn a_batch_keeps_each_stage_to_its_own_zone() {
     let mut cfg = sgswitch_config::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")).expect("examples load");
     cfg.host.infra_allow = vec!["10.0.1.21/32".parse().expect("cidr")];
     let plan = Plan::build(cfg, &mut Zones::default(), 1).expect("zones").0;
-    let port = |id: &str| plan.ports.iter().position(|p| &*p.id == id).expect("port");
-    let (web, db) = (port("eni-web1"), port("eni-db1"));
-    let ip = |s: &str| s.parse().expect("ip");
-    let e = Ends {
-        src_mac: plan.ports[web].mac.expect("mac"),
-        dst_mac: plan.ports[db].mac.expect("mac"),
-        src: ip("10.0.0.11"),
-        dst: ip("10.0.1.21"),
-    };
+    let (web, db, e) = web1_to_db1(&plan);
     let syn = frames::tcp(&e, 40000, 5432, "S", 1, 0, b"");
     let (mut one, mut many) = (pipeline(&plan), pipeline(&plan));
     let expected = one.process(&plan, Source::Port(web), &syn, Now(10), 0);
