@@ -698,7 +698,6 @@ impl Table {
     ///
     /// # Panics
     /// If the three slices differ in length.
-    #[inline(never)]
     pub fn track_batch(
         &mut self,
         tuples: &[Tuple],
