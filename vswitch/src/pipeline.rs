@@ -318,7 +318,7 @@ impl<H: Copy> Pipeline<H> {
                     };
                     if let Some(zone) = port.and_then(|p| plan.ports.get(p)).map(|p| p.zone) {
                         self.prepared[n] = self.conntrack.prepare(&tuple(ip, zone));
-                        hint.prepared = Some((zone, u8::try_from(n).expect("n < BATCH")));
+                        hint.prepared = u8::try_from(n).ok().map(|at| (zone, at));
                         n += 1;
                     }
                 }
