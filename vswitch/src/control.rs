@@ -142,12 +142,10 @@ fn answer(req: &CtlRequest, shared: &Shared) -> Result<Value, String> {
 /// The zone of a port id; `None` for all ports.
 fn zone_of(shared: &Shared, port: Option<&str>) -> Result<Option<Zone>, String> {
     let Some(id) = port else { return Ok(None) };
-    let published = shared.published.load();
-    published
-        .plan
-        .ports
-        .iter()
-        .find(|p| &*p.id == id)
+    let plan = &shared.published.load().plan;
+    plan.policy()
+        .port_index(id)
+        .and_then(|i| plan.ports.get(i))
         .map(|p| Some(p.zone))
         .ok_or_else(|| format!("no port \"{id}\" in the running configuration"))
 }

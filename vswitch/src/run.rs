@@ -735,6 +735,15 @@ fn uplink_socket(socks: &[Port]) -> Option<usize> {
     socks.first().filter(|p| p.src == Source::Uplink).map(|_| 0)
 }
 
+/// This loop's socket for a unicast target, if it has it (a flood has none).
+fn socket_for(socks: &[Port], by_port: &[Option<usize>], to: To) -> Option<usize> {
+    match to {
+        To::Port(q) => by_port.get(q).copied().flatten(),
+        To::Uplink => uplink_socket(socks),
+        To::Flood { .. } => None,
+    }
+}
+
 /// Copies `bytes` to this loop's sockets for `to`: one port's, the
 /// uplink's, or every socket a flood reaches (but `from`).
 fn deliver(mem: &mut Memory, socks: &mut [Port], by_port: &[Option<usize>], from: usize, bytes: &[u8], to: To, stats: &LoopStats) {
@@ -742,20 +751,13 @@ fn deliver(mem: &mut Memory, socks: &mut [Port], by_port: &[Option<usize>], from
         Some(c) => p.pending.push(c),
         None => stats.copy_failed.add(1),
     };
-    let one = match to {
-        To::Port(q) => by_port.get(q).copied().flatten(),
-        To::Uplink => uplink_socket(socks),
-        To::Flood { except, uplink } => {
-            for (t, p) in socks.iter_mut().enumerate() {
-                if p.primary() && t != from && (p.src != Source::Uplink || uplink) && !matches!(p.src, Source::Port(q) if Some(q) == except)
-                {
-                    copy(p);
-                }
+    if let To::Flood { except, uplink } = to {
+        for (t, p) in socks.iter_mut().enumerate() {
+            if p.primary() && t != from && (p.src != Source::Uplink || uplink) && !matches!(p.src, Source::Port(q) if Some(q) == except) {
+                copy(p);
             }
-            None
         }
-    };
-    if let Some(t) = one {
+    } else if let Some(t) = socket_for(socks, by_port, to) {
         copy(&mut socks[t]);
     }
 }
@@ -774,14 +776,9 @@ fn dispatch(
     o: &Outcome,
     peers: &Peers<'_>,
 ) {
-    let local = |to: To| match to {
-        To::Port(q) => by_port.get(q).copied().flatten(),
-        To::Uplink => uplink_socket(socks),
-        To::Flood { .. } => None,
-    };
     match o.action {
         Action::Forward(to @ (To::Port(_) | To::Uplink)) => {
-            match local(to) {
+            match socket_for(socks, by_port, to) {
                 Some(t) if t != from => return socks[t].pending.push(d),
                 Some(_) => {}
                 None => {

@@ -163,14 +163,9 @@ impl Counters {
     /// Publishes `next` as the current rule-hit array, folding the hits of
     /// the one it replaces by label. Called by the writer, between batches.
     pub fn publish_rules(&self, next: Arc<RuleHits>) {
-        let book = self.rules.load();
-        let mut folded = book.folded.clone();
-        for (l, h) in book.current.labels.iter().zip(book.current.hits.iter()) {
-            let n = h.get();
-            if n > 0 {
-                *folded.entry(l.clone()).or_default() += n;
-            }
-        }
+        // Rules of the replaced plan that never hit are not kept.
+        let mut folded = self.rules.load().totals();
+        folded.retain(|_, n| *n > 0);
         self.rules.store(Arc::new(RuleBook { current: next, folded }));
     }
 }
