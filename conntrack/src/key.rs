@@ -70,10 +70,28 @@ impl std::hash::Hash for Key {
 
 const V6_BIT: u64 = 1 << 56;
 
+/// The high bits of an IPv4 address's low word, v4-mapped (`::ffff:a.b.c.d`).
+const V4_MAPPED: u64 = 0xffff << 32;
+
 impl Key {
     /// The key of `t`, and whether `t`'s source is the key's low endpoint.
     #[inline]
     pub fn of(t: &Tuple) -> (Key, bool) {
+        if let (IpAddr::V4(src), IpAddr::V4(dst)) = (t.src, t.dst) {
+            // IPv4: an endpoint is one number, address then port, so the
+            // order below is one comparison (the same order as the general
+            // case's).
+            let s = u64::from(src.to_bits()) << 16 | u64::from(t.sport);
+            let d = u64::from(dst.to_bits()) << 16 | u64::from(t.dport);
+            let (lo, hi) = (s.min(d), s.max(d));
+            let tail = (lo & 0xffff) | (hi & 0xffff) << 16 | u64::from(t.zone) << 32 | u64::from(t.proto) << 48;
+            return (Key { w: [0, V4_MAPPED | lo >> 16, 0, V4_MAPPED | hi >> 16, tail] }, s <= d);
+        }
+        Key::of_any(t)
+    }
+
+    /// [`Key::of`] for any tuple (the general case: IPv6, v4-mapped).
+    fn of_any(t: &Tuple) -> (Key, bool) {
         let s = (bits(t.src), t.sport);
         let d = (bits(t.dst), t.dport);
         let src_is_lo = s <= d;
@@ -128,6 +146,11 @@ impl Key {
             0x4528_21e6_38d0_1377,
             0xbe54_66cf_34e9_0c6c,
         ];
+        if !self.is_v6() {
+            // An IPv4 key is its two compact words: one multiply.
+            let [c0, c1] = self.compact();
+            return fold(c0 ^ seed ^ K[0], c1 ^ seed.rotate_left(21) ^ K[1]);
+        }
         let w = &self.w;
         let a = fold(w[0] ^ seed ^ K[0], w[1] ^ K[1]);
         let b = fold(w[2] ^ seed.rotate_left(21) ^ K[2], w[3] ^ K[3]);
@@ -161,8 +184,7 @@ impl Key {
         if c[1] & V6_BIT != 0 {
             Key { w: [v6[0], v6[1], v6[2], v6[3], c[1]] }
         } else {
-            const MAPPED: u64 = 0xffff << 32;
-            Key { w: [0, MAPPED | c[0] >> 32, 0, MAPPED | (c[0] & 0xffff_ffff), c[1]] }
+            Key { w: [0, V4_MAPPED | c[0] >> 32, 0, V4_MAPPED | (c[0] & 0xffff_ffff), c[1]] }
         }
     }
 }
@@ -278,6 +300,19 @@ mod tests {
         let (v4, _) = Key::of(&t("10.0.0.1", 1, "10.0.0.2", 2));
         let (other, _) = Key::of(&t("10.0.0.2", 1, "10.0.0.1", 2));
         assert_ne!(v4.compact(), other.compact(), "both addresses are in the compact word");
+    }
+
+    proptest::proptest! {
+        /// The IPv4 shortcut gives the general case's key and side.
+        #[test]
+        fn ipv4_keys_are_the_general_keys(src: u32, dst in proptest::prop_oneof![proptest::num::u32::ANY, 0u32..4],
+            sport: u16, dport in proptest::prop_oneof![proptest::num::u16::ANY, 0u16..4], zone: u16, proto: u8, same: bool) {
+            // `same`: both ends share the address, so the ports decide.
+            let dst = if same { src } else { dst };
+            let t = Tuple { zone, proto, src: IpAddr::V4(src.into()), dst: IpAddr::V4(dst.into()), sport, dport };
+            proptest::prop_assert_eq!(Key::of(&t), Key::of_any(&t));
+            proptest::prop_assert_eq!(Key::of(&t.reversed()), Key::of_any(&t.reversed()));
+        }
     }
 
     #[test]
