@@ -146,18 +146,32 @@ fn dir_ix(d: Direction) -> usize {
     }
 }
 
-/// Fragments held by the tracker carry what the pipeline needs to finish
-/// them when they are released.
+/// A frame's way through its stages: whose checks come next, and where it
+/// goes if they pass. Its IP header view travels beside it by reference.
 #[derive(Clone, Copy, Debug)]
-pub struct Pending<H> {
+struct Leg<H> {
     handle: H,
-    ip: Ip,
     len: u32,
     port: PortIdx,
     direction: Direction,
     /// After the sender's egress: the receiving port, whose ingress is next.
     then: Option<PortIdx>,
     to: To,
+}
+
+impl<H> Leg<H> {
+    /// The receiving port's ingress, after the sender's egress passed.
+    fn receiver(self, q: PortIdx) -> Leg<H> {
+        Leg { port: q, direction: Direction::Ingress, then: None, to: To::Port(q), ..self }
+    }
+}
+
+/// Fragments held by the tracker carry what the pipeline needs to finish
+/// them when they are released.
+#[derive(Clone, Copy, Debug)]
+pub struct Pending<H> {
+    leg: Leg<H>,
+    ip: Ip,
 }
 
 /// Settings of a pipeline, from `host.toml`.
@@ -387,8 +401,8 @@ impl<H: Copy> Pipeline<H> {
             Source::Uplink => self.uplink_frame(plan, f, now, handle),
             Source::Peer(q) => match f.net {
                 Net::Ip(ip) => {
-                    let pending = Pending { handle, ip, len: f.len, port: q, direction: Direction::Ingress, then: None, to: To::Port(q) };
-                    self.stages(plan, pending, now)
+                    let leg = Leg { handle, len: f.len, port: q, direction: Direction::Ingress, then: None, to: To::Port(q) };
+                    self.stages(plan, &ip, leg, now)
                 }
                 // Only IP frames are handed over for judging.
                 _ => Outcome { action: Action::Drop, reason: Reason::Malformed, port: Some(q), direction: Direction::Ingress },
@@ -437,8 +451,8 @@ impl<H: Copy> Pipeline<H> {
                     To::Port(q) => Some(q),
                     _ => None,
                 };
-                let pending = Pending { handle, ip, len: f.len, port: p, direction: Direction::Egress, then, to };
-                self.stages(plan, pending, now)
+                let leg = Leg { handle, len: f.len, port: p, direction: Direction::Egress, then, to };
+                self.stages(plan, &ip, leg, now)
             }
         }
     }
@@ -467,35 +481,31 @@ impl<H: Copy> Pipeline<H> {
                     };
                 }
                 let Some(q) = q else { return drop(Reason::NoPort) };
-                let pending = Pending { handle, ip, len: f.len, port: q, direction: Direction::Ingress, then: None, to: To::Port(q) };
-                self.stages(plan, pending, now)
+                let leg = Leg { handle, len: f.len, port: q, direction: Direction::Ingress, then: None, to: To::Port(q) };
+                self.stages(plan, &ip, leg, now)
             }
         }
     }
 
-    /// Runs `pending`'s stage and, when it passes and a receiving port
-    /// follows, that port's ingress stage.
-    // Inlined, so that the pending frame (its IP header view is 100 bytes)
-    // is built once where it is used rather than copied into each call.
+    /// Runs `leg`'s stage and, when it passes and a receiving port follows,
+    /// that port's ingress stage.
     #[inline(always)]
-    fn stages(&mut self, plan: &Plan, mut pending: Pending<H>, now: Now) -> Outcome {
+    fn stages(&mut self, plan: &Plan, ip: &Ip, mut leg: Leg<H>, now: Now) -> Outcome {
         loop {
             // The sender's egress runs where its frame arrived (the loop
             // owns that port's socket); a receiver's ingress runs in the
             // loop that owns the receiver's zone.
-            if pending.direction == Direction::Ingress && !self.owns(plan, pending.port) {
+            if leg.direction == Direction::Ingress && !self.owns(plan, leg.port) {
                 return Outcome {
-                    action: Action::Handover(pending.port),
+                    action: Action::Handover(leg.port),
                     reason: Reason::Default,
-                    port: Some(pending.port),
-                    direction: pending.direction,
+                    port: Some(leg.port),
+                    direction: leg.direction,
                 };
             }
-            let out = self.stage(plan, &pending, now);
-            match (out.action, pending.then) {
-                (Action::Forward(_), Some(q)) => {
-                    pending = Pending { port: q, direction: Direction::Ingress, then: None, to: To::Port(q), ..pending };
-                }
+            let out = self.stage(plan, ip, &leg, now);
+            match (out.action, leg.then) {
+                (Action::Forward(_), Some(q)) => leg = leg.receiver(q),
                 _ => return out,
             }
         }
@@ -503,10 +513,10 @@ impl<H: Copy> Pipeline<H> {
 
     /// One port's checks in one direction.
     #[inline(always)]
-    fn stage(&mut self, plan: &Plan, pd: &Pending<H>, now: Now) -> Outcome {
-        let (p, d, ip) = (pd.port, pd.direction, &pd.ip);
+    fn stage(&mut self, plan: &Plan, ip: &Ip, leg: &Leg<H>, now: Now) -> Outcome {
+        let (p, d) = (leg.port, leg.direction);
         let done = |action, reason| Outcome { action, reason, port: Some(p), direction: d };
-        let pass = |reason| done(Action::Forward(pd.to), reason);
+        let pass = |reason| done(Action::Forward(leg.to), reason);
         let drop = |reason| done(Action::Drop, reason);
         let Some(port) = plan.ports.get(p) else { return drop(Reason::NoPort) };
         let (remote, _) = sides(ip, d);
@@ -520,13 +530,13 @@ impl<H: Copy> Pipeline<H> {
             len: fr.len,
         });
         if let Some(fr) = fragment.filter(|fr| !fr.is_first()) {
-            return match self.frags.follower(&fr, *pd, now) {
+            return match self.frags.follower(&fr, Pending { leg: *leg, ip: *ip }, now) {
                 Follow::Pass => pass(Reason::Fragment),
                 Follow::Drop => drop(Reason::Fragment),
                 Follow::Held => done(Action::Held, Reason::Fragment),
             };
         }
-        let out = self.judge_first(plan, port, pd, now);
+        let out = self.judge_first(plan, port, ip, leg, now);
         let Some(fr) = fragment else { return out };
         let allowed = matches!(out.action, Action::Forward(_));
         // Released fragments are other frames: nothing of this one's hint.
@@ -540,24 +550,22 @@ impl<H: Copy> Pipeline<H> {
 
     /// Finishes fragments the tracker released: their remaining stages.
     fn finish_released(&mut self, plan: &Plan, scratch: &mut Vec<(Pending<H>, bool)>, now: Now) {
-        for (pd, ok) in scratch.drain(..) {
+        for (Pending { leg, ip }, ok) in scratch.drain(..) {
             let out = if ok {
                 let out =
-                    Outcome { action: Action::Forward(pd.to), reason: Reason::Fragment, port: Some(pd.port), direction: pd.direction };
-                match pd.then {
-                    Some(q) => {
-                        self.stages(plan, Pending { port: q, direction: Direction::Ingress, then: None, to: To::Port(q), ..pd }, now)
-                    }
+                    Outcome { action: Action::Forward(leg.to), reason: Reason::Fragment, port: Some(leg.port), direction: leg.direction };
+                match leg.then {
+                    Some(q) => self.stages(plan, &ip, leg.receiver(q), now),
                     None => out,
                 }
             } else {
-                Outcome { action: Action::Drop, reason: Reason::Fragment, port: Some(pd.port), direction: pd.direction }
+                Outcome { action: Action::Drop, reason: Reason::Fragment, port: Some(leg.port), direction: leg.direction }
             };
             if out.action != Action::Held {
-                self.count(plan, &out, pd.len);
+                self.count(plan, &out, leg.len);
                 // Bounded by the hold size, reserved at construction.
                 if self.released.len() < self.released.capacity() {
-                    self.released.push((pd.handle, out));
+                    self.released.push((leg.handle, out));
                 }
             }
         }
@@ -565,14 +573,14 @@ impl<H: Copy> Pipeline<H> {
 
     /// The first packet of a flow, or a packet of a tracked one: related
     /// ICMP, conntrack, and the rules on a miss.
-    fn judge_first(&mut self, plan: &Plan, port: &PortPlan, pd: &Pending<H>, now: Now) -> Outcome {
-        let (p, d, ip) = (pd.port, pd.direction, &pd.ip);
+    fn judge_first(&mut self, plan: &Plan, port: &PortPlan, ip: &Ip, leg: &Leg<H>, now: Now) -> Outcome {
+        let (p, d) = (leg.port, leg.direction);
         let done = |action, reason| Outcome { action, reason, port: Some(p), direction: d };
         let verdict = |dec: Decision| match dec.verdict {
-            Verdict::Allow => done(Action::Forward(pd.to), Reason::of(dec)),
+            Verdict::Allow => done(Action::Forward(leg.to), Reason::of(dec)),
             Verdict::Deny => done(Action::Drop, Reason::of(dec)),
         };
-        let to_uplink = pd.to == To::Uplink;
+        let to_uplink = leg.to == To::Uplink;
         let tables = plan.compiled.port(p);
         let classify = |pkt: &Packet| {
             tables.map_or(Decision { verdict: Verdict::Deny, by: By::Default }, |t| t.get(pkt.direction).classify(&Key::of(pkt)))
@@ -584,7 +592,7 @@ impl<H: Copy> Pipeline<H> {
                 let t =
                     Tuple { zone: port.zone, proto: inner.proto, src: inner.src, dst: inner.dst, sport: inner.sport, dport: inner.dport };
                 if self.conntrack.related(&t, now) {
-                    return done(Action::Forward(pd.to), Reason::Related);
+                    return done(Action::Forward(leg.to), Reason::Related);
                 }
             }
             return verdict(classify(&packet(ip, d)));
@@ -596,9 +604,9 @@ impl<H: Copy> Pipeline<H> {
         }
         let t = tuple(ip, port.zone);
         let info = match ip.l4 {
-            L4::Tcp(tcp) => PacketInfo { tcp_flags: tcp.flags, tcp_seq: tcp.seq, payload_len: tcp.payload_len, wire_len: pd.len },
-            L4::Udp { payload_len, .. } => PacketInfo { payload_len, wire_len: pd.len, ..PacketInfo::default() },
-            _ => PacketInfo { wire_len: pd.len, ..PacketInfo::default() },
+            L4::Tcp(tcp) => PacketInfo { tcp_flags: tcp.flags, tcp_seq: tcp.seq, payload_len: tcp.payload_len, wire_len: leg.len },
+            L4::Udp { payload_len, .. } => PacketInfo { payload_len, wire_len: leg.len, ..PacketInfo::default() },
+            _ => PacketInfo { wire_len: leg.len, ..PacketInfo::default() },
         };
         let blocked = d == Direction::Egress && to_uplink && !port.allow_blocked_egress;
         let mut reason = None;
@@ -619,8 +627,8 @@ impl<H: Copy> Pipeline<H> {
             dec.verdict == Verdict::Allow
         });
         match outcome {
-            ct::Outcome::Established => done(Action::Forward(pd.to), Reason::Established),
-            ct::Outcome::New => done(Action::Forward(pd.to), reason.unwrap_or(Reason::Default)),
+            ct::Outcome::Established => done(Action::Forward(leg.to), Reason::Established),
+            ct::Outcome::New => done(Action::Forward(leg.to), reason.unwrap_or(Reason::Default)),
             ct::Outcome::Denied => {
                 // Denied without a judgement: a flow a reload revoked; name
                 // what the rules say of this packet now.
