@@ -315,6 +315,10 @@ pub struct Prepared {
     src_is_lo: bool,
 }
 
+/// The flags that tell a plain ACK (ACK set, no SYN, FIN or RST) from
+/// the other segments.
+const PLAIN_MASK: u8 = tcp::flags::ACK | tcp::flags::SYN | tcp::flags::FIN | tcp::flags::RST;
+
 /// How many slots past the home slot warming follows a probe sequence.
 const WARM_RUN: usize = 8;
 
@@ -826,6 +830,13 @@ impl Table {
         let side = key::side(src_is_lo, e.orig_is_lo());
         let new_state = match e.state {
             State::Pseudo { replied } => State::Pseudo { replied: replied || side == Side::Reply },
+            // Most packets: an ACK (with or without data) on an established
+            // connection, which stays established (`tcp::step`); only the
+            // side's next sequence number moves.
+            State::Tcp(TcpState::Established) if p.tcp_flags & PLAIN_MASK == tcp::flags::ACK => {
+                e.next_seq[side_ix(side)] = p.tcp_seq.wrapping_add(p.payload_len);
+                State::Tcp(TcpState::Established)
+            }
             State::Tcp(st) => match tcp_update(e, st, side, p, self.s.tcp_strict) {
                 Some(next) => State::Tcp(next),
                 None => {
@@ -981,4 +992,58 @@ fn original_tuple(key: &Key, orig_is_lo: bool) -> Tuple {
     };
     let (src, sport, dst, dport) = if orig_is_lo { (lo, lo_port, hi, hi_port) } else { (hi, hi_port, lo, lo_port) };
     Tuple { zone, proto, src: addr(src), dst: addr(dst), sport, dport }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shortcut for ACKs on an established connection in
+    /// [`Table::update`] does what the state machine does with them, for
+    /// every flags byte, side, payload and mode.
+    #[test]
+    fn the_established_ack_shortcut_is_the_state_machine() {
+        let flow = Tuple { zone: 0, proto: 6, src: "10.0.0.1".parse().unwrap(), dst: "10.0.0.2".parse().unwrap(), sport: 1000, dport: 22 };
+        for strict in [false, true] {
+            let mut t = Table::new(Settings { capacity: 4, per_zone_capacity: 4, tcp_strict: strict, ..Settings::default() }, 1);
+            let syn = PacketInfo { tcp_flags: tcp::flags::SYN, tcp_seq: 1, payload_len: 0, wire_len: 60 };
+            let synack = PacketInfo { tcp_flags: tcp::flags::SYN | tcp::flags::ACK, tcp_seq: 9, payload_len: 0, wire_len: 60 };
+            let ack = PacketInfo { tcp_flags: tcp::flags::ACK, tcp_seq: 2, payload_len: 0, wire_len: 60 };
+            assert_eq!(t.track(&flow, &syn, Now(1), 1, |_| true), Outcome::New);
+            assert_eq!(t.track(&flow.reversed(), &synack, Now(2), 1, |_| true), Outcome::Established);
+            assert_eq!(t.track(&flow, &ack, Now(3), 1, |_| true), Outcome::Established);
+            let Prepared { key, h, .. } = t.probe(&flow);
+            let idx = t.find(&key, h).expect("tracked");
+            let start = t.entries[idx];
+            assert_eq!(start.state, State::Tcp(TcpState::Established));
+            for flags in 0..=u8::MAX {
+                for src_is_lo in [false, true] {
+                    for payload_len in [0, 7] {
+                        let p = PacketInfo { tcp_flags: flags, tcp_seq: 5000, payload_len, wire_len: 80 };
+                        t.entries[idx] = start;
+                        let got = t.update(idx, src_is_lo, &p, Now(4));
+                        let mut want = start;
+                        let side = key::side(src_is_lo, start.orig_is_lo());
+                        let next = tcp_update(&mut want, TcpState::Established, side, &p, strict);
+                        let e = t.entries[idx];
+                        let what = format!("flags {flags:#04x}, lo {src_is_lo}, payload {payload_len}, strict {strict}");
+                        match next {
+                            None => assert_eq!(got, Outcome::Invalid, "{what}"),
+                            Some(st) => {
+                                assert_eq!(got, Outcome::Established, "{what}");
+                                assert_eq!(e.state, State::Tcp(st), "{what}");
+                                assert_eq!((e.next_seq, e.flags), (want.next_seq, want.flags), "{what}");
+                            }
+                        }
+                        // Put the entry back on its wheel slot for the next round.
+                        if t.entries[idx].class != start.class {
+                            t.entries[idx] = start;
+                            t.unlink(idx);
+                            t.place(idx, Now(4));
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
