@@ -13,8 +13,8 @@
 //!
 //! # Contract
 //! Pure data structures: no I/O, no threads, no clock (the caller passes
-//! `now`), no locks. One owner per zone. The one `unsafe` call is the
-//! huge-page advice in `mem` (see there).
+//! `now`), no locks. One owner per zone. The two `unsafe` calls, the
+//! huge-page advice and the cache prefetch, are in `mem` (see there).
 #![deny(unsafe_code)]
 
 pub mod frag;

@@ -299,9 +299,6 @@ pub struct Table {
     /// The next second the sweep will process (None before the first flow).
     cursor: Option<u64>,
     stats: Stats,
-    /// Where `track_batch` folds the words it loads ahead of use, so that the
-    /// loads are not optimised away.
-    warm: u64,
 }
 
 /// A packet's key, hash and side, computed once per packet: by
@@ -388,7 +385,6 @@ impl Table {
             tails: vec![NIL; WHEEL_SLOTS],
             cursor: None,
             stats: Stats::default(),
-            warm: 0,
             s,
         }
     }
@@ -738,21 +734,20 @@ impl Table {
         self.warm_probes(&probes[..tuples.len()]);
     }
 
-    /// Loads the home slot of every probe, then the entry of the first slot
-    /// of its probe sequence whose stored hash bits match (at half load a
-    /// quarter of the flows do not sit in their home slot; the following
-    /// slots are almost always in the same cache line). The loads of a
-    /// phase are independent, so their misses overlap.
+    /// Prefetches the home slot of every probe, then the entry of the first
+    /// slot of its probe sequence whose stored hash bits match (at half load
+    /// a quarter of the flows do not sit in their home slot; the following
+    /// slots are almost always in the same cache line). Prefetches retire at
+    /// once, so the misses of a phase are all in flight together; by the
+    /// time the second phase reads a slot, its line has mostly arrived.
     #[expect(clippy::cast_possible_truncation, reason = "positions are the low bits of a hash or slot")]
-    fn warm_probes(&mut self, probes: &[Prepared]) {
-        let mut homes = [0u64; BATCH];
-        let homes = &mut homes[..probes.len()];
-        for (home, probe) in homes.iter_mut().zip(probes) {
-            *home = self.slots[(probe.h as usize) & self.mask];
+    fn warm_probes(&self, probes: &[Prepared]) {
+        for probe in probes {
+            mem::prefetch(&self.slots[(probe.h as usize) & self.mask]);
         }
-        let mut warm = 0u64;
-        for (&home, probe) in homes.iter().zip(probes) {
-            let (tag, mut i, mut s) = (probe.h & 0xffff_ffff, (probe.h as usize) & self.mask, home);
+        for probe in probes {
+            let (tag, mut i) = (probe.h & 0xffff_ffff, (probe.h as usize) & self.mask);
+            let mut s = self.slots[i];
             // Bounded: a run longer than a cache line of slots is left to
             // `find` (it is rare at half load).
             for _ in 0..WARM_RUN {
@@ -764,10 +759,9 @@ impl Table {
             }
             if s != 0 {
                 let idx = (s >> 32) as usize - 1;
-                warm ^= u64::from(self.entries[idx].last_seen);
+                mem::prefetch(&self.entries[idx]);
             }
         }
-        self.warm ^= warm;
     }
 
     #[inline]
