@@ -688,12 +688,12 @@ impl Table {
     /// with `infos[i]`, exactly as if tracked one by one in order.
     ///
     /// # Design
-    /// Per chunk of [`BATCH`] packets: hash all keys, then load every home
-    /// index slot, then every candidate entry, and only then
-    /// run the per-packet logic. The loads of one phase do not depend on each
+    /// Per chunk of [`BATCH`] packets: hash all keys, then prefetch every
+    /// home index slot, then every candidate entry, and only then run the
+    /// per-packet logic. The prefetches of one phase do not depend on each
     /// other, so their cache misses overlap instead of queueing; by the last
     /// phase the lines are in cache. (Later packets of a batch may change
-    /// what earlier loads saw; the last phase re-reads everything, so that
+    /// what the warming saw; the last phase reads everything afresh, so that
     /// only costs a miss, never a wrong answer.)
     ///
     /// # Panics
