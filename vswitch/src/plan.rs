@@ -86,7 +86,9 @@ impl PortPlan {
 pub struct Plan {
     pub compiled: Compiled,
     pub ports: Vec<PortPlan>,
-    by_mac: HashMap<MacAddr, PortIdx>,
+    /// Ports by MAC, the address as a number ([`mac_key`]): one word to
+    /// hash instead of a six-byte array.
+    by_mac: HashMap<u64, PortIdx>,
     by_net: Vec<(IpNet, PortIdx)>,
     pub blocked_egress: Vec<(u8, PortRange)>,
     pub infra_allow: Vec<IpNet>,
@@ -120,7 +122,7 @@ impl Plan {
                 allow_blocked_egress: p.allow_blocked_egress,
             })
             .collect();
-        let by_mac = ports.iter().enumerate().filter_map(|(i, p)| p.mac.map(|m| (m, i))).collect();
+        let by_mac = ports.iter().enumerate().filter_map(|(i, p)| p.mac.map(|m| (mac_key(&m), i))).collect();
         let by_net = ports.iter().enumerate().flat_map(|(i, p)| p.nets.iter().map(move |n| (*n, i))).collect();
         let blocked_egress = cfg.host.blocked_egress.iter().map(|b| (b.protocol, b.ports)).collect();
         let infra_allow = cfg.host.infra_allow.clone();
@@ -182,7 +184,7 @@ impl Plan {
 
     /// The port whose MAC is `mac`.
     pub fn port_by_mac(&self, mac: &MacAddr) -> Option<PortIdx> {
-        self.by_mac.get(mac).copied()
+        self.by_mac.get(&mac_key(mac)).copied()
     }
 
     /// The port that owns `a` (the most specific of its prefixes wins).
@@ -217,9 +219,28 @@ impl Plan {
     }
 }
 
+/// A MAC address as the number its six bytes spell.
+fn mac_key(m: &MacAddr) -> u64 {
+    u64::from_be_bytes([0, 0, m[0], m[1], m[2], m[3], m[4], m[5]])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mac_keys_tell_every_byte_apart() {
+        let base = [2, 0, 0, 0, 0, 1];
+        let mut keys = vec![mac_key(&base)];
+        for at in 0..6 {
+            let mut m = base;
+            m[at] ^= 0x80;
+            keys.push(mac_key(&m));
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), 7, "a change in any byte is another key");
+    }
 
     #[test]
     fn zones_survive_reloads_and_are_reused_after_removal() {
