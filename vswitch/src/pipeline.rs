@@ -399,10 +399,10 @@ impl<H: Copy> Pipeline<H> {
         match src {
             Source::Port(p) => self.port_frame(plan, p, f, now, handle),
             Source::Uplink => self.uplink_frame(plan, f, now, handle),
-            Source::Peer(q) => match f.net {
+            Source::Peer(q) => match &f.net {
                 Net::Ip(ip) => {
                     let leg = Leg { handle, len: f.len, port: q, direction: Direction::Ingress, then: None, to: To::Port(q) };
-                    self.stages(plan, &ip, leg, now)
+                    self.stages(plan, ip, leg, now)
                 }
                 // Only IP frames are handed over for judging.
                 _ => Outcome { action: Action::Drop, reason: Reason::Malformed, port: Some(q), direction: Direction::Ingress },
@@ -417,7 +417,7 @@ impl<H: Copy> Pipeline<H> {
             return drop(Reason::Spoof);
         }
         let to = egress_target(plan, p, &f.dst);
-        match f.net {
+        match &f.net {
             Net::Arp(a) => {
                 let own = a.sender_ip.is_unspecified() || port.owns(IpAddr::V4(a.sender_ip));
                 if port.spoof_check && (port.mac.is_some_and(|m| m != a.sender_mac) || !own) {
@@ -427,7 +427,7 @@ impl<H: Copy> Pipeline<H> {
             }
             Net::Other(_) => drop(Reason::NonIp),
             Net::Ip(ip) => {
-                match infra_kind(&ip) {
+                match infra_kind(ip) {
                     Infra::Client => {
                         // Unspecified sources (DHCP, DAD) and link-local ones
                         // are how these protocols start.
@@ -452,7 +452,7 @@ impl<H: Copy> Pipeline<H> {
                     _ => None,
                 };
                 let leg = Leg { handle, len: f.len, port: p, direction: Direction::Egress, then, to };
-                self.stages(plan, &ip, leg, now)
+                self.stages(plan, ip, leg, now)
             }
         }
     }
@@ -464,7 +464,7 @@ impl<H: Copy> Pipeline<H> {
             None if is_group(&f.dst) => None,
             None => plan.port_by_mac(&f.dst),
         };
-        match f.net {
+        match &f.net {
             Net::Arp(_) => match by_mac {
                 Some(q) => infra(To::Port(q), Some(q), Direction::Ingress),
                 None if is_group(&f.dst) => infra(To::Flood { except: None, uplink: false }, None, Direction::Ingress),
@@ -473,7 +473,7 @@ impl<H: Copy> Pipeline<H> {
             Net::Other(_) => drop(Reason::NonIp),
             Net::Ip(ip) => {
                 let q = by_mac.or_else(|| if is_group(&f.dst) { None } else { plan.port_by_ip(ip.dst) });
-                if infra_kind(&ip) != Infra::None {
+                if infra_kind(ip) != Infra::None {
                     return match q {
                         Some(q) => infra(To::Port(q), Some(q), Direction::Ingress),
                         None if is_group(&f.dst) => infra(To::Flood { except: None, uplink: false }, None, Direction::Ingress),
@@ -482,7 +482,7 @@ impl<H: Copy> Pipeline<H> {
                 }
                 let Some(q) = q else { return drop(Reason::NoPort) };
                 let leg = Leg { handle, len: f.len, port: q, direction: Direction::Ingress, then: None, to: To::Port(q) };
-                self.stages(plan, &ip, leg, now)
+                self.stages(plan, ip, leg, now)
             }
         }
     }
