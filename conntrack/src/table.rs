@@ -674,7 +674,7 @@ impl Table {
     }
 
     /// [`Table::warm`] for tuples already prepared.
-    pub fn warm_prepared(&mut self, prepared: &[Prepared]) {
+    pub fn warm_prepared(&self, prepared: &[Prepared]) {
         self.warm_probes(&prepared[..prepared.len().min(BATCH)]);
     }
 
@@ -725,7 +725,7 @@ impl Table {
     /// into the cache, their misses overlapped, ahead of tracking them one
     /// by one: what [`Table::track_batch`] does first, for a caller that
     /// must interleave other work between the packets of a batch.
-    pub fn warm(&mut self, tuples: &[Tuple]) {
+    pub fn warm(&self, tuples: &[Tuple]) {
         let tuples = &tuples[..tuples.len().min(BATCH)];
         let mut probes = [Prepared::default(); BATCH];
         for (probe, t) in probes.iter_mut().zip(tuples) {
@@ -778,7 +778,7 @@ impl Table {
         if let Some(idx) = self.find(&key, h) {
             let e = &self.entries[idx];
             let (state, admitted) = (e.state, e.generation);
-            if now.ms32().wrapping_sub(e.last_seen) >= self.timeout_ms(t.zone, e.class) {
+            if self.expired(idx, now.ms32()) {
                 self.release(idx);
                 self.stats.expired += 1;
             } else if state == State::Revoked {
