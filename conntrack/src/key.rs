@@ -84,7 +84,8 @@ impl Key {
             let s = u64::from(src.to_bits()) << 16 | u64::from(t.sport);
             let d = u64::from(dst.to_bits()) << 16 | u64::from(t.dport);
             let (lo, hi) = (s.min(d), s.max(d));
-            let tail = (lo & 0xffff) | (hi & 0xffff) << 16 | u64::from(t.zone) << 32 | u64::from(t.proto) << 48;
+            #[expect(clippy::cast_possible_truncation, reason = "an endpoint's low 16 bits are its port")]
+            let tail = pack_tail(lo as u16, hi as u16, t, false);
             return (Key { w: [0, V4_MAPPED | lo >> 16, 0, V4_MAPPED | hi >> 16, tail] }, s <= d);
         }
         Key::of_any(t)
@@ -98,12 +99,7 @@ impl Key {
         let (lo, hi) = if src_is_lo { (s, d) } else { (d, s) };
         let [l0, l1] = halves(lo.0);
         let [h0, h1] = halves(hi.0);
-        let tail = u64::from(lo.1)
-            | u64::from(hi.1) << 16
-            | u64::from(t.zone) << 32
-            | u64::from(t.proto) << 48
-            | if t.src.is_ipv6() { V6_BIT } else { 0 };
-        (Key { w: [l0, l1, h0, h1, tail] }, src_is_lo)
+        (Key { w: [l0, l1, h0, h1, pack_tail(lo.1, hi.1, t, t.src.is_ipv6())] }, src_is_lo)
     }
 
     /// (low address, high address, low port, high port, zone, protocol, is IPv6).
@@ -134,8 +130,9 @@ impl Key {
     /// cannot be aimed at one bucket without knowing the seed.
     ///
     /// Folded multiplies (the 128-bit product's halves xored, as foldhash
-    /// and wyhash do): the two addresses are mixed independently, then
-    /// with the tail, three multiplies in all, two of them in parallel.
+    /// and wyhash do). An IPv4 key's two compact words take one; an IPv6
+    /// key's two addresses are mixed independently, then with the tail,
+    /// three in all, two of them in parallel.
     #[inline]
     pub fn hash(&self, seed: u64) -> u64 {
         const K: [u64; 6] = [
@@ -187,6 +184,13 @@ impl Key {
             Key { w: [0, V4_MAPPED | c[0] >> 32, 0, V4_MAPPED | (c[0] & 0xffff_ffff), c[1]] }
         }
     }
+}
+
+/// A key's tail word: the low and high endpoints' ports, the zone, the
+/// protocol and the family ([`tail_zone`], [`tail_proto`], [`Key::parts`]
+/// read it back).
+fn pack_tail(lo_port: u16, hi_port: u16, t: &Tuple, v6: bool) -> u64 {
+    u64::from(lo_port) | u64::from(hi_port) << 16 | u64::from(t.zone) << 32 | u64::from(t.proto) << 48 | if v6 { V6_BIT } else { 0 }
 }
 
 /// The zone in a key's tail word.
