@@ -163,14 +163,14 @@ fn run(n: usize, zipf: bool, json: bool) {
         }
         single.push(start.elapsed().as_nanos() as f64 / BATCH as f64);
     }
-    let reference = reference_hits(&flows, &packets);
+    let mut reference = reference_hits(&flows, &packets);
     let pct = |v: &mut Vec<f64>, p: usize| {
         v.sort_by(f64::total_cmp);
         v[(v.len() * p / 100).min(v.len() - 1)]
     };
     let (b50, b99) = (pct(&mut batched, 50), pct(&mut batched, 99));
     let s50 = pct(&mut single, 50);
-    let r50 = pct(&mut reference.clone(), 50);
+    let r50 = pct(&mut reference, 50);
 
     // Expiry: everything times out; sweep until caught up.
     let later = Now(now + 400_000);
