@@ -818,7 +818,7 @@ impl Table {
         self.place(idx, now);
     }
 
-    #[inline]
+    #[inline(always)]
     fn update(&mut self, idx: usize, src_is_lo: bool, p: &PacketInfo, now: Now) -> Outcome {
         let e = &mut self.entries[idx];
         let side = key::side(src_is_lo, e.orig_is_lo());
