@@ -19,10 +19,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
+use crate::plan::PortIdx;
 use crossbeam_queue::ArrayQueue;
 use sgswitch_config::{Direction, FlowLogTo};
 use sgswitch_conntrack::Now;
-use sgswitch_filter::PortIdx;
 
 use crate::parse::Ip;
 use crate::pipeline::{Outcome, Reason};
@@ -233,7 +233,7 @@ fn flow_hash(port: Option<PortIdx>, proto: u8, src: IpAddr, dst: IpAddr, sport: 
 pub fn line(r: &Record, epoch_ms: u64, plan: Option<&Published>) -> String {
     let t = SystemTime::UNIX_EPOCH + Duration::from_millis(epoch_ms.saturating_add(r.at_ms));
     let plan = plan.map(|p| &p.plan);
-    let port = r.port.and_then(|p| plan.and_then(|pl| pl.ports.get(p))).map(|p| p.id.to_string());
+    let port = r.port.and_then(|p| plan.and_then(|pl| pl.port(p))).map(|p| p.id.to_string());
     let rule = match (r.reason, plan) {
         (Reason::Rule(rr), Some(pl)) => Some(format!("{}/{}/{}", pl.policy().group(rr.group).id, rr.direction.as_str(), rr.index)),
         _ => None,

@@ -31,11 +31,11 @@ use std::sync::Arc;
 
 use sgswitch_config::{Direction, Host};
 use sgswitch_conntrack::{self as ct, Follow, FragKey, FragSettings, Fragment, Fragments, Now, PacketInfo, Tuple, Zone};
-use sgswitch_filter::{By, Decision, Key, Packet, PortIdx, RuleRef, Verdict};
+use sgswitch_filter::{By, Decision, Key, Packet, RuleRef, Verdict};
 
 use crate::flowlog::FlowLog;
 use crate::parse::{self, Frame, Icmp, Ip, L4, MacAddr, Net};
-use crate::plan::{MAX_PORTS, Plan, PortPlan};
+use crate::plan::{MAX_PORTS, Plan, PortIdx, PortPlan};
 pub use crate::stats::REASONS;
 use crate::stats::{Counters, RuleHits};
 
@@ -267,7 +267,7 @@ impl<H: Copy> Pipeline<H> {
 
     #[inline]
     fn owns(&self, plan: &Plan, p: PortIdx) -> bool {
-        plan.ports.get(p).is_none_or(|port| self.owner.owns(port.zone))
+        plan.port(p).is_none_or(|port| self.owner.owns(port.zone))
     }
 
     pub fn fragments(&self) -> &Fragments<Pending<H>> {
@@ -330,7 +330,7 @@ impl<H: Copy> Pipeline<H> {
                             q
                         }
                     };
-                    if let Some(zone) = port.and_then(|p| plan.ports.get(p)).map(|p| p.zone) {
+                    if let Some(zone) = port.and_then(|p| plan.port(p)).map(|p| p.zone) {
                         self.prepared[n] = self.conntrack.prepare(&tuple(ip, zone));
                         hint.prepared = u8::try_from(n).ok().map(|at| (zone, at));
                         n += 1;
@@ -380,7 +380,7 @@ impl<H: Copy> Pipeline<H> {
         if matches!(o.action, Action::Held | Action::Handover(_)) {
             return;
         }
-        let slot = o.port.and_then(|p| plan.ports.get(p)).map_or(0, |p| usize::from(p.zone) + 1);
+        let slot = o.port.and_then(|p| plan.port(p)).map_or(0, |p| usize::from(p.zone) + 1);
         let fwd = usize::from(matches!(o.action, Action::Forward(_)));
         if let Some(c) = self.counters.ports.get(slot) {
             let cell = &c.by[dir_ix(o.direction)][fwd][o.reason.kind()];
@@ -412,7 +412,7 @@ impl<H: Copy> Pipeline<H> {
 
     fn port_frame(&mut self, plan: &Plan, p: PortIdx, f: &Frame, now: Now, handle: H) -> Outcome {
         let drop = |reason| Outcome { action: Action::Drop, reason, port: Some(p), direction: Direction::Egress };
-        let Some(port) = plan.ports.get(p) else { return drop(Reason::NoPort) };
+        let Some(port) = plan.port(p) else { return drop(Reason::NoPort) };
         if port.spoof_check && port.mac.is_some_and(|m| m != f.src) {
             return drop(Reason::Spoof);
         }
@@ -518,7 +518,7 @@ impl<H: Copy> Pipeline<H> {
         let done = |action, reason| Outcome { action, reason, port: Some(p), direction: d };
         let pass = |reason| done(Action::Forward(leg.to), reason);
         let drop = |reason| done(Action::Drop, reason);
-        let Some(port) = plan.ports.get(p) else { return drop(Reason::NoPort) };
+        let Some(port) = plan.port(p) else { return drop(Reason::NoPort) };
         let (remote, _) = sides(ip, d);
         if plan.infra_allowed(remote) {
             return pass(Reason::Infrastructure);
@@ -581,7 +581,7 @@ impl<H: Copy> Pipeline<H> {
             Verdict::Deny => done(Action::Drop, Reason::of(dec)),
         };
         let to_uplink = leg.to == To::Uplink;
-        let tables = plan.compiled.port(p);
+        let tables = plan.compiled.port(usize::from(p));
         let classify = |pkt: &Packet| {
             tables.map_or(Decision { verdict: Verdict::Deny, by: By::Default }, |t| t.get(pkt.direction).classify(&Key::of(pkt)))
         };
@@ -755,5 +755,18 @@ fn infra_kind(ip: &Ip) -> Infra {
             _ => Infra::None,
         },
         _ => Infra::None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Leg, Outcome};
+
+    /// Every stage returns an outcome and the batch keeps one per frame; a
+    /// port index is two bytes, so both records stay a few words long.
+    #[test]
+    fn per_frame_records_stay_small() {
+        assert!(size_of::<Outcome>() <= 24, "Outcome is {} bytes", size_of::<Outcome>());
+        assert!(size_of::<Leg<u32>>() <= 24, "Leg is {} bytes", size_of::<Leg<u32>>());
     }
 }

@@ -13,7 +13,7 @@ use hashbrown::HashMap;
 use ipnet::IpNet;
 use sgswitch_config::{Config, PortRange};
 use sgswitch_conntrack::Zone;
-use sgswitch_filter::{Compiled, Policy, PortIdx};
+use sgswitch_filter::{Compiled, Policy};
 
 use crate::parse::MacAddr;
 use crate::stats::RuleLabel;
@@ -21,6 +21,12 @@ use crate::stats::RuleLabel;
 /// Most ports one switch serves (conntrack zones are `u16`; this bounds the
 /// per-zone arrays).
 pub const MAX_PORTS: usize = 4096;
+
+/// A port's index in the plan (the same as in its policy's ports), as the
+/// datapath's per-frame records carry it: two bytes, since a plan has at
+/// most [`MAX_PORTS`] ports.
+pub type PortIdx = u16;
+const _: () = assert!(MAX_PORTS <= PortIdx::MAX as usize);
 
 /// Stable zone numbers by port id, kept by the control thread across
 /// reloads.
@@ -106,12 +112,14 @@ pub struct Plan {
 
 impl Plan {
     /// Builds the plan of a loaded configuration with the given zones (one
-    /// per port, from [`Zones::assign`]).
+    /// per port, from [`Zones::assign`]). Ports beyond [`MAX_PORTS`] are left
+    /// out ([`Plan::build`] refuses them).
     pub fn new(cfg: Config, zones: &[Zone], generation: u32) -> Plan {
         let ports: Vec<PortPlan> = cfg
             .ports
             .iter()
             .zip(zones)
+            .take(MAX_PORTS)
             .map(|(p, &zone)| PortPlan {
                 id: Arc::from(p.id.as_str()),
                 zone,
@@ -122,8 +130,8 @@ impl Plan {
                 allow_blocked_egress: p.allow_blocked_egress,
             })
             .collect();
-        let by_mac = ports.iter().enumerate().filter_map(|(i, p)| p.mac.map(|m| (mac_key(&m), i))).collect();
-        let by_net = ports.iter().enumerate().flat_map(|(i, p)| p.nets.iter().map(move |n| (*n, i))).collect();
+        let by_mac = (0..).zip(&ports).filter_map(|(i, p): (PortIdx, &PortPlan)| p.mac.map(|m| (mac_key(&m), i))).collect();
+        let by_net = (0..).zip(&ports).flat_map(|(i, p): (PortIdx, &PortPlan)| p.nets.iter().map(move |n| (*n, i))).collect();
         let blocked_egress = cfg.host.blocked_egress.iter().map(|b| (b.protocol, b.ports)).collect();
         let infra_allow = cfg.host.infra_allow.clone();
         let mut rule_base = Vec::with_capacity(cfg.groups.len());
@@ -180,6 +188,17 @@ impl Plan {
 
     pub fn policy(&self) -> &Policy {
         self.compiled.policy()
+    }
+
+    /// Port `p`'s plan.
+    #[inline]
+    pub fn port(&self, p: PortIdx) -> Option<&PortPlan> {
+        self.ports.get(usize::from(p))
+    }
+
+    /// The port whose id is `id`.
+    pub fn port_by_id(&self, id: &str) -> Option<PortIdx> {
+        (0..).zip(&self.ports).find(|(_, p)| &*p.id == id).map(|(i, _)| i)
     }
 
     /// The port whose MAC is `mac`.

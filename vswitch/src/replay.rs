@@ -138,7 +138,7 @@ pub fn to_text(plan: &Plan, o: &Outcome) -> Option<String> {
     match o.action {
         // Replay runs one pipeline, which owns every port: it never hands
         // over; a handed-over frame is on its way to that port.
-        Action::Forward(To::Port(p)) | Action::Handover(p) => plan.ports.get(p).map(|p| p.id.to_string()),
+        Action::Forward(To::Port(p)) | Action::Handover(p) => plan.port(p).map(|p| p.id.to_string()),
         Action::Forward(To::Uplink) => Some("uplink".to_owned()),
         Action::Forward(To::Flood { .. }) => Some("broadcast".to_owned()),
         Action::Drop | Action::Held => None,
@@ -153,7 +153,7 @@ pub fn json_line(plan: &Plan, index: usize, o: &Outcome) -> String {
         "action": action,
         "to": to_text(plan, o),
         "reason": reason_text(plan.policy(), o.reason),
-        "port": o.port.and_then(|p| plan.ports.get(p)).map(|p| p.id.to_string()),
+        "port": o.port.and_then(|p| plan.port(p)).map(|p| p.id.to_string()),
         "direction": o.direction.as_str(),
     })
     .to_string()

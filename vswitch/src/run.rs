@@ -39,13 +39,12 @@ use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
 use sgswitch_config::{Config, Host, load_dir};
 use sgswitch_conntrack::{self as ct, FragSettings, Now, Tuple, Zone};
-use sgswitch_filter::PortIdx;
 use tracing::{info, warn};
 use xsk_rs::FrameDesc;
 
 use crate::flowlog::{self, FlowLog};
 use crate::pipeline::{Action, Outcome, Owner, Pipeline, REASONS, Reason, Source, To, conntrack_settings, owner_of};
-use crate::plan::{Plan, Zones};
+use crate::plan::{Plan, PortIdx, Zones};
 use crate::stats::{ControlStats, Counter, Counters, LoopStats, RuleLabel, SocketStats};
 use crate::xdp::{Memory, Socket};
 
@@ -424,7 +423,7 @@ fn reconcile(
     });
     by_port.clear();
     let mut result = Ok(());
-    for (p, w) in wanted.iter().enumerate() {
+    for (p, w) in (0..).zip(wanted) {
         by_port.push(None);
         let Some(name) = w else { continue };
         // Every receive queue of the port's interface; all in this loop,
@@ -445,7 +444,7 @@ fn reconcile(
             };
             socks[at].src = Source::Port(p);
             if queue == 0 {
-                by_port[p] = Some(at);
+                by_port[usize::from(p)] = Some(at);
             }
         }
     }
@@ -565,7 +564,7 @@ impl Peers<'_> {
     }
 
     fn owner(&self, plan: &Plan, q: PortIdx) -> Option<usize> {
-        plan.ports.get(q).map(|p| owner_of(p.zone, self.me.loops))
+        plan.port(q).map(|p| owner_of(p.zone, self.me.loops))
     }
 }
 
@@ -738,7 +737,7 @@ fn uplink_socket(socks: &[Port]) -> Option<usize> {
 /// This loop's socket for a unicast target, if it has it (a flood has none).
 fn socket_for(socks: &[Port], by_port: &[Option<usize>], to: To) -> Option<usize> {
     match to {
-        To::Port(q) => by_port.get(q).copied().flatten(),
+        To::Port(q) => by_port.get(usize::from(q)).copied().flatten(),
         To::Uplink => uplink_socket(socks),
         To::Flood { .. } => None,
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use sgswitch::flowlog::{self, FlowLog, Writer};
 use sgswitch::pipeline::{Action, Pipeline, Reason, Source, conntrack_settings};
-use sgswitch::plan::{Plan, Zones};
+use sgswitch::plan::{Plan, PortIdx, Zones};
 use sgswitch_conntrack::{FragSettings, Now};
 use sgswitch_tests::frames::{self, Ends, UPLINK_MAC};
 
@@ -26,8 +26,8 @@ fn pipeline(plan: &Plan) -> Pipeline<u32> {
 
 /// A few valid frames of every kind the pipeline handles, for mutation.
 fn corpus(plan: &Plan) -> Vec<(Source, Vec<u8>)> {
-    let web = plan.ports.iter().position(|p| &*p.id == "eni-web1").expect("eni-web1");
-    let mac = plan.ports[web].mac.expect("mac");
+    let web = plan.port_by_id("eni-web1").expect("eni-web1");
+    let mac = plan.port(web).expect("web").mac.expect("mac");
     let ip = |s: &str| s.parse().expect("ip");
     let out = Ends { src_mac: mac, dst_mac: UPLINK_MAC, src: ip("10.0.0.11"), dst: ip("192.0.2.9") };
     let out6 = Ends { src_mac: mac, dst_mac: UPLINK_MAC, src: ip("fd00::11"), dst: ip("2001:db8::9") };
@@ -77,7 +77,7 @@ fn random_and_mutated_frames_never_panic() {
         let src = match rng.below(4) {
             0 => Source::Uplink,
             // Out-of-range port indexes included.
-            _ => Source::Port(rng.below(plan.ports.len() + 2)),
+            _ => Source::Port(u16::try_from(rng.below(plan.ports.len() + 2)).expect("few ports")),
         };
         if i % 3 == 0 {
             let n = rng.below(160);
@@ -107,8 +107,8 @@ fn deciding_frames_allocates_nothing() {
     let plan = examples();
     let mut pipe = pipeline(&plan);
     let corpus = corpus(&plan);
-    let web = plan.ports.iter().position(|p| &*p.id == "eni-web1").expect("eni-web1");
-    let mac = plan.ports[web].mac.expect("mac");
+    let web = plan.port_by_id("eni-web1").expect("eni-web1");
+    let mac = plan.port(web).expect("web").mac.expect("mac");
     let ip = |s: &str| s.parse().expect("ip");
     // Many new flows, then the same flows again (established).
     let flows: Vec<Vec<u8>> = (0..2000u16)
@@ -194,9 +194,9 @@ fn logged(plan: &Plan, rate: u32, burst: u32, sample: u32) -> (Pipeline<u32>, Wr
 
 /// A SYN from the uplink (`src`) to eni-web1's port `dport`.
 fn syn_to_web1(plan: &Plan, src: &str, sport: u16, dport: u16) -> Vec<u8> {
-    let web = plan.ports.iter().position(|p| &*p.id == "eni-web1").expect("eni-web1");
+    let web = plan.port_by_id("eni-web1").expect("eni-web1");
     let ip = |s: &str| s.parse().expect("ip");
-    let e = Ends { src_mac: UPLINK_MAC, dst_mac: plan.ports[web].mac.expect("mac"), src: ip(src), dst: ip("10.0.0.11") };
+    let e = Ends { src_mac: UPLINK_MAC, dst_mac: plan.port(web).expect("web").mac.expect("mac"), src: ip(src), dst: ip("10.0.0.11") };
     frames::tcp(&e, sport, dport, "S", 1, 0, b"")
 }
 
@@ -230,7 +230,7 @@ fn a_flood_of_denied_flows_is_logged_within_the_rate_and_allocates_nothing() {
     assert_eq!(stats.rate_limited.get(), 1990);
     assert_eq!(stats.repeat.get(), 1);
     assert_eq!(stats.queue_full.get(), 0);
-    let web = plan.ports.iter().position(|p| &*p.id == "eni-web1");
+    let web = plan.port_by_id("eni-web1");
     let r = records[0];
     assert_eq!(
         (r.port, r.direction, r.proto, r.sport, r.dport, r.reason),
@@ -263,13 +263,13 @@ fn sampling_keeps_one_denied_flow_in_n_and_allowed_packets_are_never_logged() {
 }
 
 /// eni-web1's and eni-db1's ports and the endpoints of web1 -> db1 traffic.
-fn web1_to_db1(plan: &Plan) -> (usize, usize, Ends) {
-    let idx = |id: &str| plan.ports.iter().position(|p| &*p.id == id).expect("port");
+fn web1_to_db1(plan: &Plan) -> (PortIdx, PortIdx, Ends) {
+    let idx = |id: &str| plan.port_by_id(id).expect("port");
     let (web, db) = (idx("eni-web1"), idx("eni-db1"));
     let ip = |s: &str| s.parse().expect("ip");
     let e = Ends {
-        src_mac: plan.ports[web].mac.expect("mac"),
-        dst_mac: plan.ports[db].mac.expect("mac"),
+        src_mac: plan.port(web).expect("web").mac.expect("mac"),
+        dst_mac: plan.port(db).expect("db").mac.expect("mac"),
         src: ip("10.0.0.11"),
         dst: ip("10.0.1.21"),
     };
@@ -280,7 +280,7 @@ fn web1_to_db1(plan: &Plan) -> (usize, usize, Ends) {
 fn two_loops_hand_a_vm_to_vm_flow_over_and_each_judges_its_own_ports() {
     let plan = examples();
     let (web, db, e) = web1_to_db1(&plan);
-    let loop_of = |p: usize| sgswitch::pipeline::owner_of(plan.ports[p].zone, 2);
+    let loop_of = |p: PortIdx| sgswitch::pipeline::owner_of(plan.port(p).expect("port").zone, 2);
     assert_ne!(loop_of(web), loop_of(db), "the example's zones put web1 and db1 on different loops");
     let mut loops = [pipeline(&plan), pipeline(&plan)];
     for (i, l) in loops.iter_mut().enumerate() {
@@ -303,12 +303,18 @@ fn two_loops_hand_a_vm_to_vm_flow_over_and_each_judges_its_own_ports() {
     assert_eq!(loops[a].process(&plan, Source::Port(web), &ack, Now(2), 0).action, Action::Handover(db));
     assert_eq!(loops[b].process(&plan, Source::Peer(db), &ack, Now(2), 0).reason, Reason::Established);
     // Each zone's flow lives in its owner only.
-    assert_eq!((loops[a].conntrack.zone_len(plan.ports[web].zone), loops[b].conntrack.zone_len(plan.ports[web].zone)), (1, 0));
-    assert_eq!((loops[b].conntrack.zone_len(plan.ports[db].zone), loops[a].conntrack.zone_len(plan.ports[db].zone)), (1, 0));
+    assert_eq!(
+        (loops[a].conntrack.zone_len(plan.port(web).expect("web").zone), loops[b].conntrack.zone_len(plan.port(web).expect("web").zone)),
+        (1, 0)
+    );
+    assert_eq!(
+        (loops[b].conntrack.zone_len(plan.port(db).expect("db").zone), loops[a].conntrack.zone_len(plan.port(db).expect("db").zone)),
+        (1, 0)
+    );
     // An uplink frame for db1 arriving in web1's loop is handed over unjudged.
     let from_net = Ends {
         src_mac: UPLINK_MAC,
-        dst_mac: plan.ports[db].mac.expect("mac"),
+        dst_mac: plan.port(db).expect("db").mac.expect("mac"),
         src: "192.0.2.5".parse().expect("ip"),
         dst: "10.0.1.21".parse().expect("ip"),
     };

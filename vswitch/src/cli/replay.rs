@@ -46,7 +46,7 @@ pub(crate) fn run(args: &ReplayArgs) -> Result<(), CliError> {
         for (i, o) in outcomes.iter().enumerate() {
             let fwd = matches!(o.action, Action::Forward(_));
             by_reason[usize::from(fwd)][o.reason.kind()] += 1;
-            let port = o.port.and_then(|p| plan.ports.get(p)).map_or("-".to_owned(), |p| format!("{} {}", p.id, o.direction.as_str()));
+            let port = o.port.and_then(|p| plan.port(p)).map_or("-".to_owned(), |p| format!("{} {}", p.id, o.direction.as_str()));
             rows.push(vec![
                 i.to_string(),
                 if fwd { "forward" } else { "drop" }.into(),
