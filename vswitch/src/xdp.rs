@@ -26,6 +26,10 @@ use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 /// UMEM frame size: one MTU-sized Ethernet frame and headroom.
 pub const FRAME_SIZE: u32 = 2048;
 
+/// Frames the kernel sends per kick in copy mode (its default transmit
+/// budget per `sendto`).
+const KICK_FRAMES: u32 = 32;
+
 /// The mode a socket actually runs in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Mode {
@@ -278,11 +282,21 @@ impl Socket {
         }
         // Copy mode sends only on a kick (sendto), at most 32 frames per
         // kick; zero-copy drivers ask for one with the need-wakeup flag.
-        // Kick while the kernel has not taken everything from the ring, or
-        // the tail of a burst waits for the next frame.
-        let waiting = self.tx.nb_free_exact() < self.ring_size;
-        if waiting && (!self.mode.zero_copy || self.tx.needs_wakeup()) {
+        // Kick until the kernel has taken everything from the ring (or stops
+        // taking: a full completion ring), or the rest of a batch waits for
+        // the loop's next turn, which may come after an idle sleep. Bounded:
+        // a full ring is `ring_size / 32` kicks.
+        let mut free = self.tx.nb_free_exact();
+        for _ in 0..=self.ring_size / KICK_FRAMES {
+            if free >= self.ring_size || (self.mode.zero_copy && !self.tx.needs_wakeup()) {
+                break;
+            }
             let _ = self.tx.wakeup();
+            let now = self.tx.nb_free_exact();
+            if now == free {
+                break;
+            }
+            free = now;
         }
         n
     }

@@ -48,3 +48,37 @@ fn a_full_tx_ring_is_drained_and_every_frame_completes() {
     }
     assert_eq!(completed, want, "{queued} frames queued, {completed} completed in {:?}", t.elapsed());
 }
+
+/// Copy mode sends at most 32 frames per kick. A loop that queues a batch
+/// and then sleeps (idle, nothing received) must not leave the rest of the
+/// batch in the ring until its next turn: one `transmit` call gets every
+/// frame it queued out, so later only completions are collected.
+#[test]
+fn one_transmit_call_sends_everything_it_queued() {
+    assert!(sh("[ \"$(id -u)\" -eq 0 ]"), "this test needs root (AF_XDP and veth)");
+    sh("ip link del sgt-xc 2>/dev/null");
+    assert!(sh("ip link add sgt-xc type veth peer name sgt-xd && ip link set sgt-xc up && ip link set sgt-xd up"));
+    struct Pair;
+    impl Drop for Pair {
+        fn drop(&mut self) {
+            sh("ip link del sgt-xc 2>/dev/null");
+        }
+    }
+    let _pair = Pair;
+    sgswitch::xdp::quiet_libraries();
+    let ring = 512;
+    let mut mem = Memory::new(1024, ring).expect("UMEM");
+    let mut sock = mem.bind("sgt-xc", 0, XdpMode::Auto, ZeroCopy::Auto).expect("an AF_XDP socket");
+    let frame = [0xffu8; 60];
+    // A full poll-loop batch and more: eight kicks' worth.
+    let batch: Vec<FrameDesc> = (0..256).map(|_| mem.copy_in(&frame).expect("a free frame")).collect();
+    assert_eq!(sock.transmit(&batch), batch.len(), "the ring takes the whole batch");
+    let mut scratch = vec![FrameDesc::default(); 1024];
+    let mut completed = 0;
+    let t = Instant::now();
+    while completed < batch.len() && t.elapsed() < Duration::from_secs(2) {
+        completed += sock.reclaim(&mut mem.free, &mut scratch);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(completed, batch.len(), "frames completed after one transmit call and {:?} of waiting", t.elapsed());
+}
