@@ -57,6 +57,9 @@ const KEEP_FOR_COPIES: usize = 256;
 const STATS_EVERY_MS: u64 = 250;
 /// Requests a loop takes from the control socket per iteration.
 const REQUESTS_PER_ITERATION: usize = 4;
+/// How long an idle loop (`busy_poll = false`) waits for its sockets to
+/// receive before it looks at its inbox and timers again.
+const IDLE_WAIT: Duration = Duration::from_micros(200);
 
 /// A configuration ready to publish, with the zones of ports that went away.
 #[derive(Debug)]
@@ -620,6 +623,7 @@ fn poll_loop(
     let none = Outcome { action: Action::Drop, reason: Reason::Default, port: None, direction: sgswitch_config::Direction::Ingress };
     let mut outs = [none; BATCH];
     let mut stats_due = 0u64;
+    let mut waits: Vec<libc::pollfd> = Vec::with_capacity(socks.len() + 8);
     while !shared.stop.load(Ordering::Relaxed) {
         let latest = shared.published.load();
         if !Arc::ptr_eq(&latest, &current) {
@@ -718,7 +722,11 @@ fn poll_loop(
             if host.datapath.busy_poll {
                 std::hint::spin_loop();
             } else {
-                std::thread::sleep(Duration::from_micros(200));
+                // Until a socket receives, or for as long as a frame handed
+                // over by another loop may wait.
+                waits.clear();
+                waits.extend(socks.iter().map(|p| p.sock.poll_fd()));
+                crate::xdp::wait_for_frames(&mut waits, IDLE_WAIT);
             }
         }
     }

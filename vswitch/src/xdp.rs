@@ -192,6 +192,23 @@ impl Memory {
     }
 }
 
+/// Waits until one of the sockets whose descriptors `fds` holds (from
+/// [`Socket::poll_fd`]) has received frames, or `timeout` passes: how an
+/// idle poll loop sleeps without `busy_poll`. A fixed sleep oversleeps on a
+/// loaded host (a 200 us sleep measured up to 4 ms here) while the fill ring
+/// runs dry; this returns as soon as the kernel queues a frame.
+pub fn wait_for_frames(fds: &mut [libc::pollfd], timeout: std::time::Duration) {
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
+    };
+    let n = libc::nfds_t::try_from(fds.len()).unwrap_or(libc::nfds_t::MAX);
+    // SAFETY: `fds` is a valid array of `n` pollfd structs the kernel may
+    // write `revents` into; `ts` outlives the call; no signal mask is
+    // changed (null). An error (EINTR) just ends the wait early.
+    let _ = unsafe { libc::ppoll(fds.as_mut_ptr(), n, &raw const ts, std::ptr::null()) };
+}
+
 /// The receive queues of `interface` (`/sys/class/net/<if>/queues/rx-*`),
 /// at least one.
 pub fn rx_queues(interface: &str) -> u32 {
@@ -256,6 +273,12 @@ impl Socket {
         if self.fq.needs_wakeup() {
             let _ = self.fq.wakeup(self.rx.fd_mut(), 0);
         }
+    }
+
+    /// This socket's entry for [`wait_for_frames`]: readable when its rx
+    /// ring holds frames.
+    pub fn poll_fd(&self) -> libc::pollfd {
+        libc::pollfd { fd: self.rx.fd().as_raw_fd(), events: libc::POLLIN, revents: 0 }
     }
 
     /// Takes received frames into `descs`; returns how many.

@@ -82,3 +82,43 @@ fn one_transmit_call_sends_everything_it_queued() {
     }
     assert_eq!(completed, batch.len(), "frames completed after one transmit call and {:?} of waiting", t.elapsed());
 }
+
+/// An idle loop waits on its sockets: the wait lasts its timeout when
+/// nothing comes, and ends when a frame arrives.
+#[test]
+fn waiting_for_frames_ends_when_one_arrives() {
+    assert!(sh("[ \"$(id -u)\" -eq 0 ]"), "this test needs root (AF_XDP and veth)");
+    sh("ip link del sgt-xe 2>/dev/null");
+    assert!(sh("ip link add sgt-xe type veth peer name sgt-xf && ip link set sgt-xe up && ip link set sgt-xf up"));
+    struct Pair;
+    impl Drop for Pair {
+        fn drop(&mut self) {
+            sh("ip link del sgt-xe 2>/dev/null");
+        }
+    }
+    let _pair = Pair;
+    sgswitch::xdp::quiet_libraries();
+    let mut mem = Memory::new(512, 256).expect("UMEM");
+    let mut sock = mem.bind("sgt-xe", 0, XdpMode::Auto, ZeroCopy::Auto).expect("an AF_XDP socket");
+    sock.refill(&mut mem.free, 256);
+    let mut fds = [sock.poll_fd()];
+    let t = Instant::now();
+    sgswitch::xdp::wait_for_frames(&mut fds, Duration::from_millis(200));
+    assert!(t.elapsed() >= Duration::from_millis(150), "nothing sent: the wait lasts its timeout ({:?})", t.elapsed());
+
+    // One broadcast frame from the peer, 300 ms from now.
+    let send = "import socket,time; time.sleep(0.3); s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW); s.bind(('sgt-xf',0)); s.send(b'\\xff'*6+b'\\x02\\0\\0\\0\\0\\x01'+b'\\x88\\xb5'+bytes(46))";
+    let mut sender = std::process::Command::new("python3").args(["-c", send]).spawn().expect("python3");
+    let mut descs = vec![FrameDesc::default(); 8];
+    let t = Instant::now();
+    let mut got = 0;
+    while got == 0 && t.elapsed() < Duration::from_secs(5) {
+        let mut fds = [sock.poll_fd()];
+        sgswitch::xdp::wait_for_frames(&mut fds, Duration::from_secs(5));
+        got = sock.receive(&mut descs);
+    }
+    let waited = t.elapsed();
+    let _ = sender.wait();
+    assert_eq!(got, 1, "the frame arrived");
+    assert!(waited < Duration::from_secs(2), "the wait ended when the frame arrived, not at its 5 s timeout ({waited:?})");
+}
