@@ -1,5 +1,6 @@
-//! AF_XDP sockets on a veth pair this test makes (root): a sender that
-//! keeps its tx ring full gets every frame out.
+//! AF_XDP sockets on veth pairs these tests make (root): a sender that
+//! keeps its tx ring full gets every frame out, one transmit call sends all
+//! it queued, and an idle wait ends when a frame arrives.
 
 use std::time::{Duration, Instant};
 
@@ -8,21 +9,34 @@ use sgswitch_config::{XdpMode, ZeroCopy};
 use sgswitch_tests::netns::sh;
 use xsk_rs::FrameDesc;
 
-struct Pair;
+/// A veth pair `a`-`b` this test makes, removed when dropped. IPv6 is off
+/// before the links come up, so the kernel sends no neighbour discovery or
+/// MLD of its own: nothing arrives that a test did not send.
+struct Pair(&'static str);
+
+impl Pair {
+    fn up(a: &'static str, b: &str) -> Pair {
+        assert!(sh("[ \"$(id -u)\" -eq 0 ]"), "this test needs root (AF_XDP and veth)");
+        sh(&format!("ip link del {a} 2>/dev/null"));
+        assert!(sh(&format!(
+            "ip link add {a} type veth peer name {b} \
+             && sysctl -qw net.ipv6.conf.{a}.disable_ipv6=1 net.ipv6.conf.{b}.disable_ipv6=1 \
+             && ip link set {a} up && ip link set {b} up"
+        )));
+        sgswitch::xdp::quiet_libraries();
+        Pair(a)
+    }
+}
 
 impl Drop for Pair {
     fn drop(&mut self) {
-        sh("ip link del sgt-xa 2>/dev/null");
+        sh(&format!("ip link del {} 2>/dev/null", self.0));
     }
 }
 
 #[test]
 fn a_full_tx_ring_is_drained_and_every_frame_completes() {
-    assert!(sh("[ \"$(id -u)\" -eq 0 ]"), "this test needs root (AF_XDP and veth)");
-    sh("ip link del sgt-xa 2>/dev/null");
-    assert!(sh("ip link add sgt-xa type veth peer name sgt-xb && ip link set sgt-xa up && ip link set sgt-xb up"));
-    let _pair = Pair;
-    sgswitch::xdp::quiet_libraries();
+    let _pair = Pair::up("sgt-xa", "sgt-xb");
     let ring = 64;
     let mut mem = Memory::new(512, ring).expect("UMEM");
     let mut sock = mem.bind("sgt-xa", 0, XdpMode::Auto, ZeroCopy::Auto).expect("an AF_XDP socket");
@@ -55,17 +69,7 @@ fn a_full_tx_ring_is_drained_and_every_frame_completes() {
 /// frame it queued out, so later only completions are collected.
 #[test]
 fn one_transmit_call_sends_everything_it_queued() {
-    assert!(sh("[ \"$(id -u)\" -eq 0 ]"), "this test needs root (AF_XDP and veth)");
-    sh("ip link del sgt-xc 2>/dev/null");
-    assert!(sh("ip link add sgt-xc type veth peer name sgt-xd && ip link set sgt-xc up && ip link set sgt-xd up"));
-    struct Pair;
-    impl Drop for Pair {
-        fn drop(&mut self) {
-            sh("ip link del sgt-xc 2>/dev/null");
-        }
-    }
-    let _pair = Pair;
-    sgswitch::xdp::quiet_libraries();
+    let _pair = Pair::up("sgt-xc", "sgt-xd");
     let ring = 512;
     let mut mem = Memory::new(1024, ring).expect("UMEM");
     let mut sock = mem.bind("sgt-xc", 0, XdpMode::Auto, ZeroCopy::Auto).expect("an AF_XDP socket");
@@ -87,21 +91,7 @@ fn one_transmit_call_sends_everything_it_queued() {
 /// nothing comes, and ends when a frame arrives.
 #[test]
 fn waiting_for_frames_ends_when_one_arrives() {
-    assert!(sh("[ \"$(id -u)\" -eq 0 ]"), "this test needs root (AF_XDP and veth)");
-    sh("ip link del sgt-xe 2>/dev/null");
-    // IPv6 off before the link comes up: the kernel then sends no ND or MLD
-    // of its own, and nothing arrives that the test did not send.
-    assert!(sh("ip link add sgt-xe type veth peer name sgt-xf \
-        && sysctl -qw net.ipv6.conf.sgt-xe.disable_ipv6=1 net.ipv6.conf.sgt-xf.disable_ipv6=1 \
-        && ip link set sgt-xe up && ip link set sgt-xf up"));
-    struct Pair;
-    impl Drop for Pair {
-        fn drop(&mut self) {
-            sh("ip link del sgt-xe 2>/dev/null");
-        }
-    }
-    let _pair = Pair;
-    sgswitch::xdp::quiet_libraries();
+    let _pair = Pair::up("sgt-xe", "sgt-xf");
     let mut mem = Memory::new(512, 256).expect("UMEM");
     let mut sock = mem.bind("sgt-xe", 0, XdpMode::Auto, ZeroCopy::Auto).expect("an AF_XDP socket");
     sock.refill(&mut mem.free, 256);
