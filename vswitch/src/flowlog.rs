@@ -19,13 +19,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use crate::plan::PortIdx;
 use crossbeam_queue::ArrayQueue;
 use sgswitch_config::{Direction, FlowLogTo};
 use sgswitch_conntrack::Now;
 
 use crate::parse::Ip;
 use crate::pipeline::{Outcome, Reason};
+use crate::plan::PortIdx;
 use crate::run::{Published, Shared};
 use crate::stats::Counter;
 
