@@ -143,9 +143,8 @@ fn answer(req: &CtlRequest, shared: &Shared) -> Result<Value, String> {
 fn zone_of(shared: &Shared, port: Option<&str>) -> Result<Option<Zone>, String> {
     let Some(id) = port else { return Ok(None) };
     let plan = &shared.published.load().plan;
-    plan.policy()
-        .port_index(id)
-        .and_then(|i| plan.ports.get(i))
+    plan.port_by_id(id)
+        .and_then(|i| plan.port(i))
         .map(|p| Some(p.zone))
         .ok_or_else(|| format!("no port \"{id}\" in the running configuration"))
 }

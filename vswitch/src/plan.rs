@@ -196,9 +196,9 @@ impl Plan {
         self.ports.get(usize::from(p))
     }
 
-    /// The port whose id is `id`.
+    /// The port whose id is `id` (the policy's index, which is the plan's).
     pub fn port_by_id(&self, id: &str) -> Option<PortIdx> {
-        (0..).zip(&self.ports).find(|(_, p)| &*p.id == id).map(|(i, _)| i)
+        self.policy().port_index(id).and_then(|i| PortIdx::try_from(i).ok())
     }
 
     /// The port whose MAC is `mac`.
