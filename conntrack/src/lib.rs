@@ -14,16 +14,17 @@
 //! # Contract
 //! Pure data structures: no I/O, no threads, no clock (the caller passes
 //! `now`), no locks. One owner per zone. The two `unsafe` calls, the
-//! huge-page advice and the cache prefetch, are in `mem` (see there).
+//! huge-page advice and the cache prefetch, are in `mem` (see there), which
+//! the datapath's own preallocated tables use too.
 #![deny(unsafe_code)]
 
 pub mod frag;
 pub mod key;
-mod mem;
+pub mod mem;
 pub mod table;
 pub mod tcp;
 
 pub use frag::{Follow, FragKey, FragSettings, FragStats, Fragment, Fragments};
 pub use key::{Key, Tuple, Zone};
-pub use table::{BATCH, Counters, Now, Outcome, PacketInfo, Prepared, Settings, State, Stats, Table, Timeouts};
+pub use table::{BATCH, Counters, EntryAt, Now, Outcome, PacketInfo, Prepared, Ready, Settings, State, Stats, Table, Timeouts};
 pub use tcp::{Segment, Side, Step, TcpState};

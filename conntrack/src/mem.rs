@@ -1,4 +1,4 @@
-//! The table's large arrays, backed by transparent huge pages where the
+//! Large preallocated arrays, backed by transparent huge pages where the
 //! kernel allows.
 //!
 //! At a million flows the table spans over 100 MB. With 4 KiB pages every
@@ -15,7 +15,7 @@ use std::mem::MaybeUninit;
 const HUGE: usize = 2 << 20;
 
 /// `len` copies of `value` in memory advised for huge pages.
-pub(crate) fn filled<T: Clone>(len: usize, value: T) -> Vec<T> {
+pub fn filled<T: Clone>(len: usize, value: T) -> Vec<T> {
     let mut v = Vec::with_capacity(len);
     advise_huge(v.spare_capacity_mut());
     v.resize(len, value);
@@ -47,7 +47,7 @@ fn advise_huge<T>(mem: &mut [MaybeUninit<T>]) {
 /// misses in flight. Elsewhere than x86-64 it does nothing.
 #[inline(always)]
 #[allow(unsafe_code, reason = "a prefetch hint; see the SAFETY note")]
-pub(crate) fn prefetch<T>(r: &T) {
+pub fn prefetch<T>(r: &T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: SSE is part of the x86-64 baseline, so the instruction exists
     // on every CPU this code runs on; a prefetch reads nothing into the

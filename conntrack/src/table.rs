@@ -299,6 +299,23 @@ pub struct Table {
     /// The next second the sweep will process (None before the first flow).
     cursor: Option<u64>,
     stats: Stats,
+    /// The entry the last `Established` outcome of a lookup updated.
+    last_hit: EntryAt,
+}
+
+/// Where an entry sits in the table: what [`Table::last_hit`] reports, for
+/// a caller that keeps it beside its own key of the flow and comes back
+/// through [`Table::ready_at`]. Only a hint: the entry may since have been
+/// freed and reused by another flow, which `ready_at` checks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EntryAt(u32);
+
+/// A packet [`Table::ready_at`] found on its flow's entry, for
+/// [`Table::update_at`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ready {
+    idx: u32,
+    src_is_lo: bool,
 }
 
 /// A packet's key, hash and side, computed once per packet: by
@@ -385,6 +402,7 @@ impl Table {
             tails: vec![NIL; WHEEL_SLOTS],
             cursor: None,
             stats: Stats::default(),
+            last_hit: EntryAt::default(),
             s,
         }
     }
@@ -792,6 +810,7 @@ impl Table {
                 let original = if key::side(src_is_lo, e.orig_is_lo()) == Side::Orig { *t } else { t.reversed() };
                 if judge(&original) {
                     self.entries[idx].generation = generation;
+                    self.last_hit = EntryAt(u32::try_from(idx).expect("capacity <= 2^30"));
                     return self.update(idx, src_is_lo, p, now);
                 }
                 self.stats.revalidation_removed += 1;
@@ -802,10 +821,55 @@ impl Table {
                     return Outcome::Denied;
                 }
             } else {
+                self.last_hit = EntryAt(u32::try_from(idx).expect("capacity <= 2^30"));
                 return self.update(idx, src_is_lo, p, now);
             }
         }
         self.create(t, probe, p, now, generation, judge)
+    }
+
+    /// The entry that the last lookup with the outcome
+    /// [`Outcome::Established`] updated (meaningless after other outcomes).
+    pub fn last_hit(&self) -> EntryAt {
+        self.last_hit
+    }
+
+    /// Whether tracking `t`'s packet would find its flow's entry at `at`
+    /// and update it: the entry is live and `t`'s, not past its deadline,
+    /// not revoked, and admitted under `generation` (or the table keeps
+    /// entries across policy changes). Then [`Table::update_at`] does
+    /// exactly what `track` would, without hashing or probing the index;
+    /// otherwise `None`, and the caller tracks the packet as usual.
+    #[inline]
+    pub fn ready_at(&self, at: EntryAt, t: &Tuple, now: Now, generation: u32) -> Option<Ready> {
+        let idx = at.0 as usize;
+        let e = self.entries.get(idx)?;
+        let (key, src_is_lo) = Key::of(t);
+        let ok = e.live()
+            && self.holds(idx, &key)
+            && e.state != State::Revoked
+            && !self.expired(idx, now.ms32())
+            && (e.generation == generation || !self.s.revalidate);
+        ok.then_some(Ready { idx: at.0, src_is_lo })
+    }
+
+    /// Tracks the packet [`Table::ready_at`] found ready, with nothing but
+    /// other `update_at` calls in between: the outcome `track` would give
+    /// ([`Outcome::Established`], or [`Outcome::Invalid`] for a TCP segment
+    /// that makes no sense in the connection's state), and the entry
+    /// updated as `track` would.
+    #[inline]
+    pub fn update_at(&mut self, r: Ready, p: &PacketInfo, now: Now) -> Outcome {
+        self.update(r.idx as usize, r.src_is_lo, p, now)
+    }
+
+    /// Brings the entry at `at` into the cache, ahead of
+    /// [`Table::ready_at`].
+    #[inline]
+    pub fn warm_at(&self, at: EntryAt) {
+        if let Some(e) = self.entries.get(at.0 as usize) {
+            mem::prefetch(e);
+        }
     }
 
     /// Turns a TCP entry into a [`State::Revoked`] marker (see there).

@@ -163,3 +163,79 @@ proptest! {
         prop_assert_eq!(a, b);
     }
 }
+
+/// A flow for [`entry_reached_by_its_place_tracks_as_a_lookup_does`]:
+/// TCP, UDP or ICMP echo, IPv4 or IPv6, in one of two zones.
+fn mixed_flow(f: u8) -> Tuple {
+    let mut t = flow(f);
+    if f % 3 == 1 {
+        t.proto = 6;
+        t.dport = 22;
+    }
+    t
+}
+
+/// TCP flags bytes a connection sees, plain ACKs most often.
+fn tcp_flags() -> impl Strategy<Value = u8> {
+    prop_oneof![6 => Just(0x10u8), 1 => Just(0x02), 1 => Just(0x12), 1 => Just(0x11), 1 => Just(0x04), 1 => Just(0x18), 1 => any::<u8>()]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// A caller that remembers where a flow's entry is ([`Table::last_hit`])
+    /// and comes back through `ready_at` and `update_at` when it is ready,
+    /// tracking as usual otherwise, gets the outcomes and leaves the table
+    /// that tracking every packet gives: across TCP states, expiry, entries
+    /// freed and reused by other flows (a small table), and policy changes,
+    /// with `revalidate` and with `keep`.
+    #[test]
+    fn an_entry_reached_by_its_place_tracks_as_a_lookup_does(
+        revalidate in any::<bool>(),
+        ops in prop::collection::vec(
+            prop_oneof![
+                8 => (0u8..40, any::<bool>(), tcp_flags(), prop_oneof![Just(0u32), 0u32..5_000, 25_000u32..40_000])
+                    .prop_map(|(f, r, fl, w)| (Some((f, r, fl)), w)),
+                1 => Just((None, 0u32)),
+            ],
+            1..300,
+        ),
+    ) {
+        let settings = Settings { capacity: 12, per_zone_capacity: 8, revalidate, ..Settings::default() };
+        let (mut plain, mut placed) = (Table::new(settings.clone(), 2), Table::new(settings, 2));
+        let mut at: HashMap<u8, sgswitch_conntrack::EntryAt> = HashMap::new();
+        let (mut now, mut g) = (0u64, 0u32);
+        for (step, (packet, wait)) in ops.into_iter().enumerate() {
+            now += u64::from(wait);
+            let Some((f, reply, flags)) = packet else {
+                g += 1;
+                continue;
+            };
+            let base = mixed_flow(f);
+            let tp = if reply { base.reversed() } else { base };
+            let flags = if tp.proto == 6 { flags } else { 0 };
+            let p = PacketInfo { tcp_flags: flags, tcp_seq: u32::try_from(step).unwrap() * 10, payload_len: 1, wire_len: 60 };
+            let judge = |x: &Tuple| allowed_in(g, x);
+            let want = plain.track(&tp, &p, Now(now), g, judge);
+            let ready = at.get(&f).and_then(|&a| placed.ready_at(a, &tp, Now(now), g));
+            let got = match ready {
+                Some(r) => placed.update_at(r, &p, Now(now)),
+                None => placed.track(&tp, &p, Now(now), g, judge),
+            };
+            prop_assert_eq!(got, want, "step {} flow {} reply {} flags {:#x} ready {}", step, f, reply, flags, ready.is_some());
+            if got == Outcome::Established {
+                at.insert(f, placed.last_hit());
+            }
+            if step % 16 == 0 {
+                plain.expire(Now(now), 4);
+                placed.expire(Now(now), 4);
+            }
+        }
+        prop_assert_eq!(plain.stats(), placed.stats());
+        let mut a: Vec<_> = plain.flows().map(|(t, s, c)| (format!("{t:?}"), s, c)).collect();
+        let mut b: Vec<_> = placed.flows().map(|(t, s, c)| (format!("{t:?}"), s, c)).collect();
+        a.sort_by(|x, y| x.0.cmp(&y.0));
+        b.sort_by(|x, y| x.0.cmp(&y.0));
+        prop_assert_eq!(a, b);
+    }
+}

@@ -450,3 +450,53 @@ fn an_ipv6_flow_whose_hash_bits_collide_is_still_another_flow() {
     assert_eq!(t.track(&b, &udp, s(1), 1, |_| true), Outcome::New);
     assert_eq!(t.len(), 2);
 }
+
+#[test]
+fn an_entry_is_ready_at_its_place_only_while_it_holds_its_flow() {
+    let mut t = Table::new(Settings { capacity: 1, per_zone_capacity: 1, ..Settings::default() }, 2);
+    let c = tuple(0, 6, "10.0.0.1", 1000, "192.0.2.9", 22);
+    assert_eq!(t.track(&c, &tcp(SYN, 1), s(1), 1, allow), Outcome::New);
+    assert_eq!(t.track(&c.reversed(), &tcp(SYN | ACK, 9), s(1), 1, allow), Outcome::Established);
+    let at = t.last_hit();
+    let r = t.ready_at(at, &c, s(1), 1).expect("the handshake's ACK");
+    assert_eq!(t.update_at(r, &tcp(ACK, 2), s(1)), Outcome::Established);
+    assert_eq!(state(&t, &c), Some(State::Tcp(TcpState::Established)));
+    let r = t.ready_at(at, &c.reversed(), s(2), 1).expect("the reply side");
+    assert_eq!(t.update_at(r, &tcp(ACK, 10), s(2)), Outcome::Established);
+    assert_eq!(t.get(&c).expect("tracked").1.packets, [2, 2], "counted per side");
+    // The state machine still judges: an RST far out of the window.
+    let r = t.ready_at(at, &c, s(2), 1).expect("ready");
+    assert_eq!(t.update_at(r, &tcp(RST, 3 + (1 << 30)), s(2)), Outcome::Invalid);
+    assert!(t.ready_at(at, &Tuple { zone: 1, ..c }, s(2), 1).is_none(), "another zone's flow");
+    assert!(t.ready_at(at, &Tuple { sport: 1001, ..c }, s(2), 1).is_none(), "another flow");
+    assert!(t.ready_at(at, &c, s(2), 2).is_none(), "admitted under an older policy: revalidate first");
+    assert!(t.ready_at(at, &c, s(2 + 910), 1).is_none(), "past its deadline");
+    // The one entry freed and taken by another flow: its old place is not
+    // the first flow's any more.
+    assert_eq!(t.flush(None), 1);
+    assert!(t.ready_at(at, &c, s(3), 1).is_none(), "freed");
+    let u = tuple(0, 17, "10.0.0.1", 1000, "192.0.2.9", 53);
+    assert_eq!(t.track(&u, &UDP, s(3), 1, allow), Outcome::New);
+    assert!(t.ready_at(at, &c, s(3), 1).is_none(), "reused by another flow");
+    assert!(t.ready_at(at, &u, s(3), 1).is_some(), "the new flow's, replied or not");
+}
+
+#[test]
+fn a_revoked_flow_is_not_ready_at_its_place() {
+    let mut t = table(1);
+    let c = tuple(0, 6, "10.0.0.1", 1000, "192.0.2.9", 22);
+    assert_eq!(t.track(&c, &tcp(ACK, 1), s(1), 1, allow), Outcome::New);
+    assert_eq!(t.track(&c, &tcp(ACK, 1), s(1), 1, allow), Outcome::Established);
+    let at = t.last_hit();
+    assert_eq!(t.track(&c, &tcp(ACK, 1), s(2), 2, deny), Outcome::Denied, "revoked by the new policy");
+    assert!(t.ready_at(at, &c, s(2), 2).is_none());
+}
+
+#[test]
+fn keep_lets_an_entry_of_an_older_policy_be_ready_at_its_place() {
+    let mut t = Table::new(Settings { capacity: 4, per_zone_capacity: 4, revalidate: false, ..Settings::default() }, 1);
+    let u = tuple(0, 17, "10.0.0.1", 1000, "192.0.2.9", 53);
+    assert_eq!(t.track(&u, &UDP, s(1), 1, allow), Outcome::New);
+    assert_eq!(t.track(&u, &UDP, s(1), 1, allow), Outcome::Established);
+    assert!(t.ready_at(t.last_hit(), &u, s(2), 5).is_some());
+}
