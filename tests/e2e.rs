@@ -146,6 +146,17 @@ fn scenario(cores: &str) {
     std::thread::sleep(Duration::from_millis(300));
     let mut client = Echo::connect();
     assert_eq!(client.say("hello"), "ok", "https echo through the switch");
+    // The connection's later segments take the flow cache's recorded routes.
+    for i in 0..5 {
+        assert_eq!(client.say(&format!("again {i}")), "ok");
+    }
+    let metrics = http_get("127.0.0.1:19471", "/metrics").expect("GET /metrics");
+    let hits: u64 = metrics
+        .lines()
+        .filter(|m| m.starts_with("sgswitch_loop_flow_cache_total{") && m.contains("result=\"hit\""))
+        .filter_map(|m| m.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(hits > 0, "no frame took a recorded route: {metrics}");
     let db = dir.path().join("groups/sg-db.toml");
     let db_text = std::fs::read_to_string(&db).expect("read sg-db");
     for i in 0..10 {

@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 
 pub mod control;
+pub mod flowcache;
 pub mod flowlog;
 pub mod metrics;
 pub mod parse;

@@ -194,6 +194,18 @@ pub fn render(shared: &Shared) -> String {
         }
     }
 
+    t.family(
+        "sgswitch_loop_flow_cache_total",
+        "counter",
+        "Frames of the flow cache's shape (untagged IPv4 TCP or UDP, no options, not fragments) by result: hit (a recorded route of an established flow taken) or miss (decided from scratch).",
+    );
+    for l in &shared.loops {
+        let lp = l.index.to_string();
+        for (result, c) in [("hit", &l.pipeline.flow_cache_hits), ("miss", &l.pipeline.flow_cache_misses)] {
+            t.sample("sgswitch_loop_flow_cache_total", &[("loop", &lp), ("result", result)], c.get());
+        }
+    }
+
     // AF_XDP sockets.
     let sockets = shared.sockets();
     t.family("sgswitch_xsk_info", "gauge", "An AF_XDP socket with the XDP attach mode and zero-copy state in use.");

@@ -33,8 +33,9 @@ use sgswitch_config::{Direction, Host};
 use sgswitch_conntrack::{self as ct, Follow, FragKey, FragSettings, Fragment, Fragments, Now, PacketInfo, Tuple, Zone};
 use sgswitch_filter::{By, Decision, Key, Packet, RuleRef, Verdict};
 
+use crate::flowcache::{self, FlowCache, FlowKey, Trace};
 use crate::flowlog::FlowLog;
-use crate::parse::{self, Frame, Icmp, Ip, L4, MacAddr, Net};
+use crate::parse::{self, FlowV4, Frame, Icmp, Ip, L4, MacAddr, Net};
 use crate::plan::{MAX_PORTS, Plan, PortIdx, PortPlan};
 pub use crate::stats::REASONS;
 use crate::stats::{Counters, RuleHits};
@@ -221,6 +222,11 @@ pub struct Pipeline<H> {
     hint: Hint,
     /// The conntrack keys `process_batch` prepared for its current batch.
     prepared: Box<[ct::Prepared; ct::BATCH]>,
+    /// Routes of established flows, for `process_batch` (`None`: off).
+    cache: Option<FlowCache>,
+    cache_seed: u64,
+    /// The stages of the frame being decided, for the flow cache.
+    trace: Trace,
 }
 
 /// What [`Pipeline::process_batch`] computed for a frame while warming the
@@ -244,6 +250,8 @@ impl<H: Copy> Pipeline<H> {
     /// A pipeline that counts into `counters` (shared with a scraper).
     pub fn with_counters(settings: ct::Settings, frag: FragSettings, counters: Arc<Counters>) -> Pipeline<H> {
         let held = frag.held as usize;
+        // The flow cache's hash is keyed too, apart from the table's.
+        let seed = settings.seed.rotate_left(17) ^ 0x5bd1_e995;
         Pipeline {
             conntrack: ct::Table::new(settings, MAX_PORTS),
             frags: Fragments::new(frag),
@@ -255,7 +263,17 @@ impl<H: Copy> Pipeline<H> {
             released: Vec::with_capacity(held + 1),
             hint: Hint::default(),
             prepared: Box::new([ct::Prepared::default(); ct::BATCH]),
+            cache: Some(FlowCache::new(flowcache::SLOTS, seed)),
+            cache_seed: seed,
+            trace: Trace::default(),
         }
+    }
+
+    /// Gives the flow cache `slots` slots (rounded up to a power of two),
+    /// or turns it off with 0. Allocates: call at setup, not per packet.
+    pub fn set_flow_cache(&mut self, slots: usize) {
+        let seed = self.cache_seed;
+        self.cache = (slots > 0).then(|| FlowCache::new(slots, seed));
     }
 
     /// Makes this the pipeline of loop `owner`: it judges the ports whose
@@ -263,6 +281,10 @@ impl<H: Copy> Pipeline<H> {
     /// ([`Action::Handover`]).
     pub fn set_owner(&mut self, owner: Owner) {
         self.owner = owner;
+        // Routes recorded under another owner may cross its loops.
+        if let Some(c) = &mut self.cache {
+            c.clear();
+        }
     }
 
     #[inline]
@@ -315,12 +337,37 @@ impl<H: Copy> Pipeline<H> {
     pub fn process_batch(&mut self, plan: &Plan, frames: &[(Source, &[u8], H)], now: Now, out: &mut [Outcome]) {
         assert!(out.len() >= frames.len(), "one outcome per frame");
         for (chunk, outs) in frames.chunks(ct::BATCH).zip(out.chunks_mut(ct::BATCH)) {
-            let parsed: [Option<Result<Frame, parse::Malformed>>; ct::BATCH] =
-                std::array::from_fn(|i| chunk.get(i).map(|f| parse::parse(f.1)));
+            // Frames of the flow cache's shape, read at their fixed offsets,
+            // and their slots warmed together.
+            let mut fast = [None; ct::BATCH];
+            if let Some(cache) = &self.cache {
+                for (k, (src, data, _)) in fast.iter_mut().zip(chunk) {
+                    if let Some(x) = parse::flow_v4(data)
+                        && let Some(key) = FlowKey::of(*src, &x)
+                    {
+                        let h = cache.hash(&key);
+                        cache.warm(h);
+                        *k = Some((x, key, h));
+                    }
+                }
+            }
+            // The others parsed (`flow_v4` reads what `parse` would), their
+            // connection entries prepared; a frame with a recorded route
+            // needs only its entries.
+            let mut parsed = [None; ct::BATCH];
             let mut hints = [Hint::default(); ct::BATCH];
             let mut n = 0;
-            for (((src, _, _), p), hint) in chunk.iter().zip(&parsed).zip(hints.iter_mut()) {
-                if let Some(Ok(Frame { net: Net::Ip(ip), dst, .. })) = p {
+            for ((((src, data, _), p), hint), k) in chunk.iter().zip(parsed.iter_mut()).zip(hints.iter_mut()).zip(&fast) {
+                if let (Some((_, key, h)), Some(cache)) = (k, &self.cache)
+                    && let Some(route) = cache.get(key, *h, plan.id())
+                {
+                    for &at in &route.at[..usize::from(route.stages)] {
+                        self.conntrack.warm_at(at);
+                    }
+                    continue;
+                }
+                let f = k.map_or_else(|| parse::parse(data), |(x, ..)| Ok(x.frame()));
+                if let Ok(Frame { net: Net::Ip(ip), dst, .. }) = &f {
                     let port = match *src {
                         Source::Port(p) | Source::Peer(p) => Some(p),
                         Source::Uplink if is_group(dst) => None,
@@ -336,28 +383,79 @@ impl<H: Copy> Pipeline<H> {
                         n += 1;
                     }
                 }
+                *p = Some(f);
             }
             self.conntrack.warm_prepared(&self.prepared[..n]);
-            for (((&(src, data, handle), p), o), hint) in chunk.iter().zip(&parsed).zip(outs.iter_mut()).zip(hints) {
-                if let Some(p) = p {
-                    self.hint = hint;
-                    *o = self.decide(plan, src, p, data.len(), now, handle);
+            for ((((&(src, data, handle), p), o), hint), k) in chunk.iter().zip(&parsed).zip(outs.iter_mut()).zip(hints).zip(&fast) {
+                if let Some((x, key, h)) = k
+                    && let Some(done) = self.cached(plan, x, key, *h, now)
+                {
+                    self.counters.flow_cache_hits.add(1);
+                    *o = done;
+                    continue;
+                }
+                // A route that did not hold after all leaves the frame unparsed.
+                let f = p.unwrap_or_else(|| k.map_or_else(|| parse::parse(data), |(x, ..)| Ok(x.frame())));
+                self.hint = hint;
+                self.trace = Trace::default();
+                *o = self.decide(plan, src, &f, data.len(), now, handle);
+                if let Some((_, key, h)) = k {
+                    self.counters.flow_cache_misses.add(1);
+                    if let (Action::Forward(to), Reason::Established, Some(cache)) = (o.action, o.reason, &mut self.cache) {
+                        cache.insert(*key, *h, plan.id(), &self.trace, to);
+                    }
                 }
             }
             self.hint = Hint::default();
         }
     }
 
+    /// Decides a frame by the route the flow cache recorded for its key:
+    /// each stage's connection entry updated as the stage would, the
+    /// outcome the last stage would give, counted (and a drop offered to
+    /// the flow log) as `decide` does. `None` when there is no route, or a
+    /// stage's entry is not ready: then nothing has changed, and the frame
+    /// is decided from scratch.
+    #[inline]
+    fn cached(&mut self, plan: &Plan, x: &FlowV4, key: &FlowKey, h: u64, now: Now) -> Option<Outcome> {
+        let route = self.cache.as_ref()?.get(key, h, plan.id())?;
+        let stages = usize::from(route.stages);
+        let mut ready = [None; 2];
+        for (i, r) in ready.iter_mut().enumerate().take(stages) {
+            let zone = plan.port(route.ports[i])?.zone;
+            let t = Tuple { zone, proto: x.proto, src: IpAddr::V4(x.saddr), dst: IpAddr::V4(x.daddr), sport: x.sport, dport: x.dport };
+            *r = Some(self.conntrack.ready_at(route.at[i], &t, now, plan.generation)?);
+        }
+        let info = PacketInfo { tcp_flags: x.tcp_flags, tcp_seq: x.tcp_seq, payload_len: x.payload_len, wire_len: x.len };
+        let mut out = None;
+        for (i, r) in ready.iter().enumerate() {
+            let Some(r) = *r else { break };
+            let (port, direction) = (Some(route.ports[i]), route.direction(i));
+            // `ready_at` leaves a TCP segment's judgement to the state
+            // machine: established, or invalid for the connection's state.
+            if self.conntrack.update_at(r, &info, now) != ct::Outcome::Established {
+                out = Some(Outcome { action: Action::Drop, reason: Reason::Invalid, port, direction });
+                break;
+            }
+            out = Some(Outcome { action: Action::Forward(route.to()), reason: Reason::Established, port, direction });
+        }
+        let out = out?;
+        if out.action == Action::Drop {
+            self.settle(plan, &x.ip(), &out, x.len, now);
+        } else {
+            self.count(plan, &out, x.len);
+        }
+        Some(out)
+    }
+
     fn decide(&mut self, plan: &Plan, src: Source, parsed: &Result<Frame, parse::Malformed>, len: usize, now: Now, handle: H) -> Outcome {
         let len = u32::try_from(len).unwrap_or(u32::MAX);
-        let out = match parsed {
+        match parsed {
             Ok(frame) => {
                 let o = self.frame(plan, src, frame, now, handle);
-                if o.action == Action::Drop
-                    && let Some(log) = self.flow_log.as_mut()
-                    && let Net::Ip(ip) = &frame.net
-                {
-                    log.offer(now, plan.generation, &o, ip);
+                match &frame.net {
+                    Net::Ip(ip) => self.settle(plan, ip, &o, len, now),
+                    _ => self.count(plan, &o, len),
                 }
                 o
             }
@@ -367,11 +465,23 @@ impl<H: Copy> Pipeline<H> {
                     Source::Peer(p) => (Some(p), Direction::Ingress),
                     Source::Uplink => (None, Direction::Ingress),
                 };
-                Outcome { action: Action::Drop, reason: Reason::Malformed, port, direction }
+                let o = Outcome { action: Action::Drop, reason: Reason::Malformed, port, direction };
+                self.count(plan, &o, len);
+                o
             }
-        };
-        self.count(plan, &out, len);
-        out
+        }
+    }
+
+    /// What follows an IP packet's outcome: a drop is offered to the flow
+    /// log, and the outcome is counted.
+    #[inline]
+    fn settle(&mut self, plan: &Plan, ip: &Ip, o: &Outcome, len: u32, now: Now) {
+        if o.action == Action::Drop
+            && let Some(log) = self.flow_log.as_mut()
+        {
+            log.offer(now, plan.generation, o, ip);
+        }
+        self.count(plan, o, len);
     }
 
     fn count(&mut self, plan: &Plan, o: &Outcome, len: u32) {
@@ -503,6 +613,7 @@ impl<H: Copy> Pipeline<H> {
                     direction: leg.direction,
                 };
             }
+            self.trace.stage();
             let out = self.stage(plan, ip, &leg, now);
             match (out.action, leg.then) {
                 (Action::Forward(_), Some(q)) => leg = leg.receiver(q),
@@ -603,11 +714,7 @@ impl<H: Copy> Pipeline<H> {
             return done(Action::Drop, Reason::Fragment);
         }
         let t = tuple(ip, port.zone);
-        let info = match ip.l4 {
-            L4::Tcp(tcp) => PacketInfo { tcp_flags: tcp.flags, tcp_seq: tcp.seq, payload_len: tcp.payload_len, wire_len: leg.len },
-            L4::Udp { payload_len, .. } => PacketInfo { payload_len, wire_len: leg.len, ..PacketInfo::default() },
-            _ => PacketInfo { wire_len: leg.len, ..PacketInfo::default() },
-        };
+        let info = packet_info(ip, leg.len);
         let blocked = d == Direction::Egress && to_uplink && !port.allow_blocked_egress;
         let mut reason = None;
         let prepared = match self.hint.prepared.take() {
@@ -627,7 +734,10 @@ impl<H: Copy> Pipeline<H> {
             dec.verdict == Verdict::Allow
         });
         match outcome {
-            ct::Outcome::Established => done(Action::Forward(leg.to), Reason::Established),
+            ct::Outcome::Established => {
+                self.trace.established(p, d, self.conntrack.last_hit());
+                done(Action::Forward(leg.to), Reason::Established)
+            }
             ct::Outcome::New => done(Action::Forward(leg.to), reason.unwrap_or(Reason::Default)),
             ct::Outcome::Denied => {
                 // Denied without a judgement: a flow a reload revoked; name
@@ -684,6 +794,15 @@ fn sides(ip: &Ip, d: Direction) -> (IpAddr, IpAddr) {
 fn tuple(ip: &Ip, zone: Zone) -> Tuple {
     let (sport, dport) = ip.ports();
     Tuple { zone, proto: ip.proto, src: ip.src, dst: ip.dst, sport, dport }
+}
+
+/// What conntrack reads of a packet of `len` bytes beyond its tuple.
+fn packet_info(ip: &Ip, len: u32) -> PacketInfo {
+    match ip.l4 {
+        L4::Tcp(tcp) => PacketInfo { tcp_flags: tcp.flags, tcp_seq: tcp.seq, payload_len: tcp.payload_len, wire_len: len },
+        L4::Udp { payload_len, .. } => PacketInfo { payload_len, wire_len: len, ..PacketInfo::default() },
+        _ => PacketInfo { wire_len: len, ..PacketInfo::default() },
+    }
 }
 
 /// The policy's view of a packet in direction `d`.

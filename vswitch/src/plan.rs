@@ -8,6 +8,7 @@
 use std::collections::HashMap as StdMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hashbrown::HashMap;
 use ipnet::IpNet;
@@ -108,7 +109,12 @@ pub struct Plan {
     pub rule_labels: Arc<[RuleLabel]>,
     /// Highest zone in use + 1.
     pub zones: usize,
+    /// This plan's number, unique in the process (from 1).
+    id: u64,
 }
+
+/// The next plan's id.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Plan {
     /// Builds the plan of a loaded configuration with the given zones (one
@@ -172,7 +178,14 @@ impl Plan {
             rules_total: total,
             rule_labels: rule_labels.into(),
             zones,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// This plan's number, unique in the process: what the flow cache
+    /// records its routes under.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The plan of `cfg` with zones from `zones` (kept across reloads), and
@@ -239,7 +252,7 @@ impl Plan {
 }
 
 /// A MAC address as the number its six bytes spell.
-fn mac_key(m: &MacAddr) -> u64 {
+pub(crate) fn mac_key(m: &MacAddr) -> u64 {
     u64::from_be_bytes([0, 0, m[0], m[1], m[2], m[3], m[4], m[5]])
 }
 

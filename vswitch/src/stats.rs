@@ -140,6 +140,10 @@ pub struct Counters {
     /// uplink frames for no port).
     pub ports: Box<[PortCounters]>,
     pub rules: ArcSwap<RuleBook>,
+    /// Frames the flow cache could hold that took a recorded route (hits)
+    /// and that the pipeline decided from scratch (misses).
+    pub flow_cache_hits: Counter,
+    pub flow_cache_misses: Counter,
 }
 
 impl Default for Counters {
@@ -147,6 +151,8 @@ impl Default for Counters {
         Counters {
             ports: (0..=MAX_PORTS).map(|_| PortCounters::default()).collect(),
             rules: ArcSwap::from_pointee(RuleBook { current: Arc::new(RuleHits::new(0, Arc::from([]))), folded: BTreeMap::new() }),
+            flow_cache_hits: Counter::default(),
+            flow_cache_misses: Counter::default(),
         }
     }
 }

@@ -137,8 +137,27 @@ fn deciding_frames_allocates_nothing() {
         pipe.tick(&plan, Now(2000 + round * 1000));
         reasons[Reason::Fragment.kind()] += pipe.take_released().count();
     }
+    // The same flows in batches: the flow cache's routes recorded, then taken.
+    let none = sgswitch::pipeline::Outcome {
+        action: Action::Drop,
+        reason: Reason::Default,
+        port: None,
+        direction: sgswitch_config::Direction::Ingress,
+    };
+    let mut out = [none; 64];
+    for round in 0..3u64 {
+        for chunk in flows.chunks(64) {
+            let mut items = [(Source::Port(web), &[][..], 0u32); 64];
+            for (it, f) in items.iter_mut().zip(chunk) {
+                it.1 = &f[..];
+            }
+            pipe.process_batch(&plan, &items[..chunk.len()], Now(1010 + round), &mut out[..chunk.len()]);
+            reasons[Reason::Established.kind()] += out[..chunk.len()].iter().filter(|o| o.reason == Reason::Established).count();
+        }
+    }
     assert_eq!(counting_alloc::allocs() - before, 0, "the pipeline allocated");
-    assert!(reasons[Reason::Established.kind()] >= 4000, "{reasons:?}");
+    assert!(pipe.counters.flow_cache_hits.get() >= 2000, "routes taken: {}", pipe.counters.flow_cache_hits.get());
+    assert!(reasons[Reason::Established.kind()] >= 10_000, "{reasons:?}");
     assert!(reasons[Reason::Malformed.kind()] >= 3, "{reasons:?}");
     assert!(reasons[Reason::Fragment.kind()] > 0, "{reasons:?}");
 }
@@ -380,4 +399,194 @@ fn a_batch_keeps_each_stage_to_its_own_zone() {
     assert_eq!(out[0], expected);
     assert_eq!(expected.port, Some(db), "decided by the receiver's stage: {expected:?}");
     assert_eq!(many.conntrack.len(), one.conntrack.len());
+}
+
+/// Every counter of a pipeline, flattened: packets and bytes per port,
+/// direction, action and reason.
+fn all_counts(p: &Pipeline<u32>) -> Vec<u64> {
+    p.counters.ports.iter().flat_map(|c| c.by.iter().flatten().flatten()).flat_map(|cell| [cell.packets.get(), cell.bytes.get()]).collect()
+}
+
+/// Every tracked flow, sorted, as text (state and counters included).
+fn all_flows(p: &Pipeline<u32>) -> Vec<String> {
+    let mut v: Vec<String> = p.conntrack.flows().map(|f| format!("{f:?}")).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn the_flow_cache_decides_exactly_as_the_pipeline_does_without_it() {
+    for on_change in [sgswitch_config::OnPolicyChange::Revalidate, sgswitch_config::OnPolicyChange::Keep] {
+        flow_cache_against_no_cache(on_change);
+    }
+}
+
+/// Random traffic of established, new, denied, spoofed and closing flows,
+/// with reloads and long pauses, through pipelines with and without the
+/// flow cache: the same outcome for every frame, the same counters and the
+/// same connection table.
+fn flow_cache_against_no_cache(on_change: sgswitch_config::OnPolicyChange) {
+    // Plans to reload between: the examples; the examples with postgres
+    // from the web tier denied (revalidation cuts web1 -> db1); the
+    // examples with the resolver and db1 as infrastructure (their flows
+    // pass without conntrack); the examples again, a new plan of the same
+    // policy.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut zones = Zones::default();
+    let cfg = || {
+        let mut c = sgswitch_config::load_dir(&dir).expect("examples load");
+        c.host.on_policy_change = on_change;
+        c
+    };
+    let mut no_pg = cfg();
+    let db = no_pg.groups.iter_mut().find(|g| g.id == "sg-db").expect("sg-db");
+    db.ingress[0].action = sgswitch_config::Action::Deny;
+    let mut infra = cfg();
+    infra.host.infra_allow = vec!["192.0.2.9/32".parse().expect("cidr"), "10.0.1.21/32".parse().expect("cidr")];
+    let plans = [
+        Plan::build(cfg(), &mut zones, 1).expect("plan").0,
+        Plan::build(no_pg, &mut zones, 2).expect("plan").0,
+        Plan::build(infra, &mut zones, 3).expect("plan").0,
+        Plan::build(cfg(), &mut zones, 4).expect("plan").0,
+    ];
+    let p0 = &plans[0];
+    let (web, dbp, w2d) = web1_to_db1(p0);
+    let web_mac = p0.port(web).expect("web").mac.expect("mac");
+    let db_mac = p0.port(dbp).expect("db").mac.expect("mac");
+    let ip = |s: &str| s.parse().expect("ip");
+    // (source of the opener's frames, of the replies, the opener's ends,
+    // protocol, opener's port, server's port)
+    let mut flows: Vec<(Source, Source, Ends, u8, u16, u16)> = Vec::new();
+    for c in 0..4u16 {
+        let client = Ends { src_mac: UPLINK_MAC, dst_mac: web_mac, src: ip(&format!("198.51.100.{}", c + 1)), dst: ip("10.0.0.11") };
+        flows.push((Source::Uplink, Source::Port(web), client, 6, 40_000 + c, 80));
+        flows.push((Source::Port(web), Source::Port(dbp), w2d, 6, 41_000 + c, 5432));
+        let out = Ends { src_mac: web_mac, dst_mac: UPLINK_MAC, src: ip("10.0.0.11"), dst: ip("192.0.2.9") };
+        flows.push((Source::Port(web), Source::Uplink, out, 17, 42_000 + c, 53));
+    }
+    let resolver = Ends { src_mac: db_mac, dst_mac: UPLINK_MAC, src: ip("10.0.1.21"), dst: ip("10.0.0.2") };
+    flows.push((Source::Port(dbp), Source::Uplink, resolver, 17, 43_000, 53));
+    let abusive = Ends { src_mac: UPLINK_MAC, dst_mac: web_mac, src: ip("203.0.113.5"), dst: ip("10.0.0.11") };
+    flows.push((Source::Uplink, Source::Port(web), abusive, 6, 44_000, 80));
+    let spoofed = Ends { src_mac: web_mac, dst_mac: UPLINK_MAC, src: ip("10.9.9.9"), dst: ip("192.0.2.9") };
+    flows.push((Source::Port(web), Source::Uplink, spoofed, 17, 45_000, 53));
+    // To web1's address but not its MAC (the uplink's frames go by address
+    // then).
+    let by_ip = Ends { src_mac: UPLINK_MAC, dst_mac: [2, 0xee, 0, 0, 0, 2], src: ip("198.51.100.9"), dst: ip("10.0.0.11") };
+    flows.push((Source::Uplink, Source::Port(web), by_ip, 6, 46_000, 443));
+
+    let mut rng = Rng(11);
+    let flags = ["A", "A", "A", "A", "A", "A", "PA", "S", "SA", "FA", "R"];
+    let mut frames: Vec<(Source, Vec<u8>)> = Vec::new();
+    let mut seq = 1u32;
+    for _ in 0..20_000 {
+        let (osrc, rsrc, e, proto, sport, dport) = flows[rng.below(flows.len())];
+        let reply = rng.below(2) == 0;
+        let (src, mut ends, sp, dp) = if reply { (rsrc, e.reversed(), dport, sport) } else { (osrc, e, sport, dport) };
+        // Now and then a VM's frame of a tracked flow from another MAC, or
+        // to another (the router's, for a VM-to-VM flow), or arriving on
+        // the uplink instead.
+        let mut src = src;
+        if matches!(src, Source::Port(_)) {
+            match rng.below(40) {
+                0 | 1 => ends.src_mac = [2, 0, 0, 0, 0, 0x99],
+                2 | 3 => ends.dst_mac = UPLINK_MAC,
+                4 => src = Source::Uplink,
+                _ => {}
+            }
+        }
+        seq = seq.wrapping_add(7);
+        let f = if proto == 6 {
+            let fl = flags[rng.below(flags.len())];
+            let payload: &[u8] = if fl == "PA" { b"data" } else { b"" };
+            frames::tcp(&ends, sp, dp, fl, seq, 1, payload)
+        } else {
+            frames::udp(&ends, sp, dp, &[0; 12])
+        };
+        frames.push((src, f));
+    }
+    let mut plain = pipeline(p0);
+    plain.set_flow_cache(0);
+    // A default cache, and one of two slots that its flows keep taking
+    // from each other.
+    let mut cached = [pipeline(p0), pipeline(p0)];
+    cached[1].set_flow_cache(2);
+    let none = sgswitch::pipeline::Outcome {
+        action: Action::Drop,
+        reason: Reason::Default,
+        port: None,
+        direction: sgswitch_config::Direction::Ingress,
+    };
+    let (mut want, mut got) = (vec![none; 64], vec![none; 64]);
+    let (mut now, mut plan, mut at) = (0u64, 0usize, 0usize);
+    let mut b = 0;
+    while at < frames.len() {
+        let n = (1 + rng.below(64)).min(frames.len() - at);
+        // Mostly milliseconds apart; now and then past the UDP (30 s) or
+        // the established TCP timeout (910 s); now and then a reload.
+        now += match rng.below(100) {
+            0 => 40_000,
+            1 => 1_000_000,
+            _ => rng.below(50) as u64,
+        };
+        if rng.below(40) == 0 {
+            plan = rng.below(plans.len());
+        }
+        let p = &plans[plan];
+        for pipe in std::iter::once(&mut plain).chain(cached.iter_mut()) {
+            pipe.adopt(p);
+        }
+        let items: Vec<(Source, &[u8], u32)> = frames[at..at + n].iter().map(|(s, f)| (*s, &f[..], 0)).collect();
+        plain.process_batch(p, &items, Now(now), &mut want[..n]);
+        for c in &mut cached {
+            c.process_batch(p, &items, Now(now), &mut got[..n]);
+            assert_eq!(got[..n], want[..n], "{on_change:?}: batch {b} at {now} ms under plan {plan}");
+        }
+        for pipe in std::iter::once(&mut plain).chain(cached.iter_mut()) {
+            pipe.tick(p, Now(now));
+        }
+        at += n;
+        b += 1;
+    }
+    for c in &cached {
+        assert_eq!(all_counts(c), all_counts(&plain), "the same counters");
+        assert_eq!(all_flows(c), all_flows(&plain), "the same flows, states and per-flow counters");
+        assert_eq!(c.conntrack.stats(), plain.conntrack.stats());
+    }
+    let hits = |p: &Pipeline<u32>| (p.counters.flow_cache_hits.get(), p.counters.flow_cache_misses.get());
+    assert_eq!(hits(&plain), (0, 0), "no cache, no lookups");
+    let (h, m) = hits(&cached[0]);
+    assert!(h > 5_000, "most established frames took their recorded route: {h} hits, {m} misses");
+    let (h2, _) = hits(&cached[1]);
+    assert!(h2 > 0 && h2 < h, "two slots hold fewer routes: {h2} hits");
+}
+
+#[test]
+fn a_new_owner_takes_no_route_recorded_under_the_old_one() {
+    let plan = examples();
+    let (web, db, e) = web1_to_db1(&plan);
+    let mut pipe = pipeline(&plan);
+    let none = sgswitch::pipeline::Outcome {
+        action: Action::Drop,
+        reason: Reason::Default,
+        port: None,
+        direction: sgswitch_config::Direction::Ingress,
+    };
+    let mut out = [none];
+    let mut send = |pipe: &mut Pipeline<u32>, src, f: &[u8]| {
+        pipe.process_batch(&plan, &[(src, f, 0)], Now(1), &mut out);
+        out[0]
+    };
+    send(&mut pipe, Source::Port(web), &frames::tcp(&e, 40000, 5432, "S", 1, 0, b""));
+    send(&mut pipe, Source::Port(db), &frames::tcp(&e.reversed(), 5432, 40000, "SA", 9, 2, b""));
+    let ack = frames::tcp(&e, 40000, 5432, "A", 2, 10, b"");
+    for _ in 0..3 {
+        assert_eq!(send(&mut pipe, Source::Port(web), &ack).reason, Reason::Established);
+    }
+    assert!(pipe.counters.flow_cache_hits.get() > 0, "the route was recorded and taken");
+    // The loop that owns web1 but not db1: db1's ingress is the other
+    // loop's to judge.
+    let loop_of = |p: PortIdx| sgswitch::pipeline::owner_of(plan.port(p).expect("port").zone, 2);
+    pipe.set_owner(sgswitch::pipeline::Owner { index: loop_of(web), loops: 2 });
+    assert_eq!(send(&mut pipe, Source::Port(web), &ack).action, Action::Handover(db));
 }

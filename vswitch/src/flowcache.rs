@@ -1,0 +1,289 @@
+//! The flow cache: each poll loop remembers how the last frame of a flow
+//! went through the pipeline, so that the next frame of the same flow goes
+//! straight to its connection entries instead of through the decision.
+//!
+//! # Design
+//! - **Key**: everything the pipeline's decision reads of an untagged IPv4
+//!   TCP or UDP frame with a 20-byte header that is not a fragment (read by
+//!   [`crate::parse::flow_v4`], which `parse` agrees with), apart from
+//!   connection state: where the frame came from (a port or the uplink), both MACs
+//!   (forwarding, anti-spoofing), both addresses, the protocol and both
+//!   ports. The rest of such a frame (TTL, identification, checksums, TCP
+//!   flags, sequence number and lengths) changes neither the stages it
+//!   passes nor where it goes; the TCP fields and lengths are what the
+//!   connection update reads, and the fast path gives them to it.
+//! - **Route**: the stages the frame passed (the sender's egress and the
+//!   receiver's ingress for VM to VM, else one), each as its port, direction
+//!   and connection entry ([`EntryAt`]), and where the frame went (a port or
+//!   the uplink). A route is recorded only when the pipeline passed the
+//!   frame as established at every stage, by conntrack: not as
+//!   infrastructure, not as a fragment, not handed to another loop.
+//! - **Validity**: a slot holds the id of the plan it was recorded under,
+//!   and only that plan's lookups match it, so a reload (a new plan) starts
+//!   from an empty cache in effect. Each stage's entry is checked by
+//!   [`sgswitch_conntrack::Table::ready_at`] (still the flow's, live, not
+//!   past its deadline, admitted by the current policy generation) before
+//!   any stage is updated; if one is not ready, the frame is decided from
+//!   scratch as if there were no cache.
+//! - **Memory**: a fixed number of 64-byte slots, allocated once. A key may
+//!   sit in two slots (from its hash's low and high bits; both are warmed
+//!   together); a new route takes the slot that holds its key, or one left
+//!   by another plan, or else the one recorded longer ago. Two choices keep
+//!   flows that share a slot from pushing each other out in turn, as they
+//!   would in a direct-mapped cache when they take turns. Nothing on the
+//!   per-packet path allocates.
+
+use sgswitch_config::Direction;
+use sgswitch_conntrack::EntryAt;
+use sgswitch_conntrack::mem;
+
+use crate::parse::FlowV4;
+use crate::pipeline::{Source, To};
+use crate::plan::{PortIdx, mac_key};
+
+/// Slots of a pipeline's flow cache (4 MiB).
+pub const SLOTS: usize = 1 << 16;
+
+/// The source tag of frames from the uplink (ports are below `MAX_PORTS`).
+const UPLINK: u16 = u16::MAX;
+
+/// A frame's cache key: four words.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowKey {
+    w: [u64; 4],
+}
+
+impl FlowKey {
+    /// The key of a frame of the cache's shape from `src`; `None` for
+    /// frames handed over by another loop.
+    #[inline]
+    pub fn of(src: Source, f: &FlowV4) -> Option<FlowKey> {
+        let from = match src {
+            Source::Port(p) => p,
+            Source::Uplink => UPLINK,
+            Source::Peer(_) => return None,
+        };
+        Some(FlowKey {
+            w: [
+                u64::from(f.saddr.to_bits()) << 32 | u64::from(f.daddr.to_bits()),
+                u64::from(f.sport) << 48 | u64::from(f.dport) << 32 | u64::from(f.proto) << 16 | u64::from(from),
+                mac_key(&f.dst),
+                mac_key(&f.src),
+            ],
+        })
+    }
+
+    /// A 64-bit hash keyed by `seed` (folded multiplies, as the
+    /// connection table's key hash).
+    #[inline]
+    pub fn hash(&self, seed: u64) -> u64 {
+        let w = &self.w;
+        let a = fold(w[0] ^ seed ^ 0x243f_6a88_85a3_08d3, w[1] ^ 0x1319_8a2e_0370_7344);
+        fold(a ^ w[2], w[3].rotate_left(24) ^ seed.rotate_left(32) ^ 0xa409_3822_299f_31d0)
+    }
+}
+
+fn fold(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    #[expect(clippy::cast_possible_truncation, reason = "the product's halves")]
+    let (lo, hi) = (p as u64, (p >> 64) as u64);
+    lo ^ hi
+}
+
+/// How the recorded frame went: its stages and where it went.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Route {
+    /// Each stage's connection entry.
+    pub at: [EntryAt; 2],
+    /// Each stage's port.
+    pub ports: [PortIdx; 2],
+    /// Bit `i` set: stage `i` is an egress stage.
+    egress: u8,
+    /// 1 or 2 (0: an empty slot).
+    pub stages: u8,
+    /// The port the frame went to, or [`UPLINK`].
+    to: u16,
+}
+
+impl Route {
+    /// Stage `i`'s direction.
+    pub fn direction(&self, i: usize) -> Direction {
+        if self.egress & (1 << i) != 0 { Direction::Egress } else { Direction::Ingress }
+    }
+
+    /// Where the frame goes.
+    pub fn to(&self) -> To {
+        if self.to == UPLINK { To::Uplink } else { To::Port(self.to) }
+    }
+}
+
+/// Records a frame's stages as the pipeline runs them, for
+/// [`FlowCache::insert`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Trace {
+    /// Stages run.
+    run: u8,
+    /// Stages that passed as established, by conntrack, in order.
+    route: Route,
+}
+
+impl Trace {
+    /// A stage starts.
+    #[inline]
+    pub fn stage(&mut self) {
+        self.run = self.run.saturating_add(1);
+    }
+
+    /// The stage that started last passed as established on the entry `at`.
+    #[inline]
+    pub fn established(&mut self, port: PortIdx, direction: Direction, at: EntryAt) {
+        let r = &mut self.route;
+        let i = usize::from(r.stages);
+        if i < 2 && usize::from(self.run) == i + 1 {
+            r.at[i] = at;
+            r.ports[i] = port;
+            if direction == Direction::Egress {
+                r.egress |= 1 << i;
+            }
+            r.stages += 1;
+        }
+    }
+
+    /// The route, if every stage that ran passed as established and the
+    /// frame went to `to`.
+    fn route(&self, to: To) -> Option<Route> {
+        let to = match to {
+            To::Port(q) => q,
+            To::Uplink => UPLINK,
+            To::Flood { .. } => return None,
+        };
+        (self.route.stages > 0 && self.run == self.route.stages).then_some(Route { to, ..self.route })
+    }
+}
+
+/// One slot: a key, the plan it was recorded under, and the route.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(align(64))]
+struct Slot {
+    key: FlowKey,
+    /// 0: empty (plan ids start at 1).
+    plan: u64,
+    /// When it was recorded, in inserts (wrapping).
+    stamp: u32,
+    route: Route,
+}
+
+/// A poll loop's flow cache (see the module documentation).
+#[derive(Debug)]
+pub struct FlowCache {
+    slots: Vec<Slot>,
+    mask: usize,
+    seed: u64,
+    /// Routes recorded so far (wrapping): the clock of `Slot::stamp`.
+    inserts: u32,
+}
+
+impl FlowCache {
+    /// A cache of `slots` slots (rounded up to a power of two, at least 2).
+    pub fn new(slots: usize, seed: u64) -> FlowCache {
+        let n = slots.max(2).next_power_of_two();
+        FlowCache { slots: mem::filled(n, Slot::default()), mask: n - 1, seed, inserts: 0 }
+    }
+
+    /// The hash of `key` in this cache.
+    #[inline]
+    pub fn hash(&self, key: &FlowKey) -> u64 {
+        key.hash(self.seed)
+    }
+
+    /// The two slots a key of hash `h` may sit in: from its low and its
+    /// high bits, never the same.
+    #[expect(clippy::cast_possible_truncation, reason = "a slot is some bits of the hash")]
+    #[inline]
+    fn places(&self, h: u64) -> [usize; 2] {
+        let a = (h as usize) & self.mask;
+        let b = ((h >> 32) as usize) & self.mask;
+        [a, if a == b { a ^ 1 } else { b }]
+    }
+
+    /// Brings `h`'s slots into the cache, ahead of [`FlowCache::get`].
+    #[inline]
+    pub fn warm(&self, h: u64) {
+        for i in self.places(h) {
+            mem::prefetch(&self.slots[i]);
+        }
+    }
+
+    /// The route recorded for `key` (hash `h`) under plan `plan`.
+    #[inline]
+    pub fn get(&self, key: &FlowKey, h: u64, plan: u64) -> Option<Route> {
+        self.places(h).into_iter().map(|i| &self.slots[i]).find(|s| s.plan == plan && s.key == *key).map(|s| s.route)
+    }
+
+    /// Records the route `trace` saw for `key` under plan `plan`, if the
+    /// frame passed every stage as established and went to `to`: in the
+    /// slot that holds the key already, or one of another plan (or empty),
+    /// or else the one recorded longer ago.
+    #[inline]
+    pub fn insert(&mut self, key: FlowKey, h: u64, plan: u64, trace: &Trace, to: To) {
+        let Some(route) = trace.route(to) else { return };
+        let [a, b] = self.places(h);
+        let free = |s: &Slot| s.plan != plan || s.key == key;
+        let at = if free(&self.slots[a]) {
+            a
+        } else if free(&self.slots[b]) {
+            b
+        } else {
+            let age = |s: &Slot| self.inserts.wrapping_sub(s.stamp);
+            if age(&self.slots[a]) >= age(&self.slots[b]) { a } else { b }
+        };
+        self.inserts = self.inserts.wrapping_add(1);
+        self.slots[at] = Slot { key, plan, stamp: self.inserts, route };
+    }
+
+    /// Forgets every route.
+    pub fn clear(&mut self) {
+        self.slots.fill(Slot::default());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_is_one_cache_line() {
+        assert_eq!(size_of::<Slot>(), 64);
+    }
+
+    #[test]
+    fn a_route_is_recorded_only_when_every_stage_passed_as_established() {
+        let at = EntryAt::default();
+        let mut one = Trace::default();
+        one.stage();
+        one.established(3, Direction::Ingress, at);
+        let r = one.route(To::Port(3)).expect("one stage, established");
+        assert_eq!((r.stages, r.ports[0], r.direction(0), r.to()), (1, 3, Direction::Ingress, To::Port(3)));
+        assert!(one.route(To::Flood { except: None, uplink: true }).is_none(), "never a flood");
+
+        // VM to VM: the sender's egress passed otherwise (infrastructure),
+        // the receiver's ingress as established.
+        let mut half = Trace::default();
+        half.stage();
+        half.stage();
+        half.established(4, Direction::Ingress, at);
+        assert!(half.route(To::Port(4)).is_none());
+
+        let mut both = Trace::default();
+        both.stage();
+        both.established(2, Direction::Egress, at);
+        both.stage();
+        both.established(4, Direction::Ingress, at);
+        let r = both.route(To::Port(4)).expect("both established");
+        assert_eq!((r.stages, r.ports, r.direction(0), r.direction(1)), (2, [2, 4], Direction::Egress, Direction::Ingress));
+
+        let mut none = Trace::default();
+        none.stage();
+        assert!(none.route(To::Uplink).is_none(), "a stage that did not pass as established");
+    }
+}
