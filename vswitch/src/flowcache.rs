@@ -34,8 +34,9 @@
 //!   per-packet path allocates.
 
 use sgswitch_config::Direction;
-use sgswitch_conntrack::EntryAt;
-use sgswitch_conntrack::mem;
+use std::net::{IpAddr, Ipv4Addr};
+
+use sgswitch_conntrack::{EntryAt, Tuple, Zone, mem};
 
 use crate::parse::FlowV4;
 use crate::pipeline::{Source, To};
@@ -71,6 +72,21 @@ impl FlowKey {
                 mac_key(&f.src),
             ],
         })
+    }
+
+    /// The frame's flow tuple in `zone`.
+    #[expect(clippy::cast_possible_truncation, reason = "unpacking the fields packed in the key's words")]
+    #[inline]
+    pub fn tuple(&self, zone: Zone) -> Tuple {
+        let [a, p, ..] = self.w;
+        Tuple {
+            zone,
+            proto: (p >> 16) as u8,
+            src: IpAddr::V4(Ipv4Addr::from_bits((a >> 32) as u32)),
+            dst: IpAddr::V4(Ipv4Addr::from_bits(a as u32)),
+            sport: (p >> 48) as u16,
+            dport: (p >> 32) as u16,
+        }
     }
 
     /// A 64-bit hash keyed by `seed` (folded multiplies, as the
@@ -223,10 +239,10 @@ impl FlowCache {
     /// Records the route `trace` saw for `key` under plan `plan`, if the
     /// frame passed every stage as established and went to `to`: in the
     /// slot that holds the key already, or one of another plan (or empty),
-    /// or else the one recorded longer ago.
+    /// or else the one recorded longer ago. Returns whether it did.
     #[inline]
-    pub fn insert(&mut self, key: FlowKey, h: u64, plan: u64, trace: &Trace, to: To) {
-        let Some(route) = trace.route(to) else { return };
+    pub fn insert(&mut self, key: FlowKey, h: u64, plan: u64, trace: &Trace, to: To) -> bool {
+        let Some(route) = trace.route(to) else { return false };
         let [a, b] = self.places(h);
         let free = |s: &Slot| s.plan != plan || s.key == key;
         let at = if free(&self.slots[a]) {
@@ -239,6 +255,7 @@ impl FlowCache {
         };
         self.inserts = self.inserts.wrapping_add(1);
         self.slots[at] = Slot { key, plan, stamp: self.inserts, route };
+        true
     }
 
     /// Forgets every route.
@@ -250,6 +267,28 @@ impl FlowCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_gives_back_its_frame_s_tuple() {
+        let f = crate::parse::FlowV4 {
+            dst: [2, 0, 0, 0, 0, 1],
+            src: [2, 0, 0, 0, 0, 2],
+            saddr: Ipv4Addr::new(10, 0, 0, 1),
+            daddr: Ipv4Addr::new(192, 0, 2, 9),
+            proto: 6,
+            sport: 40000,
+            dport: 443,
+            tcp_flags: 0x10,
+            tcp_seq: 1,
+            payload_len: 0,
+            len: 60,
+        };
+        let k = FlowKey::of(Source::Uplink, &f).expect("from the uplink");
+        let t = k.tuple(7);
+        assert_eq!((t.zone, t.proto, t.src, t.dst, t.sport, t.dport), (7, 6, IpAddr::V4(f.saddr), IpAddr::V4(f.daddr), 40000, 443));
+        assert_ne!(Some(k), FlowKey::of(Source::Port(0), &f), "the source is part of the key");
+        assert_eq!(FlowKey::of(Source::Peer(0), &f), None, "handed-over frames are not cached");
+    }
 
     #[test]
     fn a_slot_is_one_cache_line() {

@@ -35,7 +35,7 @@ use sgswitch_filter::{By, Decision, Key, Packet, RuleRef, Verdict};
 
 use crate::flowcache::{self, FlowCache, FlowKey, Trace};
 use crate::flowlog::FlowLog;
-use crate::parse::{self, FlowV4, Frame, Icmp, Ip, L4, MacAddr, Net};
+use crate::parse::{self, Frame, Icmp, Ip, L4, MacAddr, Net};
 use crate::plan::{MAX_PORTS, Plan, PortIdx, PortPlan};
 pub use crate::stats::REASONS;
 use crate::stats::{Counters, RuleHits};
@@ -342,12 +342,16 @@ impl<H: Copy> Pipeline<H> {
             let mut fast = [None; ct::BATCH];
             if let Some(cache) = &self.cache {
                 for (k, (src, data, _)) in fast.iter_mut().zip(chunk) {
+                    // A TCP segment without ACK (mostly a connection's
+                    // first SYN) has no route to take.
                     if let Some(x) = parse::flow_v4(data)
+                        && (x.proto != parse::TCP || x.tcp_flags & ct::tcp::flags::ACK != 0)
                         && let Some(key) = FlowKey::of(*src, &x)
                     {
                         let h = cache.hash(&key);
                         cache.warm(h);
-                        *k = Some((x, key, h));
+                        let info = PacketInfo { tcp_flags: x.tcp_flags, tcp_seq: x.tcp_seq, payload_len: x.payload_len, wire_len: x.len };
+                        *k = Some((key, h, info));
                     }
                 }
             }
@@ -358,7 +362,7 @@ impl<H: Copy> Pipeline<H> {
             let mut hints = [Hint::default(); ct::BATCH];
             let mut n = 0;
             for ((((src, data, _), p), hint), k) in chunk.iter().zip(parsed.iter_mut()).zip(hints.iter_mut()).zip(&fast) {
-                if let (Some((_, key, h)), Some(cache)) = (k, &self.cache)
+                if let (Some((key, h, _)), Some(cache)) = (k, &self.cache)
                     && let Some(route) = cache.get(key, *h, plan.id())
                 {
                     for &at in &route.at[..usize::from(route.stages)] {
@@ -366,7 +370,7 @@ impl<H: Copy> Pipeline<H> {
                     }
                     continue;
                 }
-                let f = k.map_or_else(|| parse::parse(data), |(x, ..)| Ok(x.frame()));
+                let f = read(data, k.is_some());
                 if let Ok(Frame { net: Net::Ip(ip), dst, .. }) = &f {
                     let port = match *src {
                         Source::Port(p) | Source::Peer(p) => Some(p),
@@ -386,23 +390,27 @@ impl<H: Copy> Pipeline<H> {
                 *p = Some(f);
             }
             self.conntrack.warm_prepared(&self.prepared[..n]);
+            // Whether a route was recorded since the lookups above: a frame
+            // that found none there finds none now unless one was.
+            let mut recorded = false;
             for ((((&(src, data, handle), p), o), hint), k) in chunk.iter().zip(&parsed).zip(outs.iter_mut()).zip(hints).zip(&fast) {
-                if let Some((x, key, h)) = k
-                    && let Some(done) = self.cached(plan, x, key, *h, now)
+                if let Some((key, h, info)) = k
+                    && (p.is_none() || recorded)
+                    && let Some(done) = self.cached(plan, key, *h, info, data, now)
                 {
                     self.counters.flow_cache_hits.add(1);
                     *o = done;
                     continue;
                 }
                 // A route that did not hold after all leaves the frame unparsed.
-                let f = p.unwrap_or_else(|| k.map_or_else(|| parse::parse(data), |(x, ..)| Ok(x.frame())));
+                let f = p.unwrap_or_else(|| read(data, k.is_some()));
                 self.hint = hint;
                 self.trace = Trace::default();
                 *o = self.decide(plan, src, &f, data.len(), now, handle);
-                if let Some((_, key, h)) = k {
+                if let Some((key, h, _)) = k {
                     self.counters.flow_cache_misses.add(1);
                     if let (Action::Forward(to), Reason::Established, Some(cache)) = (o.action, o.reason, &mut self.cache) {
-                        cache.insert(*key, *h, plan.id(), &self.trace, to);
+                        recorded |= cache.insert(*key, *h, plan.id(), &self.trace, to);
                     }
                 }
             }
@@ -417,33 +425,32 @@ impl<H: Copy> Pipeline<H> {
     /// stage's entry is not ready: then nothing has changed, and the frame
     /// is decided from scratch.
     #[inline]
-    fn cached(&mut self, plan: &Plan, x: &FlowV4, key: &FlowKey, h: u64, now: Now) -> Option<Outcome> {
+    fn cached(&mut self, plan: &Plan, key: &FlowKey, h: u64, info: &PacketInfo, data: &[u8], now: Now) -> Option<Outcome> {
         let route = self.cache.as_ref()?.get(key, h, plan.id())?;
         let stages = usize::from(route.stages);
         let mut ready = [None; 2];
         for (i, r) in ready.iter_mut().enumerate().take(stages) {
             let zone = plan.port(route.ports[i])?.zone;
-            let t = Tuple { zone, proto: x.proto, src: IpAddr::V4(x.saddr), dst: IpAddr::V4(x.daddr), sport: x.sport, dport: x.dport };
-            *r = Some(self.conntrack.ready_at(route.at[i], &t, now, plan.generation)?);
+            *r = Some(self.conntrack.ready_at(route.at[i], &key.tuple(zone), now, plan.generation)?);
         }
-        let info = PacketInfo { tcp_flags: x.tcp_flags, tcp_seq: x.tcp_seq, payload_len: x.payload_len, wire_len: x.len };
         let mut out = None;
         for (i, r) in ready.iter().enumerate() {
             let Some(r) = *r else { break };
             let (port, direction) = (Some(route.ports[i]), route.direction(i));
             // `ready_at` leaves a TCP segment's judgement to the state
             // machine: established, or invalid for the connection's state.
-            if self.conntrack.update_at(r, &info, now) != ct::Outcome::Established {
+            if self.conntrack.update_at(r, info, now) != ct::Outcome::Established {
                 out = Some(Outcome { action: Action::Drop, reason: Reason::Invalid, port, direction });
                 break;
             }
             out = Some(Outcome { action: Action::Forward(route.to()), reason: Reason::Established, port, direction });
         }
         let out = out?;
-        if out.action == Action::Drop {
-            self.settle(plan, &x.ip(), &out, x.len, now);
-        } else {
-            self.count(plan, &out, x.len);
+        // A drop: the flow log takes the packet as `parse` reads it (the
+        // bytes read as they did when the key was made).
+        match (out.action == Action::Drop).then(|| parse::flow_v4(data)).flatten() {
+            Some(x) => self.settle(plan, &x.ip(), &out, info.wire_len, now),
+            None => self.count(plan, &out, info.wire_len),
         }
         Some(out)
     }
@@ -794,6 +801,15 @@ fn sides(ip: &Ip, d: Direction) -> (IpAddr, IpAddr) {
 fn tuple(ip: &Ip, zone: Zone) -> Tuple {
     let (sport, dport) = ip.ports();
     Tuple { zone, proto: ip.proto, src: ip.src, dst: ip.dst, sport, dport }
+}
+
+/// A frame as `parse` reads it; `shaped` when [`parse::flow_v4`] reads it,
+/// which gives the same frame in fewer steps.
+fn read(data: &[u8], shaped: bool) -> Result<Frame, parse::Malformed> {
+    match parse::flow_v4(data).filter(|_| shaped) {
+        Some(x) => Ok(x.frame()),
+        None => parse::parse(data),
+    }
 }
 
 /// What conntrack reads of a packet of `len` bytes beyond its tuple.
