@@ -6,12 +6,14 @@
 //! - **Key**: everything the pipeline's decision reads of an untagged IPv4
 //!   TCP or UDP frame with a 20-byte header that is not a fragment (read by
 //!   [`crate::parse::flow_v4`], which `parse` agrees with), apart from
-//!   connection state: where the frame came from (a port or the uplink), both MACs
-//!   (forwarding, anti-spoofing), both addresses, the protocol and both
-//!   ports. The rest of such a frame (TTL, identification, checksums, TCP
-//!   flags, sequence number and lengths) changes neither the stages it
-//!   passes nor where it goes; the TCP fields and lengths are what the
-//!   connection update reads, and the fast path gives them to it.
+//!   connection state: where the frame came from (a port or the uplink),
+//!   both MACs (forwarding, anti-spoofing), both addresses, the protocol
+//!   and both ports. The rest of such a frame (TTL, identification,
+//!   checksums, TCP flags, sequence number and lengths) changes neither the
+//!   stages it passes nor where it goes; the TCP fields and lengths are what
+//!   the connection update reads, and the fast path gives them to it. TCP
+//!   segments without ACK (mostly first SYNs) are left to the pipeline:
+//!   they have no route to take.
 //! - **Route**: the stages the frame passed (the sender's egress and the
 //!   receiver's ingress for VM to VM, else one), each as its port, direction
 //!   and connection entry ([`EntryAt`]), and where the frame went (a port or
