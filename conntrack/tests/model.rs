@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use proptest::prelude::*;
-use sgswitch_conntrack::{Now, Outcome, PacketInfo, Settings, Table, Tuple};
+use sgswitch_conntrack::{Counters, Now, Outcome, PacketInfo, Settings, State, Table, Tuple};
 
 const PKT: PacketInfo = PacketInfo { tcp_flags: 0, tcp_seq: 0, payload_len: 1, wire_len: 60 };
 
@@ -56,6 +56,13 @@ fn allowed(t: &Tuple) -> bool {
 /// are denied, so each change flips some verdicts both ways.
 fn allowed_in(g: u32, t: &Tuple) -> bool {
     (t.sport.max(t.dport) - 1000) % (7 - u16::try_from(g % 3).unwrap()) != 0
+}
+
+/// Every flow of a table, by its tuple's text: for comparing two tables.
+fn sorted_flows(t: &Table) -> Vec<(String, State, Counters)> {
+    let mut v: Vec<_> = t.flows().map(|(tp, s, c)| (format!("{tp:?}"), s, c)).collect();
+    v.sort_by(|x, y| x.0.cmp(&y.0));
+    v
 }
 
 fn timeout_ms(proto: u8, replied: bool) -> u64 {
@@ -156,11 +163,7 @@ proptest! {
         }
         prop_assert_eq!(one.len(), many.len());
         prop_assert_eq!(one.stats(), many.stats());
-        let mut a: Vec<_> = one.flows().map(|(t, s, c)| (format!("{t:?}"), s, c)).collect();
-        let mut b: Vec<_> = many.flows().map(|(t, s, c)| (format!("{t:?}"), s, c)).collect();
-        a.sort_by(|x, y| x.0.cmp(&y.0));
-        b.sort_by(|x, y| x.0.cmp(&y.0));
-        prop_assert_eq!(a, b);
+        prop_assert_eq!(sorted_flows(&one), sorted_flows(&many));
     }
 }
 
@@ -232,10 +235,6 @@ proptest! {
             }
         }
         prop_assert_eq!(plain.stats(), placed.stats());
-        let mut a: Vec<_> = plain.flows().map(|(t, s, c)| (format!("{t:?}"), s, c)).collect();
-        let mut b: Vec<_> = placed.flows().map(|(t, s, c)| (format!("{t:?}"), s, c)).collect();
-        a.sort_by(|x, y| x.0.cmp(&y.0));
-        b.sort_by(|x, y| x.0.cmp(&y.0));
-        prop_assert_eq!(a, b);
+        prop_assert_eq!(sorted_flows(&plain), sorted_flows(&placed));
     }
 }

@@ -18,6 +18,16 @@ fn examples() -> Plan {
     Plan::build(cfg, &mut Zones::default(), 1).expect("zones").0
 }
 
+/// An outcome to fill output arrays with before a batch.
+fn no_outcome() -> sgswitch::pipeline::Outcome {
+    sgswitch::pipeline::Outcome {
+        action: Action::Drop,
+        reason: Reason::Default,
+        port: None,
+        direction: sgswitch_config::Direction::Ingress,
+    }
+}
+
 fn pipeline(plan: &Plan) -> Pipeline<u32> {
     let mut p = Pipeline::new(conntrack_settings(&plan.policy().config().host, 7), FragSettings::default());
     p.adopt(plan);
@@ -138,12 +148,7 @@ fn deciding_frames_allocates_nothing() {
         reasons[Reason::Fragment.kind()] += pipe.take_released().count();
     }
     // The same flows in batches: the flow cache's routes recorded, then taken.
-    let none = sgswitch::pipeline::Outcome {
-        action: Action::Drop,
-        reason: Reason::Default,
-        port: None,
-        direction: sgswitch_config::Direction::Ingress,
-    };
+    let none = no_outcome();
     let mut out = [none; 64];
     for round in 0..3u64 {
         for chunk in flows.chunks(64) {
@@ -180,12 +185,7 @@ fn a_batch_decides_exactly_as_frames_one_by_one() {
         })
         .collect();
     let (mut one, mut many) = (pipeline(&plan), pipeline(&plan));
-    let none = sgswitch::pipeline::Outcome {
-        action: Action::Drop,
-        reason: Reason::Default,
-        port: None,
-        direction: sgswitch_config::Direction::Ingress,
-    };
+    let none = no_outcome();
     let mut out = vec![none; 64];
     for (b, chunk) in frames.chunks(64).enumerate() {
         let now = Now(b as u64 * 10);
@@ -388,12 +388,7 @@ fn a_batch_keeps_each_stage_to_its_own_zone() {
     let syn = frames::tcp(&e, 40000, 5432, "S", 1, 0, b"");
     let (mut one, mut many) = (pipeline(&plan), pipeline(&plan));
     let expected = one.process(&plan, Source::Port(web), &syn, Now(10), 0);
-    let none = sgswitch::pipeline::Outcome {
-        action: Action::Drop,
-        reason: Reason::Default,
-        port: None,
-        direction: sgswitch_config::Direction::Ingress,
-    };
+    let none = no_outcome();
     let mut out = [none];
     many.process_batch(&plan, &[(Source::Port(web), &syn[..], 0)], Now(10), &mut out);
     assert_eq!(out[0], expected);
@@ -511,12 +506,7 @@ fn flow_cache_against_no_cache(on_change: sgswitch_config::OnPolicyChange) {
     // from each other.
     let mut cached = [pipeline(p0), pipeline(p0)];
     cached[1].set_flow_cache(2);
-    let none = sgswitch::pipeline::Outcome {
-        action: Action::Drop,
-        reason: Reason::Default,
-        port: None,
-        direction: sgswitch_config::Direction::Ingress,
-    };
+    let none = no_outcome();
     let (mut want, mut got) = (vec![none; 64], vec![none; 64]);
     let (mut now, mut plan, mut at) = (0u64, 0usize, 0usize);
     let mut b = 0;
@@ -566,12 +556,7 @@ fn a_new_owner_takes_no_route_recorded_under_the_old_one() {
     let plan = examples();
     let (web, db, e) = web1_to_db1(&plan);
     let mut pipe = pipeline(&plan);
-    let none = sgswitch::pipeline::Outcome {
-        action: Action::Drop,
-        reason: Reason::Default,
-        port: None,
-        direction: sgswitch_config::Direction::Ingress,
-    };
+    let none = no_outcome();
     let mut out = [none];
     let mut send = |pipe: &mut Pipeline<u32>, src, f: &[u8]| {
         pipe.process_batch(&plan, &[(src, f, 0)], Now(1), &mut out);
