@@ -77,18 +77,26 @@ impl Key {
     /// The key of `t`, and whether `t`'s source is the key's low endpoint.
     #[inline]
     pub fn of(t: &Tuple) -> (Key, bool) {
-        if let (IpAddr::V4(src), IpAddr::V4(dst)) = (t.src, t.dst) {
-            // IPv4: an endpoint is one number, address then port, so the
-            // order below is one comparison (the same order as the general
-            // case's).
-            let s = u64::from(src.to_bits()) << 16 | u64::from(t.sport);
-            let d = u64::from(dst.to_bits()) << 16 | u64::from(t.dport);
-            let (lo, hi) = (s.min(d), s.max(d));
-            #[expect(clippy::cast_possible_truncation, reason = "an endpoint's low 16 bits are its port")]
-            let tail = pack_tail(lo as u16, hi as u16, t, false);
-            return (Key { w: [0, V4_MAPPED | lo >> 16, 0, V4_MAPPED | hi >> 16, tail] }, s <= d);
+        match Key::compact_of_v4(t) {
+            Some((c, src_is_lo)) => (Key::from_compact(c, &[0; 4]), src_is_lo),
+            None => Key::of_any(t),
         }
-        Key::of_any(t)
+    }
+
+    /// An IPv4 tuple's key as an entry stores it ([`Key::compact`]), and
+    /// whether `t`'s source is the key's low endpoint; `None` for other
+    /// tuples. The per-packet path needs no more of an IPv4 key.
+    #[inline]
+    pub(crate) fn compact_of_v4(t: &Tuple) -> Option<([u64; 2], bool)> {
+        let (IpAddr::V4(src), IpAddr::V4(dst)) = (t.src, t.dst) else { return None };
+        // An endpoint is one number, address then port, so the order below
+        // is one comparison (the same order as the general case's).
+        let s = u64::from(src.to_bits()) << 16 | u64::from(t.sport);
+        let d = u64::from(dst.to_bits()) << 16 | u64::from(t.dport);
+        let (lo, hi) = (s.min(d), s.max(d));
+        #[expect(clippy::cast_possible_truncation, reason = "an endpoint's low 16 bits are its port")]
+        let tail = pack_tail(lo as u16, hi as u16, t, false);
+        Some(([(lo >> 16) << 32 | hi >> 16, tail], s <= d))
     }
 
     /// [`Key::of`] for any tuple (the general case: IPv6, v4-mapped).
@@ -135,18 +143,9 @@ impl Key {
     /// three in all, two of them in parallel.
     #[inline]
     pub fn hash(&self, seed: u64) -> u64 {
-        const K: [u64; 6] = [
-            0x243f_6a88_85a3_08d3,
-            0x1319_8a2e_0370_7344,
-            0xa409_3822_299f_31d0,
-            0x082e_fa98_ec4e_6c89,
-            0x4528_21e6_38d0_1377,
-            0xbe54_66cf_34e9_0c6c,
-        ];
+        const K: [u64; 6] = HASH_K;
         if !self.is_v6() {
-            // An IPv4 key is its two compact words: one multiply.
-            let [c0, c1] = self.compact();
-            return fold(c0 ^ seed ^ K[0], c1 ^ seed.rotate_left(21) ^ K[1]);
+            return hash_v4(self.compact(), seed);
         }
         let w = &self.w;
         let a = fold(w[0] ^ seed ^ K[0], w[1] ^ K[1]);
@@ -197,6 +196,27 @@ fn pack_tail(lo_port: u16, hi_port: u16, t: &Tuple, v6: bool) -> u64 {
 #[expect(clippy::cast_possible_truncation, reason = "the zone's 16 bits of the tail word")]
 pub(crate) fn tail_zone(tail: u64) -> Zone {
     (tail >> 32) as u16
+}
+
+/// The hash's constants (digits of pi, as in Blowfish).
+const HASH_K: [u64; 6] = [
+    0x243f_6a88_85a3_08d3,
+    0x1319_8a2e_0370_7344,
+    0xa409_3822_299f_31d0,
+    0x082e_fa98_ec4e_6c89,
+    0x4528_21e6_38d0_1377,
+    0xbe54_66cf_34e9_0c6c,
+];
+
+/// [`Key::hash`] of an IPv4 key, from its two compact words: one multiply.
+#[inline]
+pub(crate) fn hash_v4(c: [u64; 2], seed: u64) -> u64 {
+    fold(c[0] ^ seed ^ HASH_K[0], c[1] ^ seed.rotate_left(21) ^ HASH_K[1])
+}
+
+/// Whether a key's compact words ([`Key::compact`]) are an IPv6 key's.
+pub(crate) fn compact_is_v6(c: [u64; 2]) -> bool {
+    c[1] & V6_BIT != 0
 }
 
 /// The protocol in a key's tail word.

@@ -321,9 +321,13 @@ pub struct Ready {
 /// A packet's key, hash and side, computed once per packet: by
 /// [`Table::prepare`] for a caller that warms a batch and then tracks its
 /// packets one by one ([`Table::warm_prepared`], [`Table::track_prepared`]).
+///
+/// It holds the key as an entry stores it ([`Key::compact`]): an IPv4
+/// key whole, in two words, so that a batch stores and reloads little per
+/// packet; an IPv6 key's addresses are read again from the tuple.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Prepared {
-    key: Key,
+    c: [u64; 2],
     h: u64,
     /// Whether the packet's source is the key's low endpoint.
     src_is_lo: bool,
@@ -448,7 +452,7 @@ impl Table {
 
     #[expect(clippy::cast_possible_truncation, reason = "positions are the low bits of a hash or slot")]
     #[inline]
-    fn find(&self, key: &Key, h: u64) -> Option<usize> {
+    fn find(&self, c: [u64; 2], v6: &[u64; 4], h: u64) -> Option<usize> {
         let tag = h & 0xffff_ffff;
         let mut i = (h as usize) & self.mask;
         loop {
@@ -458,7 +462,7 @@ impl Table {
             }
             if s & 0xffff_ffff == tag {
                 let idx = (s >> 32) as usize - 1;
-                if self.holds(idx, key) {
+                if self.holds(idx, c, v6) {
                     return Some(idx);
                 }
             }
@@ -466,10 +470,16 @@ impl Table {
         }
     }
 
-    /// Whether entry `idx` is `key`'s.
+    /// Whether entry `idx` is the key's whose compact words are `c` (and,
+    /// for an IPv6 key, whose addresses are `v6`).
     #[inline]
-    fn holds(&self, idx: usize, key: &Key) -> bool {
-        self.entries[idx].key == key.compact() && (!key.is_v6() || self.v6[idx] == key.v6_addrs())
+    fn holds(&self, idx: usize, c: [u64; 2], v6: &[u64; 4]) -> bool {
+        self.entries[idx].key == c && (!key::compact_is_v6(c) || self.v6[idx] == *v6)
+    }
+
+    /// `key`'s [`Table::find`].
+    fn find_key(&self, key: &Key) -> Option<usize> {
+        self.find(key.compact(), &key.v6_addrs(), key.hash(self.s.seed))
     }
 
     /// The whole key of entry `idx`.
@@ -698,8 +708,11 @@ impl Table {
 
     #[inline]
     fn probe(&self, t: &Tuple) -> Prepared {
+        if let Some((c, src_is_lo)) = Key::compact_of_v4(t) {
+            return Prepared { c, h: key::hash_v4(c, self.s.seed), src_is_lo };
+        }
         let (key, src_is_lo) = Key::of(t);
-        Prepared { key, h: key.hash(self.s.seed), src_is_lo }
+        Prepared { c: key.compact(), h: key.hash(self.s.seed), src_is_lo }
     }
 
     /// [`Table::track`] for a batch: `out[i]` is the outcome of `tuples[i]`
@@ -792,8 +805,10 @@ impl Table {
         generation: u32,
         mut judge: impl FnMut(&Tuple) -> bool,
     ) -> Outcome {
-        let Prepared { key, h, src_is_lo } = probe;
-        if let Some(idx) = self.find(&key, h) {
+        let Prepared { c, h, src_is_lo } = probe;
+        // An IPv6 key's addresses, from the tuple (rare enough to redo).
+        let v6 = if key::compact_is_v6(c) { Key::of(t).0.v6_addrs() } else { [0; 4] };
+        if let Some(idx) = self.find(c, &v6, h) {
             let e = &self.entries[idx];
             let (state, admitted) = (e.state, e.generation);
             if self.expired(idx, now.ms32()) {
@@ -814,7 +829,7 @@ impl Table {
                     return self.update(idx, src_is_lo, p, now);
                 }
                 self.stats.revalidation_removed += 1;
-                if key.proto() != 6 || is_opening_syn(p.tcp_flags) {
+                if key::tail_proto(c[1]) != 6 || is_opening_syn(p.tcp_flags) {
                     self.release(idx);
                 } else {
                     self.revoke(idx, now);
@@ -846,7 +861,7 @@ impl Table {
         let e = self.entries.get(idx)?;
         let (key, src_is_lo) = Key::of(t);
         let ok = e.live()
-            && self.holds(idx, &key)
+            && self.holds(idx, key.compact(), &key.v6_addrs())
             && e.state != State::Revoked
             && !self.expired(idx, now.ms32())
             && (e.generation == generation || !self.s.revalidate);
@@ -929,7 +944,7 @@ impl Table {
         generation: u32,
         mut judge: impl FnMut(&Tuple) -> bool,
     ) -> Outcome {
-        let Prepared { key, h, src_is_lo } = probe;
+        let Prepared { c, h, src_is_lo } = probe;
         let state = match t.proto {
             6 => match tcp::first(Segment::from_flags(p.tcp_flags), self.s.tcp_strict) {
                 Some(s) => State::Tcp(s),
@@ -958,7 +973,7 @@ impl Table {
         self.free = self.links[idx].next;
         let syn = u32::from(p.tcp_flags & tcp::flags::SYN != 0);
         self.entries[idx] = Entry {
-            key: key.compact(),
+            key: c,
             last_seen: now.ms32(),
             generation,
             next_seq: [p.tcp_seq.wrapping_add(p.payload_len).wrapping_add(syn), 0],
@@ -968,8 +983,8 @@ impl Table {
             class: class_of(state, t.proto),
             flags: LIVE | if src_is_lo { ORIG_IS_LO } else { 0 },
         };
-        if key.is_v6() {
-            self.v6[idx] = key.v6_addrs();
+        if key::compact_is_v6(c) {
+            self.v6[idx] = Key::of(t).0.v6_addrs();
         }
         self.place(idx, now);
         self.index_insert(h, idx);
@@ -987,13 +1002,13 @@ impl Table {
     /// packet. Related errors do not refresh the flow.
     pub fn related(&self, inner: &Tuple, now: Now) -> bool {
         let (key, _) = Key::of(inner);
-        self.find(&key, key.hash(self.s.seed)).is_some_and(|i| !self.expired(i, now.ms32()))
+        self.find_key(&key).is_some_and(|i| !self.expired(i, now.ms32()))
     }
 
     /// Looks a flow up without changing it: its state and counters.
     pub fn get(&self, t: &Tuple) -> Option<(State, Counters)> {
         let (key, _) = Key::of(t);
-        self.find(&key, key.hash(self.s.seed)).map(|i| (self.entries[i].state, self.entries[i].counters()))
+        self.find_key(&key).map(|i| (self.entries[i].state, self.entries[i].counters()))
     }
 
     /// Every live flow as (original tuple, state, counters): for listing.
@@ -1070,8 +1085,8 @@ mod tests {
             assert_eq!(t.track(&flow, &syn, Now(1), 1, |_| true), Outcome::New);
             assert_eq!(t.track(&flow.reversed(), &synack, Now(2), 1, |_| true), Outcome::Established);
             assert_eq!(t.track(&flow, &ack, Now(3), 1, |_| true), Outcome::Established);
-            let Prepared { key, h, .. } = t.probe(&flow);
-            let idx = t.find(&key, h).expect("tracked");
+            let (key, _) = Key::of(&flow);
+            let idx = t.find_key(&key).expect("tracked");
             let start = t.entries[idx];
             assert_eq!(start.state, State::Tcp(TcpState::Established));
             for flags in 0..=u8::MAX {
