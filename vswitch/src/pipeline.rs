@@ -33,7 +33,7 @@ use sgswitch_config::{Direction, Host};
 use sgswitch_conntrack::{self as ct, Follow, FragKey, FragSettings, Fragment, Fragments, Now, PacketInfo, Tuple, Zone};
 use sgswitch_filter::{By, Decision, Key, Packet, RuleRef, Verdict};
 
-use crate::flowcache::{self, FlowCache, FlowKey, Trace};
+use crate::flowcache::{self, FlowCache, FlowKey, Route, Trace};
 use crate::flowlog::FlowLog;
 use crate::parse::{self, Frame, Icmp, Ip, L4, MacAddr, Net};
 use crate::plan::{MAX_PORTS, Plan, PortIdx, PortPlan};
@@ -359,15 +359,19 @@ impl<H: Copy> Pipeline<H> {
             // connection entries prepared; a frame with a recorded route
             // needs only its entries.
             let mut parsed = [None; ct::BATCH];
+            let mut routes = [None; ct::BATCH];
             let mut hints = [Hint::default(); ct::BATCH];
             let mut n = 0;
-            for ((((src, data, _), p), hint), k) in chunk.iter().zip(parsed.iter_mut()).zip(hints.iter_mut()).zip(&fast) {
+            for (((((src, data, _), p), r), hint), k) in
+                chunk.iter().zip(parsed.iter_mut()).zip(routes.iter_mut()).zip(hints.iter_mut()).zip(&fast)
+            {
                 if let (Some((key, h, _)), Some(cache)) = (k, &self.cache)
                     && let Some(route) = cache.get(key, *h, plan.id())
                 {
                     for &at in &route.at[..usize::from(route.stages)] {
                         self.conntrack.warm_at(at);
                     }
+                    *r = Some(route);
                     continue;
                 }
                 let f = read(data, k.is_some());
@@ -390,13 +394,19 @@ impl<H: Copy> Pipeline<H> {
                 *p = Some(f);
             }
             self.conntrack.warm_prepared(&self.prepared[..n]);
-            // Whether a route was recorded since the lookups above: a frame
-            // that found none there finds none now unless one was.
+            // Whether a route was recorded since the lookups above: until
+            // one is, what they found (or not) is what the cache holds.
             let mut recorded = false;
-            for ((((&(src, data, handle), p), o), hint), k) in chunk.iter().zip(&parsed).zip(outs.iter_mut()).zip(hints).zip(&fast) {
+            for (((((&(src, data, handle), p), r), o), hint), k) in
+                chunk.iter().zip(&parsed).zip(&routes).zip(outs.iter_mut()).zip(hints).zip(&fast)
+            {
                 if let Some((key, h, info)) = k
-                    && (p.is_none() || recorded)
-                    && let Some(done) = self.cached(plan, key, *h, info, data, now)
+                    && let Some(route) = match (recorded, &self.cache) {
+                        (false, _) => *r,
+                        (true, Some(cache)) => cache.get(key, *h, plan.id()),
+                        (true, None) => None,
+                    }
+                    && let Some(done) = self.cached(plan, &route, key, info, data, now)
                 {
                     self.counters.flow_cache_hits.add(1);
                     *o = done;
@@ -421,12 +431,11 @@ impl<H: Copy> Pipeline<H> {
     /// Decides a frame by the route the flow cache recorded for its key:
     /// each stage's connection entry updated as the stage would, the
     /// outcome the last stage would give, counted (and a drop offered to
-    /// the flow log) as `decide` does. `None` when there is no route, or a
-    /// stage's entry is not ready: then nothing has changed, and the frame
-    /// is decided from scratch.
+    /// the flow log) as `decide` does. `None` when a stage's entry is not
+    /// ready: then nothing has changed, and the frame is decided from
+    /// scratch.
     #[inline]
-    fn cached(&mut self, plan: &Plan, key: &FlowKey, h: u64, info: &PacketInfo, data: &[u8], now: Now) -> Option<Outcome> {
-        let route = self.cache.as_ref()?.get(key, h, plan.id())?;
+    fn cached(&mut self, plan: &Plan, route: &Route, key: &FlowKey, info: &PacketInfo, data: &[u8], now: Now) -> Option<Outcome> {
         let stages = usize::from(route.stages);
         let mut ready = [None; 2];
         for (i, r) in ready.iter_mut().enumerate().take(stages) {
