@@ -322,7 +322,7 @@ pub struct Ready {
 /// [`Table::prepare`] for a caller that warms a batch and then tracks its
 /// packets one by one ([`Table::warm_prepared`], [`Table::track_prepared`]).
 ///
-/// It holds the key as an entry stores it ([`Key::compact`]): an IPv4
+/// It holds the key as an entry stores it (`Key::compact`): an IPv4
 /// key whole, in two words, so that a batch stores and reloads little per
 /// packet; an IPv6 key's addresses are read again from the tuple.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
