@@ -412,7 +412,8 @@ impl<H: Copy> Pipeline<H> {
                     *o = done;
                     continue;
                 }
-                // A route that did not hold after all leaves the frame unparsed.
+                // A frame whose route was found above, but whose entries were
+                // not ready, was not parsed there.
                 let f = p.unwrap_or_else(|| read(data, k.is_some()));
                 self.hint = hint;
                 self.trace = Trace::default();

@@ -506,6 +506,13 @@ fn flow_cache_against_no_cache(on_change: sgswitch_config::OnPolicyChange) {
     // from each other.
     let mut cached = [pipeline(p0), pipeline(p0)];
     cached[1].set_flow_cache(2);
+    // Every drop logged (invalid segments too, which a route can meet).
+    let log = |p: &mut Pipeline<u32>| {
+        let (log, writer) = FlowLog::new(&flow_log_settings(1_000_000, 1_000_000, 1));
+        p.flow_log = Some(log);
+        writer
+    };
+    let (plain_log, cached_log) = (log(&mut plain), log(&mut cached[0]));
     let none = no_outcome();
     let (mut want, mut got) = (vec![none; 64], vec![none; 64]);
     let (mut now, mut plan, mut at) = (0u64, 0usize, 0usize);
@@ -543,6 +550,10 @@ fn flow_cache_against_no_cache(on_change: sgswitch_config::OnPolicyChange) {
         assert_eq!(all_flows(c), all_flows(&plain), "the same flows, states and per-flow counters");
         assert_eq!(c.conntrack.stats(), plain.conntrack.stats());
     }
+    let drain = |w: &Writer| std::iter::from_fn(|| w.pop()).collect::<Vec<_>>();
+    let logged = drain(&plain_log);
+    assert!(!logged.is_empty(), "drops were logged");
+    assert_eq!(drain(&cached_log), logged, "the same flow log");
     let hits = |p: &Pipeline<u32>| (p.counters.flow_cache_hits.get(), p.counters.flow_cache_misses.get());
     assert_eq!(hits(&plain), (0, 0), "no cache, no lookups");
     let (h, m) = hits(&cached[0]);
