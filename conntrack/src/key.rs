@@ -225,9 +225,11 @@ pub(crate) fn tail_proto(tail: u64) -> u8 {
     (tail >> 48) as u8
 }
 
-/// The 128-bit product of `a` and `b`, its halves xored.
+/// The 128-bit product of `a` and `b`, its halves xored: the mixing step
+/// of this crate's hashes (and the datapath's flow cache's).
 #[expect(clippy::cast_possible_truncation, reason = "taking the low half of the product")]
-fn fold(a: u64, b: u64) -> u64 {
+#[inline]
+pub fn fold(a: u64, b: u64) -> u64 {
     let p = u128::from(a) * u128::from(b);
     (p as u64) ^ ((p >> 64) as u64)
 }

@@ -38,6 +38,7 @@
 use sgswitch_config::Direction;
 use std::net::{IpAddr, Ipv4Addr};
 
+use sgswitch_conntrack::key::fold;
 use sgswitch_conntrack::{EntryAt, Tuple, Zone, mem};
 
 use crate::parse::FlowV4;
@@ -99,13 +100,6 @@ impl FlowKey {
         let a = fold(w[0] ^ seed ^ 0x243f_6a88_85a3_08d3, w[1] ^ 0x1319_8a2e_0370_7344);
         fold(a ^ w[2], w[3].rotate_left(24) ^ seed.rotate_left(32) ^ 0xa409_3822_299f_31d0)
     }
-}
-
-fn fold(a: u64, b: u64) -> u64 {
-    let p = u128::from(a) * u128::from(b);
-    #[expect(clippy::cast_possible_truncation, reason = "the product's halves")]
-    let (lo, hi) = (p as u64, (p >> 64) as u64);
-    lo ^ hi
 }
 
 /// How the recorded frame went: its stages and where it went.
