@@ -143,14 +143,13 @@ impl Key {
     /// three in all, two of them in parallel.
     #[inline]
     pub fn hash(&self, seed: u64) -> u64 {
-        const K: [u64; 6] = HASH_K;
         if !self.is_v6() {
             return hash_v4(self.compact(), seed);
         }
         let w = &self.w;
-        let a = fold(w[0] ^ seed ^ K[0], w[1] ^ K[1]);
-        let b = fold(w[2] ^ seed.rotate_left(21) ^ K[2], w[3] ^ K[3]);
-        fold(w[4] ^ seed.rotate_left(42) ^ K[4], a ^ b.rotate_left(32) ^ K[5])
+        let a = fold(w[0] ^ seed ^ HASH_K[0], w[1] ^ HASH_K[1]);
+        let b = fold(w[2] ^ seed.rotate_left(21) ^ HASH_K[2], w[3] ^ HASH_K[3]);
+        fold(w[4] ^ seed.rotate_left(42) ^ HASH_K[4], a ^ b.rotate_left(32) ^ HASH_K[5])
     }
 }
 

@@ -711,6 +711,7 @@ impl Table {
         if let Some((c, src_is_lo)) = Key::compact_of_v4(t) {
             return Prepared { c, h: key::hash_v4(c, self.s.seed), src_is_lo };
         }
+        // IPv6: the whole key is needed for its hash.
         let (key, src_is_lo) = Key::of(t);
         Prepared { c: key.compact(), h: key.hash(self.s.seed), src_is_lo }
     }
@@ -806,9 +807,7 @@ impl Table {
         mut judge: impl FnMut(&Tuple) -> bool,
     ) -> Outcome {
         let Prepared { c, h, src_is_lo } = probe;
-        // An IPv6 key's addresses, from the tuple (rare enough to redo).
-        let v6 = if key::compact_is_v6(c) { Key::of(t).0.v6_addrs() } else { [0; 4] };
-        if let Some(idx) = self.find(c, &v6, h) {
+        if let Some(idx) = self.find(c, &v6_addrs(c, t), h) {
             let e = &self.entries[idx];
             let (state, admitted) = (e.state, e.generation);
             if self.expired(idx, now.ms32()) {
@@ -984,7 +983,7 @@ impl Table {
             flags: LIVE | if src_is_lo { ORIG_IS_LO } else { 0 },
         };
         if key::compact_is_v6(c) {
-            self.v6[idx] = Key::of(t).0.v6_addrs();
+            self.v6[idx] = v6_addrs(c, t);
         }
         self.place(idx, now);
         self.index_insert(h, idx);
@@ -1051,6 +1050,15 @@ fn tcp_update(e: &mut Entry, st: TcpState, side: Side, p: &PacketInfo, strict: b
             Some(next)
         }
     }
+}
+
+/// The addresses of `t`'s key if it is an IPv6 key (compact words `c`),
+/// which the compact words leave out; zeros for an IPv4 key, whose compact
+/// words are the whole key. Read again from the tuple: the IPv6 path is
+/// rare enough.
+#[inline]
+fn v6_addrs(c: [u64; 2], t: &Tuple) -> [u64; 4] {
+    if key::compact_is_v6(c) { Key::of(t).0.v6_addrs() } else { [0; 4] }
 }
 
 /// A flow's tuple as its opener sent it.
