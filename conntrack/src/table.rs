@@ -157,7 +157,7 @@ pub enum State {
 }
 
 /// One tracked flow: everything a packet of the flow reads and writes, in
-/// one 64-byte cache line (59 bytes used). The key is kept compact
+/// one 64-byte cache line (63 bytes used). The key is kept compact
 /// ([`Key::compact`]): an IPv4 key whole, an IPv6 key's addresses in a
 /// parallel array. The wheel linkage lives in another ([`Link`]): only
 /// expiry and state-class changes touch it.
@@ -177,6 +177,10 @@ struct Entry {
     /// [`LIVE`], [`ORIG_IS_LO`] (the opener is the key's low endpoint) and
     /// [`CLOSER_IS_REPLY`] (the reply side sent the first FIN).
     flags: u8,
+    /// How many flows this entry has held (wrapping): kept when the entry
+    /// is freed, moved on when it is taken again, so that an [`EntryAt`]
+    /// names one flow's time in the entry.
+    epoch: u32,
 }
 
 const LIVE: u8 = 1;
@@ -217,6 +221,7 @@ impl Default for Entry {
             state: State::Pseudo { replied: false },
             class: Class::Other,
             flags: 0,
+            epoch: 0,
         }
     }
 }
@@ -303,12 +308,25 @@ pub struct Table {
     last_hit: EntryAt,
 }
 
-/// Where an entry sits in the table: what [`Table::last_hit`] reports, for
-/// a caller that keeps it beside its own key of the flow and comes back
-/// through [`Table::ready_at`]. Only a hint: the entry may since have been
-/// freed and reused by another flow, which `ready_at` checks.
+/// A flow's entry as one of its packets reached it: what
+/// [`Table::last_hit`] reports, for a caller that keeps it beside its own
+/// key of the packet (the flow and the packet's direction in it) and comes
+/// back through [`Table::ready_at`] with the next packet of that key.
+///
+/// It names the entry's place, the flow's time in it (the entry's epoch)
+/// and which endpoint of the key the packet came from. Only a hint: the
+/// flow may since have ended and the entry been taken by another, which
+/// `ready_at` sees from the epoch without reading the key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct EntryAt(u32);
+pub struct EntryAt {
+    /// The entry's index, and [`AT_SRC_IS_LO`].
+    idx: u32,
+    epoch: u32,
+}
+
+/// In [`EntryAt::idx`]: the packet's source is the key's low endpoint
+/// (indices are below 2^30).
+const AT_SRC_IS_LO: u32 = 1 << 31;
 
 /// A packet [`Table::ready_at`] found on its flow's entry, for
 /// [`Table::update_at`].
@@ -824,7 +842,7 @@ impl Table {
                 let original = if key::side(src_is_lo, e.orig_is_lo()) == Side::Orig { *t } else { t.reversed() };
                 if judge(&original) {
                     self.entries[idx].generation = generation;
-                    self.last_hit = EntryAt(u32::try_from(idx).expect("capacity <= 2^30"));
+                    self.last_hit = self.entry_at(idx, src_is_lo);
                     return self.update(idx, src_is_lo, p, now);
                 }
                 self.stats.revalidation_removed += 1;
@@ -835,7 +853,7 @@ impl Table {
                     return Outcome::Denied;
                 }
             } else {
-                self.last_hit = EntryAt(u32::try_from(idx).expect("capacity <= 2^30"));
+                self.last_hit = self.entry_at(idx, src_is_lo);
                 return self.update(idx, src_is_lo, p, now);
             }
         }
@@ -848,23 +866,35 @@ impl Table {
         self.last_hit
     }
 
-    /// Whether tracking `t`'s packet would find its flow's entry at `at`
-    /// and update it: the entry is live and `t`'s, not past its deadline,
-    /// not revoked, and admitted under `generation` (or the table keeps
-    /// entries across policy changes). Then [`Table::update_at`] does
-    /// exactly what `track` would, without hashing or probing the index;
-    /// otherwise `None`, and the caller tracks the packet as usual.
+    /// Entry `idx` as a packet from the key's low endpoint (or not) reached it.
     #[inline]
-    pub fn ready_at(&self, at: EntryAt, t: &Tuple, now: Now, generation: u32) -> Option<Ready> {
-        let idx = at.0 as usize;
+    fn entry_at(&self, idx: usize, src_is_lo: bool) -> EntryAt {
+        let i = u32::try_from(idx).expect("capacity <= 2^30");
+        EntryAt { idx: i | if src_is_lo { AT_SRC_IS_LO } else { 0 }, epoch: self.entries[idx].epoch }
+    }
+
+    /// Whether tracking a packet of the key `at` was reached by (the same
+    /// flow, in the same direction) would find the entry at `at` and update
+    /// it: the entry still holds the flow `at` saw (live, same epoch), not
+    /// past its deadline, not revoked, and admitted under `generation` (or
+    /// the table keeps entries across policy changes). Then
+    /// [`Table::update_at`] does exactly what `track` would, without hashing,
+    /// probing the index or comparing keys; otherwise `None`, and the caller
+    /// tracks the packet as usual.
+    ///
+    /// The caller answers for the packet's key: `at` says nothing of a
+    /// packet of another flow, or of the same flow's other direction.
+    #[inline]
+    pub fn ready_at(&self, at: EntryAt, now: Now, generation: u32) -> Option<Ready> {
+        let i = at.idx & !AT_SRC_IS_LO;
+        let idx = i as usize;
         let e = self.entries.get(idx)?;
-        let (key, src_is_lo) = Key::of(t);
         let ok = e.live()
-            && self.holds(idx, key.compact(), &key.v6_addrs())
+            && e.epoch == at.epoch
             && e.state != State::Revoked
             && !self.expired(idx, now.ms32())
             && (e.generation == generation || !self.s.revalidate);
-        ok.then_some(Ready { idx: at.0, src_is_lo })
+        ok.then_some(Ready { idx: i, src_is_lo: at.idx & AT_SRC_IS_LO != 0 })
     }
 
     /// Tracks the packet [`Table::ready_at`] found ready, with nothing but
@@ -881,7 +911,7 @@ impl Table {
     /// [`Table::ready_at`].
     #[inline]
     pub fn warm_at(&self, at: EntryAt) {
-        if let Some(e) = self.entries.get(at.0 as usize) {
+        if let Some(e) = self.entries.get((at.idx & !AT_SRC_IS_LO) as usize) {
             mem::prefetch(e);
         }
     }
@@ -971,6 +1001,7 @@ impl Table {
         let idx = self.free as usize;
         self.free = self.links[idx].next;
         let syn = u32::from(p.tcp_flags & tcp::flags::SYN != 0);
+        let epoch = self.entries[idx].epoch.wrapping_add(1);
         self.entries[idx] = Entry {
             key: c,
             last_seen: now.ms32(),
@@ -981,6 +1012,7 @@ impl Table {
             state,
             class: class_of(state, t.proto),
             flags: LIVE | if src_is_lo { ORIG_IS_LO } else { 0 },
+            epoch,
         };
         if key::compact_is_v6(c) {
             self.v6[idx] = v6_addrs(c, t);

@@ -186,8 +186,9 @@ fn tcp_flags() -> impl Strategy<Value = u8> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
-    /// A caller that remembers where a flow's entry is ([`Table::last_hit`])
-    /// and comes back through `ready_at` and `update_at` when it is ready,
+    /// A caller that remembers where a flow's entry is, per direction
+    /// ([`Table::last_hit`]), and comes back through `ready_at` and
+    /// `update_at` when it is ready,
     /// tracking as usual otherwise, gets the outcomes and leaves the table
     /// that tracking every packet gives: across TCP states, expiry, entries
     /// freed and reused by other flows (a small table), and policy changes,
@@ -206,7 +207,7 @@ proptest! {
     ) {
         let settings = Settings { capacity: 12, per_zone_capacity: 8, revalidate, ..Settings::default() };
         let (mut plain, mut placed) = (Table::new(settings.clone(), 2), Table::new(settings, 2));
-        let mut at: HashMap<u8, sgswitch_conntrack::EntryAt> = HashMap::new();
+        let mut at: HashMap<(u8, bool), sgswitch_conntrack::EntryAt> = HashMap::new();
         let (mut now, mut g) = (0u64, 0u32);
         for (step, (packet, wait)) in ops.into_iter().enumerate() {
             now += u64::from(wait);
@@ -220,14 +221,15 @@ proptest! {
             let p = PacketInfo { tcp_flags: flags, tcp_seq: u32::try_from(step).unwrap() * 10, payload_len: 1, wire_len: 60 };
             let judge = |x: &Tuple| allowed_in(g, x);
             let want = plain.track(&tp, &p, Now(now), g, judge);
-            let ready = at.get(&f).and_then(|&a| placed.ready_at(a, &tp, Now(now), g));
+            let ready = at.get(&(f, reply)).and_then(|&a| placed.ready_at(a, Now(now), g));
             let got = match ready {
                 Some(r) => placed.update_at(r, &p, Now(now)),
                 None => placed.track(&tp, &p, Now(now), g, judge),
             };
             prop_assert_eq!(got, want, "step {} flow {} reply {} flags {:#x} ready {}", step, f, reply, flags, ready.is_some());
-            if got == Outcome::Established {
-                at.insert(f, placed.last_hit());
+            // `last_hit` tells of lookups, not of `update_at`.
+            if got == Outcome::Established && ready.is_none() {
+                at.insert((f, reply), placed.last_hit());
             }
             if step % 16 == 0 {
                 plain.expire(Now(now), 4);

@@ -457,28 +457,35 @@ fn an_entry_is_ready_at_its_place_only_while_it_holds_its_flow() {
     let c = tuple(0, 6, "10.0.0.1", 1000, "192.0.2.9", 22);
     assert_eq!(t.track(&c, &tcp(SYN, 1), s(1), 1, allow), Outcome::New);
     assert_eq!(t.track(&c.reversed(), &tcp(SYN | ACK, 9), s(1), 1, allow), Outcome::Established);
-    let at = t.last_hit();
-    let r = t.ready_at(at, &c, s(1), 1).expect("the handshake's ACK");
+    let reply = t.last_hit();
+    assert_eq!(t.track(&c, &tcp(ACK, 2), s(1), 1, allow), Outcome::Established);
+    let orig = t.last_hit();
+    assert_ne!(orig, reply, "the place says which side the packet came from");
+    let r = t.ready_at(orig, s(1), 1).expect("the opener's side");
     assert_eq!(t.update_at(r, &tcp(ACK, 2), s(1)), Outcome::Established);
     assert_eq!(state(&t, &c), Some(State::Tcp(TcpState::Established)));
-    let r = t.ready_at(at, &c.reversed(), s(2), 1).expect("the reply side");
+    let r = t.ready_at(reply, s(2), 1).expect("the reply side");
     assert_eq!(t.update_at(r, &tcp(ACK, 10), s(2)), Outcome::Established);
-    assert_eq!(t.get(&c).expect("tracked").1.packets, [2, 2], "counted per side");
+    assert_eq!(t.get(&c).expect("tracked").1.packets, [3, 2], "counted per side");
     // The state machine still judges: an RST far out of the window.
-    let r = t.ready_at(at, &c, s(2), 1).expect("ready");
+    let r = t.ready_at(orig, s(2), 1).expect("ready");
     assert_eq!(t.update_at(r, &tcp(RST, 3 + (1 << 30)), s(2)), Outcome::Invalid);
-    assert!(t.ready_at(at, &Tuple { zone: 1, ..c }, s(2), 1).is_none(), "another zone's flow");
-    assert!(t.ready_at(at, &Tuple { sport: 1001, ..c }, s(2), 1).is_none(), "another flow");
-    assert!(t.ready_at(at, &c, s(2), 2).is_none(), "admitted under an older policy: revalidate first");
-    assert!(t.ready_at(at, &c, s(2 + 910), 1).is_none(), "past its deadline");
+    assert!(t.ready_at(orig, s(2), 2).is_none(), "admitted under an older policy: revalidate first");
+    assert!(t.ready_at(orig, s(2 + 910), 1).is_none(), "past its deadline");
     // The one entry freed and taken by another flow: its old place is not
     // the first flow's any more.
     assert_eq!(t.flush(None), 1);
-    assert!(t.ready_at(at, &c, s(3), 1).is_none(), "freed");
+    assert!(t.ready_at(orig, s(3), 1).is_none(), "freed");
     let u = tuple(0, 17, "10.0.0.1", 1000, "192.0.2.9", 53);
     assert_eq!(t.track(&u, &UDP, s(3), 1, allow), Outcome::New);
-    assert!(t.ready_at(at, &c, s(3), 1).is_none(), "reused by another flow");
-    assert!(t.ready_at(at, &u, s(3), 1).is_some(), "the new flow's, replied or not");
+    assert!(t.ready_at(orig, s(3), 1).is_none(), "reused by another flow");
+    assert_eq!(t.track(&u, &UDP, s(3), 1, allow), Outcome::Established);
+    let first = t.last_hit();
+    assert!(t.ready_at(first, s(3), 1).is_some(), "the new flow's, replied or not");
+    // The same flow again, after it ended, in the same entry: a new epoch.
+    assert_eq!(t.flush(None), 1);
+    assert_eq!(t.track(&u, &UDP, s(4), 1, allow), Outcome::New);
+    assert!(t.ready_at(first, s(4), 1).is_none(), "the flow's earlier time in the entry");
 }
 
 #[test]
@@ -489,7 +496,7 @@ fn a_revoked_flow_is_not_ready_at_its_place() {
     assert_eq!(t.track(&c, &tcp(ACK, 1), s(1), 1, allow), Outcome::Established);
     let at = t.last_hit();
     assert_eq!(t.track(&c, &tcp(ACK, 1), s(2), 2, deny), Outcome::Denied, "revoked by the new policy");
-    assert!(t.ready_at(at, &c, s(2), 2).is_none());
+    assert!(t.ready_at(at, s(2), 2).is_none());
 }
 
 #[test]
@@ -498,5 +505,5 @@ fn keep_lets_an_entry_of_an_older_policy_be_ready_at_its_place() {
     let u = tuple(0, 17, "10.0.0.1", 1000, "192.0.2.9", 53);
     assert_eq!(t.track(&u, &UDP, s(1), 1, allow), Outcome::New);
     assert_eq!(t.track(&u, &UDP, s(1), 1, allow), Outcome::Established);
-    assert!(t.ready_at(t.last_hit(), &u, s(2), 5).is_some());
+    assert!(t.ready_at(t.last_hit(), s(2), 5).is_some());
 }

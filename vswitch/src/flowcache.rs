@@ -20,13 +20,16 @@
 //!   the uplink). A route is recorded only when the pipeline passed the
 //!   frame as established at every stage, by conntrack: not as
 //!   infrastructure, not as a fragment, not handed to another loop.
-//! - **Validity**: a slot holds the id of the plan it was recorded under,
-//!   and only that plan's lookups match it, so a reload (a new plan) starts
-//!   from an empty cache in effect. Each stage's entry is checked by
-//!   [`sgswitch_conntrack::Table::ready_at`] (still the flow's, live, not
-//!   past its deadline, admitted by the current policy generation) before
-//!   any stage is updated; if one is not ready, the frame is decided from
-//!   scratch as if there were no cache.
+//! - **Validity**: a slot holds the id of the plan it was recorded under
+//!   (its low half; the cache forgets everything when the high half moves
+//!   on), and only that plan's lookups match it, so a reload (a new plan)
+//!   starts from an empty cache in effect. Each stage's entry is checked by
+//!   [`sgswitch_conntrack::Table::ready_at`] (still holding the flow the
+//!   recorded frame reached, by the entry's epoch; live, not past its
+//!   deadline, admitted by the current policy generation) before any stage
+//!   is updated; if one is not ready, the frame is decided from scratch as
+//!   if there were no cache. The key fixes the flow and its direction at
+//!   every stage, which is what lets the check skip the connection key.
 //! - **Memory**: a fixed number of 64-byte slots, allocated once. A key may
 //!   sit in two slots (from its hash's low and high bits; both are warmed
 //!   together); a new route takes the slot that holds its key, or one left
@@ -36,10 +39,9 @@
 //!   per-packet path allocates.
 
 use sgswitch_config::Direction;
-use std::net::{IpAddr, Ipv4Addr};
 
 use sgswitch_conntrack::key::fold;
-use sgswitch_conntrack::{EntryAt, Tuple, Zone, mem};
+use sgswitch_conntrack::{EntryAt, mem};
 
 use crate::parse::FlowV4;
 use crate::pipeline::{Source, To};
@@ -75,21 +77,6 @@ impl FlowKey {
                 mac_key(&f.src),
             ],
         })
-    }
-
-    /// The frame's flow tuple in `zone`.
-    #[expect(clippy::cast_possible_truncation, reason = "unpacking the fields packed in the key's words")]
-    #[inline]
-    pub fn tuple(&self, zone: Zone) -> Tuple {
-        let [a, p, ..] = self.w;
-        Tuple {
-            zone,
-            proto: (p >> 16) as u8,
-            src: IpAddr::V4(Ipv4Addr::from_bits((a >> 32) as u32)),
-            dst: IpAddr::V4(Ipv4Addr::from_bits(a as u32)),
-            sport: (p >> 48) as u16,
-            dport: (p >> 32) as u16,
-        }
     }
 
     /// A 64-bit hash keyed by `seed` (folded multiplies, as the
@@ -178,11 +165,19 @@ impl Trace {
 #[repr(align(64))]
 struct Slot {
     key: FlowKey,
-    /// 0: empty (plan ids start at 1).
-    plan: u64,
+    /// The low half of the plan's id (the cache holds routes of plans of
+    /// one high half only: [`FlowCache::adopt`]); 0 with `route.stages` 0:
+    /// empty.
+    plan: u32,
     /// When it was recorded, in inserts (wrapping).
     stamp: u32,
     route: Route,
+}
+
+/// The half of a plan id a slot keeps.
+#[expect(clippy::cast_possible_truncation, reason = "the low half, by design")]
+fn low(plan: u64) -> u32 {
+    plan as u32
 }
 
 /// A poll loop's flow cache (see the module documentation).
@@ -193,13 +188,15 @@ pub struct FlowCache {
     seed: u64,
     /// Routes recorded so far (wrapping): the clock of `Slot::stamp`.
     inserts: u32,
+    /// The high half of the plan ids the slots were recorded under.
+    high: u32,
 }
 
 impl FlowCache {
     /// A cache of `slots` slots (rounded up to a power of two, at least 2).
     pub fn new(slots: usize, seed: u64) -> FlowCache {
         let n = slots.max(2).next_power_of_two();
-        FlowCache { slots: mem::filled(n, Slot::default()), mask: n - 1, seed, inserts: 0 }
+        FlowCache { slots: mem::filled(n, Slot::default()), mask: n - 1, seed, inserts: 0, high: 0 }
     }
 
     /// The hash of `key` in this cache.
@@ -226,10 +223,31 @@ impl FlowCache {
         }
     }
 
+    /// Makes the cache answer for plan `plan` (once per batch, before any
+    /// lookup): slots keep only the low half of a plan's id, so when the
+    /// high half moves on (once in 2^32 plans) every route is forgotten,
+    /// and a slot's plan matches only the plan it was recorded under.
+    #[inline]
+    pub fn adopt(&mut self, plan: u64) {
+        let high = (plan >> 32) as u32;
+        if high != self.high {
+            self.clear();
+            self.high = high;
+        }
+    }
+
+    /// Whether `s` holds `key`'s route under plan `plan` (a slot's plan is
+    /// 0 only when it is empty, or for plan ids that end in 32 zero bits;
+    /// an empty slot has no stages).
+    #[inline]
+    fn holds(s: &Slot, key: &FlowKey, plan: u64) -> bool {
+        s.plan == low(plan) && s.route.stages != 0 && s.key == *key
+    }
+
     /// The route recorded for `key` (hash `h`) under plan `plan`.
     #[inline]
     pub fn get(&self, key: &FlowKey, h: u64, plan: u64) -> Option<Route> {
-        self.places(h).into_iter().map(|i| &self.slots[i]).find(|s| s.plan == plan && s.key == *key).map(|s| s.route)
+        self.places(h).into_iter().map(|i| &self.slots[i]).find(|s| Self::holds(s, key, plan)).map(|s| s.route)
     }
 
     /// Records the route `trace` saw for `key` under plan `plan`, if the
@@ -240,7 +258,7 @@ impl FlowCache {
     pub fn insert(&mut self, key: FlowKey, h: u64, plan: u64, trace: &Trace, to: To) -> bool {
         let Some(route) = trace.route(to) else { return false };
         let [a, b] = self.places(h);
-        let free = |s: &Slot| s.plan != plan || s.key == key;
+        let free = |s: &Slot| s.plan != low(plan) || s.route.stages == 0 || s.key == key;
         let at = if free(&self.slots[a]) {
             a
         } else if free(&self.slots[b]) {
@@ -250,7 +268,7 @@ impl FlowCache {
             if age(&self.slots[a]) >= age(&self.slots[b]) { a } else { b }
         };
         self.inserts = self.inserts.wrapping_add(1);
-        self.slots[at] = Slot { key, plan, stamp: self.inserts, route };
+        self.slots[at] = Slot { key, plan: low(plan), stamp: self.inserts, route };
         true
     }
 
@@ -263,9 +281,10 @@ impl FlowCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     #[test]
-    fn a_key_gives_back_its_frame_s_tuple() {
+    fn a_key_tells_where_its_frame_came_from() {
         let f = crate::parse::FlowV4 {
             dst: [2, 0, 0, 0, 0, 1],
             src: [2, 0, 0, 0, 0, 2],
@@ -280,10 +299,30 @@ mod tests {
             len: 60,
         };
         let k = FlowKey::of(Source::Uplink, &f).expect("from the uplink");
-        let t = k.tuple(7);
-        assert_eq!((t.zone, t.proto, t.src, t.dst, t.sport, t.dport), (7, 6, IpAddr::V4(f.saddr), IpAddr::V4(f.daddr), 40000, 443));
         assert_ne!(Some(k), FlowKey::of(Source::Port(0), &f), "the source is part of the key");
         assert_eq!(FlowKey::of(Source::Peer(0), &f), None, "handed-over frames are not cached");
+    }
+
+    #[test]
+    fn a_route_is_taken_only_under_the_plan_it_was_recorded_under() {
+        let mut c = FlowCache::new(4, 1);
+        let key = FlowKey { w: [1, 2, 3, 4] };
+        let h = c.hash(&key);
+        let mut t = Trace::default();
+        t.stage();
+        t.established(3, Direction::Ingress, EntryAt::default());
+        let plan = 7;
+        c.adopt(plan);
+        assert!(c.get(&key, h, plan).is_none(), "empty");
+        assert!(c.insert(key, h, plan, &t, To::Port(3)));
+        assert_eq!(c.get(&key, h, plan).map(|r| r.to()), Some(To::Port(3)));
+        assert!(c.get(&key, h, plan + 1).is_none(), "another plan");
+        // A plan whose id has the recording plan's low half.
+        let wrapped = plan + (1 << 32);
+        c.adopt(wrapped);
+        assert!(c.get(&key, h, wrapped).is_none(), "recorded under another plan");
+        c.adopt(plan);
+        assert!(c.get(&key, h, plan).is_none(), "forgotten when the high half moved");
     }
 
     #[test]

@@ -336,6 +336,9 @@ impl<H: Copy> Pipeline<H> {
     /// If `out` is shorter than `frames`.
     pub fn process_batch(&mut self, plan: &Plan, frames: &[(Source, &[u8], H)], now: Now, out: &mut [Outcome]) {
         assert!(out.len() >= frames.len(), "one outcome per frame");
+        if let Some(cache) = &mut self.cache {
+            cache.adopt(plan.id());
+        }
         for (chunk, outs) in frames.chunks(ct::BATCH).zip(out.chunks_mut(ct::BATCH)) {
             // Frames of the flow cache's shape, read at their fixed offsets,
             // and their slots warmed together.
@@ -406,7 +409,7 @@ impl<H: Copy> Pipeline<H> {
                         (true, Some(cache)) => cache.get(key, *h, plan.id()),
                         (true, None) => None,
                     }
-                    && let Some(done) = self.cached(plan, &route, key, info, data, now)
+                    && let Some(done) = self.cached(plan, &route, info, data, now)
                 {
                     self.counters.flow_cache_hits.add(1);
                     *o = done;
@@ -436,12 +439,13 @@ impl<H: Copy> Pipeline<H> {
     /// ready: then nothing has changed, and the frame is decided from
     /// scratch.
     #[inline]
-    fn cached(&mut self, plan: &Plan, route: &Route, key: &FlowKey, info: &PacketInfo, data: &[u8], now: Now) -> Option<Outcome> {
+    fn cached(&mut self, plan: &Plan, route: &Route, info: &PacketInfo, data: &[u8], now: Now) -> Option<Outcome> {
         let stages = usize::from(route.stages);
         let mut ready = [None; 2];
         for (i, r) in ready.iter_mut().enumerate().take(stages) {
-            let zone = plan.port(route.ports[i])?.zone;
-            *r = Some(self.conntrack.ready_at(route.at[i], &key.tuple(zone), now, plan.generation)?);
+            // The entry as the recorded frame's stage reached it: the same
+            // flow, in the same direction (the key says both).
+            *r = Some(self.conntrack.ready_at(route.at[i], now, plan.generation)?);
         }
         let mut out = None;
         for (i, r) in ready.iter().enumerate() {
