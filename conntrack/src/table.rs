@@ -328,6 +328,18 @@ pub struct EntryAt {
 /// (indices are below 2^30).
 const AT_SRC_IS_LO: u32 = 1 << 31;
 
+impl EntryAt {
+    /// The entry's index.
+    fn index(self) -> u32 {
+        self.idx & !AT_SRC_IS_LO
+    }
+
+    /// Whether the packet's source was the key's low endpoint.
+    fn src_is_lo(self) -> bool {
+        self.idx & AT_SRC_IS_LO != 0
+    }
+}
+
 /// A packet [`Table::ready_at`] found on its flow's entry, for
 /// [`Table::update_at`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -886,15 +898,14 @@ impl Table {
     /// packet of another flow, or of the same flow's other direction.
     #[inline]
     pub fn ready_at(&self, at: EntryAt, now: Now, generation: u32) -> Option<Ready> {
-        let i = at.idx & !AT_SRC_IS_LO;
-        let idx = i as usize;
+        let idx = at.index() as usize;
         let e = self.entries.get(idx)?;
         let ok = e.live()
             && e.epoch == at.epoch
             && e.state != State::Revoked
             && !self.expired(idx, now.ms32())
             && (e.generation == generation || !self.s.revalidate);
-        ok.then_some(Ready { idx: i, src_is_lo: at.idx & AT_SRC_IS_LO != 0 })
+        ok.then_some(Ready { idx: at.index(), src_is_lo: at.src_is_lo() })
     }
 
     /// Tracks the packet [`Table::ready_at`] found ready, with nothing but
@@ -911,7 +922,7 @@ impl Table {
     /// [`Table::ready_at`].
     #[inline]
     pub fn warm_at(&self, at: EntryAt) {
-        if let Some(e) = self.entries.get((at.idx & !AT_SRC_IS_LO) as usize) {
+        if let Some(e) = self.entries.get(at.index() as usize) {
             mem::prefetch(e);
         }
     }
