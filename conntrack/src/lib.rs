@@ -26,5 +26,5 @@ pub mod tcp;
 
 pub use frag::{Follow, FragKey, FragSettings, FragStats, Fragment, Fragments};
 pub use key::{Key, Tuple, Zone};
-pub use table::{BATCH, Counters, EntryAt, Now, Outcome, PacketInfo, Prepared, Ready, Settings, State, Stats, Table, Timeouts};
+pub use table::{BATCH, Counters, EVICT_SCAN, EntryAt, Now, Outcome, PacketInfo, Prepared, Ready, Settings, State, Stats, Table, Timeouts};
 pub use tcp::{Segment, Side, Step, TcpState};

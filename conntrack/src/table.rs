@@ -13,9 +13,11 @@
 //! - **Expiry**: a timer wheel of [`WHEEL_SLOTS`] one-second slots, each a
 //!   doubly linked list. An entry sits in the slot of the second its deadline
 //!   (last seen + the timeout of its zone and state) falls in, as computed
-//!   when it was placed. The per-packet path only stamps `last_seen`; it
-//!   re-places an entry only when its state class changes (ESTABLISHED ->
-//!   FIN_WAIT shortens the deadline). [`Table::expire`] walks past seconds
+//!   when it was placed, so never after its deadline. The per-packet path
+//!   only stamps `last_seen`; it re-places an entry only when its state
+//!   class changes to a shorter timeout (ESTABLISHED -> FIN_WAIT), not to a
+//!   longer one (a UDP flow's first reply, a completed handshake), which
+//!   would touch three entries' wheel links per change. [`Table::expire`] walks past seconds
 //!   slot by slot: an expired entry is freed; one seen since it was placed
 //!   (or placed a wheel turn ahead) moves to the slot of its current
 //!   deadline. So an entry is freed within a second of its deadline, each
@@ -25,7 +27,8 @@
 //! - **Capacity**: a global bound and a per-zone bound. A new flow that finds
 //!   either full may evict the oldest *unassured* entry (half-open TCP,
 //!   unreplied UDP/ICMP/other) of its own zone, found within
-//!   [`EVICT_SCAN`] list heads; assured entries are never evicted, and a zone
+//!   [`EVICT_SCAN`] list heads (entries met before their deadline's slot are
+//!   moved there on the way, as the sweep does); assured entries are never evicted, and a zone
 //!   never evicts another zone's entries. Otherwise the new flow is refused
 //!   ([`Outcome::Full`]).
 //! - **Policy generation**: every entry records the generation of the policy
@@ -132,6 +135,10 @@ const CLASSES: usize = 7;
 /// How many entries a new flow looks at (soonest deadline first) to find an
 /// expired entry or an unassured entry of its own zone to evict.
 pub const EVICT_SCAN: usize = 64;
+
+/// How many entries found before their deadline's slot a new flow's
+/// eviction scan moves to it, besides the [`EVICT_SCAN`] it looks at.
+pub const EVICT_MOVES: usize = 4 * EVICT_SCAN;
 
 /// Slots of the timer wheel, one second each.
 pub const WHEEL_SLOTS: usize = 4096;
@@ -664,23 +671,37 @@ impl Table {
 
     /// Makes room for a new flow of `zone`: frees the first entry, soonest
     /// deadline first within [`EVICT_SCAN`] entries, that is expired (any
-    /// zone: it is dead) or unassured and of `zone`.
+    /// zone: it is dead) or unassured and of `zone`. An entry met before its
+    /// deadline's slot (seen again, or moved to a longer timeout, since it
+    /// was placed) is moved there, as the sweep would move it, without
+    /// counting as looked at, up to [`EVICT_MOVES`] of them: otherwise flows
+    /// that turned assured after they were placed would hide the unassured
+    /// ones behind them.
     #[expect(clippy::cast_possible_truncation, reason = "a slot is a second modulo the wheel size")]
     fn evict_for(&mut self, zone: Zone, now: Now) -> bool {
         let Some(cursor) = self.cursor else { return false };
         let now32 = now.ms32();
-        let mut scanned = 0;
-        for k in 0..WHEEL_SLOTS {
-            let mut i = self.heads[((cursor as usize) + k) & (WHEEL_SLOTS - 1)];
+        let (mut scanned, mut moved) = (0, 0);
+        for sec in cursor..cursor + WHEEL_SLOTS as u64 {
+            let mut i = self.heads[(sec as usize) & (WHEEL_SLOTS - 1)];
             while i != NIL {
-                let (next, ezone, estate) = (self.links[i as usize].next, self.entries[i as usize].zone(), self.entries[i as usize].state);
-                if self.expired(i as usize, now32) {
-                    self.release(i as usize);
+                let idx = i as usize;
+                let (next, ezone, estate) = (self.links[idx].next, self.entries[idx].zone(), self.entries[idx].state);
+                i = next;
+                if self.expired(idx, now32) {
+                    self.release(idx);
                     self.stats.expired += 1;
                     return true;
                 }
+                let due = self.deadline_sec(idx, now);
+                if due > sec && due - sec < WHEEL_SLOTS as u64 && moved < EVICT_MOVES {
+                    self.unlink(idx);
+                    self.link(idx, (due as usize) & (WHEEL_SLOTS - 1));
+                    moved += 1;
+                    continue;
+                }
                 if ezone == zone && !assured(estate) {
-                    self.release(i as usize);
+                    self.release(idx);
                     self.stats.evicted += 1;
                     return true;
                 }
@@ -688,7 +709,6 @@ impl Table {
                 if scanned >= EVICT_SCAN {
                     return false;
                 }
-                i = next;
             }
         }
         false
@@ -927,6 +947,22 @@ impl Table {
         }
     }
 
+    /// Entry `idx` moved from class `old` to its current class. The wheel
+    /// keeps every entry in a slot at or before its deadline (the sweep
+    /// re-places an entry it finds not yet due), so only a shorter timeout
+    /// needs the entry moved now; a longer one (a UDP flow's first reply,
+    /// a handshake completed) leaves the wheel alone, and the per-packet
+    /// path touches no wheel links.
+    #[inline]
+    fn reclassed(&mut self, idx: usize, old: Class, now: Now) {
+        let e = &self.entries[idx];
+        let zone = e.zone();
+        if self.timeout_ms(zone, e.class) < self.timeout_ms(zone, old) {
+            self.unlink(idx);
+            self.place(idx, now);
+        }
+    }
+
     /// Turns a TCP entry into a [`State::Revoked`] marker (see there).
     fn revoke(&mut self, idx: usize, now: Now) {
         self.unlink(idx);
@@ -960,17 +996,15 @@ impl Table {
             State::Revoked => return Outcome::Denied,
         };
         let class = class_of(new_state, key::tail_proto(e.key[1]));
-        let reclass = class != e.class;
+        let old_class = e.class;
         e.state = new_state;
         e.class = class;
         e.last_seen = now.ms32();
         let i = side_ix(side);
         e.packets[i] = e.packets[i].wrapping_add(1);
         e.bytes[i] = e.bytes[i].wrapping_add(u64::from(p.wire_len));
-        if reclass {
-            // A new class, a new deadline (the wheel reads `class`).
-            self.unlink(idx);
-            self.place(idx, now);
+        if class != old_class {
+            self.reclassed(idx, old_class, now);
         }
         Outcome::Established
     }

@@ -3,7 +3,7 @@
 use std::cell::Cell;
 
 use sgswitch_conntrack::tcp::flags::{ACK, FIN, RST, SYN};
-use sgswitch_conntrack::{Key, Now, Outcome, PacketInfo, Settings, State, Table, TcpState, Timeouts, Tuple};
+use sgswitch_conntrack::{EVICT_SCAN, Key, Now, Outcome, PacketInfo, Settings, State, Table, TcpState, Timeouts, Tuple};
 
 fn tuple(zone: u16, proto: u8, src: &str, sport: u16, dst: &str, dport: u16) -> Tuple {
     Tuple { zone, proto, src: src.parse().unwrap(), dst: dst.parse().unwrap(), sport, dport }
@@ -213,6 +213,31 @@ fn a_full_zone_evicts_its_oldest_unassured_flow_but_never_an_assured_one() {
     let g = |p: u16| tuple(1, 17, "10.0.0.2", p, "192.0.2.9", 53);
     assert_eq!(t.track(&g(1), &UDP, s(4), 1, allow), Outcome::New);
     assert_eq!(t.track(&g(2), &UDP, s(4), 1, allow), Outcome::New);
+}
+
+#[test]
+fn eviction_sees_past_flows_that_became_assured_after_they_were_placed() {
+    // More flows than one eviction scan looks at turn assured (replied)
+    // after the wheel placed them by their unreplied deadline; newer
+    // unreplied flows are behind them in the wheel's order.
+    let mut t = Table::new(Settings { capacity: 1000, per_zone_capacity: 200, ..Settings::default() }, 1);
+    let old = |p: u16| tuple(0, 17, "10.0.0.1", p, "192.0.2.9", 53);
+    let new = |p: u16| tuple(0, 17, "10.0.0.2", p, "192.0.2.9", 53);
+    let many = u16::try_from(2 * EVICT_SCAN).expect("small");
+    for p in 0..many {
+        assert_eq!(t.track(&old(p), &UDP, s(0), 1, allow), Outcome::New);
+    }
+    for p in 0..many {
+        assert_eq!(t.track(&old(p).reversed(), &UDP, s(1), 1, allow), Outcome::Established);
+    }
+    for p in 0..200 - many {
+        assert_eq!(t.track(&new(p), &UDP, s(2), 1, allow), Outcome::New);
+    }
+    assert_eq!(t.zone_len(0), 200);
+    assert_eq!(t.track(&new(1000), &UDP, s(3), 1, allow), Outcome::New, "an unreplied flow makes room");
+    assert_eq!(t.stats().evicted, 1);
+    assert!((0..many).all(|p| t.get(&old(p)).is_some()), "no assured flow was taken");
+    assert!(t.get(&new(0)).is_none(), "the oldest unreplied flow was");
 }
 
 #[test]
