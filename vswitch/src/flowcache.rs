@@ -47,8 +47,10 @@ use crate::parse::FlowV4;
 use crate::pipeline::{Source, To};
 use crate::plan::{PortIdx, mac_key};
 
-/// Slots of a pipeline's flow cache (4 MiB).
-pub const SLOTS: usize = 1 << 16;
+/// Slots of a pipeline's flow cache (8 MiB): at 65,536 about 6% of the
+/// established frames of 42,334 flows missed in steady state (the pipeline
+/// benchmark's 1,000-rule case), at 131,072 almost none.
+pub const SLOTS: usize = 1 << 17;
 
 /// The source tag of frames from the uplink (ports are below `MAX_PORTS`).
 const UPLINK: u16 = u16::MAX;
