@@ -489,7 +489,7 @@ impl Table {
 
     #[expect(clippy::cast_possible_truncation, reason = "positions are the low bits of a hash or slot")]
     #[inline]
-    fn find(&self, c: [u64; 2], v6: &[u64; 4], h: u64) -> Option<usize> {
+    fn find(&self, c: [u64; 2], v6: impl Fn() -> [u64; 4], h: u64) -> Option<usize> {
         let tag = h & 0xffff_ffff;
         let mut i = (h as usize) & self.mask;
         loop {
@@ -499,7 +499,7 @@ impl Table {
             }
             if s & 0xffff_ffff == tag {
                 let idx = (s >> 32) as usize - 1;
-                if self.holds(idx, c, v6) {
+                if self.holds(idx, c, &v6) {
                     return Some(idx);
                 }
             }
@@ -508,15 +508,15 @@ impl Table {
     }
 
     /// Whether entry `idx` is the key's whose compact words are `c` (and,
-    /// for an IPv6 key, whose addresses are `v6`).
+    /// for an IPv6 key, whose addresses `v6` gives: read only then).
     #[inline]
-    fn holds(&self, idx: usize, c: [u64; 2], v6: &[u64; 4]) -> bool {
-        self.entries[idx].key == c && (!key::compact_is_v6(c) || self.v6[idx] == *v6)
+    fn holds(&self, idx: usize, c: [u64; 2], v6: &impl Fn() -> [u64; 4]) -> bool {
+        self.entries[idx].key == c && (!key::compact_is_v6(c) || self.v6[idx] == v6())
     }
 
     /// `key`'s [`Table::find`].
     fn find_key(&self, key: &Key) -> Option<usize> {
-        self.find(key.compact(), &key.v6_addrs(), key.hash(self.s.seed))
+        self.find(key.compact(), || key.v6_addrs(), key.hash(self.s.seed))
     }
 
     /// The whole key of entry `idx`.
@@ -857,7 +857,7 @@ impl Table {
         mut judge: impl FnMut(&Tuple) -> bool,
     ) -> Outcome {
         let Prepared { c, h, src_is_lo } = probe;
-        if let Some(idx) = self.find(c, &v6_addrs(c, t), h) {
+        if let Some(idx) = self.find(c, || v6_addrs(c, t), h) {
             let e = &self.entries[idx];
             let (state, admitted) = (e.state, e.generation);
             if self.expired(idx, now.ms32()) {
