@@ -17,20 +17,20 @@
 //!   only stamps `last_seen`; it re-places an entry only when its state
 //!   class changes to a shorter timeout (ESTABLISHED -> FIN_WAIT), not to a
 //!   longer one (a UDP flow's first reply, a completed handshake), which
-//!   would touch three entries' wheel links per change. [`Table::expire`] walks past seconds
-//!   slot by slot: an expired entry is freed; one seen since it was placed
-//!   (or placed a wheel turn ahead) moves to the slot of its current
-//!   deadline. So an entry is freed within a second of its deadline, each
-//!   live entry is looked at about once per timeout, and every call does a
-//!   bounded amount of work. Lookups never use an entry past its deadline,
-//!   swept or not.
+//!   would touch three entries' wheel links per change. [`Table::expire`]
+//!   walks past seconds slot by slot: an expired entry is freed; one seen
+//!   since it was placed, or moved to a longer timeout (or placed a wheel
+//!   turn ahead), moves to the slot of its current deadline. So an entry
+//!   is freed within a second of its deadline, each live entry is looked at
+//!   about once per timeout, and every call does a bounded amount of work.
+//!   Lookups never use an entry past its deadline, swept or not.
 //! - **Capacity**: a global bound and a per-zone bound. A new flow that finds
 //!   either full may evict the oldest *unassured* entry (half-open TCP,
 //!   unreplied UDP/ICMP/other) of its own zone, found within
-//!   [`EVICT_SCAN`] list heads (entries met before their deadline's slot are
-//!   moved there on the way, as the sweep does); assured entries are never evicted, and a zone
-//!   never evicts another zone's entries. Otherwise the new flow is refused
-//!   ([`Outcome::Full`]).
+//!   [`EVICT_SCAN`] list heads (entries met before their deadline's slot
+//!   are moved there on the way, as the sweep does); assured entries are
+//!   never evicted, and a zone never evicts another zone's entries.
+//!   Otherwise the new flow is refused ([`Outcome::Full`]).
 //! - **Policy generation**: every entry records the generation of the policy
 //!   that admitted it. With `revalidate`, the first packet that meets an entry
 //!   of an older generation re-judges the flow's original first packet through
