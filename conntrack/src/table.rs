@@ -695,8 +695,9 @@ impl Table {
                 }
                 let due = self.deadline_sec(idx, now);
                 if due > sec && due - sec < WHEEL_SLOTS as u64 && moved < EVICT_MOVES {
+                    // To its deadline's slot (`due`, after the cursor).
                     self.unlink(idx);
-                    self.link(idx, (due as usize) & (WHEEL_SLOTS - 1));
+                    self.place(idx, now);
                     moved += 1;
                     continue;
                 }
