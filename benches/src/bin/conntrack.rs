@@ -158,10 +158,7 @@ impl Probe {
         let n = (keys.len() * 2).next_power_of_two().max(2);
         let mut p = Probe { slots: mem::filled(n, Slot::default()), mask: n - 1 };
         for k in keys {
-            let mut i = p.place(k);
-            while p.slots[i].key != 0 && p.slots[i].key != k {
-                i = (i + 1) & p.mask;
-            }
+            let i = p.seek(p.place(k), k);
             p.slots[i].key = k;
         }
         p
@@ -172,6 +169,17 @@ impl Probe {
     fn place(&self, k: u128) -> usize {
         let h = fold((k as u64) ^ 0x243f_6a88_85a3_08d3, ((k >> 64) as u64) ^ 0x1319_8a2e_0370_7344);
         (h as usize) & self.mask
+    }
+
+    /// The slot of `k`'s probe sequence from `start` that holds `k`, or
+    /// else the empty one that ends it (load at most 1/2: there is one).
+    #[inline]
+    fn seek(&self, start: usize, k: u128) -> usize {
+        let mut i = start;
+        while self.slots[i].key != 0 && self.slots[i].key != k {
+            i = (i + 1) & self.mask;
+        }
+        i
     }
 
     /// Looks a batch of keys up, all slots prefetched first; bumps each
@@ -187,18 +195,11 @@ impl Probe {
             if k == 0 {
                 continue;
             }
-            let mut i = start;
-            loop {
-                let s = &mut self.slots[i];
-                if s.key == k {
-                    s.counters[0] += 1;
-                    s.counters[1] += u64::from(PKT.wire_len);
-                    break;
-                }
-                if s.key == 0 {
-                    break;
-                }
-                i = (i + 1) & self.mask;
+            let i = self.seek(start, k);
+            let s = &mut self.slots[i];
+            if s.key == k {
+                s.counters[0] += 1;
+                s.counters[1] += u64::from(PKT.wire_len);
             }
         }
     }

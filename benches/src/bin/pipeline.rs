@@ -102,9 +102,8 @@ fn run(pipe: &mut Pipeline<u32>, plan: &Plan, frames: &[[u8; FRAME]], rounds: us
 /// `0..loops`, each with its own pipeline and flows, warmed as the
 /// one-loop case is (the flows made, then their routes recorded): returns
 /// the loops' packets per ns together (best of three trials, each timed
-/// from the first loop's start to the last one's end) and ns per packet
-/// per loop.
-fn established_loops(plan: &Plan, flows: &[[u8; FRAME]], rounds: usize, loops: usize) -> (f64, f64) {
+/// from the first loop's start to the last one's end).
+fn established_loops(plan: &Plan, flows: &[[u8; FRAME]], rounds: usize, loops: usize) -> f64 {
     const TRIALS: usize = 3;
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let barrier = std::sync::Barrier::new(loops);
@@ -137,16 +136,13 @@ fn established_loops(plan: &Plan, flows: &[[u8; FRAME]], rounds: usize, loops: u
     });
     assert!(spans.iter().flatten().all(|&(_, _, fwd)| fwd == flows.len() * rounds), "every established frame forwarded");
     let packets = (flows.len() * rounds * loops) as f64;
-    let mut best = (0.0f64, f64::MAX);
-    for trial in 0..TRIALS {
-        let t0 = spans.iter().map(|l| l[trial].0).min().expect("a loop");
-        let t1 = spans.iter().map(|l| l[trial].1).max().expect("a loop");
-        let wall = t1.duration_since(t0).as_nanos() as f64;
-        if packets / wall > best.0 {
-            best = (packets / wall, wall * loops as f64 / packets);
-        }
-    }
-    best
+    (0..TRIALS)
+        .map(|trial| {
+            let t0 = spans.iter().map(|l| l[trial].0).min().expect("a loop");
+            let t1 = spans.iter().map(|l| l[trial].1).max().expect("a loop");
+            packets / t1.duration_since(t0).as_nanos() as f64
+        })
+        .fold(0.0, f64::max)
 }
 
 fn print(json: bool, case: &str, rules: usize, ns: f64, flows: usize, packets: usize) {
@@ -209,10 +205,10 @@ fn main() {
         drop(pipe);
 
         // The same on 1 and 2 poll loops at once, each on its own core.
-        let (one, _) = established_loops(&plan, flows, rounds, 1);
-        for loops in [1, 2] {
-            let (rate, ns) = if loops == 1 { (one, 1.0 / one) } else { established_loops(&plan, flows, rounds, loops) };
-            print_loops(json, rules, loops, rate, ns, flows.len(), flows.len() * rounds * loops, rate / one);
+        let one = established_loops(&plan, flows, rounds, 1);
+        let two = established_loops(&plan, flows, rounds, 2);
+        for (loops, rate) in [(1, one), (2, two)] {
+            print_loops(json, rules, loops, rate, flows.len(), flows.len() * rounds * loops, rate / one);
         }
 
         // New: every frame opens a flow (a fresh table each round).
@@ -308,9 +304,11 @@ fn print_vs(json: bool, case: &str, rules: usize, ns: f64, flows: usize, packets
     }
 }
 
-#[expect(clippy::too_many_arguments, reason = "one line of the report")]
-fn print_loops(json: bool, rules: usize, loops: usize, per_ns: f64, ns: f64, flows: usize, packets: usize, vs_one: f64) {
+/// One `established-loops` line: `per_ns` is the loops' packets per ns
+/// together.
+fn print_loops(json: bool, rules: usize, loops: usize, per_ns: f64, flows: usize, packets: usize, vs_one: f64) {
     let mpps = per_ns * 1e3;
+    let ns = loops as f64 / per_ns;
     let vs = (vs_one * 1000.0).round() / 1000.0;
     if json {
         println!(
