@@ -4,16 +4,20 @@
 //!
 //! # Design
 //! - **Key**: everything the pipeline's decision reads of an untagged IPv4
-//!   TCP or UDP frame with a 20-byte header that is not a fragment (read by
-//!   [`crate::parse::flow_v4`], which `parse` agrees with), apart from
-//!   connection state: where the frame came from (a port or the uplink),
-//!   both MACs (forwarding, anti-spoofing), both addresses, the protocol
-//!   and both ports. The rest of such a frame (TTL, identification,
-//!   checksums, TCP flags, sequence number and lengths) changes neither the
-//!   stages it passes nor where it goes; the TCP fields and lengths are what
-//!   the connection update reads, and the fast path gives them to it. TCP
-//!   segments without ACK (mostly first SYNs) are left to the pipeline:
-//!   they have no route to take.
+//!   TCP, UDP or ICMP echo (request or reply) frame with a 20-byte header
+//!   that is not a fragment (read by [`crate::parse::flow_v4`], which
+//!   `parse` agrees with), apart from connection state: where the frame
+//!   came from (a port or the uplink), both MACs (forwarding,
+//!   anti-spoofing), both addresses, the protocol and both ports (for an
+//!   echo, its identifier, and its type and code). The rest of such a frame
+//!   (TTL, identification, checksums, TCP flags, sequence number, echo
+//!   sequence and lengths) changes neither the stages it passes nor where
+//!   it goes; the TCP fields and lengths are what the connection update
+//!   reads, and the fast path gives them to it. TCP segments without ACK
+//!   (mostly first SYNs) are left to the pipeline: they have no route to
+//!   take. ICMP errors (judged by the header they carry) and other ICMP
+//!   types (judged without state) never pass as established, so they are
+//!   not read as this shape at all.
 //! - **Route**: the stages the frame passed (the sender's egress and the
 //!   receiver's ingress for VM to VM, else one), each as its port, direction
 //!   and connection entry ([`EntryAt`]), and where the frame went (a port or
@@ -43,7 +47,7 @@ use sgswitch_config::Direction;
 use sgswitch_conntrack::key::fold;
 use sgswitch_conntrack::{EntryAt, mem};
 
-use crate::parse::FlowV4;
+use crate::parse::{self, FlowV4};
 use crate::pipeline::{Source, To};
 use crate::plan::{PortIdx, mac_key};
 
@@ -71,10 +75,13 @@ impl FlowKey {
             Source::Uplink => UPLINK,
             Source::Peer(_) => return None,
         };
+        // An ICMP echo's ports are its identifier twice: the second place
+        // holds its type and code instead, which the policy reads.
+        let second = if f.proto == parse::ICMP { u16::from_be_bytes([f.icmp_type, f.icmp_code]) } else { f.dport };
         Some(FlowKey {
             w: [
                 u64::from(f.saddr.to_bits()) << 32 | u64::from(f.daddr.to_bits()),
-                u64::from(f.sport) << 48 | u64::from(f.dport) << 32 | u64::from(f.proto) << 16 | u64::from(from),
+                u64::from(f.sport) << 48 | u64::from(second) << 32 | u64::from(f.proto) << 16 | u64::from(from),
                 mac_key(&f.dst),
                 mac_key(&f.src),
             ],
@@ -297,12 +304,40 @@ mod tests {
             dport: 443,
             tcp_flags: 0x10,
             tcp_seq: 1,
+            icmp_type: 0,
+            icmp_code: 0,
             payload_len: 0,
             len: 60,
         };
         let k = FlowKey::of(Source::Uplink, &f).expect("from the uplink");
         assert_ne!(Some(k), FlowKey::of(Source::Port(0), &f), "the source is part of the key");
         assert_eq!(FlowKey::of(Source::Peer(0), &f), None, "handed-over frames are not cached");
+    }
+
+    #[test]
+    fn an_echo_key_holds_its_type_and_code() {
+        let request = crate::parse::FlowV4 {
+            dst: [2, 0, 0, 0, 0, 1],
+            src: [2, 0, 0, 0, 0, 2],
+            saddr: Ipv4Addr::new(10, 0, 0, 1),
+            daddr: Ipv4Addr::new(192, 0, 2, 9),
+            proto: parse::ICMP,
+            sport: 77,
+            dport: 77,
+            tcp_flags: 0,
+            tcp_seq: 0,
+            icmp_type: 8,
+            icmp_code: 0,
+            payload_len: 0,
+            len: 60,
+        };
+        let key = |f| FlowKey::of(Source::Uplink, &f).expect("from the uplink");
+        let reply = crate::parse::FlowV4 { icmp_type: 0, ..request };
+        let coded = crate::parse::FlowV4 { icmp_code: 1, ..request };
+        let other_id = crate::parse::FlowV4 { sport: 78, dport: 78, ..request };
+        assert_ne!(key(request), key(reply), "the type is part of the key");
+        assert_ne!(key(request), key(coded), "the code is part of the key");
+        assert_ne!(key(request), key(other_id), "the identifier is part of the key");
     }
 
     #[test]

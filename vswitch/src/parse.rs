@@ -223,22 +223,29 @@ pub fn parse(data: &[u8]) -> Result<Frame, Malformed> {
     Ok(Frame { dst, src, vlan, len: len32(data.len()), net })
 }
 
-/// A frame of the flow cache's shape ([`flow_v4`]): an untagged IPv4 TCP or
-/// UDP packet with a 20-byte header, not a fragment.
+/// A frame of the flow cache's shape ([`flow_v4`]): an untagged IPv4 TCP,
+/// UDP or ICMP echo (request or reply) packet with a 20-byte header, not a
+/// fragment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowV4 {
     pub dst: MacAddr,
     pub src: MacAddr,
     pub saddr: Ipv4Addr,
     pub daddr: Ipv4Addr,
-    /// [`TCP`] or [`UDP`].
+    /// [`TCP`], [`UDP`] or [`ICMP`].
     pub proto: u8,
+    /// The ports as conntrack and the policy read them: TCP/UDP ports, or
+    /// the echo identifier twice ([`Ip::ports`]).
     pub sport: u16,
     pub dport: u16,
-    /// TCP's flags and sequence number (0 for UDP).
+    /// TCP's flags and sequence number (0 otherwise).
     pub tcp_flags: u8,
     pub tcp_seq: u32,
-    /// The transport payload's length.
+    /// ICMP's type and code (0 otherwise).
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    /// The TCP or UDP payload's length (0 for ICMP, whose length conntrack
+    /// does not read).
     pub payload_len: u32,
     /// Bytes on the wire.
     pub len: u32,
@@ -253,10 +260,10 @@ impl FlowV4 {
     /// The IP packet as [`parse`] reads it.
     pub fn ip(&self) -> Ip {
         let (sport, dport) = (self.sport, self.dport);
-        let l4 = if self.proto == TCP {
-            L4::Tcp(Tcp { sport, dport, flags: self.tcp_flags, seq: self.tcp_seq, payload_len: self.payload_len })
-        } else {
-            L4::Udp { sport, dport, payload_len: self.payload_len }
+        let l4 = match self.proto {
+            TCP => L4::Tcp(Tcp { sport, dport, flags: self.tcp_flags, seq: self.tcp_seq, payload_len: self.payload_len }),
+            UDP => L4::Udp { sport, dport, payload_len: self.payload_len },
+            _ => L4::Icmp(Icmp { typ: self.icmp_type, code: self.icmp_code, echo_id: Some(sport), inner: None }),
         };
         Ip { src: IpAddr::V4(self.saddr), dst: IpAddr::V4(self.daddr), proto: self.proto, frag: None, l4 }
     }
@@ -269,10 +276,11 @@ impl FlowV4 {
 /// bad lengths and data offsets, in a few loads and compares.
 #[inline]
 pub fn flow_v4(d: &[u8]) -> Option<FlowV4> {
-    // Ethernet, the IPv4 header and a UDP header's 8 bytes.
+    // Ethernet, the IPv4 header and a UDP header's (or an ICMP echo's) 8
+    // bytes.
     let h: &[u8; 42] = d.get(..42)?.try_into().ok()?;
     let proto = h[23];
-    if u16::from_be_bytes([h[12], h[13]]) != ETH_IPV4 || h[14] != 0x45 || (proto != TCP && proto != UDP) {
+    if u16::from_be_bytes([h[12], h[13]]) != ETH_IPV4 || h[14] != 0x45 || !matches!(proto, TCP | UDP | ICMP) {
         return None;
     }
     // Neither more fragments nor an offset (don't-fragment is fine).
@@ -281,19 +289,34 @@ pub fn flow_v4(d: &[u8]) -> Option<FlowV4> {
     }
     let total = usize::from(u16::from_be_bytes([h[16], h[17]]));
     let p = d.get(34..14 + total)?;
-    let (tcp_flags, tcp_seq, payload_len) = if proto == TCP {
-        let t: &[u8; 20] = p.get(..20)?.try_into().ok()?;
-        let doff = usize::from(t[12] >> 4) * 4;
-        if doff < 20 || doff > p.len() {
-            return None;
+    let (sport, dport) = (u16::from_be_bytes([h[34], h[35]]), u16::from_be_bytes([h[36], h[37]]));
+    // (source port, destination port, TCP flags, TCP sequence number, ICMP
+    // type and code, payload length)
+    let (sport, dport, tcp_flags, tcp_seq, icmp, payload_len) = match proto {
+        TCP => {
+            let t: &[u8; 20] = p.get(..20)?.try_into().ok()?;
+            let doff = usize::from(t[12] >> 4) * 4;
+            if doff < 20 || doff > p.len() {
+                return None;
+            }
+            (sport, dport, t[13], u32::from_be_bytes([t[4], t[5], t[6], t[7]]), [0, 0], len32(p.len() - doff))
         }
-        (t[13], u32::from_be_bytes([t[4], t[5], t[6], t[7]]), len32(p.len() - doff))
-    } else {
-        let udp_len = usize::from(u16::from_be_bytes([h[38], h[39]]));
-        if udp_len < 8 || udp_len > p.len() {
-            return None;
+        UDP => {
+            let udp_len = usize::from(u16::from_be_bytes([h[38], h[39]]));
+            if udp_len < 8 || udp_len > p.len() {
+                return None;
+            }
+            (sport, dport, 0, 0, [0, 0], len32(udp_len - 8))
         }
-        (0, 0, len32(udp_len - 8))
+        _ => {
+            // Echo requests and replies only: an error is judged by the
+            // header it carries, other types statelessly.
+            if p.len() < 8 || !matches!(h[34], 0 | 8) {
+                return None;
+            }
+            let id = u16::from_be_bytes([h[38], h[39]]);
+            (id, id, 0, 0, [h[34], h[35]], 0)
+        }
     };
     Some(FlowV4 {
         dst: mac_of(h, 0),
@@ -301,10 +324,12 @@ pub fn flow_v4(d: &[u8]) -> Option<FlowV4> {
         saddr: Ipv4Addr::new(h[26], h[27], h[28], h[29]),
         daddr: Ipv4Addr::new(h[30], h[31], h[32], h[33]),
         proto,
-        sport: u16::from_be_bytes([h[34], h[35]]),
-        dport: u16::from_be_bytes([h[36], h[37]]),
+        sport,
+        dport,
         tcp_flags,
         tcp_seq,
+        icmp_type: icmp[0],
+        icmp_code: icmp[1],
         payload_len,
         len: len32(d.len()),
     })
@@ -604,24 +629,26 @@ mod tests {
         #![proptest_config(proptest::prelude::ProptestConfig { cases: 2048, ..proptest::prelude::ProptestConfig::default() })]
 
         /// Whenever the flow cache's reader takes a frame, `parse` reads the
-        /// same frame from it. Frames are drawn near that shape: TCP and UDP
-        /// over IPv4, with the ethertype, first byte, protocol, fragment
-        /// field, total length, data offset, UDP length and the frame's
-        /// length each sometimes off.
+        /// same frame from it. Frames are drawn near that shape: TCP, UDP
+        /// and ICMP echo (request or reply) over IPv4, with the ethertype,
+        /// first byte, protocol, fragment field, total length, data offset,
+        /// UDP length, ICMP type and code and the frame's length each
+        /// sometimes off.
         #[test]
         fn the_flow_cache_reads_a_frame_as_parse_reads_it(
-            tcp in proptest::bool::ANY,
+            shape in 0u8..4,
             payload in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
             edits in proptest::collection::vec(
                 (
                     proptest::prop_oneof![
                         // Ethertype, version and IHL, total length, fragment
-                        // field, protocol, UDP length, TCP data offset.
-                        3 => proptest::sample::select(vec![12usize, 13, 14, 16, 17, 20, 21, 23, 38, 39, 46]),
+                        // field, protocol, ICMP type and code, UDP length
+                        // (ICMP echo id), TCP data offset.
+                        3 => proptest::sample::select(vec![12usize, 13, 14, 16, 17, 20, 21, 23, 34, 35, 38, 39, 46]),
                         1 => 0usize..60,
                     ],
                     proptest::prop_oneof![
-                        proptest::sample::select(vec![0u8, 1, 6, 8, 0x11, 0x20, 0x40, 0x44, 0x45, 0x46, 0x4f, 0x50, 0x60, 0xf0, 0xff]),
+                        proptest::sample::select(vec![0u8, 1, 3, 6, 8, 0x0b, 0x0d, 0x11, 0x20, 0x40, 0x44, 0x45, 0x46, 0x4f, 0x50, 0x60, 0xf0, 0xff]),
                         proptest::num::u8::ANY,
                     ],
                 ),
@@ -632,11 +659,13 @@ mod tests {
         ) {
             let b = PacketBuilder::ethernet2(A, B).ipv4([10, 0, 0, 1], [192, 0, 2, 9], 64);
             let mut f = Vec::new();
-            if tcp {
-                b.tcp(40000, 22, 7, 1000).ack(3).write(&mut f, &payload).expect("frame");
-            } else {
-                b.udp(5000, 53).write(&mut f, &payload).expect("frame");
+            match shape {
+                0 => b.tcp(40000, 22, 7, 1000).ack(3).write(&mut f, &payload),
+                1 => b.udp(5000, 53).write(&mut f, &payload),
+                2 => b.icmpv4_echo_request(0x1234, 9).write(&mut f, &payload),
+                _ => b.icmpv4_echo_reply(0x1234, 9).write(&mut f, &payload),
             }
+            .expect("frame");
             let clean = flow_v4(&f);
             proptest::prop_assert!(clean.is_some(), "an unedited frame has the shape");
             proptest::prop_assert_eq!(parse(&f), Ok(clean.expect("read").frame()));
@@ -658,9 +687,17 @@ mod tests {
 
     #[test]
     fn the_flow_cache_reader_leaves_other_shapes_to_parse() {
-        let ip = PacketBuilder::ethernet2(A, B).ipv4([10, 0, 0, 1], [192, 0, 2, 9], 64);
-        let mut icmp = Vec::new();
-        ip.icmpv4_echo_request(1, 1).write(&mut icmp, &[0; 8]).expect("frame");
+        let ip = || PacketBuilder::ethernet2(A, B).ipv4([10, 0, 0, 1], [192, 0, 2, 9], 64);
+        // ICMP other than echo: an error (destination unreachable, port
+        // unreachable, with the header it embeds) and a timestamp request.
+        let mut unreachable = Vec::new();
+        ip().icmpv4_raw(3, 3, [0; 4]).write(&mut unreachable, &tcp_v4(false)[14..42]).expect("frame");
+        let mut timestamp = Vec::new();
+        ip().icmpv4_raw(13, 0, [0, 1, 0, 1]).write(&mut timestamp, &[0; 12]).expect("frame");
+        // An echo too short for its identifier.
+        let mut short = Vec::new();
+        ip().write(&mut short, etherparse::IpNumber(ICMP), &[8, 0, 0, 0, 0]).expect("frame");
+        short.resize(60, 0);
         let mut tagged = Vec::new();
         PacketBuilder::ethernet2(A, B)
             .single_vlan(7.try_into().expect("vlan"))
@@ -672,9 +709,25 @@ mod tests {
         PacketBuilder::ethernet2(A, B).ipv6([0xfd; 16], [0x20; 16], 64).udp(1, 2).write(&mut v6, &[0; 8]).expect("frame");
         let mut frag = tcp_v4(false);
         frag[20] |= 0x20;
-        for (what, f) in [("icmp", icmp), ("vlan", tagged), ("ipv6", v6), ("fragment", frag)] {
+        for (what, f) in [("icmp error", unreachable), ("icmp timestamp", timestamp), ("vlan", tagged), ("ipv6", v6), ("fragment", frag)] {
             assert!(parse(&f).is_ok(), "{what} parses");
             assert_eq!(flow_v4(&f), None, "{what}");
+        }
+        assert_eq!(parse(&short), Err(Malformed::Transport), "a truncated echo is malformed");
+        assert_eq!(flow_v4(&short), None, "a truncated echo");
+    }
+
+    #[test]
+    fn the_flow_cache_reader_reads_an_echo_as_conntrack_keys_it() {
+        for (request, typ) in [(true, 8), (false, 0)] {
+            let mut f = Vec::new();
+            let b = PacketBuilder::ethernet2(A, B).ipv4([10, 0, 0, 1], [192, 0, 2, 9], 64);
+            if request { b.icmpv4_echo_request(0x1234, 9) } else { b.icmpv4_echo_reply(0x1234, 9) }.write(&mut f, b"ping").expect("frame");
+            let x = flow_v4(&f).expect("an echo has the shape");
+            assert_eq!((x.proto, x.sport, x.dport, x.icmp_type, x.icmp_code), (ICMP, 0x1234, 0x1234, typ, 0));
+            assert_eq!(parse(&f), Ok(x.frame()));
+            let Ok(Frame { net: Net::Ip(ip), .. }) = parse(&f) else { panic!("an IP frame") };
+            assert_eq!(ip.ports(), (0x1234, 0x1234), "the identifier twice, as conntrack keys an echo");
         }
     }
 

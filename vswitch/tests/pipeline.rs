@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use sgswitch::flowlog::{self, FlowLog, Writer};
-use sgswitch::pipeline::{Action, Pipeline, Reason, Source, conntrack_settings};
+use sgswitch::pipeline::{Action, Pipeline, Reason, Source, To, conntrack_settings};
 use sgswitch::plan::{Plan, PortIdx, Zones};
 use sgswitch_conntrack::{FragSettings, Now};
 use sgswitch_tests::frames::{self, Ends, UPLINK_MAC};
@@ -469,6 +469,13 @@ fn flow_cache_against_no_cache(on_change: sgswitch_config::OnPolicyChange) {
     // then).
     let by_ip = Ends { src_mac: UPLINK_MAC, dst_mac: [2, 0xee, 0, 0, 0, 2], src: ip("198.51.100.9"), dst: ip("10.0.0.11") };
     flows.push((Source::Uplink, Source::Port(web), by_ip, 6, 46_000, 443));
+    // Pings (the echo id as both ports): from the internet to web1 (sg-web
+    // allows echo requests), and from web1 to db1 (sg-db does not).
+    for c in 0..2u16 {
+        let pinger = Ends { src_mac: UPLINK_MAC, dst_mac: web_mac, src: ip(&format!("198.51.100.{}", c + 20)), dst: ip("10.0.0.11") };
+        flows.push((Source::Uplink, Source::Port(web), pinger, 1, 7_000 + c, 7_000 + c));
+    }
+    flows.push((Source::Port(web), Source::Port(dbp), w2d, 1, 7_100, 7_100));
 
     let mut rng = Rng(11);
     let flags = ["A", "A", "A", "A", "A", "A", "PA", "S", "SA", "FA", "R"];
@@ -491,12 +498,25 @@ fn flow_cache_against_no_cache(on_change: sgswitch_config::OnPolicyChange) {
             }
         }
         seq = seq.wrapping_add(7);
-        let f = if proto == 6 {
-            let fl = flags[rng.below(flags.len())];
-            let payload: &[u8] = if fl == "PA" { b"data" } else { b"" };
-            frames::tcp(&ends, sp, dp, fl, seq, 1, payload)
-        } else {
-            frames::udp(&ends, sp, dp, &[0; 12])
+        let f = match proto {
+            6 => {
+                let fl = flags[rng.below(flags.len())];
+                let payload: &[u8] = if fl == "PA" { b"data" } else { b"" };
+                frames::tcp(&ends, sp, dp, fl, seq, 1, payload)
+            }
+            // Mostly an echo request from the pinger and a reply from the
+            // other side; now and then the other type (a reply from the
+            // pinger), or a timestamp request (not echo: judged without
+            // state, never cached).
+            1 => match rng.below(8) {
+                0 => {
+                    let [hi, lo] = sp.to_be_bytes();
+                    frames::icmp(&ends, 13, 0, [hi, lo, 0, 1], &[0; 12])
+                }
+                1 => frames::echo(&ends, sp, u16::try_from(seq & 0xffff).expect("16 bits"), reply),
+                _ => frames::echo(&ends, sp, u16::try_from(seq & 0xffff).expect("16 bits"), !reply),
+            },
+            _ => frames::udp(&ends, sp, dp, &[0; 12]),
         };
         frames.push((src, f));
     }
@@ -560,6 +580,39 @@ fn flow_cache_against_no_cache(on_change: sgswitch_config::OnPolicyChange) {
     assert!(h > 5_000, "most established frames took their recorded route: {h} hits, {m} misses");
     let (h2, _) = hits(&cached[1]);
     assert!(h2 > 0 && h2 < h, "two slots hold fewer routes: {h2} hits");
+}
+
+#[test]
+fn a_ping_takes_its_recorded_route_and_other_icmp_never_does() {
+    let plan = examples();
+    let web = plan.port_by_id("eni-web1").expect("eni-web1");
+    let web_mac = plan.port(web).expect("web").mac.expect("mac");
+    let ip = |s: &str| s.parse().expect("ip");
+    let pinger = Ends { src_mac: UPLINK_MAC, dst_mac: web_mac, src: ip("198.51.100.20"), dst: ip("10.0.0.11") };
+    let mut pipe = pipeline(&plan);
+    let mut out = [no_outcome()];
+    let mut send = |pipe: &mut Pipeline<u32>, src, f: &[u8]| {
+        pipe.process_batch(&plan, &[(src, f, 0)], Now(1), &mut out);
+        out[0]
+    };
+    let hits = |p: &Pipeline<u32>| p.counters.flow_cache_hits.get();
+    for seq in 1..=5u16 {
+        let request = send(&mut pipe, Source::Uplink, &frames::echo(&pinger, 7, seq, true));
+        assert_eq!(request.action, Action::Forward(To::Port(web)), "request {seq}");
+        let reply = send(&mut pipe, Source::Port(web), &frames::echo(&pinger.reversed(), 7, seq, false));
+        assert_eq!((reply.action, reply.reason), (Action::Forward(To::Uplink), Reason::Established), "reply {seq}");
+    }
+    // The first request opened the flow (no route: not established yet),
+    // the first reply recorded the way out and the second request the way
+    // in; every frame after those took its route: replies 2-5, requests 3-5.
+    assert_eq!(hits(&pipe), 7, "pings that took their recorded route");
+    // A timestamp request on the echo's identifier: judged by the rules
+    // (sg-web allows echo requests only), never by a route.
+    let timestamp = frames::icmp(&pinger, 13, 0, [0, 7, 0, 1], &[0; 12]);
+    for _ in 0..3 {
+        assert_eq!(send(&mut pipe, Source::Uplink, &timestamp).action, Action::Drop);
+    }
+    assert_eq!(hits(&pipe), 7, "no route for ICMP other than echo");
 }
 
 #[test]
