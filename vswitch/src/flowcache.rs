@@ -292,14 +292,14 @@ mod tests {
     use super::*;
     use std::net::Ipv4Addr;
 
-    #[test]
-    fn a_key_tells_where_its_frame_came_from() {
-        let f = crate::parse::FlowV4 {
+    /// A TCP ACK from 10.0.0.1:40000 to 192.0.2.9:443, as `flow_v4` reads it.
+    fn ack() -> FlowV4 {
+        FlowV4 {
             dst: [2, 0, 0, 0, 0, 1],
             src: [2, 0, 0, 0, 0, 2],
             saddr: Ipv4Addr::new(10, 0, 0, 1),
             daddr: Ipv4Addr::new(192, 0, 2, 9),
-            proto: 6,
+            proto: parse::TCP,
             sport: 40000,
             dport: 443,
             tcp_flags: 0x10,
@@ -308,7 +308,12 @@ mod tests {
             icmp_code: 0,
             payload_len: 0,
             len: 60,
-        };
+        }
+    }
+
+    #[test]
+    fn a_key_tells_where_its_frame_came_from() {
+        let f = ack();
         let k = FlowKey::of(Source::Uplink, &f).expect("from the uplink");
         assert_ne!(Some(k), FlowKey::of(Source::Port(0), &f), "the source is part of the key");
         assert_eq!(FlowKey::of(Source::Peer(0), &f), None, "handed-over frames are not cached");
@@ -316,25 +321,12 @@ mod tests {
 
     #[test]
     fn an_echo_key_holds_its_type_and_code() {
-        let request = crate::parse::FlowV4 {
-            dst: [2, 0, 0, 0, 0, 1],
-            src: [2, 0, 0, 0, 0, 2],
-            saddr: Ipv4Addr::new(10, 0, 0, 1),
-            daddr: Ipv4Addr::new(192, 0, 2, 9),
-            proto: parse::ICMP,
-            sport: 77,
-            dport: 77,
-            tcp_flags: 0,
-            tcp_seq: 0,
-            icmp_type: 8,
-            icmp_code: 0,
-            payload_len: 0,
-            len: 60,
-        };
+        // An echo request between the same addresses, identifier 77.
+        let request = FlowV4 { proto: parse::ICMP, sport: 77, dport: 77, tcp_flags: 0, tcp_seq: 0, icmp_type: 8, ..ack() };
         let key = |f| FlowKey::of(Source::Uplink, &f).expect("from the uplink");
-        let reply = crate::parse::FlowV4 { icmp_type: 0, ..request };
-        let coded = crate::parse::FlowV4 { icmp_code: 1, ..request };
-        let other_id = crate::parse::FlowV4 { sport: 78, dport: 78, ..request };
+        let reply = FlowV4 { icmp_type: 0, ..request };
+        let coded = FlowV4 { icmp_code: 1, ..request };
+        let other_id = FlowV4 { sport: 78, dport: 78, ..request };
         assert_ne!(key(request), key(reply), "the type is part of the key");
         assert_ne!(key(request), key(coded), "the code is part of the key");
         assert_ne!(key(request), key(other_id), "the identifier is part of the key");

@@ -197,7 +197,7 @@ pub fn render(shared: &Shared) -> String {
     t.family(
         "sgswitch_loop_flow_cache_total",
         "counter",
-        "Frames of the flow cache's shape (untagged IPv4 UDP, or TCP with ACK set; no IP options, not fragments) by result: hit (a recorded route of an established flow taken) or miss (decided from scratch).",
+        "Frames of the flow cache's shape (untagged IPv4 UDP, ICMP echo, or TCP with ACK set; no IP options, not fragments) by result: hit (a recorded route of an established flow taken) or miss (decided from scratch).",
     );
     for l in &shared.loops {
         let lp = l.index.to_string();
