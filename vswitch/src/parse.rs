@@ -311,7 +311,7 @@ pub fn flow_v4(d: &[u8]) -> Option<FlowV4> {
         _ => {
             // Echo requests and replies only: an error is judged by the
             // header it carries, other types statelessly.
-            if p.len() < 8 || !matches!(h[34], 0 | 8) {
+            if p.len() < 8 || !is_echo(h[34], false) {
                 return None;
             }
             let id = u16::from_be_bytes([h[38], h[39]]);
@@ -459,13 +459,18 @@ pub fn is_icmp_error(typ: u8, v6: bool) -> bool {
     if v6 { matches!(typ, 1..=4) } else { matches!(typ, 3 | 11 | 12) }
 }
 
+/// Whether an ICMP (v4) or ICMPv6 type is an echo request or reply, which
+/// carries an identifier (conntrack tracks it as a flow).
+fn is_echo(typ: u8, v6: bool) -> bool {
+    if v6 { matches!(typ, 128 | 129) } else { matches!(typ, 0 | 8) }
+}
+
 fn icmp(p: &[u8], v6: bool) -> Option<Icmp> {
     let (typ, code) = (*p.first()?, *p.get(1)?);
     if p.len() < 8 {
         return None;
     }
-    let echo = if v6 { matches!(typ, 128 | 129) } else { matches!(typ, 0 | 8) };
-    let echo_id = if echo { Some(be16(p, 4)?) } else { None };
+    let echo_id = if is_echo(typ, v6) { Some(be16(p, 4)?) } else { None };
     let inner = if is_icmp_error(typ, v6) { embedded(&p[8..], v6) } else { None };
     Some(Icmp { typ, code, echo_id, inner })
 }
