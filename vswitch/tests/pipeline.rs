@@ -513,8 +513,10 @@ fn flow_cache_against_no_cache(on_change: sgswitch_config::OnPolicyChange) {
                     let [hi, lo] = sp.to_be_bytes();
                     frames::icmp(&ends, 13, 0, [hi, lo, 0, 1], &[0; 12])
                 }
-                1 => frames::echo(&ends, sp, u16::try_from(seq & 0xffff).expect("16 bits"), reply),
-                _ => frames::echo(&ends, sp, u16::try_from(seq & 0xffff).expect("16 bits"), !reply),
+                k => {
+                    let request = if k == 1 { reply } else { !reply };
+                    frames::echo(&ends, sp, u16::try_from(seq & 0xffff).expect("16 bits"), request)
+                }
             },
             _ => frames::udp(&ends, sp, dp, &[0; 12]),
         };
