@@ -7,6 +7,8 @@
 //!   sequence check for RST.
 //! - [`frag`]: fragments follow the verdict of their datagram's first
 //!   fragment; early followers wait in a bounded hold.
+//! - `index`: the table's index, entry numbers by key hash in groups of
+//!   eight slots (one cache line), searched without branching on neighbours.
 //! - [`table`]: the bounded, preallocated connection [`Table`]: lookup and
 //!   state update, creation through the caller's policy closure, amortised
 //!   expiry, capacity and eviction, lazy revalidation by policy generation.
@@ -19,6 +21,7 @@
 #![deny(unsafe_code)]
 
 pub mod frag;
+mod index;
 pub mod key;
 pub mod mem;
 pub mod table;

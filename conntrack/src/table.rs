@@ -5,11 +5,13 @@
 //!   capacity, one cache line each with the flow's counters; IPv6 keys'
 //!   addresses and the wheel links live in parallel arrays; free entries are
 //!   chained through their links.
-//! - **Index**: open addressing with linear probing over `u64` slots
-//!   (entry index and the low 32 bits of the key hash, which include the home
-//!   position), at most half full; deletion shifts followers back, so there
-//!   are no tombstones. A probe compares the stored hash bits before touching
-//!   an entry.
+//! - **Index** (`index`): entry numbers in groups of eight slots, one
+//!   cache line each, with a one-byte tag of the hash per slot; at most half
+//!   the slots used; deletion shifts followers back, so there are no
+//!   tombstones. A lookup compares a group's eight tags at once, then the
+//!   key in the entry. A batch guesses every packet's entry from its home
+//!   group while warming, and tracking takes the guess when the entry is
+//!   live and holds the packet's key, without searching the index again.
 //! - **Expiry**: a timer wheel of [`WHEEL_SLOTS`] one-second slots, each a
 //!   doubly linked list. An entry sits in the slot of the second its deadline
 //!   (last seen + the timeout of its zone and state) falls in, as computed
@@ -44,6 +46,7 @@
 
 use std::net::IpAddr;
 
+use crate::index::Index;
 use crate::key::{self, Key, Tuple, Zone};
 use crate::mem;
 use crate::tcp::{self, Segment, Side, Step, TcpState};
@@ -301,8 +304,7 @@ pub struct Table {
     /// Timeouts in ms by class, per zone, then for zones beyond the list.
     zone_ms: Vec<[u32; CLASSES]>,
     default_ms: [u32; CLASSES],
-    slots: Vec<u64>,
-    mask: usize,
+    index: Index,
     free: u32,
     len: u32,
     zone_len: Vec<u32>,
@@ -361,21 +363,28 @@ pub struct Ready {
 ///
 /// It holds the key as an entry stores it (`Key::compact`): an IPv4
 /// key whole, in two words, so that a batch stores and reloads little per
-/// packet; an IPv6 key's addresses are read again from the tuple.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// packet; an IPv6 key's addresses are read again from the tuple. Warming
+/// adds a guess of the flow's entry from its home index group, which tracking
+/// confirms from the entry's key before it skips the index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Prepared {
     c: [u64; 2],
     h: u64,
+    /// The entry warming guessed, or [`NIL`].
+    guess: u32,
     /// Whether the packet's source is the key's low endpoint.
     src_is_lo: bool,
+}
+
+impl Default for Prepared {
+    fn default() -> Self {
+        Prepared { c: [0; 2], h: 0, guess: NIL, src_is_lo: false }
+    }
 }
 
 /// The flags that tell a plain ACK (ACK set, no SYN, FIN or RST) from
 /// the other segments.
 const PLAIN_MASK: u8 = tcp::flags::ACK | tcp::flags::SYN | tcp::flags::FIN | tcp::flags::RST;
-
-/// How many slots past the home slot warming follows a probe sequence.
-const WARM_RUN: usize = 8;
 
 /// The most packets `track_batch` works on together.
 pub const BATCH: usize = 64;
@@ -423,7 +432,6 @@ impl Table {
     pub fn new(s: Settings, zones: usize) -> Table {
         assert!(s.capacity > 0 && s.capacity <= 1 << 30, "capacity must be 1..2^30");
         let cap = s.capacity as usize;
-        let nslots = (cap * 2).next_power_of_two();
         let mut links = mem::filled(cap, UNLINKED);
         for (i, l) in links.iter_mut().enumerate() {
             l.next = if i + 1 < cap { u32::try_from(i + 1).expect("capacity <= 2^30") } else { NIL };
@@ -434,8 +442,7 @@ impl Table {
             v6: mem::filled(cap, [0; 4]),
             zone_ms: s.zone_timeouts.iter().map(Timeouts::ms_by_class).collect(),
             default_ms: s.default_timeouts.ms_by_class(),
-            slots: mem::filled(nslots, 0),
-            mask: nslots - 1,
+            index: Index::new(cap * 2),
             free: 0,
             len: 0,
             zone_len: vec![0; zones],
@@ -474,7 +481,7 @@ impl Table {
     /// addresses, wheel linkage and index slots.
     pub fn bytes_per_flow(&self) -> usize {
         let per = std::mem::size_of::<Entry>() + std::mem::size_of::<[u64; 4]>() + std::mem::size_of::<Link>();
-        per + self.slots.len() * std::mem::size_of::<u64>() / self.entries.len()
+        per + self.index.bytes() / self.entries.len()
     }
 
     /// The size of one entry in bytes.
@@ -483,28 +490,10 @@ impl Table {
     }
 
     // ------------------------------------------------------------ index
-    //
-    // Slots and hashes are u64; positions are their low bits, so the
-    // truncating casts to usize below are the point.
 
-    #[expect(clippy::cast_possible_truncation, reason = "positions are the low bits of a hash or slot")]
     #[inline]
     fn find(&self, c: [u64; 2], v6: impl Fn() -> [u64; 4], h: u64) -> Option<usize> {
-        let tag = h & 0xffff_ffff;
-        let mut i = (h as usize) & self.mask;
-        loop {
-            let s = self.slots[i];
-            if s == 0 {
-                return None;
-            }
-            if s & 0xffff_ffff == tag {
-                let idx = (s >> 32) as usize - 1;
-                if self.holds(idx, c, &v6) {
-                    return Some(idx);
-                }
-            }
-            i = (i + 1) & self.mask;
-        }
+        self.index.find(h, |id| self.holds(id as usize, c, &v6)).map(|id| id as usize)
     }
 
     /// Whether entry `idx` is the key's whose compact words are `c` (and,
@@ -524,37 +513,14 @@ impl Table {
         Key::from_compact(self.entries[idx].key, &self.v6[idx])
     }
 
-    #[expect(clippy::cast_possible_truncation, reason = "positions are the low bits of a hash or slot")]
     fn index_insert(&mut self, h: u64, idx: usize) {
-        let mut i = (h as usize) & self.mask;
-        while self.slots[i] != 0 {
-            i = (i + 1) & self.mask;
-        }
-        self.slots[i] = ((idx as u64 + 1) << 32) | (h & 0xffff_ffff);
+        self.index.insert(h, u32::try_from(idx).expect("capacity <= 2^30"));
     }
 
-    #[expect(clippy::cast_possible_truncation, reason = "positions are the low bits of a hash or slot")]
     fn index_remove(&mut self, h: u64, idx: usize) {
-        let want = (idx as u64 + 1) << 32;
-        let mut i = (h as usize) & self.mask;
-        while self.slots[i] & !0xffff_ffff != want {
-            i = (i + 1) & self.mask;
-        }
-        // Backward-shift deletion: pull followers whose home is not in (i, j].
-        let mut j = i;
-        loop {
-            j = (j + 1) & self.mask;
-            let s = self.slots[j];
-            if s == 0 {
-                break;
-            }
-            let home = (s as usize) & self.mask;
-            if (j.wrapping_sub(home) & self.mask) >= (j.wrapping_sub(i) & self.mask) {
-                self.slots[i] = s;
-                i = j;
-            }
-        }
-        self.slots[i] = 0;
+        let (entries, v6, seed) = (&self.entries, &self.v6, self.s.seed);
+        let hash_of = |id: u32| Key::from_compact(entries[id as usize].key, &v6[id as usize]).hash(seed);
+        self.index.remove(h, u32::try_from(idx).expect("capacity <= 2^30"), hash_of);
     }
 
     // ------------------------------------------------------------ lists
@@ -748,23 +714,25 @@ impl Table {
         generation: u32,
         judge: impl FnMut(&Tuple) -> bool,
     ) -> Outcome {
-        debug_assert_eq!(prepared, self.probe(t), "prepared for another tuple");
+        debug_assert_eq!(Prepared { guess: NIL, ..prepared }, self.probe(t), "prepared for another tuple");
         self.track_probe(t, prepared, p, now, generation, judge)
     }
 
-    /// [`Table::warm`] for tuples already prepared.
-    pub fn warm_prepared(&self, prepared: &[Prepared]) {
-        self.warm_probes(&prepared[..prepared.len().min(BATCH)]);
+    /// [`Table::warm`] for tuples already prepared; each keeps the guess of
+    /// its entry that warming made, for [`Table::track_prepared`].
+    pub fn warm_prepared(&self, prepared: &mut [Prepared]) {
+        let n = prepared.len().min(BATCH);
+        self.warm_probes(&mut prepared[..n]);
     }
 
     #[inline]
     fn probe(&self, t: &Tuple) -> Prepared {
         if let Some((c, src_is_lo)) = Key::compact_of_v4(t) {
-            return Prepared { c, h: key::hash_v4(c, self.s.seed), src_is_lo };
+            return Prepared { c, h: key::hash_v4(c, self.s.seed), guess: NIL, src_is_lo };
         }
         // IPv6: the whole key is needed for its hash.
         let (key, src_is_lo) = Key::of(t);
-        Prepared { c: key.compact(), h: key.hash(self.s.seed), src_is_lo }
+        Prepared { c: key.compact(), h: key.hash(self.s.seed), guess: NIL, src_is_lo }
     }
 
     /// [`Table::track`] for a batch: `out[i]` is the outcome of `tuples[i]`
@@ -772,12 +740,14 @@ impl Table {
     ///
     /// # Design
     /// Per chunk of [`BATCH`] packets: hash all keys, then prefetch every
-    /// home index slot, then every candidate entry, and only then run the
-    /// per-packet logic. The prefetches of one phase do not depend on each
-    /// other, so their cache misses overlap instead of queueing; by the last
-    /// phase the lines are in cache. (Later packets of a batch may change
-    /// what the warming saw; the last phase reads everything afresh, so that
-    /// only costs a miss, never a wrong answer.)
+    /// home index group, then guess every entry from its group and prefetch
+    /// it, and only then run the per-packet logic. The prefetches of one
+    /// phase do not depend on each other, so their cache misses overlap
+    /// instead of queueing; by the last phase the lines are in cache. (Later
+    /// packets of a batch may change what the warming saw; the last phase
+    /// takes a guess only from a live entry holding the packet's key, and
+    /// else searches the index afresh, so a stale guess only costs a miss,
+    /// never a wrong answer.)
     ///
     /// # Panics
     /// If the three slices differ in length.
@@ -804,7 +774,7 @@ impl Table {
         }
     }
 
-    /// Brings the index slots and entries of `tuples` (at most [`BATCH`])
+    /// Brings the index groups and entries of `tuples` (at most [`BATCH`])
     /// into the cache, their misses overlapped, ahead of tracking them one
     /// by one: what [`Table::track_batch`] does first, for a caller that
     /// must interleave other work between the packets of a batch.
@@ -814,35 +784,25 @@ impl Table {
         for (probe, t) in probes.iter_mut().zip(tuples) {
             *probe = self.probe(t);
         }
-        self.warm_probes(&probes[..tuples.len()]);
+        self.warm_probes(&mut probes[..tuples.len()]);
     }
 
-    /// Prefetches the home slot of every probe, then the entry of the first
-    /// slot of its probe sequence whose stored hash bits match (at half load
-    /// a quarter of the flows do not sit in their home slot; the following
-    /// slots are almost always in the same cache line). Prefetches retire at
+    /// Prefetches the home index group of every probe, then guesses each
+    /// probe's entry from its group ([`Index::guess`]: right for nearly
+    /// every flow that has one) and prefetches it. Prefetches retire at
     /// once, so the misses of a phase are all in flight together; by the
-    /// time the second phase reads a slot, its line has mostly arrived.
-    #[expect(clippy::cast_possible_truncation, reason = "positions are the low bits of a hash or slot")]
-    fn warm_probes(&self, probes: &[Prepared]) {
-        for probe in probes {
-            mem::prefetch(&self.slots[(probe.h as usize) & self.mask]);
+    /// time the second phase reads a group, its line has mostly arrived.
+    fn warm_probes(&self, probes: &mut [Prepared]) {
+        for probe in &*probes {
+            self.index.prefetch(probe.h);
         }
         for probe in probes {
-            let (tag, mut i) = (probe.h & 0xffff_ffff, (probe.h as usize) & self.mask);
-            let mut s = self.slots[i];
-            // Bounded: a run longer than a cache line of slots is left to
-            // `find` (it is rare at half load).
-            for _ in 0..WARM_RUN {
-                if s == 0 || s & 0xffff_ffff == tag {
-                    break;
-                }
-                i = (i + 1) & self.mask;
-                s = self.slots[i];
-            }
-            if s != 0 {
-                let idx = (s >> 32) as usize - 1;
-                mem::prefetch(&self.entries[idx]);
+            probe.guess = NIL;
+            if let Some(id) = self.index.guess(probe.h)
+                && let Some(e) = self.entries.get(id as usize)
+            {
+                mem::prefetch(e);
+                probe.guess = id;
             }
         }
     }
@@ -857,8 +817,10 @@ impl Table {
         generation: u32,
         mut judge: impl FnMut(&Tuple) -> bool,
     ) -> Outcome {
-        let Prepared { c, h, src_is_lo } = probe;
-        if let Some(idx) = self.find(c, || v6_addrs(c, t), h) {
+        let Prepared { c, h, guess, src_is_lo } = probe;
+        let v6 = || v6_addrs(c, t);
+        let guessed = (guess as usize) < self.entries.len() && self.entries[guess as usize].live() && self.holds(guess as usize, c, &v6);
+        if let Some(idx) = if guessed { Some(guess as usize) } else { self.find(c, v6, h) } {
             let e = &self.entries[idx];
             let (state, admitted) = (e.state, e.generation);
             if self.expired(idx, now.ms32()) {
@@ -1019,7 +981,7 @@ impl Table {
         generation: u32,
         mut judge: impl FnMut(&Tuple) -> bool,
     ) -> Outcome {
-        let Prepared { c, h, src_is_lo } = probe;
+        let Prepared { c, h, src_is_lo, .. } = probe;
         let state = match t.proto {
             6 => match tcp::first(Segment::from_flags(p.tcp_flags), self.s.tcp_strict) {
                 Some(s) => State::Tcp(s),

@@ -455,25 +455,63 @@ fn flows_that_differ_only_in_their_ipv6_addresses_are_different_entries() {
 
 #[test]
 fn an_ipv6_flow_whose_hash_bits_collide_is_still_another_flow() {
-    // The index stores 32 bits of the hash, so a lookup only compares keys
-    // when those collide. Find two IPv6 flows, same ports, zone and
-    // protocol, whose low 32 hash bits are equal: only the addresses kept
-    // beside the entries tell them apart.
+    // The index keeps of a hash only its home group (its low bits) and a
+    // 7-bit tag (its top bits), so a lookup compares keys when those
+    // collide. Find two IPv6 flows, same ports, zone and protocol, whose
+    // low 16 and top 7 hash bits are equal: only the addresses kept beside
+    // the entries tell them apart.
     let seed = Settings::default().seed;
     let flow = |i: u32| tuple(0, 17, &format!("fd00::{:x}:{:x}", i >> 16, i & 0xffff), 5000, "2001:db8::9", 53);
     let mut seen = std::collections::HashMap::new();
-    let (a, b) = (0..4_000_000u32)
+    let (a, b) = (0..1_000_000u32)
         .find_map(|i| {
-            let tag = Key::of(&flow(i)).0.hash(seed) & 0xffff_ffff;
-            seen.insert(tag, i).map(|j| (flow(j), flow(i)))
+            let h = Key::of(&flow(i)).0.hash(seed);
+            seen.insert((h & 0xffff, h >> 57), i).map(|j| (flow(j), flow(i)))
         })
-        .expect("a 32-bit collision among 4M flows");
+        .expect("a 23-bit collision among 1M flows");
     let mut t = table(1);
     let udp = PacketInfo { wire_len: 100, ..PacketInfo::default() };
     assert_eq!(t.track(&a, &udp, s(1), 1, |_| true), Outcome::New);
     assert!(t.get(&b).is_none(), "{b:?} found {a:?}'s entry");
     assert_eq!(t.track(&b, &udp, s(1), 1, |_| true), Outcome::New);
     assert_eq!(t.len(), 2);
+    // In one batch, each guessed from its home group before either is
+    // tracked, both pass on their own entries.
+    let mut out = [Outcome::Invalid; 4];
+    t.track_batch(&[a, b, b.reversed(), a.reversed()], &[udp; 4], s(2), 1, |_| panic!("both tracked"), &mut out);
+    assert_eq!(out, [Outcome::Established; 4]);
+    assert_eq!(t.get(&a).expect("a").1.packets, [2, 1]);
+    assert_eq!(t.get(&b).expect("b").1.packets, [2, 1]);
+}
+
+#[test]
+fn a_batch_never_passes_a_packet_on_an_entry_an_earlier_packet_removed() {
+    // Warming guesses every packet's entry before any is tracked. Here the
+    // first packet meets its flow admitted under the old policy, which the
+    // new one denies: the entry is removed and the packet judged as new. The
+    // second, the reply, was guessed the removed entry; it must be judged as
+    // new too, and the table stay whole.
+    let mut t = table(1);
+    let a = tuple(0, 17, "10.0.0.1", 5000, "192.0.2.9", 53);
+    assert_eq!(t.track(&a, &UDP, s(0), 1, allow), Outcome::New);
+    let judged = Cell::new(0);
+    let mut out = [Outcome::Invalid; 2];
+    t.track_batch(
+        &[a, a.reversed()],
+        &[UDP; 2],
+        s(1),
+        2,
+        |_| {
+            judged.set(judged.get() + 1);
+            false
+        },
+        &mut out,
+    );
+    assert_eq!(out, [Outcome::Denied; 2]);
+    assert_eq!(judged.get(), 3, "revalidated once, then each packet judged as new");
+    assert_eq!((t.len(), t.stats().revalidation_removed), (0, 1));
+    assert_eq!(t.track(&a, &UDP, s(1), 2, allow), Outcome::New);
+    assert_eq!(t.track(&a.reversed(), &UDP, s(1), 2, deny), Outcome::Established);
 }
 
 #[test]

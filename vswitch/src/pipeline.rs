@@ -396,7 +396,7 @@ impl<H: Copy> Pipeline<H> {
                 }
                 *p = Some(f);
             }
-            self.conntrack.warm_prepared(&self.prepared[..n]);
+            self.conntrack.warm_prepared(&mut self.prepared[..n]);
             // Whether a route was recorded since the lookups above: until
             // one is, what they found (or not) is what the cache holds.
             let mut recorded = false;
