@@ -519,8 +519,13 @@ impl Table {
 
     fn index_remove(&mut self, h: u64, idx: usize) {
         let (entries, v6, seed) = (&self.entries, &self.v6, self.s.seed);
-        let hash_of = |id: u32| Key::from_compact(entries[id as usize].key, &v6[id as usize]).hash(seed);
+        let hash_of = |id: u32| entry_hash(entries, v6, id as usize, seed);
         self.index.remove(h, u32::try_from(idx).expect("capacity <= 2^30"), hash_of);
+    }
+
+    /// The hash of entry `idx`'s key.
+    fn hash_at(&self, idx: usize) -> u64 {
+        entry_hash(&self.entries, &self.v6, idx, self.s.seed)
     }
 
     // ------------------------------------------------------------ lists
@@ -572,13 +577,12 @@ impl Table {
 
     /// Frees an entry already unlinked from the wheel.
     fn free_entry(&mut self, idx: usize) {
-        let key = self.key_at(idx);
-        self.index_remove(key.hash(self.s.seed), idx);
+        self.index_remove(self.hash_at(idx), idx);
         self.entries[idx].flags &= !LIVE;
         self.links[idx].next = self.free;
         self.free = u32::try_from(idx).expect("capacity <= 2^30");
         self.len -= 1;
-        if let Some(n) = self.zone_len.get_mut(usize::from(key.zone())) {
+        if let Some(n) = self.zone_len.get_mut(usize::from(self.entries[idx].zone())) {
             *n -= 1;
         }
     }
@@ -614,6 +618,16 @@ impl Table {
             let idx = h as usize;
             looked += 1;
             self.unlink(idx);
+            // The entries after this one in the slot are most often freed
+            // next, and freeing one waits on its index group: start bringing
+            // in the group of the one after next (the next one's was started
+            // a step ago), so that the misses of successive frees overlap.
+            if let Some(&next) = self.heads.get(slot).filter(|&&n| n != NIL)
+                && let Some(&Link { next: after, .. }) = self.links.get(next as usize)
+                && after != NIL
+            {
+                self.index.prefetch(self.hash_at(after as usize));
+            }
             if self.expired(idx, now32) {
                 self.free_entry(idx);
                 self.stats.expired += 1;
@@ -1097,6 +1111,12 @@ fn tcp_update(e: &mut Entry, st: TcpState, side: Side, p: &PacketInfo, strict: b
 /// words are the whole key. Read again from the tuple: the IPv6 path is
 /// rare enough.
 #[inline]
+/// The hash of entry `idx`'s key (an IPv4 key's from its compact words).
+fn entry_hash(entries: &[Entry], v6: &[[u64; 4]], idx: usize, seed: u64) -> u64 {
+    let c = entries[idx].key;
+    if key::compact_is_v6(c) { Key::from_compact(c, &v6[idx]).hash(seed) } else { key::hash_v4(c, seed) }
+}
+
 fn v6_addrs(c: [u64; 2], t: &Tuple) -> [u64; 4] {
     if key::compact_is_v6(c) { Key::of(t).0.v6_addrs() } else { [0; 4] }
 }
