@@ -739,7 +739,7 @@ impl Table {
         self.warm_probes(&mut prepared[..n]);
     }
 
-    #[inline]
+    #[inline(always)]
     fn probe(&self, t: &Tuple) -> Prepared {
         if let Some((c, src_is_lo)) = Key::compact_of_v4(t) {
             return Prepared { c, h: key::hash_v4(c, self.s.seed), guess: NIL, src_is_lo };
