@@ -83,9 +83,10 @@ fn empties(tags: u64) -> u64 {
     !tags & HI
 }
 
-/// The slot of the lowest byte whose high bit is set in `bits` (not 0).
+/// The slot of the lowest byte whose high bit is set in `bits` (not 0; the
+/// mask only tells the compiler the slot is below [`WIDTH`]).
 fn lowest(bits: u64) -> usize {
-    (bits.trailing_zeros() / 8) as usize
+    (bits.trailing_zeros() / 8) as usize & (WIDTH - 1)
 }
 
 /// The bounded index (see the module documentation).
@@ -163,12 +164,11 @@ impl Index {
         }
     }
 
-    /// Indexes entry `id` under `h`.
-    ///
-    /// # Panics
-    /// If half the slots are in use already (the caller bounds its entries).
+    /// Indexes entry `id` under `h`. The caller keeps at most half the slots
+    /// in use (the table's capacity is half its index), so a group with an
+    /// empty slot ends the search.
     pub(crate) fn insert(&mut self, h: u64, id: u32) {
-        assert!(self.len < self.slots() / 2, "the index is at most half full");
+        debug_assert!(self.len < self.slots() / 2, "the index is at most half full");
         let mut g = self.home(h);
         let mut d = 0usize;
         loop {
