@@ -149,16 +149,23 @@ impl Index {
 
     /// The entry, among those indexed under `h`, that `is` accepts.
     #[inline]
-    pub(crate) fn find(&self, h: u64, mut is: impl FnMut(u32) -> bool) -> Option<u32> {
+    pub(crate) fn find(&self, h: u64, is: impl FnMut(u32) -> bool) -> Option<u32> {
+        self.locate(h, is).map(|(g, k)| self.groups[g].ids[k])
+    }
+
+    /// The slot (group, slot in it) of the entry, among those indexed under
+    /// `h`, that `is` accepts.
+    #[inline]
+    fn locate(&self, h: u64, mut is: impl FnMut(u32) -> bool) -> Option<(usize, usize)> {
         let tag = tag_of(h);
         let mut g = self.home(h);
         loop {
             let grp = &self.groups[g];
             let mut m = matches(grp.word(), tag);
             while m != 0 {
-                let id = grp.ids[lowest(m)];
-                if is(id) {
-                    return Some(id);
+                let k = lowest(m);
+                if is(grp.ids[k]) {
+                    return Some((g, k));
                 }
                 m &= m - 1;
             }
@@ -209,22 +216,9 @@ impl Index {
     /// any indexed entry (asked only for entries [`SAT`] or more groups from
     /// home). An entry that is not indexed is left alone.
     pub(crate) fn remove(&mut self, h: u64, id: u32, hash_of: impl Fn(u32) -> u64) {
-        let tag = tag_of(h);
-        let mut g = self.home(h);
-        let mut k = loop {
-            let grp = &self.groups[g];
-            let mut m = matches(grp.word(), tag);
-            while m != 0 && grp.ids[lowest(m)] != id {
-                m &= m - 1;
-            }
-            if m != 0 {
-                break lowest(m);
-            }
-            if empties(grp.word()) != 0 {
-                debug_assert!(false, "entry {id} is not indexed");
-                return;
-            }
-            g = (g + 1) & self.mask;
+        let Some((mut g, mut k)) = self.locate(h, |x| x == id) else {
+            debug_assert!(false, "entry {id} is not indexed");
+            return;
         };
         // The hole is (g, k), still holding what it held. If its group has
         // another empty slot, no entry's probe sequence relies on the group
@@ -375,7 +369,7 @@ mod tests {
                     ix.insert(h, id);
                     model.insert(id, h);
                 } else if let Some(h) = model.remove(&id) {
-                    ix.remove(h, id, |x| model.get(&x).copied().unwrap_or(h));
+                    ix.remove(h, id, |x| model[&x]);
                 }
                 check(&ix, &model);
             }

@@ -833,7 +833,7 @@ impl Table {
     ) -> Outcome {
         let Prepared { c, h, guess, src_is_lo } = probe;
         let v6 = || v6_addrs(c, t);
-        let guessed = (guess as usize) < self.entries.len() && self.entries[guess as usize].live() && self.holds(guess as usize, c, &v6);
+        let guessed = self.entries.get(guess as usize).is_some_and(Entry::live) && self.holds(guess as usize, c, &v6);
         if let Some(idx) = if guessed { Some(guess as usize) } else { self.find(c, v6, h) } {
             let e = &self.entries[idx];
             let (state, admitted) = (e.state, e.generation);
