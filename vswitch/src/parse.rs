@@ -294,12 +294,8 @@ pub fn flow_v4(d: &[u8]) -> Option<FlowV4> {
     // type and code, payload length)
     let (sport, dport, tcp_flags, tcp_seq, icmp, payload_len) = match proto {
         TCP => {
-            let t: &[u8; 20] = p.get(..20)?.try_into().ok()?;
-            let doff = usize::from(t[12] >> 4) * 4;
-            if doff < 20 || doff > p.len() {
-                return None;
-            }
-            (sport, dport, t[13], u32::from_be_bytes([t[4], t[5], t[6], t[7]]), [0, 0], len32(p.len() - doff))
+            let t = tcp(p)?;
+            (t.sport, t.dport, t.flags, t.seq, [0, 0], t.payload_len)
         }
         UDP => {
             let udp_len = usize::from(u16::from_be_bytes([h[38], h[39]]));
@@ -437,7 +433,7 @@ fn transport(proto: u8, p: &[u8], frag: Option<Frag>, v6: bool) -> Result<L4, Ma
     }
 }
 
-#[inline]
+#[inline(always)]
 fn tcp(p: &[u8]) -> Option<Tcp> {
     let h: &[u8; 20] = p.get(..20)?.try_into().ok()?;
     let doff = usize::from(h[12] >> 4) * 4;
