@@ -42,12 +42,14 @@
 //!   would in a direct-mapped cache when they take turns. Nothing on the
 //!   per-packet path allocates.
 
+use std::net::Ipv4Addr;
+
 use sgswitch_config::Direction;
 
 use sgswitch_conntrack::key::fold;
-use sgswitch_conntrack::{EntryAt, mem};
+use sgswitch_conntrack::{EntryAt, PacketInfo, mem};
 
-use crate::parse::{self, FlowV4};
+use crate::parse::{self, FlowV4, MacAddr};
 use crate::pipeline::{Source, To};
 use crate::plan::{PortIdx, mac_key};
 
@@ -86,6 +88,47 @@ impl FlowKey {
                 mac_key(&f.src),
             ],
         })
+    }
+
+    /// What conntrack reads of a frame beside its tuple, which
+    /// [`FlowKey::flow`] takes back with the key.
+    #[inline]
+    pub fn info(f: &FlowV4) -> PacketInfo {
+        PacketInfo { tcp_flags: f.tcp_flags, tcp_seq: f.tcp_seq, payload_len: f.payload_len, wire_len: f.len }
+    }
+
+    /// The frame this key was made of, as [`parse::flow_v4`] read it, given
+    /// [`FlowKey::info`] of it: the key holds
+    /// every other field, so a frame that misses the cache is not read
+    /// twice. (An echo's key holds its type and code where its destination
+    /// port would be; its ports are its identifier twice.)
+    #[inline]
+    #[expect(clippy::cast_possible_truncation, reason = "each field is taken from where `FlowKey::of` put it")]
+    pub fn flow(&self, info: &PacketInfo) -> FlowV4 {
+        let [addrs, rest, dst, src] = self.w;
+        let mac = |k: u64| -> MacAddr {
+            let [_, _, m @ ..] = k.to_be_bytes();
+            m
+        };
+        // `rest`: source port, second place, a zero byte, protocol, source.
+        let (sport, second, proto) = ((rest >> 48) as u16, (rest >> 32) as u16, (rest >> 16) as u8);
+        let icmp = proto == parse::ICMP;
+        let [icmp_type, icmp_code] = if icmp { second.to_be_bytes() } else { [0, 0] };
+        FlowV4 {
+            dst: mac(dst),
+            src: mac(src),
+            saddr: Ipv4Addr::from_bits((addrs >> 32) as u32),
+            daddr: Ipv4Addr::from_bits(addrs as u32),
+            proto,
+            sport,
+            dport: if icmp { sport } else { second },
+            icmp_type,
+            icmp_code,
+            tcp_flags: info.tcp_flags,
+            tcp_seq: info.tcp_seq,
+            payload_len: info.payload_len,
+            len: info.wire_len,
+        }
     }
 
     /// A 64-bit hash keyed by `seed` (folded multiplies, as the
@@ -330,6 +373,47 @@ mod tests {
         assert_ne!(key(request), key(reply), "the type is part of the key");
         assert_ne!(key(request), key(coded), "the code is part of the key");
         assert_ne!(key(request), key(other_id), "the identifier is part of the key");
+    }
+
+    proptest::proptest! {
+        /// Any frame `flow_v4` reads comes back whole from its key and its
+        /// conntrack view, from every source: a frame that misses the
+        /// cache is decided on exactly what the reader read.
+        #[test]
+        fn a_key_and_its_info_give_back_the_frame_read(
+            proto in proptest::sample::select(vec![parse::TCP, parse::UDP, parse::ICMP]),
+            macs in proptest::array::uniform12(proptest::num::u8::ANY),
+            addrs in proptest::array::uniform2(proptest::num::u32::ANY),
+            ports in proptest::array::uniform2(proptest::num::u16::ANY),
+            tcp in (proptest::num::u8::ANY, proptest::num::u32::ANY),
+            icmp in (proptest::sample::select(vec![0u8, 8]), proptest::num::u8::ANY),
+            payload_len in 0u32..1500,
+            len in 42u32..1600,
+            from in proptest::option::of(0u16..1024),
+        ) {
+            // The fields as the reader fills them for each protocol.
+            let (tcp_flags, tcp_seq) = if proto == parse::TCP { tcp } else { (0, 0) };
+            let (icmp_type, icmp_code) = if proto == parse::ICMP { icmp } else { (0, 0) };
+            let dport = if proto == parse::ICMP { ports[0] } else { ports[1] };
+            let x = FlowV4 {
+                dst: std::array::from_fn(|i| macs[i]),
+                src: std::array::from_fn(|i| macs[6 + i]),
+                saddr: Ipv4Addr::from_bits(addrs[0]),
+                daddr: Ipv4Addr::from_bits(addrs[1]),
+                proto,
+                sport: ports[0],
+                dport,
+                tcp_flags,
+                tcp_seq,
+                icmp_type,
+                icmp_code,
+                payload_len: if proto == parse::ICMP { 0 } else { payload_len },
+                len,
+            };
+            let src = from.map_or(Source::Uplink, Source::Port);
+            let key = FlowKey::of(src, &x).expect("not handed over");
+            proptest::prop_assert_eq!(key.flow(&FlowKey::info(&x)), x);
+        }
     }
 
     #[test]

@@ -353,8 +353,7 @@ impl<H: Copy> Pipeline<H> {
                     {
                         let h = cache.hash(&key);
                         cache.warm(h);
-                        let info = PacketInfo { tcp_flags: x.tcp_flags, tcp_seq: x.tcp_seq, payload_len: x.payload_len, wire_len: x.len };
-                        *k = Some((key, h, info));
+                        *k = Some((key, h, FlowKey::info(&x)));
                     }
                 }
             }
@@ -377,7 +376,7 @@ impl<H: Copy> Pipeline<H> {
                     *r = Some(route);
                     continue;
                 }
-                let f = read(data, k.is_some());
+                let f = read(data, k.as_ref());
                 if let Ok(Frame { net: Net::Ip(ip), dst, .. }) = &f {
                     let port = match *src {
                         Source::Port(p) | Source::Peer(p) => Some(p),
@@ -417,7 +416,7 @@ impl<H: Copy> Pipeline<H> {
                 }
                 // A frame whose route was found above, but whose entries were
                 // not ready, was not parsed there.
-                let f = p.unwrap_or_else(|| read(data, k.is_some()));
+                let f = p.unwrap_or_else(|| read(data, k.as_ref()));
                 self.hint = hint;
                 self.trace = Trace::default();
                 *o = self.decide(plan, src, &f, data.len(), now, handle);
@@ -817,13 +816,21 @@ fn tuple(ip: &Ip, zone: Zone) -> Tuple {
     Tuple { zone, proto: ip.proto, src: ip.src, dst: ip.dst, sport, dport }
 }
 
-/// A frame as `parse` reads it; `shaped` when [`parse::flow_v4`] reads it,
-/// which gives the same frame in fewer steps.
-fn read(data: &[u8], shaped: bool) -> Result<Frame, parse::Malformed> {
-    match parse::flow_v4(data).filter(|_| shaped) {
-        Some(x) => Ok(x.frame()),
-        None => parse::parse(data),
+/// A frame as `parse` reads it. A frame [`parse::flow_v4`] read, whose
+/// cache key and conntrack view were made of it, is rebuilt from those
+/// (the same frame, and its bytes not read again).
+#[inline(always)]
+fn read(data: &[u8], fast: Option<&(FlowKey, u64, PacketInfo)>) -> Result<Frame, parse::Malformed> {
+    match fast {
+        Some((key, _, info)) => Ok(key.flow(info).frame()),
+        None => parse_any(data),
     }
+}
+
+/// [`parse::parse`], kept out of the batch loop's body.
+#[inline(never)]
+fn parse_any(data: &[u8]) -> Result<Frame, parse::Malformed> {
+    parse::parse(data)
 }
 
 /// What conntrack reads of a packet of `len` bytes beyond its tuple.
