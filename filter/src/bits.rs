@@ -321,3 +321,86 @@ impl<A: Point> Bits<A> {
         (self.remote.intervals(), self.remote.distinct_rows)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The row of `v` found by reading every interval: the last one that
+    /// starts at or before it.
+    fn scan<T: Point>(f: &Field<T>, v: T) -> usize {
+        f.ivs.iter().rev().find(|iv| iv.0 <= v).map_or(usize::MAX, |iv| iv.1 as usize)
+    }
+
+    /// One rule per interval list entry, so that every interval is its own
+    /// row; returns the field and its interval starts.
+    fn field<T: Point>(ranges: &[(T, T)]) -> Field<T> {
+        let per: Vec<&[(T, T)]> = ranges.iter().map(std::slice::from_ref).collect();
+        build_field(&per, ranges.len().div_ceil(64).max(1), 1, &mut Vec::new())
+    }
+
+    fn probes<T: Point>(f: &Field<T>, extra: &[T]) -> Vec<T> {
+        // Every start, its neighbours, the ends of the type and the extras.
+        let mut vs: Vec<T> = vec![T::MIN, T::MAX];
+        for &(s, _) in &f.ivs {
+            vs.push(s);
+            if s < T::MAX {
+                vs.push(s.succ());
+            }
+        }
+        vs.extend_from_slice(extra);
+        vs
+    }
+
+    proptest! {
+        #[test]
+        fn a_port_finds_the_interval_it_lies_in(
+            ranges in prop::collection::vec((any::<u16>(), any::<u16>()).prop_map(|(a, b)| (a.min(b), a.max(b))), 0..300),
+            extra in prop::collection::vec(any::<u16>(), 50),
+        ) {
+            let f = field(&ranges);
+            for v in probes(&f, &extra) {
+                prop_assert_eq!(f.locate(v), scan(&f, v), "value {}", v);
+            }
+        }
+
+        #[test]
+        fn a_small_value_range_finds_its_interval(
+            // Protocol numbers: every start below 256 of a 16-bit field.
+            ranges in prop::collection::vec((0u16..256, 0u16..256).prop_map(|(a, b)| (a.min(b), a.max(b))), 1..20),
+            extra in prop::collection::vec(any::<u16>(), 50),
+        ) {
+            let f = field(&ranges);
+            for v in probes(&f, &extra) {
+                prop_assert_eq!(f.locate(v), scan(&f, v), "value {}", v);
+            }
+        }
+
+        #[test]
+        fn an_address_finds_the_interval_it_lies_in(
+            nets in prop::collection::vec((any::<u32>(), 0u32..33), 0..300),
+            extra in prop::collection::vec(any::<u32>(), 50),
+        ) {
+            let ranges: Vec<(u32, u32)> =
+                nets.iter().map(|&(a, len)| { let host = u32::MAX.checked_shr(len).unwrap_or(0); (a & !host, a | host) }).collect();
+            let f = field(&ranges);
+            for v in probes(&f, &extra) {
+                prop_assert_eq!(f.locate(v), scan(&f, v), "value {}", v);
+            }
+        }
+
+        #[test]
+        fn a_v6_address_finds_the_interval_it_lies_in(
+            nets in prop::collection::vec((any::<u128>(), 0u32..129), 0..100),
+            extra in prop::collection::vec(any::<u128>(), 50),
+        ) {
+            let ranges: Vec<(u128, u128)> =
+                nets.iter().map(|&(a, len)| { let host = u128::MAX.checked_shr(len).unwrap_or(0); (a & !host, a | host) }).collect();
+            let f = field(&ranges);
+            for v in probes(&f, &extra) {
+                prop_assert_eq!(f.locate(v), scan(&f, v), "value {}", v);
+            }
+        }
+    }
+}
