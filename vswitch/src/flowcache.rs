@@ -42,12 +42,12 @@
 //!   would in a direct-mapped cache when they take turns. Nothing on the
 //!   per-packet path allocates.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use sgswitch_config::Direction;
 
 use sgswitch_conntrack::key::fold;
-use sgswitch_conntrack::{EntryAt, PacketInfo, mem};
+use sgswitch_conntrack::{EntryAt, PacketInfo, Tuple, Zone, mem};
 
 use crate::parse::{self, FlowV4, MacAddr};
 use crate::pipeline::{Source, To};
@@ -129,6 +129,29 @@ impl FlowKey {
             payload_len: info.payload_len,
             len: info.wire_len,
         }
+    }
+
+    /// The conntrack tuple of the frame in `zone`, as the pipeline makes
+    /// it of the frame [`FlowKey::flow`] gives back.
+    #[inline]
+    #[expect(clippy::cast_possible_truncation, reason = "each field is taken from where `FlowKey::of` put it")]
+    pub fn tuple(&self, zone: Zone) -> Tuple {
+        let [addrs, rest, ..] = self.w;
+        let (sport, second, proto) = ((rest >> 48) as u16, (rest >> 32) as u16, (rest >> 16) as u8);
+        Tuple {
+            zone,
+            proto,
+            src: IpAddr::V4(Ipv4Addr::from_bits((addrs >> 32) as u32)),
+            dst: IpAddr::V4(Ipv4Addr::from_bits(addrs as u32)),
+            sport,
+            dport: if proto == parse::ICMP { sport } else { second },
+        }
+    }
+
+    /// The destination MAC's [`mac_key`].
+    #[inline]
+    pub fn dst_key(&self) -> u64 {
+        self.w[2]
     }
 
     /// A 64-bit hash keyed by `seed` (folded multiplies, as the
@@ -413,6 +436,8 @@ mod tests {
             let src = from.map_or(Source::Uplink, Source::Port);
             let key = FlowKey::of(src, &x).expect("not handed over");
             proptest::prop_assert_eq!(key.flow(&FlowKey::info(&x)), x);
+            proptest::prop_assert_eq!(key.tuple(9), crate::pipeline::tuple(&x.ip(), 9));
+            proptest::prop_assert_eq!(key.dst_key(), mac_key(&x.dst));
         }
     }
 

@@ -36,7 +36,7 @@ use sgswitch_filter::{By, Decision, Key, Packet, RuleRef, Verdict};
 use crate::flowcache::{self, FlowCache, FlowKey, Route, Trace};
 use crate::flowlog::FlowLog;
 use crate::parse::{self, Frame, Icmp, Ip, L4, MacAddr, Net};
-use crate::plan::{MAX_PORTS, Plan, PortIdx, PortPlan};
+use crate::plan::{MAX_PORTS, Plan, PortIdx, PortPlan, mac_key};
 pub use crate::stats::REASONS;
 use crate::stats::{Counters, RuleHits};
 
@@ -376,24 +376,21 @@ impl<H: Copy> Pipeline<H> {
                     *r = Some(route);
                     continue;
                 }
-                let f = read(data, k.as_ref());
-                if let Ok(Frame { net: Net::Ip(ip), dst, .. }) = &f {
-                    let port = match *src {
-                        Source::Port(p) | Source::Peer(p) => Some(p),
-                        Source::Uplink if is_group(dst) => None,
-                        Source::Uplink => {
-                            let q = plan.port_by_mac(dst);
-                            hint.by_mac = Some(q);
-                            q
-                        }
-                    };
-                    if let Some(zone) = port.and_then(|p| plan.port(p)).map(|p| p.zone) {
-                        self.prepared[n] = self.conntrack.prepare(&tuple(ip, zone));
-                        hint.prepared = u8::try_from(n).ok().map(|at| (zone, at));
-                        n += 1;
-                    }
+                // The frame's tuple in the zone of its first stage: a shaped
+                // frame's from its key (the frame itself is made when it is
+                // decided), another's from the frame parsed.
+                let t = match k {
+                    Some((key, _, _)) => first_zone(plan, *src, key.dst_key(), hint).map(|zone| key.tuple(zone)),
+                    None => match p.insert(parse_any(data)) {
+                        Ok(Frame { net: Net::Ip(ip), dst, .. }) => first_zone(plan, *src, mac_key(dst), hint).map(|zone| tuple(ip, zone)),
+                        _ => None,
+                    },
+                };
+                if let Some(t) = t {
+                    self.prepared[n] = self.conntrack.prepare(&t);
+                    hint.prepared = u8::try_from(n).ok().map(|at| (t.zone, at));
+                    n += 1;
                 }
-                *p = Some(f);
             }
             self.conntrack.warm_prepared(&mut self.prepared[..n]);
             // Whether a route was recorded since the lookups above: until
@@ -771,6 +768,24 @@ impl<H: Copy> Pipeline<H> {
     }
 }
 
+/// The zone of a frame's first stage: its port's for a frame from a port
+/// or handed over, the port its destination MAC (as [`mac_key`] spells it)
+/// names for one from the uplink, which `hint` keeps for deciding it.
+#[inline]
+fn first_zone(plan: &Plan, src: Source, dst_key: u64, hint: &mut Hint) -> Option<Zone> {
+    let port = match src {
+        Source::Port(p) | Source::Peer(p) => Some(p),
+        // Broadcast or multicast: the first byte's low bit.
+        Source::Uplink if dst_key >> 40 & 1 != 0 => None,
+        Source::Uplink => {
+            let q = plan.port_by_mac_key(dst_key);
+            hint.by_mac = Some(q);
+            q
+        }
+    };
+    port.and_then(|p| plan.port(p)).map(|p| p.zone)
+}
+
 /// The poll loop of `loops` that owns `zone` (and the port it belongs to).
 pub fn owner_of(zone: Zone, loops: usize) -> usize {
     usize::from(zone) % loops.max(1)
@@ -811,7 +826,7 @@ fn sides(ip: &Ip, d: Direction) -> (IpAddr, IpAddr) {
 }
 
 /// A packet's flow tuple in `zone`.
-fn tuple(ip: &Ip, zone: Zone) -> Tuple {
+pub(crate) fn tuple(ip: &Ip, zone: Zone) -> Tuple {
     let (sport, dport) = ip.ports();
     Tuple { zone, proto: ip.proto, src: ip.src, dst: ip.dst, sport, dport }
 }

@@ -216,7 +216,12 @@ impl Plan {
 
     /// The port whose MAC is `mac`.
     pub fn port_by_mac(&self, mac: &MacAddr) -> Option<PortIdx> {
-        self.by_mac.get(&mac_key(mac)).copied()
+        self.port_by_mac_key(mac_key(mac))
+    }
+
+    /// The port whose MAC's [`mac_key`] is `key`.
+    pub(crate) fn port_by_mac_key(&self, key: u64) -> Option<PortIdx> {
+        self.by_mac.get(&key).copied()
     }
 
     /// The port that owns `a` (the most specific of its prefixes wins).
