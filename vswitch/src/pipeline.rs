@@ -397,7 +397,7 @@ impl<H: Copy> Pipeline<H> {
             // one is, what they found (or not) is what the cache holds.
             let mut recorded = false;
             for (((((&(src, data, handle), p), r), o), hint), k) in
-                chunk.iter().zip(&parsed).zip(&routes).zip(outs.iter_mut()).zip(hints).zip(&fast)
+                chunk.iter().zip(&parsed).zip(&routes).zip(outs.iter_mut()).zip(&hints).zip(&fast)
             {
                 if let Some((key, h, info)) = k
                     && let Some(route) = match (recorded, &self.cache) {
@@ -413,10 +413,17 @@ impl<H: Copy> Pipeline<H> {
                 }
                 // A frame whose route was found above, but whose entries were
                 // not ready, was not parsed there.
-                let f = p.unwrap_or_else(|| read(data, k.as_ref()));
-                self.hint = hint;
+                let made;
+                let f = match p {
+                    Some(f) => f,
+                    None => {
+                        made = read(data, k.as_ref());
+                        &made
+                    }
+                };
+                self.hint = *hint;
                 self.trace = Trace::default();
-                *o = self.decide(plan, src, &f, data.len(), now, handle);
+                *o = self.decide(plan, src, f, data.len(), now, handle);
                 if let Some((key, h, _)) = k {
                     self.counters.flow_cache_misses.add(1);
                     if let (Action::Forward(to), Reason::Established, Some(cache)) = (o.action, o.reason, &mut self.cache) {
