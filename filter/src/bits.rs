@@ -53,6 +53,9 @@ macro_rules! point {
 const MAX_BUCKET_BITS: u32 = 16;
 point!(u16, u32, u128);
 
+/// The most starts a bucket's search reads one by one.
+const SCAN: usize = 8;
+
 /// One field: interval starts and, per interval, where its row starts in the
 /// owning [`Bits`]' row arena.
 ///
@@ -79,7 +82,11 @@ impl<T: Point> Field<T> {
         // Intervals starting in this bucket at or before `v`; if none, the
         // last one of an earlier bucket (ivs[0] starts at T::MIN, in bucket
         // 0, so there is always one).
-        let n = self.ivs.get(lo..hi).map_or(0, |s| s.partition_point(|&(s, _)| s <= v));
+        let n = self.ivs.get(lo..hi).map_or(0, |s| {
+            // A bucket holds a start or two, more only where starts crowd:
+            // a few compares without branches beat a binary search's loop.
+            if s.len() <= SCAN { s.iter().map(|&(s, _)| usize::from(s <= v)).sum() } else { s.partition_point(|&(s, _)| s <= v) }
+        });
         self.ivs.get((lo + n).saturating_sub(1)).map_or(0, |&(_, off)| off as usize)
     }
 
