@@ -873,9 +873,8 @@ fn packet(ip: &Ip, d: Direction) -> Packet {
 /// and code from the packet at hand when it is the same orientation; an
 /// echo flow's opener sent a request).
 fn tuple_packet(t: &Tuple, d: Direction, ip: &Ip) -> Packet {
-    let same = t.src == ip.src && t.sport == ip.ports().0;
     let (icmp_type, icmp_code) = match ip.l4 {
-        L4::Icmp(Icmp { typ, code, .. }) if same => (typ, code),
+        L4::Icmp(Icmp { typ, code, .. }) if t.src == ip.src && t.sport == ip.ports().0 => (typ, code),
         L4::Icmp(_) => (if ip.is_v6() { 128 } else { 8 }, 0),
         _ => (0, 0),
     };
