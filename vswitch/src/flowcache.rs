@@ -148,7 +148,8 @@ impl FlowKey {
         }
     }
 
-    /// The destination MAC's [`mac_key`].
+    /// The destination MAC as the number its six bytes spell (how the plan
+    /// keys its ports by MAC).
     #[inline]
     pub fn dst_key(&self) -> u64 {
         self.w[2]
