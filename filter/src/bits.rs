@@ -333,22 +333,15 @@ impl<A: Point> Bits<A> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use proptest::test_runner::TestCaseError;
 
-    /// The row of `v` found by reading every interval: the last one that
-    /// starts at or before it.
-    fn scan<T: Point>(f: &Field<T>, v: T) -> usize {
-        f.ivs.iter().rev().find(|iv| iv.0 <= v).map_or(usize::MAX, |iv| iv.1 as usize)
-    }
-
-    /// One rule per interval list entry, so that every interval is its own
-    /// row; returns the field and its interval starts.
-    fn field<T: Point>(ranges: &[(T, T)]) -> Field<T> {
+    /// Builds a field of one rule per range (so that every interval is its
+    /// own row) and checks that every start, its successor, the ends of the
+    /// type and `extra` find the row a scan of the intervals finds: that of
+    /// the last one starting at or before the value.
+    fn agrees<T: Point>(ranges: &[(T, T)], extra: &[T]) -> Result<(), TestCaseError> {
         let per: Vec<&[(T, T)]> = ranges.iter().map(std::slice::from_ref).collect();
-        build_field(&per, ranges.len().div_ceil(64).max(1), 1, &mut Vec::new())
-    }
-
-    fn probes<T: Point>(f: &Field<T>, extra: &[T]) -> Vec<T> {
-        // Every start, its neighbours, the ends of the type and the extras.
+        let f = build_field(&per, ranges.len().div_ceil(64).max(1), 1, &mut Vec::new());
         let mut vs: Vec<T> = vec![T::MIN, T::MAX];
         for &(s, _) in &f.ivs {
             vs.push(s);
@@ -357,7 +350,11 @@ mod tests {
             }
         }
         vs.extend_from_slice(extra);
-        vs
+        for v in vs {
+            let scan = f.ivs.iter().rev().find(|iv| iv.0 <= v).map_or(usize::MAX, |iv| iv.1 as usize);
+            prop_assert_eq!(f.locate(v), scan, "value {:?}", v);
+        }
+        Ok(())
     }
 
     proptest! {
@@ -366,10 +363,7 @@ mod tests {
             ranges in prop::collection::vec((any::<u16>(), any::<u16>()).prop_map(|(a, b)| (a.min(b), a.max(b))), 0..300),
             extra in prop::collection::vec(any::<u16>(), 50),
         ) {
-            let f = field(&ranges);
-            for v in probes(&f, &extra) {
-                prop_assert_eq!(f.locate(v), scan(&f, v), "value {}", v);
-            }
+            agrees(&ranges, &extra)?;
         }
 
         #[test]
@@ -378,36 +372,20 @@ mod tests {
             ranges in prop::collection::vec((0u16..256, 0u16..256).prop_map(|(a, b)| (a.min(b), a.max(b))), 1..20),
             extra in prop::collection::vec(any::<u16>(), 50),
         ) {
-            let f = field(&ranges);
-            for v in probes(&f, &extra) {
-                prop_assert_eq!(f.locate(v), scan(&f, v), "value {}", v);
-            }
+            agrees(&ranges, &extra)?;
         }
 
         #[test]
-        fn an_address_finds_the_interval_it_lies_in(
-            nets in prop::collection::vec((any::<u32>(), 0u32..33), 0..300),
-            extra in prop::collection::vec(any::<u32>(), 50),
+        fn an_address_finds_the_prefix_it_lies_in(
+            v4 in prop::collection::vec((any::<u32>(), 0u32..33), 0..300),
+            v6 in prop::collection::vec((any::<u128>(), 0u32..129), 0..100),
+            extra4 in prop::collection::vec(any::<u32>(), 50),
+            extra6 in prop::collection::vec(any::<u128>(), 50),
         ) {
-            let ranges: Vec<(u32, u32)> =
-                nets.iter().map(|&(a, len)| { let host = u32::MAX.checked_shr(len).unwrap_or(0); (a & !host, a | host) }).collect();
-            let f = field(&ranges);
-            for v in probes(&f, &extra) {
-                prop_assert_eq!(f.locate(v), scan(&f, v), "value {}", v);
-            }
-        }
-
-        #[test]
-        fn a_v6_address_finds_the_interval_it_lies_in(
-            nets in prop::collection::vec((any::<u128>(), 0u32..129), 0..100),
-            extra in prop::collection::vec(any::<u128>(), 50),
-        ) {
-            let ranges: Vec<(u128, u128)> =
-                nets.iter().map(|&(a, len)| { let host = u128::MAX.checked_shr(len).unwrap_or(0); (a & !host, a | host) }).collect();
-            let f = field(&ranges);
-            for v in probes(&f, &extra) {
-                prop_assert_eq!(f.locate(v), scan(&f, v), "value {}", v);
-            }
+            let host4 = |len: u32| u32::MAX.checked_shr(len).unwrap_or(0);
+            let host6 = |len: u32| u128::MAX.checked_shr(len).unwrap_or(0);
+            agrees(&v4.iter().map(|&(a, len)| (a & !host4(len), a | host4(len))).collect::<Vec<_>>(), &extra4)?;
+            agrees(&v6.iter().map(|&(a, len)| (a & !host6(len), a | host6(len))).collect::<Vec<_>>(), &extra6)?;
         }
     }
 }
