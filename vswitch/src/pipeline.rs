@@ -508,6 +508,7 @@ impl<H: Copy> Pipeline<H> {
         self.count(plan, o, len);
     }
 
+    #[inline(always)]
     fn count(&mut self, plan: &Plan, o: &Outcome, len: u32) {
         // A held fragment is counted when released, a handed-over frame by
         // the loop that finishes it.
