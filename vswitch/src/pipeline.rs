@@ -36,7 +36,7 @@ use sgswitch_filter::{By, Decision, Key, Packet, RuleRef, Verdict};
 use crate::flowcache::{self, FlowCache, FlowKey, Route, Trace};
 use crate::flowlog::FlowLog;
 use crate::parse::{self, Frame, Icmp, Ip, L4, MacAddr, Net};
-use crate::plan::{MAX_PORTS, Plan, PortIdx, PortPlan, mac_key};
+use crate::plan::{MAX_PORTS, Plan, PortIdx, PortPlan, mac_key, mac_key_is_group};
 pub use crate::stats::REASONS;
 use crate::stats::{Counters, RuleHits};
 
@@ -783,8 +783,7 @@ impl<H: Copy> Pipeline<H> {
 fn first_zone(plan: &Plan, src: Source, dst_key: u64, hint: &mut Hint) -> Option<Zone> {
     let port = match src {
         Source::Port(p) | Source::Peer(p) => Some(p),
-        // Broadcast or multicast: the first byte's low bit.
-        Source::Uplink if dst_key >> 40 & 1 != 0 => None,
+        Source::Uplink if mac_key_is_group(dst_key) => None,
         Source::Uplink => {
             let q = plan.port_by_mac_key(dst_key);
             hint.by_mac = Some(q);

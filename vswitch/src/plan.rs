@@ -261,6 +261,12 @@ pub(crate) fn mac_key(m: &MacAddr) -> u64 {
     u64::from_be_bytes([0, 0, m[0], m[1], m[2], m[3], m[4], m[5]])
 }
 
+/// Whether the MAC address whose [`mac_key`] is `k` is a broadcast or
+/// multicast one (the first byte's low bit).
+pub(crate) fn mac_key_is_group(k: u64) -> bool {
+    k >> 40 & 1 != 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,6 +283,11 @@ mod tests {
         keys.sort_unstable();
         keys.dedup();
         assert_eq!(keys.len(), 7, "a change in any byte is another key");
+        for (m, group) in
+            [([0xff; 6], true), ([0x01, 0, 0x5e, 0, 0, 1], true), ([0x33, 0x33, 0, 0, 0, 1], true), (base, false), ([0xfe; 6], false)]
+        {
+            assert_eq!(mac_key_is_group(mac_key(&m)), group, "{m:02x?}");
+        }
     }
 
     #[test]
