@@ -98,27 +98,24 @@ impl FlowKey {
     }
 
     /// The frame this key was made of, as [`parse::flow_v4`] read it, given
-    /// [`FlowKey::info`] of it: the key holds
-    /// every other field, so a frame that misses the cache is not read
-    /// twice. (An echo's key holds its type and code where its destination
-    /// port would be; its ports are its identifier twice.)
+    /// [`FlowKey::info`] of it: the key holds every other field, so a frame
+    /// that misses the cache is not read twice. (An echo's key holds its
+    /// type and code where its destination port would be; its ports are
+    /// its identifier twice.)
     #[inline]
-    #[expect(clippy::cast_possible_truncation, reason = "each field is taken from where `FlowKey::of` put it")]
     pub fn flow(&self, info: &PacketInfo) -> FlowV4 {
-        let [addrs, rest, dst, src] = self.w;
         let mac = |k: u64| -> MacAddr {
             let [_, _, m @ ..] = k.to_be_bytes();
             m
         };
-        // `rest`: source port, second place, a zero byte, protocol, source.
-        let (sport, second, proto) = ((rest >> 48) as u16, (rest >> 32) as u16, (rest >> 16) as u8);
+        let ([saddr, daddr], sport, second, proto) = self.fields();
         let icmp = proto == parse::ICMP;
         let [icmp_type, icmp_code] = if icmp { second.to_be_bytes() } else { [0, 0] };
         FlowV4 {
-            dst: mac(dst),
-            src: mac(src),
-            saddr: Ipv4Addr::from_bits((addrs >> 32) as u32),
-            daddr: Ipv4Addr::from_bits(addrs as u32),
+            dst: mac(self.w[2]),
+            src: mac(self.w[3]),
+            saddr,
+            daddr,
             proto,
             sport,
             dport: if icmp { sport } else { second },
@@ -134,18 +131,25 @@ impl FlowKey {
     /// The conntrack tuple of the frame in `zone`, as the pipeline makes
     /// it of the frame [`FlowKey::flow`] gives back.
     #[inline]
-    #[expect(clippy::cast_possible_truncation, reason = "each field is taken from where `FlowKey::of` put it")]
     pub fn tuple(&self, zone: Zone) -> Tuple {
+        let ([src, dst], sport, second, proto) = self.fields();
+        Tuple { zone, proto, src: IpAddr::V4(src), dst: IpAddr::V4(dst), sport, dport: if proto == parse::ICMP { sport } else { second } }
+    }
+
+    /// The addresses (source, destination), the source port, the second
+    /// place (the destination port, or an echo's type and code) and the
+    /// protocol, from where [`FlowKey::of`] put them.
+    #[inline]
+    #[expect(clippy::cast_possible_truncation, reason = "each field is taken from where `FlowKey::of` put it")]
+    fn fields(&self) -> ([Ipv4Addr; 2], u16, u16, u8) {
         let [addrs, rest, ..] = self.w;
-        let (sport, second, proto) = ((rest >> 48) as u16, (rest >> 32) as u16, (rest >> 16) as u8);
-        Tuple {
-            zone,
-            proto,
-            src: IpAddr::V4(Ipv4Addr::from_bits((addrs >> 32) as u32)),
-            dst: IpAddr::V4(Ipv4Addr::from_bits(addrs as u32)),
-            sport,
-            dport: if proto == parse::ICMP { sport } else { second },
-        }
+        // `rest`: source port, second place, a zero byte, protocol, source.
+        (
+            [Ipv4Addr::from_bits((addrs >> 32) as u32), Ipv4Addr::from_bits(addrs as u32)],
+            (rest >> 48) as u16,
+            (rest >> 32) as u16,
+            (rest >> 16) as u8,
+        )
     }
 
     /// The destination MAC as the number its six bytes spell (how the plan
