@@ -1106,17 +1106,18 @@ fn tcp_update(e: &mut Entry, st: TcpState, side: Side, p: &PacketInfo, strict: b
     }
 }
 
-/// The addresses of `t`'s key if it is an IPv6 key (compact words `c`),
-/// which the compact words leave out; zeros for an IPv4 key, whose compact
-/// words are the whole key. Read again from the tuple: the IPv6 path is
-/// rare enough.
-#[inline]
 /// The hash of entry `idx`'s key (an IPv4 key's from its compact words).
+#[inline]
 fn entry_hash(entries: &[Entry], v6: &[[u64; 4]], idx: usize, seed: u64) -> u64 {
     let c = entries[idx].key;
     if key::compact_is_v6(c) { Key::from_compact(c, &v6[idx]).hash(seed) } else { key::hash_v4(c, seed) }
 }
 
+/// The addresses of `t`'s key if it is an IPv6 key (compact words `c`),
+/// which the compact words leave out; zeros for an IPv4 key, whose compact
+/// words are the whole key. Read again from the tuple: the IPv6 path is
+/// rare enough.
+#[inline]
 fn v6_addrs(c: [u64; 2], t: &Tuple) -> [u64; 4] {
     if key::compact_is_v6(c) { Key::of(t).0.v6_addrs() } else { [0; 4] }
 }
