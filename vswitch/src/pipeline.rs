@@ -405,7 +405,7 @@ impl<H: Copy> Pipeline<H> {
                         (true, Some(cache)) => cache.get(key, *h, plan.id()),
                         (true, None) => None,
                     }
-                    && let Some(done) = self.cached(plan, &route, info, data, now)
+                    && let Some(done) = self.cached(plan, &route, key, info, now)
                 {
                     self.counters.flow_cache_hits.add(1);
                     *o = done;
@@ -442,7 +442,7 @@ impl<H: Copy> Pipeline<H> {
     /// ready: then nothing has changed, and the frame is decided from
     /// scratch.
     #[inline]
-    fn cached(&mut self, plan: &Plan, route: &Route, info: &PacketInfo, data: &[u8], now: Now) -> Option<Outcome> {
+    fn cached(&mut self, plan: &Plan, route: &Route, key: &FlowKey, info: &PacketInfo, now: Now) -> Option<Outcome> {
         let stages = usize::from(route.stages);
         let mut ready = [None; 2];
         for (i, r) in ready.iter_mut().enumerate().take(stages) {
@@ -463,11 +463,12 @@ impl<H: Copy> Pipeline<H> {
             out = Some(Outcome { action: Action::Forward(route.to()), reason: Reason::Established, port, direction });
         }
         let out = out?;
-        // A drop: the flow log takes the packet as `parse` reads it (the
-        // bytes read as they did when the key was made).
-        match (out.action == Action::Drop).then(|| parse::flow_v4(data)).flatten() {
-            Some(x) => self.settle(plan, &x.ip(), &out, info.wire_len, now),
-            None => self.count(plan, &out, info.wire_len),
+        // A drop: the flow log takes the packet as `parse` reads it, which
+        // the key and the conntrack view give back.
+        if out.action == Action::Drop {
+            self.settle(plan, &key.flow(info).ip(), &out, info.wire_len, now);
+        } else {
+            self.count(plan, &out, info.wire_len);
         }
         Some(out)
     }
