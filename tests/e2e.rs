@@ -165,13 +165,26 @@ fn scenario(cores: &str) {
         assert!(wait_for(&log, "reloaded", before), "reload {i} applied: {}", std::fs::read_to_string(&log).unwrap_or_default());
         assert_eq!(client.say(&format!("after reload {i}")), "ok", "the connection survives reload {i}");
     }
+    // `keep` written while the switch runs: a reload that closes https
+    // leaves the connection alone; `revalidate` again: the next reload
+    // judges it by the policy in force, which cuts it.
+    let host_text = std::fs::read_to_string(&host).expect("read host.toml");
+    assert!(host_text.contains("on_policy_change = \"revalidate\""), "examples/host.toml revalidates");
+    let before = reloads(&log);
+    std::fs::write(&host, host_text.replace("on_policy_change = \"revalidate\"", "on_policy_change = \"keep\"")).expect("write host");
+    assert!(wait_for(&log, "reloaded", before), "the keep reload applied");
     let web = dir.path().join("groups/sg-web.toml");
     let before = reloads(&log);
     let web_text = std::fs::read_to_string(&web).expect("read sg-web");
     std::fs::write(&web, web_text.replacen("ports = \"443/443\"", "ports = \"4443/4443\"", 1)).expect("write sg-web");
     assert!(wait_for(&log, "reloaded", before), "the closing reload applied");
-    assert_eq!(client.say("after https is closed"), "timeout", "the connection is cut by the reload that denies it");
+    assert_eq!(client.say("after https is closed, keep"), "ok", "keep: the connection outlives the reload that denies it");
+    let before = reloads(&log);
+    std::fs::write(&host, &host_text).expect("write host");
+    assert!(wait_for(&log, "reloaded", before), "the revalidate reload applied");
+    assert_eq!(client.say("after https is closed, revalidate"), "timeout", "revalidate: the connection is cut");
     drop(client);
+    let before = reloads(&log);
 
     // A broken file: refused, the running configuration stays.
     let good = std::fs::read_to_string(&web).expect("read");
@@ -183,7 +196,7 @@ fn scenario(cores: &str) {
     // A valid change that closes http: applied on file change.
     std::fs::write(&web, good.replace("ports = \"80/80\"\nsource = \"0.0.0.0/0\"", "ports = \"81/81\"\nsource = \"0.0.0.0/0\""))
         .expect("write");
-    assert!(wait_for(&log, "reloaded", before + 1), "reload applied: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(wait_for(&log, "reloaded", before), "reload applied: {}", std::fs::read_to_string(&log).unwrap_or_default());
     assert!(!connects("inet", "10.0.0.11 80"), "http is closed by the new policy");
     assert!(pings("inet", "10.0.0.11"), "ping still allowed");
 
@@ -206,4 +219,56 @@ fn a_missing_interface_is_named() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("interface sgs-nosuch0: no such network interface"), "{err}");
+}
+
+/// The rows of "Traffic outside the groups" (`tests/src/infra.rs`) through
+/// `sgswitch run`: each frame sent from its namespace (a VM's eth0, or the
+/// internet host's behind the uplink), and the switch's counter of the
+/// expected port, direction, action and reason goes up. (Once: a second
+/// copy of an allowed first packet would count as established.)
+#[test]
+fn traffic_outside_the_groups_takes_the_contracts_shapes_on_real_interfaces() {
+    use sgswitch_tests::infra;
+    use sgswitch_tests::netns::{sample, send_frames};
+    require_root();
+    let _topology = Topology::up();
+    let dir = examples("127.0.0.1:19473", "");
+    infra::configure(dir.path());
+    let logs = tempfile::tempdir().expect("tempdir");
+    let log = logs.path().join("switch.log");
+    let _child = Kill(
+        Command::new(env!("CARGO_BIN_EXE_sgswitch"))
+            .args(["run", dir.path().to_str().expect("utf-8")])
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start sgswitch run"),
+    );
+    assert!(wait_for(&log, "running on", 0), "switch did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    let mut wrong = Vec::new();
+    for r in infra::rows() {
+        let e = &r.expect;
+        let reason = if e.reason.starts_with("rule:") { "rule" } else { e.reason };
+        let cell = format!(
+            "sgswitch_packets_total{{port=\"{}\",direction=\"{}\",action=\"{}\",reason=\"{reason}\"}}",
+            e.port.unwrap_or("none"),
+            e.direction,
+            e.action
+        );
+        let before = sample(&http_get("127.0.0.1:19473", "/metrics").expect("metrics"), &cell);
+        let ns = match r.from {
+            infra::Side::Vm(name) => format!("sgs-{name}"),
+            infra::Side::Uplink => "sgs-inet".to_owned(),
+        };
+        send_frames(&ns, std::slice::from_ref(&r.frame), 1);
+        let t = std::time::Instant::now();
+        let mut now = before;
+        while now == before && t.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(20));
+            now = sample(&http_get("127.0.0.1:19473", "/metrics").expect("metrics"), &cell);
+        }
+        if now == before {
+            wrong.push(format!("{}: {cell} went from {before} to {now}", r.name));
+        }
+    }
+    assert!(wrong.is_empty(), "{} rows:\n{}", wrong.len(), wrong.join("\n"));
 }

@@ -9,7 +9,7 @@ use serde_json::Value;
 use sgswitch_config::{Direction, load_dir};
 use sgswitch_filter::Policy;
 use sgswitch_tests::frames::{self, BROADCAST, Ends, Mac, UPLINK_MAC};
-use sgswitch_tests::{Expected, conformance_cases, write_dir};
+use sgswitch_tests::{Expected, conformance_cases, infra, write_dir};
 
 fn sgswitch(args: &[&str]) -> std::process::Output {
     sgswitch_tests::run(env!("CARGO_BIN_EXE_sgswitch"), args)
@@ -386,7 +386,9 @@ fn frames_from_vms_must_carry_their_own_mac_and_addresses() {
             frames::tcp(&good, 40000, 443, "S", 1, 0, b""),
             // Another port's address from web1's port.
             frames::tcp(&from_vm(WEB, "10.0.0.12", UPLINK_MAC, "192.0.2.80"), 40000, 443, "S", 1, 0, b""),
-            // A link-local IPv6 source is the port's own.
+            // The link-local IPv6 source of the port's MAC is its own.
+            frames::udp(&from_vm(WEB, &frames::eui64(WEB).to_string(), UPLINK_MAC, "2001:db8::1"), 5000, 5000, b"x"),
+            // Any other is not.
             frames::udp(&from_vm(WEB, "fe80::1", UPLINK_MAC, "2001:db8::1"), 5000, 5000, b"x"),
             // ARP announcing another VM's address.
             frames::arp(WEB, BROADCAST, 1, WEB, [10, 0, 0, 12], [10, 0, 0, 1]),
@@ -400,6 +402,7 @@ fn frames_from_vms_must_carry_their_own_mac_and_addresses() {
             row("forward", "uplink", "rule:sg-web/egress/1"),
             row("drop", "null", "spoof"),
             row("forward", "uplink", "rule:sg-web/egress/2"),
+            row("drop", "null", "spoof"),
             row("drop", "null", "spoof"),
             row("forward", "broadcast", "infrastructure"),
         ]
@@ -418,53 +421,30 @@ fn a_frame_with_an_unknown_source_mac_is_uplink_traffic() {
     assert_eq!(lines[0]["direction"], "ingress");
 }
 
+/// The rows of "Traffic outside the groups" (`tests/src/infra.rs`), every
+/// frame of its own capture, against `examples/` as the rows configure it.
 #[test]
-fn infrastructure_traffic_bypasses_the_groups() {
-    let dir = host("");
-    let all_nodes: Mac = [0x33, 0x33, 0, 0, 0, 1];
-    let sol_node: Mac = [0x33, 0x33, 0xff, 0, 0, 0x11];
-    let dhcp = from_vm(WEB, "0.0.0.0", BROADCAST, "255.255.255.255");
-    let lines = replay(
-        dir.path(),
-        &timed(vec![
-            // DHCP discover from 0.0.0.0.
-            frames::udp(&dhcp, 68, 67, &[0; 240]),
-            // A DHCP offer from a VM: a rogue server, dropped.
-            frames::udp(&from_vm(WEB, "10.0.0.11", BROADCAST, "255.255.255.255"), 67, 68, &[0; 240]),
-            // Neighbour solicitation for duplicate-address detection, from ::.
-            frames::icmp(&from_vm(WEB, "::", sol_node, "ff02::1:ff00:11"), 135, 0, [0; 4], &[0; 16]),
-            // A router advertisement from a VM: dropped.
-            frames::icmp(&from_vm(WEB, "fe80::11", all_nodes, "ff02::1"), 134, 0, [64, 0, 0, 0], &[0; 8]),
-            // A router advertisement from the uplink: delivered to every port.
-            frames::icmp(
-                &Ends { src_mac: UPLINK_MAC, dst_mac: all_nodes, src: ip("fe80::1"), dst: ip("ff02::1") },
-                134,
-                0,
-                [64, 0, 0, 0],
-                &[0; 8],
-            ),
-            // ARP from the uplink for db1: broadcast to the ports.
-            frames::arp(UPLINK_MAC, BROADCAST, 1, UPLINK_MAC, [10, 0, 1, 1], [10, 0, 1, 21]),
-            // An IPX frame: not IP.
-            {
-                let mut f = frames::udp(&from_vm(WEB, "10.0.0.11", UPLINK_MAC, "192.0.2.1"), 1, 1, b"");
-                f[12..14].copy_from_slice(&0x8137u16.to_be_bytes());
-                f
-            },
-        ]),
-    );
-    assert_eq!(
-        summary(&lines),
-        vec![
-            row("forward", "broadcast", "infrastructure"),
-            row("drop", "null", "infrastructure"),
-            row("forward", "broadcast", "infrastructure"),
-            row("drop", "null", "infrastructure"),
-            row("forward", "broadcast", "infrastructure"),
-            row("forward", "broadcast", "infrastructure"),
-            row("drop", "null", "non-ip"),
-        ]
-    );
+fn traffic_outside_the_groups_takes_exactly_the_contracts_shapes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    sgswitch_tests::netns::copy_dir(&sgswitch_tests::netns::root().join("examples"), dir.path());
+    infra::configure(dir.path());
+    let rows = infra::rows();
+    let mut wrong = Vec::new();
+    for r in &rows {
+        let line = &replay(dir.path(), &[(0, r.frame.clone())])[0];
+        let got = (
+            line["action"].as_str().unwrap_or("?"),
+            line["to"].as_str(),
+            line["reason"].as_str().unwrap_or("?"),
+            line["port"].as_str(),
+            line["direction"].as_str().unwrap_or("?"),
+        );
+        let e = &r.expect;
+        if got != (e.action, e.to, e.reason, e.port, e.direction) {
+            wrong.push(format!("{}: expected {e:?}, got {got:?}", r.name));
+        }
+    }
+    assert!(wrong.is_empty(), "{} of {} rows differ:\n{}", wrong.len(), rows.len(), wrong.join("\n"));
 }
 
 #[test]
@@ -587,4 +567,160 @@ fn out_writes_the_forwarded_frames_and_the_table_summarises() {
     let again = sgswitch(&["replay", dir.path().to_str().expect("utf-8"), "--pcap", pout.to_str().expect("utf-8"), "--json"]);
     let n = String::from_utf8_lossy(&again.stdout).lines().count();
     assert_eq!(n, 1);
+}
+
+/// A copy of `examples/` (ports with interfaces, the uplink sgs-uplink).
+fn examples_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    sgswitch_tests::netns::copy_dir(&sgswitch_tests::netns::root().join("examples"), dir.path());
+    dir
+}
+
+fn replay_path(dir: &std::path::Path, capture: &std::path::Path) -> (Vec<Value>, String, Option<i32>) {
+    let out = sgswitch(&["replay", dir.to_str().expect("utf-8"), "--pcap", capture.to_str().expect("utf-8"), "--json"]);
+    let lines = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    (lines, String::from_utf8_lossy(&out.stderr).into_owned(), out.status.code())
+}
+
+#[test]
+fn pcapng_interfaces_say_where_a_frame_came_in_and_the_mac_check_runs() {
+    let dir = examples_copy();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let web1: Mac = [2, 0, 0, 0, 0, 0x11];
+    let web2: Mac = [2, 0, 0, 0, 0, 0x12];
+    let out = |mac: Mac| from_vm(mac, "10.0.0.11", UPLINK_MAC, "192.0.2.80");
+    let frames_in = vec![
+        // On web1's tap, as web1: its egress.
+        (0, 0, frames::tcp(&out(web1), 40000, 443, "S", 1, 0, b"")),
+        // On web1's tap with a MAC no port has: in a pcap this would pass
+        // for uplink traffic.
+        (1000, 0, frames::tcp(&out([2, 0, 0, 0, 0, 0x99]), 40001, 443, "S", 1, 0, b"")),
+        // On web1's tap with web2's MAC: web1's port checks its own MAC.
+        (2000, 0, frames::tcp(&out(web2), 40002, 443, "S", 1, 0, b"")),
+        // On the uplink, to web1: ingress, whatever its source MAC says.
+        (3000, 1, frames::tcp(&from_uplink(web1, "192.0.2.7", "10.0.0.11"), 40003, 80, "S", 1, 0, b"")),
+        // On an interface without a name: inferred from the MAC (web1's).
+        (4000, 2, frames::tcp(&out(web1), 40004, 443, "S", 1, 0, b"")),
+    ];
+    let path = tmp.path().join("in.pcapng");
+    frames::write_pcapng(&path, &[Some("tap-web1"), Some("sgs-uplink"), None], &frames_in);
+    let (lines, stderr, code) = replay_path(dir.path(), &path);
+    assert_eq!(code, Some(0), "{stderr}");
+    let got: Vec<(String, String, String)> = summary(&lines);
+    assert_eq!(
+        got,
+        vec![
+            row("forward", "uplink", "default"),
+            row("drop", "null", "spoof"),
+            row("drop", "null", "spoof"),
+            row("forward", "eni-web1", "rule:sg-web/ingress/1"),
+            row("forward", "uplink", "default"),
+        ]
+    );
+    assert_eq!(lines[1]["port"], "eni-web1");
+
+    // A name that is no port's and not the uplink's is an error.
+    let bad = tmp.path().join("bad.pcapng");
+    frames::write_pcapng(&bad, &[Some("eth7")], &[(0, 0, frames::tcp(&out(web1), 1, 2, "S", 1, 0, b""))]);
+    let (_, stderr, code) = replay_path(dir.path(), &bad);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("interface \"eth7\" is neither a port's interface nor the uplink's"), "{stderr}");
+    assert!(stderr.contains("sgs-uplink (uplink)"), "{stderr}");
+}
+
+#[test]
+fn a_capture_with_a_small_snaplen_replays() {
+    let dir = host("");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("short.pcap");
+    let syn = frames::tcp(&from_uplink(WEB, "192.0.2.7", "10.0.0.11"), 40000, 80, "S", 1, 0, &[7; 400]);
+    let udp = frames::udp(&from_uplink(WEB, "192.0.2.7", "10.0.0.11"), 53, 5000, &[1; 600]);
+    frames::write_pcap_snaplen(&path, 64, &[(0, syn), (1000, udp)]);
+    let (lines, stderr, code) = replay_path(dir.path(), &path);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(summary(&lines), vec![row("forward", "eni-web1", "rule:sg-web/ingress/1"), row("drop", "null", "default")]);
+}
+
+#[test]
+fn a_capture_cut_inside_its_last_record_replays_the_records_before_it() {
+    let dir = host("");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let syn = |sport| frames::tcp(&from_uplink(WEB, "192.0.2.7", "10.0.0.11"), sport, 80, "S", 1, 0, b"");
+    for (name, ng) in [("cut.pcap", false), ("cut.pcapng", true)] {
+        let path = tmp.path().join(name);
+        if ng {
+            frames::write_pcapng(&path, &[Some("nosuch0"), None], &[(0, 1, syn(1)), (1, 1, syn(2)), (2, 1, syn(3))]);
+        } else {
+            frames::write_pcap(&path, &[(0, syn(1)), (1, syn(2)), (2, syn(3))]);
+        }
+        let full = std::fs::read(&path).expect("read");
+        std::fs::write(&path, &full[..full.len() - 10]).expect("cut");
+        let (lines, stderr, code) = replay_path(dir.path(), &path);
+        assert_eq!(code, Some(0), "{name}: {stderr}");
+        assert_eq!(lines.len(), 2, "{name}: the two whole records");
+        // pcap: a 24-byte header and two records of 16 + 58 bytes.
+        let at = if ng { "at byte " } else { "at byte 172" };
+        assert!(
+            stderr.contains("warning:") && stderr.contains("the capture ends inside the record") && stderr.contains(at),
+            "{name}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_large_capture_is_streamed_in_bounded_memory() {
+    use std::io::Write;
+    let dir = host("");
+    // 400 MB of 1,400-byte frames through a pipe: read whole, they would
+    // take more than that.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sgswitch"))
+        .args(["replay", dir.path().to_str().expect("utf-8"), "--pcap", "/dev/stdin", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("replay");
+    let pid = child.id();
+    let mut stdin = child.stdin.take().expect("stdin");
+    let frame = frames::udp(&from_uplink(WEB, "192.0.2.7", "10.0.0.11"), 53, 5000, &[9; 1358]);
+    let mut chunk = Vec::new();
+    for v in [0xa1b2_c3d4_u32, 0x0004_0002, 0, 0, 65535, 1] {
+        chunk.extend_from_slice(&v.to_le_bytes());
+    }
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let watch = {
+        let peak = std::sync::Arc::clone(&peak);
+        std::thread::spawn(move || {
+            while let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                if let Some(kb) =
+                    s.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+                {
+                    peak.fetch_max(kb, std::sync::atomic::Ordering::Relaxed);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        })
+    };
+    let n = 400_000_000 / (16 + frame.len());
+    for i in 0..n {
+        let ms = i as u64;
+        for v in [ms / 1000, (ms % 1000) * 1000, frame.len() as u64, frame.len() as u64] {
+            chunk.extend_from_slice(&u32::try_from(v).expect("field").to_le_bytes());
+        }
+        chunk.extend_from_slice(&frame);
+        if chunk.len() > 1 << 20 {
+            stdin.write_all(&chunk).expect("write to replay");
+            chunk.clear();
+        }
+    }
+    stdin.write_all(&chunk).expect("write to replay");
+    drop(stdin);
+    let out = child.wait_with_output().expect("replay ends");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    watch.join().expect("watcher");
+    let peak_mb = peak.load(std::sync::atomic::Ordering::Relaxed) / 1024;
+    // The table of one loop's conntrack (capacity 1 M) and the flow cache
+    // dominate; the capture adds nothing that grows with it.
+    eprintln!("replay of a 400 MB capture peaked at {peak_mb} MB");
+    assert!(peak_mb > 0 && peak_mb < 400, "replay of a 400 MB capture peaked at {peak_mb} MB");
 }

@@ -150,6 +150,8 @@ pub fn config(rules: &[CbRule]) -> Config {
         security_groups: vec![IdRef { id: GROUP.into(), loc: Default::default() }],
         spoof_check: true,
         allow_blocked_egress: false,
+        link_local: Vec::new(),
+        conntrack_timeouts: None,
     };
     let limits = sgswitch_config::Limits { rules_per_group: u32::MAX, rules_per_port: u32::MAX, ..Default::default() };
     let host = Host { policy_model: PolicyModel::Ordered, limits, ..Host::default() };

@@ -135,6 +135,8 @@ pub fn port(id: String, addr: Ipv4Addr, groups: Vec<String>) -> Port {
         security_groups: groups.into_iter().map(|id| IdRef { id, loc: Default::default() }).collect(),
         spoof_check: true,
         allow_blocked_egress: false,
+        link_local: Vec::new(),
+        conntrack_timeouts: None,
     }
 }
 

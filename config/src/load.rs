@@ -175,6 +175,7 @@ fn parse_host(src: &mut Source<'_>, t: &Table<'_, '_>) -> Host {
             "on_policy_change",
             "blocked_egress",
             "infra_allow",
+            "dhcp_server",
             "uplink",
             "datapath",
             "metrics",
@@ -199,6 +200,9 @@ fn parse_host(src: &mut Source<'_>, t: &Table<'_, '_>) -> Host {
     }
     if let Some(list) = t.strings(src, "infra_allow") {
         h.infra_allow = list.iter().filter_map(|s| cidr_at(src, s, "infra_allow")).collect();
+    }
+    if let Some(list) = t.strings(src, "dhcp_server") {
+        h.dhcp_server = list.iter().filter_map(|s| cidr_at(src, s, "dhcp_server")).collect();
     }
     if let Some(u) = t.table(src, "uplink") {
         u.only_keys(src, &["interface"]);
@@ -405,7 +409,10 @@ fn parse_mac(s: &str) -> Option<Mac> {
 // ---------------------------------------------------------------- ports
 
 fn parse_port(src: &mut Source<'_>, t: &Table<'_, '_>, path: &Path, host: &Host) -> Option<Port> {
-    t.only_keys(src, &["id", "interface", "mac", "ipv4", "ipv6", "security_groups", "spoof_check", "allow_blocked_egress"]);
+    t.only_keys(
+        src,
+        &["id", "interface", "mac", "ipv4", "ipv6", "security_groups", "spoof_check", "link_local", "allow_blocked_egress", "conntrack"],
+    );
     let id = read_id(src, t, path, "", "port");
     if let Some(id) = id.as_ref().filter(|id| id.v.starts_with("sg-") || id.v.starts_with("pl-")) {
         src.error(&id.span, format!("port id \"{}\" must not start with \"sg-\" or \"pl-\", which name groups and prefix lists", id.v));
@@ -465,14 +472,47 @@ fn parse_port(src: &mut Source<'_>, t: &Table<'_, '_>, path: &Path, host: &Host)
         }
     }
     let spoof_check = t.boolean(src, "spoof_check").unwrap_or(true);
+    let mut link_local: Vec<std::net::Ipv6Addr> = Vec::new();
+    for s in t.strings(src, "link_local").unwrap_or_default() {
+        match s.v.parse::<std::net::Ipv6Addr>() {
+            Ok(a) if a.segments()[0] & 0xffc0 == 0xfe80 => {
+                if link_local.contains(&a) {
+                    src.error(&s.span, format!("link-local address {a} is listed twice"));
+                } else {
+                    link_local.push(a);
+                }
+            }
+            Ok(a) => src.error(&s.span, format!("\"{a}\" in `link_local` is not an IPv6 link-local address (fe80::/10)")),
+            Err(_) => src.error(&s.span, format!("\"{}\" in `link_local` is not an IPv6 address such as \"fe80::1\"", s.v)),
+        }
+    }
     let allow_blocked_egress = t.boolean(src, "allow_blocked_egress").unwrap_or(false);
+    let mut conntrack_timeouts = None;
+    if let Some(c) = t.table(src, "conntrack") {
+        c.only_keys(src, &["timeouts"]);
+        if let Some(tt) = c.table(src, "timeouts") {
+            conntrack_timeouts = Some(parse_timeouts(src, &tt, host.conntrack.timeouts));
+        }
+    }
     if mac.is_none() && !t.has("mac") {
         src.warn(&t.span, "port has no `mac`: it can be checked and traced, but the datapath needs one to forward and spoof-check");
     }
     if interface.is_none() && !t.has("interface") {
         src.warn(&t.span, "port has no `interface`: `sgswitch run` needs the host-side interface of the VM NIC");
     }
-    Some(Port { id: id?.v, file: path.to_path_buf(), interface, mac, ipv4, ipv6, security_groups, spoof_check, allow_blocked_egress })
+    Some(Port {
+        id: id?.v,
+        file: path.to_path_buf(),
+        interface,
+        mac,
+        ipv4,
+        ipv6,
+        security_groups,
+        spoof_check,
+        link_local,
+        allow_blocked_egress,
+        conntrack_timeouts,
+    })
 }
 
 // ---------------------------------------------------------------- groups
@@ -816,6 +856,7 @@ fn cross_check(cfg: &Config, broken: &HashSet<String>, errors: &mut Vec<ConfigEr
     let mut members: BTreeMap<&str, u64> = BTreeMap::new();
     let mut macs: HashMap<Mac, &Port> = HashMap::new();
     let mut owned: Vec<(IpNet, &Port)> = Vec::new();
+    let mut link_locals: HashMap<std::net::Ipv6Addr, &Port> = HashMap::new();
     for p in &cfg.ports {
         let mut kinds = Vec::new();
         let mut rules = 0u32;
@@ -866,6 +907,15 @@ fn cross_check(cfg: &Config, broken: &HashSet<String>, errors: &mut Vec<ConfigEr
             }
         }
         owned.extend(p.addresses().map(|n| (*n, p)));
+        for a in &p.link_local {
+            if let Some(other) = link_locals.insert(*a, p) {
+                errors.push(err(
+                    &p.file,
+                    first,
+                    format!("link-local address {a} is also one of port {} ({})", other.id, other.file.display()),
+                ));
+            }
+        }
     }
 
     for g in &cfg.groups {

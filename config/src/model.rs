@@ -156,6 +156,9 @@ pub struct Host {
     pub blocked_egress: Vec<BlockedPort>,
     /// Service addresses that bypass the groups (a metadata proxy, say).
     pub infra_allow: Vec<IpNet>,
+    /// Addresses whose DHCP and DHCPv6 replies reach VMs (`dhcp_server`),
+    /// and to which a VM's unicast DHCP requests pass as infrastructure.
+    pub dhcp_server: Vec<IpNet>,
     /// Required only when the datapath runs.
     pub uplink_interface: Option<String>,
     pub datapath: Datapath,
@@ -202,6 +205,7 @@ impl Default for Host {
             on_policy_change: OnPolicyChange::Revalidate,
             blocked_egress: vec![BlockedPort { protocol: 6, ports: PortRange { start: 25, end: 25 } }],
             infra_allow: Vec::new(),
+            dhcp_server: Vec::new(),
             uplink_interface: None,
             datapath: Datapath::default(),
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9469)),
@@ -246,10 +250,22 @@ pub struct Port {
     pub ipv6: Vec<IpNet>,
     pub security_groups: Vec<IdRef>,
     pub spoof_check: bool,
+    /// IPv6 link-local addresses the VM may send from besides the EUI-64
+    /// address of its MAC (`link_local`); each is in fe80::/10.
+    pub link_local: Vec<std::net::Ipv6Addr>,
     pub allow_blocked_egress: bool,
+    /// The port's `[conntrack.timeouts]`, over the host's: `None` when the
+    /// port file sets none.
+    pub conntrack_timeouts: Option<Timeouts>,
 }
 
 impl Port {
+    /// The connection-tracking timeouts of the port's flows: its own, or
+    /// the host's.
+    pub fn timeouts(&self, host: &Host) -> Timeouts {
+        self.conntrack_timeouts.unwrap_or(host.conntrack.timeouts)
+    }
+
     /// Every address or prefix the port owns, IPv4 first.
     pub fn addresses(&self) -> impl Iterator<Item = &IpNet> {
         self.ipv4.iter().chain(&self.ipv6)

@@ -90,7 +90,8 @@ impl Timeouts {
     }
 }
 
-/// Table settings, fixed at construction.
+/// Table settings. `capacity` and `seed` are fixed at construction; the
+/// others may change while the table runs ([`Table::reconfigure`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
     pub capacity: u32,
@@ -453,6 +454,30 @@ impl Table {
             last_hit: EntryAt::default(),
             s,
         }
+    }
+
+    /// Takes `s`'s bounds and policy for the next packet on: the per-zone
+    /// capacity, the timeouts (the host's and each zone's), `tcp_strict`
+    /// and `revalidate`. `capacity` and `seed` stay as constructed (the
+    /// table is allocated for them). Call between batches: this allocates
+    /// the per-zone timeout table.
+    ///
+    /// Live entries keep their place in the expiry wheel: a shorter timeout
+    /// applies to them at once (a lookup treats an entry past its new
+    /// deadline as gone, and eviction frees it), but the sweep frees their
+    /// memory when it reaches the slot of their old deadline; a longer one
+    /// applies when the sweep meets them, which moves them on. A zone over a
+    /// lowered per-zone capacity admits no new flow until enough of its
+    /// flows end; none is removed for it.
+    pub fn reconfigure(&mut self, s: &Settings) {
+        self.zone_ms = s.zone_timeouts.iter().map(Timeouts::ms_by_class).collect();
+        self.default_ms = s.default_timeouts.ms_by_class();
+        self.s = Settings { capacity: self.s.capacity, seed: self.s.seed, ..s.clone() };
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.s
     }
 
     /// The timeout in ms of `class` in `zone`.

@@ -570,3 +570,42 @@ fn keep_lets_an_entry_of_an_older_policy_be_ready_at_its_place() {
     assert_eq!(t.track(&u, &UDP, s(1), 1, allow), Outcome::Established);
     assert!(t.ready_at(t.last_hit(), s(2), 5).is_some());
 }
+
+#[test]
+fn reconfigured_timeouts_strictness_and_revalidation_apply_to_the_next_packet() {
+    let mut t = table(2);
+    let a = tuple(0, 17, "10.0.0.1", 5000, "192.0.2.9", 53);
+    let b = tuple(1, 17, "10.0.0.2", 5000, "192.0.2.9", 53);
+    t.track(&a, &UDP, s(0), 1, allow);
+    t.track(&b, &UDP, s(0), 1, allow);
+    // Zone 0's UDP timeout drops to 5 s; zone 1 keeps the default 30.
+    let short = Timeouts { udp: 5, ..Timeouts::default() };
+    let base = t.settings().clone();
+    t.reconfigure(&Settings { zone_timeouts: vec![short], ..base.clone() });
+    assert_eq!(t.track(&a.reversed(), &UDP, s(6), 1, deny), Outcome::Denied, "zone 0's flow is gone after 5 s");
+    assert_eq!(t.track(&b.reversed(), &UDP, s(6), 1, deny), Outcome::Established, "zone 1's flow lives on");
+    // A longer timeout keeps a flow alive past its old deadline.
+    let c = tuple(1, 17, "10.0.0.2", 5001, "192.0.2.9", 53);
+    t.track(&c, &UDP, s(10), 1, allow);
+    t.reconfigure(&Settings { default_timeouts: Timeouts { udp: 100, ..Timeouts::default() }, ..base.clone() });
+    assert_eq!(sweep(&mut t, s(50)), 0, "nothing times out before 100 s");
+    assert_eq!(t.track(&c.reversed(), &UDP, s(50), 1, deny), Outcome::Established);
+
+    // `keep`: a flow admitted under generation 1 passes under 2 unjudged;
+    // `revalidate` again: it is judged, and denied.
+    let tc = tuple(0, 6, "10.0.0.1", 40000, "192.0.2.9", 22);
+    let mut t = table(1);
+    assert_eq!(t.track(&tc, &tcp(SYN, 1), s(0), 1, allow), Outcome::New);
+    t.reconfigure(&Settings { revalidate: false, ..t.settings().clone() });
+    assert_eq!(t.track(&tc.reversed(), &tcp(SYN | ACK, 9), s(0), 2, |_| panic!("kept, not judged")), Outcome::Established);
+    t.reconfigure(&Settings { revalidate: true, ..t.settings().clone() });
+    assert_eq!(t.track(&tc, &tcp(ACK, 2), s(0), 3, deny), Outcome::Denied, "revalidated under the new policy");
+
+    // Strictness: mid-stream pick-up refused once `tcp_strict` is on.
+    let mut t = table(1);
+    t.reconfigure(&Settings { tcp_strict: true, ..t.settings().clone() });
+    assert_eq!(t.track(&tc, &tcp(ACK, 5000), s(0), 1, allow), Outcome::Invalid);
+    // The capacity and seed stay as built.
+    t.reconfigure(&Settings { capacity: 1 << 20, seed: 99, ..t.settings().clone() });
+    assert_eq!((t.settings().capacity, t.settings().seed), (64, Settings::default().seed));
+}

@@ -32,12 +32,86 @@ impl Ends {
 }
 
 fn ip(e: &Ends) -> PacketBuilderStep<etherparse::IpHeaders> {
+    ip_hops(e, 64)
+}
+
+/// The IP layer with a TTL or hop limit of `hops`.
+fn ip_hops(e: &Ends, hops: u8) -> PacketBuilderStep<etherparse::IpHeaders> {
     let eth = PacketBuilder::ethernet2(e.src_mac, e.dst_mac);
     match (e.src, e.dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
-        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), hops),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), hops),
         _ => panic!("mixed address families"),
     }
+}
+
+/// An ICMPv6 message with hop limit `hops`: type, code, bytes 4..8 of the
+/// header, the rest.
+pub fn icmp6(e: &Ends, hops: u8, typ: u8, code: u8, rest: [u8; 4], payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    ip_hops(e, hops).icmpv6_raw(typ, code, rest).write(&mut out, payload).expect("build icmpv6");
+    out
+}
+
+/// A neighbour-discovery message (RFC 4861) with hop limit `hops`: router
+/// solicitation (133) or advertisement (134), neighbour solicitation (135)
+/// or advertisement (136, solicited and override), redirect (137). `target`
+/// for 135..=137; `ll` is the link-layer address option (the source's for
+/// 133..=135, the target's for 136 and 137).
+pub fn nd(e: &Ends, hops: u8, typ: u8, target: Option<std::net::Ipv6Addr>, ll: Option<Mac>) -> Vec<u8> {
+    let mut payload = Vec::new();
+    let mut rest = [0u8; 4];
+    match typ {
+        134 => {
+            rest = [64, 0, 0x07, 0x08];
+            payload.extend_from_slice(&[0; 8]);
+        }
+        136 => rest[0] = 0x60,
+        _ => {}
+    }
+    if let Some(t) = target {
+        payload.extend_from_slice(&t.octets());
+    }
+    if typ == 137 {
+        payload.extend_from_slice(&target.expect("a redirect's destination").octets());
+    }
+    if let Some(m) = ll {
+        payload.extend_from_slice(&[if matches!(typ, 136 | 137) { 2 } else { 1 }, 1]);
+        payload.extend_from_slice(&m);
+    }
+    icmp6(e, hops, typ, 0, rest, &payload)
+}
+
+/// An MLDv2 report (ICMPv6 143) with one record, hop limit `hops`.
+pub fn mld2_report(e: &Ends, hops: u8) -> Vec<u8> {
+    let mut record = vec![4, 0, 0, 0];
+    record.extend_from_slice(&[0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 0x21]);
+    icmp6(e, hops, 143, 0, [0, 0, 0, 1], &record)
+}
+
+/// `frame` with VLAN tags inserted after its MACs: one 802.1Q tag, or an
+/// 802.1ad (QinQ) tag before each further 802.1Q one.
+pub fn tagged(frame: &[u8], vids: &[u16]) -> Vec<u8> {
+    let mut out = frame[..12].to_vec();
+    for (i, vid) in vids.iter().enumerate() {
+        let tpid: u16 = if i + 1 < vids.len() { 0x88a8 } else { 0x8100 };
+        out.extend_from_slice(&tpid.to_be_bytes());
+        out.extend_from_slice(&vid.to_be_bytes());
+    }
+    out.extend_from_slice(&frame[12..]);
+    out
+}
+
+/// The IPv6 link-local address a host derives from its MAC (modified
+/// EUI-64).
+pub fn eui64(m: Mac) -> std::net::Ipv6Addr {
+    std::net::Ipv6Addr::from([0xfe, 0x80, 0, 0, 0, 0, 0, 0, m[0] ^ 2, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]])
+}
+
+/// The Ethernet multicast address of an IPv6 multicast group.
+pub fn mcast_mac(group: std::net::Ipv6Addr) -> Mac {
+    let o = group.octets();
+    [0x33, 0x33, o[12], o[13], o[14], o[15]]
 }
 
 /// TCP flags as letters: S, A, F, R, P.
@@ -157,4 +231,67 @@ pub fn write_pcap(path: &Path, frames: &[(u64, Vec<u8>)]) {
         let len = u32::try_from(f.len()).expect("frame length");
         w.write_packet(&PcapPacket::new(Duration::from_millis(*ms), len, f)).expect("write packet");
     }
+}
+
+/// Writes a pcapng capture: one interface description per name (`None`:
+/// no name), then each frame (time in ms, interface index, frame) as an
+/// enhanced packet block.
+pub fn write_pcapng(path: &Path, interfaces: &[Option<&str>], frames: &[(u64, u32, Vec<u8>)]) {
+    fn block(out: &mut Vec<u8>, kind: u32, body: &[u8]) {
+        let pad = body.len().div_ceil(4) * 4 - body.len();
+        let len = u32::try_from(12 + body.len() + pad).expect("block length");
+        out.extend_from_slice(&kind.to_le_bytes());
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(body);
+        out.extend(std::iter::repeat_n(0, pad));
+        out.extend_from_slice(&len.to_le_bytes());
+    }
+    let mut out = Vec::new();
+    let mut shb = Vec::new();
+    shb.extend_from_slice(&0x1a2b_3c4d_u32.to_le_bytes());
+    shb.extend_from_slice(&[1, 0, 0, 0]);
+    shb.extend_from_slice(&u64::MAX.to_le_bytes());
+    block(&mut out, 0x0a0d_0d0a, &shb);
+    for name in interfaces {
+        let mut idb = vec![1, 0, 0, 0];
+        idb.extend_from_slice(&0u32.to_le_bytes());
+        if let Some(n) = name {
+            idb.extend_from_slice(&2u16.to_le_bytes());
+            idb.extend_from_slice(&u16::try_from(n.len()).expect("short name").to_le_bytes());
+            idb.extend_from_slice(n.as_bytes());
+            idb.extend(std::iter::repeat_n(0, n.len().div_ceil(4) * 4 - n.len()));
+            idb.extend_from_slice(&[0, 0, 0, 0]);
+        }
+        block(&mut out, 1, &idb);
+    }
+    for (ms, iface, f) in frames {
+        let us = ms * 1000;
+        let mut epb = Vec::new();
+        epb.extend_from_slice(&iface.to_le_bytes());
+        epb.extend_from_slice(&u32::try_from(us >> 32).expect("time").to_le_bytes());
+        epb.extend_from_slice(&u32::try_from(us & 0xffff_ffff).expect("time").to_le_bytes());
+        let n = u32::try_from(f.len()).expect("frame length");
+        epb.extend_from_slice(&n.to_le_bytes());
+        epb.extend_from_slice(&n.to_le_bytes());
+        epb.extend_from_slice(f);
+        block(&mut out, 6, &epb);
+    }
+    std::fs::write(path, out).expect("write pcapng");
+}
+
+/// Writes a pcap capture by hand with snapshot length `snaplen`: each frame
+/// (time in ms) is cut to `snaplen` bytes and keeps its original length.
+pub fn write_pcap_snaplen(path: &Path, snaplen: u32, frames: &[(u64, Vec<u8>)]) {
+    let mut out = Vec::new();
+    for v in [0xa1b2_c3d4_u32, 0x0004_0002, 0, 0, snaplen, 1] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for (ms, f) in frames {
+        let cap = f.len().min(snaplen as usize);
+        for v in [ms / 1000, (ms % 1000) * 1000, cap as u64, f.len() as u64] {
+            out.extend_from_slice(&u32::try_from(v).expect("field").to_le_bytes());
+        }
+        out.extend_from_slice(&f[..cap]);
+    }
+    std::fs::write(path, out).expect("write pcap");
 }

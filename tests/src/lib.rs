@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod frames;
+pub mod infra;
 pub mod netns;
 
 use std::path::{Path, PathBuf};

@@ -39,14 +39,21 @@ impl Drop for Kill {
     }
 }
 
-/// The topology; removed when dropped.
+/// The topology; removed when dropped. One at a time in a test binary
+/// (the tests of one binary run in parallel; the topology's names are
+/// fixed): `up` waits for the one before to be dropped.
 #[derive(Debug)]
-pub struct Topology;
+pub struct Topology {
+    _one: std::sync::MutexGuard<'static, ()>,
+}
+
+static ONE_TOPOLOGY: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Topology {
     pub fn up() -> Topology {
+        let one = ONE_TOPOLOGY.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         assert!(sh(&format!("{}/scripts/netns.sh up", root().display())), "netns.sh up");
-        Topology
+        Topology { _one: one }
     }
 }
 
@@ -54,6 +61,31 @@ impl Drop for Topology {
     fn drop(&mut self) {
         sh(&format!("{}/scripts/netns.sh down", root().display()));
     }
+}
+
+/// Sends each frame `times` times from `eth0` of namespace `ns` (a raw
+/// AF_PACKET socket in python3): frames of any shape, tagged or spoofed.
+pub fn send_frames(ns: &str, frames: &[Vec<u8>], times: usize) {
+    const SEND: &str = "import socket,sys\ns=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\ns.bind(('eth0',0))\nn=int(sys.argv[1])\nfor line in sys.stdin:\n  f=bytes.fromhex(line.strip())\n  for _ in range(n): s.send(f)\n";
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "python3", "-c", SEND, &times.to_string()])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("python3 sender");
+    {
+        let stdin = child.stdin.as_mut().expect("stdin");
+        for f in frames {
+            let hex: String = f.iter().map(|b| format!("{b:02x}")).collect();
+            writeln!(stdin, "{hex}").expect("write to the sender");
+        }
+    }
+    drop(child.stdin.take());
+    assert!(child.wait().is_ok_and(|s| s.success()), "sending frames in {ns}");
+}
+
+/// The value of one sample of a Prometheus text page, 0 if absent.
+pub fn sample(page: &str, name_and_labels: &str) -> u64 {
+    page.lines().find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0)
 }
 
 pub fn copy_dir(from: &Path, to: &Path) {

@@ -100,7 +100,7 @@ fn handle(conn: UnixStream, shared: &Shared) -> std::io::Result<()> {
 fn answer(req: &CtlRequest, shared: &Shared) -> Result<Value, String> {
     match req {
         CtlRequest::Status => Ok(status(shared)),
-        CtlRequest::Reload => shared.reload("ctl reload").map(|g| json!({"generation": g})),
+        CtlRequest::Reload => shared.reload("ctl reload").map(|r| json!({"generation": r.generation, "needs_restart": r.needs_restart})),
         CtlRequest::ConntrackList { port, limit } => {
             let zone = zone_of(shared, port.as_deref())?;
             let limit = limit.unwrap_or(DEFAULT_LIMIT);
@@ -174,6 +174,7 @@ fn status(shared: &Shared) -> Value {
         "generation": c.generation.load(Ordering::Relaxed),
         "loaded_at": humantime::format_rfc3339_millis(loaded).to_string(),
         "reloads": {"success": c.reloads_ok.load(Ordering::Relaxed), "failure": c.reloads_failed.load(Ordering::Relaxed)},
+        "needs_restart": *c.needs_restart.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
         "uptime_seconds": shared.started.elapsed().map_or(0, |d| d.as_secs()),
         "metrics": shared.host.metrics_listen.to_string(),
         "flow_log": !shared.flow_log.is_empty(),
@@ -191,6 +192,14 @@ fn trace(shared: &Shared, r: &Request) -> Result<Value, String> {
     let (port, pkt) = resolve(plan.policy(), r)?;
     let decision = plan.compiled.decide(port, &pkt);
     let policy = decision_value(plan.policy(), &decision);
+    // What the datapath does with it as a first packet, when the rules
+    // alone do not say (spoofing, infrastructure, blocked egress, the
+    // receiver's ingress): a probe pipeline of this thread's, never a loop's.
+    let datapath = u16::try_from(port).ok().and_then(|p| {
+        let mut probe = crate::probe::pipeline(plan);
+        crate::probe::datapath(&mut probe, plan, p, &pkt, &decision)
+    });
+
     let zone = plan.ports.get(port).map(|p| p.zone).ok_or("the port has no zone")?;
     let (src, dst, sport, dport) = match pkt.direction {
         Direction::Ingress => (pkt.remote, pkt.local, pkt.remote_port, pkt.local_port),
@@ -206,14 +215,18 @@ fn trace(shared: &Shared, r: &Request) -> Result<Value, String> {
     let conntrack = entry.map(|(state, c)| json!({"state": state_name(state), "packets": c.packets, "bytes": c.bytes}));
     // A revoked flow drops its packets; a closed one takes only a new SYN.
     let established = entry.is_some_and(|(s, _)| !matches!(s, State::Revoked | State::Tcp(TcpState::Close)));
-    Ok(if established {
+    let mut v = if established {
         json!({"verdict": "allow", "by": "established", "rule": null, "conntrack": conntrack, "policy": policy})
     } else {
         let mut v = policy.clone();
         v["conntrack"] = conntrack.unwrap_or(Value::Null);
         v["policy"] = policy;
         v
-    })
+    };
+    if let Some(dp) = datapath.filter(|_| !established) {
+        v["datapath"] = dp.json(plan);
+    }
+    Ok(v)
 }
 
 pub fn state_name(s: State) -> &'static str {

@@ -3,13 +3,16 @@
 //! (`main.rs`) is the command line around it.
 #![deny(unsafe_code)]
 
+pub mod capture;
 pub mod control;
 pub mod flowcache;
 pub mod flowlog;
+pub mod infra;
 pub mod metrics;
 pub mod parse;
 pub mod pipeline;
 pub mod plan;
+pub mod probe;
 pub mod replay;
 pub mod request;
 pub mod run;

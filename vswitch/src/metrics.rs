@@ -236,6 +236,12 @@ pub fn render(shared: &Shared) -> String {
     t.family("sgswitch_config_reloads_total", "counter", "Reloads, applied (success) or refused (failure).");
     t.sample("sgswitch_config_reloads_total", &[("result", "success")], c.reloads_ok.load(Ordering::Relaxed));
     t.sample("sgswitch_config_reloads_total", &[("result", "failure")], c.reloads_failed.load(Ordering::Relaxed));
+    t.family(
+        "sgswitch_config_restart_pending",
+        "gauge",
+        "Settings of host.toml the configuration in force changes that take effect only at the next start (the log and `ctl status` name them).",
+    );
+    t.sample("sgswitch_config_restart_pending", &[], c.needs_restart.lock().map_or(0, |v| v.len()));
     t.family("sgswitch_config_ports", "gauge", "Ports in the configuration in force.");
     t.sample("sgswitch_config_ports", &[], plan.ports.len());
 

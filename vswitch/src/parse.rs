@@ -13,7 +13,7 @@
 //! string is a valid input. The IPv6 extension chain is bounded by the frame
 //! (every header is at least 8 bytes).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use etherparse::{Ipv4Slice, Ipv6ExtensionSlice, Ipv6Slice, LaxIpSlice};
 
@@ -92,6 +92,9 @@ pub struct Ip {
     pub dst: IpAddr,
     /// The upper-layer protocol (after IPv6 extension headers).
     pub proto: u8,
+    /// IPv6's hop limit, which neighbour discovery and MLD are checked by;
+    /// 0 for IPv4, whose TTL no decision reads.
+    pub hop_limit: u8,
     /// Set when the packet is a fragment of a larger datagram.
     pub frag: Option<Frag>,
     pub l4: L4,
@@ -139,8 +142,53 @@ pub struct Icmp {
     pub code: u8,
     /// The echo identifier for echo requests and replies, else 0.
     pub echo_id: Option<u16>,
+    /// What an error embeds, or what a neighbour-discovery message names.
+    pub body: IcmpBody,
+}
+
+impl Icmp {
     /// For errors: the header embedded in the error.
-    pub inner: Option<Inner>,
+    pub fn inner(&self) -> Option<Inner> {
+        match self.body {
+            IcmpBody::Error(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// For a well-formed neighbour-discovery message (ICMPv6 133..=137):
+    /// its target and link-layer option.
+    pub fn nd(&self) -> Option<Nd> {
+        match self.body {
+            IcmpBody::Nd(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+/// The part of an ICMP message past its first eight bytes that a decision
+/// reads. One or the other, so that the two share their bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IcmpBody {
+    None,
+    /// An error's embedded header.
+    Error(Inner),
+    /// A neighbour-discovery message whose fixed part and options are well
+    /// formed (RFC 4861 section 4: every option at least 8 bytes and within
+    /// the message, at most one link-layer address).
+    Nd(Nd),
+}
+
+/// What a neighbour-discovery message names (RFC 4861).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Nd {
+    /// The target of a neighbour solicitation or advertisement (or
+    /// redirect); unspecified (`::`) for router solicitations and
+    /// advertisements.
+    pub target: Ipv6Addr,
+    /// The link-layer address option: the source's (type 1) in
+    /// solicitations and router advertisements, the target's (type 2) in
+    /// advertisements and redirects.
+    pub lladdr: Option<MacAddr>,
 }
 
 /// The header an ICMP error carries: the packet that caused it, as sent.
@@ -263,9 +311,9 @@ impl FlowV4 {
         let l4 = match self.proto {
             TCP => L4::Tcp(Tcp { sport, dport, flags: self.tcp_flags, seq: self.tcp_seq, payload_len: self.payload_len }),
             UDP => L4::Udp { sport, dport, payload_len: self.payload_len },
-            _ => L4::Icmp(Icmp { typ: self.icmp_type, code: self.icmp_code, echo_id: Some(sport), inner: None }),
+            _ => L4::Icmp(Icmp { typ: self.icmp_type, code: self.icmp_code, echo_id: Some(sport), body: IcmpBody::None }),
         };
-        Ip { src: IpAddr::V4(self.saddr), dst: IpAddr::V4(self.daddr), proto: self.proto, frag: None, l4 }
+        Ip { src: IpAddr::V4(self.saddr), dst: IpAddr::V4(self.daddr), proto: self.proto, hop_limit: 0, frag: None, l4 }
     }
 }
 
@@ -365,7 +413,7 @@ fn ipv4(b: &[u8]) -> Result<Ip, Malformed> {
         });
         let l4 = transport(proto, payload, frag, false)?;
         let addr = |at: usize| IpAddr::V4(Ipv4Addr::new(h[at], h[at + 1], h[at + 2], h[at + 3]));
-        return Ok(Ip { src: addr(12), dst: addr(16), proto, frag, l4 });
+        return Ok(Ip { src: addr(12), dst: addr(16), proto, hop_limit: 0, frag, l4 });
     }
     ipv4_general(b)
 }
@@ -381,7 +429,7 @@ fn ipv4_general(b: &[u8]) -> Result<Ip, Malformed> {
     let frag =
         (h.more_fragments() || offset != 0).then(|| Frag { id: u32::from(h.identification()), offset, len: len32(payload.payload.len()) });
     let l4 = transport(proto, payload.payload, frag, false)?;
-    Ok(Ip { src: IpAddr::V4(h.source_addr()), dst: IpAddr::V4(h.destination_addr()), proto, frag, l4 })
+    Ok(Ip { src: IpAddr::V4(h.source_addr()), dst: IpAddr::V4(h.destination_addr()), proto, hop_limit: 0, frag, l4 })
 }
 
 fn ipv6(b: &[u8]) -> Result<Ip, Malformed> {
@@ -400,7 +448,7 @@ fn ipv6(b: &[u8]) -> Result<Ip, Malformed> {
         }
     }
     let l4 = transport(proto, payload.payload, frag, true)?;
-    Ok(Ip { src: IpAddr::V6(h.source_addr()), dst: IpAddr::V6(h.destination_addr()), proto, frag, l4 })
+    Ok(Ip { src: IpAddr::V6(h.source_addr()), dst: IpAddr::V6(h.destination_addr()), proto, hop_limit: h.hop_limit(), frag, l4 })
 }
 
 /// The transport fields of an IP payload. A non-first fragment has none; a
@@ -467,8 +515,66 @@ fn icmp(p: &[u8], v6: bool) -> Option<Icmp> {
         return None;
     }
     let echo_id = if is_echo(typ, v6) { Some(be16(p, 4)?) } else { None };
-    let inner = if is_icmp_error(typ, v6) { embedded(&p[8..], v6) } else { None };
-    Some(Icmp { typ, code, echo_id, inner })
+    let body = if is_icmp_error(typ, v6) {
+        embedded(&p[8..], v6).map_or(IcmpBody::None, IcmpBody::Error)
+    } else if v6 {
+        nd(typ, p).map_or(IcmpBody::None, IcmpBody::Nd)
+    } else {
+        IcmpBody::None
+    };
+    Some(Icmp { typ, code, echo_id, body })
+}
+
+/// Neighbour-discovery messages: router solicitation and advertisement,
+/// neighbour solicitation and advertisement, redirect.
+pub const ND_RS: u8 = 133;
+pub const ND_RA: u8 = 134;
+pub const ND_NS: u8 = 135;
+pub const ND_NA: u8 = 136;
+pub const ND_REDIRECT: u8 = 137;
+
+/// The target and link-layer option of a neighbour-discovery message `p`
+/// (the whole ICMPv6 message) of type `typ`; `None` if it is not one, or is
+/// not well formed (RFC 4861 section 4: the fixed part is there, every
+/// option is a non-zero number of 8-byte units within the message, and
+/// the message carries at most one link-layer address of the kind it may).
+fn nd(typ: u8, p: &[u8]) -> Option<Nd> {
+    // (where the options start, whether a target follows the first 8 bytes,
+    // the link-layer option's type)
+    let (opts, has_target, ll_type) = match typ {
+        ND_RS => (8, false, 1),
+        ND_RA => (16, false, 1),
+        ND_NS => (24, true, 1),
+        ND_NA => (24, true, 2),
+        ND_REDIRECT => (40, true, 2),
+        _ => return None,
+    };
+    let target = if has_target {
+        let t: [u8; 16] = p.get(8..24)?.try_into().ok()?;
+        Ipv6Addr::from(t)
+    } else {
+        Ipv6Addr::UNSPECIFIED
+    };
+    let mut lladdr = None;
+    let mut at = opts;
+    let mut rest = p.get(at..)?;
+    while !rest.is_empty() {
+        let (kind, units) = (*rest.first()?, usize::from(*rest.get(1)?));
+        let len = units * 8;
+        if len == 0 || len > rest.len() {
+            return None;
+        }
+        if kind == ll_type {
+            // One Ethernet address (in an 8-byte option), once.
+            if units != 1 || lladdr.is_some() {
+                return None;
+            }
+            lladdr = Some(mac(rest, 2)?);
+        }
+        at += len;
+        rest = p.get(at..)?;
+    }
+    Some(Nd { target, lladdr })
 }
 
 /// The embedded header of an ICMP error: IP header plus at least the first
@@ -554,7 +660,7 @@ mod tests {
         let Net::Ip(ip) = parse(&out).unwrap().net else { panic!("not ip") };
         let L4::Icmp(icmp) = ip.l4 else { panic!("not icmp") };
         assert_eq!((icmp.typ, icmp.code, icmp.echo_id), (3, 3, None));
-        let inner = icmp.inner.unwrap();
+        let inner = icmp.inner().unwrap();
         assert_eq!(
             (inner.src, inner.dst, inner.proto, inner.sport, inner.dport),
             (IpAddr::from([10, 0, 0, 2]), IpAddr::from([10, 0, 0, 1]), UDP, 53, 5000)

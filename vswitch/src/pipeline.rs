@@ -35,6 +35,7 @@ use sgswitch_filter::{By, Decision, Key, Packet, RuleRef, Verdict};
 
 use crate::flowcache::{self, FlowCache, FlowKey, Route, Trace};
 use crate::flowlog::FlowLog;
+use crate::infra::{self, FromVm};
 use crate::parse::{self, Frame, Icmp, Ip, L4, MacAddr, Net};
 use crate::plan::{MAX_PORTS, Plan, PortIdx, PortPlan, mac_key, mac_key_is_group};
 pub use crate::stats::REASONS;
@@ -95,6 +96,9 @@ pub enum Reason {
     NonIp,
     /// Uplink traffic for no port of this host.
     NoPort,
+    /// An 802.1Q or 802.1ad tagged frame: a VM port is an untagged access
+    /// port, and the switch has no VLANs.
+    Tagged,
 }
 
 impl Reason {
@@ -114,6 +118,7 @@ impl Reason {
             Reason::Malformed => 11,
             Reason::NonIp => 12,
             Reason::NoPort => 13,
+            Reason::Tagged => 14,
         }
     }
 
@@ -177,24 +182,42 @@ pub struct Pending<H> {
 
 /// Settings of a pipeline, from `host.toml`.
 pub fn conntrack_settings(host: &Host, seed: u64) -> ct::Settings {
-    let t = host.conntrack.timeouts;
     ct::Settings {
         capacity: host.conntrack.capacity,
         per_zone_capacity: host.conntrack.per_port_capacity,
         zone_timeouts: Vec::new(),
-        default_timeouts: ct::Timeouts {
-            tcp_syn: t.tcp_syn,
-            tcp_established: t.tcp_established,
-            tcp_closing: t.tcp_closing,
-            udp: t.udp,
-            udp_stream: t.udp_stream,
-            icmp: t.icmp,
-            other: t.other,
-        },
+        default_timeouts: timeouts(host.conntrack.timeouts),
         tcp_strict: host.conntrack.tcp_strict,
         revalidate: host.on_policy_change == sgswitch_config::OnPolicyChange::Revalidate,
         seed,
     }
+}
+
+fn timeouts(t: sgswitch_config::Timeouts) -> ct::Timeouts {
+    ct::Timeouts {
+        tcp_syn: t.tcp_syn,
+        tcp_established: t.tcp_established,
+        tcp_closing: t.tcp_closing,
+        udp: t.udp,
+        udp_stream: t.udp_stream,
+        icmp: t.icmp,
+        other: t.other,
+    }
+}
+
+/// The connection table's settings under `plan`: the host's, with each
+/// port's timeouts for its zone; the capacity and seed of `running`, which
+/// a table keeps.
+fn live_settings(plan: &Plan, running: &ct::Settings) -> ct::Settings {
+    let mut s = conntrack_settings(&plan.policy().config().host, running.seed);
+    s.capacity = running.capacity;
+    s.zone_timeouts = vec![s.default_timeouts; plan.zones];
+    for p in &plan.ports {
+        if let Some(z) = s.zone_timeouts.get_mut(usize::from(p.zone)) {
+            *z = timeouts(p.timeouts);
+        }
+    }
+    s
 }
 
 /// Expiry work per [`Pipeline::tick`].
@@ -214,6 +237,8 @@ pub struct Pipeline<H> {
     owner: Owner,
     /// The current plan's rule hits (also published in `counters`).
     hits: Arc<RuleHits>,
+    /// The id of the plan last adopted (0: none).
+    adopted: u64,
     /// Released fragments not yet finished (scratch, preallocated).
     scratch: Vec<(Pending<H>, bool)>,
     /// Finished outcomes of fragments that were held.
@@ -259,6 +284,7 @@ impl<H: Copy> Pipeline<H> {
             flow_log: None,
             owner: Owner::ALONE,
             hits: Arc::new(RuleHits::new(0, Arc::from([]))),
+            adopted: 0,
             scratch: Vec::with_capacity(held + 1),
             released: Vec::with_capacity(held + 1),
             hint: Hint::default(),
@@ -296,10 +322,18 @@ impl<H: Copy> Pipeline<H> {
         &self.frags
     }
 
-    /// Makes the rule-hit counters fit `plan`, if it is a new one, and
-    /// publishes them (the old plan's hits are folded by rule label). Call
+    /// Takes `plan`, if it is a new one: the connection table's settings
+    /// that may change while it runs (timeouts, the host's and each port's,
+    /// the per-port capacity, `tcp_strict`, `on_policy_change`) apply from
+    /// the next packet on, and the rule-hit counters are made to fit it and
+    /// published (the old plan's hits are folded by rule label). Call
     /// between batches, never per packet: this allocates once per reload.
     pub fn adopt(&mut self, plan: &Plan) {
+        if self.adopted == plan.id() {
+            return;
+        }
+        self.adopted = plan.id();
+        self.conntrack.reconfigure(&live_settings(plan, self.conntrack.settings()));
         if self.hits.generation == plan.generation && self.hits.hits.len() == plan.rules_total() {
             return;
         }
@@ -497,11 +531,14 @@ impl<H: Copy> Pipeline<H> {
         }
     }
 
-    /// What follows an IP packet's outcome: a drop is offered to the flow
-    /// log, and the outcome is counted.
+    /// What follows an IP packet's outcome: a drop decided for a port is
+    /// offered to the flow log (a port's log: traffic of no port, such as
+    /// the uplink's multicast, is counted only), and the outcome is
+    /// counted.
     #[inline]
     fn settle(&mut self, plan: &Plan, ip: &Ip, o: &Outcome, len: u32, now: Now) {
         if o.action == Action::Drop
+            && o.port.is_some()
             && let Some(log) = self.flow_log.as_mut()
         {
             log.offer(now, plan.generation, o, ip);
@@ -549,33 +586,30 @@ impl<H: Copy> Pipeline<H> {
     fn port_frame(&mut self, plan: &Plan, p: PortIdx, f: &Frame, now: Now, handle: H) -> Outcome {
         let drop = |reason| Outcome { action: Action::Drop, reason, port: Some(p), direction: Direction::Egress };
         let Some(port) = plan.port(p) else { return drop(Reason::NoPort) };
+        // A VM port is an untagged access port.
+        if f.vlan.is_some() {
+            return drop(Reason::Tagged);
+        }
         if port.spoof_check && port.mac.is_some_and(|m| m != f.src) {
             return drop(Reason::Spoof);
         }
         let to = egress_target(plan, p, &f.dst);
         match &f.net {
-            Net::Arp(a) => {
+            Net::Arp(a) if is_arp_op(a.op) => {
                 let own = a.sender_ip.is_unspecified() || port.owns(IpAddr::V4(a.sender_ip));
                 if port.spoof_check && (port.mac.is_some_and(|m| m != a.sender_mac) || !own) {
                     return drop(Reason::Spoof);
                 }
-                infra(to, Some(p), Direction::Egress)
+                pass_infra(to, Some(p), Direction::Egress)
             }
-            Net::Other(_) => drop(Reason::NonIp),
+            Net::Arp(_) | Net::Other(_) => drop(Reason::NonIp),
             Net::Ip(ip) => {
-                match infra_kind(ip) {
-                    Infra::Client => {
-                        // Unspecified sources (DHCP, DAD) and link-local ones
-                        // are how these protocols start.
-                        if port.spoof_check && !(ip.src.is_unspecified() || is_link_local(ip.src) || port.owns(ip.src)) {
-                            return drop(Reason::Spoof);
-                        }
-                        return infra(to, Some(p), Direction::Egress);
-                    }
-                    Infra::Server => return drop(Reason::Infrastructure),
-                    Infra::None => {}
+                match infra::from_vm(plan, p, port, f, ip) {
+                    FromVm::Pass(to) => return pass_infra(to, Some(p), Direction::Egress),
+                    FromVm::Spoof => return drop(Reason::Spoof),
+                    FromVm::Judge => {}
                 }
-                if port.spoof_check && !(port.owns(ip.src) || is_link_local(ip.src)) {
+                if port.spoof_check && !port.owns_any(ip.src) {
                     return drop(Reason::Spoof);
                 }
                 let to = match to {
@@ -600,21 +634,25 @@ impl<H: Copy> Pipeline<H> {
             None if is_group(&f.dst) => None,
             None => plan.port_by_mac(&f.dst),
         };
+        // The switch has no VLANs: a tagged frame is for no port.
+        if f.vlan.is_some() {
+            return drop(Reason::Tagged);
+        }
         match &f.net {
-            Net::Arp(_) => match by_mac {
-                Some(q) => infra(To::Port(q), Some(q), Direction::Ingress),
-                None if is_group(&f.dst) => infra(To::Flood { except: None, uplink: false }, None, Direction::Ingress),
+            Net::Arp(a) if is_arp_op(a.op) => match by_mac {
+                Some(q) => pass_infra(To::Port(q), Some(q), Direction::Ingress),
+                None if is_group(&f.dst) => pass_infra(To::Flood { except: None, uplink: false }, None, Direction::Ingress),
                 None => drop(Reason::NoPort),
             },
-            Net::Other(_) => drop(Reason::NonIp),
+            Net::Arp(_) | Net::Other(_) => drop(Reason::NonIp),
             Net::Ip(ip) => {
                 let q = by_mac.or_else(|| if is_group(&f.dst) { None } else { plan.port_by_ip(ip.dst) });
-                if infra_kind(ip) != Infra::None {
-                    return match q {
-                        Some(q) => infra(To::Port(q), Some(q), Direction::Ingress),
-                        None if is_group(&f.dst) => infra(To::Flood { except: None, uplink: false }, None, Direction::Ingress),
-                        None => drop(Reason::NoPort),
+                if let Some(to) = infra::from_uplink(plan, f, ip, q) {
+                    let port = match to {
+                        To::Port(q) => Some(q),
+                        _ => None,
                     };
+                    return pass_infra(to, port, Direction::Ingress);
                 }
                 let Some(q) = q else { return drop(Reason::NoPort) };
                 let leg = Leg { handle, len: f.len, port: q, direction: Direction::Ingress, then: None, to: To::Port(q) };
@@ -725,7 +763,7 @@ impl<H: Copy> Pipeline<H> {
         if let L4::Icmp(icmp) = ip.l4
             && icmp.echo_id.is_none()
         {
-            if let Some(inner) = icmp.inner {
+            if let Some(inner) = icmp.inner() {
                 let t =
                     Tuple { zone: port.zone, proto: inner.proto, src: inner.src, dst: inner.dst, sport: inner.sport, dport: inner.dport };
                 if self.conntrack.related(&t, now) {
@@ -886,17 +924,19 @@ fn tuple_packet(t: &Tuple, d: Direction, ip: &Ip) -> Packet {
     Packet { direction: d, proto: t.proto, remote, local, remote_port, local_port, icmp_type, icmp_code }
 }
 
-fn infra(to: To, port: Option<PortIdx>, direction: Direction) -> Outcome {
+/// Whether an ARP operation is a request or a reply, the two the switch
+/// passes.
+fn is_arp_op(op: u16) -> bool {
+    matches!(op, 1 | 2)
+}
+
+fn pass_infra(to: To, port: Option<PortIdx>, direction: Direction) -> Outcome {
     Outcome { action: Action::Forward(to), reason: Reason::Infrastructure, port, direction }
 }
 
 /// Broadcast or multicast.
 fn is_group(mac: &MacAddr) -> bool {
     mac[0] & 1 != 0
-}
-
-fn is_link_local(a: IpAddr) -> bool {
-    matches!(a, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
 }
 
 /// Where a frame from port `p` goes by its destination MAC.
@@ -907,32 +947,6 @@ fn egress_target(plan: &Plan, p: PortIdx, dst: &MacAddr) -> To {
     match plan.port_by_mac(dst) {
         Some(q) if q != p => To::Port(q),
         _ => To::Uplink,
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Infra {
-    None,
-    /// Always allowed: ND (RS, NS, NA), MLD, DHCP and DHCPv6 client.
-    Client,
-    /// Router advertisements, redirects, DHCP server replies: allowed from
-    /// the uplink, dropped from VMs.
-    Server,
-}
-
-fn infra_kind(ip: &Ip) -> Infra {
-    match (ip.proto, ip.l4) {
-        (parse::ICMPV6, L4::Icmp(i)) => match i.typ {
-            130..=133 | 135 | 136 | 143 => Infra::Client,
-            134 | 137 => Infra::Server,
-            _ => Infra::None,
-        },
-        (parse::UDP, L4::Udp { sport, dport, .. }) => match (ip.is_v6(), sport, dport) {
-            (false, 68, 67) | (true, 546, 547) => Infra::Client,
-            (false, 67, 68) | (true, 547, 546) => Infra::Server,
-            _ => Infra::None,
-        },
-        _ => Infra::None,
     }
 }
 

@@ -6,7 +6,7 @@
 //! (so its flows survive), a removed port's zone is flushed and reused.
 
 use std::collections::HashMap as StdMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -77,8 +77,14 @@ pub struct PortPlan {
     pub interface: Option<String>,
     pub mac: Option<MacAddr>,
     pub nets: Vec<IpNet>,
+    /// The IPv6 link-local addresses the VM may use: the EUI-64 address of
+    /// its MAC, then the port's `link_local` list.
+    pub link_local: Vec<Ipv6Addr>,
     pub spoof_check: bool,
     pub allow_blocked_egress: bool,
+    /// Connection-tracking timeouts of the port's flows (its own
+    /// `[conntrack.timeouts]`, or the host's).
+    pub timeouts: sgswitch_config::Timeouts,
 }
 
 impl PortPlan {
@@ -86,6 +92,31 @@ impl PortPlan {
     pub fn owns(&self, a: IpAddr) -> bool {
         self.nets.iter().any(|n| n.contains(&a))
     }
+
+    /// Whether `a` is one of the port's own IPv6 link-local addresses.
+    pub fn owns_link_local(&self, a: Ipv6Addr) -> bool {
+        self.link_local.contains(&a)
+    }
+
+    /// Whether `a` is the port's: one of its addresses or one of its
+    /// link-local ones. What a frame from the VM may carry as its source.
+    pub fn owns_any(&self, a: IpAddr) -> bool {
+        match a {
+            IpAddr::V6(v6) if is_link_local(v6) => self.owns_link_local(v6),
+            a => self.owns(a),
+        }
+    }
+}
+
+/// Whether `a` is an IPv6 link-local unicast address (fe80::/10).
+pub fn is_link_local(a: Ipv6Addr) -> bool {
+    a.segments()[0] & 0xffc0 == 0xfe80
+}
+
+/// The IPv6 link-local address a host derives from its MAC (RFC 4291
+/// appendix A: the modified EUI-64 interface identifier under fe80::/64).
+pub fn eui64_link_local(m: &MacAddr) -> Ipv6Addr {
+    Ipv6Addr::from([0xfe, 0x80, 0, 0, 0, 0, 0, 0, m[0] ^ 0x02, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]])
 }
 
 /// One configuration, ready for the datapath.
@@ -97,8 +128,12 @@ pub struct Plan {
     /// hash instead of a six-byte array.
     by_mac: HashMap<u64, PortIdx>,
     by_net: Vec<(IpNet, PortIdx)>,
+    /// Ports by their link-local addresses.
+    by_link_local: HashMap<Ipv6Addr, PortIdx>,
     pub blocked_egress: Vec<(u8, PortRange)>,
     pub infra_allow: Vec<IpNet>,
+    /// `dhcp_server` of `host.toml`.
+    pub dhcp_server: Vec<IpNet>,
     /// The generation conntrack entries are stamped with.
     pub generation: u32,
     /// Per group: the flat index of its first ingress rule, and its ingress
@@ -132,14 +167,18 @@ impl Plan {
                 interface: p.interface.clone(),
                 mac: p.mac.map(|m| m.0),
                 nets: p.addresses().copied().collect(),
+                link_local: p.mac.iter().map(|m| eui64_link_local(&m.0)).chain(p.link_local.iter().copied()).collect(),
                 spoof_check: p.spoof_check,
                 allow_blocked_egress: p.allow_blocked_egress,
+                timeouts: p.timeouts(&cfg.host),
             })
             .collect();
         let by_mac = (0..).zip(&ports).filter_map(|(i, p): (PortIdx, &PortPlan)| p.mac.map(|m| (mac_key(&m), i))).collect();
         let by_net = (0..).zip(&ports).flat_map(|(i, p): (PortIdx, &PortPlan)| p.nets.iter().map(move |n| (*n, i))).collect();
+        let by_link_local = (0..).zip(&ports).flat_map(|(i, p): (PortIdx, &PortPlan)| p.link_local.iter().map(move |a| (*a, i))).collect();
         let blocked_egress = cfg.host.blocked_egress.iter().map(|b| (b.protocol, b.ports)).collect();
         let infra_allow = cfg.host.infra_allow.clone();
+        let dhcp_server = cfg.host.dhcp_server.clone();
         let mut rule_base = Vec::with_capacity(cfg.groups.len());
         let mut total = 0u32;
         for g in &cfg.groups {
@@ -171,8 +210,10 @@ impl Plan {
             ports,
             by_mac,
             by_net,
+            by_link_local,
             blocked_egress,
             infra_allow,
+            dhcp_server,
             generation,
             rule_base,
             rules_total: total,
@@ -227,6 +268,19 @@ impl Plan {
     /// The port that owns `a` (the most specific of its prefixes wins).
     pub fn port_by_ip(&self, a: IpAddr) -> Option<PortIdx> {
         self.by_net.iter().filter(|(n, _)| n.contains(&a)).max_by_key(|(n, _)| n.prefix_len()).map(|&(_, p)| p)
+    }
+
+    /// The port that owns `a`, a link-local address of a port included.
+    pub fn port_by_any(&self, a: IpAddr) -> Option<PortIdx> {
+        match a {
+            IpAddr::V6(v6) if is_link_local(v6) => self.by_link_local.get(&v6).copied(),
+            a => self.port_by_ip(a),
+        }
+    }
+
+    /// Whether `a` is one of the host's `dhcp_server` addresses.
+    pub fn is_dhcp_server(&self, a: IpAddr) -> bool {
+        self.dhcp_server.iter().any(|n| n.contains(&a))
     }
 
     /// Whether host `blocked_egress` stops a new flow to `dport` over
@@ -288,6 +342,14 @@ mod tests {
         {
             assert_eq!(mac_key_is_group(mac_key(&m)), group, "{m:02x?}");
         }
+    }
+
+    #[test]
+    fn the_eui64_link_local_address_flips_the_universal_bit_and_inserts_fffe() {
+        assert_eq!(eui64_link_local(&[0x02, 0, 0, 0, 0, 0x11]), "fe80::ff:fe00:11".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(eui64_link_local(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]), "fe80::5054:ff:fe12:3456".parse::<Ipv6Addr>().unwrap());
+        assert!(is_link_local("fe80::1".parse().unwrap()) && is_link_local("febf::1".parse().unwrap()));
+        assert!(!is_link_local("fec0::1".parse().unwrap()) && !is_link_local("fd00::1".parse().unwrap()));
     }
 
     #[test]

@@ -1,126 +1,250 @@
 //! `sgswitch replay`: the whole pipeline over a capture, in order, with the
 //! capture's timestamps as the clock.
 //!
-//! A packet is egress of the port whose MAC is its source MAC, else it comes
-//! from the uplink (the pipeline then finds its port by destination MAC,
-//! else by destination IP). A fragment held for its first fragment is
-//! reported when it is decided; lines still come out in capture order.
+//! # Where a frame came in
+//! In a pcapng capture, the interface description a packet block names
+//! says where the frame came in: its `if_name` is a port's `interface` (the
+//! frame is that port's egress) or the uplink's (the pipeline finds the
+//! port by destination MAC, else by destination IP); every check then runs
+//! as in `run`, the source MAC check included. A name that is neither is an
+//! error. An interface without a name, and every frame of a plain pcap
+//! capture, is inferred from the source MAC: egress of the port whose MAC
+//! it is, else uplink traffic.
+//!
+//! # Streaming
+//! Records are read one at a time ([`crate::capture`]). Lines come out in
+//! capture order: a fragment held for its first fragment is reported when
+//! it is decided, and the outcomes after it wait in a queue (a few words
+//! each) until then, at most the hold time (100 ms) of capture time. Frames
+//! the switch forwards go to `--out` as they are decided, in the order the
+//! switch would send them (a held fragment after the first fragment that
+//! frees it). Memory is bounded by the largest record and the capture's
+//! rate over the hold time, not by its size.
 
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
 use pcap_file::DataLink;
-use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter};
-use pcap_file::pcapng::{Block, PcapNgReader};
+use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use sgswitch_conntrack::{FragSettings, Now};
 use sgswitch_filter::Policy;
 
+use crate::capture::{CaptureError, Reader};
 use crate::pipeline::{Action, Outcome, Pipeline, Reason, Source, To};
 use crate::plan::Plan;
 
-/// One captured frame.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Captured {
-    pub ts: Duration,
-    pub data: Vec<u8>,
+/// Why a replay stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error(
+        "{path}: interface \"{name}\" is neither a port's interface nor the uplink's ({known}): name the capture's interfaces as host.toml and the port files do"
+    )]
+    UnknownInterface { path: String, name: String, known: String },
+    /// An [`ReplayError::UnknownInterface`] met by a frame, as text.
+    #[error("{0}")]
+    Interface(String),
+    #[error("writing the output: {0}")]
+    Output(#[source] std::io::Error),
 }
 
-/// Reads a pcap or pcapng capture of Ethernet frames.
-///
-/// # Errors
-/// The file cannot be read, is not a capture, or is not Ethernet.
-pub fn read_capture(path: &Path) -> Result<Vec<Captured>, String> {
-    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    let mut file = File::open(path).map_err(|e| err(&e))?;
-    let mut magic = [0u8; 4];
-    file.read_exact(&mut magic).map_err(|e| err(&format!("not a capture ({e})")))?;
-    let file = BufReader::new(File::open(path).map_err(|e| err(&e))?);
-    let mut out = Vec::new();
-    if magic == [0x0a, 0x0d, 0x0d, 0x0a] {
-        let mut r = PcapNgReader::new(file).map_err(|e| err(&e))?;
-        while let Some(block) = r.next_block() {
-            match block.map_err(|e| err(&e))?.into_owned() {
-                Block::EnhancedPacket(p) => {
-                    let link = r.packet_interface(&p).map(|i| i.linktype);
-                    if link.is_some_and(|l| l != DataLink::ETHERNET) {
-                        return Err(err(&"only Ethernet captures can be replayed"));
-                    }
-                    out.push(Captured { ts: p.timestamp, data: p.data.into_owned() });
-                }
-                Block::SimplePacket(p) => out.push(Captured { ts: Duration::ZERO, data: p.data.into_owned() }),
-                _ => {}
+/// How a replay ended.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub packets: usize,
+    /// The capture ended inside a record; the records before it were
+    /// replayed.
+    pub truncated: Option<CaptureError>,
+}
+
+/// Writes Ethernet frames as a pcap file, one at a time.
+#[derive(Debug)]
+pub struct Out(PcapWriter<BufWriter<File>>);
+
+impl Out {
+    /// Creates `path`.
+    ///
+    /// # Errors
+    /// The file cannot be created.
+    pub fn create(path: &Path) -> std::io::Result<Out> {
+        let file = BufWriter::new(File::create(path)?);
+        let header = PcapHeader { datalink: DataLink::ETHERNET, ..PcapHeader::default() };
+        PcapWriter::with_header(file, header).map(Out).map_err(std::io::Error::other)
+    }
+
+    /// Appends one frame.
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn write(&mut self, ts: Duration, data: &[u8]) -> std::io::Result<()> {
+        let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        self.0.write_packet(&PcapPacket::new(ts, len, data)).map(|_| ()).map_err(std::io::Error::other)
+    }
+
+    /// Flushes the file.
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn finish(self) -> std::io::Result<()> {
+        self.0.into_writer().flush()
+    }
+}
+
+/// Where the frames of each pcapng interface came in: `Some` by the
+/// interface's name, `None` to infer it from the frame's source MAC, an
+/// error (for its first frame) if the name is no port's and not the
+/// uplink's.
+fn sources(plan: &Plan, names: &[Option<String>], path: &Path) -> Vec<Result<Option<Source>, String>> {
+    let uplink = plan.policy().config().host.uplink_interface.as_deref();
+    names
+        .iter()
+        .map(|n| {
+            let Some(name) = n.as_deref() else { return Ok(None) };
+            if Some(name) == uplink {
+                return Ok(Some(Source::Uplink));
             }
-        }
-    } else {
-        let mut r = PcapReader::new(file).map_err(|e| err(&e))?;
-        if r.header().datalink != DataLink::ETHERNET {
-            return Err(err(&format!("link type {:?}: only Ethernet captures can be replayed", r.header().datalink)));
-        }
-        while let Some(p) = r.next_packet() {
-            let p = p.map_err(|e| err(&e))?;
-            out.push(Captured { ts: p.timestamp, data: p.data.into_owned() });
-        }
-    }
-    Ok(out)
+            match (0..).zip(&plan.ports).find(|(_, p)| p.interface.as_deref() == Some(name)) {
+                Some((i, _)) => Ok(Some(Source::Port(i))),
+                None => {
+                    let mut known: Vec<String> = plan.ports.iter().filter_map(|p| p.interface.clone()).collect();
+                    known.extend(uplink.map(|u| format!("{u} (uplink)")));
+                    Err(ReplayError::UnknownInterface { path: path.display().to_string(), name: name.to_owned(), known: known.join(", ") }
+                        .to_string())
+                }
+            }
+        })
+        .collect()
 }
 
-/// Writes Ethernet frames as a pcap file.
+/// Replays the capture `reader` reads against `plan`: `line(index, outcome)`
+/// for every frame in capture order, `forwarded(time, frame)` for every
+/// frame the switch sends on, in the order it sends them.
 ///
 /// # Errors
-/// The file cannot be written.
-pub fn write_capture(path: &Path, frames: &[Captured]) -> Result<(), String> {
-    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    let file = BufWriter::new(File::create(path).map_err(|e| err(&e))?);
-    let header = PcapHeader { datalink: DataLink::ETHERNET, ..PcapHeader::default() };
-    let mut w = PcapWriter::with_header(file, header).map_err(|e| err(&e))?;
-    for f in frames {
-        let len = u32::try_from(f.data.len()).unwrap_or(u32::MAX);
-        w.write_packet(&PcapPacket::new(f.ts, len, &f.data)).map_err(|e| err(&e))?;
-    }
-    w.into_writer().flush().map_err(|e| err(&e))
-}
-
-/// The decision for every frame, in capture order.
-pub fn run(plan: &Plan, frames: &[Captured], seed: u64) -> Vec<Outcome> {
+/// The capture cannot be read (a capture cut short inside its last record
+/// is not an error: [`Summary::truncated`]), names an unknown interface,
+/// or a callback fails.
+pub fn replay<R: Read>(
+    plan: &Plan,
+    reader: &mut Reader<R>,
+    path: &Path,
+    seed: u64,
+    mut line: impl FnMut(usize, &Outcome) -> std::io::Result<()>,
+    mut forwarded: impl FnMut(Duration, &[u8]) -> std::io::Result<()>,
+) -> Result<Summary, ReplayError> {
     let host = &plan.policy().config().host;
-    let mut pipe: Pipeline<usize> = Pipeline::new(crate::pipeline::conntrack_settings(host, seed), FragSettings::default());
+    let frag = FragSettings::default();
+    let mut pipe: Pipeline<usize> = Pipeline::new(crate::pipeline::conntrack_settings(host, seed), frag);
     pipe.adopt(plan);
-    let mut out: Vec<Option<Outcome>> = vec![None; frames.len()];
+    // Outcomes from index `base` on, waiting for the first undecided one.
+    let mut window: VecDeque<Option<Outcome>> = VecDeque::new();
+    let mut base = 0usize;
+    // Frames held for their first fragment: their bytes, for `forwarded`.
+    let mut held: HashMap<usize, (Duration, Vec<u8>)> = HashMap::new();
+    let mut by_interface: Vec<Result<Option<Source>, String>> = Vec::new();
     let ms = |d: Duration| Now(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let mut now = Now(0);
-    for (i, f) in frames.iter().enumerate() {
-        now = now.max(ms(f.ts));
-        pipe.tick(plan, now);
-        // The source MAC (bytes 6..12) says which side sent the frame.
-        let src_mac = f.data.get(6..12).and_then(|m| <[u8; 6]>::try_from(m).ok());
-        let src = src_mac.and_then(|m| plan.port_by_mac(&m)).map_or(Source::Uplink, Source::Port);
-        let o = pipe.process(plan, src, &f.data, now, i);
-        if o.action != Action::Held {
-            out[i] = Some(o);
+    let mut summary = Summary::default();
+    let out = |e| ReplayError::Output(e);
+    let settle = |window: &mut VecDeque<Option<Outcome>>,
+                  base: &mut usize,
+                  line: &mut dyn FnMut(usize, &Outcome) -> std::io::Result<()>|
+     -> std::io::Result<()> {
+        while let Some(Some(o)) = window.front() {
+            line(*base, o)?;
+            window.pop_front();
+            *base += 1;
         }
+        Ok(())
+    };
+    let released = |pipe: &mut Pipeline<usize>,
+                    window: &mut VecDeque<Option<Outcome>>,
+                    base: usize,
+                    held: &mut HashMap<usize, (Duration, Vec<u8>)>,
+                    forwarded: &mut dyn FnMut(Duration, &[u8]) -> std::io::Result<()>|
+     -> std::io::Result<()> {
         for (h, o) in pipe.take_released() {
-            out[h] = Some(o);
+            if let Some(slot) = h.checked_sub(base).and_then(|i| window.get_mut(i)) {
+                *slot = Some(o);
+            }
+            if let Some((ts, data)) = held.remove(&h)
+                && matches!(o.action, Action::Forward(_))
+            {
+                forwarded(ts, &data)?;
+            }
         }
+        Ok(())
+    };
+    let mut i = 0usize;
+    loop {
+        let rec = match reader.next_record() {
+            None => break,
+            Some(Ok(r)) => r,
+            Some(Err(e @ CaptureError::Truncated { .. })) => {
+                summary.truncated = Some(e);
+                break;
+            }
+            Some(Err(e)) => return Err(e.into()),
+        };
+        let (ts, interface) = (rec.ts, rec.interface);
+        if reader.interfaces().len() != by_interface.len() {
+            let names: Vec<Option<String>> = reader.interfaces().iter().map(|f| f.name.clone()).collect();
+            by_interface = sources(plan, &names, path);
+        }
+        let data = reader.data();
+        now = now.max(ms(ts));
+        pipe.tick(plan, now);
+        released(&mut pipe, &mut window, base, &mut held, &mut forwarded).map_err(out)?;
+        let named = match interface.and_then(|k| by_interface.get(k as usize)) {
+            Some(Err(e)) => return Err(ReplayError::Interface(e.clone())),
+            Some(Ok(s)) => *s,
+            None => None,
+        };
+        let src = match named {
+            Some(s) => s,
+            None => {
+                // The source MAC (bytes 6..12) says which side sent it.
+                let src_mac = data.get(6..12).and_then(|m| <[u8; 6]>::try_from(m).ok());
+                src_mac.and_then(|m| plan.port_by_mac(&m)).map_or(Source::Uplink, Source::Port)
+            }
+        };
+        let o = pipe.process(plan, src, data, now, i);
+        match o.action {
+            Action::Held => {
+                held.insert(i, (ts, data.to_vec()));
+                window.push_back(None);
+            }
+            a => {
+                if matches!(a, Action::Forward(_)) {
+                    forwarded(ts, data).map_err(out)?;
+                }
+                window.push_back(Some(o));
+            }
+        }
+        released(&mut pipe, &mut window, base, &mut held, &mut forwarded).map_err(out)?;
+        settle(&mut window, &mut base, &mut line).map_err(out)?;
+        i += 1;
     }
     // The capture ended: whatever is still held never saw its first
     // fragment within the hold time.
-    let end = Now(now.0 + u64::from(FragSettings::default().hold_ms) + 1);
+    let end = Now(now.0 + u64::from(frag.hold_ms) + 1);
     pipe.tick(plan, end);
-    for (h, o) in pipe.take_released() {
-        out[h] = Some(o);
+    released(&mut pipe, &mut window, base, &mut held, &mut forwarded).map_err(out)?;
+    for slot in &mut window {
+        slot.get_or_insert(Outcome {
+            action: Action::Drop,
+            reason: Reason::Fragment,
+            port: None,
+            direction: sgswitch_config::Direction::Ingress,
+        });
     }
-    out.into_iter()
-        .map(|o| {
-            o.unwrap_or(Outcome {
-                action: Action::Drop,
-                reason: Reason::Fragment,
-                port: None,
-                direction: sgswitch_config::Direction::Ingress,
-            })
-        })
-        .collect()
+    settle(&mut window, &mut base, &mut line).map_err(out)?;
+    summary.packets = i;
+    Ok(summary)
 }
 
 /// The reason as `replay` prints it: `rule:<group>/<direction>/<index>` for

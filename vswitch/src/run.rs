@@ -122,24 +122,32 @@ impl Shared {
     ///
     /// # Errors
     /// The new configuration's messages; the running one stays.
-    pub fn reload(&self, why: &str) -> Result<u64, String> {
+    pub fn reload(&self, why: &str) -> Result<Reloaded, String> {
         let mut zones = self.zones.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let next = self.control.generation.load(Ordering::Relaxed) + 1;
         let t = Instant::now();
         match load(&self.dir, &mut zones, u32::try_from(next).unwrap_or(u32::MAX)) {
             Ok(p) => {
                 let ports = p.plan.ports.len();
+                let needs_restart = restart_needed(&self.host, &p.plan.policy().config().host);
                 self.published.store(Arc::new(p));
                 self.control.generation.store(next, Ordering::Relaxed);
                 self.control.loaded_at_ms.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
                 self.control.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                *self.control.needs_restart.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = needs_restart.clone();
                 info!(
                     generation = next,
                     ports,
                     "reloaded ({why}): generation {next}, {ports} ports, compiled in {:.1} ms",
                     t.elapsed().as_secs_f64() * 1e3
                 );
-                Ok(next)
+                if !needs_restart.is_empty() {
+                    warn!(
+                        "generation {next}: these settings of host.toml take effect at the next start, not now: {}",
+                        needs_restart.join("; ")
+                    );
+                }
+                Ok(Reloaded { generation: next, needs_restart })
             }
             Err(e) => {
                 self.control.reloads_failed.fetch_add(1, Ordering::Relaxed);
@@ -159,6 +167,44 @@ impl Shared {
         q.try_send(make(tx)).map_err(|_| format!("poll loop {i} is busy with other requests; try again"))?;
         rx.recv_timeout(Duration::from_secs(2)).map_err(|_| format!("poll loop {i} did not answer"))
     }
+}
+
+/// What a reload applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reloaded {
+    pub generation: u64,
+    /// Settings the new `host.toml` changes that the running switch keeps
+    /// until it restarts, each as `<setting> = <new> (running <old>)`.
+    pub needs_restart: Vec<String>,
+}
+
+/// The settings of `next` that differ from those the switch started with
+/// (`running`) and that only a restart applies: the uplink, `[datapath]`
+/// (cores, sockets and UMEM are built at start), the metrics address and
+/// control socket (bound at start), `[flow_log]` (its writer is opened at
+/// start) and the conntrack `capacity` (each loop's table is allocated at
+/// start). Everything else applies on reload.
+pub fn restart_needed(running: &Host, next: &Host) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut diff = |name: &str, old: String, new: String| {
+        if old != new {
+            out.push(format!("{name} = {new} (running {old})"));
+        }
+    };
+    let (a, b) = (running, next);
+    diff("[uplink] interface", format!("{:?}", a.uplink_interface), format!("{:?}", b.uplink_interface));
+    let (d, e) = (&a.datapath, &b.datapath);
+    diff("[datapath] cores", format!("{:?}", d.cores), format!("{:?}", e.cores));
+    diff("[datapath] mode", format!("{:?}", d.mode).to_lowercase(), format!("{:?}", e.mode).to_lowercase());
+    diff("[datapath] zero_copy", format!("{:?}", d.zero_copy).to_lowercase(), format!("{:?}", e.zero_copy).to_lowercase());
+    diff("[datapath] busy_poll", d.busy_poll.to_string(), e.busy_poll.to_string());
+    diff("[datapath] frames", d.frames.to_string(), e.frames.to_string());
+    diff("[datapath] ring_size", d.ring_size.to_string(), e.ring_size.to_string());
+    diff("[metrics] listen", a.metrics_listen.to_string(), b.metrics_listen.to_string());
+    diff("[control] socket", a.control_socket.display().to_string(), b.control_socket.display().to_string());
+    diff("[flow_log]", format!("{:?}", a.flow_log), format!("{:?}", b.flow_log));
+    diff("[conntrack] capacity", a.conntrack.capacity.to_string(), b.conntrack.capacity.to_string());
+    out
 }
 
 /// Totals over the poll loops, for the metrics endpoint, the control socket
@@ -865,4 +911,31 @@ pub fn summary(shared: &Shared) -> String {
         let _ = writeln!(s, "  tx ring full: {tx_full} frames dropped");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_names_every_setting_that_waits_for_a_restart_and_only_those() {
+        let a = Host::default();
+        let mut b = a.clone();
+        assert!(restart_needed(&a, &b).is_empty());
+        // Applied on reload: not named.
+        b.on_policy_change = sgswitch_config::OnPolicyChange::Keep;
+        b.conntrack.tcp_strict = true;
+        b.conntrack.per_port_capacity = 10;
+        b.conntrack.timeouts.udp = 5;
+        b.dhcp_server = vec!["10.0.0.1/32".parse().expect("cidr")];
+        assert!(restart_needed(&a, &b).is_empty());
+        b.datapath.cores = vec![0, 1];
+        b.conntrack.capacity = 2048;
+        b.metrics_listen = "127.0.0.1:1".parse().expect("addr");
+        b.flow_log.enabled = true;
+        let n = restart_needed(&a, &b);
+        assert_eq!(n.len(), 4, "{n:?}");
+        assert_eq!(n[0], "[datapath] cores = [0, 1] (running [0])");
+        assert!(n.iter().any(|s| s.starts_with("[conntrack] capacity = 2048 (running 1048576)")), "{n:?}");
+    }
 }

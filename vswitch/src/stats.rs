@@ -55,7 +55,7 @@ pub struct Cell {
 
 /// Reason kinds, the counter index (`interfaces.md`'s reason set, plus
 /// `fragment`, `malformed`, `non-ip` and `no-port`).
-pub const REASONS: [&str; 14] = [
+pub const REASONS: [&str; 15] = [
     "established",
     "related",
     "rule",
@@ -70,6 +70,7 @@ pub const REASONS: [&str; 14] = [
     "malformed",
     "non-ip",
     "no-port",
+    "tagged",
 ];
 
 /// The counters of one port (or of traffic that belongs to no port).
@@ -278,6 +279,10 @@ pub struct ControlStats {
     pub loaded_at_ms: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
+    /// Settings the configuration in force changes that take effect only
+    /// at the next start (see `run::restart_needed`); written by reloads,
+    /// read by the metrics endpoint and `ctl status`, never by a loop.
+    pub needs_restart: std::sync::Mutex<Vec<String>>,
 }
 
 #[cfg(test)]

@@ -233,3 +233,35 @@ fn trace_decides_with_the_compiled_tables_and_the_reference_alike() {
     let both = trace(&format!("--batch {path} --reference --cross-check"));
     assert_eq!(both.status.code(), Some(1), "the two switches exclude each other");
 }
+
+fn json(o: &Output) -> serde_json::Value {
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(o));
+    serde_json::from_str(&stdout(o)).expect("one JSON line")
+}
+
+#[test]
+fn trace_names_the_datapaths_verdict_where_it_differs_from_the_rules() {
+    // Blocked egress: the rules allow outbound SMTP, the host does not.
+    let v = json(&trace("--port eni-web1 --direction egress --proto tcp --remote 192.0.2.1 --remote-port 25 --json"));
+    assert_eq!((v["verdict"].as_str(), v["by"].as_str()), (Some("allow"), Some("default")));
+    assert_eq!(
+        v["datapath"],
+        serde_json::json!({"action": "drop", "to": null, "reason": "blocked-egress", "port": "eni-web1", "direction": "egress"})
+    );
+    // Spoofing: a source address that is not the port's.
+    let v = json(&trace("--port eni-web1 --direction egress --proto udp --remote 192.0.2.1 --remote-port 53 --local 10.0.0.99 --json"));
+    assert_eq!(v["datapath"]["reason"], "spoof");
+    // Infrastructure: a DHCP request passes a group that denies all egress.
+    let v = json(&trace("--port eni-db1 --direction egress --proto udp --remote 255.255.255.255 --remote-port 67 --local-port 68 --json"));
+    assert_eq!(v["verdict"], "deny");
+    assert_eq!((v["datapath"]["action"].as_str(), v["datapath"]["reason"].as_str()), (Some("forward"), Some("infrastructure")));
+    // VM to VM: web1's egress allows postgres to db1, and db1's ingress
+    // allows it from sg-web: no difference, no key. ssh is refused by db1.
+    let v = json(&trace("--port eni-web1 --direction egress --proto tcp --remote 10.0.1.21 --remote-port 5432 --json"));
+    assert!(v.get("datapath").is_none(), "{v}");
+    let v = json(&trace("--port eni-web1 --direction egress --proto tcp --remote 10.0.1.21 --remote-port 22 --json"));
+    assert_eq!((v["datapath"]["port"].as_str(), v["datapath"]["direction"].as_str()), (Some("eni-db1"), Some("ingress")));
+    // In words.
+    let o = trace("--port eni-web1 --direction egress --proto tcp --remote 192.0.2.1 --remote-port 25");
+    assert!(stdout(&o).contains("datapath: drop at eni-web1 egress (blocked-egress)"), "{}", stdout(&o));
+}

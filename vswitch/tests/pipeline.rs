@@ -132,7 +132,7 @@ fn deciding_frames_allocates_nothing() {
     // Warm up once (first-touch of lazily initialised statics).
     let _ = pipe.process(&plan, corpus[0].0, &corpus[0].1, Now(0), 0);
     let before = counting_alloc::allocs();
-    let mut reasons = [0usize; 14];
+    let mut reasons = [0usize; sgswitch::pipeline::REASONS.len()];
     for round in 0..3u64 {
         for (i, f) in flows.iter().enumerate() {
             let o = pipe.process(&plan, Source::Port(web), f, Now(1000 + round), u32::try_from(i).expect("small"));
@@ -640,4 +640,90 @@ fn a_new_owner_takes_no_route_recorded_under_the_old_one() {
     let loop_of = |p: PortIdx| sgswitch::pipeline::owner_of(plan.port(p).expect("port").zone, 2);
     pipe.set_owner(sgswitch::pipeline::Owner { index: loop_of(web), loops: 2 });
     assert_eq!(send(&mut pipe, Source::Port(web), &ack).action, Action::Handover(db));
+}
+
+/// A copy of `examples/` to edit, and the zones its plans keep across
+/// reloads.
+struct Reloads {
+    dir: tempfile::TempDir,
+    zones: Zones,
+    generation: u32,
+}
+
+impl Reloads {
+    fn new() -> Reloads {
+        let dir = tempfile::tempdir().expect("tempdir");
+        sgswitch_tests::netns::copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples"), dir.path());
+        Reloads { dir, zones: Zones::default(), generation: 0 }
+    }
+
+    fn edit(&self, file: &str, from: &str, to: &str) {
+        let path = self.dir.path().join(file);
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.contains(from), "{file} has {from:?}");
+        std::fs::write(&path, text.replacen(from, to, 1)).expect("write");
+    }
+
+    fn plan(&mut self) -> Plan {
+        self.generation += 1;
+        let cfg = sgswitch_config::load_dir(self.dir.path()).expect("loads");
+        Plan::build(cfg, &mut self.zones, self.generation).expect("zones").0
+    }
+}
+
+#[test]
+fn on_policy_change_timeouts_and_strictness_apply_from_the_reload_on() {
+    let mut r = Reloads::new();
+    let first = r.plan();
+    let mut pipe = pipeline(&first);
+    let web = first.port_by_id("eni-web1").expect("eni-web1");
+    let mac = first.port(web).expect("web").mac.expect("mac");
+    let ip = |s: &str| s.parse().expect("ip");
+    let inet = Ends { src_mac: UPLINK_MAC, dst_mac: mac, src: ip("192.0.2.7"), dst: ip("10.0.0.11") };
+    let back = inet.reversed();
+    let go = |pipe: &mut Pipeline<u32>, plan: &Plan, src: Source, f: Vec<u8>, ms: u64| pipe.process(plan, src, &f, Now(ms), 0);
+    assert_eq!(go(&mut pipe, &first, Source::Uplink, frames::tcp(&inet, 40000, 443, "S", 1, 0, b""), 0).reason.as_str(), "rule");
+    assert_eq!(go(&mut pipe, &first, Source::Port(web), frames::tcp(&back, 443, 40000, "SA", 9, 2, b""), 0).reason, Reason::Established);
+
+    // `keep`, and https closed: the connection lives on.
+    r.edit("host.toml", "on_policy_change = \"revalidate\"", "on_policy_change = \"keep\"");
+    r.edit("groups/sg-web.toml", "ports = \"443/443\"", "ports = \"4443/4443\"");
+    let kept = r.plan();
+    pipe.adopt(&kept);
+    let ack = |n: u32| frames::tcp(&inet, 40000, 443, "A", 1 + n, 10, b"data");
+    assert_eq!(go(&mut pipe, &kept, Source::Uplink, ack(1), 10).reason, Reason::Established, "kept");
+    // `revalidate` again: the flow is judged by the policy in force, which
+    // denies it.
+    r.edit("host.toml", "on_policy_change = \"keep\"", "on_policy_change = \"revalidate\"");
+    let revalidating = r.plan();
+    pipe.adopt(&revalidating);
+    let o = go(&mut pipe, &revalidating, Source::Uplink, ack(2), 20);
+    assert_eq!((o.action, o.reason), (Action::Drop, Reason::Default), "revalidated and cut");
+
+    // A per-port UDP timeout of 2 s: an answer 3 s after the request is a
+    // new packet, judged by eni-web1's ingress (no UDP rule: denied).
+    let dns = |pipe: &mut Pipeline<u32>, plan: &Plan, sport: u16, at: u64| {
+        let out = go(pipe, plan, Source::Port(web), frames::udp(&back, sport, 53, b"q"), at);
+        assert_eq!(out.action, Action::Forward(To::Uplink));
+        go(pipe, plan, Source::Uplink, frames::udp(&inet, 53, sport, b"a"), at + 3000).reason
+    };
+    assert_eq!(dns(&mut pipe, &revalidating, 5000, 100_000), Reason::Established, "30 s by default");
+    let path = r.dir.path().join("ports/eni-web1.toml");
+    let text = std::fs::read_to_string(&path).expect("read");
+    std::fs::write(&path, format!("{text}[conntrack.timeouts]\nudp = 2\n")).expect("write");
+    let short = r.plan();
+    pipe.adopt(&short);
+    assert_eq!(dns(&mut pipe, &short, 5001, 200_000), Reason::Default, "2 s for eni-web1's flows");
+    // The host's own timeouts apply on reload too (eni-web2 has none of its own).
+    let web2 = short.port_by_id("eni-web2").expect("eni-web2");
+    assert_eq!(short.port(web2).expect("web2").timeouts.udp, 30);
+
+    // tcp_strict: mid-stream pick-up refused from the reload on.
+    let mid = frames::tcp(&inet, 41000, 80, "A", 7, 7, b"mid-stream");
+    assert_eq!(go(&mut pipe, &short, Source::Uplink, mid.clone(), 300_000).reason.as_str(), "rule");
+    r.edit("host.toml", "per_port_capacity = 65536", "per_port_capacity = 65536\ntcp_strict = true");
+    let strict = r.plan();
+    pipe.adopt(&strict);
+    let mid2 = frames::tcp(&inet, 41001, 80, "A", 7, 7, b"mid-stream");
+    assert_eq!(go(&mut pipe, &strict, Source::Uplink, mid2, 300_100).reason, Reason::Invalid);
 }

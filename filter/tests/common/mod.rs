@@ -175,6 +175,8 @@ pub fn build(s: &Spec) -> Config {
                 security_groups: sg,
                 spoof_check: true,
                 allow_blocked_egress: false,
+                link_local: Vec::new(),
+                conntrack_timeouts: None,
             }
         })
         .collect();

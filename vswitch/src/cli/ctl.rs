@@ -97,6 +97,9 @@ pub(crate) fn run(a: &CtlArgs) -> Result<(), CliError> {
                 v["uptime_seconds"],
                 s(&v["metrics"])
             );
+            for n in v["needs_restart"].as_array().into_iter().flatten() {
+                text += &format!("not applied until a restart: {}\n", s(n));
+            }
             for l in v["loops"].as_array().into_iter().flatten() {
                 text += &format!(
                     "loop {} on core {}: {} batches, {} busy / {} idle iterations\n",
@@ -118,7 +121,11 @@ pub(crate) fn run(a: &CtlArgs) -> Result<(), CliError> {
         }
         Verb::Reload => {
             let v = ask(a, &CtlRequest::Reload)?;
-            out(&format!("reloaded: generation {}\n", v["generation"]))
+            let mut text = format!("reloaded: generation {}\n", v["generation"]);
+            for n in v["needs_restart"].as_array().into_iter().flatten() {
+                text += &format!("not applied until a restart: {}\n", s(n));
+            }
+            out(&text)
         }
         Verb::Conntrack { verb: ConntrackVerb::List { port, limit, json } } => {
             let v = ask(a, &CtlRequest::ConntrackList { port: port.clone(), limit: Some(*limit) })?;
@@ -165,7 +172,13 @@ pub(crate) fn run(a: &CtlArgs) -> Result<(), CliError> {
                 c => format!("tracked flow {}, {}/{} packets", s(&c["state"]), c["packets"][0], c["packets"][1]),
             };
             let p = &v["policy"];
-            out(&format!("{verdict} by {why} ({ct}; the rules say {} by {})\n", s(&p["verdict"]), s(&p["by"])))
+            let mut text = format!("{verdict} by {why} ({ct}; the rules say {} by {})\n", s(&p["verdict"]), s(&p["by"]));
+            let d = &v["datapath"];
+            if !d.is_null() {
+                let at = if d["port"].is_null() { String::new() } else { format!(" at {} {}", s(&d["port"]), s(&d["direction"])) };
+                text += &format!("datapath: {}{at} ({})\n", s(&d["action"]), s(&d["reason"]));
+            }
+            out(&text)
         }
     }
 }

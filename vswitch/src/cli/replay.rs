@@ -1,23 +1,30 @@
 //! `sgswitch replay`: the whole pipeline over a capture.
 
-use std::fmt::Write;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use sgswitch::pipeline::{Action, REASONS};
+use sgswitch::capture::Reader;
+use sgswitch::pipeline::{Action, Outcome, REASONS};
 use sgswitch::plan::Plan;
-use sgswitch::replay::{self, Captured};
+use sgswitch::replay::{self, Out, ReplayError};
 use sgswitch_config::{Config, load_dir};
 
-use super::{CliError, describe, out};
+use super::CliError;
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = "In a pcapng capture, each packet's interface (its interface description's name: a port's \
+`interface`, or the uplink's) is where the frame came in, and every check runs as in `run`, the source MAC check \
+included. In a plain pcap capture, and for pcapng interfaces without a name, a frame is egress of the port whose \
+MAC is its source MAC, else uplink traffic. A capture cut short inside its last record replays every record before \
+it, with a warning naming the byte offset.")]
 pub(crate) struct ReplayArgs {
     /// The configuration directory.
     dir: PathBuf,
     /// The capture to replay (pcap or pcapng, Ethernet).
     #[arg(long)]
     pcap: PathBuf,
-    /// Write the frames the switch forwards to this pcap file.
+    /// Write the frames the switch forwards to this pcap file, in the
+    /// order it sends them.
     #[arg(long)]
     out: Option<PathBuf>,
     /// One JSON object per packet.
@@ -33,42 +40,65 @@ pub(crate) fn load_plan(dir: &Path) -> Result<Plan, CliError> {
 
 pub(crate) fn run(args: &ReplayArgs) -> Result<(), CliError> {
     let plan = load_plan(&args.dir)?;
-    let frames = replay::read_capture(&args.pcap).map_err(CliError::Usage)?;
-    let outcomes = replay::run(&plan, &frames, 0x5eed);
-    let mut s = String::new();
-    if args.json {
-        for (i, o) in outcomes.iter().enumerate() {
-            let _ = writeln!(s, "{}", replay::json_line(&plan, i, o));
+    let mut reader = Reader::open(&args.pcap).map_err(|e| CliError::Usage(e.to_string()))?;
+    let mut output = match &args.out {
+        Some(p) => Some(Out::create(p).map_err(|e| CliError::Runtime(format!("{}: {e}", p.display())))?),
+        None => None,
+    };
+    let stdout = std::io::stdout();
+    let mut w = std::io::BufWriter::new(stdout.lock());
+    let mut by_reason = [[0usize; REASONS.len()]; 2];
+    if !args.json {
+        writeln!(w, "{:<8} {:<8} {:<16} {:<24} REASON", "#", "ACTION", "TO", "PORT").map_err(write_err)?;
+    }
+    let line = |i: usize, o: &Outcome| -> std::io::Result<()> {
+        let fwd = matches!(o.action, Action::Forward(_));
+        by_reason[usize::from(fwd)][o.reason.kind()] += 1;
+        if args.json {
+            return writeln!(w, "{}", replay::json_line(&plan, i, o));
         }
-    } else {
-        let mut rows = vec![vec!["#".into(), "ACTION".into(), "TO".into(), "PORT".into(), "REASON".into()]];
-        let mut by_reason = [[0usize; REASONS.len()]; 2];
-        for (i, o) in outcomes.iter().enumerate() {
-            let fwd = matches!(o.action, Action::Forward(_));
-            by_reason[usize::from(fwd)][o.reason.kind()] += 1;
-            let port = o.port.and_then(|p| plan.port(p)).map_or("-".to_owned(), |p| format!("{} {}", p.id, o.direction.as_str()));
-            rows.push(vec![
-                i.to_string(),
-                if fwd { "forward" } else { "drop" }.into(),
-                replay::to_text(&plan, o).unwrap_or_else(|| "-".into()),
-                port,
-                replay::reason_text(plan.policy(), o.reason),
-            ]);
+        let port = o.port.and_then(|p| plan.port(p)).map_or("-".to_owned(), |p| format!("{} {}", p.id, o.direction.as_str()));
+        let to = replay::to_text(&plan, o).unwrap_or_else(|| "-".into());
+        let line = format!(
+            "{i:<8} {:<8} {to:<16} {port:<24} {}",
+            if fwd { "forward" } else { "drop" },
+            replay::reason_text(plan.policy(), o.reason)
+        );
+        writeln!(w, "{}", line.trim_end())
+    };
+    let forwarded = |ts: std::time::Duration, data: &[u8]| -> std::io::Result<()> {
+        match output.as_mut() {
+            Some(o) => o.write(ts, data),
+            None => Ok(()),
         }
-        s.push_str(&describe::table(&rows));
+    };
+    let result = replay::replay(&plan, &mut reader, &args.pcap, 0x5eed, line, forwarded);
+    let summary = match result {
+        Ok(s) => s,
+        Err(ReplayError::Output(e)) => return Err(write_err(e)),
+        Err(e) => return Err(CliError::Usage(e.to_string())),
+    };
+    if !args.json {
+        let total = summary.packets;
         let fwd: usize = by_reason[1].iter().sum();
-        let _ = writeln!(s, "\n{} packets: {fwd} forwarded, {} dropped", outcomes.len(), outcomes.len() - fwd);
+        writeln!(w, "\n{total} packets: {fwd} forwarded, {} dropped", total - fwd).map_err(write_err)?;
         for (label, counts) in [("forwarded", by_reason[1]), ("dropped", by_reason[0])] {
             let parts: Vec<String> = REASONS.iter().zip(counts).filter(|(_, n)| *n > 0).map(|(r, n)| format!("{r} {n}")).collect();
             if !parts.is_empty() {
-                let _ = writeln!(s, "  {label}: {}", parts.join(", "));
+                writeln!(w, "  {label}: {}", parts.join(", ")).map_err(write_err)?;
             }
         }
     }
-    if let Some(path) = &args.out {
-        let kept: Vec<Captured> =
-            frames.iter().zip(&outcomes).filter(|(_, o)| matches!(o.action, Action::Forward(_))).map(|(f, _)| f.clone()).collect();
-        replay::write_capture(path, &kept).map_err(CliError::Runtime)?;
+    w.flush().map_err(write_err)?;
+    if let Some(o) = output {
+        o.finish().map_err(|e| CliError::Runtime(format!("writing the output capture: {e}")))?;
     }
-    out(&s)
+    if let Some(t) = summary.truncated {
+        eprintln!("warning: {t}");
+    }
+    Ok(())
+}
+
+fn write_err(e: std::io::Error) -> CliError {
+    CliError::Runtime(format!("writing output: {e}"))
 }

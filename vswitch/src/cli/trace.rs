@@ -3,10 +3,10 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use sgswitch::request::{Proto, Request, json_line, resolve};
-use sgswitch_filter::{Compiled, Decision, Packet, Policy, PortIdx};
+use sgswitch::request::{Proto, Request, decision_value, resolve};
+use sgswitch_filter::{Compiled, Decision, Packet, PortIdx};
 
-use super::{CliError, describe, load_policy, out};
+use super::{CliError, describe, out};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct TraceArgs {
@@ -106,11 +106,12 @@ fn read_batch(path: &Path) -> Result<String, CliError> {
 }
 
 pub(crate) fn run(a: &TraceArgs) -> Result<(), CliError> {
-    let policy = load_policy(&a.dir)?;
+    let plan = super::replay::load_plan(&a.dir)?;
+    let policy = plan.policy();
     let queries: Vec<(PortIdx, Packet)> = match &a.batch {
         None => {
             let req = a.packet.request()?;
-            vec![resolve(&policy, &req).map_err(CliError::Usage)?]
+            vec![resolve(policy, &req).map_err(CliError::Usage)?]
         }
         Some(path) => {
             let text = read_batch(path)?;
@@ -118,7 +119,7 @@ pub(crate) fn run(a: &TraceArgs) -> Result<(), CliError> {
             let mut errors = Vec::new();
             // Blank lines are skipped; every other line is one request.
             for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                let parsed = serde_json::from_str::<Request>(line).map_err(|e| e.to_string()).and_then(|r| resolve(&policy, &r));
+                let parsed = serde_json::from_str::<Request>(line).map_err(|e| e.to_string()).and_then(|r| resolve(policy, &r));
                 match parsed {
                     Ok(q) => qs.push(q),
                     Err(e) => errors.push(format!("{}:{}: {e}", path.display(), i + 1)),
@@ -131,20 +132,44 @@ pub(crate) fn run(a: &TraceArgs) -> Result<(), CliError> {
         }
     };
 
-    let decisions = decide(&policy, &queries, a.reference, a.cross_check || cfg!(debug_assertions))?;
+    let decisions = decide(&plan.compiled, &queries, a.reference, a.cross_check || cfg!(debug_assertions))?;
+    let mut probe = sgswitch::probe::pipeline(&plan);
+    let datapath: Vec<Option<sgswitch::probe::Datapath>> = queries
+        .iter()
+        .zip(&decisions)
+        .map(|((port, pkt), d)| {
+            let p = u16::try_from(*port).ok()?;
+            sgswitch::probe::datapath(&mut probe, &plan, p, pkt, d)
+        })
+        .collect();
     let text = if a.json {
-        decisions.iter().map(|d| json_line(&policy, d) + "\n").collect::<String>()
+        decisions
+            .iter()
+            .zip(&datapath)
+            .map(|(d, dp)| {
+                let mut v = decision_value(policy, d);
+                if let Some(dp) = dp {
+                    v["datapath"] = dp.json(&plan);
+                }
+                v.to_string() + "\n"
+            })
+            .collect::<String>()
     } else {
         let rows: Vec<Vec<String>> = queries
             .iter()
             .zip(&decisions)
-            .map(|((port, pkt), d)| {
+            .zip(&datapath)
+            .map(|(((port, pkt), d), dp)| {
+                let mut why = describe::why(policy, *port, pkt, d);
+                if let Some(dp) = dp {
+                    why += &format!("; {}", dp.text(&plan));
+                }
                 vec![
                     policy.ports()[*port].id.clone(),
                     pkt.direction.as_str().to_string(),
                     describe::packet(pkt),
                     d.verdict.as_str().to_uppercase(),
-                    describe::why(&policy, *port, pkt, d),
+                    why,
                 ]
             })
             .collect();
@@ -156,11 +181,11 @@ pub(crate) fn run(a: &TraceArgs) -> Result<(), CliError> {
 /// The decisions for `queries`: from the compiled tables (the datapath's
 /// code) unless `reference`; with `cross_check`, from both, and a
 /// disagreement is an error that names the packet.
-fn decide(policy: &Policy, queries: &[(PortIdx, Packet)], reference: bool, cross_check: bool) -> Result<Vec<Decision>, CliError> {
+fn decide(compiled: &Compiled, queries: &[(PortIdx, Packet)], reference: bool, cross_check: bool) -> Result<Vec<Decision>, CliError> {
+    let policy = compiled.policy();
     if reference {
         return Ok(queries.iter().map(|(port, pkt)| policy.evaluate(*port, pkt)).collect());
     }
-    let compiled = Compiled::new(std::sync::Arc::new(policy.clone()), 0);
     let mut out = Vec::with_capacity(queries.len());
     for (port, pkt) in queries {
         let d = compiled.decide(*port, pkt);
