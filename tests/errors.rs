@@ -382,3 +382,118 @@ fn flow_log_and_control_settings_are_checked() {
     }
     assert!(stderr.contains("4 errors"), "{stderr}");
 }
+
+/// `check` on a directory after `setup` changed it: exits 1 within ten
+/// seconds (a FIFO must not block it) and names every `expected` part.
+fn assert_path_error(setup: impl FnOnce(&std::path::Path), expected: &[&str]) {
+    let dir = write_dir(&files(&[]));
+    setup(dir.path());
+    let d = dir.path().to_str().expect("utf-8").to_string();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sgswitch"))
+        .args(["check", &d])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("check");
+    let t = std::time::Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if t.elapsed() > std::time::Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("check did not finish in 10 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr).replace(&d, "{dir}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for e in expected {
+        assert!(stderr.contains(e), "expected {e:?} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn a_dangling_or_looping_host_toml_is_named_not_replaced_by_defaults() {
+    assert_path_error(
+        |d| {
+            std::fs::remove_file(d.join("host.toml")).expect("rm");
+            std::os::unix::fs::symlink(d.join("nowhere.toml"), d.join("host.toml")).expect("symlink");
+        },
+        &["{dir}/host.toml: is a symbolic link to {dir}/nowhere.toml, which cannot be followed"],
+    );
+    assert_path_error(
+        |d| {
+            std::fs::remove_file(d.join("host.toml")).expect("rm");
+            std::os::unix::fs::symlink(d.join("host.toml"), d.join("host.toml")).expect("symlink");
+        },
+        &["{dir}/host.toml: is a symbolic link to {dir}/host.toml, which cannot be followed", "in a loop"],
+    );
+}
+
+#[test]
+fn a_fifo_a_folder_or_a_huge_file_in_place_of_a_configuration_file_is_an_error() {
+    assert_path_error(
+        |d| {
+            std::fs::remove_file(d.join("host.toml")).expect("rm");
+            assert!(std::process::Command::new("mkfifo").arg(d.join("host.toml")).status().expect("mkfifo").success());
+        },
+        &["{dir}/host.toml: is not a regular file (a FIFO, socket or device)"],
+    );
+    assert_path_error(|d| std::fs::create_dir(d.join("ports/eni-b.toml")).expect("mkdir"), &["{dir}/ports/eni-b.toml: is a folder"]);
+    assert_path_error(
+        |d| {
+            std::fs::write(d.join("host.toml"), "[limits]\nmax_file_bytes = 1024\n").expect("host");
+            std::fs::write(d.join("groups/sg-a.toml"), format!("id = \"sg-a\"\n{}", "# padding\n".repeat(200))).expect("big");
+        },
+        &["{dir}/groups/sg-a.toml: is 2012 bytes, over the limit of 1024 bytes ([limits] max_file_bytes in host.toml)"],
+    );
+}
+
+#[test]
+fn a_ports_folder_that_is_not_a_folder_or_cannot_be_listed_is_an_error_not_zero_ports() {
+    assert_path_error(
+        |d| {
+            std::fs::remove_dir_all(d.join("ports")).expect("rm");
+            std::fs::write(d.join("ports"), "").expect("file");
+        },
+        &["{dir}/ports: is not a folder"],
+    );
+    assert_path_error(
+        |d| {
+            std::fs::remove_dir_all(d.join("ports")).expect("rm");
+            std::os::unix::fs::symlink(d.join("elsewhere"), d.join("ports")).expect("symlink");
+        },
+        &["{dir}/ports: is a symbolic link to {dir}/elsewhere, which cannot be followed"],
+    );
+    // Unreadable: as another user (root reads anything).
+    let dir = write_dir(&files(&[]));
+    let d = dir.path();
+    use std::os::unix::fs::PermissionsExt;
+    for (p, mode) in [
+        (d.to_path_buf(), 0o755),
+        (d.join("host.toml"), 0o644),
+        (d.join("groups"), 0o755),
+        (d.join("groups/sg-a.toml"), 0o644),
+        (d.join("ports"), 0o000),
+    ] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    let bin = env!("CARGO_BIN_EXE_sgswitch");
+    // The binary must be reachable by that user too: a copy in the folder.
+    let copy = d.join("sgswitch");
+    std::fs::copy(bin, &copy).expect("copy the binary");
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", copy.to_str().expect("utf-8"), "check", d.to_str().expect("utf-8")])
+        .output()
+        .expect("setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("{}/ports: cannot be listed: Permission denied", d.display())), "{stderr}");
+}
+
+#[test]
+fn an_interface_name_with_a_nul_or_control_character_is_refused() {
+    assert_errors(
+        &[("ports/eni-a.toml", &format!("{PORT_A}interface = \"\\u0000\"\n"))],
+        &["ports/eni-a.toml:5:13: interface \"\0\" is not a Linux interface name (1 to 15 characters, no '/', ':' or spaces)"],
+    );
+}

@@ -29,29 +29,36 @@ pub fn load_dir(dir: &Path) -> Result<Config, ConfigErrors> {
 
     let mut seen = Seen::default();
     let host_path = dir.join("host.toml");
-    let host = if host_path.exists() {
-        read_file(&host_path, "host", &mut seen, &mut errors, &mut warnings, |src, t| Some(parse_host(src, t))).unwrap_or_default()
+    // host.toml is read under the default size limit; the rest under its own.
+    let host = if present(&host_path) {
+        read_file(&host_path, "host", Limits::default().max_file_bytes, &mut seen, &mut errors, &mut warnings, |src, t| {
+            Some(parse_host(src, t))
+        })
+        .unwrap_or_default()
     } else {
         Host::default()
     };
+    let max = host.limits.max_file_bytes;
 
     let mut ports = Vec::new();
     for path in toml_files(&dir.join("ports"), &mut errors) {
-        if let Some(p) = read_file(&path, "port", &mut seen, &mut errors, &mut warnings, |src, t| parse_port(src, t, &path, &host)) {
+        if let Some(p) = read_file(&path, "port", max, &mut seen, &mut errors, &mut warnings, |src, t| parse_port(src, t, &path, &host)) {
             ports.push(p);
         }
     }
     let mut groups = Vec::new();
     for path in toml_files(&dir.join("groups"), &mut errors) {
         if let Some(g) =
-            read_file(&path, "security group", &mut seen, &mut errors, &mut warnings, |src, t| parse_group(src, t, &path, &host))
+            read_file(&path, "security group", max, &mut seen, &mut errors, &mut warnings, |src, t| parse_group(src, t, &path, &host))
         {
             groups.push(g);
         }
     }
     let mut prefix_lists = Vec::new();
     for path in toml_files(&dir.join("prefix-lists"), &mut errors) {
-        if let Some(p) = read_file(&path, "prefix list", &mut seen, &mut errors, &mut warnings, |src, t| parse_prefix_list(src, t, &path)) {
+        if let Some(p) =
+            read_file(&path, "prefix list", max, &mut seen, &mut errors, &mut warnings, |src, t| parse_prefix_list(src, t, &path))
+        {
             prefix_lists.push(p);
         }
     }
@@ -77,25 +84,89 @@ fn sort_messages(v: &mut Vec<ConfigError>) {
     v.dedup();
 }
 
-/// The `.toml` files of a folder, sorted; a missing folder is empty.
-/// Other files (editor backups, READMEs) are not configuration and are
-/// skipped.
+/// Whether a directory entry is there at all: a symbolic link counts, even
+/// one that points nowhere (reading it then says so).
+fn present(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
+}
+
+/// Why `path`, which is there, cannot be followed: a symbolic link that
+/// points nowhere or in a loop, or the error itself.
+fn unreachable(path: &Path, e: &std::io::Error) -> String {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            let to = std::fs::read_link(path).map_or_else(|_| "?".to_owned(), |t| t.display().to_string());
+            format!("is a symbolic link to {to}, which cannot be followed ({e}): it points nowhere or in a loop")
+        }
+        _ => format!("cannot be read: {e}"),
+    }
+}
+
+/// The `.toml` files of a folder, sorted; a missing folder is empty. Other
+/// entries (editor backups, READMEs) are not configuration and are
+/// skipped. A folder that is there but cannot be listed, or is not a
+/// folder, is an error: read as empty, it would remove every port (or
+/// group) on a reload.
 fn toml_files(dir: &Path, errors: &mut Vec<ConfigError>) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+    let whole = |msg: String| ConfigError { file: dir.to_path_buf(), line: 0, col: 0, msg };
+    if !present(dir) {
+        return Vec::new();
+    }
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            errors.push(whole("is not a folder: it should hold one .toml file per object".into()));
+            return Vec::new();
+        }
+        Err(e) => {
+            errors.push(whole(unreachable(dir, &e)));
+            return Vec::new();
+        }
+    }
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) => {
+            errors.push(whole(format!("cannot be listed: {e}")));
+            return Vec::new();
+        }
+    };
     let mut out = Vec::new();
     for entry in rd {
         match entry {
-            Ok(e) => {
-                let p = e.path();
-                if p.extension().is_some_and(|x| x == "toml") && p.is_file() {
-                    out.push(p);
-                }
-            }
-            Err(e) => errors.push(ConfigError { file: dir.to_path_buf(), line: 0, col: 0, msg: format!("cannot list: {e}") }),
+            // Every `.toml` entry, whatever it is: `read_file` says what is
+            // wrong with one that is not a readable regular file.
+            Ok(e) if e.path().extension().is_some_and(|x| x == "toml") => out.push(e.path()),
+            Ok(_) => {}
+            Err(e) => errors.push(whole(format!("cannot be listed: {e}"))),
         }
     }
     out.sort();
     out
+}
+
+/// The text of a configuration file: a regular file (a symbolic link to
+/// one is fine) of at most `max` bytes, UTF-8. Anything else is an error
+/// naming the path: a directory, FIFO, socket or device (a FIFO would block
+/// the loader forever), a link that points nowhere or in a loop, a file over
+/// the limit (`[limits] max_file_bytes`), or text that is not UTF-8.
+fn read_text(path: &Path, max: u64) -> Result<String, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| unreachable(path, &e))?;
+    if !meta.is_file() {
+        let what = if meta.is_dir() { "a folder" } else { "not a regular file (a FIFO, socket or device)" };
+        return Err(format!("is {what}: configuration files are regular files"));
+    }
+    let over = |n: u64| format!("is {n} bytes, over the limit of {max} bytes ([limits] max_file_bytes in host.toml)");
+    if meta.len() > max {
+        return Err(over(meta.len()));
+    }
+    let f = std::fs::File::open(path).map_err(|e| format!("cannot be read: {e}"))?;
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    f.take(max.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| format!("cannot be read: {e}"))?;
+    if bytes.len() as u64 > max {
+        return Err(over(bytes.len() as u64));
+    }
+    String::from_utf8(bytes).map_err(|e| format!("is not UTF-8 text (byte {} is not)", e.utf8_error().valid_up_to()))
 }
 
 /// What the loader learnt of every file, loaded or not: the id it declares
@@ -110,15 +181,16 @@ struct Seen {
 fn read_file<T>(
     path: &Path,
     kind: &str,
+    max: u64,
     seen: &mut Seen,
     errors: &mut Vec<ConfigError>,
     warnings: &mut Vec<ConfigError>,
     parse: impl FnOnce(&mut Source<'_>, &Table<'_, '_>) -> Option<T>,
 ) -> Option<T> {
-    let text = match std::fs::read_to_string(path) {
+    let text = match read_text(path, max) {
         Ok(t) => t,
-        Err(e) => {
-            errors.push(ConfigError { file: path.to_path_buf(), line: 0, col: 0, msg: format!("cannot read: {e}") });
+        Err(msg) => {
+            errors.push(ConfigError { file: path.to_path_buf(), line: 0, col: 0, msg });
             seen.broken.insert(file_stem(path));
             return None;
         }
@@ -304,7 +376,15 @@ fn parse_host(src: &mut Source<'_>, t: &Table<'_, '_>) -> Host {
     if let Some(l) = t.table(src, "limits") {
         l.only_keys(
             src,
-            &["rules_per_group", "groups_per_port", "rules_per_port", "group_refs_per_group", "members_per_group", "max_priority"],
+            &[
+                "rules_per_group",
+                "groups_per_port",
+                "rules_per_port",
+                "group_refs_per_group",
+                "members_per_group",
+                "max_priority",
+                "max_file_bytes",
+            ],
         );
         let lim = &mut h.limits;
         lim.rules_per_group = l.u32_in(src, "rules_per_group", 1, 1_000_000).unwrap_or(lim.rules_per_group);
@@ -313,6 +393,7 @@ fn parse_host(src: &mut Source<'_>, t: &Table<'_, '_>) -> Host {
         lim.group_refs_per_group = l.u32_in(src, "group_refs_per_group", 0, 1_000_000).unwrap_or(lim.group_refs_per_group);
         lim.members_per_group = l.u32_in(src, "members_per_group", 1, 10_000_000).unwrap_or(lim.members_per_group);
         lim.max_priority = l.u32_in(src, "max_priority", 1, 255).unwrap_or(lim.max_priority);
+        lim.max_file_bytes = l.u32_in(src, "max_file_bytes", 1024, 1 << 30).map_or(lim.max_file_bytes, u64::from);
     }
     h
 }
@@ -361,8 +442,9 @@ fn parse_blocked(src: &mut Source<'_>, s: &At<String>) -> Option<BlockedPort> {
 
 fn interface_name(src: &mut Source<'_>, t: &Table<'_, '_>) -> Option<String> {
     let s = t.string(src, "interface")?;
-    // Linux interface names: 1..15 bytes, no '/', no whitespace.
-    if s.v.is_empty() || s.v.len() > 15 || s.v.contains(['/', ' ', '\t', ':']) {
+    // Linux interface names: 1..15 bytes, printable, no '/', ':' or
+    // whitespace (the kernel refuses the rest; a NUL would cut the name).
+    if s.v.is_empty() || s.v.len() > 15 || !s.v.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':') {
         src.error(&s.span, format!("interface \"{}\" is not a Linux interface name (1 to 15 characters, no '/', ':' or spaces)", s.v));
         return None;
     }

@@ -133,6 +133,8 @@ pub struct Limits {
     /// Highest (numerically largest) priority a rule may carry; 1 is always
     /// the lowest number and the highest priority.
     pub max_priority: u32,
+    /// Largest configuration file read, in bytes.
+    pub max_file_bytes: u64,
 }
 
 impl Default for Limits {
@@ -144,6 +146,7 @@ impl Default for Limits {
             group_refs_per_group: 20,
             members_per_group: 6000,
             max_priority: 100,
+            max_file_bytes: 16 << 20,
         }
     }
 }

@@ -24,21 +24,26 @@ pub(crate) type Span = Range<usize>;
 pub(crate) struct Source<'a> {
     pub(crate) path: PathBuf,
     text: &'a str,
+    /// The byte offset where each line starts, made once: a position is
+    /// found by a binary search, so reading a file is linear in its size
+    /// however many positions are asked for.
+    line_starts: Vec<usize>,
     pub(crate) errors: Vec<ConfigError>,
     pub(crate) warnings: Vec<ConfigError>,
 }
 
 impl<'a> Source<'a> {
     pub(crate) fn new(path: &Path, text: &'a str) -> Self {
-        Source { path: path.to_path_buf(), text, errors: Vec::new(), warnings: Vec::new() }
+        let line_starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
+        Source { path: path.to_path_buf(), text, line_starts, errors: Vec::new(), warnings: Vec::new() }
     }
 
     pub(crate) fn loc(&self, offset: usize) -> Loc {
         let offset = offset.min(self.text.len());
-        let before = self.text.get(..offset).unwrap_or(self.text);
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        let col = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+        // The last line that starts at or before `offset`.
+        let line = self.line_starts.partition_point(|&s| s <= offset).max(1);
+        let line_start = self.line_starts[line - 1];
+        let col = self.text.get(line_start..offset).map_or(0, |s| s.chars().count()) + 1;
         Loc { line: u32::try_from(line).unwrap_or(u32::MAX), col: u32::try_from(col).unwrap_or(u32::MAX) }
     }
 
@@ -295,6 +300,20 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn positions_are_lines_and_columns_in_characters() {
+        let text = "a = 1\nb = \"é\"\n\nc = 2";
+        let src = Source::new(Path::new("x.toml"), text);
+        let at = |s: &str| src.loc(text.find(s).unwrap());
+        assert_eq!(at("a"), Loc { line: 1, col: 1 });
+        assert_eq!(at("1"), Loc { line: 1, col: 5 });
+        assert_eq!(at("\"é"), Loc { line: 2, col: 5 });
+        assert_eq!(src.loc(text.find("é").unwrap() + 2), Loc { line: 2, col: 7 }, "after a two-byte character");
+        assert_eq!(at("\n\nc"), Loc { line: 2, col: 8 }, "a line's newline is its last column");
+        assert_eq!(at("c"), Loc { line: 4, col: 1 });
+        assert_eq!(src.loc(10_000), Loc { line: 4, col: 6 }, "past the end: the end");
+    }
 
     #[test]
     fn offsets_become_one_based_lines_and_columns() {
