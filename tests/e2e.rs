@@ -272,3 +272,45 @@ fn traffic_outside_the_groups_takes_the_contracts_shapes_on_real_interfaces() {
     }
     assert!(wrong.is_empty(), "{} rows:\n{}", wrong.len(), wrong.join("\n"));
 }
+
+/// `[conntrack] capacity` is the host's: two poll loops share it (each
+/// gets half), the metric shows the real total, and a flood of new flows
+/// into ports of both loops is held to it.
+#[test]
+fn the_connection_capacity_is_the_hosts_shared_by_the_poll_loops() {
+    use sgswitch_tests::frames::{self, Ends, UPLINK_MAC};
+    use sgswitch_tests::netns::{sample, send_frames};
+    require_root();
+    let _topology = Topology::up();
+    let dir = examples("127.0.0.1:19474", "");
+    let host = dir.path().join("host.toml");
+    let text = std::fs::read_to_string(&host).expect("read host.toml");
+    let text = text.replace("cores = [0]", "cores = [0, 1]").replace("capacity = 1048576", "capacity = 1500");
+    std::fs::write(&host, text.replace("per_port_capacity = 65536", "per_port_capacity = 1500")).expect("write host.toml");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let log = logs.path().join("switch.log");
+    let _child = Kill(
+        Command::new(env!("CARGO_BIN_EXE_sgswitch"))
+            .args(["run", dir.path().to_str().expect("utf-8")])
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start sgswitch run"),
+    );
+    assert!(wait_for(&log, "running on", 0), "switch did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    // web1 and web2 are in different loops (zones 4 and 5 of two loops).
+    let mut syns = Vec::new();
+    for (mac, ip) in [([2, 0, 0, 0, 0, 0x11], "10.0.0.11"), ([2, 0, 0, 0, 0, 0x12], "10.0.0.12")] {
+        let e = Ends { src_mac: UPLINK_MAC, dst_mac: mac, src: "192.0.2.7".parse().expect("ip"), dst: ip.parse().expect("ip") };
+        syns.extend((0..1000u16).map(|i| frames::tcp(&e, 20_000 + i, 80, "S", 1, 0, b"")));
+    }
+    send_frames("sgs-inet", &syns, 1);
+    std::thread::sleep(Duration::from_millis(1000));
+    let page = http_get("127.0.0.1:19474", "/metrics").expect("metrics");
+    assert_eq!(sample(&page, "sgswitch_conntrack_capacity"), 1500, "the host's capacity, summed over the loops");
+    let entries: u64 = ["eni-web1", "eni-web2"].iter().map(|p| sample(&page, &format!("sgswitch_conntrack_entries{{port=\"{p}\"}}"))).sum();
+    // Beyond the capacity, a new flow evicts a half-open one or is refused.
+    let turned_away = sample(&page, "sgswitch_conntrack_refused_full_total") + sample(&page, "sgswitch_conntrack_evicted_total");
+    assert!(entries <= 1500, "{entries} flows tracked, over the capacity of 1500");
+    assert!(entries >= 1400, "each loop fills its share: {entries}");
+    assert!(turned_away >= 450, "the flows beyond the capacity evict or are refused: {turned_away}");
+}

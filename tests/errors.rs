@@ -497,3 +497,22 @@ fn an_interface_name_with_a_nul_or_control_character_is_refused() {
         &["ports/eni-a.toml:5:13: interface \"\0\" is not a Linux interface name (1 to 15 characters, no '/', ':' or spaces)"],
     );
 }
+
+#[test]
+fn a_capacity_the_machine_cannot_hold_is_refused_by_check_and_replay() {
+    let dir = write_dir(&files(&[("host.toml", "[conntrack]\ncapacity = 268435456\n")]));
+    let d = dir.path().to_str().expect("utf-8");
+    let out = sgswitch(&["check", d]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("[conntrack] capacity = 268435456 needs 31.0 GiB for its connection tables, more than this machine's MemTotal"),
+        "{stderr}"
+    );
+    let pcap = dir.path().join("empty.pcap");
+    sgswitch_tests::frames::write_pcap(&pcap, &[]);
+    let out = sgswitch(&["replay", d, "--pcap", pcap.to_str().expect("utf-8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("needs 31.0 GiB") && stderr.contains("MemAvailable"), "{stderr}");
+}

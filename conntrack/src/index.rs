@@ -110,6 +110,11 @@ impl Index {
         Index { groups: mem::filled(n, Group::default()), mask: n - 1, len: 0 }
     }
 
+    /// Bytes an index of at least `slots` slots holds.
+    pub(crate) fn bytes_for(slots: usize) -> usize {
+        slots.div_ceil(WIDTH).max(2).next_power_of_two() * size_of::<Group>()
+    }
+
     /// How many slots there are.
     pub(crate) fn slots(&self) -> usize {
         self.groups.len() * WIDTH

@@ -509,6 +509,15 @@ impl Table {
         per + self.index.bytes() / self.entries.len()
     }
 
+    /// Bytes a table of `capacity` flows allocates (entries, IPv6
+    /// addresses, wheel links and index), before it is built: what a
+    /// caller checks against the machine's memory.
+    pub fn bytes_for(capacity: u32) -> u64 {
+        let cap = u64::from(capacity);
+        let per = (std::mem::size_of::<Entry>() + std::mem::size_of::<[u64; 4]>() + std::mem::size_of::<Link>()) as u64;
+        cap * per + Index::bytes_for(capacity as usize * 2) as u64
+    }
+
     /// The size of one entry in bytes.
     pub fn entry_size() -> usize {
         std::mem::size_of::<Entry>()

@@ -148,8 +148,12 @@ pub fn render(shared: &Shared) -> String {
     for p in &plan.ports {
         t.sample("sgswitch_conntrack_entries", &[("port", &p.id)], shared.flows(p.zone));
     }
-    t.family("sgswitch_conntrack_capacity", "gauge", "Most flows the host tracks (`[conntrack] capacity`).");
-    t.sample("sgswitch_conntrack_capacity", &[], shared.host.conntrack.capacity);
+    t.family(
+        "sgswitch_conntrack_capacity",
+        "gauge",
+        "Most flows the host tracks: the poll loops' tables together (`[conntrack] capacity`, shared between the loops).",
+    );
+    t.sample("sgswitch_conntrack_capacity", &[], shared.loops.iter().map(|l| l.conntrack_capacity.get()).sum::<u64>());
     t.family("sgswitch_conntrack_port_capacity", "gauge", "Most flows one port tracks (`[conntrack] per_port_capacity`).");
     t.sample("sgswitch_conntrack_port_capacity", &[], shared.host.conntrack.per_port_capacity);
     for (i, (event, help)) in CONNTRACK_EVENTS.iter().enumerate() {

@@ -193,6 +193,48 @@ pub fn conntrack_settings(host: &Host, seed: u64) -> ct::Settings {
     }
 }
 
+/// Loop `i`'s share of the host's connection capacity over `loops` loops:
+/// the shares add up to `capacity` (`[conntrack] capacity` is the host's),
+/// each at least 1.
+pub fn capacity_share(capacity: u32, loops: usize, i: usize) -> u32 {
+    let n = u32::try_from(loops.max(1)).unwrap_or(u32::MAX);
+    let i = u32::try_from(i).unwrap_or(u32::MAX);
+    (capacity / n + u32::from(i < capacity % n)).max(1)
+}
+
+/// Bytes the connection tables of `loops` loops sharing `capacity` flows
+/// allocate.
+pub fn conntrack_bytes(capacity: u32, loops: usize) -> u64 {
+    (0..loops.max(1)).map(|i| ct::Table::bytes_for(capacity_share(capacity, loops, i))).sum()
+}
+
+/// A field of `/proc/meminfo` in bytes (`MemTotal`, `MemAvailable`).
+pub fn meminfo(field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = text.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Whether the connection tables of `host` over `loops` loops fit in
+/// `memory` bytes (the machine's `field` of `/proc/meminfo`); the error
+/// says how much they need and what to set.
+///
+/// # Errors
+/// The tables would need more than `memory`.
+pub fn check_conntrack_memory(host: &Host, loops: usize, memory: u64, field: &str) -> Result<u64, String> {
+    let need = conntrack_bytes(host.conntrack.capacity, loops);
+    if need > memory {
+        let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+        return Err(format!(
+            "[conntrack] capacity = {} needs {:.1} GiB for its connection tables, more than this machine's {field} ({:.1} GiB): lower it",
+            host.conntrack.capacity,
+            gib(need),
+            gib(memory)
+        ));
+    }
+    Ok(need)
+}
+
 fn timeouts(t: sgswitch_config::Timeouts) -> ct::Timeouts {
     ct::Timeouts {
         tcp_syn: t.tcp_syn,

@@ -48,6 +48,9 @@ pub enum ReplayError {
     /// An [`ReplayError::UnknownInterface`] met by a frame, as text.
     #[error("{0}")]
     Interface(String),
+    /// The connection table would not fit in memory.
+    #[error("{0}")]
+    Memory(String),
     #[error("writing the output: {0}")]
     Output(#[source] std::io::Error),
 }
@@ -137,6 +140,9 @@ pub fn replay<R: Read>(
     mut forwarded: impl FnMut(Duration, &[u8]) -> std::io::Result<()>,
 ) -> Result<Summary, ReplayError> {
     let host = &plan.policy().config().host;
+    if let Some(avail) = crate::pipeline::meminfo("MemAvailable") {
+        crate::pipeline::check_conntrack_memory(host, 1, avail, "MemAvailable").map_err(ReplayError::Memory)?;
+    }
     let frag = FragSettings::default();
     let mut pipe: Pipeline<usize> = Pipeline::new(crate::pipeline::conntrack_settings(host, seed), frag);
     pipe.adopt(plan);

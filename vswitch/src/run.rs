@@ -285,6 +285,9 @@ pub fn run(dir: &Path) -> Result<String, String> {
 
     let cores = if host.datapath.cores.is_empty() { vec![0] } else { host.datapath.cores.clone() };
     let n = cores.len();
+    if let Some(avail) = crate::pipeline::meminfo("MemAvailable") {
+        crate::pipeline::check_conntrack_memory(&host, n, avail, "MemAvailable")?;
+    }
     let stats: Vec<Arc<LoopStats>> =
         cores.iter().enumerate().map(|(i, &c)| Arc::new(LoopStats::new(i, c, Arc::new(Counters::default())))).collect();
     let (requests, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| std::sync::mpsc::sync_channel::<LoopRequest>(8)).unzip();
@@ -658,8 +661,11 @@ fn poll_loop(
     };
     stats.sockets.store(Arc::new(socks.iter().map(|p| Arc::clone(&p.stats)).collect()));
     let _ = ready.send(Ok(()));
-    let mut pipe: Pipeline<FrameDesc> =
-        Pipeline::with_counters(conntrack_settings(host, seed()), FragSettings::default(), Arc::clone(&stats.pipeline));
+    // This loop's share of the host's connection capacity.
+    let mut settings = conntrack_settings(host, seed());
+    settings.capacity = crate::pipeline::capacity_share(host.conntrack.capacity, me.loops, me.index);
+    stats.conntrack_capacity.set(u64::from(settings.capacity));
+    let mut pipe: Pipeline<FrameDesc> = Pipeline::with_counters(settings, FragSettings::default(), Arc::clone(&stats.pipeline));
     pipe.set_owner(me);
     pipe.flow_log = log;
     pipe.adopt(&current.plan);

@@ -235,6 +235,9 @@ pub struct LoopStats {
     pub handover_dropped: Counter,
     pub handover_received: Counter,
     pub conntrack: [Counter; CONNTRACK_EVENTS.len()],
+    /// The flows this loop's table holds at most (its share of the host's
+    /// capacity).
+    pub conntrack_capacity: Counter,
     /// Live flows per zone.
     pub conntrack_entries: Box<[AtomicU32]>,
     pub sockets: ArcSwap<Vec<Arc<SocketStats>>>,
@@ -256,6 +259,7 @@ impl LoopStats {
             handover_dropped: Counter::default(),
             handover_received: Counter::default(),
             conntrack: Default::default(),
+            conntrack_capacity: Counter::default(),
             conntrack_entries: (0..MAX_PORTS).map(|_| AtomicU32::new(0)).collect(),
             sockets: ArcSwap::from_pointee(Vec::new()),
         }

@@ -37,6 +37,26 @@ pub(crate) fn run(dir: &Path) -> Result<(), CliError> {
     }
     s.push_str(&describe::table(&rows));
     s.push_str("QUOTA: rules counted against rules_per_port; a prefix-list rule counts as its max_entries\n");
+    // The connection tables `run` allocates, against this machine's memory.
+    let loops = cfg.host.datapath.cores.len().max(1);
+    let need = match sgswitch::pipeline::meminfo("MemTotal") {
+        Some(total) => sgswitch::pipeline::check_conntrack_memory(&cfg.host, loops, total, "MemTotal").map_err(|e| {
+            CliError::Config(sgswitch_config::ConfigErrors(vec![sgswitch_config::ConfigError {
+                file: dir.join("host.toml"),
+                line: 0,
+                col: 0,
+                msg: e,
+            }]))
+        })?,
+        None => sgswitch::pipeline::conntrack_bytes(cfg.host.conntrack.capacity, loops),
+    };
+    let _ = writeln!(
+        s,
+        "connection tables: {} flows over {}, {:.1} MiB",
+        cfg.host.conntrack.capacity,
+        plural(loops, "poll loop", "poll loops"),
+        need as f64 / f64::from(1u32 << 20)
+    );
     if cfg.warnings.is_empty() {
         s.push_str("\nno findings\n");
     } else {
