@@ -150,3 +150,33 @@ pub fn url_encode(s: &str) -> String {
         })
         .collect()
 }
+
+/// Starts `sgswitch run` on `dir` (the binary at `bin`), its log in `log`,
+/// and waits until it runs.
+pub fn start_switch(bin: &str, dir: &Path, log: &Path) -> Kill {
+    let child = Command::new(bin)
+        .args(["run", dir.to_str().expect("utf-8")])
+        .stderr(std::fs::File::create(log).expect("log"))
+        .spawn()
+        .expect("start sgswitch run");
+    let k = Kill(child);
+    assert!(wait_for(log, "running on", 0), "switch did not start: {}", std::fs::read_to_string(log).unwrap_or_default());
+    k
+}
+
+/// Runs `cmd` in bash inside namespace `ns`; whether it succeeded.
+pub fn in_ns(ns: &str, cmd: &str) -> bool {
+    sh(&format!("ip netns exec sgs-{ns} bash -c {}", shell_quote(cmd)))
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The threads of process `pid`.
+pub fn threads(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}

@@ -1,5 +1,5 @@
 //! `/metrics`: the Prometheus text exposition format (version 0.0.4),
-//! served on `[metrics] listen` by a small HTTP server thread (tiny_http).
+//! served on `[metrics] listen` by hyper on a one-thread tokio runtime.
 //!
 //! # Design
 //! A scrape reads the loops' counters ([`crate::stats`]) with relaxed
@@ -12,49 +12,197 @@
 //! owned metric objects without a custom collector for every family; the
 //! encoder is the smaller thing to get right (`docs/design.md`).
 //!
-//! Traffic counters are exported for the (port, direction, action, reason)
-//! cells that have counted something; rule counters for every rule of the
-//! current configuration, at zero too, so that `rate()` sees a rule's
-//! first hits.
+//! # The server
+//! hyper (what most Rust exporters serve with, and what bounds a client
+//! here) on a current-thread tokio runtime: one thread for every
+//! connection, never one per client. What a client can make it do is
+//! bounded:
+//! - **connections**: at most [`MAX_CONNECTIONS`]; at the limit a new one
+//!   takes the place of the oldest that has not sent a request yet (a slow
+//!   or idle client), and if every connection is being answered it is
+//!   closed;
+//! - **time**: the request head within [`HEAD_TIMEOUT`], the whole
+//!   connection within [`CONNECTION_TIMEOUT`]; one request per connection
+//!   (`Connection: close`);
+//! - **size**: request heads up to hyper's smallest buffer (8 KiB); a
+//!   request that declares a body is refused (413) without reading it;
+//! - **paths**: `GET`/`HEAD /metrics` only; other paths 404, other methods
+//!   405;
+//! - **descriptors**: an accept error (the process out of file
+//!   descriptors) backs off and retries, up to a second apart; the switch
+//!   raises its soft limit on open files to the hard limit at start.
 
+use std::collections::VecDeque;
 use std::fmt::Write;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tracing::warn;
 
 use crate::run::Shared;
 use crate::stats::{BATCH_BUCKETS, CONNTRACK_EVENTS, KERNEL_STATS, LoopStats, REASONS};
+
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 256;
+/// How long a client has to send its request head.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection lives at most.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Binds the endpoint.
 ///
 /// # Errors
 /// The address cannot be bound; the message names it.
-pub fn bind(addr: SocketAddr) -> Result<tiny_http::Server, String> {
-    tiny_http::Server::http(addr).map_err(|e| format!("metrics endpoint {addr}: cannot listen ({e}); set [metrics] listen in host.toml"))
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
+    let err = |e: std::io::Error| format!("metrics endpoint {addr}: cannot listen ({e}); set [metrics] listen in host.toml");
+    let l = std::net::TcpListener::bind(addr).map_err(err)?;
+    l.set_nonblocking(true).map_err(err)?;
+    Ok(l)
+}
+
+/// The connections being served: those still waiting for a request head,
+/// oldest first, can be closed to make room.
+#[derive(Debug, Default)]
+struct Slots {
+    open: usize,
+    next: u64,
+    waiting: VecDeque<(u64, tokio::task::AbortHandle)>,
+}
+
+/// Gives back a connection's slot when its task ends, however it ends.
+struct Held {
+    slots: Arc<Mutex<Slots>>,
+    id: u64,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut s = self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.open -= 1;
+        s.waiting.retain(|(i, _)| *i != self.id);
+    }
 }
 
 /// Serves `/metrics` until the switch stops.
-pub fn serve(server: tiny_http::Server, shared: Arc<Shared>) -> Option<std::thread::JoinHandle<()>> {
+pub fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) -> Option<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("sgswitch-metrics".into())
         .spawn(move || {
-            while !shared.stop.load(Ordering::Relaxed) {
-                let Ok(Some(req)) = server.recv_timeout(Duration::from_millis(100)) else { continue };
-                let path = req.url().split('?').next().unwrap_or("");
-                let resp = match (req.method(), path) {
-                    (tiny_http::Method::Get, "/metrics") => {
-                        let ct = tiny_http::Header::from_bytes("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                            .expect("a valid header");
-                        tiny_http::Response::from_string(render(&shared)).with_header(ct)
-                    }
-                    (tiny_http::Method::Get, "/") => tiny_http::Response::from_string("sgswitch: metrics at /metrics\n"),
-                    _ => tiny_http::Response::from_string("not found; metrics are at /metrics\n").with_status_code(404),
-                };
-                let _ = req.respond(resp);
-            }
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    warn!("metrics endpoint: cannot start its runtime ({e}); /metrics is not served");
+                    return;
+                }
+            };
+            rt.block_on(accept_loop(listener, shared));
         })
         .ok()
+}
+
+async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!("metrics endpoint: {e}; /metrics is not served");
+            return;
+        }
+    };
+    let slots = Arc::new(Mutex::new(Slots::default()));
+    let mut backoff = Duration::from_millis(10);
+    let mut warned = false;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                backoff = Duration::from_millis(10);
+                warned = false;
+                stream
+            }
+            Err(e) => {
+                // Out of descriptors (EMFILE, ENFILE) or memory: wait for
+                // connections to end, and try again.
+                if !warned {
+                    warn!("metrics endpoint: accepting a connection failed ({e}); retrying");
+                    warned = true;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let id = {
+            let mut s = slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if s.open >= MAX_CONNECTIONS {
+                // Make room by closing the oldest idle client, if any.
+                match s.waiting.pop_front() {
+                    Some((_, oldest)) => oldest.abort(),
+                    None => continue,
+                }
+            }
+            s.open += 1;
+            s.next += 1;
+            s.next
+        };
+        let held = Held { slots: Arc::clone(&slots), id };
+        let shared = Arc::clone(&shared);
+        let conn_slots = Arc::clone(&slots);
+        let task = tokio::spawn(async move {
+            let _held = held;
+            let service = hyper::service::service_fn(move |req| {
+                // A request head arrived: no longer a client to close for room.
+                conn_slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner).waiting.retain(|(i, _)| *i != id);
+                let shared = Arc::clone(&shared);
+                async move { Ok::<_, std::convert::Infallible>(respond(&req, &shared)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .max_buf_size(8192)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+        });
+        slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner).waiting.push_back((id, task.abort_handle()));
+    }
+}
+
+/// The answer to one request.
+fn respond(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    let text = |status: StatusCode, body: &'static str| {
+        let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        *r.status_mut() = status;
+        r
+    };
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET /metrics is served\n");
+        r.headers_mut().insert(hyper::header::ALLOW, hyper::header::HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let declares_body = req.headers().contains_key(hyper::header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.to_str().ok().and_then(|n| n.trim().parse::<u64>().ok()) != Some(0));
+    if declares_body {
+        return text(StatusCode::PAYLOAD_TOO_LARGE, "a metrics request has no body\n");
+    }
+    if req.uri().path() != "/metrics" {
+        return text(StatusCode::NOT_FOUND, "not found; metrics are at /metrics\n");
+    }
+    let mut r = Response::new(Full::new(Bytes::from(render(shared))));
+    r.headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    r
 }
 
 /// The text format, family by family.

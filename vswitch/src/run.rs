@@ -267,6 +267,7 @@ pub(crate) fn unix_ms(t: SystemTime) -> u64 {
 /// the metrics address or control socket cannot be bound.
 pub fn run(dir: &Path) -> Result<String, String> {
     crate::xdp::quiet_libraries();
+    crate::xdp::raise_open_files();
     let mut zones = Zones::default();
     let first = load(dir, &mut zones, 1)?;
     let host = first.plan.policy().config().host.clone();

@@ -232,6 +232,28 @@ fn is_zero_copy(fd: std::os::fd::RawFd) -> bool {
     rc == 0 && flags & XDP_OPTIONS_ZEROCOPY != 0
 }
 
+/// Raises the soft limit on open files to the hard limit: sockets, the
+/// metrics endpoint's clients and the control socket's share it, and the
+/// default of 1,024 is what a handful of idle clients used to exhaust.
+/// Returns the limit in force.
+pub fn raise_open_files() -> u64 {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `r` is a valid rlimit the kernel writes; RLIMIT_NOFILE is a
+    // valid resource.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut r) } != 0 {
+        return 0;
+    }
+    if r.rlim_cur < r.rlim_max {
+        let raised = libc::rlimit { rlim_cur: r.rlim_max, rlim_max: r.rlim_max };
+        // SAFETY: as above; the new soft limit is the hard one, which an
+        // unprivileged process may set too.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) } == 0 {
+            return raised.rlim_cur;
+        }
+    }
+    r.rlim_cur
+}
+
 /// Silences libbpf's and libxdp's own messages on stderr (ELF section
 /// notices, the bpffs fallback): the switch reports what failed itself.
 pub fn quiet_libraries() {
