@@ -312,5 +312,5 @@ fn the_connection_capacity_is_the_hosts_shared_by_the_poll_loops() {
     let turned_away = sample(&page, "sgswitch_conntrack_refused_full_total") + sample(&page, "sgswitch_conntrack_evicted_total");
     assert!(entries <= 1500, "{entries} flows tracked, over the capacity of 1500");
     assert!(entries >= 1400, "each loop fills its share: {entries}");
-    assert!(turned_away >= 450, "the flows beyond the capacity evict or are refused: {turned_away}");
+    assert!(turned_away >= 300, "the flows beyond the capacity evict or are refused: {turned_away}");
 }

@@ -29,12 +29,13 @@ fn raw_http(addr: &str, request: &str) -> String {
 fn idle_connections(addr: &str, n: usize) -> Kill {
     let (host, port) = addr.split_once(':').expect("host:port");
     let script = format!(
-        "import resource,socket,time\nresource.setrlimit(resource.RLIMIT_NOFILE,(65536,65536))\nk=[]\nfor i in range({n}):\n  s=socket.socket()\n  s.setblocking(False)\n  try: s.connect(('{host}',{port}))\n  except BlockingIOError: pass\n  k.append(s)\nprint('held',flush=True)\ntime.sleep(600)\n"
+        "import resource,socket,time\nh=resource.getrlimit(resource.RLIMIT_NOFILE)[1]\nresource.setrlimit(resource.RLIMIT_NOFILE,(h,h))\nk=[]\nfor i in range({n}):\n  s=socket.socket()\n  s.setblocking(False)\n  try: s.connect(('{host}',{port}))\n  except BlockingIOError: pass\n  k.append(s)\nprint('held',flush=True)\ntime.sleep(600)\n"
     );
     let mut child = Command::new("python3").args(["-c", &script]).stdout(std::process::Stdio::piped()).spawn().expect("python3");
     let mut line = String::new();
     let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
     std::io::BufRead::read_line(&mut out, &mut line).expect("python3 says held");
+    assert_eq!(line.trim(), "held", "python3 holds the connections");
     Kill(child)
 }
 
@@ -96,4 +97,144 @@ fn the_metrics_endpoint_survives_hostile_clients_and_keeps_answering() {
     drop(slow);
     assert!(std::fs::read_to_string(&log).expect("log").lines().all(|l| !l.contains("panicked")), "no panic");
     drop(switch);
+}
+
+fn ctl(sock: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String, Duration) {
+    let t = Instant::now();
+    let o = Command::new(BIN).args(["ctl", "--socket", sock.to_str().expect("utf-8")]).args(args).output().expect("ctl");
+    (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned(), t.elapsed())
+}
+
+fn count(log: &std::path::Path, text: &str) -> usize {
+    std::fs::read_to_string(log).unwrap_or_default().matches(text).count()
+}
+
+#[test]
+fn the_control_socket_serves_everyone_while_clients_stall_and_a_reload_fails_and_sigterm_exits() {
+    require_root();
+    let _topology = Topology::up();
+    let dir = examples("127.0.0.1:19482", "");
+    let sock = dir.path().join("control.sock");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let log = logs.path().join("switch.log");
+    let mut switch = start_switch(BIN, dir.path(), &log);
+    let pid = switch.0.id();
+
+    // 500 clients that never write, and one that writes a byte every 1.5 s.
+    let hold = format!(
+        "import resource,socket,time\nh=resource.getrlimit(resource.RLIMIT_NOFILE)[1]\nresource.setrlimit(resource.RLIMIT_NOFILE,(h,h))\nk=[]\nfor i in range(500):\n  s=socket.socket(socket.AF_UNIX)\n  s.connect('{p}')\n  k.append(s)\nslow=socket.socket(socket.AF_UNIX)\nslow.connect('{p}')\nprint('held',flush=True)\nfor i in range(400):\n  try: slow.send(b' ')\n  except OSError: pass\n  time.sleep(1.5)\n",
+        p = sock.display()
+    );
+    let mut child = Command::new("python3").args(["-c", &hold]).stdout(std::process::Stdio::piped()).spawn().expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("stdout")), &mut line).expect("held");
+    assert_eq!(line.trim(), "held", "python3 holds the clients");
+    let _clients = Kill(child);
+    let threads_before = sgswitch_tests::netns::threads(pid);
+    let (code, out, err, took) = ctl(&sock, &["status"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("generation 1"), "{out}");
+    assert!(took < Duration::from_secs(2), "status took {took:?} among 501 stalled clients");
+
+    // host.toml replaced by a FIFO: a reload is refused at once, naming it,
+    // and status still answers.
+    let host = dir.path().join("host.toml");
+    let saved = std::fs::read_to_string(&host).expect("read host.toml");
+    std::fs::remove_file(&host).expect("rm");
+    assert!(Command::new("mkfifo").arg(&host).status().expect("mkfifo").success());
+    let (code, _, err, took) = ctl(&sock, &["reload"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("host.toml: is not a regular file"), "{err}");
+    assert!(took < Duration::from_secs(5), "the refused reload took {took:?}");
+    let (code, out, _, _) = ctl(&sock, &["status"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("generation 1"), "the running configuration stays: {out}");
+    assert!(sgswitch_tests::netns::threads(pid) <= threads_before + 4, "no thread per client");
+    std::fs::remove_file(&host).expect("rm fifo");
+    std::fs::write(&host, saved).expect("restore host.toml");
+
+    // SIGTERM: the process exits within its bound, detaching everything.
+    let t = Instant::now();
+    assert!(sgswitch_tests::netns::sh(&format!("kill -TERM {pid}")));
+    let status = switch.0.wait().expect("wait");
+    assert!(t.elapsed() < Duration::from_secs(5), "stopped in {:?}", t.elapsed());
+    assert!(status.success(), "{status}");
+    assert!(!sgswitch_tests::netns::sh("ip link show | grep -q ' xdp'"), "an XDP program is left on an interface");
+    assert!(!sock.exists(), "the control socket is removed");
+}
+
+#[test]
+fn a_file_caught_half_written_waits_for_the_rest_and_watch_false_waits_for_a_signal() {
+    require_root();
+    let _topology = Topology::up();
+    let dir = examples("127.0.0.1:19483", "");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let log = logs.path().join("switch.log");
+    let switch = start_switch(BIN, dir.path(), &log);
+    let web = dir.path().join("groups/sg-web.toml");
+    let full = std::fs::read_to_string(&web).expect("read sg-web").replace("http from anywhere", "http from anywhere (edited)");
+    // Cut inside a rule: on its own it does not load.
+    let half =
+        &full[..full.find("[[ingress]]\npriority = 1\naction = \"allow\"\nprotocol = \"tcp\"\nports = \"443/443\"").expect("a rule") + 40];
+    {
+        let mut f = std::fs::File::create(&web).expect("open");
+        f.write_all(half.as_bytes()).expect("write half");
+        f.flush().expect("flush");
+        std::thread::sleep(Duration::from_millis(300));
+        f.write_all(&full.as_bytes()[half.len()..]).expect("write the rest");
+    }
+    let t = Instant::now();
+    while count(&log, "reloaded") == 0 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(count(&log, "reloaded"), 1, "one reload: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert_eq!(count(&log, "refused"), 0, "the half-written file was never loaded: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    drop(switch);
+
+    // watch = false: a file change waits for SIGHUP.
+    let host = dir.path().join("host.toml");
+    let text = std::fs::read_to_string(&host).expect("read host.toml");
+    std::fs::write(&host, format!("{text}\n[reload]\nwatch = false\n")).expect("write host.toml");
+    let log = logs.path().join("switch2.log");
+    let switch = start_switch(BIN, dir.path(), &log);
+    std::fs::write(&web, full.replace("(edited)", "(edited again)")).expect("write sg-web");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(count(&log, "reloaded"), 0, "no reload without a signal");
+    assert!(sgswitch_tests::netns::sh(&format!("kill -HUP {}", switch.0.id())));
+    let t = Instant::now();
+    while count(&log, "reloaded") == 0 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(count(&log, "reloaded (SIGHUP)"), 1, "{}", std::fs::read_to_string(&log).unwrap_or_default());
+}
+
+#[test]
+fn after_sigkill_the_next_start_removes_the_programs_left_behind_and_a_regular_file_is_never_taken_for_the_socket() {
+    require_root();
+    let _topology = Topology::up();
+    let dir = examples("127.0.0.1:19484", "");
+    let sock = dir.path().join("control.sock");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let log = logs.path().join("switch.log");
+    // Dropping the handle kills with SIGKILL: nothing is detached.
+    drop(start_switch(BIN, dir.path(), &log));
+    assert!(sgswitch_tests::netns::sh("ip link show sgs-uplink | grep -q ' xdp'"), "SIGKILL leaves the program attached");
+    assert!(sock.exists(), "and the socket file");
+    let log2 = logs.path().join("switch2.log");
+    let mut switch = start_switch(BIN, dir.path(), &log2);
+    let text = std::fs::read_to_string(&log2).expect("log");
+    assert!(text.contains("sgs-uplink: removed the XDP program (xsk_def_prog) a previous sgswitch left attached"), "{text}");
+    assert!(in_ns("inet", "ping -c 2 -i 0.2 -W 1 10.0.0.11"), "forwarding after the restart");
+    assert!(sgswitch_tests::netns::sh(&format!("kill -TERM {}", switch.0.id())));
+    assert!(switch.0.wait().expect("wait").success());
+    assert!(!sgswitch_tests::netns::sh("ip link show | grep -q ' xdp'"), "no program left after a clean stop");
+
+    // A regular file where the control socket goes: refused, and kept.
+    std::fs::write(&sock, "precious").expect("write");
+    let out = Command::new(BIN).args(["run", dir.path().to_str().expect("utf-8")]).output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("exists and is not a socket; it is left alone"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&sock).expect("still there"), "precious");
 }

@@ -255,6 +255,7 @@ fn parse_host(src: &mut Source<'_>, t: &Table<'_, '_>) -> Host {
             "flow_log",
             "conntrack",
             "limits",
+            "reload",
         ],
     );
     if let Some(m) = t.choice(src, "policy_model", &["priority", "ordered", "union"]) {
@@ -372,6 +373,11 @@ fn parse_host(src: &mut Source<'_>, t: &Table<'_, '_>) -> Host {
         if let Some(tt) = c.table(src, "timeouts") {
             ct.timeouts = parse_timeouts(src, &tt, ct.timeouts);
         }
+    }
+    if let Some(r) = t.table(src, "reload") {
+        r.only_keys(src, &["watch", "debounce_ms"]);
+        h.reload.watch = r.boolean(src, "watch").unwrap_or(h.reload.watch);
+        h.reload.debounce_ms = r.u32_in(src, "debounce_ms", 50, 60_000).unwrap_or(h.reload.debounce_ms);
     }
     if let Some(l) = t.table(src, "limits") {
         l.only_keys(

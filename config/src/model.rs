@@ -171,6 +171,24 @@ pub struct Host {
     pub flow_log: FlowLog,
     pub conntrack: Conntrack,
     pub limits: Limits,
+    pub reload: Reload,
+}
+
+/// `[reload]`: how `run` notices changes to the directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reload {
+    /// Reload when the files change (inotify); false: only on SIGHUP and
+    /// `sgswitch ctl reload`.
+    pub watch: bool,
+    /// How long the files must stay unchanged (sizes and modification
+    /// times) before a change is applied, in milliseconds.
+    pub debounce_ms: u32,
+}
+
+impl Default for Reload {
+    fn default() -> Self {
+        Reload { watch: true, debounce_ms: 500 }
+    }
 }
 
 /// Where the flow log of denied packets goes.
@@ -216,6 +234,7 @@ impl Default for Host {
             flow_log: FlowLog::default(),
             conntrack: Conntrack::default(),
             limits: Limits::default(),
+            reload: Reload::default(),
         }
     }
 }

@@ -7,8 +7,19 @@
 //! --batch` line). Requests about connection state go to the poll loop that
 //! owns it through a bounded queue; the loop answers between batches, a
 //! few requests per iteration, so the control socket never stalls it.
+//!
+//! # Serving
+//! Clients are served at once, on a one-thread tokio runtime: a client has
+//! [`READ_TIMEOUT`] to send its request of at most [`MAX_REQUEST`] bytes and
+//! [`WRITE_TIMEOUT`] to take the answer, and at most [`MAX_CLIENTS`] are
+//! connected (more wait in the listen backlog). Answering runs on a few
+//! blocking threads ([`ANSWERING`]) so that a request that waits (a reload,
+//! a loop's answer) never holds up the others: `status` reads only atomic
+//! counters and the published plan, never a lock a reload holds. A `reload`
+//! is done by the switch's reloader thread; the request waits for it at
+//! most [`RELOAD_WAIT`] and then says the reload is still running.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -21,13 +32,24 @@ use serde_json::{Value, json};
 use sgswitch_config::{Direction, protocol_name};
 use sgswitch_conntrack::{State, TcpState, Tuple, Zone};
 
+use crate::clients::{Clients, Place};
 use crate::request::{Request, decision_value, resolve};
 use crate::run::{LoopRequest, Shared};
 
 /// Flows `conntrack-list` returns unless asked for another number.
 pub const DEFAULT_LIMIT: usize = 1000;
 /// Largest request accepted.
-const MAX_REQUEST: u64 = 64 * 1024;
+pub const MAX_REQUEST: u64 = 64 * 1024;
+/// How long a client has to send its request.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client has to take its answer.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Clients connected at once.
+pub const MAX_CLIENTS: usize = 256;
+/// Threads that answer requests.
+pub const ANSWERING: usize = 4;
+/// How long `reload` waits for the reloader.
+pub const RELOAD_WAIT: Duration = Duration::from_secs(30);
 
 /// A request on the control socket.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -48,7 +70,13 @@ pub enum CtlRequest {
 /// Another switch answers there, or the socket cannot be made.
 pub fn bind(path: &Path) -> Result<UnixListener, String> {
     let err = |e: &dyn std::fmt::Display| format!("control socket {}: {e}", path.display());
-    if path.exists() {
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        // Only a socket left by a switch that is gone is replaced: any other
+        // file there is somebody's, and stays.
+        if !m.file_type().is_socket() {
+            return Err(err(&"exists and is not a socket; it is left alone: remove it or set [control] socket"));
+        }
         if UnixStream::connect(path).is_ok() {
             return Err(err(&"another sgswitch is running and answers there; stop it or set [control] socket"));
         }
@@ -68,33 +96,87 @@ pub fn serve(listener: UnixListener, shared: Arc<Shared>) -> Option<std::thread:
     std::thread::Builder::new()
         .name("sgswitch-control".into())
         .spawn(move || {
-            while !shared.stop.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((conn, _)) => {
-                        let _ = handle(conn, &shared);
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .max_blocking_threads(ANSWERING)
+                .thread_name("sgswitch-control-answer")
+                .build();
+            match rt {
+                Ok(rt) => {
+                    rt.block_on(accept_loop(listener, shared));
+                    // Answers still being worked out do not hold the stop.
+                    rt.shutdown_timeout(Duration::from_millis(500));
                 }
+                Err(e) => tracing::warn!("control socket: cannot start its runtime ({e}); `sgswitch ctl` is not served"),
             }
         })
         .ok()
 }
 
-fn handle(conn: UnixStream, shared: &Shared) -> std::io::Result<()> {
-    conn.set_nonblocking(false)?;
-    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
-    conn.set_write_timeout(Some(Duration::from_secs(2)))?;
-    let mut line = String::new();
-    BufReader::new((&conn).take(MAX_REQUEST)).read_line(&mut line)?;
-    let answer = match serde_json::from_str::<CtlRequest>(&line) {
-        Ok(req) => match answer(&req, shared) {
-            Ok(result) => json!({"ok": true, "result": result}),
-            Err(e) => json!({"ok": false, "error": e}),
-        },
-        Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
+async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
+    let listener = match tokio::net::UnixListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!("control socket: {e}; `sgswitch ctl` is not served");
+            return;
+        }
     };
-    let mut conn = conn;
-    writeln!(conn, "{answer}")
+    let clients = Clients::new(MAX_CLIENTS);
+    while !shared.stop.load(Ordering::Relaxed) {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+        };
+        match accepted {
+            Ok((conn, _)) => {
+                let Some(place) = clients.admit() else { continue };
+                let place = Arc::new(place);
+                let shared = Arc::clone(&shared);
+                let mine = Arc::clone(&place);
+                let task = tokio::spawn(async move {
+                    let _ = client(conn, shared, &mine).await;
+                });
+                place.waiting(task.abort_handle());
+            }
+            // Out of descriptors: wait for clients to leave.
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// One client: its request line (bounded in size and time), the answer
+/// worked out on a blocking thread, written back (bounded in time).
+async fn client(conn: tokio::net::UnixStream, shared: Arc<Shared>, place: &Place) -> std::io::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let (read, mut write) = conn.into_split();
+    let mut line = Vec::new();
+    let mut reader = tokio::io::BufReader::new(read.take(MAX_REQUEST));
+    let answer = match tokio::time::timeout(READ_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
+        Err(_) => json!({"ok": false, "error": format!("no request within {} s", READ_TIMEOUT.as_secs())}),
+        Ok(Err(e)) => json!({"ok": false, "error": format!("reading the request: {e}")}),
+        Ok(Ok(_)) if !line.ends_with(b"\n") && line.len() as u64 >= MAX_REQUEST => {
+            json!({"ok": false, "error": format!("request over {MAX_REQUEST} bytes")})
+        }
+        Ok(Ok(_)) => match serde_json::from_slice::<CtlRequest>(&line) {
+            Ok(req) => {
+                place.asked();
+                let shared = Arc::clone(&shared);
+                let answered = tokio::task::spawn_blocking(move || answer(&req, &shared)).await;
+                match answered {
+                    Ok(Ok(result)) => json!({"ok": true, "result": result}),
+                    Ok(Err(e)) => json!({"ok": false, "error": e}),
+                    Err(e) => json!({"ok": false, "error": format!("the request failed: {e}")}),
+                }
+            }
+            Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
+        },
+    };
+    let text = format!("{answer}\n");
+    match tokio::time::timeout(WRITE_TIMEOUT, write.write_all(text.as_bytes())).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
 }
 
 fn answer(req: &CtlRequest, shared: &Shared) -> Result<Value, String> {

@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 
 pub mod capture;
+pub mod clients;
 pub mod control;
 pub mod flowcache;
 pub mod flowlog;

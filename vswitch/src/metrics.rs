@@ -32,11 +32,10 @@
 //!   descriptors) backs off and retries, up to a second apart; the switch
 //!   raises its soft limit on open files to the hard limit at start.
 
-use std::collections::VecDeque;
 use std::fmt::Write;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -45,6 +44,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tracing::warn;
 
+use crate::clients::Clients;
 use crate::run::Shared;
 use crate::stats::{BATCH_BUCKETS, CONNTRACK_EVENTS, KERNEL_STATS, LoopStats, REASONS};
 
@@ -66,29 +66,6 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
     Ok(l)
 }
 
-/// The connections being served: those still waiting for a request head,
-/// oldest first, can be closed to make room.
-#[derive(Debug, Default)]
-struct Slots {
-    open: usize,
-    next: u64,
-    waiting: VecDeque<(u64, tokio::task::AbortHandle)>,
-}
-
-/// Gives back a connection's slot when its task ends, however it ends.
-struct Held {
-    slots: Arc<Mutex<Slots>>,
-    id: u64,
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        let mut s = self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        s.open -= 1;
-        s.waiting.retain(|(i, _)| *i != self.id);
-    }
-}
-
 /// Serves `/metrics` until the switch stops.
 pub fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) -> Option<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
@@ -102,6 +79,7 @@ pub fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) -> Option<std
                 }
             };
             rt.block_on(accept_loop(listener, shared));
+            rt.shutdown_timeout(Duration::from_millis(500));
         })
         .ok()
 }
@@ -114,7 +92,7 @@ async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) {
             return;
         }
     };
-    let slots = Arc::new(Mutex::new(Slots::default()));
+    let clients = Clients::new(MAX_CONNECTIONS);
     let mut backoff = Duration::from_millis(10);
     let mut warned = false;
     while !shared.stop.load(Ordering::Relaxed) {
@@ -140,27 +118,14 @@ async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let id = {
-            let mut s = slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if s.open >= MAX_CONNECTIONS {
-                // Make room by closing the oldest idle client, if any.
-                match s.waiting.pop_front() {
-                    Some((_, oldest)) => oldest.abort(),
-                    None => continue,
-                }
-            }
-            s.open += 1;
-            s.next += 1;
-            s.next
-        };
-        let held = Held { slots: Arc::clone(&slots), id };
+        let Some(place) = clients.admit() else { continue };
+        let place = Arc::new(place);
         let shared = Arc::clone(&shared);
-        let conn_slots = Arc::clone(&slots);
+        let mine = Arc::clone(&place);
         let task = tokio::spawn(async move {
-            let _held = held;
             let service = hyper::service::service_fn(move |req| {
                 // A request head arrived: no longer a client to close for room.
-                conn_slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner).waiting.retain(|(i, _)| *i != id);
+                mine.asked();
                 let shared = Arc::clone(&shared);
                 async move { Ok::<_, std::convert::Infallible>(respond(&req, &shared)) }
             });
@@ -172,7 +137,7 @@ async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) {
                 .serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
         });
-        slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner).waiting.push_back((id, task.abort_handle()));
+        place.waiting(task.abort_handle());
     }
 }
 

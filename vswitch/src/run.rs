@@ -110,6 +110,11 @@ pub struct Shared {
     pub flow_log: Vec<Arc<flowlog::Stats>>,
     /// Set by SIGINT/SIGTERM, or when the start fails: every thread ends.
     pub stop: Arc<AtomicBool>,
+    /// To the reloader thread, which loads configurations one at a time.
+    reloads: SyncSender<ReloadJob>,
+    /// When the reload in progress started (ms on the loops' clock + 1), 0
+    /// when none is.
+    pub reloading_since: std::sync::atomic::AtomicU64,
     /// Wall-clock time at start, and the same moment on the loops' clock.
     pub started: SystemTime,
     pub epoch: Instant,
@@ -157,6 +162,31 @@ impl Shared {
         }
     }
 
+    /// Asks the reloader for a reload and waits for its outcome, at most
+    /// `wait`: a reload in progress is finished first.
+    ///
+    /// # Errors
+    /// The new configuration's messages, or that the reload did not end in
+    /// time (it goes on, and the log says how it ended).
+    pub fn request_reload(&self, why: &str, wait: Duration) -> Result<Reloaded, String> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.reloads
+            .try_send(ReloadJob { why: why.to_owned(), reply: Some(tx) })
+            .map_err(|_| "reloads are queued already; try again when they are done".to_owned())?;
+        rx.recv_timeout(wait).map_err(|_| {
+            format!(
+                "the reload did not finish within {} s (a slow or blocked file?); it goes on, and the log will say how it ended",
+                wait.as_secs()
+            )
+        })?
+    }
+
+    /// Asks the reloader for a reload without waiting; one already queued
+    /// and not started covers this one.
+    fn queue_reload(&self, why: &str) {
+        let _ = self.reloads.try_send(ReloadJob { why: why.to_owned(), reply: None });
+    }
+
     /// Asks loop `i` and waits for the answer (at most two seconds).
     ///
     /// # Errors
@@ -166,6 +196,32 @@ impl Shared {
         let q = self.requests.get(i).ok_or("no such poll loop")?;
         q.try_send(make(tx)).map_err(|_| format!("poll loop {i} is busy with other requests; try again"))?;
         rx.recv_timeout(Duration::from_secs(2)).map_err(|_| format!("poll loop {i} did not answer"))
+    }
+}
+
+/// A reload to do, and who waits for its outcome.
+#[derive(Debug)]
+struct ReloadJob {
+    why: String,
+    reply: Option<SyncSender<Result<Reloaded, String>>>,
+}
+
+/// Reloads queued at most: a file change, a SIGHUP and a few `ctl reload`s.
+const RELOAD_QUEUE: usize = 4;
+
+/// The reloader: loads, compiles and publishes one configuration at a time,
+/// off the control socket's and the watcher's threads, so that a slow or
+/// blocked load holds up nothing but the reloads queued behind it.
+fn reloader(shared: &Shared, jobs: &Receiver<ReloadJob>) {
+    while !shared.stop.load(Ordering::Relaxed) {
+        let Ok(job) = jobs.recv_timeout(Duration::from_millis(100)) else { continue };
+        let since = u64::try_from(shared.epoch.elapsed().as_millis()).unwrap_or(u64::MAX) + 1;
+        shared.reloading_since.store(since, Ordering::Relaxed);
+        let r = shared.reload(&job.why);
+        shared.reloading_since.store(0, Ordering::Relaxed);
+        if let Some(reply) = job.reply {
+            let _ = reply.try_send(r);
+        }
     }
 }
 
@@ -182,8 +238,9 @@ pub struct Reloaded {
 /// (`running`) and that only a restart applies: the uplink, `[datapath]`
 /// (cores, sockets and UMEM are built at start), the metrics address and
 /// control socket (bound at start), `[flow_log]` (its writer is opened at
-/// start) and the conntrack `capacity` (each loop's table is allocated at
-/// start). Everything else applies on reload.
+/// start), `[reload]` (the watcher is set up at start) and the conntrack
+/// `capacity` (each loop's table is allocated at start). Everything else
+/// applies on reload.
 pub fn restart_needed(running: &Host, next: &Host) -> Vec<String> {
     let mut out = Vec::new();
     let mut diff = |name: &str, old: String, new: String| {
@@ -203,6 +260,7 @@ pub fn restart_needed(running: &Host, next: &Host) -> Vec<String> {
     diff("[metrics] listen", a.metrics_listen.to_string(), b.metrics_listen.to_string());
     diff("[control] socket", a.control_socket.display().to_string(), b.control_socket.display().to_string());
     diff("[flow_log]", format!("{:?}", a.flow_log), format!("{:?}", b.flow_log));
+    diff("[reload]", format!("{:?}", a.reload), format!("{:?}", b.reload));
     diff("[conntrack] capacity", a.conntrack.capacity.to_string(), b.conntrack.capacity.to_string());
     out
 }
@@ -298,7 +356,10 @@ pub fn run(dir: &Path) -> Result<String, String> {
     } else {
         ((0..n).map(|_| None).collect(), None)
     };
+    let (reload_tx, reload_rx) = std::sync::mpsc::sync_channel::<ReloadJob>(RELOAD_QUEUE);
     let shared = Arc::new(Shared {
+        reloads: reload_tx,
+        reloading_since: std::sync::atomic::AtomicU64::new(0),
         dir: dir.to_owned(),
         host: host.clone(),
         published: ArcSwap::from_pointee(first),
@@ -362,6 +423,15 @@ pub fn run(dir: &Path) -> Result<String, String> {
         return Err(e);
     }
     let threads = [crate::metrics::serve(metrics, Arc::clone(&shared)), crate::control::serve(control, Arc::clone(&shared))];
+    // The reloader is not joined at exit: a load blocked in a read must not
+    // keep the switch from stopping.
+    {
+        let shared = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new().name("sgswitch-reload".into()).spawn(move || reloader(&shared, &reload_rx));
+        if let Err(e) = spawned {
+            warn!("cannot start the reloader ({e}); the configuration will not be reloaded");
+        }
+    }
     info!(
         metrics = %host.metrics_listen,
         control = %host.control_socket.display(),
@@ -371,24 +441,75 @@ pub fn run(dir: &Path) -> Result<String, String> {
         if n == 1 { "" } else { "s" }
     );
     watch(&shared, &hup);
+    // Stopping: the loops end within an idle wait and close their sockets
+    // (detaching the XDP programs); the endpoints' threads within a tenth
+    // of a second. Whatever is stuck after STOP_WITHIN (a load blocked in
+    // a read) does not hold the exit.
+    watchdog(STOP_WITHIN);
     let mut result = Ok(());
     for w in workers {
         let r = w.join().map_err(|_| "a poll loop panicked".to_owned()).and_then(|r| r);
         result = result.and(r);
     }
     finish(&shared);
+    let deadline = Instant::now() + Duration::from_secs(2);
     for t in threads.into_iter().flatten().chain(writer) {
-        let _ = t.join();
+        while !t.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if t.is_finished() {
+            let _ = t.join();
+        }
     }
     result.map(|()| summary(&shared))
 }
 
-/// The control thread: reloads on file changes (debounced) and SIGHUP until
+/// How long the switch takes at most to exit after SIGINT or SIGTERM.
+pub const STOP_WITHIN: Duration = Duration::from_secs(5);
+
+/// Ends the process with status 2 if it is still running `after` from now:
+/// the last resort of a stop that something holds up. The next start
+/// removes any XDP program left behind.
+fn watchdog(after: Duration) {
+    let _ = std::thread::Builder::new().name("sgswitch-stop".into()).spawn(move || {
+        std::thread::sleep(after);
+        eprintln!("sgswitch: did not stop within {} s of the signal; exiting", after.as_secs());
+        std::process::exit(2);
+    });
+}
+
+/// The size and modification time of every configuration file, in a fixed
+/// order.
+type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+
+/// The [`Fingerprint`] of `dir` (`host.toml` and the `.toml` files of its
+/// folders): two equal fingerprints a debounce interval apart mean nobody
+/// is writing.
+fn fingerprint(dir: &Path) -> Fingerprint {
+    let mut out = Vec::new();
+    let mut add = |p: PathBuf| {
+        let m = std::fs::metadata(&p).ok();
+        out.push((p, m.as_ref().map_or(0, std::fs::Metadata::len), m.and_then(|m| m.modified().ok())));
+    };
+    add(dir.join("host.toml"));
+    for folder in ["ports", "groups", "prefix-lists"] {
+        let Ok(rd) = std::fs::read_dir(dir.join(folder)) else { continue };
+        let mut files: Vec<PathBuf> =
+            rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect();
+        files.sort();
+        files.into_iter().for_each(&mut add);
+    }
+    out
+}
+
+/// The control thread: reloads on SIGHUP, and on file changes once the
+/// files have stopped changing (`[reload] watch`, `debounce_ms`), until
 /// told to stop.
 fn watch(shared: &Shared, hup: &AtomicBool) {
     use notify::Watcher;
     let dir = &shared.dir;
     let (tx, rx) = std::sync::mpsc::channel();
+    let debounce = Duration::from_millis(u64::from(shared.host.reload.debounce_ms));
     let watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
         // Configuration files only (editors' swap files and logs beside
         // them do not count).
@@ -396,29 +517,47 @@ fn watch(shared: &Shared, hup: &AtomicBool) {
             let _ = tx.send(());
         }
     });
-    let _watcher = match watcher {
-        Ok(mut w) => match w.watch(dir, notify::RecursiveMode::Recursive) {
-            Ok(()) => Some(w),
+    let _watcher = if shared.host.reload.watch {
+        match watcher {
+            Ok(mut w) => match w.watch(dir, notify::RecursiveMode::Recursive) {
+                Ok(()) => Some(w),
+                Err(e) => {
+                    warn!("watching {} failed ({e}); reload with SIGHUP or `sgswitch ctl reload`", dir.display());
+                    None
+                }
+            },
             Err(e) => {
-                warn!("watching {} failed ({e}); reload with SIGHUP", dir.display());
+                warn!("cannot watch files ({e}); reload with SIGHUP or `sgswitch ctl reload`");
                 None
             }
-        },
-        Err(e) => {
-            warn!("cannot watch files ({e}); reload with SIGHUP");
-            None
         }
+    } else {
+        None
     };
-    let mut due: Option<Instant> = None;
+    // A change is applied once the files are unchanged (sizes and
+    // modification times) for `debounce`: a file caught half-written by a
+    // writer that pauses waits for the rest.
+    let mut due: Option<(Instant, Fingerprint)> = None;
     while !shared.stop.load(Ordering::Relaxed) {
         if rx.recv_timeout(Duration::from_millis(50)).is_ok() {
-            due = Some(Instant::now() + Duration::from_millis(200));
+            while rx.try_recv().is_ok() {}
+            due = Some((Instant::now() + debounce, fingerprint(dir)));
         }
         let now = Instant::now();
-        let signalled = hup.swap(false, Ordering::Relaxed);
-        if signalled || due.is_some_and(|d| now >= d) {
-            due = None;
-            let _ = shared.reload(if signalled { "SIGHUP" } else { "file change" });
+        if hup.swap(false, Ordering::Relaxed) {
+            shared.queue_reload("SIGHUP");
+        }
+        if let Some((at, before)) = due.take() {
+            if now < at {
+                due = Some((at, before));
+            } else {
+                let after = fingerprint(dir);
+                if after == before {
+                    shared.queue_reload("file change");
+                } else {
+                    due = Some((now + debounce, after));
+                }
+            }
         }
     }
 }

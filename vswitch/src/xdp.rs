@@ -129,6 +129,13 @@ impl Memory {
         if !Path::new("/sys/class/net").join(interface).exists() {
             return Err(format!("interface {interface}: no such network interface"));
         }
+        // Claimed for the first time: an AF_XDP program already there is a
+        // dead switch's.
+        if claim(interface)?
+            && let Some(removed) = remove_stale_programs(interface)
+        {
+            tracing::warn!("{removed}");
+        }
         let natives: &[bool] = match mode {
             XdpMode::Auto => &[true, false],
             XdpMode::Native => &[true],
@@ -230,6 +237,93 @@ fn is_zero_copy(fd: std::os::fd::RawFd) -> bool {
     // `len` bytes (struct xdp_options is one u32) into `flags`.
     let rc = unsafe { libc::getsockopt(fd, SOL_XDP, XDP_OPTIONS, (&raw mut flags).cast(), &raw mut len) };
     rc == 0 && flags & XDP_OPTIONS_ZEROCOPY != 0
+}
+
+/// Where the switch keeps one lock file per interface it uses.
+const LOCK_DIR: &str = "/run/sgswitch/interfaces";
+
+/// The interfaces this process has claimed, with their locked files.
+static CLAIMED: std::sync::Mutex<Vec<(String, std::fs::File)>> = std::sync::Mutex::new(Vec::new());
+
+/// Claims `interface` for this process: an exclusive `flock` on its lock
+/// file under [`LOCK_DIR`], held until the process ends (the kernel drops
+/// it even after SIGKILL). Claimed first, an interface has no live sgswitch
+/// on it, so an AF_XDP program found there is a dead one's
+/// ([`remove_stale_programs`]). `Ok(true)` when newly claimed.
+///
+/// # Errors
+/// Another running sgswitch holds the interface, or the lock file cannot
+/// be made.
+pub fn claim(interface: &str) -> Result<bool, String> {
+    use std::os::fd::AsRawFd;
+    let mut claimed = CLAIMED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if claimed.iter().any(|(n, _)| n == interface) {
+        return Ok(false);
+    }
+    let err = |e: &dyn std::fmt::Display| format!("interface {interface}: cannot lock {LOCK_DIR}/{interface}: {e}");
+    std::fs::create_dir_all(LOCK_DIR).map_err(|e| err(&e))?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(Path::new(LOCK_DIR).join(interface))
+        .map_err(|e| err(&e))?;
+    // SAFETY: `f` is an open file; flock changes no memory.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!("interface {interface}: another sgswitch is using it (it holds {LOCK_DIR}/{interface}); stop it first"));
+    }
+    claimed.push((interface.to_owned(), f));
+    Ok(true)
+}
+
+/// The name of the XDP program libxdp attaches for AF_XDP sockets (its
+/// default program, redirecting to the interface's socket map).
+const XSK_PROGRAM: &str = "xsk_def_prog";
+
+/// Removes the XDP programs a previous sgswitch left on `interface`: only
+/// libxdp's AF_XDP default program (and its dispatcher), which a switch
+/// killed with SIGKILL leaves attached and which makes the next socket on
+/// the interface fail; any other program stays. Returns what was removed.
+/// Call only on an interface this process has just [`claim`]ed, before
+/// opening its sockets: no live sgswitch uses the program then.
+pub fn remove_stale_programs(interface: &str) -> Option<String> {
+    let name = std::ffi::CString::new(interface).ok()?;
+    // SAFETY: `name` is a NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    let ifindex = libc::c_int::try_from(index).ok().filter(|&i| i > 0)?;
+    // SAFETY: libxdp returns either a valid multiprog we own (closed below)
+    // or an error pointer, which `libxdp_get_error` tells apart.
+    let mp = unsafe { libxdp_sys::xdp_multiprog__get_from_ifindex(ifindex) };
+    // SAFETY: `mp` is what libxdp returned, as its error check expects.
+    if mp.is_null() || unsafe { libxdp_sys::libxdp_get_error(mp.cast()) } != 0 {
+        return None;
+    }
+    let mut names = Vec::new();
+    // SAFETY: `mp` is a valid multiprog; `next_prog` walks its programs
+    // (null to start, null at the end) and names are NUL-terminated strings
+    // owned by the programs, copied out before `mp` is closed.
+    unsafe {
+        let name_of = |p: *const libxdp_sys::xdp_program| {
+            let n = libxdp_sys::xdp_program__name(p);
+            if n.is_null() { String::new() } else { std::ffi::CStr::from_ptr(n).to_string_lossy().into_owned() }
+        };
+        if libxdp_sys::xdp_multiprog__is_legacy(mp) {
+            names.push(name_of(libxdp_sys::xdp_multiprog__main_prog(mp)));
+        } else {
+            let mut p = libxdp_sys::xdp_multiprog__next_prog(std::ptr::null(), mp);
+            while !p.is_null() {
+                names.push(name_of(p));
+                p = libxdp_sys::xdp_multiprog__next_prog(p, mp);
+            }
+        }
+    }
+    let ours = !names.is_empty() && names.iter().all(|n| n == XSK_PROGRAM);
+    // SAFETY: `mp` is valid; detaching removes what it describes from the
+    // interface, and closing frees it once.
+    let detached = ours && unsafe { libxdp_sys::xdp_multiprog__detach(mp) } == 0;
+    // SAFETY: as above; `mp` is not used after this.
+    unsafe { libxdp_sys::xdp_multiprog__close(mp) };
+    detached.then(|| format!("{interface}: removed the XDP program ({}) a previous sgswitch left attached", names.join(", ")))
 }
 
 /// Raises the soft limit on open files to the hard limit: sockets, the
