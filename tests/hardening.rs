@@ -238,3 +238,88 @@ fn after_sigkill_the_next_start_removes_the_programs_left_behind_and_a_regular_f
     assert!(stderr.contains("exists and is not a socket; it is left alone"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&sock).expect("still there"), "precious");
 }
+
+/// RTTs in ms of `count` pings from namespace `ns` to `to`, 10 ms apart.
+fn rtts(ns: &str, to: &str, count: usize) -> Vec<f64> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &format!("sgs-{ns}"), "ping", "-n", "-i", "0.01", "-W", "1", "-c", &count.to_string(), to])
+        .output()
+        .expect("ping");
+    let mut v: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split("time=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+fn p99(v: &[f64]) -> f64 {
+    v.get(v.len().saturating_sub(1).min(v.len() * 99 / 100)).copied().unwrap_or(f64::MAX)
+}
+
+#[test]
+fn listing_a_large_connection_table_does_not_stall_other_ports() {
+    use sgswitch_tests::frames::{self, Ends, UPLINK_MAC};
+    require_root();
+    let _topology = Topology::up();
+    let dir = examples("127.0.0.1:19485", "");
+    let host = dir.path().join("host.toml");
+    let text = std::fs::read_to_string(&host).expect("read host.toml");
+    std::fs::write(&host, text.replace("per_port_capacity = 65536", "per_port_capacity = 200000")).expect("write host.toml");
+    let sock = dir.path().join("control.sock");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let log = logs.path().join("switch.log");
+    let _switch = start_switch(BIN, dir.path(), &log);
+    // 125,000 SYNs to web1:80 from 125 addresses: 125,000 flows.
+    let mut syns = Vec::with_capacity(125_000);
+    for a in 0..125u16 {
+        let src = format!("192.0.2.{}", a + 1);
+        let e = Ends {
+            src_mac: UPLINK_MAC,
+            dst_mac: [2, 0, 0, 0, 0, 0x11],
+            src: src.parse().expect("ip"),
+            dst: "10.0.0.11".parse().expect("ip"),
+        };
+        syns.extend((0..1000u16).map(|i| frames::tcp(&e, 10_000 + i, 80, "S", 1, 0, b"")));
+    }
+    sgswitch_tests::netns::send_frames("sgs-inet", &syns, 1);
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, out, err, _) = ctl(&sock, &["conntrack", "list", "--port", "eni-web1", "--limit", "1", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let _ = out;
+    let status = ctl(&sock, &["status", "--json"]).1;
+    let v: serde_json::Value = serde_json::from_str(&status).expect("status json");
+    let flows =
+        v["ports"].as_array().and_then(|p| p.iter().find(|p| p["id"] == "eni-web1")).map_or(0, |p| p["flows"].as_u64().unwrap_or(0));
+    assert!(flows >= 100_000, "{flows} flows");
+
+    // web2's groups allow all egress; the answers come back by state.
+    let quiet = rtts("web2", "10.0.255.1", 200);
+    // While web2 pings: whole listings, then short ones in a row (each
+    // still counts every flow of the table).
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lister = {
+        let (sock, done) = (sock.clone(), std::sync::Arc::clone(&done));
+        std::thread::spawn(move || {
+            let (code, out, err, took) = ctl(&sock, &["conntrack", "list", "--limit", "200000", "--json"]);
+            assert_eq!(code, Some(0), "{err}");
+            let listed = out.lines().count();
+            eprintln!("listed {listed} flows in {took:?}");
+            let mut short = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let (code, _, err, _) = ctl(&sock, &["conntrack", "list", "--limit", "1"]);
+                assert_eq!(code, Some(0), "{err}");
+                short += 1;
+            }
+            eprintln!("and {short} short listings");
+            listed
+        })
+    };
+    let busy = rtts("web2", "10.0.255.1", 400);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let listed = lister.join().expect("lister");
+    assert!(listed >= 100_000, "listed {listed}");
+    eprintln!("web2 -> inet ping p99: {:.2} ms quiet, {:.2} ms while listing {flows} flows", p99(&quiet), p99(&busy));
+    assert!(quiet.len() >= 190 && busy.len() >= 380, "pings answered: {} quiet, {} busy", quiet.len(), busy.len());
+    assert!(p99(&busy) < p99(&quiet) + 5.0, "p99 {:.2} ms while listing against {:.2} ms quiet", p99(&busy), p99(&quiet));
+}

@@ -1100,20 +1100,42 @@ impl Table {
 
     /// Every live flow as (original tuple, state, counters): for listing.
     pub fn flows(&self) -> impl Iterator<Item = (Tuple, State, Counters)> + '_ {
-        (0..self.entries.len())
+        self.flows_in(0..self.entries.len())
+    }
+
+    /// The live flows among entries `range` (clamped to the table): for
+    /// listing a large table in steps, a range at a time, between batches.
+    pub fn flows_in(&self, range: std::ops::Range<usize>) -> impl Iterator<Item = (Tuple, State, Counters)> + '_ {
+        let range = range.start.min(self.entries.len())..range.end.min(self.entries.len());
+        range
             .filter(|&i| self.entries[i].live())
             .map(|i| (original_tuple(&self.key_at(i), self.entries[i].orig_is_lo()), self.entries[i].state, self.entries[i].counters()))
+    }
+
+    /// How many entries the table has room for: the end of the ranges of
+    /// [`Table::flows_in`] and [`Table::flush_in`].
+    pub fn slots(&self) -> usize {
+        self.entries.len()
     }
 
     /// Removes every flow of `zone` (all zones with `None`). Not for the
     /// per-packet path: it scans the slab.
     pub fn flush(&mut self, zone: Option<Zone>) -> usize {
-        let victims: Vec<usize> =
-            (0..self.entries.len()).filter(|&i| self.entries[i].live() && zone.is_none_or(|z| self.entries[i].zone() == z)).collect();
-        for &i in &victims {
-            self.release(i);
+        self.flush_in(zone, 0..self.entries.len())
+    }
+
+    /// Removes the flows of `zone` (all zones with `None`) among entries
+    /// `range`: a large table flushed in steps, between batches.
+    pub fn flush_in(&mut self, zone: Option<Zone>, range: std::ops::Range<usize>) -> usize {
+        let range = range.start.min(self.entries.len())..range.end.min(self.entries.len());
+        let mut n = 0;
+        for i in range {
+            if self.entries[i].live() && zone.is_none_or(|z| self.entries[i].zone() == z) {
+                self.release(i);
+                n += 1;
+            }
         }
-        victims.len()
+        n
     }
 }
 

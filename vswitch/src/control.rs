@@ -182,17 +182,33 @@ async fn client(conn: tokio::net::UnixStream, shared: Arc<Shared>, place: &Place
 fn answer(req: &CtlRequest, shared: &Shared) -> Result<Value, String> {
     match req {
         CtlRequest::Status => Ok(status(shared)),
-        CtlRequest::Reload => shared.reload("ctl reload").map(|r| json!({"generation": r.generation, "needs_restart": r.needs_restart})),
+        CtlRequest::Reload => {
+            shared.request_reload("ctl reload", RELOAD_WAIT).map(|r| json!({"generation": r.generation, "needs_restart": r.needs_restart}))
+        }
         CtlRequest::ConntrackList { port, limit } => {
             let zone = zone_of(shared, port.as_deref())?;
             let limit = limit.unwrap_or(DEFAULT_LIMIT);
             let published = shared.published.load();
             let mut flows = Vec::new();
             let mut total = 0;
+            // Each loop's table in steps: every flow counted, the first
+            // `limit` listed.
+            let mut rows = Vec::new();
             for i in shared.loops_for(zone) {
-                let (rows, n) = shared.ask(i, |reply| LoopRequest::Flows { zone, limit, reply })?;
-                total += n;
-                for (t, state, c) in rows.into_iter().take(limit.saturating_sub(flows.len())) {
+                let mut from = 0;
+                loop {
+                    let want = limit.saturating_sub(rows.len());
+                    let step = shared.ask(i, |reply| LoopRequest::Flows { zone, from, limit: want, reply })?;
+                    total += step.counted;
+                    rows.extend(step.found);
+                    if step.next >= step.end {
+                        break;
+                    }
+                    from = step.next;
+                }
+            }
+            {
+                for (t, state, c) in rows.into_iter().take(limit) {
                     let port = published.plan.ports.iter().find(|p| p.zone == t.zone).map(|p| p.id.to_string());
                     flows.push(json!({
                         "port": port,
@@ -213,7 +229,15 @@ fn answer(req: &CtlRequest, shared: &Shared) -> Result<Value, String> {
             let zone = zone_of(shared, port.as_deref())?;
             let mut n = 0;
             for i in shared.loops_for(zone) {
-                n += shared.ask(i, |reply| LoopRequest::Flush { zone, reply })?;
+                let mut from = 0;
+                loop {
+                    let step = shared.ask(i, |reply| LoopRequest::Flush { zone, from, reply })?;
+                    n += step.counted;
+                    if step.next >= step.end {
+                        break;
+                    }
+                    from = step.next;
+                }
             }
             Ok(json!({"flushed": n}))
         }

@@ -85,12 +85,31 @@ pub type FlowRow = (Tuple, ct::State, ct::Counters);
 /// What the control socket asks of a poll loop (answered between batches).
 #[derive(Debug)]
 pub enum LoopRequest {
-    /// Up to `limit` flows (of one zone, or all), and how many there are.
-    Flows { zone: Option<Zone>, limit: usize, reply: SyncSender<(Vec<FlowRow>, usize)> },
-    /// Removes the flows of one zone, or all; replies how many.
-    Flush { zone: Option<Zone>, reply: SyncSender<usize> },
+    /// The flows (of one zone, or all) among the table's entries `from..`
+    /// [`SCAN_STEP`] on, up to `limit` of them; replies with them, how many
+    /// there were, and where the next step starts (the table's end when it
+    /// is done). A large table is listed in steps, one per request, so the
+    /// loop never stops for long.
+    Flows { zone: Option<Zone>, from: usize, limit: usize, reply: SyncSender<Step<Vec<FlowRow>>> },
+    /// Removes the flows of one zone, or all, among the entries `from..`
+    /// [`SCAN_STEP`] on; replies how many, and where the next step starts.
+    Flush { zone: Option<Zone>, from: usize, reply: SyncSender<Step<()>> },
     /// The live entry of a flow, if any.
     Lookup { tuple: Tuple, reply: SyncSender<Option<(ct::State, ct::Counters)>> },
+}
+
+/// Entries of the connection table a loop looks at for one step of a
+/// listing or a flush (a few hundred microseconds of work).
+pub const SCAN_STEP: usize = 4096;
+
+/// One step's answer: what it found, how many flows it counted, where the
+/// next step starts, and the end.
+#[derive(Debug)]
+pub struct Step<T> {
+    pub found: T,
+    pub counted: usize,
+    pub next: usize,
+    pub end: usize,
 }
 
 /// Everything the switch's threads share.
@@ -678,25 +697,27 @@ fn answer(requests: &Receiver<LoopRequest>, pipe: &mut Pipeline<FrameDesc>, stat
     for _ in 0..REQUESTS_PER_ITERATION {
         let Ok(r) = requests.try_recv() else { return };
         match r {
-            LoopRequest::Flows { zone, limit, reply } => {
-                let mut total = 0;
+            LoopRequest::Flows { zone, from, limit, reply } => {
+                let (end, next) = (pipe.conntrack.slots(), from.saturating_add(SCAN_STEP));
+                let mut counted = 0;
                 let mut rows = Vec::new();
-                for f in pipe.conntrack.flows().filter(|f| zone.is_none_or(|z| f.0.zone == z)) {
-                    total += 1;
+                for f in pipe.conntrack.flows_in(from..next).filter(|f| zone.is_none_or(|z| f.0.zone == z)) {
+                    counted += 1;
                     if rows.len() < limit {
                         rows.push(f);
                     }
                 }
-                let _ = reply.try_send((rows, total));
+                let _ = reply.try_send(Step { found: rows, counted, next: next.min(end), end });
             }
-            LoopRequest::Flush { zone, reply } => {
-                let n = pipe.conntrack.flush(zone);
+            LoopRequest::Flush { zone, from, reply } => {
+                let (end, next) = (pipe.conntrack.slots(), from.saturating_add(SCAN_STEP));
+                let counted = pipe.conntrack.flush_in(zone, from..next);
                 if let Some(z) = zone
                     && let Some(e) = stats.conntrack_entries.get(usize::from(z))
                 {
-                    e.store(0, Ordering::Relaxed);
+                    e.store(u32::try_from(pipe.conntrack.zone_len(z)).unwrap_or(u32::MAX), Ordering::Relaxed);
                 }
-                let _ = reply.try_send(n);
+                let _ = reply.try_send(Step { found: (), counted, next: next.min(end), end });
             }
             LoopRequest::Lookup { tuple, reply } => {
                 let _ = reply.try_send(pipe.conntrack.get(&tuple));
