@@ -5,6 +5,9 @@
 # sgs-uplink). The switch runs on the host side.
 #   scripts/netns.sh up      create it (removes a previous one first)
 #   scripts/netns.sh down    remove it
+#   scripts/netns.sh recreate <vm>|uplink
+#                            delete one VM's veth pair (or the uplink's) and
+#                            make it again, as a VM restart does to its tap
 # VMs: 10.0.0.0/16, default route via the internet host (10.0.255.1), which
 # also owns 198.51.100.7 (the office prefix list) and 203.0.113.9 (a blocked
 # network), so traffic can come from allowed and forbidden sources.
@@ -30,6 +33,11 @@ down() {
 vm() { # name mac ipv4 ipv6
   local ns="$P-$1"
   ip netns add "$ns"
+  vm_link "$@"
+}
+
+vm_link() { # name mac ipv4 ipv6: the VM's veth pair, its addresses and route
+  local ns="$P-$1"
   ip link add "tap-$1" type veth peer name eth0 netns "$ns"
   ip -n "$ns" link set eth0 address "$2"
   ip -n "$ns" addr add "$3/16" dev eth0
@@ -57,8 +65,12 @@ up() {
     v6=${v#*:*:*:*:*:*:*:*:}
     vm "$name" "$m1:$m2:$m3:$m4:$m5:$m6" "$v4" "$v6"
   done
+  ip netns add "$P-inet"
+  uplink_link
+}
+
+uplink_link() {
   local ns="$P-inet"
-  ip netns add "$ns"
   # Two queues, as a multi-queue NIC has: the switch opens a socket on each
   # (with two poll loops, one each), and the host's flows spread over both.
   ip link add sgs-uplink numtxqueues 2 numrxqueues 2 type veth peer name eth0 numtxqueues 2 numrxqueues 2 netns "$ns"
@@ -73,4 +85,22 @@ up() {
   sysctl -qw net.ipv6.conf.sgs-uplink.disable_ipv6=1
 }
 
-"${1:?usage: netns.sh up|down}"
+recreate() { # vm name or "uplink"
+  if [ "$1" = uplink ]; then
+    ip link del sgs-uplink 2>/dev/null || true
+    uplink_link
+    return
+  fi
+  for v in "${VMS[@]}"; do
+    IFS=: read -r name m1 m2 m3 m4 m5 m6 v4 _ <<<"$v"
+    [ "$name" = "$1" ] || continue
+    v6=${v#*:*:*:*:*:*:*:*:}
+    ip link del "tap-$name" 2>/dev/null || true
+    vm_link "$name" "$m1:$m2:$m3:$m4:$m5:$m6" "$v4" "$v6"
+    return
+  done
+  echo "netns.sh: no VM $1" >&2
+  return 2
+}
+
+"${1:?usage: netns.sh up|down|recreate <vm>|uplink}" "${@:2}"

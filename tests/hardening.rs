@@ -323,3 +323,79 @@ fn listing_a_large_connection_table_does_not_stall_other_ports() {
     assert!(quiet.len() >= 190 && busy.len() >= 380, "pings answered: {} quiet, {} busy", quiet.len(), busy.len());
     assert!(p99(&busy) < p99(&quiet) + 5.0, "p99 {:.2} ms while listing against {:.2} ms quiet", p99(&busy), p99(&quiet));
 }
+
+fn netns(args: &str) -> bool {
+    sgswitch_tests::netns::sh(&format!("{}/scripts/netns.sh {args}", sgswitch_tests::netns::root().display()))
+}
+
+/// Pings `to` from `ns` once a tenth of a second until one answers;
+/// how long that took, if within `limit`.
+fn ping_resumes(ns: &str, to: &str, limit: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if in_ns(ns, &format!("ping -c 1 -W 0.1 {to}")) {
+            return Some(t.elapsed());
+        }
+    }
+    None
+}
+
+fn status_json(sock: &std::path::Path) -> serde_json::Value {
+    let (code, out, err, _) = ctl(sock, &["status", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    serde_json::from_str(&out).expect("status json")
+}
+
+fn port_link(v: &serde_json::Value, id: &str) -> (String, String) {
+    let p = v["ports"].as_array().and_then(|ps| ps.iter().find(|p| p["id"] == id)).expect("the port");
+    (p["link"].as_str().unwrap_or("?").to_owned(), p["reason"].as_str().unwrap_or("?").to_owned())
+}
+
+#[test]
+fn a_tap_deleted_and_made_again_comes_back_and_so_does_the_uplink() {
+    require_root();
+    let _topology = Topology::up();
+    let metrics = "127.0.0.1:19486";
+    let dir = examples(metrics, "");
+    let sock = dir.path().join("control.sock");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let log = logs.path().join("switch.log");
+    let _switch = start_switch(BIN, dir.path(), &log);
+    assert!(ping_resumes("inet", "10.0.0.11", Duration::from_secs(2)).is_some(), "ping before");
+
+    // The VM stops: its tap is gone. The port is down, with the reason,
+    // in status and metrics, and the log says so once.
+    assert!(sgswitch_tests::netns::sh("ip link del tap-web1"));
+    std::thread::sleep(Duration::from_millis(1500));
+    let (link, reason) = port_link(&status_json(&sock), "eni-web1");
+    assert_eq!(link, "down");
+    assert!(reason.contains("tap-web1: no such network interface"), "{reason}");
+    let page = http_get(metrics, "/metrics").expect("metrics");
+    assert!(page.contains("sgswitch_interface_up{interface=\"tap-web1\",port=\"eni-web1\"} 0"), "{page}");
+    assert!(page.contains("sgswitch_interface_up{interface=\"tap-web2\",port=\"eni-web2\"} 1"));
+    assert_eq!(count(&log, "tap-web1: down"), 1, "logged once: {}", std::fs::read_to_string(&log).unwrap_or_default());
+
+    // It starts again: a new tap under the same name. Traffic resumes
+    // within a second.
+    assert!(netns("recreate web1"));
+    let t = ping_resumes("inet", "10.0.0.11", Duration::from_secs(3));
+    assert!(t.is_some_and(|t| t < Duration::from_secs(1)), "ping resumed after {t:?}");
+    assert_eq!(port_link(&status_json(&sock), "eni-web1").0, "up");
+    assert_eq!(count(&log, "tap-web1: interface back"), 1);
+    assert!(ping_resumes("web2", "10.0.255.1", Duration::from_secs(1)).is_some(), "the other ports carried on");
+
+    // The uplink too: made again, every socket of the loop (whose UMEM the
+    // uplink's socket registered) made anew, so within two seconds.
+    assert!(netns("recreate uplink"));
+    let t = ping_resumes("inet", "10.0.0.11", Duration::from_secs(4));
+    eprintln!("ping over the new uplink after {t:?}");
+    assert!(t.is_some_and(|t| t < Duration::from_secs(2)), "ping over the new uplink after {t:?}");
+    assert!(ping_resumes("inet", "10.0.0.12", Duration::from_secs(1)).is_some());
+    let v = status_json(&sock);
+    assert_eq!(v["uplink"]["link"], "up");
+    // And a VM restart after that still works (the UMEM was made anew).
+    assert!(netns("recreate web1"));
+    let t = ping_resumes("inet", "10.0.0.11", Duration::from_secs(3));
+    assert!(t.is_some_and(|t| t < Duration::from_secs(1)), "ping after a restart on the new uplink: {t:?}");
+    assert!(std::fs::read_to_string(&log).expect("log").lines().all(|l| !l.contains("panicked")));
+}

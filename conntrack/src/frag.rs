@@ -189,6 +189,14 @@ impl<H: Copy> Fragments<H> {
         self.held_len
     }
 
+    /// Forgets every held follower without releasing it: their handles
+    /// are no longer the caller's to pass on (the memory they name was
+    /// replaced).
+    pub fn forget_held(&mut self) {
+        self.held.iter_mut().for_each(|h| *h = None);
+        self.held_len = 0;
+    }
+
     /// Records the verdict of a first fragment the caller judged
     /// (`allowed`), and releases the followers held for it through
     /// `release(handle, pass)`. Returns whether the first fragment itself

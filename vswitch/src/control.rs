@@ -259,8 +259,27 @@ fn status(shared: &Shared) -> Value {
     let published = shared.published.load();
     let plan = &published.plan;
     let c = &shared.control;
-    let ports: Vec<Value> =
-        plan.ports.iter().map(|p| json!({"id": &*p.id, "interface": p.interface, "zone": p.zone, "flows": shared.flows(p.zone)})).collect();
+    let links: Vec<crate::stats::LinkState> =
+        shared.loops.iter().flat_map(|l| l.links.load().iter().cloned().collect::<Vec<_>>()).collect();
+    let link = |iface: Option<&str>| {
+        let l = iface.and_then(|i| links.iter().find(|l| l.interface == i));
+        match l {
+            Some(l) if l.up => ("up", String::new()),
+            Some(l) => ("down", l.reason.clone()),
+            None if iface.is_none() => ("down", "the port has no interface".to_owned()),
+            None => ("down", "no socket yet".to_owned()),
+        }
+    };
+    let ports: Vec<Value> = plan
+        .ports
+        .iter()
+        .map(|p| {
+            let (state, reason) = link(p.interface.as_deref());
+            json!({"id": &*p.id, "interface": p.interface, "zone": p.zone, "flows": shared.flows(p.zone), "link": state, "reason": reason})
+        })
+        .collect();
+    let uplink = shared.host.uplink_interface.as_deref();
+    let (uplink_state, uplink_reason) = link(uplink);
     let loops: Vec<Value> = shared
         .loops
         .iter()
@@ -284,6 +303,8 @@ fn status(shared: &Shared) -> Value {
         "uptime_seconds": shared.started.elapsed().map_or(0, |d| d.as_secs()),
         "metrics": shared.host.metrics_listen.to_string(),
         "flow_log": !shared.flow_log.is_empty(),
+        "uplink": {"interface": uplink, "link": uplink_state, "reason": uplink_reason},
+        "reloading": shared.reloading_since.load(Ordering::Relaxed) > 0,
         "ports": ports,
         "loops": loops,
     })

@@ -323,6 +323,18 @@ pub fn render(shared: &Shared) -> String {
         }
     }
 
+    // Interfaces.
+    t.family("sgswitch_interface_up", "gauge", "1 if the AF_XDP sockets of an interface (a port's, or the uplink's) are open, 0 if it is down: deleted, or a socket failed (`sgswitch ctl status` says why).");
+    for l in &shared.loops {
+        for s in l.links.load().iter() {
+            t.sample(
+                "sgswitch_interface_up",
+                &[("interface", &s.interface), ("port", s.port.as_deref().unwrap_or("uplink"))],
+                u8::from(s.up),
+            );
+        }
+    }
+
     // AF_XDP sockets.
     let sockets = shared.sockets();
     t.family("sgswitch_xsk_info", "gauge", "An AF_XDP socket with the XDP attach mode and zero-copy state in use.");

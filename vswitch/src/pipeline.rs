@@ -364,6 +364,14 @@ impl<H: Copy> Pipeline<H> {
         &self.frags
     }
 
+    /// Forgets the fragments held for their first fragment, and those
+    /// released but not yet taken: their handles are no longer valid (the
+    /// loop replaced its UMEM).
+    pub fn forget_held(&mut self) {
+        self.frags.forget_held();
+        self.released.clear();
+    }
+
     /// Takes `plan`, if it is a new one: the connection table's settings
     /// that may change while it runs (timeouts, the host's and each port's,
     /// the per-port capacity, `tcp_strict`, `on_policy_change`) apply from

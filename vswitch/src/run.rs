@@ -45,13 +45,15 @@ use xsk_rs::FrameDesc;
 use crate::flowlog::{self, FlowLog};
 use crate::pipeline::{Action, Outcome, Owner, Pipeline, REASONS, Reason, Source, To, conntrack_settings, owner_of};
 use crate::plan::{Plan, PortIdx, Zones};
-use crate::stats::{ControlStats, Counter, Counters, LoopStats, RuleLabel, SocketStats};
+use crate::stats::{ControlStats, Counter, Counters, LinkState, LoopStats, RuleLabel, SocketStats};
 use crate::xdp::{Memory, Socket};
 
 /// Frames taken from one rx ring at a time.
 const BATCH: usize = 64;
 /// Free frames kept back from the fill rings for copies (floods).
 const KEEP_FOR_COPIES: usize = 256;
+/// How often a loop looks at its interfaces without a link event.
+const LINK_CHECK_MS: u64 = 1000;
 /// How often a loop copies the kernel's socket statistics and its
 /// connection table's totals into its counters.
 const STATS_EVERY_MS: u64 = 250;
@@ -134,6 +136,9 @@ pub struct Shared {
     /// When the reload in progress started (ms on the loops' clock + 1), 0
     /// when none is.
     pub reloading_since: std::sync::atomic::AtomicU64,
+    /// Link events seen (interfaces made, deleted or changed): the loops
+    /// look at their interfaces again when it moves.
+    pub link_events: std::sync::atomic::AtomicU64,
     /// Wall-clock time at start, and the same moment on the loops' clock.
     pub started: SystemTime,
     pub epoch: Instant,
@@ -379,6 +384,7 @@ pub fn run(dir: &Path) -> Result<String, String> {
     let shared = Arc::new(Shared {
         reloads: reload_tx,
         reloading_since: std::sync::atomic::AtomicU64::new(0),
+        link_events: std::sync::atomic::AtomicU64::new(0),
         dir: dir.to_owned(),
         host: host.clone(),
         published: ArcSwap::from_pointee(first),
@@ -442,6 +448,20 @@ pub fn run(dir: &Path) -> Result<String, String> {
         return Err(e);
     }
     let threads = [crate::metrics::serve(metrics, Arc::clone(&shared)), crate::control::serve(control, Arc::clone(&shared))];
+    // Link events prompt the loops to look at their interfaces (a VM's tap
+    // deleted and made again when it restarts); without them, they look
+    // once a second.
+    {
+        let shared = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new().name("sgswitch-links".into()).spawn(move || {
+            if let Err(e) = crate::xdp::watch_links(&shared.stop, &shared.link_events) {
+                warn!("cannot watch link events ({e}); interfaces are looked at once a second");
+            }
+        });
+        if let Err(e) = spawned {
+            warn!("cannot watch link events ({e}); interfaces are looked at once a second");
+        }
+    }
     // The reloader is not joined at exit: a load blocked in a read must not
     // keep the switch from stopping.
     {
@@ -597,7 +617,7 @@ impl Port {
     }
 }
 
-fn open(mem: &Memory, host: &Host, interface: &str, queue: u32, src: Source, cap: usize) -> Result<Port, String> {
+fn open(mem: &mut Memory, host: &Host, interface: &str, queue: u32, src: Source, cap: usize) -> Result<Port, String> {
     let sock = mem.bind(interface, queue, host.datapath.mode, host.datapath.zero_copy)?;
     info!(interface, queue, mode = %sock.mode.describe(), "{interface}: AF_XDP socket on queue {queue}, {}", sock.mode.describe());
     let stats = Arc::new(SocketStats {
@@ -611,55 +631,167 @@ fn open(mem: &Memory, host: &Host, interface: &str, queue: u32, src: Source, cap
     Ok(Port { sock, src, pending: Vec::with_capacity(cap), stats })
 }
 
-/// Opens the sockets of the plan's ports this loop owns that have none,
-/// closes those of ports that went away (or are another loop's), and maps
-/// the plan's port indexes to this loop's sockets.
-fn reconcile(
-    plan: &Plan,
-    mem: &Memory,
-    host: &Host,
-    me: Owner,
-    socks: &mut Vec<Port>,
-    by_port: &mut Vec<Option<usize>>,
-    cap: usize,
-) -> Result<(), String> {
-    let wanted: Vec<Option<&str>> = plan.ports.iter().map(|p| p.interface.as_deref().filter(|_| me.owns(p.zone))).collect();
-    // Keep the uplink and the ports still configured here.
-    socks.retain(|s| {
-        let keep = s.src == Source::Uplink || wanted.contains(&Some(s.sock.interface.as_str()));
-        if !keep {
-            info!(interface = %s.sock.interface, "{}: port removed, socket closed", s.sock.interface);
-        }
-        keep
-    });
-    by_port.clear();
-    let mut result = Ok(());
-    for (p, w) in (0..).zip(wanted) {
-        by_port.push(None);
-        let Some(name) = w else { continue };
-        // Every receive queue of the port's interface; all in this loop,
-        // which owns the port's zone.
-        for queue in 0..crate::xdp::rx_queues(name) {
-            let at = match socks.iter().position(|s| s.sock.interface == *name && s.sock.queue == queue) {
-                Some(at) => at,
-                None => match open(mem, host, name, queue, Source::Port(p), cap) {
-                    Ok(port) => {
-                        socks.push(port);
-                        socks.len() - 1
-                    }
-                    Err(e) => {
-                        result = result.and(Err(e));
-                        continue;
-                    }
-                },
-            };
-            socks[at].src = Source::Port(p);
-            if queue == 0 {
-                by_port[usize::from(p)] = Some(at);
+/// A loop's I/O: its UMEM, its sockets (the uplink's first, by queue),
+/// which of them is each plan port's, and the interfaces it could not open
+/// a socket on, with why.
+struct Io {
+    mem: Memory,
+    socks: Vec<Port>,
+    by_port: Vec<Option<usize>>,
+    down: Vec<(String, String)>,
+}
+
+/// The link state of this loop's interfaces as last logged: `None` up,
+/// `Some(reason)` down. A change is logged once.
+type LinkLog = std::collections::HashMap<String, Option<String>>;
+
+impl Io {
+    fn new(host: &Host) -> Result<Io, String> {
+        Ok(Io {
+            mem: Memory::new(host.datapath.frames, host.datapath.ring_size)?,
+            socks: Vec::new(),
+            by_port: Vec::new(),
+            down: Vec::new(),
+        })
+    }
+
+    /// Opens the sockets this loop should have and has not: its share of
+    /// the uplink's queues (queue q is loop q's, modulo the loops; loop 0
+    /// has queue 0, the primary) and every queue of the plan's ports it
+    /// owns; closes those of ports that went away (or are another loop's);
+    /// maps the plan's ports to sockets. An interface that cannot be opened
+    /// is recorded as down, with the reason; with `strict` (at start), a
+    /// failure on the uplink is an error.
+    fn connect(&mut self, plan: &Plan, host: &Host, me: Owner, uplink: &str, strict: bool) -> Result<(), String> {
+        let cap = host.datapath.frames as usize;
+        self.down.clear();
+        let queues: Vec<u32> = (0..crate::xdp::rx_queues(uplink)).filter(|&q| q as usize % me.loops == me.index).collect();
+        let mut at = 0;
+        for queue in queues {
+            if self.socks.iter().any(|s| s.src == Source::Uplink && s.sock.queue == queue) {
+                at += 1;
+                continue;
+            }
+            match open(&mut self.mem, host, uplink, queue, Source::Uplink, cap) {
+                Ok(p) => {
+                    self.socks.insert(at, p);
+                    at += 1;
+                }
+                Err(e) if strict => return Err(e),
+                Err(e) => {
+                    self.down.push((uplink.to_owned(), e));
+                    break;
+                }
             }
         }
+        let wanted: Vec<Option<&str>> = plan.ports.iter().map(|p| p.interface.as_deref().filter(|_| me.owns(p.zone))).collect();
+        // Keep the uplink and the ports still configured here.
+        let mut gone = Vec::new();
+        let mut i = 0;
+        while i < self.socks.len() {
+            let s = &self.socks[i];
+            if s.src == Source::Uplink || wanted.contains(&Some(s.sock.interface.as_str())) {
+                i += 1;
+            } else {
+                info!(interface = %s.sock.interface, "{}: port removed, socket closed", s.sock.interface);
+                gone.push(self.socks.remove(i));
+            }
+        }
+        for p in gone {
+            self.close(p);
+        }
+        self.by_port.clear();
+        for (p, w) in (0..).zip(wanted) {
+            self.by_port.push(None);
+            let Some(name) = w else { continue };
+            // Every receive queue of the port's interface; all in this loop,
+            // which owns the port's zone.
+            for queue in 0..crate::xdp::rx_queues(name) {
+                let at = match self.socks.iter().position(|s| s.sock.interface == *name && s.sock.queue == queue) {
+                    Some(at) => at,
+                    None => match open(&mut self.mem, host, name, queue, Source::Port(p), cap) {
+                        Ok(port) => {
+                            self.socks.push(port);
+                            self.socks.len() - 1
+                        }
+                        Err(e) => {
+                            self.down.push((name.to_owned(), e));
+                            break;
+                        }
+                    },
+                };
+                self.socks[at].src = Source::Port(p);
+                if queue == 0 {
+                    self.by_port[usize::from(p)] = Some(at);
+                }
+            }
+        }
+        Ok(())
     }
-    result
+
+    /// Closes a socket: its pending frames and those its rings held go
+    /// back to the free list. Returns whether the UMEM must be made anew.
+    fn close(&mut self, mut p: Port) -> bool {
+        self.mem.free.append(&mut p.pending);
+        self.mem.forget(p.sock)
+    }
+
+    /// Closes the sockets whose interface was deleted (or deleted and made
+    /// again: another index under the name); returns whether any was. If
+    /// one of them carried the UMEM's registration, every socket is closed
+    /// and the UMEM made anew (then frames the pipeline holds are of the
+    /// old one: `forget_held`).
+    fn unlink_gone(&mut self, host: &Host, forget_held: impl FnOnce()) -> Result<bool, String> {
+        let (mut i, before) = (0, self.socks.len());
+        let mut rebuild = false;
+        while i < self.socks.len() {
+            let s = &self.socks[i].sock;
+            if crate::xdp::ifindex(&s.interface) == s.ifindex {
+                i += 1;
+                continue;
+            }
+            let p = self.socks.remove(i);
+            rebuild |= self.close(p);
+        }
+        if rebuild {
+            self.socks.clear();
+            self.by_port.clear();
+            forget_held();
+            self.mem = Memory::new(host.datapath.frames, host.datapath.ring_size)?;
+        }
+        Ok(self.socks.len() != before)
+    }
+
+    /// Logs each interface whose state changed since `log` last saw it, and
+    /// the state of all of them for status and metrics.
+    fn report(&self, plan: &Plan, me: Owner, uplink: &str, log: &mut LinkLog) -> Vec<LinkState> {
+        let mut states = Vec::new();
+        let mut names: Vec<(&str, Option<&str>)> = vec![(uplink, None)];
+        names.extend(plan.ports.iter().filter(|p| me.owns(p.zone)).filter_map(|p| Some((p.interface.as_deref()?, Some(&*p.id)))));
+        for (name, port) in names {
+            let reason = self.down.iter().find(|(n, _)| n == name).map(|(_, r)| r.clone());
+            let up = reason.is_none() && self.socks.iter().any(|s| s.sock.interface == name);
+            if port.is_none() && !up && reason.is_none() {
+                // No uplink queue is this loop's.
+                continue;
+            }
+            let before = log.get(name).cloned();
+            if before.as_ref() != Some(&reason) {
+                match (&reason, before.is_some()) {
+                    (None, true) => info!(interface = name, "{name}: interface back, AF_XDP sockets open"),
+                    (None, false) => {}
+                    (Some(r), _) => warn!(
+                        interface = name,
+                        "{name}: down ({r}); traffic of {} is dropped until it comes back",
+                        port.unwrap_or("the uplink")
+                    ),
+                }
+                log.insert(name.to_owned(), reason.clone());
+            }
+            states.push(LinkState { interface: name.to_owned(), port: port.map(str::to_owned), up, reason: reason.unwrap_or_default() });
+        }
+        states
+    }
 }
 
 /// Copies the kernel's socket statistics and the table's totals into the
@@ -799,28 +931,18 @@ fn poll_loop(
     if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
         warn!("could not pin poll loop {} to core {core}; running unpinned", me.index);
     }
-    let cap = host.datapath.frames as usize;
-    let mut by_port: Vec<Option<usize>> = Vec::new();
     let mut current = shared.published.load_full();
-    let setup = |by_port: &mut Vec<Option<usize>>| -> Result<(Memory, Vec<Port>), String> {
-        let mem = Memory::new(host.datapath.frames, host.datapath.ring_size)?;
-        // The uplink's queues are spread over the loops: queue q is loop
-        // q's (modulo the loops); loop 0 has queue 0, the primary.
-        let mut socks = Vec::new();
-        for queue in (0..crate::xdp::rx_queues(uplink)).filter(|&q| q as usize % me.loops == me.index) {
-            socks.push(open(&mem, host, uplink, queue, Source::Uplink, cap)?);
-        }
-        reconcile(&current.plan, &mem, host, me, &mut socks, by_port, cap)?;
-        Ok((mem, socks))
-    };
-    let (mut mem, mut socks) = match setup(&mut by_port) {
-        Ok(x) => x,
+    let mut links = LinkLog::new();
+    let started = Io::new(host).and_then(|mut io| io.connect(&current.plan, host, me, uplink, true).map(|()| io));
+    let mut io = match started {
+        Ok(io) => io,
         Err(e) => {
             let _ = ready.send(Err(e.clone()));
             return Err(e);
         }
     };
-    stats.sockets.store(Arc::new(socks.iter().map(|p| Arc::clone(&p.stats)).collect()));
+    stats.sockets.store(Arc::new(io.socks.iter().map(|p| Arc::clone(&p.stats)).collect()));
+    stats.links.store(Arc::new(io.report(&current.plan, me, uplink, &mut links)));
     let _ = ready.send(Ok(()));
     // This loop's share of the host's connection capacity.
     let mut settings = conntrack_settings(host, seed());
@@ -836,9 +958,12 @@ fn poll_loop(
     let none = Outcome { action: Action::Drop, reason: Reason::Default, port: None, direction: sgswitch_config::Direction::Ingress };
     let mut outs = [none; BATCH];
     let mut stats_due = 0u64;
-    let mut waits: Vec<libc::pollfd> = Vec::with_capacity(socks.len() + 8);
+    let mut links_due = 0u64;
+    let mut links_seen = shared.link_events.load(Ordering::Relaxed);
+    let mut waits: Vec<libc::pollfd> = Vec::with_capacity(io.socks.len() + 8);
     while !shared.stop.load(Ordering::Relaxed) {
         let latest = shared.published.load();
+        let mut reconnect = false;
         if !Arc::ptr_eq(&latest, &current) {
             current = arc_swap::Guard::into_inner(latest);
             pipe.adopt(&current.plan);
@@ -849,22 +974,42 @@ fn poll_loop(
                     e.store(0, Ordering::Relaxed);
                 }
             }
-            if let Err(e) = reconcile(&current.plan, &mem, host, me, &mut socks, &mut by_port, cap) {
-                warn!("{e}; the port stays without a socket until the next reload");
+            reconnect = true;
+        }
+        let ms = u64::try_from(shared.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        // An interface made, deleted or changed (or a second passed, or a
+        // reload): sockets of interfaces that went away are closed, and
+        // those missing opened.
+        let events = shared.link_events.load(Ordering::Relaxed);
+        if reconnect || events != links_seen || ms >= links_due {
+            let prompted = reconnect || events != links_seen;
+            links_seen = events;
+            links_due = ms + LINK_CHECK_MS;
+            let lost = io.unlink_gone(host, || pipe.forget_held()).unwrap_or_else(|e| {
+                warn!("loop {}: {e}", me.index);
+                true
+            });
+            // Opening is looked at on a prompt, after a loss, and while an
+            // interface is down; the check of a quiet second costs one
+            // ioctl per socket.
+            if prompted || lost || !io.down.is_empty() {
+                let _ = io.connect(&current.plan, host, me, uplink, false);
+                stats.sockets.store(Arc::new(io.socks.iter().map(|p| Arc::clone(&p.stats)).collect()));
+                stats.links.store(Arc::new(io.report(&current.plan, me, uplink, &mut links)));
             }
-            stats.sockets.store(Arc::new(socks.iter().map(|p| Arc::clone(&p.stats)).collect()));
         }
         let plan = &current.plan;
-        let ms = u64::try_from(shared.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         let now = Now(ms);
         let mut busy = false;
+        let Io { mem, socks, by_port, .. } = &mut io;
+        let by_port = &by_port[..];
         // Each socket's share of the UMEM for its fill ring; the rest is
         // for frames in flight, copies and handed-over frames.
         let share = u32::try_from((host.datapath.frames as usize).saturating_sub(KEEP_FOR_COPIES) / (2 * socks.len().max(1))).unwrap_or(0);
         for s in 0..socks.len() {
-            socks[s].sock.reclaim(&mut mem.free, &mut scratch);
-            socks[s].sock.refill(&mut mem.free, share);
-            let n = socks[s].sock.receive(&mut rx);
+            socks[s].sock.reclaim(&mut mem.free, &mut mem.ledger, &mut scratch);
+            socks[s].sock.refill(&mut mem.free, &mut mem.ledger, share);
+            let n = socks[s].sock.receive(&mut rx, &mut mem.ledger);
             if n == 0 {
                 continue;
             }
@@ -877,10 +1022,10 @@ fn poll_loop(
                 pipe.process_batch(plan, &items[..n], now, &mut outs[..n]);
             }
             for i in 0..n {
-                dispatch(plan, &mut mem, &mut socks, &by_port, s, rx[i], &outs[i], &peers);
+                dispatch(plan, mem, socks, by_port, s, rx[i], &outs[i], &peers);
             }
             while let Some((d, o)) = pipe.take_released().next() {
-                dispatch(plan, &mut mem, &mut socks, &by_port, usize::MAX, d, &o, &peers);
+                dispatch(plan, mem, socks, by_port, usize::MAX, d, &o, &peers);
             }
         }
         // Frames the other loops handed over: sent on, or judged first.
@@ -900,7 +1045,7 @@ fn poll_loop(
                     }
                     None => stats.copy_failed.add(1),
                 },
-                Task::Send(to) => deliver(&mut mem, &mut socks, &by_port, usize::MAX, bytes, to, stats),
+                Task::Send(to) => deliver(mem, socks, by_port, usize::MAX, bytes, to, stats),
             }
         }
         if n > 0 {
@@ -910,23 +1055,23 @@ fn poll_loop(
                 pipe.process_batch(plan, &items[..n], now, &mut outs[..n]);
             }
             for i in 0..n {
-                dispatch(plan, &mut mem, &mut socks, &by_port, usize::MAX, rx[i], &outs[i], &peers);
+                dispatch(plan, mem, socks, by_port, usize::MAX, rx[i], &outs[i], &peers);
             }
         }
-        for p in &mut socks {
-            let sent = p.sock.transmit(&p.pending);
+        for p in socks.iter_mut() {
+            let sent = p.sock.transmit(&p.pending, &mut mem.ledger);
             p.stats.tx_full.add((p.pending.len() - sent) as u64);
             mem.free.extend_from_slice(&p.pending[sent..]);
             p.pending.clear();
         }
         pipe.tick(plan, now);
         while let Some((d, o)) = pipe.take_released().next() {
-            dispatch(plan, &mut mem, &mut socks, &by_port, usize::MAX, d, &o, &peers);
+            dispatch(plan, mem, socks, by_port, usize::MAX, d, &o, &peers);
         }
         answer(requests, &mut pipe, stats);
         if ms >= stats_due {
             stats_due = ms + STATS_EVERY_MS;
-            publish_stats(stats, &socks, &pipe, plan);
+            publish_stats(stats, socks, &pipe, plan);
         }
         if busy {
             stats.busy.add(1);
@@ -943,9 +1088,9 @@ fn poll_loop(
             }
         }
     }
-    publish_stats(stats, &socks, &pipe, &current.plan);
+    publish_stats(stats, &io.socks, &pipe, &current.plan);
     // Sockets close here, detaching the XDP programs.
-    drop(socks);
+    drop(io);
     Ok(())
 }
 

@@ -215,6 +215,18 @@ pub const KERNEL_STATS: [(&str, &str); 6] = [
     ("tx_ring_empty", "times the kernel found the tx ring empty"),
 ];
 
+/// The state of one interface a loop has sockets on (or should have).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkState {
+    pub interface: String,
+    /// The port whose interface it is; `None` for the uplink.
+    pub port: Option<String>,
+    /// Whether its sockets are open.
+    pub up: bool,
+    /// Why not, when not.
+    pub reason: String,
+}
+
 /// A poll loop's own counters, beside its pipeline's.
 #[derive(Debug)]
 pub struct LoopStats {
@@ -241,6 +253,8 @@ pub struct LoopStats {
     /// Live flows per zone.
     pub conntrack_entries: Box<[AtomicU32]>,
     pub sockets: ArcSwap<Vec<Arc<SocketStats>>>,
+    /// The state of its interfaces, as of its last look.
+    pub links: ArcSwap<Vec<LinkState>>,
 }
 
 impl LoopStats {
@@ -262,6 +276,7 @@ impl LoopStats {
             conntrack_capacity: Counter::default(),
             conntrack_entries: (0..MAX_PORTS).map(|_| AtomicU32::new(0)).collect(),
             sockets: ArcSwap::from_pointee(Vec::new()),
+            links: ArcSwap::from_pointee(Vec::new()),
         }
     }
 

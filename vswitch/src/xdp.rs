@@ -47,7 +47,13 @@ impl Mode {
 /// One bound socket and its four rings.
 pub struct Socket {
     pub interface: String,
+    /// The interface's index when the socket was bound: another index (or
+    /// none) under the same name later means the interface was deleted
+    /// (and perhaps made again) under the socket.
+    pub ifindex: u32,
     pub queue: u32,
+    /// This socket's number in its UMEM's [`Ledger`].
+    id: u16,
     pub mode: Mode,
     pub tx: TxQueue,
     pub rx: RxQueue,
@@ -63,10 +69,43 @@ impl std::fmt::Debug for Socket {
     }
 }
 
+/// Which socket holds each frame of a UMEM: 0 for the loop itself (free,
+/// or in its hands), else the id of the socket whose fill or tx ring it
+/// was put on and which has not given it back (rx or completion ring).
+/// One store per frame handed over either way; when a socket is closed,
+/// its frames return to the free list ([`Memory::forget`]).
+#[derive(Debug)]
+pub struct Ledger(Vec<u16>);
+
+impl Ledger {
+    #[inline]
+    fn set(&mut self, d: &FrameDesc, holder: u16) {
+        if let Some(h) = self.0.get_mut(d.addr() / FRAME_SIZE as usize) {
+            *h = holder;
+        }
+    }
+
+    #[inline]
+    fn set_all(&mut self, ds: &[FrameDesc], holder: u16) {
+        for d in ds {
+            self.set(d, holder);
+        }
+    }
+}
+
 /// A loop's UMEM and its free frames.
 pub struct Memory {
     pub umem: Umem,
     pub free: Vec<FrameDesc>,
+    /// Every frame's descriptor, by frame number.
+    all: Vec<FrameDesc>,
+    pub ledger: Ledger,
+    /// The next socket id (1..).
+    next_id: u16,
+    /// The socket bound first, whose descriptor carries the UMEM's
+    /// registration: other sockets share the UMEM through it, so once its
+    /// interface is gone the UMEM must be made anew.
+    registered: Option<u16>,
     pub ring_size: u32,
 }
 
@@ -91,7 +130,33 @@ impl Memory {
             .map_err(|e| e.to_string())?;
         let n = NonZeroU32::new(frames).ok_or("a UMEM needs frames")?;
         let (umem, free) = Umem::new(config, n, false).map_err(|e| format!("creating the UMEM ({frames} frames): {e}"))?;
-        Ok(Memory { umem, free, ring_size })
+        let mut all = free.clone();
+        all.sort_by_key(FrameDesc::addr);
+        let ledger = Ledger(vec![0; all.len()]);
+        Ok(Memory { umem, free, all, ledger, next_id: 1, registered: None, ring_size })
+    }
+
+    /// Closes `sock` and gives the frames it held back to the free list.
+    /// Returns whether the UMEM must be made anew: `sock` carried its
+    /// registration.
+    pub fn forget(&mut self, sock: Socket) -> bool {
+        let id = sock.id;
+        drop(sock);
+        for (i, h) in self.ledger.0.iter_mut().enumerate() {
+            if *h == id {
+                *h = 0;
+                if let Some(d) = self.all.get(i) {
+                    self.free.push(*d);
+                }
+            }
+        }
+        self.registered == Some(id)
+    }
+
+    fn new_id(&mut self) -> u16 {
+        let id = self.next_id;
+        self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+        id
     }
 
     /// The bytes of a received (or written) frame.
@@ -125,7 +190,7 @@ impl Memory {
     /// # Errors
     /// The interface does not exist, or no mode could be bound; the message
     /// names the interface and the last reason.
-    pub fn bind(&self, interface: &str, queue: u32, mode: XdpMode, zero_copy: ZeroCopy) -> Result<Socket, String> {
+    pub fn bind(&mut self, interface: &str, queue: u32, mode: XdpMode, zero_copy: ZeroCopy) -> Result<Socket, String> {
         if !Path::new("/sys/class/net").join(interface).exists() {
             return Err(format!("interface {interface}: no such network interface"));
         }
@@ -177,9 +242,13 @@ impl Memory {
                         // A socket sharing a UMEM may end up in copy mode
                         // whatever it asked for: ask the kernel.
                         let zero_copy = zc && is_zero_copy(rx.fd().as_raw_fd());
+                        let id = self.new_id();
+                        self.registered.get_or_insert(id);
                         return Ok(Socket {
                             interface: interface.to_owned(),
+                            ifindex: ifindex(interface),
                             queue,
+                            id,
                             mode: Mode { native, zero_copy },
                             tx,
                             rx,
@@ -189,7 +258,10 @@ impl Memory {
                         });
                     }
                     Ok((_, _, None)) => return Err(format!("interface {interface} queue {queue}: already bound by this switch")),
-                    Err(e) => last = format!("{} {}: {e}", if native { "native" } else { "skb" }, if zc { "zero-copy" } else { "copy" }),
+                    Err(e) => {
+                        let cause = std::error::Error::source(&e).map_or(String::new(), |c| format!(" ({c})"));
+                        last = format!("{} {}: {e}{cause}", if native { "native" } else { "skb" }, if zc { "zero-copy" } else { "copy" });
+                    }
                 }
             }
         }
@@ -348,6 +420,63 @@ pub fn raise_open_files() -> u64 {
     r.rlim_cur
 }
 
+/// The index of interface `name`, 0 if there is none.
+pub fn ifindex(name: &str) -> u32 {
+    let Ok(c) = std::ffi::CString::new(name) else { return 0 };
+    // SAFETY: `c` is a NUL-terminated string that outlives the call.
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
+}
+
+/// Counts the kernel's link events (an interface made, deleted, or its
+/// state changed: `RTM_NEWLINK`/`RTM_DELLINK` on an `rtnetlink` socket
+/// subscribed to `RTMGRP_LINK`) into `events` until `stop`: the poll loops
+/// look at their interfaces again when it moves. The events are only a
+/// prompt (the loops read the interfaces themselves), so nothing of them is
+/// parsed. Returns at once, with the reason, if the socket cannot be made.
+///
+/// # Errors
+/// The netlink socket cannot be opened or bound.
+pub fn watch_links(stop: &std::sync::atomic::AtomicBool, events: &std::sync::atomic::AtomicU64) -> Result<(), String> {
+    use std::sync::atomic::Ordering;
+    const RTMGRP_LINK: u32 = 1;
+    // SAFETY: a plain socket call; the descriptor is owned below.
+    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+    if fd < 0 {
+        return Err(format!("netlink socket: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: an all-zero sockaddr_nl is valid; the fields are set below.
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    addr.nl_family = libc::sa_family_t::try_from(libc::AF_NETLINK).unwrap_or(16);
+    addr.nl_groups = RTMGRP_LINK;
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_nl>()).unwrap_or(12);
+    // SAFETY: `addr` is a valid sockaddr_nl of `len` bytes.
+    if unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) } != 0 {
+        return Err(format!("netlink bind: {}", std::io::Error::last_os_error()));
+    }
+    let timeout = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+    let tlen = libc::socklen_t::try_from(std::mem::size_of::<libc::timeval>()).unwrap_or(16);
+    // SAFETY: `timeout` is a valid timeval of `tlen` bytes.
+    unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&raw const timeout).cast(), tlen) };
+    let mut buf = vec![0u8; 64 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: `buf` is a valid buffer of its length for the kernel.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n > 0 {
+            events.fetch_add(1, Ordering::Relaxed);
+        } else if n < 0 {
+            let e = std::io::Error::last_os_error();
+            // A timeout lets `stop` be seen; an overrun lost events, which
+            // is itself a prompt to look.
+            if e.raw_os_error() == Some(libc::ENOBUFS) {
+                events.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Silences libbpf's and libxdp's own messages on stderr (ELF section
 /// notices, the bpffs fallback): the switch reports what failed itself.
 pub fn quiet_libraries() {
@@ -367,23 +496,28 @@ unsafe extern "C" {
 
 impl Socket {
     /// Returns completed tx frames to `free`.
-    pub fn reclaim(&mut self, free: &mut Vec<FrameDesc>, scratch: &mut [FrameDesc]) -> usize {
+    pub fn reclaim(&mut self, free: &mut Vec<FrameDesc>, ledger: &mut Ledger, scratch: &mut [FrameDesc]) -> usize {
         // SAFETY: descriptors from the completion ring are ours again.
         let n = unsafe { self.cq.consume(scratch) };
+        ledger.set_all(&scratch[..n], 0);
         free.extend_from_slice(&scratch[..n]);
         n
     }
 
     /// Tops the fill ring up to `target` frames from `free` (each socket of
     /// a loop gets its share of the UMEM; an empty fill ring drops frames).
-    pub fn refill(&mut self, free: &mut Vec<FrameDesc>, target: u32) {
+    pub fn refill(&mut self, free: &mut Vec<FrameDesc>, ledger: &mut Ledger, target: u32) {
         let ring = self.fq.nb_free(u32::MAX);
         let filled = self.ring_size.saturating_sub(ring);
         let want = (target.saturating_sub(filled) as usize).min(free.len()).min(ring as usize);
         if want > 0 {
             let from = free.len() - want;
             // SAFETY: the descriptors are free (in no ring), of this UMEM.
+            // xsk-rs submits all of them or none.
             let done = unsafe { self.fq.produce(&free[from..]) };
+            if done > 0 {
+                ledger.set_all(&free[from..], self.id);
+            }
             free.truncate(free.len() - done);
         }
         if self.fq.needs_wakeup() {
@@ -398,16 +532,18 @@ impl Socket {
     }
 
     /// Takes received frames into `descs`; returns how many.
-    pub fn receive(&mut self, descs: &mut [FrameDesc]) -> usize {
+    pub fn receive(&mut self, descs: &mut [FrameDesc], ledger: &mut Ledger) -> usize {
         // SAFETY: the frames handed back are ours until given to a ring.
-        unsafe { self.rx.consume(descs) }
+        let n = unsafe { self.rx.consume(descs) };
+        ledger.set_all(&descs[..n], 0);
+        n
     }
 
     /// Queues frames for transmission, as many as the ring has room for;
     /// returns how many it took (the rest stay the caller's). Call it every
     /// loop iteration, with no frames too: it also kicks the kernel while
     /// the ring holds frames the kernel has not taken.
-    pub fn transmit(&mut self, descs: &[FrameDesc]) -> usize {
+    pub fn transmit(&mut self, descs: &[FrameDesc], ledger: &mut Ledger) -> usize {
         let mut n = 0;
         if !descs.is_empty() {
             // xsk-rs submits all or nothing: offer what the ring has room for.
@@ -417,6 +553,7 @@ impl Socket {
                 // SAFETY: the descriptors are ours (received or copied
                 // into), of this loop's UMEM, and not in any other ring.
                 n = unsafe { self.tx.produce(&descs[..take]) };
+                ledger.set_all(&descs[..n], self.id);
             }
         }
         // Copy mode sends only on a kick (sendto), at most 32 frames per

@@ -49,14 +49,14 @@ fn a_full_tx_ring_is_drained_and_every_frame_completes() {
     // Offer more than the ring has room for, always: the ring is full most
     // of the time, as under load.
     while completed < want && t.elapsed() < Duration::from_secs(5) {
-        completed += sock.reclaim(&mut mem.free, &mut scratch) as u64;
+        completed += sock.reclaim(&mut mem.free, &mut mem.ledger, &mut scratch) as u64;
         while queued + (batch.len() as u64) < want && batch.len() < 3 * ring as usize / 2 {
             match mem.copy_in(&frame) {
                 Some(d) => batch.push(d),
                 None => break,
             }
         }
-        let n = sock.transmit(&batch);
+        let n = sock.transmit(&batch, &mut mem.ledger);
         queued += n as u64;
         batch.drain(..n);
     }
@@ -76,12 +76,12 @@ fn one_transmit_call_sends_everything_it_queued() {
     let frame = [0xffu8; 60];
     // A full poll-loop batch and more: eight kicks' worth.
     let batch: Vec<FrameDesc> = (0..256).map(|_| mem.copy_in(&frame).expect("a free frame")).collect();
-    assert_eq!(sock.transmit(&batch), batch.len(), "the ring takes the whole batch");
+    assert_eq!(sock.transmit(&batch, &mut mem.ledger), batch.len(), "the ring takes the whole batch");
     let mut scratch = vec![FrameDesc::default(); 1024];
     let mut completed = 0;
     let t = Instant::now();
     while completed < batch.len() && t.elapsed() < Duration::from_secs(2) {
-        completed += sock.reclaim(&mut mem.free, &mut scratch);
+        completed += sock.reclaim(&mut mem.free, &mut mem.ledger, &mut scratch);
         std::thread::sleep(Duration::from_millis(1));
     }
     assert_eq!(completed, batch.len(), "frames completed after one transmit call and {:?} of waiting", t.elapsed());
@@ -94,13 +94,13 @@ fn waiting_for_frames_ends_when_one_arrives() {
     let _pair = Pair::up("sgt-xe", "sgt-xf");
     let mut mem = Memory::new(512, 256).expect("UMEM");
     let mut sock = mem.bind("sgt-xe", 0, XdpMode::Auto, ZeroCopy::Auto).expect("an AF_XDP socket");
-    sock.refill(&mut mem.free, 256);
+    sock.refill(&mut mem.free, &mut mem.ledger, 256);
     let mut fds = [sock.poll_fd()];
     let t = Instant::now();
     sgswitch::xdp::wait_for_frames(&mut fds, Duration::from_millis(200));
     let waited = t.elapsed();
     let mut descs = vec![FrameDesc::default(); 8];
-    let stray = sock.receive(&mut descs);
+    let stray = sock.receive(&mut descs, &mut mem.ledger);
     assert!(waited >= Duration::from_millis(150), "nothing sent: the wait lasts its timeout ({waited:?}, {stray} frames received)");
 
     // One broadcast frame from the peer, 300 ms from now.
@@ -111,10 +111,38 @@ fn waiting_for_frames_ends_when_one_arrives() {
     while got == 0 && t.elapsed() < Duration::from_secs(5) {
         let mut fds = [sock.poll_fd()];
         sgswitch::xdp::wait_for_frames(&mut fds, Duration::from_secs(5));
-        got = sock.receive(&mut descs);
+        got = sock.receive(&mut descs, &mut mem.ledger);
     }
     let waited = t.elapsed();
     let _ = sender.wait();
     assert_eq!(got, 1, "the frame arrived");
     assert!(waited < Duration::from_secs(2), "the wait ended when the frame arrived, not at its 5 s timeout ({waited:?})");
+}
+
+/// A socket closed with its fill and tx rings full (its interface went
+/// away, say) gives every frame it held back: the UMEM is whole again.
+#[test]
+fn a_closed_socket_gives_back_the_frames_its_rings_held() {
+    let _pair = Pair::up("sgt-xg", "sgt-xh");
+    let ring = 64;
+    let mut mem = Memory::new(512, ring).expect("UMEM");
+    let total = mem.free.len();
+    let mut first = mem.bind("sgt-xg", 0, XdpMode::Auto, ZeroCopy::Auto).expect("an AF_XDP socket");
+    let mut second = mem.bind("sgt-xh", 0, XdpMode::Auto, ZeroCopy::Auto).expect("an AF_XDP socket");
+    second.refill(&mut mem.free, &mut mem.ledger, ring);
+    let mut batch: Vec<FrameDesc> = (0..ring).filter_map(|_| mem.copy_in(&[0xffu8; 60])).collect();
+    let sent = second.transmit(&batch, &mut mem.ledger);
+    batch.drain(..sent);
+    mem.free.append(&mut batch);
+    assert!(mem.free.len() < total, "the socket holds frames");
+    // Not the registering socket: the UMEM stays.
+    assert!(!mem.forget(second), "the first socket carries the registration");
+    assert_eq!(mem.free.len(), total, "every frame is back");
+    first.refill(&mut mem.free, &mut mem.ledger, ring);
+    assert!(mem.forget(first), "closing the registering socket asks for a new UMEM");
+    assert_eq!(mem.free.len(), total);
+    let mut again: Vec<usize> = mem.free.iter().map(FrameDesc::addr).collect();
+    again.sort_unstable();
+    again.dedup();
+    assert_eq!(again.len(), total, "no frame twice");
 }

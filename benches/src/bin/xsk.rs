@@ -43,7 +43,7 @@ fn mac(s: &str) -> [u8; 6] {
     })
 }
 
-fn bind(mem: &Memory, iface: &str) -> Socket {
+fn bind(mem: &mut Memory, iface: &str) -> Socket {
     mem.bind(iface, 0, XdpMode::Auto, ZeroCopy::Auto).unwrap_or_else(|e| {
         eprintln!("xsk: {e}");
         std::process::exit(2)
@@ -70,19 +70,19 @@ fn tx(args: &[String]) {
     };
     let templates: Vec<Vec<u8>> = (0..flows.max(1)).map(|i| frames::udp(&ends, 10_000 + i, dport, &[0; 18])).collect();
     let mut mem = memory();
-    let mut sock = bind(&mem, iface);
+    let mut sock = bind(&mut mem, iface);
     let mut scratch = vec![FrameDesc::default(); RING as usize];
     let mut batch: Vec<FrameDesc> = Vec::with_capacity(BATCH);
     let (mut sent, mut next) = (0u64, 0usize);
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(seconds) {
-        sock.reclaim(&mut mem.free, &mut scratch);
+        sock.reclaim(&mut mem.free, &mut mem.ledger, &mut scratch);
         while batch.len() < BATCH {
             let Some(d) = mem.copy_in(&templates[next % templates.len()]) else { break };
             batch.push(d);
             next += 1;
         }
-        let n = sock.transmit(&batch);
+        let n = sock.transmit(&batch, &mut mem.ledger);
         sent += n as u64;
         batch.drain(..n);
         if n == 0 {
@@ -96,14 +96,14 @@ fn rx(args: &[String]) {
     let iface = &args[2];
     let seconds: f64 = need(args, "--seconds").parse().expect("--seconds N");
     let mut mem = memory();
-    let mut sock = bind(&mem, iface);
+    let mut sock = bind(&mut mem, iface);
     let mut descs = vec![FrameDesc::default(); BATCH];
     let mut received = 0u64;
     let mut first: Option<Instant> = None;
     let deadline = Instant::now() + Duration::from_secs_f64(seconds + 30.0);
     while Instant::now() < deadline && first.is_none_or(|f| f.elapsed().as_secs_f64() < seconds) {
-        sock.refill(&mut mem.free, RING);
-        let n = sock.receive(&mut descs);
+        sock.refill(&mut mem.free, &mut mem.ledger, RING);
+        let n = sock.receive(&mut descs, &mut mem.ledger);
         if n > 0 {
             first.get_or_insert_with(Instant::now);
             received += n as u64;
@@ -121,7 +121,7 @@ fn fwd(args: &[String]) {
     let (a, b) = (&args[2], &args[3]);
     let seconds: u64 = need(args, "--seconds").parse().expect("--seconds N");
     let mut mem = memory();
-    let mut socks = [bind(&mem, a), bind(&mem, b)];
+    let mut socks = [bind(&mut mem, a), bind(&mut mem, b)];
     let mut pending: [Vec<FrameDesc>; 2] = [Vec::with_capacity(RING as usize), Vec::with_capacity(RING as usize)];
     let mut descs = vec![FrameDesc::default(); BATCH];
     let mut scratch = vec![FrameDesc::default(); RING as usize];
@@ -130,13 +130,13 @@ fn fwd(args: &[String]) {
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(seconds) {
         for i in 0..2 {
-            socks[i].reclaim(&mut mem.free, &mut scratch);
-            socks[i].refill(&mut mem.free, share);
-            let n = socks[i].receive(&mut descs);
+            socks[i].reclaim(&mut mem.free, &mut mem.ledger, &mut scratch);
+            socks[i].refill(&mut mem.free, &mut mem.ledger, share);
+            let n = socks[i].receive(&mut descs, &mut mem.ledger);
             pending[1 - i].extend_from_slice(&descs[..n]);
         }
         for i in 0..2 {
-            let sent = socks[i].transmit(&pending[i]);
+            let sent = socks[i].transmit(&pending[i], &mut mem.ledger);
             forwarded += sent as u64;
             mem.free.extend_from_slice(&pending[i][sent..]);
             pending[i].clear();

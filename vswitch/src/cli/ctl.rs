@@ -100,6 +100,10 @@ pub(crate) fn run(a: &CtlArgs) -> Result<(), CliError> {
             for n in v["needs_restart"].as_array().into_iter().flatten() {
                 text += &format!("not applied until a restart: {}\n", s(n));
             }
+            let up = &v["uplink"];
+            if s(&up["link"]) != "up" {
+                text += &format!("uplink {} DOWN: {}\n", s(&up["interface"]), s(&up["reason"]));
+            }
             for l in v["loops"].as_array().into_iter().flatten() {
                 text += &format!(
                     "loop {} on core {}: {} batches, {} busy / {} idle iterations\n",
@@ -114,7 +118,10 @@ pub(crate) fn run(a: &CtlArgs) -> Result<(), CliError> {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|p| vec![s(&p["id"]), s(&p["interface"]), format!("{} flows", p["flows"])])
+                .map(|p| {
+                    let link = if s(&p["link"]) == "up" { "up".to_owned() } else { format!("DOWN: {}", s(&p["reason"])) };
+                    vec![s(&p["id"]), s(&p["interface"]), format!("{} flows", p["flows"]), link]
+                })
                 .collect();
             text += &describe::table(&rows);
             out(&text)
