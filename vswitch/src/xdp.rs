@@ -318,7 +318,7 @@ const LOCK_DIR: &str = "/run/sgswitch/interfaces";
 static CLAIMED: std::sync::Mutex<Vec<(String, std::fs::File)>> = std::sync::Mutex::new(Vec::new());
 
 /// Claims `interface` for this process: an exclusive `flock` on its lock
-/// file under [`LOCK_DIR`], held until the process ends (the kernel drops
+/// file under `/run/sgswitch/interfaces`, held until the process ends (the kernel drops
 /// it even after SIGKILL). Claimed first, an interface has no live sgswitch
 /// on it, so an AF_XDP program found there is a dead one's
 /// ([`remove_stale_programs`]). `Ok(true)` when newly claimed.
