@@ -34,9 +34,10 @@
 
 use std::time::Instant;
 
-use sgswitch::flowlog::{self, FlowLog, Writer};
-use sgswitch::pipeline::{Action, Outcome, Pipeline, Reason, Source, conntrack_settings};
-use sgswitch::plan::{Plan, Zones};
+use sgswitch::datapath::plan::{Plan, Zones};
+use sgswitch::datapath::{Action, Outcome, Reason, Source};
+use sgswitch::packet::flowlog::{self, FlowLog, Writer};
+use sgswitch::packet::{Pipeline, conntrack_settings};
 use sgswitch_benches::sgshape;
 use sgswitch_config::Direction;
 use sgswitch_config::{Config, Mac};
@@ -158,8 +159,64 @@ fn print(json: bool, case: &str, rules: usize, ns: f64, flows: usize, packets: u
     }
 }
 
+/// `--instructions CASE ROUNDS`: only `established` (20,000 flows made,
+/// then ROUNDS passes over them) or `new` (ROUNDS passes, each of 20,000
+/// flows not seen before), at 1,000 rules, for `benches/callgrind.sh`,
+/// which runs it under callgrind collecting only inside [`measured`]: the
+/// setup (random-seeded hash tables of the configuration among it) is not
+/// counted, so the count is the same from run to run.
+fn instructions(case: &str, rounds: usize) {
+    const FLOWS: usize = 20_000;
+    const MOST_ROUNDS: usize = 5;
+    let plan = plan(1000);
+    let cfg = plan.policy().config();
+    let mut probe = pipeline(&plan);
+    let allowed: Vec<[u8; FRAME]> = sgshape::packets(cfg, 600_000, 7)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut p)| {
+            p.remote_port = u16::try_from(1024 + i % 60_000).expect("port");
+            frame(&p)
+        })
+        .filter(|f| {
+            let o = probe.process(&plan, Source::Uplink, f, Now(0), 0);
+            matches!((o.action, o.reason), (Action::Forward(_), Reason::Rule(_) | Reason::Default | Reason::IntraGroup))
+        })
+        .take(FLOWS * MOST_ROUNDS)
+        .collect();
+    drop(probe);
+    assert_eq!(allowed.len(), FLOWS * MOST_ROUNDS, "enough allowed flows");
+    assert!(rounds <= MOST_ROUNDS, "at most {MOST_ROUNDS} rounds");
+    let mut pipe = pipeline(&plan);
+    let batches: Vec<&[[u8; FRAME]]> = match case {
+        "established" => {
+            let flows = &allowed[..FLOWS];
+            // Made, and their routes recorded, in setup.
+            run(&mut pipe, &plan, flows, 2, 1);
+            (0..rounds).map(|_| flows).collect()
+        }
+        "new" => (0..rounds).map(|r| &allowed[r * FLOWS..(r + 1) * FLOWS]).collect(),
+        other => panic!("no case {other}: established or new"),
+    };
+    let forwarded = measured(&mut pipe, &plan, &batches);
+    assert_eq!(forwarded, FLOWS * rounds, "every frame forwarded");
+    println!("{}", serde_json::json!({"case": case, "frames": FLOWS * rounds}));
+}
+
+/// The work `benches/callgrind.sh` counts: each of `passes` through the
+/// pipeline in batches, the clock a millisecond on each time.
+#[inline(never)]
+fn measured(pipe: &mut Pipeline<u32>, plan: &Plan, passes: &[&[[u8; FRAME]]]) -> usize {
+    passes.iter().enumerate().map(|(i, frames)| run(pipe, plan, frames, 1, 10 + i as u64).1).sum()
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--instructions") {
+        let case = args.get(i + 1).map_or("established", String::as_str);
+        let rounds = args.get(i + 2).and_then(|r| r.parse().ok()).unwrap_or(1);
+        return instructions(case, rounds);
+    }
     let json = args.iter().any(|a| a == "--json");
     let quick = args.iter().any(|a| a == "--quick");
     let (n_packets, rounds) = if quick { (200_000, 3) } else { (1_000_000, 10) };
