@@ -8,8 +8,9 @@
 use std::net::{IpAddr, Ipv6Addr};
 
 use proptest::prelude::*;
-use sgswitch::pipeline::{Action, Outcome, Pipeline, Reason, Source, conntrack_settings};
-use sgswitch::plan::{Plan, PortIdx, Zones};
+use sgswitch::datapath::plan::{Plan, PortIdx, Zones};
+use sgswitch::datapath::{Action, Outcome, Reason, Source};
+use sgswitch::packet::{Pipeline, conntrack_settings};
 use sgswitch_config::Direction;
 use sgswitch_conntrack::{FragSettings, Now};
 use sgswitch_filter::{By, Packet, Verdict};
@@ -240,7 +241,7 @@ fn groups(plan: &Plan, port: PortIdx, c: &Case, direction: Direction) -> Outcome
         By::IntraGroup { .. } => Reason::IntraGroup,
         By::Default => Reason::Default,
     };
-    let action = if d.verdict == Verdict::Allow { Action::Forward(sgswitch::pipeline::To::Uplink) } else { Action::Drop };
+    let action = if d.verdict == Verdict::Allow { Action::Forward(sgswitch::datapath::To::Uplink) } else { Action::Drop };
     Outcome { action, reason, port: Some(port), direction }
 }
 

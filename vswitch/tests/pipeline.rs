@@ -4,9 +4,10 @@
 
 use std::path::Path;
 
-use sgswitch::flowlog::{self, FlowLog, Writer};
-use sgswitch::pipeline::{Action, Pipeline, Reason, Source, To, conntrack_settings};
-use sgswitch::plan::{Plan, PortIdx, Zones};
+use sgswitch::datapath::plan::{Plan, PortIdx, Zones};
+use sgswitch::datapath::{Action, Reason, Source, To};
+use sgswitch::packet::flowlog::{self, FlowLog, Writer};
+use sgswitch::packet::{Pipeline, conntrack_settings};
 use sgswitch_conntrack::{FragSettings, Now};
 use sgswitch_tests::frames::{self, Ends, UPLINK_MAC};
 
@@ -19,8 +20,8 @@ fn examples() -> Plan {
 }
 
 /// An outcome to fill output arrays with before a batch.
-fn no_outcome() -> sgswitch::pipeline::Outcome {
-    sgswitch::pipeline::Outcome {
+fn no_outcome() -> sgswitch::datapath::Outcome {
+    sgswitch::datapath::Outcome {
         action: Action::Drop,
         reason: Reason::Default,
         port: None,
@@ -132,20 +133,20 @@ fn deciding_frames_allocates_nothing() {
     // Warm up once (first-touch of lazily initialised statics).
     let _ = pipe.process(&plan, corpus[0].0, &corpus[0].1, Now(0), 0);
     let before = counting_alloc::allocs();
-    let mut reasons = [0usize; sgswitch::pipeline::REASONS.len()];
+    let mut reasons = [0usize; sgswitch::datapath::Kind::COUNT];
     for round in 0..3u64 {
         for (i, f) in flows.iter().enumerate() {
             let o = pipe.process(&plan, Source::Port(web), f, Now(1000 + round), u32::try_from(i).expect("small"));
-            reasons[o.reason.kind()] += 1;
+            reasons[o.reason.kind().index()] += 1;
         }
         for (i, (src, f)) in corpus.iter().enumerate() {
             let o = pipe.process(&plan, *src, f, Now(1000 + round), u32::try_from(i).expect("small"));
-            reasons[o.reason.kind()] += 1;
+            reasons[o.reason.kind().index()] += 1;
         }
         let o = pipe.process(&plan, Source::Uplink, &mutated, Now(1000 + round), 0);
-        reasons[o.reason.kind()] += 1;
+        reasons[o.reason.kind().index()] += 1;
         pipe.tick(&plan, Now(2000 + round * 1000));
-        reasons[Reason::Fragment.kind()] += pipe.take_released().count();
+        reasons[Reason::Fragment.kind().index()] += pipe.take_released().count();
     }
     // The same flows in batches: the flow cache's routes recorded, then taken.
     let none = no_outcome();
@@ -157,14 +158,14 @@ fn deciding_frames_allocates_nothing() {
                 it.1 = &f[..];
             }
             pipe.process_batch(&plan, &items[..chunk.len()], Now(1010 + round), &mut out[..chunk.len()]);
-            reasons[Reason::Established.kind()] += out[..chunk.len()].iter().filter(|o| o.reason == Reason::Established).count();
+            reasons[Reason::Established.kind().index()] += out[..chunk.len()].iter().filter(|o| o.reason == Reason::Established).count();
         }
     }
     assert_eq!(counting_alloc::allocs() - before, 0, "the pipeline allocated");
     assert!(pipe.counters.flow_cache_hits.get() >= 2000, "routes taken: {}", pipe.counters.flow_cache_hits.get());
-    assert!(reasons[Reason::Established.kind()] >= 10_000, "{reasons:?}");
-    assert!(reasons[Reason::Malformed.kind()] >= 3, "{reasons:?}");
-    assert!(reasons[Reason::Fragment.kind()] > 0, "{reasons:?}");
+    assert!(reasons[Reason::Established.kind().index()] >= 10_000, "{reasons:?}");
+    assert!(reasons[Reason::Malformed.kind().index()] >= 3, "{reasons:?}");
+    assert!(reasons[Reason::Fragment.kind().index()] > 0, "{reasons:?}");
 }
 
 #[test]
@@ -173,7 +174,7 @@ fn a_batch_decides_exactly_as_frames_one_by_one() {
     let corpus = corpus(&plan);
     let mut rng = Rng(5);
     // Mutated frames too: batches mix every outcome.
-    let frames: Vec<(sgswitch::pipeline::Source, Vec<u8>)> = (0..5000)
+    let frames: Vec<(sgswitch::datapath::Source, Vec<u8>)> = (0..5000)
         .map(|_| {
             let (src, f) = &corpus[rng.below(corpus.len())];
             let mut f = f.clone();
@@ -299,11 +300,11 @@ fn web1_to_db1(plan: &Plan) -> (PortIdx, PortIdx, Ends) {
 fn two_loops_hand_a_vm_to_vm_flow_over_and_each_judges_its_own_ports() {
     let plan = examples();
     let (web, db, e) = web1_to_db1(&plan);
-    let loop_of = |p: PortIdx| sgswitch::pipeline::owner_of(plan.port(p).expect("port").zone, 2);
+    let loop_of = |p: PortIdx| sgswitch::datapath::owner_of(plan.port(p).expect("port").zone, 2);
     assert_ne!(loop_of(web), loop_of(db), "the example's zones put web1 and db1 on different loops");
     let mut loops = [pipeline(&plan), pipeline(&plan)];
     for (i, l) in loops.iter_mut().enumerate() {
-        l.set_owner(sgswitch::pipeline::Owner { index: i, loops: 2 });
+        l.set_owner(sgswitch::datapath::Owner { index: i, loops: 2 });
     }
     let syn = frames::tcp(&e, 40000, 5432, "S", 1, 0, b"");
     let synack = frames::tcp(&e.reversed(), 5432, 40000, "SA", 9, 2, b"");
@@ -313,12 +314,12 @@ fn two_loops_hand_a_vm_to_vm_flow_over_and_each_judges_its_own_ports() {
     let o = loops[a].process(&plan, Source::Port(web), &syn, Now(0), 0);
     assert_eq!(o.action, Action::Handover(db), "{o:?}");
     let o = loops[b].process(&plan, Source::Peer(db), &syn, Now(0), 0);
-    assert_eq!(o.action, Action::Forward(sgswitch::pipeline::To::Port(db)));
+    assert_eq!(o.action, Action::Forward(sgswitch::datapath::To::Port(db)));
     assert!(matches!(o.reason, Reason::Rule(_)), "{o:?}");
     let o = loops[b].process(&plan, Source::Port(db), &synack, Now(1), 0);
     assert_eq!(o.action, Action::Handover(web));
     let o = loops[a].process(&plan, Source::Peer(web), &synack, Now(1), 0);
-    assert_eq!((o.action, o.reason), (Action::Forward(sgswitch::pipeline::To::Port(web)), Reason::Established));
+    assert_eq!((o.action, o.reason), (Action::Forward(sgswitch::datapath::To::Port(web)), Reason::Established));
     assert_eq!(loops[a].process(&plan, Source::Port(web), &ack, Now(2), 0).action, Action::Handover(db));
     assert_eq!(loops[b].process(&plan, Source::Peer(db), &ack, Now(2), 0).reason, Reason::Established);
     // Each zone's flow lives in its owner only.
@@ -637,8 +638,8 @@ fn a_new_owner_takes_no_route_recorded_under_the_old_one() {
     assert!(pipe.counters.flow_cache_hits.get() > 0, "the route was recorded and taken");
     // The loop that owns web1 but not db1: db1's ingress is the other
     // loop's to judge.
-    let loop_of = |p: PortIdx| sgswitch::pipeline::owner_of(plan.port(p).expect("port").zone, 2);
-    pipe.set_owner(sgswitch::pipeline::Owner { index: loop_of(web), loops: 2 });
+    let loop_of = |p: PortIdx| sgswitch::datapath::owner_of(plan.port(p).expect("port").zone, 2);
+    pipe.set_owner(sgswitch::datapath::Owner { index: loop_of(web), loops: 2 });
     assert_eq!(send(&mut pipe, Source::Port(web), &ack).action, Action::Handover(db));
 }
 

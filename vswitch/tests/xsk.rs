@@ -4,10 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use sgswitch::xdp::Memory;
+use sgswitch::port::xdp::{Frame, Memory, sys};
 use sgswitch_config::{XdpMode, ZeroCopy};
 use sgswitch_tests::netns::sh;
-use xsk_rs::FrameDesc;
 
 /// A veth pair `a`-`b` this test makes, removed when dropped. IPv6 is off
 /// before the links come up, so the kernel sends no neighbour discovery or
@@ -23,7 +22,7 @@ impl Pair {
              && sysctl -qw net.ipv6.conf.{a}.disable_ipv6=1 net.ipv6.conf.{b}.disable_ipv6=1 \
              && ip link set {a} up && ip link set {b} up"
         )));
-        sgswitch::xdp::quiet_libraries();
+        sys::quiet_libraries();
         Pair(a)
     }
 }
@@ -43,22 +42,20 @@ fn a_full_tx_ring_is_drained_and_every_frame_completes() {
     let frame = [0xffu8; 60];
     let want = 10 * u64::from(ring);
     let (mut queued, mut completed) = (0u64, 0u64);
-    let mut batch: Vec<FrameDesc> = Vec::new();
-    let mut scratch = vec![FrameDesc::default(); 512];
+    let mut batch: Vec<Frame> = Vec::new();
     let t = Instant::now();
     // Offer more than the ring has room for, always: the ring is full most
     // of the time, as under load.
     while completed < want && t.elapsed() < Duration::from_secs(5) {
-        completed += sock.reclaim(&mut mem.free, &mut mem.ledger, &mut scratch) as u64;
+        completed += sock.reclaim(&mut mem) as u64;
         while queued + (batch.len() as u64) < want && batch.len() < 3 * ring as usize / 2 {
             match mem.copy_in(&frame) {
-                Some(d) => batch.push(d),
+                Some(f) => batch.push(f),
                 None => break,
             }
         }
-        let n = sock.transmit(&batch, &mut mem.ledger);
+        let n = sock.transmit(&mut mem, &mut batch);
         queued += n as u64;
-        batch.drain(..n);
     }
     assert_eq!(completed, want, "{queued} frames queued, {completed} completed in {:?}", t.elapsed());
 }
@@ -75,16 +72,16 @@ fn one_transmit_call_sends_everything_it_queued() {
     let mut sock = mem.bind("sgt-xc", 0, XdpMode::Auto, ZeroCopy::Auto).expect("an AF_XDP socket");
     let frame = [0xffu8; 60];
     // A full poll-loop batch and more: eight kicks' worth.
-    let batch: Vec<FrameDesc> = (0..256).map(|_| mem.copy_in(&frame).expect("a free frame")).collect();
-    assert_eq!(sock.transmit(&batch, &mut mem.ledger), batch.len(), "the ring takes the whole batch");
-    let mut scratch = vec![FrameDesc::default(); 1024];
+    let mut batch: Vec<Frame> = (0..256).map(|_| mem.copy_in(&frame).expect("a free frame")).collect();
+    assert_eq!(sock.transmit(&mut mem, &mut batch), 256, "the ring takes the whole batch");
+    assert!(batch.is_empty(), "the frames moved to the ring");
     let mut completed = 0;
     let t = Instant::now();
-    while completed < batch.len() && t.elapsed() < Duration::from_secs(2) {
-        completed += sock.reclaim(&mut mem.free, &mut mem.ledger, &mut scratch);
+    while completed < 256 && t.elapsed() < Duration::from_secs(2) {
+        completed += sock.reclaim(&mut mem);
         std::thread::sleep(Duration::from_millis(1));
     }
-    assert_eq!(completed, batch.len(), "frames completed after one transmit call and {:?} of waiting", t.elapsed());
+    assert_eq!(completed, 256, "frames completed after one transmit call and {:?} of waiting", t.elapsed());
 }
 
 /// An idle loop waits on its sockets: the wait lasts its timeout when
@@ -94,28 +91,28 @@ fn waiting_for_frames_ends_when_one_arrives() {
     let _pair = Pair::up("sgt-xe", "sgt-xf");
     let mut mem = Memory::new(512, 256).expect("UMEM");
     let mut sock = mem.bind("sgt-xe", 0, XdpMode::Auto, ZeroCopy::Auto).expect("an AF_XDP socket");
-    sock.refill(&mut mem.free, &mut mem.ledger, 256);
+    sock.refill(&mut mem, 256);
     let mut fds = [sock.poll_fd()];
     let t = Instant::now();
-    sgswitch::xdp::wait_for_frames(&mut fds, Duration::from_millis(200));
+    sys::wait_for_frames(&mut fds, Duration::from_millis(200));
     let waited = t.elapsed();
-    let mut descs = vec![FrameDesc::default(); 8];
-    let stray = sock.receive(&mut descs, &mut mem.ledger);
+    let mut got: Vec<Frame> = Vec::new();
+    let stray = sock.receive(&mut mem, &mut got, 8);
     assert!(waited >= Duration::from_millis(150), "nothing sent: the wait lasts its timeout ({waited:?}, {stray} frames received)");
 
     // One broadcast frame from the peer, 300 ms from now.
     let send = "import socket,time; time.sleep(0.3); s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW); s.bind(('sgt-xf',0)); s.send(b'\\xff'*6+b'\\x02\\0\\0\\0\\0\\x01'+b'\\x88\\xb5'+bytes(46))";
     let mut sender = std::process::Command::new("python3").args(["-c", send]).spawn().expect("python3");
     let t = Instant::now();
-    let mut got = 0;
-    while got == 0 && t.elapsed() < Duration::from_secs(5) {
+    got.clear();
+    while got.is_empty() && t.elapsed() < Duration::from_secs(5) {
         let mut fds = [sock.poll_fd()];
-        sgswitch::xdp::wait_for_frames(&mut fds, Duration::from_secs(5));
-        got = sock.receive(&mut descs, &mut mem.ledger);
+        sys::wait_for_frames(&mut fds, Duration::from_secs(5));
+        sock.receive(&mut mem, &mut got, 8);
     }
     let waited = t.elapsed();
     let _ = sender.wait();
-    assert_eq!(got, 1, "the frame arrived");
+    assert_eq!(got.len(), 1, "the frame arrived");
     assert!(waited < Duration::from_secs(2), "the wait ended when the frame arrived, not at its 5 s timeout ({waited:?})");
 }
 
@@ -126,23 +123,24 @@ fn a_closed_socket_gives_back_the_frames_its_rings_held() {
     let _pair = Pair::up("sgt-xg", "sgt-xh");
     let ring = 64;
     let mut mem = Memory::new(512, ring).expect("UMEM");
-    let total = mem.free.len();
+    let total = mem.free_frames();
     let mut first = mem.bind("sgt-xg", 0, XdpMode::Auto, ZeroCopy::Auto).expect("an AF_XDP socket");
     let mut second = mem.bind("sgt-xh", 0, XdpMode::Auto, ZeroCopy::Auto).expect("an AF_XDP socket");
-    second.refill(&mut mem.free, &mut mem.ledger, ring);
-    let mut batch: Vec<FrameDesc> = (0..ring).filter_map(|_| mem.copy_in(&[0xffu8; 60])).collect();
-    let sent = second.transmit(&batch, &mut mem.ledger);
-    batch.drain(..sent);
-    mem.free.append(&mut batch);
-    assert!(mem.free.len() < total, "the socket holds frames");
+    second.refill(&mut mem, ring);
+    let mut batch: Vec<Frame> = (0..ring).filter_map(|_| mem.copy_in(&[0xffu8; 60])).collect();
+    second.transmit(&mut mem, &mut batch);
+    for f in batch {
+        mem.release(f);
+    }
+    assert!(mem.free_frames() < total, "the socket holds frames");
     // Not the registering socket: the UMEM stays.
     assert!(!mem.forget(second), "the first socket carries the registration");
-    assert_eq!(mem.free.len(), total, "every frame is back");
-    first.refill(&mut mem.free, &mut mem.ledger, ring);
+    assert_eq!(mem.free_frames(), total, "every frame is back");
+    first.refill(&mut mem, ring);
     assert!(mem.forget(first), "closing the registering socket asks for a new UMEM");
-    assert_eq!(mem.free.len(), total);
-    let mut again: Vec<usize> = mem.free.iter().map(FrameDesc::addr).collect();
-    again.sort_unstable();
-    again.dedup();
-    assert_eq!(again.len(), total, "no frame twice");
+    assert_eq!(mem.free_frames(), total);
+    let mut numbers: Vec<u32> = (0..total).map(|_| mem.copy_in(&[1]).expect("a frame").number()).collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    assert_eq!(numbers.len(), total, "no frame twice");
 }

@@ -16,7 +16,7 @@
 use std::fmt::Write;
 use std::time::Instant;
 
-use sgswitch::plan::{Plan, Zones};
+use sgswitch::datapath::plan::{Plan, Zones};
 
 fn write_dir(dir: &std::path::Path, rules: usize, per_group: usize) -> usize {
     let groups = rules.div_ceil(per_group);

@@ -15,10 +15,9 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use sgswitch::xdp::{Memory, Socket};
+use sgswitch::port::xdp::{Frame, Memory, Socket};
 use sgswitch_config::{XdpMode, ZeroCopy};
 use sgswitch_tests::frames::{self, Ends};
-use xsk_rs::FrameDesc;
 
 const BATCH: usize = 64;
 const FRAMES: u32 = 8192;
@@ -71,20 +70,18 @@ fn tx(args: &[String]) {
     let templates: Vec<Vec<u8>> = (0..flows.max(1)).map(|i| frames::udp(&ends, 10_000 + i, dport, &[0; 18])).collect();
     let mut mem = memory();
     let mut sock = bind(&mut mem, iface);
-    let mut scratch = vec![FrameDesc::default(); RING as usize];
-    let mut batch: Vec<FrameDesc> = Vec::with_capacity(BATCH);
+    let mut batch: Vec<Frame> = Vec::with_capacity(BATCH);
     let (mut sent, mut next) = (0u64, 0usize);
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(seconds) {
-        sock.reclaim(&mut mem.free, &mut mem.ledger, &mut scratch);
+        sock.reclaim(&mut mem);
         while batch.len() < BATCH {
-            let Some(d) = mem.copy_in(&templates[next % templates.len()]) else { break };
-            batch.push(d);
+            let Some(f) = mem.copy_in(&templates[next % templates.len()]) else { break };
+            batch.push(f);
             next += 1;
         }
-        let n = sock.transmit(&batch, &mut mem.ledger);
+        let n = sock.transmit(&mut mem, &mut batch);
         sent += n as u64;
-        batch.drain(..n);
         if n == 0 {
             std::hint::spin_loop();
         }
@@ -97,17 +94,19 @@ fn rx(args: &[String]) {
     let seconds: f64 = need(args, "--seconds").parse().expect("--seconds N");
     let mut mem = memory();
     let mut sock = bind(&mut mem, iface);
-    let mut descs = vec![FrameDesc::default(); BATCH];
+    let mut got: Vec<Frame> = Vec::with_capacity(BATCH);
     let mut received = 0u64;
     let mut first: Option<Instant> = None;
     let deadline = Instant::now() + Duration::from_secs_f64(seconds + 30.0);
     while Instant::now() < deadline && first.is_none_or(|f| f.elapsed().as_secs_f64() < seconds) {
-        sock.refill(&mut mem.free, &mut mem.ledger, RING);
-        let n = sock.receive(&mut descs, &mut mem.ledger);
+        sock.refill(&mut mem, RING);
+        let n = sock.receive(&mut mem, &mut got, BATCH);
         if n > 0 {
             first.get_or_insert_with(Instant::now);
             received += n as u64;
-            mem.free.extend_from_slice(&descs[..n]);
+            for f in got.drain(..) {
+                mem.release(f);
+            }
         } else {
             std::hint::spin_loop();
         }
@@ -122,31 +121,29 @@ fn fwd(args: &[String]) {
     let seconds: u64 = need(args, "--seconds").parse().expect("--seconds N");
     let mut mem = memory();
     let mut socks = [bind(&mut mem, a), bind(&mut mem, b)];
-    let mut pending: [Vec<FrameDesc>; 2] = [Vec::with_capacity(RING as usize), Vec::with_capacity(RING as usize)];
-    let mut descs = vec![FrameDesc::default(); BATCH];
-    let mut scratch = vec![FrameDesc::default(); RING as usize];
+    let mut pending: [Vec<Frame>; 2] = [Vec::with_capacity(RING as usize), Vec::with_capacity(RING as usize)];
     let mut forwarded = 0u64;
     let share = (FRAMES - 512) / 4;
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(seconds) {
         for i in 0..2 {
-            socks[i].reclaim(&mut mem.free, &mut mem.ledger, &mut scratch);
-            socks[i].refill(&mut mem.free, &mut mem.ledger, share);
-            let n = socks[i].receive(&mut descs, &mut mem.ledger);
-            pending[1 - i].extend_from_slice(&descs[..n]);
+            socks[i].reclaim(&mut mem);
+            socks[i].refill(&mut mem, share);
+            socks[i].receive(&mut mem, &mut pending[1 - i], BATCH);
         }
         for i in 0..2 {
-            let sent = socks[i].transmit(&pending[i], &mut mem.ledger);
+            let sent = socks[i].transmit(&mut mem, &mut pending[i]);
             forwarded += sent as u64;
-            mem.free.extend_from_slice(&pending[i][sent..]);
-            pending[i].clear();
+            for f in pending[i].drain(..) {
+                mem.release(f);
+            }
         }
     }
     println!("{}", serde_json::json!({"forwarded": forwarded}));
 }
 
 fn main() {
-    sgswitch::xdp::quiet_libraries();
+    sgswitch::port::xdp::sys::quiet_libraries();
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("tx") if args.len() > 2 => tx(&args),

@@ -39,16 +39,16 @@ pub(crate) fn run(dir: &Path) -> Result<(), CliError> {
     s.push_str("QUOTA: rules counted against rules_per_port; a prefix-list rule counts as its max_entries\n");
     // The connection tables `run` allocates, against this machine's memory.
     let loops = cfg.host.datapath.cores.len().max(1);
-    let need = match sgswitch::pipeline::meminfo("MemTotal") {
-        Some(total) => sgswitch::pipeline::check_conntrack_memory(&cfg.host, loops, total, "MemTotal").map_err(|e| {
+    let need = match sgswitch::control::sizing::meminfo("MemTotal") {
+        Some(total) => sgswitch::control::sizing::check_conntrack_memory(&cfg.host, loops, total, "MemTotal").map_err(|e| {
             CliError::Config(sgswitch_config::ConfigErrors(vec![sgswitch_config::ConfigError {
                 file: dir.join("host.toml"),
                 line: 0,
                 col: 0,
-                msg: e,
+                msg: e.to_string(),
             }]))
         })?,
-        None => sgswitch::pipeline::conntrack_bytes(cfg.host.conntrack.capacity, loops),
+        None => sgswitch::control::sizing::conntrack_bytes(cfg.host.conntrack.capacity, loops),
     };
     let _ = writeln!(
         s,

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use serde_json::Value;
-use sgswitch::control::{CallError, CtlRequest, call};
+use sgswitch::ops::control::{CallError, CtlRequest, call};
 
 use super::trace::PacketFlags;
 use super::{CliError, describe, out};
@@ -53,7 +53,7 @@ enum ConntrackVerb {
         #[arg(long)]
         port: Option<String>,
         /// Most flows to list.
-        #[arg(long, default_value_t = sgswitch::control::DEFAULT_LIMIT)]
+        #[arg(long, default_value_t = sgswitch::ops::control::DEFAULT_LIMIT)]
         limit: usize,
         #[arg(long)]
         json: bool,

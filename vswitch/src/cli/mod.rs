@@ -97,7 +97,7 @@ pub(crate) fn run(cli: Cli) -> Result<(), CliError> {
             // else that stops the switch is a runtime failure (exit 2).
             load_dir(&dir).map_err(CliError::Config)?;
             init_logging(&log_format);
-            let summary = sgswitch::run::run(&dir).map_err(CliError::Runtime)?;
+            let summary = sgswitch::switch::run(&dir).map_err(|e| CliError::Runtime(e.to_string()))?;
             eprint!("{summary}");
             Ok(())
         }

@@ -3,10 +3,10 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use sgswitch::capture::Reader;
-use sgswitch::pipeline::{Action, Outcome, REASONS};
-use sgswitch::plan::Plan;
-use sgswitch::replay::{self, Out, ReplayError};
+use sgswitch::datapath::plan::Plan;
+use sgswitch::datapath::{Action, Kind, Outcome};
+use sgswitch::port::capture::Reader;
+use sgswitch::tools::replay::{self, Out, ReplayError};
 use sgswitch_config::{Config, load_dir};
 
 use super::CliError;
@@ -35,7 +35,7 @@ pub(crate) struct ReplayArgs {
 /// The plan of a configuration directory, zones numbered from 0.
 pub(crate) fn load_plan(dir: &Path) -> Result<Plan, CliError> {
     let cfg: Config = load_dir(dir).map_err(CliError::Config)?;
-    Plan::build(cfg, &mut sgswitch::plan::Zones::default(), 1).map(|(plan, _)| plan).map_err(CliError::Usage)
+    Plan::build(cfg, &mut sgswitch::datapath::plan::Zones::default(), 1).map(|(plan, _)| plan).map_err(|e| CliError::Usage(e.to_string()))
 }
 
 pub(crate) fn run(args: &ReplayArgs) -> Result<(), CliError> {
@@ -47,13 +47,13 @@ pub(crate) fn run(args: &ReplayArgs) -> Result<(), CliError> {
     };
     let stdout = std::io::stdout();
     let mut w = std::io::BufWriter::new(stdout.lock());
-    let mut by_reason = [[0usize; REASONS.len()]; 2];
+    let mut by_reason = [[0usize; Kind::COUNT]; 2];
     if !args.json {
         writeln!(w, "{:<8} {:<8} {:<16} {:<24} REASON", "#", "ACTION", "TO", "PORT").map_err(write_err)?;
     }
     let line = |i: usize, o: &Outcome| -> std::io::Result<()> {
         let fwd = matches!(o.action, Action::Forward(_));
-        by_reason[usize::from(fwd)][o.reason.kind()] += 1;
+        by_reason[usize::from(fwd)][o.reason.kind().index()] += 1;
         if args.json {
             return writeln!(w, "{}", replay::json_line(&plan, i, o));
         }
@@ -83,7 +83,8 @@ pub(crate) fn run(args: &ReplayArgs) -> Result<(), CliError> {
         let fwd: usize = by_reason[1].iter().sum();
         writeln!(w, "\n{total} packets: {fwd} forwarded, {} dropped", total - fwd).map_err(write_err)?;
         for (label, counts) in [("forwarded", by_reason[1]), ("dropped", by_reason[0])] {
-            let parts: Vec<String> = REASONS.iter().zip(counts).filter(|(_, n)| *n > 0).map(|(r, n)| format!("{r} {n}")).collect();
+            let parts: Vec<String> =
+                Kind::ALL.iter().zip(counts).filter(|(_, n)| *n > 0).map(|(k, n)| format!("{} {n}", k.label())).collect();
             if !parts.is_empty() {
                 writeln!(w, "  {label}: {}", parts.join(", ")).map_err(write_err)?;
             }

@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use sgswitch::request::{Proto, Request, decision_value, resolve};
+use sgswitch::tools::request::{Proto, Request, decision_value, resolve};
 use sgswitch_filter::{Compiled, Decision, Packet, PortIdx};
 
 use super::{CliError, describe, out};
@@ -133,13 +133,13 @@ pub(crate) fn run(a: &TraceArgs) -> Result<(), CliError> {
     };
 
     let decisions = decide(&plan.compiled, &queries, a.reference, a.cross_check || cfg!(debug_assertions))?;
-    let mut probe = sgswitch::probe::pipeline(&plan);
-    let datapath: Vec<Option<sgswitch::probe::Datapath>> = queries
+    let mut probe = sgswitch::tools::probe::pipeline(&plan);
+    let datapath: Vec<Option<sgswitch::tools::probe::Datapath>> = queries
         .iter()
         .zip(&decisions)
         .map(|((port, pkt), d)| {
             let p = u16::try_from(*port).ok()?;
-            sgswitch::probe::datapath(&mut probe, &plan, p, pkt, d)
+            sgswitch::tools::probe::datapath(&mut probe, &plan, p, pkt, d)
         })
         .collect();
     let text = if a.json {

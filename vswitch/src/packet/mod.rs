@@ -1,5 +1,9 @@
-//! The per-packet pipeline (`architecture.md`), one piece of code for
-//! `replay` and `run`:
+//! The packet stages (layer 2): the per-packet pipeline (`architecture.md`),
+//! one piece of code for `replay`, `run` and `trace`'s datapath verdict,
+//! with its stages in the modules below: [`parse`], [`infra`]
+//! (infrastructure traffic and anti-spoofing), [`flowcache`] (routes of
+//! established flows), [`flowlog`] (the loop's side of the flow log). Pure:
+//! no I/O, no threads, no clock (the caller passes `now`).
 //!
 //! ```text
 //! parse -> infrastructure (ARP/ND/MLD/DHCP)? -> anti-spoofing (frames from VMs)
@@ -31,126 +35,20 @@ use std::sync::Arc;
 
 use sgswitch_config::{Direction, Host};
 use sgswitch_conntrack::{self as ct, Follow, FragKey, FragSettings, Fragment, Fragments, Now, PacketInfo, Tuple, Zone};
-use sgswitch_filter::{By, Decision, Key, Packet, RuleRef, Verdict};
+use sgswitch_filter::{By, Decision, Key, Packet, Verdict};
 
-use crate::flowcache::{self, FlowCache, FlowKey, Route, Trace};
-use crate::flowlog::FlowLog;
-use crate::infra::{self, FromVm};
-use crate::parse::{self, Frame, Icmp, Ip, L4, MacAddr, Net};
-use crate::plan::{MAX_PORTS, Plan, PortIdx, PortPlan, mac_key, mac_key_is_group};
-pub use crate::stats::REASONS;
-use crate::stats::{Counters, RuleHits};
+pub mod flowcache;
+pub mod flowlog;
+pub mod infra;
+pub mod parse;
 
-/// Where a frame came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
-    /// A VM port (its egress).
-    Port(PortIdx),
-    Uplink,
-    /// Handed over by another poll loop: the sender's checks passed there,
-    /// and this port's ingress (owned by this loop) is next.
-    Peer(PortIdx),
-}
-
-/// Where a frame goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum To {
-    Port(PortIdx),
-    Uplink,
-    /// Every port but `except`, and the uplink unless the frame came from it.
-    Flood {
-        except: Option<PortIdx>,
-        uplink: bool,
-    },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    Forward(To),
-    Drop,
-    /// A fragment waiting for its first fragment; its outcome comes later
-    /// through [`Pipeline::take_released`].
-    Held,
-    /// The next stage is this port's ingress, and another poll loop owns
-    /// the port (and its conntrack zone): hand the frame over to it.
-    Handover(PortIdx),
-}
-
-/// Why a frame was forwarded or dropped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
-    Established,
-    Related,
-    Rule(RuleRef),
-    IntraGroup,
-    Default,
-    Spoof,
-    Invalid,
-    BlockedEgress,
-    ConntrackFull,
-    Infrastructure,
-    Fragment,
-    /// The frame could not be parsed.
-    Malformed,
-    /// An ethertype other than IPv4, IPv6 and ARP.
-    NonIp,
-    /// Uplink traffic for no port of this host.
-    NoPort,
-    /// An 802.1Q or 802.1ad tagged frame: a VM port is an untagged access
-    /// port, and the switch has no VLANs.
-    Tagged,
-}
-
-impl Reason {
-    pub fn kind(self) -> usize {
-        match self {
-            Reason::Established => 0,
-            Reason::Related => 1,
-            Reason::Rule(_) => 2,
-            Reason::IntraGroup => 3,
-            Reason::Default => 4,
-            Reason::Spoof => 5,
-            Reason::Invalid => 6,
-            Reason::BlockedEgress => 7,
-            Reason::ConntrackFull => 8,
-            Reason::Infrastructure => 9,
-            Reason::Fragment => 10,
-            Reason::Malformed => 11,
-            Reason::NonIp => 12,
-            Reason::NoPort => 13,
-            Reason::Tagged => 14,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        REASONS[self.kind()]
-    }
-
-    fn of(d: Decision) -> Reason {
-        match d.by {
-            By::Rule(r) => Reason::Rule(r),
-            By::IntraGroup { .. } => Reason::IntraGroup,
-            By::Default => Reason::Default,
-        }
-    }
-}
-
-/// The fate of one frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Outcome {
-    pub action: Action,
-    pub reason: Reason,
-    /// The port whose policy or checks decided, and in which direction.
-    pub port: Option<PortIdx>,
-    pub direction: Direction,
-}
-
-fn dir_ix(d: Direction) -> usize {
-    match d {
-        Direction::Ingress => 0,
-        Direction::Egress => 1,
-    }
-}
+use self::flowcache::{FlowCache, FlowKey, Route, Trace};
+use self::flowlog::FlowLog;
+use self::infra::FromVm;
+use self::parse::{Frame, Icmp, Ip, L4, MacAddr, Net};
+use crate::datapath::plan::{MAX_PORTS, Plan, PortIdx, PortPlan, mac_key, mac_key_is_group};
+use crate::datapath::stats::{Counters, RuleHits};
+use crate::datapath::{Action, Outcome, Owner, Reason, Source, To, dir_ix};
 
 /// A frame's way through its stages: whose checks come next, and where it
 /// goes if they pass. Its IP header view travels beside it by reference.
@@ -200,39 +98,6 @@ pub fn capacity_share(capacity: u32, loops: usize, i: usize) -> u32 {
     let n = u32::try_from(loops.max(1)).unwrap_or(u32::MAX);
     let i = u32::try_from(i).unwrap_or(u32::MAX);
     (capacity / n + u32::from(i < capacity % n)).max(1)
-}
-
-/// Bytes the connection tables of `loops` loops sharing `capacity` flows
-/// allocate.
-pub fn conntrack_bytes(capacity: u32, loops: usize) -> u64 {
-    (0..loops.max(1)).map(|i| ct::Table::bytes_for(capacity_share(capacity, loops, i))).sum()
-}
-
-/// A field of `/proc/meminfo` in bytes (`MemTotal`, `MemAvailable`).
-pub fn meminfo(field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb: u64 = text.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?.trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(kb * 1024)
-}
-
-/// Whether the connection tables of `host` over `loops` loops fit in
-/// `memory` bytes (the machine's `field` of `/proc/meminfo`); the error
-/// says how much they need and what to set.
-///
-/// # Errors
-/// The tables would need more than `memory`.
-pub fn check_conntrack_memory(host: &Host, loops: usize, memory: u64, field: &str) -> Result<u64, String> {
-    let need = conntrack_bytes(host.conntrack.capacity, loops);
-    if need > memory {
-        let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
-        return Err(format!(
-            "[conntrack] capacity = {} needs {:.1} GiB for its connection tables, more than this machine's {field} ({:.1} GiB): lower it",
-            host.conntrack.capacity,
-            gib(need),
-            gib(memory)
-        ));
-    }
-    Ok(need)
 }
 
 fn timeouts(t: sgswitch_config::Timeouts) -> ct::Timeouts {
@@ -606,7 +471,7 @@ impl<H: Copy> Pipeline<H> {
         let slot = o.port.and_then(|p| plan.port(p)).map_or(0, |p| usize::from(p.zone) + 1);
         let fwd = usize::from(matches!(o.action, Action::Forward(_)));
         if let Some(c) = self.counters.ports.get(slot) {
-            let cell = &c.by[dir_ix(o.direction)][fwd][o.reason.kind()];
+            let cell = &c.by[dir_ix(o.direction)][fwd][o.reason.kind().index()];
             cell.packets.add(1);
             cell.bytes.add(u64::from(len));
         }
@@ -880,30 +745,6 @@ fn first_zone(plan: &Plan, src: Source, dst_key: u64, hint: &mut Hint) -> Option
         }
     };
     port.and_then(|p| plan.port(p)).map(|p| p.zone)
-}
-
-/// The poll loop of `loops` that owns `zone` (and the port it belongs to).
-pub fn owner_of(zone: Zone, loops: usize) -> usize {
-    usize::from(zone) % loops.max(1)
-}
-
-/// Which poll loop this is, of how many.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Owner {
-    pub index: usize,
-    pub loops: usize,
-}
-
-impl Owner {
-    /// The only loop, owner of every zone (replay, tests).
-    pub const ALONE: Owner = Owner { index: 0, loops: 1 };
-
-    /// Whether this loop owns `zone`.
-    #[inline]
-    pub fn owns(self, zone: Zone) -> bool {
-        // One loop owns everything: no division on the per-packet path.
-        self.loops <= 1 || owner_of(zone, self.loops) == self.index
-    }
 }
 
 fn flip(d: Direction) -> Direction {

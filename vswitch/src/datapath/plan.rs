@@ -1,6 +1,6 @@
 //! The snapshot the datapath reads: the compiled policy plus what forwarding
-//! and anti-spoofing need per port, built off the hot path and published as
-//! one immutable value.
+//! and anti-spoofing need per port, built off the hot path by the control
+//! plane and published as one immutable value ([`Published`]).
 //!
 //! Conntrack zones outlive snapshots: a port keeps its zone across reloads
 //! (so its flows survive), a removed port's zone is flushed and reused.
@@ -16,8 +16,23 @@ use sgswitch_config::{Config, PortRange};
 use sgswitch_conntrack::Zone;
 use sgswitch_filter::{Compiled, Policy};
 
-use crate::parse::MacAddr;
-use crate::stats::RuleLabel;
+use super::MacAddr;
+use super::stats::RuleLabel;
+
+/// A configuration ready to publish, with the zones of ports that went
+/// away (the loops flush their flows).
+#[derive(Debug)]
+pub struct Published {
+    pub plan: Plan,
+    pub gone: Vec<Zone>,
+}
+
+/// Why a configuration cannot become a plan.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("{ports} ports: at most {MAX_PORTS} are supported")]
+    TooManyPorts { ports: usize },
+}
 
 /// Most ports one switch serves (conntrack zones are `u16`; this bounds the
 /// per-zone arrays).
@@ -45,9 +60,9 @@ impl Zones {
     ///
     /// # Errors
     /// More than [`MAX_PORTS`] ports.
-    pub fn assign(&mut self, ids: &[&str]) -> Result<(Vec<Zone>, Vec<Zone>), String> {
+    pub fn assign(&mut self, ids: &[&str]) -> Result<(Vec<Zone>, Vec<Zone>), PlanError> {
         if ids.len() > MAX_PORTS {
-            return Err(format!("{} ports: at most {MAX_PORTS} are supported", ids.len()));
+            return Err(PlanError::TooManyPorts { ports: ids.len() });
         }
         let mut gone: Vec<Zone> = self.by_id.iter().filter(|(id, _)| !ids.contains(&id.as_str())).map(|(_, &z)| z).collect();
         gone.sort_unstable();
@@ -234,7 +249,7 @@ impl Plan {
     ///
     /// # Errors
     /// More ports than [`MAX_PORTS`].
-    pub fn build(cfg: Config, zones: &mut Zones, generation: u32) -> Result<(Plan, Vec<Zone>), String> {
+    pub fn build(cfg: Config, zones: &mut Zones, generation: u32) -> Result<(Plan, Vec<Zone>), PlanError> {
         let ids: Vec<&str> = cfg.ports.iter().map(|p| p.id.as_str()).collect();
         let (assigned, gone) = zones.assign(&ids)?;
         Ok((Plan::new(cfg, &assigned, generation), gone))

@@ -11,23 +11,21 @@
 //! second with bursts of `burst`, and the record (a `Copy` struct) goes into
 //! a bounded lock-free queue ([`crossbeam_queue::ArrayQueue`]). A full
 //! queue drops the record and counts it: the datapath never waits for the
-//! disk. A writer thread formats and writes the lines.
+//! disk. A writer thread formats and writes the lines
+//! (`crate::ops::flowlog`).
 
-use std::io::Write;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use crossbeam_queue::ArrayQueue;
 use sgswitch_config::{Direction, FlowLogTo};
 use sgswitch_conntrack::Now;
 
-use crate::parse::Ip;
-use crate::pipeline::{Outcome, Reason};
-use crate::plan::PortIdx;
-use crate::run::{Published, Shared};
-use crate::stats::Counter;
+use super::parse::Ip;
+use crate::datapath::plan::{PortIdx, Published};
+use crate::datapath::stats::Counter;
+use crate::datapath::{Outcome, Reason};
 
 /// Records waiting for the writer at most.
 const QUEUE: usize = 4096;
@@ -261,63 +259,14 @@ impl Writer {
         self.queue.pop()
     }
 
-    /// Opens the destination (a file is created if missing, appended to).
-    ///
-    /// # Errors
-    /// The file cannot be opened; the message names it.
-    fn open(&self) -> Result<Box<dyn Write + Send>, String> {
-        match &self.to {
-            FlowLogTo::Stderr => Ok(Box::new(std::io::stderr())),
-            FlowLogTo::File(p) => std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map(|f| Box::new(std::io::BufWriter::new(f)) as Box<dyn Write + Send>)
-                .map_err(|e| format!("flow log {}: {e}", p.display())),
-        }
+    /// Where the lines go.
+    pub fn to(&self) -> &FlowLogTo {
+        &self.to
     }
 
-    /// Starts the writer thread; it drains the queue until the switch stops.
-    ///
-    /// # Errors
-    /// The destination cannot be opened.
-    pub fn start(self, shared: Arc<Shared>) -> Result<std::thread::JoinHandle<()>, String> {
-        let mut out = self.open()?;
-        std::thread::Builder::new()
-            .name("sgswitch-flowlog".into())
-            .spawn(move || {
-                // The plans of the last few generations, to name ports and
-                // rules of records made just before a reload.
-                let mut recent: Vec<Arc<Published>> = Vec::new();
-                loop {
-                    let stopping = shared.stop.load(Ordering::Relaxed);
-                    let cur = shared.published.load_full();
-                    if !recent.iter().any(|p| Arc::ptr_eq(p, &cur)) {
-                        if recent.len() == 4 {
-                            recent.remove(0);
-                        }
-                        recent.push(cur);
-                    }
-                    let epoch = crate::run::unix_ms(shared.started);
-                    let mut wrote = false;
-                    while let Some(r) = self.pop() {
-                        let plan = recent.iter().rev().find(|p| p.plan.generation == r.generation).map(|p| &**p);
-                        match writeln!(out, "{}", line(&r, epoch, plan)) {
-                            Ok(()) => self.stats.written.add(1),
-                            Err(_) => self.stats.errors.add(1),
-                        }
-                        wrote = true;
-                    }
-                    if wrote && out.flush().is_err() {
-                        self.stats.errors.add(1);
-                    }
-                    if stopping {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            })
-            .map_err(|e| format!("starting the flow-log writer: {e}"))
+    /// The counters of what became of the records.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
     }
 }
 

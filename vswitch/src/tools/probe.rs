@@ -25,9 +25,9 @@ use sgswitch_config::Direction;
 use sgswitch_conntrack::{FragSettings, Now};
 use sgswitch_filter::{Decision, Packet, Verdict};
 
-use crate::parse::MacAddr;
-use crate::pipeline::{Action, Outcome, Pipeline, Source, conntrack_settings};
-use crate::plan::{Plan, PortIdx};
+use crate::datapath::plan::{Plan, PortIdx};
+use crate::datapath::{Action, MacAddr, Outcome, Source};
+use crate::packet::{Pipeline, conntrack_settings};
 
 /// What the pipeline did with a traced packet, when it is not what the
 /// policy's decision alone says.
@@ -40,7 +40,7 @@ impl Datapath {
     /// The `datapath` object of `trace --json` and `ctl trace`: the keys of
     /// a `replay --json` line but `index`.
     pub fn json(&self, plan: &Plan) -> serde_json::Value {
-        let mut v: serde_json::Value = serde_json::from_str(&crate::replay::json_line(plan, 0, &self.outcome)).expect("a JSON line");
+        let mut v: serde_json::Value = serde_json::from_str(&super::replay::json_line(plan, 0, &self.outcome)).expect("a JSON line");
         if let Some(m) = v.as_object_mut() {
             m.shift_remove("index");
         }
@@ -52,7 +52,7 @@ impl Datapath {
         let o = &self.outcome;
         let action = if matches!(o.action, Action::Forward(_)) { "forward" } else { "drop" };
         let at = o.port.and_then(|p| plan.port(p)).map_or(String::new(), |p| format!(" at {} {}", p.id, o.direction.as_str()));
-        format!("datapath: {action}{at} ({})", crate::replay::reason_text(plan.policy(), o.reason))
+        format!("datapath: {action}{at} ({})", super::replay::reason_text(plan.policy(), o.reason))
     }
 }
 

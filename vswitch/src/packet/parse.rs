@@ -53,8 +53,7 @@ impl Malformed {
     }
 }
 
-/// An Ethernet address.
-pub type MacAddr = [u8; 6];
+pub use crate::datapath::MacAddr;
 
 /// The headers of one frame, copied out (a few dozen bytes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -32,9 +32,10 @@ use serde_json::{Value, json};
 use sgswitch_config::{Direction, protocol_name};
 use sgswitch_conntrack::{State, TcpState, Tuple, Zone};
 
-use crate::clients::{Clients, Place};
-use crate::request::{Request, decision_value, resolve};
-use crate::run::{LoopRequest, Shared};
+use super::View;
+use super::clients::{Clients, Place};
+use crate::engine::LoopRequest;
+use crate::tools::request::{Request, decision_value, resolve};
 
 /// Flows `conntrack-list` returns unless asked for another number.
 pub const DEFAULT_LIMIT: usize = 1000;
@@ -50,6 +51,19 @@ pub const MAX_CLIENTS: usize = 256;
 pub const ANSWERING: usize = 4;
 /// How long `reload` waits for the reloader.
 pub const RELOAD_WAIT: Duration = Duration::from_secs(30);
+
+/// Why a request was refused (the `error` of the answer).
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error(transparent)]
+    Reload(#[from] crate::control::ReloadError),
+    #[error(transparent)]
+    Loop(#[from] crate::engine::AskError),
+    #[error("no port \"{0}\" in the running configuration")]
+    NoPort(String),
+    #[error("{0}")]
+    Request(String),
+}
 
 /// A request on the control socket.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -92,7 +106,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, String> {
 }
 
 /// Serves the control socket until the switch stops.
-pub fn serve(listener: UnixListener, shared: Arc<Shared>) -> Option<std::thread::JoinHandle<()>> {
+pub fn serve(listener: UnixListener, shared: Arc<View>) -> Option<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("sgswitch-control".into())
         .spawn(move || {
@@ -114,7 +128,7 @@ pub fn serve(listener: UnixListener, shared: Arc<Shared>) -> Option<std::thread:
         .ok()
 }
 
-async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
+async fn accept_loop(listener: UnixListener, shared: Arc<View>) {
     let listener = match tokio::net::UnixListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -147,7 +161,7 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
 
 /// One client: its request line (bounded in size and time), the answer
 /// worked out on a blocking thread, written back (bounded in time).
-async fn client(conn: tokio::net::UnixStream, shared: Arc<Shared>, place: &Place) -> std::io::Result<()> {
+async fn client(conn: tokio::net::UnixStream, shared: Arc<View>, place: &Place) -> std::io::Result<()> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let (read, mut write) = conn.into_split();
     let mut line = Vec::new();
@@ -165,7 +179,7 @@ async fn client(conn: tokio::net::UnixStream, shared: Arc<Shared>, place: &Place
                 let answered = tokio::task::spawn_blocking(move || answer(&req, &shared)).await;
                 match answered {
                     Ok(Ok(result)) => json!({"ok": true, "result": result}),
-                    Ok(Err(e)) => json!({"ok": false, "error": e}),
+                    Ok(Err(e)) => json!({"ok": false, "error": e.to_string()}),
                     Err(e) => json!({"ok": false, "error": format!("the request failed: {e}")}),
                 }
             }
@@ -179,26 +193,28 @@ async fn client(conn: tokio::net::UnixStream, shared: Arc<Shared>, place: &Place
     }
 }
 
-fn answer(req: &CtlRequest, shared: &Shared) -> Result<Value, String> {
+fn answer(req: &CtlRequest, shared: &View) -> Result<Value, CtlError> {
     match req {
         CtlRequest::Status => Ok(status(shared)),
-        CtlRequest::Reload => {
-            shared.request_reload("ctl reload", RELOAD_WAIT).map(|r| json!({"generation": r.generation, "needs_restart": r.needs_restart}))
-        }
+        CtlRequest::Reload => shared
+            .control
+            .request_reload("ctl reload", RELOAD_WAIT)
+            .map(|r| json!({"generation": r.generation, "needs_restart": r.needs_restart}))
+            .map_err(CtlError::from),
         CtlRequest::ConntrackList { port, limit } => {
             let zone = zone_of(shared, port.as_deref())?;
             let limit = limit.unwrap_or(DEFAULT_LIMIT);
-            let published = shared.published.load();
+            let published = shared.control.published.load();
             let mut flows = Vec::new();
             let mut total = 0;
             // Each loop's table in steps: every flow counted, the first
             // `limit` listed.
             let mut rows = Vec::new();
-            for i in shared.loops_for(zone) {
+            for i in shared.loops.loops_for(zone) {
                 let mut from = 0;
                 loop {
                     let want = limit.saturating_sub(rows.len());
-                    let step = shared.ask(i, |reply| LoopRequest::Flows { zone, from, limit: want, reply })?;
+                    let step = shared.loops.ask(i, |reply| LoopRequest::Flows { zone, from, limit: want, reply })?;
                     total += step.counted;
                     rows.extend(step.found);
                     if step.next >= step.end {
@@ -228,10 +244,10 @@ fn answer(req: &CtlRequest, shared: &Shared) -> Result<Value, String> {
         CtlRequest::ConntrackFlush { port } => {
             let zone = zone_of(shared, port.as_deref())?;
             let mut n = 0;
-            for i in shared.loops_for(zone) {
+            for i in shared.loops.loops_for(zone) {
                 let mut from = 0;
                 loop {
-                    let step = shared.ask(i, |reply| LoopRequest::Flush { zone, from, reply })?;
+                    let step = shared.loops.ask(i, |reply| LoopRequest::Flush { zone, from, reply })?;
                     n += step.counted;
                     if step.next >= step.end {
                         break;
@@ -246,21 +262,18 @@ fn answer(req: &CtlRequest, shared: &Shared) -> Result<Value, String> {
 }
 
 /// The zone of a port id; `None` for all ports.
-fn zone_of(shared: &Shared, port: Option<&str>) -> Result<Option<Zone>, String> {
+fn zone_of(shared: &View, port: Option<&str>) -> Result<Option<Zone>, CtlError> {
     let Some(id) = port else { return Ok(None) };
-    let plan = &shared.published.load().plan;
-    plan.port_by_id(id)
-        .and_then(|i| plan.port(i))
-        .map(|p| Some(p.zone))
-        .ok_or_else(|| format!("no port \"{id}\" in the running configuration"))
+    let plan = &shared.control.published.load().plan;
+    plan.port_by_id(id).and_then(|i| plan.port(i)).map(|p| Some(p.zone)).ok_or_else(|| CtlError::NoPort(id.to_owned()))
 }
 
-fn status(shared: &Shared) -> Value {
-    let published = shared.published.load();
+fn status(shared: &View) -> Value {
+    let published = shared.control.published.load();
     let plan = &published.plan;
-    let c = &shared.control;
-    let links: Vec<crate::stats::LinkState> =
-        shared.loops.iter().flat_map(|l| l.links.load().iter().cloned().collect::<Vec<_>>()).collect();
+    let c = &shared.control.stats;
+    let links: Vec<crate::engine::stats::LinkState> =
+        shared.loops.stats.iter().flat_map(|l| l.links.load().iter().cloned().collect::<Vec<_>>()).collect();
     let link = |iface: Option<&str>| {
         let l = iface.and_then(|i| links.iter().find(|l| l.interface == i));
         match l {
@@ -275,13 +288,14 @@ fn status(shared: &Shared) -> Value {
         .iter()
         .map(|p| {
             let (state, reason) = link(p.interface.as_deref());
-            json!({"id": &*p.id, "interface": p.interface, "zone": p.zone, "flows": shared.flows(p.zone), "link": state, "reason": reason})
+            json!({"id": &*p.id, "interface": p.interface, "zone": p.zone, "flows": shared.loops.flows(p.zone), "link": state, "reason": reason})
         })
         .collect();
     let uplink = shared.host.uplink_interface.as_deref();
     let (uplink_state, uplink_reason) = link(uplink);
     let loops: Vec<Value> = shared
         .loops
+        .stats
         .iter()
         .map(|l| {
             let sockets: Vec<Value> = l
@@ -304,7 +318,7 @@ fn status(shared: &Shared) -> Value {
         "metrics": shared.host.metrics_listen.to_string(),
         "flow_log": !shared.flow_log.is_empty(),
         "uplink": {"interface": uplink, "link": uplink_state, "reason": uplink_reason},
-        "reloading": shared.reloading_since.load(Ordering::Relaxed) > 0,
+        "reloading": shared.control.reloading(),
         "ports": ports,
         "loops": loops,
     })
@@ -313,29 +327,29 @@ fn status(shared: &Shared) -> Value {
 /// The decision for a packet against the live policy and the live
 /// connection state: a flow the table tracks passes as established (unless
 /// a reload revoked it); otherwise the rules decide, as `sgswitch trace`.
-fn trace(shared: &Shared, r: &Request) -> Result<Value, String> {
-    let published = shared.published.load();
+fn trace(shared: &View, r: &Request) -> Result<Value, CtlError> {
+    let published = shared.control.published.load();
     let plan = &published.plan;
-    let (port, pkt) = resolve(plan.policy(), r)?;
+    let (port, pkt) = resolve(plan.policy(), r).map_err(CtlError::Request)?;
     let decision = plan.compiled.decide(port, &pkt);
     let policy = decision_value(plan.policy(), &decision);
     // What the datapath does with it as a first packet, when the rules
     // alone do not say (spoofing, infrastructure, blocked egress, the
     // receiver's ingress): a probe pipeline of this thread's, never a loop's.
     let datapath = u16::try_from(port).ok().and_then(|p| {
-        let mut probe = crate::probe::pipeline(plan);
-        crate::probe::datapath(&mut probe, plan, p, &pkt, &decision)
+        let mut probe = crate::tools::probe::pipeline(plan);
+        crate::tools::probe::datapath(&mut probe, plan, p, &pkt, &decision)
     });
 
-    let zone = plan.ports.get(port).map(|p| p.zone).ok_or("the port has no zone")?;
+    let zone = plan.ports.get(port).map(|p| p.zone).ok_or_else(|| CtlError::Request("the port has no zone".into()))?;
     let (src, dst, sport, dport) = match pkt.direction {
         Direction::Ingress => (pkt.remote, pkt.local, pkt.remote_port, pkt.local_port),
         Direction::Egress => (pkt.local, pkt.remote, pkt.local_port, pkt.remote_port),
     };
     let tuple = Tuple { zone, proto: pkt.proto, src, dst, sport, dport };
     let mut entry = None;
-    for i in shared.loops_for(Some(zone)) {
-        if let Some(e) = shared.ask(i, |reply| LoopRequest::Lookup { tuple, reply })? {
+    for i in shared.loops.loops_for(Some(zone)) {
+        if let Some(e) = shared.loops.ask(i, |reply| LoopRequest::Lookup { tuple, reply })? {
             entry = Some(e);
         }
     }

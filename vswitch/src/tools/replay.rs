@@ -12,7 +12,7 @@
 //! it is, else uplink traffic.
 //!
 //! # Streaming
-//! Records are read one at a time ([`crate::capture`]). Lines come out in
+//! Records are read one at a time ([`crate::port::capture`]). Lines come out in
 //! capture order: a fragment held for its first fragment is reported when
 //! it is decided, and the outcomes after it wait in a queue (a few words
 //! each) until then, at most the hold time (100 ms) of capture time. Frames
@@ -32,9 +32,10 @@ use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use sgswitch_conntrack::{FragSettings, Now};
 use sgswitch_filter::Policy;
 
-use crate::capture::{CaptureError, Reader};
-use crate::pipeline::{Action, Outcome, Pipeline, Reason, Source, To};
-use crate::plan::Plan;
+use crate::datapath::plan::Plan;
+use crate::datapath::{Action, Outcome, Reason, Source, To};
+use crate::packet::Pipeline;
+use crate::port::capture::{CaptureError, Reader};
 
 /// Why a replay stopped.
 #[derive(Debug, thiserror::Error)]
@@ -49,8 +50,8 @@ pub enum ReplayError {
     #[error("{0}")]
     Interface(String),
     /// The connection table would not fit in memory.
-    #[error("{0}")]
-    Memory(String),
+    #[error(transparent)]
+    Memory(#[from] crate::control::sizing::MemoryError),
     #[error("writing the output: {0}")]
     Output(#[source] std::io::Error),
 }
@@ -140,11 +141,11 @@ pub fn replay<R: Read>(
     mut forwarded: impl FnMut(Duration, &[u8]) -> std::io::Result<()>,
 ) -> Result<Summary, ReplayError> {
     let host = &plan.policy().config().host;
-    if let Some(avail) = crate::pipeline::meminfo("MemAvailable") {
-        crate::pipeline::check_conntrack_memory(host, 1, avail, "MemAvailable").map_err(ReplayError::Memory)?;
+    if let Some(avail) = crate::control::sizing::meminfo("MemAvailable") {
+        crate::control::sizing::check_conntrack_memory(host, 1, avail, "MemAvailable")?;
     }
     let frag = FragSettings::default();
-    let mut pipe: Pipeline<usize> = Pipeline::new(crate::pipeline::conntrack_settings(host, seed), frag);
+    let mut pipe: Pipeline<usize> = Pipeline::new(crate::packet::conntrack_settings(host, seed), frag);
     pipe.adopt(plan);
     // Outcomes from index `base` on, waiting for the first undecided one.
     let mut window: VecDeque<Option<Outcome>> = VecDeque::new();

@@ -57,9 +57,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::parse::{self, Frame, Icmp, Ip, L4, ND_NA, ND_NS, ND_RA, ND_REDIRECT, ND_RS};
-use crate::pipeline::To;
-use crate::plan::{Plan, PortIdx, PortPlan, is_link_local};
+use super::parse::{self, Frame, Icmp, Ip, L4, ND_NA, ND_NS, ND_RA, ND_REDIRECT, ND_RS};
+use crate::datapath::To;
+use crate::datapath::plan::{Plan, PortIdx, PortPlan, is_link_local};
 
 /// What becomes of a frame from a VM of an infrastructure protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

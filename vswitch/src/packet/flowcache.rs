@@ -49,9 +49,9 @@ use sgswitch_config::Direction;
 use sgswitch_conntrack::key::fold;
 use sgswitch_conntrack::{EntryAt, PacketInfo, Tuple, Zone, mem};
 
-use crate::parse::{self, FlowV4, MacAddr};
-use crate::pipeline::{Source, To};
-use crate::plan::{PortIdx, mac_key};
+use super::parse::{self, FlowV4, MacAddr};
+use crate::datapath::plan::{PortIdx, mac_key};
+use crate::datapath::{Source, To};
 
 /// Slots of a pipeline's flow cache (8 MiB): at 65,536 about 6% of the
 /// established frames of 42,334 flows missed in steady state (the pipeline
@@ -441,7 +441,7 @@ mod tests {
             let src = from.map_or(Source::Uplink, Source::Port);
             let key = FlowKey::of(src, &x).expect("not handed over");
             proptest::prop_assert_eq!(key.flow(&FlowKey::info(&x)), x);
-            proptest::prop_assert_eq!(key.tuple(9), crate::pipeline::tuple(&x.ip(), 9));
+            proptest::prop_assert_eq!(key.tuple(9), crate::packet::tuple(&x.ip(), 9));
             proptest::prop_assert_eq!(key.dst_key(), mac_key(&x.dst));
         }
     }

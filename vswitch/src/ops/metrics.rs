@@ -44,9 +44,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tracing::warn;
 
-use crate::clients::Clients;
-use crate::run::Shared;
-use crate::stats::{BATCH_BUCKETS, CONNTRACK_EVENTS, KERNEL_STATS, LoopStats, REASONS};
+use super::View;
+use super::clients::Clients;
+use crate::datapath::Kind;
+use crate::engine::stats::{BATCH_BUCKETS, CONNTRACK_EVENTS, KERNEL_STATS, LoopStats};
 
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -67,7 +68,7 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
 }
 
 /// Serves `/metrics` until the switch stops.
-pub fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) -> Option<std::thread::JoinHandle<()>> {
+pub fn serve(listener: std::net::TcpListener, shared: Arc<View>) -> Option<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("sgswitch-metrics".into())
         .spawn(move || {
@@ -84,7 +85,7 @@ pub fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) -> Option<std
         .ok()
 }
 
-async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) {
+async fn accept_loop(listener: std::net::TcpListener, shared: Arc<View>) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -142,7 +143,7 @@ async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) {
 }
 
 /// The answer to one request.
-fn respond(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+fn respond(req: &Request<hyper::body::Incoming>, shared: &View) -> Response<Full<Bytes>> {
     let text = |status: StatusCode, body: &'static str| {
         let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
         *r.status_mut() = status;
@@ -204,18 +205,18 @@ impl Text {
     }
 
     /// A counter family with one sample per poll loop.
-    fn per_loop(&mut self, shared: &Shared, name: &str, help: &str, value: impl Fn(&LoopStats) -> u64) {
+    fn per_loop(&mut self, shared: &View, name: &str, help: &str, value: impl Fn(&LoopStats) -> u64) {
         self.family(name, "counter", help);
-        for l in &shared.loops {
+        for l in &shared.loops.stats {
             self.sample(name, &[("loop", &l.index.to_string())], value(l));
         }
     }
 }
 
 /// Renders every metric of the running switch.
-pub fn render(shared: &Shared) -> String {
+pub fn render(shared: &View) -> String {
     let mut t = Text(String::with_capacity(16 * 1024));
-    let published = shared.published.load();
+    let published = shared.control.published.load();
     let plan = &published.plan;
     let mut ports: Vec<(usize, &str)> = vec![(0, "none")];
     ports.extend(plan.ports.iter().map(|p| (usize::from(p.zone) + 1, &*p.id)));
@@ -229,8 +230,9 @@ pub fn render(shared: &Shared) -> String {
         for &(slot, id) in &ports {
             for (di, d) in ["ingress", "egress"].iter().enumerate() {
                 for (fi, action) in ["drop", "forward"].iter().enumerate() {
-                    for (ri, reason) in REASONS.iter().enumerate() {
-                        let (packets, octets) = shared.cell(slot, di, fi, ri);
+                    for kind in Kind::ALL {
+                        let reason = kind.label();
+                        let (packets, octets) = shared.loops.cell(slot, di, fi, kind.index());
                         let n = if bytes { octets } else { packets };
                         if n > 0 {
                             t.sample(name, &[("port", id), ("direction", d), ("action", action), ("reason", reason)], n);
@@ -242,7 +244,7 @@ pub fn render(shared: &Shared) -> String {
     }
 
     // Rules.
-    let hits = shared.rule_totals();
+    let hits = shared.loops.rule_totals();
     t.family(
         "sgswitch_rule_hits_total",
         "counter",
@@ -259,30 +261,30 @@ pub fn render(shared: &Shared) -> String {
     // Connection tracking.
     t.family("sgswitch_conntrack_entries", "gauge", "Tracked flows per port.");
     for p in &plan.ports {
-        t.sample("sgswitch_conntrack_entries", &[("port", &p.id)], shared.flows(p.zone));
+        t.sample("sgswitch_conntrack_entries", &[("port", &p.id)], shared.loops.flows(p.zone));
     }
     t.family(
         "sgswitch_conntrack_capacity",
         "gauge",
         "Most flows the host tracks: the poll loops' tables together (`[conntrack] capacity`, shared between the loops).",
     );
-    t.sample("sgswitch_conntrack_capacity", &[], shared.loops.iter().map(|l| l.conntrack_capacity.get()).sum::<u64>());
+    t.sample("sgswitch_conntrack_capacity", &[], shared.loops.stats.iter().map(|l| l.conntrack_capacity.get()).sum::<u64>());
     t.family("sgswitch_conntrack_port_capacity", "gauge", "Most flows one port tracks (`[conntrack] per_port_capacity`).");
     t.sample("sgswitch_conntrack_port_capacity", &[], shared.host.conntrack.per_port_capacity);
     for (i, (event, help)) in CONNTRACK_EVENTS.iter().enumerate() {
         let name = format!("sgswitch_conntrack_{event}_total");
         t.family(&name, "counter", &format!("Connection tracking: {help}."));
-        t.sample(&name, &[], shared.loops.iter().map(|l| l.conntrack[i].get()).sum::<u64>());
+        t.sample(&name, &[], shared.loops.stats.iter().map(|l| l.conntrack[i].get()).sum::<u64>());
     }
 
     // Poll loops.
     t.family("sgswitch_loop_info", "gauge", "A poll loop and the core it is pinned to.");
-    for l in &shared.loops {
+    for l in &shared.loops.stats {
         t.sample("sgswitch_loop_info", &[("loop", &l.index.to_string()), ("core", &l.core.to_string())], 1);
     }
     t.per_loop(shared, "sgswitch_loop_batches_total", "Batches of received frames processed.", |l| l.batches.get());
     t.family("sgswitch_loop_batch_packets", "histogram", "Frames per received batch.");
-    for l in &shared.loops {
+    for l in &shared.loops.stats {
         let lp = l.index.to_string();
         let mut acc = 0;
         for (le, c) in BATCH_BUCKETS.iter().zip(&l.batch_sizes) {
@@ -294,7 +296,7 @@ pub fn render(shared: &Shared) -> String {
         t.sample("sgswitch_loop_batch_packets_count", &[("loop", &lp)], l.batches.get());
     }
     t.family("sgswitch_loop_iterations_total", "counter", "Poll-loop iterations, busy (some ring had frames) or idle.");
-    for l in &shared.loops {
+    for l in &shared.loops.stats {
         let lp = l.index.to_string();
         t.sample("sgswitch_loop_iterations_total", &[("loop", &lp), ("state", "busy")], l.busy.get());
         t.sample("sgswitch_loop_iterations_total", &[("loop", &lp), ("state", "idle")], l.idle.get());
@@ -304,7 +306,7 @@ pub fn render(shared: &Shared) -> String {
     });
 
     t.family("sgswitch_loop_handover_total", "counter", "Frames handed from a poll loop to the loop that owns their next stage or socket, by outcome (sent, dropped: the inbox was full, received).");
-    for l in &shared.loops {
+    for l in &shared.loops.stats {
         let lp = l.index.to_string();
         for (outcome, c) in [("sent", &l.handover_sent), ("dropped", &l.handover_dropped), ("received", &l.handover_received)] {
             t.sample("sgswitch_loop_handover_total", &[("loop", &lp), ("outcome", outcome)], c.get());
@@ -316,7 +318,7 @@ pub fn render(shared: &Shared) -> String {
         "counter",
         "Frames of the flow cache's shape (untagged IPv4 UDP, ICMP echo, or TCP with ACK set; no IP options, not fragments) by result: hit (a recorded route of an established flow taken) or miss (decided from scratch).",
     );
-    for l in &shared.loops {
+    for l in &shared.loops.stats {
         let lp = l.index.to_string();
         for (result, c) in [("hit", &l.pipeline.flow_cache_hits), ("miss", &l.pipeline.flow_cache_misses)] {
             t.sample("sgswitch_loop_flow_cache_total", &[("loop", &lp), ("result", result)], c.get());
@@ -325,7 +327,7 @@ pub fn render(shared: &Shared) -> String {
 
     // Interfaces.
     t.family("sgswitch_interface_up", "gauge", "1 if the AF_XDP sockets of an interface (a port's, or the uplink's) are open, 0 if it is down: deleted, or a socket failed (`sgswitch ctl status` says why).");
-    for l in &shared.loops {
+    for l in &shared.loops.stats {
         for s in l.links.load().iter() {
             t.sample(
                 "sgswitch_interface_up",
@@ -336,7 +338,7 @@ pub fn render(shared: &Shared) -> String {
     }
 
     // AF_XDP sockets.
-    let sockets = shared.sockets();
+    let sockets = shared.loops.sockets();
     t.family("sgswitch_xsk_info", "gauge", "An AF_XDP socket with the XDP attach mode and zero-copy state in use.");
     for s in &sockets {
         let q = s.queue.to_string();
@@ -357,7 +359,7 @@ pub fn render(shared: &Shared) -> String {
     }
 
     // Configuration.
-    let c = &shared.control;
+    let c = &shared.control.stats;
     t.family("sgswitch_config_generation", "gauge", "Generation of the configuration in force (1 at start, +1 per applied reload).");
     t.sample("sgswitch_config_generation", &[], c.generation.load(Ordering::Relaxed));
     t.family("sgswitch_config_last_reload_timestamp_seconds", "gauge", "Unix time the configuration in force was loaded.");

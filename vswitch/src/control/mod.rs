@@ -1,0 +1,271 @@
+//! The control plane: loading a configuration directory into a plan
+//! ([`load`]), publishing it with one atomic swap for the loops to pick up,
+//! reloading (serialised on the reloader thread, [`Control::run_reloader`]),
+//! and saying which changed settings wait for a restart. Also how much
+//! memory the connection tables take ([`sizing`]).
+
+pub mod sizing;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use sgswitch_config::{ConfigErrors, Host, load_dir};
+use tracing::{info, warn};
+
+use crate::datapath::plan::{Plan, PlanError, Published, Zones};
+
+/// Why a configuration was not loaded (the running one stays).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("{0}")]
+    Plan(#[from] PlanError),
+}
+
+/// Why a reload did not apply.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("reloads are queued already; try again when they are done")]
+    Queued,
+    #[error("the reload did not finish within {secs} s (a slow or blocked file?); it goes on, and the log will say how it ended")]
+    Late { secs: u64 },
+}
+
+/// Loads `dir` into a plan, keeping zones stable across loads.
+///
+/// # Errors
+/// The configuration's file:line messages, or too many ports.
+pub fn load(dir: &Path, zones: &mut Zones, generation: u32) -> Result<Published, LoadError> {
+    let cfg = load_dir(dir)?;
+    let (plan, gone) = Plan::build(cfg, zones, generation)?;
+    Ok(Published { plan, gone })
+}
+
+/// The control plane's counters: reloads and the configuration in force.
+#[derive(Debug, Default)]
+pub struct ControlStats {
+    pub generation: AtomicU64,
+    /// Unix time of the last successful load, in milliseconds.
+    pub loaded_at_ms: AtomicU64,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    /// Settings the configuration in force changes that take effect only
+    /// at the next start (see [`restart_needed`]); written by reloads,
+    /// read by the metrics endpoint and `ctl status`, never by a loop.
+    pub needs_restart: std::sync::Mutex<Vec<String>>,
+}
+
+/// A reload to do, and who waits for its outcome.
+#[derive(Debug)]
+pub struct ReloadJob {
+    why: String,
+    reply: Option<SyncSender<Result<Reloaded, ReloadError>>>,
+}
+
+/// Reloads queued at most: a file change, a SIGHUP and a few `ctl reload`s.
+const RELOAD_QUEUE: usize = 4;
+
+/// The control plane of a running switch: the configuration in force, how
+/// it got there, and the way to ask for another.
+#[derive(Debug)]
+pub struct Control {
+    dir: PathBuf,
+    /// `host.toml` as it was at start (the settings read once).
+    host: Host,
+    pub published: Arc<ArcSwap<Published>>,
+    zones: Mutex<Zones>,
+    pub stats: ControlStats,
+    jobs: SyncSender<ReloadJob>,
+    /// When the reload in progress started (ms since `epoch`, + 1), 0 when
+    /// none is.
+    reloading_since: AtomicU64,
+    epoch: Instant,
+}
+
+impl Control {
+    /// The control plane of a switch that started with `first` (loaded
+    /// from `dir` with `zones`); the receiving end of its reload queue is
+    /// for [`Control::run_reloader`].
+    pub fn new(dir: &Path, first: Published, zones: Zones, epoch: Instant) -> (Control, Receiver<ReloadJob>) {
+        let (jobs, rx) = std::sync::mpsc::sync_channel(RELOAD_QUEUE);
+        let host = first.plan.policy().config().host.clone();
+        let stats = ControlStats::default();
+        stats.generation.store(u64::from(first.plan.generation), Ordering::Relaxed);
+        stats.loaded_at_ms.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
+        let control = Control {
+            dir: dir.to_owned(),
+            host,
+            published: Arc::new(ArcSwap::from_pointee(first)),
+            zones: Mutex::new(zones),
+            stats,
+            jobs,
+            reloading_since: AtomicU64::new(0),
+            epoch,
+        };
+        (control, rx)
+    }
+
+    /// The configuration directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether a reload is being worked out.
+    pub fn reloading(&self) -> bool {
+        self.reloading_since.load(Ordering::Relaxed) > 0
+    }
+
+    /// Loads, validates, compiles and publishes the directory; logs and
+    /// counts the outcome. Serialised: the reloader calls it, and tests.
+    ///
+    /// # Errors
+    /// The new configuration's messages; the running one stays.
+    pub fn reload(&self, why: &str) -> Result<Reloaded, LoadError> {
+        let mut zones = self.zones.lock().unwrap_or_else(PoisonError::into_inner);
+        let next = self.stats.generation.load(Ordering::Relaxed) + 1;
+        let t = Instant::now();
+        match load(&self.dir, &mut zones, u32::try_from(next).unwrap_or(u32::MAX)) {
+            Ok(p) => {
+                let ports = p.plan.ports.len();
+                let needs_restart = restart_needed(&self.host, &p.plan.policy().config().host);
+                self.published.store(Arc::new(p));
+                self.stats.generation.store(next, Ordering::Relaxed);
+                self.stats.loaded_at_ms.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
+                self.stats.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                *self.stats.needs_restart.lock().unwrap_or_else(PoisonError::into_inner) = needs_restart.clone();
+                info!(
+                    generation = next,
+                    ports,
+                    "reloaded ({why}): generation {next}, {ports} ports, compiled in {:.1} ms",
+                    t.elapsed().as_secs_f64() * 1e3
+                );
+                if !needs_restart.is_empty() {
+                    warn!(
+                        "generation {next}: these settings of host.toml take effect at the next start, not now: {}",
+                        needs_restart.join("; ")
+                    );
+                }
+                Ok(Reloaded { generation: next, needs_restart })
+            }
+            Err(e) => {
+                self.stats.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                warn!("reload ({why}) refused; the running configuration stays in force:\n{e}");
+                Err(e)
+            }
+        }
+    }
+
+    /// Asks the reloader for a reload and waits for its outcome, at most
+    /// `wait`: a reload in progress is finished first.
+    ///
+    /// # Errors
+    /// The new configuration's messages, or that the reload did not end in
+    /// time (it goes on, and the log says how it ended).
+    pub fn request_reload(&self, why: &str, wait: Duration) -> Result<Reloaded, ReloadError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.jobs.try_send(ReloadJob { why: why.to_owned(), reply: Some(tx) }).map_err(|_| ReloadError::Queued)?;
+        rx.recv_timeout(wait).map_err(|_| ReloadError::Late { secs: wait.as_secs() })?
+    }
+
+    /// Asks the reloader for a reload without waiting; one already queued
+    /// and not started covers this one.
+    pub fn queue_reload(&self, why: &str) {
+        let _ = self.jobs.try_send(ReloadJob { why: why.to_owned(), reply: None });
+    }
+
+    /// The reloader: loads, compiles and publishes one configuration at a
+    /// time, off the control socket's and the watcher's threads, so that a
+    /// slow or blocked load holds up nothing but the reloads queued behind
+    /// it. Returns when `stop` is set.
+    pub fn run_reloader(&self, jobs: &Receiver<ReloadJob>, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(job) = jobs.recv_timeout(Duration::from_millis(100)) else { continue };
+            let since = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX) + 1;
+            self.reloading_since.store(since, Ordering::Relaxed);
+            let r = self.reload(&job.why).map_err(ReloadError::from);
+            self.reloading_since.store(0, Ordering::Relaxed);
+            if let Some(reply) = job.reply {
+                let _ = reply.try_send(r);
+            }
+        }
+    }
+}
+
+/// Unix time in milliseconds.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// What a reload applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reloaded {
+    pub generation: u64,
+    /// Settings the new `host.toml` changes that the running switch keeps
+    /// until it restarts, each as `<setting> = <new> (running <old>)`.
+    pub needs_restart: Vec<String>,
+}
+
+/// The settings of `next` that differ from those the switch started with
+/// (`running`) and that only a restart applies: the uplink, `[datapath]`
+/// (cores, sockets and UMEM are built at start), the metrics address and
+/// control socket (bound at start), `[flow_log]` (its writer is opened at
+/// start), `[reload]` (the watcher is set up at start) and the conntrack
+/// `capacity` (each loop's table is allocated at start). Everything else
+/// applies on reload.
+pub fn restart_needed(running: &Host, next: &Host) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut diff = |name: &str, old: String, new: String| {
+        if old != new {
+            out.push(format!("{name} = {new} (running {old})"));
+        }
+    };
+    let (a, b) = (running, next);
+    diff("[uplink] interface", format!("{:?}", a.uplink_interface), format!("{:?}", b.uplink_interface));
+    let (d, e) = (&a.datapath, &b.datapath);
+    diff("[datapath] cores", format!("{:?}", d.cores), format!("{:?}", e.cores));
+    diff("[datapath] mode", format!("{:?}", d.mode).to_lowercase(), format!("{:?}", e.mode).to_lowercase());
+    diff("[datapath] zero_copy", format!("{:?}", d.zero_copy).to_lowercase(), format!("{:?}", e.zero_copy).to_lowercase());
+    diff("[datapath] busy_poll", d.busy_poll.to_string(), e.busy_poll.to_string());
+    diff("[datapath] frames", d.frames.to_string(), e.frames.to_string());
+    diff("[datapath] ring_size", d.ring_size.to_string(), e.ring_size.to_string());
+    diff("[metrics] listen", a.metrics_listen.to_string(), b.metrics_listen.to_string());
+    diff("[control] socket", a.control_socket.display().to_string(), b.control_socket.display().to_string());
+    diff("[flow_log]", format!("{:?}", a.flow_log), format!("{:?}", b.flow_log));
+    diff("[reload]", format!("{:?}", a.reload), format!("{:?}", b.reload));
+    diff("[conntrack] capacity", a.conntrack.capacity.to_string(), b.conntrack.capacity.to_string());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_names_every_setting_that_waits_for_a_restart_and_only_those() {
+        let a = Host::default();
+        let mut b = a.clone();
+        assert!(restart_needed(&a, &b).is_empty());
+        // Applied on reload: not named.
+        b.on_policy_change = sgswitch_config::OnPolicyChange::Keep;
+        b.conntrack.tcp_strict = true;
+        b.conntrack.per_port_capacity = 10;
+        b.conntrack.timeouts.udp = 5;
+        b.dhcp_server = vec!["10.0.0.1/32".parse().expect("cidr")];
+        assert!(restart_needed(&a, &b).is_empty());
+        b.datapath.cores = vec![0, 1];
+        b.conntrack.capacity = 2048;
+        b.metrics_listen = "127.0.0.1:1".parse().expect("addr");
+        b.flow_log.enabled = true;
+        let n = restart_needed(&a, &b);
+        assert_eq!(n.len(), 4, "{n:?}");
+        assert_eq!(n[0], "[datapath] cores = [0, 1] (running [0])");
+        assert!(n.iter().any(|s| s.starts_with("[conntrack] capacity = 2048 (running 1048576)")), "{n:?}");
+    }
+}

@@ -1,0 +1,220 @@
+//! A poll loop's sockets: opening those it should have (its share of the
+//! uplink's queues, its ports' queues), closing those of ports that went
+//! away or whose interface was deleted, and saying which interfaces are
+//! down and why.
+
+use std::sync::Arc;
+
+use sgswitch_config::Host;
+use tracing::{info, warn};
+
+use super::forward::Held;
+use super::stats::{LinkState, SocketStats};
+use crate::datapath::plan::Plan;
+use crate::datapath::stats::Counter;
+use crate::datapath::{Owner, Source};
+use crate::port::PortError;
+use crate::port::xdp::{Frame, Memory, Socket, sys};
+
+/// A socket, where its frames come from, and its counters.
+pub struct Port {
+    pub sock: Socket,
+    pub src: Source,
+    /// Frames decided for this socket, sent at the end of the iteration.
+    pub pending: Vec<Frame>,
+    pub stats: Arc<SocketStats>,
+}
+
+impl std::fmt::Debug for Port {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Port({:?}, {:?}, {} pending)", self.sock, self.src, self.pending.len())
+    }
+}
+
+impl Port {
+    /// The socket on queue 0 is its interface's primary: unicast to the
+    /// interface and floods go out there, once.
+    pub fn primary(&self) -> bool {
+        self.sock.queue() == 0
+    }
+}
+
+fn open(mem: &mut Memory, host: &Host, interface: &str, queue: u32, src: Source, cap: usize) -> Result<Port, PortError> {
+    let sock = mem.bind(interface, queue, host.datapath.mode, host.datapath.zero_copy)?;
+    let mode = sock.mode();
+    info!(interface, queue, mode = %mode.describe(), "{interface}: AF_XDP socket on queue {queue}, {}", mode.describe());
+    let stats = Arc::new(SocketStats {
+        interface: interface.to_owned(),
+        queue: sock.queue(),
+        native: mode.native,
+        zero_copy: mode.zero_copy,
+        kernel: Default::default(),
+        tx_full: Counter::default(),
+    });
+    Ok(Port { sock, src, pending: Vec::with_capacity(cap), stats })
+}
+
+/// A loop's I/O: its UMEM, its sockets (the uplink's first, by queue),
+/// which of them is each plan port's, the frames the pipeline holds, and
+/// the interfaces it could not open a socket on, with why.
+#[derive(Debug)]
+pub struct Io {
+    pub mem: Memory,
+    pub socks: Vec<Port>,
+    pub by_port: Vec<Option<usize>>,
+    pub held: Held,
+    pub down: Vec<(String, String)>,
+}
+
+/// The link state of this loop's interfaces as last logged: `None` up,
+/// `Some(reason)` down. A change is logged once.
+pub type LinkLog = std::collections::HashMap<String, Option<String>>;
+
+impl Io {
+    pub fn new(host: &Host) -> Result<Io, PortError> {
+        let mem = Memory::new(host.datapath.frames, host.datapath.ring_size)?;
+        let held = Held::new(mem.frames());
+        Ok(Io { mem, socks: Vec::new(), by_port: Vec::new(), held, down: Vec::new() })
+    }
+
+    /// Opens the sockets this loop should have and has not: its share of
+    /// the uplink's queues (queue q is loop q's, modulo the loops; loop 0
+    /// has queue 0, the primary) and every queue of the plan's ports it
+    /// owns; closes those of ports that went away (or are another loop's);
+    /// maps the plan's ports to sockets. An interface that cannot be opened
+    /// is recorded as down, with the reason; with `strict` (at start), a
+    /// failure on the uplink is an error.
+    pub fn connect(&mut self, plan: &Plan, host: &Host, me: Owner, uplink: &str, strict: bool) -> Result<(), PortError> {
+        let cap = host.datapath.frames as usize;
+        self.down.clear();
+        let queues: Vec<u32> = (0..sys::rx_queues(uplink)).filter(|&q| q as usize % me.loops == me.index).collect();
+        let mut at = 0;
+        for queue in queues {
+            if self.socks.iter().any(|s| s.src == Source::Uplink && s.sock.queue() == queue) {
+                at += 1;
+                continue;
+            }
+            match open(&mut self.mem, host, uplink, queue, Source::Uplink, cap) {
+                Ok(p) => {
+                    self.socks.insert(at, p);
+                    at += 1;
+                }
+                Err(e) if strict => return Err(e),
+                Err(e) => {
+                    self.down.push((uplink.to_owned(), e.to_string()));
+                    break;
+                }
+            }
+        }
+        let wanted: Vec<Option<&str>> = plan.ports.iter().map(|p| p.interface.as_deref().filter(|_| me.owns(p.zone))).collect();
+        // Keep the uplink and the ports still configured here.
+        let mut gone = Vec::new();
+        let mut i = 0;
+        while i < self.socks.len() {
+            let s = &self.socks[i];
+            if s.src == Source::Uplink || wanted.contains(&Some(s.sock.interface())) {
+                i += 1;
+            } else {
+                info!(interface = %s.sock.interface(), "{}: port removed, socket closed", s.sock.interface());
+                gone.push(self.socks.remove(i));
+            }
+        }
+        for p in gone {
+            self.close(p);
+        }
+        self.by_port.clear();
+        for (p, w) in (0..).zip(wanted) {
+            self.by_port.push(None);
+            let Some(name) = w else { continue };
+            // Every receive queue of the port's interface; all in this loop,
+            // which owns the port's zone.
+            for queue in 0..sys::rx_queues(name) {
+                let at = match self.socks.iter().position(|s| s.sock.interface() == name && s.sock.queue() == queue) {
+                    Some(at) => at,
+                    None => match open(&mut self.mem, host, name, queue, Source::Port(p), cap) {
+                        Ok(port) => {
+                            self.socks.push(port);
+                            self.socks.len() - 1
+                        }
+                        Err(e) => {
+                            self.down.push((name.to_owned(), e.to_string()));
+                            break;
+                        }
+                    },
+                };
+                self.socks[at].src = Source::Port(p);
+                if queue == 0 {
+                    self.by_port[usize::from(p)] = Some(at);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes a socket: its pending frames and those its rings held go
+    /// back to the free list. Returns whether the UMEM must be made anew.
+    fn close(&mut self, mut p: Port) -> bool {
+        for f in p.pending.drain(..) {
+            self.mem.release(f);
+        }
+        self.mem.forget(p.sock)
+    }
+
+    /// Closes the sockets whose interface was deleted (or deleted and made
+    /// again: another index under the name); returns whether any was. If
+    /// one of them carried the UMEM's registration, every socket is closed
+    /// and the UMEM made anew (then frames the pipeline holds are of the
+    /// old one: `forget_held`).
+    pub fn unlink_gone(&mut self, host: &Host, forget_held: impl FnOnce()) -> Result<bool, PortError> {
+        let (mut i, before) = (0, self.socks.len());
+        let mut rebuild = false;
+        while i < self.socks.len() {
+            let s = &self.socks[i].sock;
+            if sys::ifindex(s.interface()) == s.ifindex() {
+                i += 1;
+                continue;
+            }
+            let p = self.socks.remove(i);
+            rebuild |= self.close(p);
+        }
+        if rebuild {
+            self.socks.clear();
+            self.by_port.clear();
+            forget_held();
+            self.held.clear();
+            self.mem = Memory::new(host.datapath.frames, host.datapath.ring_size)?;
+        }
+        Ok(self.socks.len() != before)
+    }
+
+    /// Logs each interface whose state changed since `log` last saw it, and
+    /// the state of all of them for status and metrics.
+    pub fn report(&self, plan: &Plan, me: Owner, uplink: &str, log: &mut LinkLog) -> Vec<LinkState> {
+        let mut states = Vec::new();
+        let mut names: Vec<(&str, Option<&str>)> = vec![(uplink, None)];
+        names.extend(plan.ports.iter().filter(|p| me.owns(p.zone)).filter_map(|p| Some((p.interface.as_deref()?, Some(&*p.id)))));
+        for (name, port) in names {
+            let reason = self.down.iter().find(|(n, _)| n == name).map(|(_, r)| r.clone());
+            let up = reason.is_none() && self.socks.iter().any(|s| s.sock.interface() == name);
+            if port.is_none() && !up && reason.is_none() {
+                // No uplink queue is this loop's.
+                continue;
+            }
+            let before = log.get(name).cloned();
+            if before.as_ref() != Some(&reason) {
+                match (&reason, before.is_some()) {
+                    (None, true) => info!(interface = name, "{name}: interface back, AF_XDP sockets open"),
+                    (None, false) => {}
+                    (Some(r), _) => warn!(
+                        interface = name,
+                        "{name}: down ({r}); traffic of {} is dropped until it comes back",
+                        port.unwrap_or("the uplink")
+                    ),
+                }
+                log.insert(name.to_owned(), reason.clone());
+            }
+            states.push(LinkState { interface: name.to_owned(), port: port.map(str::to_owned), up, reason: reason.unwrap_or_default() });
+        }
+        states
+    }
+}

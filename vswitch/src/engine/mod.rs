@@ -1,0 +1,473 @@
+//! The poll loops (layer 4): each pinned to its core, owning its sockets,
+//! its UMEM, its ports' conntrack zones and its pipeline; moving frames
+//! between the sockets through the pipeline, handing frames whose next
+//! stage or socket is another loop's over to it ([`forward`]), answering
+//! the control socket between batches, and following its interfaces as they
+//! come and go ([`io`]).
+//!
+//! Loop `i` owns the ports whose conntrack zone is `i` modulo the number of
+//! loops (zones are stable per port id, so a port stays with its loop
+//! across reloads), their sockets and their flows. The uplink's receive
+//! queues are spread over the loops (queue `q` is loop `q` modulo the
+//! loops; loop 0 has queue 0). A frame whose next stage or whose target
+//! socket belongs to another loop is copied into that loop's bounded inbox
+//! (a lock-free `ArrayQueue`): the sender's egress is judged where the frame
+//! arrived, the receiver's ingress in the receiver's loop. A full inbox
+//! drops the frame and counts it.
+
+pub mod forward;
+pub mod io;
+pub mod stats;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use sgswitch_config::Host;
+use sgswitch_conntrack::{self as ct, FragSettings, Now, Tuple, Zone};
+use tracing::warn;
+
+use self::forward::{Inboxes, Peers, Task, Ways, deliver};
+use self::io::{Io, LinkLog, Port};
+use self::stats::{LoopStats, SocketStats};
+use crate::datapath::plan::{Plan, Published};
+use crate::datapath::stats::RuleLabel;
+use crate::datapath::{Action, Kind, Outcome, Owner, Reason, Source, owner_of};
+use crate::packet::flowlog::FlowLog;
+use crate::packet::{Pipeline, capacity_share, conntrack_settings};
+use crate::port::PortError;
+use crate::port::xdp::{Frame, sys};
+
+/// Frames taken from one rx ring at a time.
+const BATCH: usize = 64;
+/// Free frames kept back from the fill rings for copies (floods).
+const KEEP_FOR_COPIES: usize = 256;
+/// How often a loop looks at its interfaces without a link event.
+const LINK_CHECK_MS: u64 = 1000;
+/// How often a loop copies the kernel's socket statistics and its
+/// connection table's totals into its counters.
+const STATS_EVERY_MS: u64 = 250;
+/// Requests a loop takes from the control socket per iteration.
+const REQUESTS_PER_ITERATION: usize = 4;
+/// How long an idle loop (`busy_poll = false`) waits for its sockets to
+/// receive before it looks at its inbox and timers again.
+const IDLE_WAIT: Duration = Duration::from_micros(200);
+
+/// A flow as the control socket lists it: its original tuple, state and
+/// per-direction counts.
+pub type FlowRow = (Tuple, ct::State, ct::Counters);
+
+/// What the control socket asks of a poll loop (answered between batches).
+#[derive(Debug)]
+pub enum LoopRequest {
+    /// The flows (of one zone, or all) among the table's entries `from..`
+    /// [`SCAN_STEP`] on, up to `limit` of them; replies with them, how many
+    /// there were, and where the next step starts (the table's end when it
+    /// is done). A large table is listed in steps, one per request, so the
+    /// loop never stops for long.
+    Flows { zone: Option<Zone>, from: usize, limit: usize, reply: SyncSender<Step<Vec<FlowRow>>> },
+    /// Removes the flows of one zone, or all, among the entries `from..`
+    /// [`SCAN_STEP`] on; replies how many, and where the next step starts.
+    Flush { zone: Option<Zone>, from: usize, reply: SyncSender<Step<()>> },
+    /// The live entry of a flow, if any.
+    Lookup { tuple: Tuple, reply: SyncSender<Option<(ct::State, ct::Counters)>> },
+}
+
+/// Entries of the connection table a loop looks at for one step of a
+/// listing or a flush (a few hundred microseconds of work).
+pub const SCAN_STEP: usize = 4096;
+
+/// One step's answer: what it found, how many flows it counted, where the
+/// next step starts, and the end.
+#[derive(Debug)]
+pub struct Step<T> {
+    pub found: T,
+    pub counted: usize,
+    pub next: usize,
+    pub end: usize,
+}
+
+/// Why a loop did not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AskError {
+    #[error("no poll loop {0}")]
+    NoLoop(usize),
+    #[error("poll loop {0} is busy with other requests; try again")]
+    Busy(usize),
+    #[error("poll loop {0} did not answer")]
+    Silent(usize),
+}
+
+/// The poll loops as the rest of the switch sees them: their counters and
+/// the queues requests reach them through.
+#[derive(Debug)]
+pub struct Loops {
+    pub stats: Vec<Arc<LoopStats>>,
+    requests: Vec<SyncSender<LoopRequest>>,
+}
+
+impl Loops {
+    /// The loops of `stats`, and the receiving end of each one's request
+    /// queue (for [`poll_loop`]).
+    pub fn new(stats: Vec<Arc<LoopStats>>) -> (Loops, Vec<Receiver<LoopRequest>>) {
+        let (requests, receivers) = stats.iter().map(|_| std::sync::mpsc::sync_channel::<LoopRequest>(8)).unzip();
+        (Loops { stats, requests }, receivers)
+    }
+
+    /// Asks loop `i` and waits for the answer (at most two seconds).
+    ///
+    /// # Errors
+    /// The loop is gone or did not answer in time.
+    pub fn ask<T>(&self, i: usize, make: impl FnOnce(SyncSender<T>) -> LoopRequest) -> Result<T, AskError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let q = self.requests.get(i).ok_or(AskError::NoLoop(i))?;
+        q.try_send(make(tx)).map_err(|_| AskError::Busy(i))?;
+        rx.recv_timeout(Duration::from_secs(2)).map_err(|_| AskError::Silent(i))
+    }
+
+    /// Packets and bytes of one counter cell (`slot` is the zone + 1, 0 for
+    /// traffic of no port; `direction`, `forwarded` and `reason` index
+    /// [`crate::datapath::stats::PortCounters::by`]).
+    pub fn cell(&self, slot: usize, direction: usize, forwarded: usize, reason: usize) -> (u64, u64) {
+        self.stats.iter().fold((0, 0), |(p, b), l| {
+            let c = &l.pipeline.ports[slot].by[direction][forwarded][reason];
+            (p + c.packets.get(), b + c.bytes.get())
+        })
+    }
+
+    /// Every rule's hits, current plan and earlier ones.
+    pub fn rule_totals(&self) -> std::collections::BTreeMap<RuleLabel, u64> {
+        let mut hits = std::collections::BTreeMap::new();
+        for l in &self.stats {
+            for (label, n) in l.pipeline.rules.load().totals() {
+                *hits.entry(label).or_insert(0) += n;
+            }
+        }
+        hits
+    }
+
+    /// Tracked flows of a zone.
+    pub fn flows(&self, zone: Zone) -> u64 {
+        self.stats.iter().map(|l| l.conntrack_entries.get(usize::from(zone)).map_or(0, |e| u64::from(e.load(Ordering::Relaxed)))).sum()
+    }
+
+    /// The loops that hold the flows of `zone` (its owner), or of every
+    /// zone.
+    pub fn loops_for(&self, zone: Option<Zone>) -> std::ops::Range<usize> {
+        match zone {
+            Some(z) => {
+                let o = owner_of(z, self.stats.len());
+                o..o + 1
+            }
+            None => 0..self.stats.len(),
+        }
+    }
+
+    /// Every loop's sockets.
+    pub fn sockets(&self) -> Vec<Arc<SocketStats>> {
+        self.stats.iter().flat_map(|l| l.sockets.load().iter().map(Arc::clone).collect::<Vec<_>>()).collect()
+    }
+    /// The shutdown summary: per port and direction, packets by action and
+    /// reason (summed over the loops); rule hits by rule.
+    pub fn summary(&self, plan: &Plan) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(s, "counters (packets):");
+        let mut names: Vec<(usize, String)> = vec![(0, "(no port)".to_owned())];
+        names.extend(plan.ports.iter().map(|p| (usize::from(p.zone) + 1, p.id.to_string())));
+        for (slot, name) in &names {
+            for (di, d) in ["ingress", "egress"].iter().enumerate() {
+                for (fi, f) in ["dropped", "forwarded"].iter().enumerate() {
+                    let parts: Vec<String> = Kind::ALL
+                        .iter()
+                        .filter_map(|k| {
+                            let (n, _) = self.cell(*slot, di, fi, k.index());
+                            (n > 0).then(|| format!("{}={n}", k.label()))
+                        })
+                        .collect();
+                    if !parts.is_empty() {
+                        let _ = writeln!(s, "  {name} {d} {f}: {}", parts.join(" "));
+                    }
+                }
+            }
+        }
+        let mut hits = std::collections::BTreeMap::new();
+        for (label, n) in self.rule_totals() {
+            *hits.entry((label.group.to_string(), label.direction, label.index)).or_insert(0u64) += n;
+        }
+        for ((g, d, i), n) in hits.into_iter().filter(|(_, n)| *n > 0) {
+            let _ = writeln!(s, "  rule {g}/{d}/{i}: {n} hits");
+        }
+        let tx_full: u64 = self.sockets().iter().map(|p| p.tx_full.get()).sum();
+        if tx_full > 0 {
+            let _ = writeln!(s, "  tx ring full: {tx_full} frames dropped");
+        }
+        s
+    }
+}
+
+/// What a poll loop shares with the rest of the switch.
+#[derive(Debug)]
+pub struct Context<'a> {
+    pub host: &'a Host,
+    pub uplink: &'a str,
+    pub published: &'a ArcSwap<Published>,
+    pub stop: &'a AtomicBool,
+    /// Link events seen: the loop looks at its interfaces when it moves.
+    pub link_events: &'a AtomicU64,
+    pub inboxes: &'a Inboxes,
+    /// The clock the loop's `Now` counts from.
+    pub epoch: Instant,
+}
+
+/// The poll loop: owns its UMEM, the sockets of its ports and of its share
+/// of the uplink's queues, their conntrack zones and its pipeline. Sends
+/// `ready` once it polls every socket (or why it cannot start).
+///
+/// # Errors
+/// The loop's UMEM or its uplink sockets could not be made.
+#[expect(clippy::too_many_lines, reason = "the loop reads top to bottom: a batch per socket, the inbox, transmit, housekeeping, idle")]
+pub fn poll_loop(
+    cx: &Context<'_>,
+    stats: &LoopStats,
+    log: Option<FlowLog>,
+    requests: &Receiver<LoopRequest>,
+    ready: &std::sync::mpsc::Sender<Result<(), PortError>>,
+) -> Result<(), PortError> {
+    let host = cx.host;
+    let me = Owner { index: stats.index, loops: cx.inboxes.len() };
+    let peers = Peers { me, inboxes: cx.inboxes, stats };
+    let inbox = &cx.inboxes[me.index];
+    let core = stats.core;
+    if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+        warn!("could not pin poll loop {} to core {core}; running unpinned", me.index);
+    }
+    let mut current = cx.published.load_full();
+    let mut links = LinkLog::new();
+    let started = Io::new(host).and_then(|mut io| io.connect(&current.plan, host, me, cx.uplink, true).map(|()| io));
+    let mut io = match started {
+        Ok(io) => io,
+        Err(e) => {
+            let _ = ready.send(Err(e.clone()));
+            return Err(e);
+        }
+    };
+    stats.sockets.store(Arc::new(io.socks.iter().map(|p| Arc::clone(&p.stats)).collect()));
+    stats.links.store(Arc::new(io.report(&current.plan, me, cx.uplink, &mut links)));
+    // This loop's share of the host's connection capacity.
+    let mut settings = conntrack_settings(host, seed());
+    settings.capacity = capacity_share(host.conntrack.capacity, me.loops, me.index);
+    stats.conntrack_capacity.set(u64::from(settings.capacity));
+    let mut pipe: Pipeline<u32> = Pipeline::with_counters(settings, FragSettings::default(), Arc::clone(&stats.pipeline));
+    pipe.set_owner(me);
+    pipe.flow_log = log;
+    pipe.adopt(&current.plan);
+    let _ = ready.send(Ok(()));
+    let mut rx: Vec<Frame> = Vec::with_capacity(BATCH);
+    let mut peer_src = [Source::Uplink; BATCH];
+    let none = Outcome { action: Action::Drop, reason: Reason::Default, port: None, direction: sgswitch_config::Direction::Ingress };
+    let mut outs = [none; BATCH];
+    let mut stats_due = 0u64;
+    let mut links_due = 0u64;
+    let mut links_seen = cx.link_events.load(Ordering::Relaxed);
+    let mut waits: Vec<libc::pollfd> = Vec::with_capacity(io.socks.len() + 8);
+    while !cx.stop.load(Ordering::Relaxed) {
+        let latest = cx.published.load();
+        let mut reconnect = false;
+        if !Arc::ptr_eq(&latest, &current) {
+            current = arc_swap::Guard::into_inner(latest);
+            pipe.adopt(&current.plan);
+            for &z in &current.gone {
+                pipe.conntrack.flush(Some(z));
+                pipe.counters.reset_zone(z);
+                if let Some(e) = stats.conntrack_entries.get(usize::from(z)) {
+                    e.store(0, Ordering::Relaxed);
+                }
+            }
+            reconnect = true;
+        }
+        let ms = u64::try_from(cx.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        // An interface made, deleted or changed (or a second passed, or a
+        // reload): sockets of interfaces that went away are closed, and
+        // those missing opened.
+        let events = cx.link_events.load(Ordering::Relaxed);
+        if reconnect || events != links_seen || ms >= links_due {
+            let prompted = reconnect || events != links_seen;
+            links_seen = events;
+            links_due = ms + LINK_CHECK_MS;
+            let lost = io.unlink_gone(host, || pipe.forget_held()).unwrap_or_else(|e| {
+                warn!("loop {}: {e}", me.index);
+                true
+            });
+            // Opening is looked at on a prompt, after a loss, and while an
+            // interface is down; the check of a quiet second costs one
+            // ioctl per socket.
+            if prompted || lost || !io.down.is_empty() {
+                let _ = io.connect(&current.plan, host, me, cx.uplink, false);
+                stats.sockets.store(Arc::new(io.socks.iter().map(|p| Arc::clone(&p.stats)).collect()));
+                stats.links.store(Arc::new(io.report(&current.plan, me, cx.uplink, &mut links)));
+            }
+        }
+        let plan = &current.plan;
+        let now = Now(ms);
+        let mut busy = false;
+        let Io { mem, socks, by_port, held, .. } = &mut io;
+        let by_port = &by_port[..];
+        // Each socket's share of the UMEM for its fill ring; the rest is
+        // for frames in flight, copies and handed-over frames.
+        let share = u32::try_from(mem.frames().saturating_sub(KEEP_FOR_COPIES) / (2 * socks.len().max(1))).unwrap_or(0);
+        for s in 0..socks.len() {
+            socks[s].sock.reclaim(mem);
+            socks[s].sock.refill(mem, share);
+            let n = socks[s].sock.receive(mem, &mut rx, BATCH);
+            if n == 0 {
+                continue;
+            }
+            busy = true;
+            stats.batch(n);
+            let src = socks[s].src;
+            {
+                let items: [(Source, &[u8], u32); BATCH] =
+                    std::array::from_fn(|i| rx.get(i).map_or((src, &[][..], 0), |f| (src, mem.data(f), f.number())));
+                pipe.process_batch(plan, &items[..n], now, &mut outs[..n]);
+            }
+            let mut ways = Ways { plan, mem, socks, by_port, held, peers: &peers };
+            for (f, o) in rx.drain(..).zip(&outs) {
+                ways.dispatch(s, f, o);
+            }
+            for (h, o) in pipe.take_released() {
+                ways.released(h, &o);
+            }
+        }
+        // Frames the other loops handed over: sent on, or judged first.
+        while rx.len() < BATCH
+            && let Some(p) = inbox.pop()
+        {
+            busy = true;
+            stats.handover_received.add(1);
+            let bytes = &p.data[..usize::from(p.len)];
+            match p.task {
+                Task::Judge(q) => match mem.copy_in(bytes) {
+                    Some(f) => {
+                        peer_src[rx.len()] = Source::Peer(q);
+                        rx.push(f);
+                    }
+                    None => stats.copy_failed.add(1),
+                },
+                Task::Send(to) => deliver(mem, socks, by_port, usize::MAX, bytes, to, stats),
+            }
+        }
+        if !rx.is_empty() {
+            let n = rx.len();
+            {
+                let items: [(Source, &[u8], u32); BATCH] =
+                    std::array::from_fn(|i| rx.get(i).map_or((Source::Uplink, &[][..], 0), |f| (peer_src[i], mem.data(f), f.number())));
+                pipe.process_batch(plan, &items[..n], now, &mut outs[..n]);
+            }
+            let mut ways = Ways { plan, mem, socks, by_port, held, peers: &peers };
+            for (f, o) in rx.drain(..).zip(&outs) {
+                ways.dispatch(usize::MAX, f, o);
+            }
+        }
+        for p in socks.iter_mut() {
+            let offered = p.pending.len();
+            let sent = p.sock.transmit(mem, &mut p.pending);
+            p.stats.tx_full.add((offered - sent) as u64);
+            for f in p.pending.drain(..) {
+                mem.release(f);
+            }
+        }
+        pipe.tick(plan, now);
+        let mut ways = Ways { plan, mem, socks, by_port, held, peers: &peers };
+        for (h, o) in pipe.take_released() {
+            ways.released(h, &o);
+        }
+        answer(requests, &mut pipe, stats);
+        if ms >= stats_due {
+            stats_due = ms + STATS_EVERY_MS;
+            publish_stats(stats, socks, &pipe, plan);
+        }
+        if busy {
+            stats.busy.add(1);
+        } else {
+            stats.idle.add(1);
+            if host.datapath.busy_poll {
+                std::hint::spin_loop();
+            } else {
+                // Until a socket receives, or for as long as a frame handed
+                // over by another loop may wait.
+                waits.clear();
+                waits.extend(socks.iter().map(|p| p.sock.poll_fd()));
+                sys::wait_for_frames(&mut waits, IDLE_WAIT);
+            }
+        }
+    }
+    publish_stats(stats, &io.socks, &pipe, &current.plan);
+    io.held.release_all(&mut io.mem);
+    // Sockets close here, detaching the XDP programs.
+    drop(io);
+    Ok(())
+}
+
+/// Copies the kernel's socket statistics and the table's totals into the
+/// loop's counters.
+fn publish_stats(stats: &LoopStats, socks: &[Port], pipe: &Pipeline<u32>, plan: &Plan) {
+    for p in socks {
+        if let Some(v) = p.sock.statistics() {
+            for (c, v) in p.stats.kernel.iter().zip(v) {
+                c.set(v);
+            }
+        }
+    }
+    let t = pipe.conntrack.stats();
+    let v = [t.created, t.expired, t.evicted, t.full, t.invalid, t.revalidated, t.revalidation_removed];
+    for (c, v) in stats.conntrack.iter().zip(v) {
+        c.set(v);
+    }
+    for port in &plan.ports {
+        if let Some(e) = stats.conntrack_entries.get(usize::from(port.zone)) {
+            e.store(u32::try_from(pipe.conntrack.zone_len(port.zone)).unwrap_or(u32::MAX), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Answers the control socket's requests (bounded work per iteration).
+fn answer(requests: &Receiver<LoopRequest>, pipe: &mut Pipeline<u32>, stats: &LoopStats) {
+    for _ in 0..REQUESTS_PER_ITERATION {
+        let Ok(r) = requests.try_recv() else { return };
+        match r {
+            LoopRequest::Flows { zone, from, limit, reply } => {
+                let (end, next) = (pipe.conntrack.slots(), from.saturating_add(SCAN_STEP));
+                let mut counted = 0;
+                let mut rows = Vec::new();
+                for f in pipe.conntrack.flows_in(from..next).filter(|f| zone.is_none_or(|z| f.0.zone == z)) {
+                    counted += 1;
+                    if rows.len() < limit {
+                        rows.push(f);
+                    }
+                }
+                let _ = reply.try_send(Step { found: rows, counted, next: next.min(end), end });
+            }
+            LoopRequest::Flush { zone, from, reply } => {
+                let (end, next) = (pipe.conntrack.slots(), from.saturating_add(SCAN_STEP));
+                let counted = pipe.conntrack.flush_in(zone, from..next);
+                if let Some(z) = zone
+                    && let Some(e) = stats.conntrack_entries.get(usize::from(z))
+                {
+                    e.store(u32::try_from(pipe.conntrack.zone_len(z)).unwrap_or(u32::MAX), Ordering::Relaxed);
+                }
+                let _ = reply.try_send(Step { found: (), counted, next: next.min(end), end });
+            }
+            LoopRequest::Lookup { tuple, reply } => {
+                let _ = reply.try_send(pipe.conntrack.get(&tuple));
+            }
+        }
+    }
+}
+
+fn seed() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    u64::try_from(t & u128::from(u64::MAX)).unwrap_or(0) ^ u64::from(std::process::id()).rotate_left(32)
+}

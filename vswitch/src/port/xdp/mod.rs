@@ -1,0 +1,509 @@
+//! AF_XDP sockets with xsk-rs: one socket per (interface, queue), all the
+//! sockets of one poll loop on one shared UMEM.
+//!
+//! Sharing the UMEM is what lets a loop forward without copying: a frame
+//! received on one port is handed to another port's tx ring as it is.
+//! Frames that go to several places (flooded ARP/ND) are copied into fresh
+//! UMEM frames, one per target, and so are frames handed to another poll
+//! loop (each loop has its own UMEM).
+//!
+//! The XDP attach mode and zero-copy are chosen by trying, most capable
+//! first: native zero-copy, native copy, then generic (skb) copy, within what
+//! `host.toml` allows (`mode`, `zero_copy`); the mode in use is returned and
+//! logged. veth and tap devices have no zero-copy support, so on them the
+//! kernel copies between the device and the UMEM (copy mode) even when the
+//! attach mode is native.
+//!
+//! # Frame ownership
+//! A UMEM frame is a [`Frame`]: not `Copy` or `Clone`, made only by this
+//! module, and moved from place to place: from a socket's rx ring to the
+//! loop ([`Socket::receive`]), from the loop to a tx ring
+//! ([`Socket::transmit`]) or the free list ([`Memory::release`]), from the
+//! free list to a fill ring ([`Socket::refill`]) and back through the
+//! completion ring ([`Socket::reclaim`]). A frame in a ring is the kernel's
+//! until the ring gives it back, and the type system keeps the loop from
+//! using it, or giving it away twice, meanwhile. The rings are private to
+//! [`Socket`]; each hand-over to a ring is a transaction (the frames that
+//! fit are committed at once; the rest stay the caller's). A [`Ledger`]
+//! records which socket holds each frame, so a socket closed with frames in
+//! its rings gives them back ([`Memory::forget`]).
+//!
+//! # Invariants
+//! Every frame of a UMEM is in exactly one place: the free list, a value
+//! the loop holds, or one socket's rings (then the ledger names the
+//! socket). The unsafe calls into xsk-rs below rely on it and say so.
+#![allow(unsafe_code, reason = "xsk-rs ring and UMEM access is unsafe; each call says why it holds")]
+
+pub mod sys;
+
+use std::num::NonZeroU32;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use sgswitch_config::{XdpMode, ZeroCopy};
+use xsk_rs::config::{BindFlags, FrameSize, LibxdpFlags, QueueSize, SocketConfig, UmemConfig, XdpFlags};
+use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
+
+pub use super::PortError;
+
+/// UMEM frame size: one MTU-sized Ethernet frame and headroom.
+pub const FRAME_SIZE: u32 = 2048;
+
+/// Frames the kernel sends per kick in copy mode (its default transmit
+/// budget per `sendto`).
+const KICK_FRAMES: u32 = 32;
+
+/// The mode a socket actually runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mode {
+    /// Native (driver) XDP; false is generic (skb) mode.
+    pub native: bool,
+    pub zero_copy: bool,
+}
+
+impl Mode {
+    pub fn describe(self) -> String {
+        format!("{} {}", if self.native { "native" } else { "skb" }, if self.zero_copy { "zero-copy" } else { "copy" })
+    }
+}
+
+/// One frame of a loop's UMEM, owned by whoever holds this value (see the
+/// module's "Frame ownership").
+#[derive(Debug)]
+pub struct Frame(FrameDesc);
+
+impl Frame {
+    /// The frame's number in its UMEM: what the pipeline carries as the
+    /// frame's handle while a fragment is held.
+    #[inline]
+    pub fn number(&self) -> u32 {
+        u32::try_from(self.0.addr() / FRAME_SIZE as usize).unwrap_or(u32::MAX)
+    }
+}
+
+/// Which socket holds each frame of a UMEM: 0 for the loop itself (free,
+/// or in its hands), else the id of the socket whose fill or tx ring it
+/// was put on and which has not given it back. One store per frame handed
+/// over either way.
+#[derive(Debug)]
+struct Ledger(Vec<u16>);
+
+impl Ledger {
+    #[inline]
+    fn set(&mut self, d: &FrameDesc, holder: u16) {
+        if let Some(h) = self.0.get_mut(d.addr() / FRAME_SIZE as usize) {
+            *h = holder;
+        }
+    }
+
+    #[inline]
+    fn set_all(&mut self, ds: &[FrameDesc], holder: u16) {
+        for d in ds {
+            self.set(d, holder);
+        }
+    }
+}
+
+/// A loop's UMEM, its free frames, and who holds the others.
+pub struct Memory {
+    umem: Umem,
+    free: Vec<FrameDesc>,
+    /// Every frame's descriptor, by frame number.
+    all: Vec<FrameDesc>,
+    ledger: Ledger,
+    /// The next socket id (1..).
+    next_id: u16,
+    /// The socket bound first, whose descriptor carries the UMEM's
+    /// registration: other sockets share the UMEM through it, so once its
+    /// interface is gone the UMEM must be made anew.
+    registered: Option<u16>,
+    ring_size: u32,
+    /// Descriptors moved to or from a ring at once (scratch).
+    scratch: Vec<FrameDesc>,
+}
+
+impl std::fmt::Debug for Memory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Memory({} free)", self.free.len())
+    }
+}
+
+impl Memory {
+    /// A UMEM of `frames` frames of [`FRAME_SIZE`] bytes, with fill and
+    /// completion rings of `ring_size`.
+    ///
+    /// # Errors
+    /// The memory cannot be mapped or registered.
+    pub fn new(frames: u32, ring_size: u32) -> Result<Memory, PortError> {
+        let umem_err = |what: String| PortError::Umem { frames, what };
+        let qs = |n: u32| QueueSize::new(n).map_err(|e| umem_err(format!("ring size {n}: {e}")));
+        let config = UmemConfig::builder()
+            .frame_size(FrameSize::new(FRAME_SIZE).map_err(|e| umem_err(e.to_string()))?)
+            .fill_queue_size(qs(ring_size)?)
+            .comp_queue_size(qs(ring_size)?)
+            .build()
+            .map_err(|e| umem_err(e.to_string()))?;
+        let n = NonZeroU32::new(frames).ok_or_else(|| umem_err("a UMEM needs frames".into()))?;
+        let (umem, free) = Umem::new(config, n, false).map_err(|e| umem_err(e.to_string()))?;
+        let mut all = free.clone();
+        all.sort_by_key(FrameDesc::addr);
+        let ledger = Ledger(vec![0; all.len()]);
+        let scratch = Vec::with_capacity(ring_size as usize);
+        Ok(Memory { umem, free, all, ledger, next_id: 1, registered: None, ring_size, scratch })
+    }
+
+    /// How many frames are free.
+    pub fn free_frames(&self) -> usize {
+        self.free.len()
+    }
+
+    /// How many frames the UMEM has.
+    pub fn frames(&self) -> usize {
+        self.all.len()
+    }
+
+    /// The bytes of a frame the loop holds.
+    #[inline]
+    pub fn data(&self, f: &Frame) -> &[u8] {
+        // SAFETY: `f` is a frame of this UMEM the caller holds (no ring has
+        // it), so the kernel does not write it.
+        unsafe { self.umem.data(&f.0) }.contents()
+    }
+
+    /// Gives a frame back to the free list.
+    #[inline]
+    pub fn release(&mut self, f: Frame) {
+        self.free.push(f.0);
+    }
+
+    /// A free frame holding a copy of `bytes`; `None` if none is free (or
+    /// the bytes do not fit).
+    pub fn copy_in(&mut self, bytes: &[u8]) -> Option<Frame> {
+        let mut d = self.free.pop()?;
+        // SAFETY: `d` came from the free list: no ring holds it.
+        let mut data = unsafe { self.umem.data_mut(&mut d) };
+        let mut cursor = data.cursor();
+        // A frame dropped back to the free list keeps its old length, and a
+        // cursor writes after it: start at the beginning.
+        cursor.set_pos(0);
+        let written = std::io::Write::write_all(&mut cursor, bytes).is_ok();
+        if written {
+            Some(Frame(d))
+        } else {
+            self.free.push(d);
+            None
+        }
+    }
+
+    /// Closes `sock` and gives the frames its rings held back to the free
+    /// list. Returns whether the UMEM must be made anew: `sock` carried its
+    /// registration.
+    pub fn forget(&mut self, sock: Socket) -> bool {
+        let id = sock.id;
+        drop(sock);
+        for (i, h) in self.ledger.0.iter_mut().enumerate() {
+            if *h == id {
+                *h = 0;
+                if let Some(d) = self.all.get(i) {
+                    self.free.push(*d);
+                }
+            }
+        }
+        self.registered == Some(id)
+    }
+
+    fn new_id(&mut self) -> u16 {
+        let id = self.next_id;
+        self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+        id
+    }
+
+    /// Binds a socket on `interface`/`queue`, trying the attach modes
+    /// `mode` and `zero_copy` allow, most capable first.
+    ///
+    /// # Errors
+    /// The interface does not exist, or no mode could be bound; the message
+    /// names the interface and the last reason.
+    pub fn bind(&mut self, interface: &str, queue: u32, mode: XdpMode, zero_copy: ZeroCopy) -> Result<Socket, PortError> {
+        if !Path::new("/sys/class/net").join(interface).exists() {
+            return Err(PortError::NoInterface { iface: interface.to_owned() });
+        }
+        // Claimed for the first time: an AF_XDP program already there is a
+        // dead switch's.
+        if sys::claim(interface)?
+            && let Some(removed) = sys::remove_stale_programs(interface)
+        {
+            tracing::warn!("{removed}");
+        }
+        let natives: &[bool] = match mode {
+            XdpMode::Auto => &[true, false],
+            XdpMode::Native => &[true],
+            XdpMode::Skb => &[false],
+        };
+        let zcs: &[bool] = match zero_copy {
+            ZeroCopy::Auto => &[true, false],
+            ZeroCopy::On => &[true],
+            ZeroCopy::Off => &[false],
+        };
+        let name = interface.parse().map_err(|_| PortError::NoInterface { iface: interface.to_owned() })?;
+        // libxdp loads (or joins) the interface's XDP program when a socket
+        // is made; two loops doing so at once on one interface race and one
+        // fails. Binding is setup work, never per packet: serialise it.
+        static BINDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = BINDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let qs = QueueSize::new(self.ring_size).map_err(|e| PortError::Bind {
+            iface: interface.to_owned(),
+            queue,
+            tried: format!("ring size {}: {e}", self.ring_size),
+        })?;
+        let mut last = String::new();
+        for &native in natives {
+            for &zc in zcs {
+                // Generic mode has no zero-copy.
+                if zc && !native {
+                    continue;
+                }
+                let xdp = if native { XdpFlags::XDP_FLAGS_DRV_MODE } else { XdpFlags::XDP_FLAGS_SKB_MODE };
+                let bind = BindFlags::XDP_USE_NEED_WAKEUP | if zc { BindFlags::XDP_ZEROCOPY } else { BindFlags::XDP_COPY };
+                let config = SocketConfig::builder()
+                    .rx_queue_size(qs)
+                    .tx_queue_size(qs)
+                    .xdp_flags(xdp)
+                    .bind_flags(bind)
+                    .libxdp_flags(LibxdpFlags::empty())
+                    .build();
+                // SAFETY: every (interface, queue) is bound once per
+                // switch (the runtime opens each port's socket once), so
+                // the default program load is not shared.
+                match unsafe { xsk_rs::Socket::new(config, &self.umem, &name, queue) } {
+                    Ok((tx, rx, Some((fq, cq)))) => {
+                        // A socket sharing a UMEM may end up in copy mode
+                        // whatever it asked for: ask the kernel.
+                        let zero_copy = zc && is_zero_copy(rx.fd().as_raw_fd());
+                        let id = self.new_id();
+                        self.registered.get_or_insert(id);
+                        return Ok(Socket {
+                            interface: interface.to_owned(),
+                            ifindex: sys::ifindex(interface),
+                            queue,
+                            id,
+                            mode: Mode { native, zero_copy },
+                            tx,
+                            rx,
+                            fq,
+                            cq,
+                            ring_size: self.ring_size,
+                        });
+                    }
+                    Ok((_, _, None)) => return Err(PortError::AlreadyBound { iface: interface.to_owned(), queue }),
+                    Err(e) => {
+                        let cause = std::error::Error::source(&e).map_or(String::new(), |c| format!(" ({c})"));
+                        last = format!("{} {}: {e}{cause}", if native { "native" } else { "skb" }, if zc { "zero-copy" } else { "copy" });
+                    }
+                }
+            }
+        }
+        Err(PortError::Bind { iface: interface.to_owned(), queue, tried: last })
+    }
+}
+
+/// One bound socket and its four rings, private: frames go in and out only
+/// through its methods.
+pub struct Socket {
+    interface: String,
+    /// The interface's index when the socket was bound: another index (or
+    /// none) under the same name later means the interface was deleted
+    /// (and perhaps made again) under the socket.
+    ifindex: u32,
+    queue: u32,
+    /// This socket's number in its UMEM's ledger.
+    id: u16,
+    mode: Mode,
+    tx: TxQueue,
+    rx: RxQueue,
+    fq: FillQueue,
+    cq: CompQueue,
+    /// Entries of each of its rings (fill, completion, rx, tx).
+    ring_size: u32,
+}
+
+impl std::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Socket({}#{} {})", self.interface, self.queue, self.mode.describe())
+    }
+}
+
+/// Whether a bound AF_XDP socket runs in zero-copy mode
+/// (`getsockopt(SOL_XDP, XDP_OPTIONS)`).
+fn is_zero_copy(fd: std::os::fd::RawFd) -> bool {
+    const SOL_XDP: libc::c_int = 283;
+    const XDP_OPTIONS: libc::c_int = 8;
+    const XDP_OPTIONS_ZEROCOPY: u32 = 1;
+    let mut flags: u32 = 0;
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<u32>()).unwrap_or(4);
+    // SAFETY: `fd` is an open AF_XDP socket; the kernel writes at most
+    // `len` bytes (struct xdp_options is one u32) into `flags`.
+    let rc = unsafe { libc::getsockopt(fd, SOL_XDP, XDP_OPTIONS, (&raw mut flags).cast(), &raw mut len) };
+    rc == 0 && flags & XDP_OPTIONS_ZEROCOPY != 0
+}
+
+impl Socket {
+    pub fn interface(&self) -> &str {
+        &self.interface
+    }
+
+    pub fn queue(&self) -> u32 {
+        self.queue
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The index the interface had when the socket was bound.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// The kernel's statistics of the socket (`XDP_STATISTICS`): rx
+    /// dropped, rx invalid, tx invalid, rx ring full, fill ring empty, tx
+    /// ring empty.
+    pub fn statistics(&self) -> Option<[u64; 6]> {
+        let k = self.rx.fd().xdp_statistics().ok()?;
+        Some([
+            k.rx_dropped(),
+            k.rx_invalid_descs(),
+            k.tx_invalid_descs(),
+            k.rx_ring_full(),
+            k.rx_fill_ring_empty_descs(),
+            k.tx_ring_empty_descs(),
+        ])
+    }
+
+    /// Takes the frames the kernel has sent (the completion ring) back to
+    /// the free list; returns how many.
+    pub fn reclaim(&mut self, mem: &mut Memory) -> usize {
+        let scratch = &mut mem.scratch;
+        scratch.resize(self.ring_size as usize, FrameDesc::default());
+        // SAFETY: descriptors from the completion ring are the loop's again:
+        // the kernel has sent them.
+        let n = unsafe { self.cq.consume(scratch) };
+        mem.ledger.set_all(&scratch[..n], 0);
+        mem.free.extend_from_slice(&scratch[..n]);
+        n
+    }
+
+    /// Tops the fill ring up to `target` frames from the free list (each
+    /// socket of a loop gets its share of the UMEM; an empty fill ring
+    /// drops frames).
+    pub fn refill(&mut self, mem: &mut Memory, target: u32) {
+        let ring = self.fq.nb_free(u32::MAX);
+        let filled = self.ring_size.saturating_sub(ring);
+        let want = (target.saturating_sub(filled) as usize).min(mem.free.len()).min(ring as usize);
+        if want > 0 {
+            let from = mem.free.len() - want;
+            // SAFETY: the descriptors are free (in no ring), of this UMEM;
+            // xsk-rs puts all of them on the ring or none.
+            let done = unsafe { self.fq.produce(&mem.free[from..]) };
+            if done > 0 {
+                mem.ledger.set_all(&mem.free[from..], self.id);
+                mem.free.truncate(from);
+            }
+        }
+        if self.fq.needs_wakeup() {
+            let _ = self.fq.wakeup(self.rx.fd_mut(), 0);
+        }
+    }
+
+    /// This socket's entry for [`sys::wait_for_frames`]: readable when its
+    /// rx ring holds frames.
+    pub fn poll_fd(&self) -> libc::pollfd {
+        libc::pollfd { fd: self.rx.fd().as_raw_fd(), events: libc::POLLIN, revents: 0 }
+    }
+
+    /// Moves up to `max` received frames to the end of `out`; returns how
+    /// many.
+    pub fn receive(&mut self, mem: &mut Memory, out: &mut Vec<Frame>, max: usize) -> usize {
+        let scratch = &mut mem.scratch;
+        scratch.resize(max.min(self.ring_size as usize), FrameDesc::default());
+        // SAFETY: the frames the rx ring hands back are the loop's: the
+        // kernel has written them and lets go.
+        let n = unsafe { self.rx.consume(scratch) };
+        mem.ledger.set_all(&scratch[..n], 0);
+        out.extend(scratch[..n].iter().map(|d| Frame(*d)));
+        n
+    }
+
+    /// Moves the frames at the front of `frames` onto the tx ring, as many
+    /// as it has room for, in one commit; returns how many (the rest stay
+    /// in `frames`). Call it every loop iteration, with no frames too: it
+    /// also kicks the kernel while the ring holds frames the kernel has not
+    /// taken.
+    pub fn transmit(&mut self, mem: &mut Memory, frames: &mut Vec<Frame>) -> usize {
+        let mut n = 0;
+        if !frames.is_empty() {
+            let room = usize::try_from(self.tx.nb_free(u32::try_from(frames.len()).unwrap_or(u32::MAX))).unwrap_or(usize::MAX);
+            let take = frames.len().min(room);
+            if take > 0 {
+                let scratch = &mut mem.scratch;
+                scratch.clear();
+                scratch.extend(frames[..take].iter().map(|f| f.0));
+                // SAFETY: the frames are the loop's (held as `Frame`s, so in
+                // no ring), of this UMEM; xsk-rs submits all or none, and
+                // the ones it took are removed from `frames` below, so no
+                // frame is in two places.
+                n = unsafe { self.tx.produce(scratch) };
+                if n > 0 {
+                    mem.ledger.set_all(&scratch[..n], self.id);
+                    frames.drain(..n);
+                }
+            }
+        }
+        // Copy mode sends only on a kick (sendto), at most 32 frames per
+        // kick; zero-copy drivers ask for one with the need-wakeup flag.
+        // Kick until the kernel has taken everything from the ring (or stops
+        // taking: a full completion ring), or the rest of a batch waits for
+        // the loop's next turn, which may come after an idle sleep. Bounded:
+        // a full ring is `ring_size / 32` kicks.
+        let mut free = self.tx.nb_free_exact();
+        for _ in 0..=self.ring_size / KICK_FRAMES {
+            if free >= self.ring_size || (self.mode.zero_copy && !self.tx.needs_wakeup()) {
+                break;
+            }
+            let _ = self.tx.wakeup();
+            let now = self.tx.nb_free_exact();
+            if now == free {
+                break;
+            }
+            free = now;
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recycled_frame_holds_exactly_the_bytes_copied_in_last() {
+        let mut mem = Memory::new(512, 64).expect("a UMEM");
+        let long: Vec<u8> = (0..148u8).collect();
+        let f = mem.copy_in(&long).expect("a free frame");
+        assert_eq!(mem.data(&f), &long[..]);
+        // Back to the free list as a dropped frame goes (with its length),
+        // and taken again (the list is a stack).
+        mem.release(f);
+        let short = [7u8; 60];
+        let f = mem.copy_in(&short).expect("a free frame");
+        assert_eq!(mem.data(&f), &short[..], "the frame has the new bytes only");
+    }
+
+    #[test]
+    fn frame_numbers_are_the_frames_places_in_the_umem() {
+        let mut mem = Memory::new(512, 64).expect("a UMEM");
+        let mut numbers: Vec<u32> = (0..512).map(|_| mem.copy_in(&[1]).expect("a frame").number()).collect();
+        numbers.sort_unstable();
+        assert_eq!(numbers, (0..512).collect::<Vec<u32>>());
+    }
+}

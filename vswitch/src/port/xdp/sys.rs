@@ -1,0 +1,219 @@
+//! What the AF_XDP port needs of the system beyond its sockets: waiting
+//! for frames, the queues and index of an interface, claiming interfaces
+//! against other switches and removing what a dead one left, link events,
+//! the open-file limit, and quieting libbpf and libxdp.
+#![allow(unsafe_code, reason = "libc and libxdp calls; each says why it holds")]
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use super::PortError;
+
+/// Waits until one of the sockets whose descriptors `fds` holds (from
+/// [`Socket::poll_fd`]) has received frames, or `timeout` passes: how an
+/// idle poll loop sleeps without `busy_poll`. A fixed sleep oversleeps on a
+/// loaded host (a 200 us sleep measured up to 4 ms here) while the fill ring
+/// runs dry; this returns as soon as the kernel queues a frame.
+pub fn wait_for_frames(fds: &mut [libc::pollfd], timeout: std::time::Duration) {
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
+    };
+    let n = libc::nfds_t::try_from(fds.len()).unwrap_or(libc::nfds_t::MAX);
+    // SAFETY: `fds` is a valid array of `n` pollfd structs the kernel may
+    // write `revents` into; `ts` outlives the call; no signal mask is
+    // changed (null). An error (EINTR) just ends the wait early.
+    let _ = unsafe { libc::ppoll(fds.as_mut_ptr(), n, &raw const ts, std::ptr::null()) };
+}
+
+/// The receive queues of `interface` (`/sys/class/net/<if>/queues/rx-*`),
+/// at least one.
+pub fn rx_queues(interface: &str) -> u32 {
+    let dir = Path::new("/sys/class/net").join(interface).join("queues");
+    let n = std::fs::read_dir(dir)
+        .map_or(0, |d| d.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with("rx-")).count());
+    u32::try_from(n).unwrap_or(1).max(1)
+}
+
+/// Where the switch keeps one lock file per interface it uses.
+const LOCK_DIR: &str = "/run/sgswitch/interfaces";
+
+/// The interfaces this process has claimed, with their locked files.
+static CLAIMED: std::sync::Mutex<Vec<(String, std::fs::File)>> = std::sync::Mutex::new(Vec::new());
+
+/// Claims `interface` for this process: an exclusive `flock` on its lock
+/// file under `/run/sgswitch/interfaces`, held until the process ends (the kernel drops
+/// it even after SIGKILL). Claimed first, an interface has no live sgswitch
+/// on it, so an AF_XDP program found there is a dead one's
+/// ([`remove_stale_programs`]). `Ok(true)` when newly claimed.
+///
+/// # Errors
+/// Another running sgswitch holds the interface, or the lock file cannot
+/// be made.
+pub fn claim(interface: &str) -> Result<bool, PortError> {
+    let mut claimed = CLAIMED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if claimed.iter().any(|(n, _)| n == interface) {
+        return Ok(false);
+    }
+    let lock = format!("{LOCK_DIR}/{interface}");
+    let err = |e: &dyn std::fmt::Display| PortError::Lock { iface: interface.to_owned(), lock: lock.clone(), what: e.to_string() };
+    std::fs::create_dir_all(LOCK_DIR).map_err(|e| err(&e))?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(Path::new(LOCK_DIR).join(interface))
+        .map_err(|e| err(&e))?;
+    // SAFETY: `f` is an open file; flock changes no memory.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(PortError::Busy { iface: interface.to_owned(), lock });
+    }
+    claimed.push((interface.to_owned(), f));
+    Ok(true)
+}
+
+/// The name of the XDP program libxdp attaches for AF_XDP sockets (its
+/// default program, redirecting to the interface's socket map).
+const XSK_PROGRAM: &str = "xsk_def_prog";
+
+/// Removes the XDP programs a previous sgswitch left on `interface`: only
+/// libxdp's AF_XDP default program (and its dispatcher), which a switch
+/// killed with SIGKILL leaves attached and which makes the next socket on
+/// the interface fail; any other program stays. Returns what was removed.
+/// Call only on an interface this process has just [`claim`]ed, before
+/// opening its sockets: no live sgswitch uses the program then.
+pub fn remove_stale_programs(interface: &str) -> Option<String> {
+    let name = std::ffi::CString::new(interface).ok()?;
+    // SAFETY: `name` is a NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    let ifindex = libc::c_int::try_from(index).ok().filter(|&i| i > 0)?;
+    // SAFETY: libxdp returns either a valid multiprog we own (closed below)
+    // or an error pointer, which `libxdp_get_error` tells apart.
+    let mp = unsafe { libxdp_sys::xdp_multiprog__get_from_ifindex(ifindex) };
+    // SAFETY: `mp` is what libxdp returned, as its error check expects.
+    if mp.is_null() || unsafe { libxdp_sys::libxdp_get_error(mp.cast()) } != 0 {
+        return None;
+    }
+    let mut names = Vec::new();
+    // SAFETY: `mp` is a valid multiprog; `next_prog` walks its programs
+    // (null to start, null at the end) and names are NUL-terminated strings
+    // owned by the programs, copied out before `mp` is closed.
+    unsafe {
+        let name_of = |p: *const libxdp_sys::xdp_program| {
+            let n = libxdp_sys::xdp_program__name(p);
+            if n.is_null() { String::new() } else { std::ffi::CStr::from_ptr(n).to_string_lossy().into_owned() }
+        };
+        if libxdp_sys::xdp_multiprog__is_legacy(mp) {
+            names.push(name_of(libxdp_sys::xdp_multiprog__main_prog(mp)));
+        } else {
+            let mut p = libxdp_sys::xdp_multiprog__next_prog(std::ptr::null(), mp);
+            while !p.is_null() {
+                names.push(name_of(p));
+                p = libxdp_sys::xdp_multiprog__next_prog(p, mp);
+            }
+        }
+    }
+    let ours = !names.is_empty() && names.iter().all(|n| n == XSK_PROGRAM);
+    // SAFETY: `mp` is valid; detaching removes what it describes from the
+    // interface, and closing frees it once.
+    let detached = ours && unsafe { libxdp_sys::xdp_multiprog__detach(mp) } == 0;
+    // SAFETY: as above; `mp` is not used after this.
+    unsafe { libxdp_sys::xdp_multiprog__close(mp) };
+    detached.then(|| format!("{interface}: removed the XDP program ({}) a previous sgswitch left attached", names.join(", ")))
+}
+
+/// Raises the soft limit on open files to the hard limit: sockets, the
+/// metrics endpoint's clients and the control socket's share it, and the
+/// default of 1,024 is what a handful of idle clients used to exhaust.
+/// Returns the limit in force.
+pub fn raise_open_files() -> u64 {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `r` is a valid rlimit the kernel writes; RLIMIT_NOFILE is a
+    // valid resource.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut r) } != 0 {
+        return 0;
+    }
+    if r.rlim_cur < r.rlim_max {
+        let raised = libc::rlimit { rlim_cur: r.rlim_max, rlim_max: r.rlim_max };
+        // SAFETY: as above; the new soft limit is the hard one, which an
+        // unprivileged process may set too.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) } == 0 {
+            return raised.rlim_cur;
+        }
+    }
+    r.rlim_cur
+}
+
+/// The index of interface `name`, 0 if there is none.
+pub fn ifindex(name: &str) -> u32 {
+    let Ok(c) = std::ffi::CString::new(name) else { return 0 };
+    // SAFETY: `c` is a NUL-terminated string that outlives the call.
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
+}
+
+/// Counts the kernel's link events (an interface made, deleted, or its
+/// state changed: `RTM_NEWLINK`/`RTM_DELLINK` on an `rtnetlink` socket
+/// subscribed to `RTMGRP_LINK`) into `events` until `stop`: the poll loops
+/// look at their interfaces again when it moves. The events are only a
+/// prompt (the loops read the interfaces themselves), so nothing of them is
+/// parsed. Returns at once, with the reason, if the socket cannot be made.
+///
+/// # Errors
+/// The netlink socket cannot be opened or bound.
+pub fn watch_links(stop: &std::sync::atomic::AtomicBool, events: &std::sync::atomic::AtomicU64) -> Result<(), PortError> {
+    use std::sync::atomic::Ordering;
+    const RTMGRP_LINK: u32 = 1;
+    // SAFETY: a plain socket call; the descriptor is owned below.
+    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+    if fd < 0 {
+        return Err(PortError::Sys { call: "socket(AF_NETLINK)", what: std::io::Error::last_os_error().to_string() });
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: an all-zero sockaddr_nl is valid; the fields are set below.
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    addr.nl_family = libc::sa_family_t::try_from(libc::AF_NETLINK).unwrap_or(16);
+    addr.nl_groups = RTMGRP_LINK;
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_nl>()).unwrap_or(12);
+    // SAFETY: `addr` is a valid sockaddr_nl of `len` bytes.
+    if unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) } != 0 {
+        return Err(PortError::Sys { call: "bind(AF_NETLINK, RTMGRP_LINK)", what: std::io::Error::last_os_error().to_string() });
+    }
+    let timeout = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+    let tlen = libc::socklen_t::try_from(std::mem::size_of::<libc::timeval>()).unwrap_or(16);
+    // SAFETY: `timeout` is a valid timeval of `tlen` bytes.
+    unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&raw const timeout).cast(), tlen) };
+    let mut buf = vec![0u8; 64 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: `buf` is a valid buffer of its length for the kernel.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n > 0 {
+            events.fetch_add(1, Ordering::Relaxed);
+        } else if n < 0 {
+            let e = std::io::Error::last_os_error();
+            // A timeout lets `stop` be seen; an overrun lost events, which
+            // is itself a prompt to look.
+            if e.raw_os_error() == Some(libc::ENOBUFS) {
+                events.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Silences libbpf's and libxdp's own messages on stderr (ELF section
+/// notices, the bpffs fallback): the switch reports what failed itself.
+pub fn quiet_libraries() {
+    // SAFETY: setting the print callbacks to none; called before any
+    // socket is created.
+    unsafe {
+        libxdp_sys::libxdp_set_print(None);
+        libbpf_set_print(std::ptr::null());
+    }
+}
+
+unsafe extern "C" {
+    /// libbpf (linked in through libxdp-sys): `libbpf_print_fn_t
+    /// libbpf_set_print(libbpf_print_fn_t fn)`; null silences it.
+    fn libbpf_set_print(f: *const libc::c_void) -> *const libc::c_void;
+}

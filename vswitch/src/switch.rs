@@ -1,0 +1,349 @@
+//! `sgswitch run` (the top layer): the switch put together. The caller's
+//! thread loads the configuration, starts the poll loops ([`crate::engine`])
+//! pinned to their cores, the reloader ([`crate::control`]), the link
+//! watcher, the metrics endpoint, the control socket and the flow-log
+//! writer ([`crate::ops`]), then watches the directory and signals.
+//!
+//! - **Reload**: a change under the configuration directory (inotify through
+//!   the `notify` crate, applied once the files are stable), SIGHUP or
+//!   `sgswitch ctl reload` queue a reload on the reloader thread. A valid
+//!   configuration is compiled off the hot path and published with one
+//!   atomic swap ([`arc_swap`]); the loops pick it up between batches, open
+//!   the sockets of new ports and close those of removed ones, and flush a
+//!   removed port's flows. An invalid one is refused with its file:line
+//!   messages in the log; the running one stays. Settings only a start
+//!   applies are named ([`crate::control::restart_needed`]).
+//! - **Shutdown**: SIGINT or SIGTERM stops the loops; dropping the sockets
+//!   detaches the XDP programs libxdp attached, so nothing is left on the
+//!   interfaces; the control socket's file is removed. The process exits
+//!   within [`STOP_WITHIN`] whatever is stuck.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_queue::ArrayQueue;
+use tracing::{info, warn};
+
+use crate::control::sizing::{MemoryError, check_conntrack_memory, meminfo};
+use crate::control::{Control, LoadError, load};
+use crate::datapath::plan::Zones;
+use crate::datapath::stats::Counters;
+use crate::engine::forward::{HANDOVER, Inboxes};
+use crate::engine::stats::LoopStats;
+use crate::engine::{Context, Loops, poll_loop};
+use crate::ops::View;
+use crate::ops::flowlog::FlowLogError;
+use crate::packet::flowlog::FlowLog;
+use crate::port::PortError;
+use crate::port::xdp::sys;
+
+/// Why the switch could not start, or stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("host.toml: [uplink] interface is required to run the datapath")]
+    NoUplink,
+    #[error("installing signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("{0}")]
+    Endpoint(String),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Port(#[from] PortError),
+    #[error(transparent)]
+    FlowLog(#[from] FlowLogError),
+    #[error("starting poll loop {index}: {source}")]
+    Thread { index: usize, source: std::io::Error },
+    #[error("a poll loop ended before it was ready")]
+    NotReady,
+    #[error("a poll loop panicked")]
+    Panicked,
+}
+
+/// What the switch's own threads share (the endpoints get a [`View`]).
+#[derive(Debug)]
+struct Shared {
+    /// `[reload]` of host.toml at start.
+    reload: sgswitch_config::Reload,
+    control: Arc<Control>,
+    stop: Arc<AtomicBool>,
+    /// Link events seen (interfaces made, deleted or changed): the loops
+    /// look at their interfaces again when it moves.
+    link_events: Arc<AtomicU64>,
+}
+
+/// Runs the switch on `dir` until SIGINT or SIGTERM; returns the shutdown
+/// summary.
+///
+/// # Errors
+/// The configuration is invalid, the uplink is not configured, a socket
+/// cannot be opened (the message names the interface and the reason), or
+/// the metrics address or control socket cannot be bound.
+#[expect(clippy::too_many_lines, reason = "the start reads top to bottom: load, signals, endpoints, loops, threads, watch, stop")]
+pub fn run(dir: &Path) -> Result<String, RunError> {
+    sys::quiet_libraries();
+    sys::raise_open_files();
+    let epoch = Instant::now();
+    let started = SystemTime::now();
+    let mut zones = Zones::default();
+    let first = load(dir, &mut zones, 1)?;
+    let host = first.plan.policy().config().host.clone();
+    let uplink = host.uplink_interface.clone().ok_or(RunError::NoUplink)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).map_err(RunError::Signals)?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup)).map_err(RunError::Signals)?;
+
+    // Bind the operator's endpoints first: a taken address fails the start
+    // before any interface is touched.
+    let metrics = crate::ops::metrics::bind(host.metrics_listen).map_err(RunError::Endpoint)?;
+    let control_socket = crate::ops::control::bind(&host.control_socket).map_err(RunError::Endpoint)?;
+
+    let cores = if host.datapath.cores.is_empty() { vec![0] } else { host.datapath.cores.clone() };
+    let n = cores.len();
+    if let Some(avail) = meminfo("MemAvailable") {
+        check_conntrack_memory(&host, n, avail, "MemAvailable")?;
+    }
+    let stats: Vec<Arc<LoopStats>> =
+        cores.iter().enumerate().map(|(i, &c)| Arc::new(LoopStats::new(i, c, Arc::new(Counters::default())))).collect();
+    let (loops, receivers) = Loops::new(stats.clone());
+    let loops = Arc::new(loops);
+    let (logs, writer): (Vec<Option<FlowLog>>, _) = if host.flow_log.enabled {
+        let (logs, w) = FlowLog::per_loop(&host.flow_log, n);
+        (logs.into_iter().map(Some).collect(), Some(w))
+    } else {
+        ((0..n).map(|_| None).collect(), None)
+    };
+    let (control, reload_jobs) = Control::new(dir, first, zones, epoch);
+    let control = Arc::new(control);
+    let shared =
+        Shared { reload: host.reload, control: Arc::clone(&control), stop: Arc::clone(&stop), link_events: Arc::new(AtomicU64::new(0)) };
+    let view = Arc::new(View {
+        dir: dir.to_owned(),
+        host: host.clone(),
+        started,
+        loops: Arc::clone(&loops),
+        control: Arc::clone(&control),
+        flow_log: logs.iter().flatten().map(|l| Arc::clone(l.stats())).collect(),
+        stop: Arc::clone(&stop),
+    });
+    let inboxes: Arc<Inboxes> = Arc::new((0..n).map(|_| Arc::new(ArrayQueue::new(HANDOVER))).collect());
+
+    let finish = |stop: &AtomicBool| {
+        stop.store(true, Ordering::Relaxed);
+        let _ = std::fs::remove_file(&host.control_socket);
+    };
+    let flow_handle = || crate::ops::flowlog::Handle { published: Arc::clone(&control.published), started, stop: Arc::clone(&stop) };
+    let writer = match writer.map(|w| crate::ops::flowlog::start(w, flow_handle())).transpose() {
+        Ok(w) => w,
+        Err(e) => {
+            finish(&stop);
+            return Err(e.into());
+        }
+    };
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), PortError>>();
+    let mut workers = Vec::with_capacity(n);
+    for ((stats, log), requests) in stats.into_iter().zip(logs).zip(receivers) {
+        let (host, uplink, ready) = (host.clone(), uplink.clone(), ready_tx.clone());
+        let (published, halt, events, inboxes) =
+            (Arc::clone(&control.published), Arc::clone(&stop), Arc::clone(&shared.link_events), Arc::clone(&inboxes));
+        let index = stats.index;
+        let spawned = std::thread::Builder::new().name(format!("sgswitch-loop-{index}")).spawn(move || {
+            let cx = Context {
+                host: &host,
+                uplink: &uplink,
+                published: &published,
+                stop: &halt,
+                link_events: &events,
+                inboxes: &inboxes,
+                epoch,
+            };
+            poll_loop(&cx, &stats, log, &requests, &ready)
+        });
+        match spawned {
+            Ok(w) => workers.push(w),
+            Err(source) => {
+                finish(&stop);
+                return Err(RunError::Thread { index, source });
+            }
+        }
+    }
+    drop(ready_tx);
+    let mut failed = None;
+    for _ in 0..n {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failed.get_or_insert(RunError::Port(e));
+            }
+            Err(_) => {
+                failed.get_or_insert(RunError::NotReady);
+            }
+        }
+    }
+    if let Some(e) = failed {
+        finish(&stop);
+        for w in workers {
+            let _ = w.join();
+        }
+        return Err(e);
+    }
+    let threads = [crate::ops::metrics::serve(metrics, Arc::clone(&view)), crate::ops::control::serve(control_socket, Arc::clone(&view))];
+    // Link events prompt the loops to look at their interfaces (a VM's tap
+    // deleted and made again when it restarts); without them, they look
+    // once a second.
+    {
+        let (stop, events) = (Arc::clone(&stop), Arc::clone(&shared.link_events));
+        let spawned = std::thread::Builder::new().name("sgswitch-links".into()).spawn(move || {
+            if let Err(e) = sys::watch_links(&stop, &events) {
+                warn!("cannot watch link events ({e}); interfaces are looked at once a second");
+            }
+        });
+        if let Err(e) = spawned {
+            warn!("cannot watch link events ({e}); interfaces are looked at once a second");
+        }
+    }
+    // The reloader is not joined at exit: a load blocked in a read must not
+    // keep the switch from stopping.
+    {
+        let (control, stop) = (Arc::clone(&control), Arc::clone(&stop));
+        let spawned = std::thread::Builder::new().name("sgswitch-reload".into()).spawn(move || control.run_reloader(&reload_jobs, &stop));
+        if let Err(e) = spawned {
+            warn!("cannot start the reloader ({e}); the configuration will not be reloaded");
+        }
+    }
+    info!(
+        metrics = %host.metrics_listen,
+        control = %host.control_socket.display(),
+        loops = n,
+        "running on {} (generation 1, {n} poll loop{} on cores {cores:?}); SIGHUP or a file change reloads, SIGINT/SIGTERM stops",
+        dir.display(),
+        if n == 1 { "" } else { "s" }
+    );
+    watch(&shared, &hup);
+    // Stopping: the loops end within an idle wait and close their sockets
+    // (detaching the XDP programs); the endpoints' threads within a tenth
+    // of a second. Whatever is stuck after STOP_WITHIN (a load blocked in
+    // a read) does not hold the exit.
+    watchdog(STOP_WITHIN);
+    let mut result = Ok(());
+    for w in workers {
+        let r = w.join().map_err(|_| RunError::Panicked).and_then(|r| r.map_err(RunError::from));
+        result = result.and(r);
+    }
+    finish(&stop);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for t in threads.into_iter().flatten().chain(writer) {
+        while !t.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if t.is_finished() {
+            let _ = t.join();
+        }
+    }
+    result.map(|()| loops.summary(&control.published.load().plan))
+}
+
+/// How long the switch takes at most to exit after SIGINT or SIGTERM.
+pub const STOP_WITHIN: Duration = Duration::from_secs(5);
+
+/// Ends the process with status 2 if it is still running `after` from now:
+/// the last resort of a stop that something holds up. The next start
+/// removes any XDP program left behind.
+fn watchdog(after: Duration) {
+    let _ = std::thread::Builder::new().name("sgswitch-stop".into()).spawn(move || {
+        std::thread::sleep(after);
+        eprintln!("sgswitch: did not stop within {} s of the signal; exiting", after.as_secs());
+        std::process::exit(2);
+    });
+}
+
+/// The size and modification time of every configuration file, in a fixed
+/// order.
+type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+
+/// The [`Fingerprint`] of `dir` (`host.toml` and the `.toml` files of its
+/// folders): two equal fingerprints a debounce interval apart mean nobody
+/// is writing.
+fn fingerprint(dir: &Path) -> Fingerprint {
+    let mut out = Vec::new();
+    let mut add = |p: PathBuf| {
+        let m = std::fs::metadata(&p).ok();
+        out.push((p, m.as_ref().map_or(0, std::fs::Metadata::len), m.and_then(|m| m.modified().ok())));
+    };
+    add(dir.join("host.toml"));
+    for folder in ["ports", "groups", "prefix-lists"] {
+        let Ok(rd) = std::fs::read_dir(dir.join(folder)) else { continue };
+        let mut files: Vec<PathBuf> =
+            rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect();
+        files.sort();
+        files.into_iter().for_each(&mut add);
+    }
+    out
+}
+
+/// The control thread: reloads on SIGHUP, and on file changes once the
+/// files have stopped changing (`[reload] watch`, `debounce_ms`), until
+/// told to stop.
+fn watch(shared: &Shared, hup: &AtomicBool) {
+    use notify::Watcher;
+    let dir = shared.control.dir();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let debounce = Duration::from_millis(u64::from(shared.reload.debounce_ms));
+    let watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+        // Configuration files only (editors' swap files and logs beside
+        // them do not count).
+        if e.is_ok_and(|e| !e.kind.is_access() && e.paths.iter().any(|p| p.extension().is_some_and(|x| x == "toml"))) {
+            let _ = tx.send(());
+        }
+    });
+    let _watcher = if shared.reload.watch {
+        match watcher {
+            Ok(mut w) => match w.watch(dir, notify::RecursiveMode::Recursive) {
+                Ok(()) => Some(w),
+                Err(e) => {
+                    warn!("watching {} failed ({e}); reload with SIGHUP or `sgswitch ctl reload`", dir.display());
+                    None
+                }
+            },
+            Err(e) => {
+                warn!("cannot watch files ({e}); reload with SIGHUP or `sgswitch ctl reload`");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    // A change is applied once the files are unchanged (sizes and
+    // modification times) for `debounce`: a file caught half-written by a
+    // writer that pauses waits for the rest.
+    let mut due: Option<(Instant, Fingerprint)> = None;
+    while !shared.stop.load(Ordering::Relaxed) {
+        if rx.recv_timeout(Duration::from_millis(50)).is_ok() {
+            while rx.try_recv().is_ok() {}
+            due = Some((Instant::now() + debounce, fingerprint(dir)));
+        }
+        let now = Instant::now();
+        if hup.swap(false, Ordering::Relaxed) {
+            shared.control.queue_reload("SIGHUP");
+        }
+        if let Some((at, before)) = due.take() {
+            if now < at {
+                due = Some((at, before));
+            } else {
+                let after = fingerprint(dir);
+                if after == before {
+                    shared.control.queue_reload("file change");
+                } else {
+                    due = Some((now + debounce, after));
+                }
+            }
+        }
+    }
+}

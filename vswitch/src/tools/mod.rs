@@ -1,0 +1,8 @@
+//! The pipeline put to other uses than a poll loop: `replay` over a
+//! capture ([`replay`]), the datapath's verdict on a traced packet
+//! ([`probe`]), and trace requests as `trace`, `trace --batch` and `ctl
+//! trace` read them ([`request`]).
+
+pub mod probe;
+pub mod replay;
+pub mod request;
