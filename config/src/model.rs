@@ -90,23 +90,9 @@ impl Default for Datapath {
     }
 }
 
-/// Connection-tracking timeouts, in seconds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Timeouts {
-    pub tcp_syn: u32,
-    pub tcp_established: u32,
-    pub tcp_closing: u32,
-    pub udp: u32,
-    pub udp_stream: u32,
-    pub icmp: u32,
-    pub other: u32,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts { tcp_syn: 120, tcp_established: 910, tcp_closing: 120, udp: 30, udp_stream: 180, icmp: 30, other: 600 }
-    }
-}
+/// Connection-tracking timeouts, in seconds: the connection table's own
+/// type, so that the schema's defaults are the table's.
+pub use sgswitch_conntrack::Timeouts;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Conntrack {

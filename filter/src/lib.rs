@@ -10,8 +10,6 @@
 //! - [`compiled`]: the compiled classifier: per port and direction, an
 //!   immutable [`Table`] that answers exactly as the reference, fast; a
 //!   [`Compiled`] holds every port's tables for one policy generation.
-//! - [`snapshot`]: [`Published`], how a new `Compiled` reaches the poll
-//!   loops (an atomic pointer swap; readers never lock).
 //! - [`mod@reference`]: the reference evaluator, [`Policy::evaluate`]. It is a
 //!   plain, literal reading of the three policy models and stays in the
 //!   project as the oracle that faster classifiers are checked against. It is
@@ -63,11 +61,9 @@ pub mod decision;
 pub mod policy;
 pub mod query;
 pub mod reference;
-pub mod snapshot;
 
 pub use compiled::{Compiled, Key, PortTables, Table};
 pub use decision::{By, Decision, Packet, RuleRef, Verdict};
 pub use policy::{Policy, PortIdx};
 pub use query::Query;
 pub use sgswitch_config::{Action, Direction, GroupType, PolicyModel};
-pub use snapshot::Published;

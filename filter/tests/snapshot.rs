@@ -1,12 +1,15 @@
-//! Publishing snapshots while readers classify: every read sees one whole
-//! generation, and an old snapshot is freed when its last reader lets go.
+//! Publishing compiled policies while readers classify, as the switch's
+//! control plane does (an `ArcSwap` of an immutable snapshot, swapped whole):
+//! every read sees one whole generation, and an old snapshot is freed when
+//! its last reader lets go.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 
+use arc_swap::ArcSwap;
 use sgswitch_config::{Action, Config};
-use sgswitch_filter::{By, Compiled, Direction, Packet, Policy, Published, Verdict};
+use sgswitch_filter::{By, Compiled, Direction, Packet, Policy, Verdict};
 
 fn examples() -> Config {
     sgswitch_config::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")).expect("examples load")
@@ -42,7 +45,7 @@ fn readers_always_see_one_whole_generation() {
         icmp_type: 0,
         icmp_code: 0,
     };
-    let published = Arc::new(Published::new(Compiled::new(allow.clone(), 0)));
+    let published = Arc::new(ArcSwap::from_pointee(Compiled::new(allow.clone(), 0)));
     let stop = Arc::new(AtomicBool::new(false));
     let start = Arc::new(Barrier::new(3));
     let readers: Vec<_> = (0..2)
@@ -66,7 +69,7 @@ fn readers_always_see_one_whole_generation() {
     start.wait();
     for generation in 1..=200u64 {
         let policy = if generation % 2 == 0 { allow.clone() } else { deny.clone() };
-        published.publish(Compiled::new(policy, generation));
+        published.store(Arc::new(Compiled::new(policy, generation)));
     }
     stop.store(true, Ordering::Relaxed);
     for r in readers {
@@ -78,10 +81,10 @@ fn readers_always_see_one_whole_generation() {
 
 #[test]
 fn an_old_snapshot_is_freed_when_its_last_reader_lets_go() {
-    let published = Published::new(Compiled::new(Arc::new(Policy::new(examples())), 1));
+    let published = ArcSwap::from_pointee(Compiled::new(Arc::new(Policy::new(examples())), 1));
     let held = published.load_full();
     let weak = Arc::downgrade(&held);
-    let old = published.publish(Compiled::new(Arc::new(Policy::new(examples())), 2));
+    let old = published.swap(Arc::new(Compiled::new(Arc::new(Policy::new(examples())), 2)));
     drop(old);
     assert!(weak.upgrade().is_some(), "a reader still holds generation 1");
     assert_eq!(held.generation(), 1);

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use sgswitch_benches::classbench::{self, FAMILIES};
 use sgswitch_benches::sgshape;
-use sgswitch_filter::{By, Compiled, Decision, Direction, Key, Packet, Policy, Published, Verdict};
+use sgswitch_filter::{By, Compiled, Decision, Direction, Key, Packet, Policy, Verdict};
 
 /// Median cost of reading the clock twice, subtracted from single-lookup
 /// timings.
@@ -191,11 +191,11 @@ fn classbench_row(set: &str, synthetic: usize, overhead: u64, reference_sample: 
 /// sharing a table) to a published snapshot.
 fn host_row(json: bool) {
     let cfg = sgshape::host_config(100, 1000, 11);
-    let published = Published::new(Compiled::new(Arc::new(Policy::new(sgshape::config(10, 1))), 0));
+    let published = arc_swap::ArcSwap::from_pointee(Compiled::new(Arc::new(Policy::new(sgshape::config(10, 1))), 0));
     let t = Instant::now();
     let compiled = Compiled::new(Arc::new(Policy::new(cfg)), 1);
     let (tables, memory) = (compiled.distinct_tables(), compiled.memory_bytes());
-    published.publish(compiled);
+    published.store(Arc::new(compiled));
     let ms = ns(t) as f64 / 1e6;
     if json {
         println!(

@@ -11,10 +11,7 @@ use sgswitch_config::Direction;
 use sgswitch_conntrack::Zone;
 use sgswitch_filter::{By, Decision, RuleRef};
 
-pub use plan::PortIdx;
-
-/// An Ethernet address.
-pub type MacAddr = [u8; 6];
+pub use plan::{MacAddr, PortIdx};
 
 /// Where a frame came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,7 +41,7 @@ pub enum Action {
     Forward(To),
     Drop,
     /// A fragment waiting for its first fragment; its outcome comes later
-    /// through [`Pipeline::take_released`].
+    /// through [`crate::packet::Pipeline::take_released`].
     Held,
     /// The next stage is this port's ingress, and another poll loop owns
     /// the port (and its conntrack zone): hand the frame over to it.

@@ -16,8 +16,18 @@ use sgswitch_config::{Config, PortRange};
 use sgswitch_conntrack::Zone;
 use sgswitch_filter::{Compiled, Policy};
 
-use super::MacAddr;
-use super::stats::RuleLabel;
+/// An Ethernet address.
+pub type MacAddr = [u8; 6];
+
+/// A rule as metrics and the flow log name it: the same group, direction and
+/// index `sgswitch trace` reports.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleLabel {
+    pub group: Arc<str>,
+    pub direction: &'static str,
+    pub index: u16,
+    pub action: &'static str,
+}
 
 /// A configuration ready to publish, with the zones of ports that went
 /// away (the loops flush their flows).

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 
 use super::Kind;
-use super::plan::MAX_PORTS;
+use super::plan::{MAX_PORTS, RuleLabel};
 
 /// A counter with one writer.
 #[derive(Debug, Default)]
@@ -71,17 +71,7 @@ impl PortCounters {
     }
 }
 
-/// A rule as metrics and the flow log name it: the same group, direction and
-/// index `sgswitch trace` reports.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RuleLabel {
-    pub group: Arc<str>,
-    pub direction: &'static str,
-    pub index: u16,
-    pub action: &'static str,
-}
-
-/// The hits of one plan's rules, by rule slot ([`crate::plan::Plan::rule_slot`]).
+/// The hits of one plan's rules, by rule slot ([`crate::datapath::plan::Plan::rule_slot`]).
 #[derive(Debug)]
 pub struct RuleHits {
     pub generation: u32,

@@ -8,13 +8,54 @@ use std::sync::Arc;
 use sgswitch_config::Host;
 use tracing::{info, warn};
 
-use super::forward::Held;
 use super::stats::{LinkState, SocketStats};
 use crate::datapath::plan::Plan;
 use crate::datapath::stats::Counter;
 use crate::datapath::{Owner, Source};
 use crate::port::PortError;
 use crate::port::xdp::{Frame, Memory, Socket, sys};
+
+/// Where frames held by the pipeline (fragments waiting for their first)
+/// wait, by frame number: the pipeline carries only the number.
+#[derive(Debug)]
+pub struct Held(Vec<Option<Frame>>);
+
+impl Held {
+    /// Room for every frame of a UMEM of `frames` frames.
+    pub fn new(frames: usize) -> Held {
+        Held((0..frames).map(|_| None).collect())
+    }
+
+    /// Keeps `f` until the pipeline releases it (a frame of the same
+    /// number held before goes back to `mem`).
+    pub fn keep(&mut self, f: Frame, mem: &mut Memory) {
+        match self.0.get_mut(f.number() as usize) {
+            Some(slot) => {
+                if let Some(old) = slot.replace(f) {
+                    mem.release(old);
+                }
+            }
+            None => mem.release(f),
+        }
+    }
+
+    /// The frame of number `n`, taken back.
+    pub fn take(&mut self, n: u32) -> Option<Frame> {
+        self.0.get_mut(n as usize).and_then(Option::take)
+    }
+
+    /// Gives every held frame back to `mem` (the pipeline forgot them).
+    pub fn release_all(&mut self, mem: &mut Memory) {
+        for f in self.0.iter_mut().filter_map(Option::take) {
+            mem.release(f);
+        }
+    }
+
+    /// Forgets every held frame: they were of a UMEM that is gone.
+    pub fn clear(&mut self) {
+        self.0.iter_mut().for_each(|f| *f = None);
+    }
+}
 
 /// A socket, where its frames come from, and its counters.
 pub struct Port {

@@ -2,7 +2,7 @@
 //! served on `[metrics] listen` by hyper on a one-thread tokio runtime.
 //!
 //! # Design
-//! A scrape reads the loops' counters ([`crate::stats`]) with relaxed
+//! A scrape reads the loops' counters ([`crate::datapath::stats`]) with relaxed
 //! loads and sums them over the loops; it takes no lock a poll loop takes,
 //! so a slow or stuck scraper can never stall the datapath. The text is
 //! rendered by [`render`], a plain encoder of the format (HELP and TYPE

@@ -5,7 +5,7 @@
 //! # Design
 //! - **Key**: everything the pipeline's decision reads of an untagged IPv4
 //!   TCP, UDP or ICMP echo (request or reply) frame with a 20-byte header
-//!   that is not a fragment (read by [`crate::parse::flow_v4`], which
+//!   that is not a fragment (read by [`crate::packet::parse::flow_v4`], which
 //!   `parse` agrees with), apart from connection state: where the frame
 //!   came from (a port or the uplink), both MACs (forwarding,
 //!   anti-spoofing), both addresses, the protocol and both ports (for an

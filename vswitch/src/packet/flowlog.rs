@@ -12,7 +12,7 @@
 //! a bounded lock-free queue ([`crossbeam_queue::ArrayQueue`]). A full
 //! queue drops the record and counts it: the datapath never waits for the
 //! disk. A writer thread formats and writes the lines
-//! (`crate::ops::flowlog`).
+//! (in the operations layer, `ops::flowlog`).
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -84,7 +84,7 @@ pub fn conntrack_settings(host: &Host, seed: u64) -> ct::Settings {
         capacity: host.conntrack.capacity,
         per_zone_capacity: host.conntrack.per_port_capacity,
         zone_timeouts: Vec::new(),
-        default_timeouts: timeouts(host.conntrack.timeouts),
+        default_timeouts: host.conntrack.timeouts,
         tcp_strict: host.conntrack.tcp_strict,
         revalidate: host.on_policy_change == sgswitch_config::OnPolicyChange::Revalidate,
         seed,
@@ -100,18 +100,6 @@ pub fn capacity_share(capacity: u32, loops: usize, i: usize) -> u32 {
     (capacity / n + u32::from(i < capacity % n)).max(1)
 }
 
-fn timeouts(t: sgswitch_config::Timeouts) -> ct::Timeouts {
-    ct::Timeouts {
-        tcp_syn: t.tcp_syn,
-        tcp_established: t.tcp_established,
-        tcp_closing: t.tcp_closing,
-        udp: t.udp,
-        udp_stream: t.udp_stream,
-        icmp: t.icmp,
-        other: t.other,
-    }
-}
-
 /// The connection table's settings under `plan`: the host's, with each
 /// port's timeouts for its zone; the capacity and seed of `running`, which
 /// a table keeps.
@@ -121,7 +109,7 @@ fn live_settings(plan: &Plan, running: &ct::Settings) -> ct::Settings {
     s.zone_timeouts = vec![s.default_timeouts; plan.zones];
     for p in &plan.ports {
         if let Some(z) = s.zone_timeouts.get_mut(usize::from(p.zone)) {
-            *z = timeouts(p.timeouts);
+            *z = p.timeouts;
         }
     }
     s
@@ -136,7 +124,7 @@ const EXPIRE_BUDGET: usize = 64;
 pub struct Pipeline<H> {
     pub conntrack: ct::Table,
     frags: Fragments<Pending<H>>,
-    /// Shared with the metrics endpoint (see [`crate::stats`]).
+    /// Shared with the metrics endpoint (see [`crate::datapath::stats`]).
     pub counters: Arc<Counters>,
     /// Where denied packets are logged, if anywhere.
     pub flow_log: Option<FlowLog>,

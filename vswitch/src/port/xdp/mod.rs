@@ -24,7 +24,7 @@
 //! until the ring gives it back, and the type system keeps the loop from
 //! using it, or giving it away twice, meanwhile. The rings are private to
 //! [`Socket`]; each hand-over to a ring is a transaction (the frames that
-//! fit are committed at once; the rest stay the caller's). A [`Ledger`]
+//! fit are committed at once; the rest stay the caller's). A ledger
 //! records which socket holds each frame, so a socket closed with frames in
 //! its rings gives them back ([`Memory::forget`]).
 //!

@@ -7,10 +7,10 @@
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use super::PortError;
+use crate::port::PortError;
 
 /// Waits until one of the sockets whose descriptors `fds` holds (from
-/// [`Socket::poll_fd`]) has received frames, or `timeout` passes: how an
+/// [`super::Socket::poll_fd`]) has received frames, or `timeout` passes: how an
 /// idle poll loop sleeps without `busy_poll`. A fixed sleep oversleeps on a
 /// loaded host (a 200 us sleep measured up to 4 ms here) while the fill ring
 /// runs dry; this returns as soon as the kernel queues a frame.
