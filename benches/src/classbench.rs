@@ -43,13 +43,34 @@ pub struct CbPacket {
     pub from_rule: usize,
 }
 
-/// The folder of the data: `$SGSWITCH_CLASSBENCH`, or `shared/data/classbench`
-/// beside the checkout.
-pub fn data_dir() -> PathBuf {
+/// The 1k sets and traces in the repository (gzipped).
+pub fn repo_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/classbench")
+}
+
+/// The folder of the larger sets the benchmarks read, if there is one:
+/// `$SGSWITCH_CLASSBENCH`, or `shared/data/classbench` beside the checkout
+/// on the development machines.
+pub fn data_dir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("SGSWITCH_CLASSBENCH") {
-        return PathBuf::from(d);
+        return Some(PathBuf::from(d));
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/classbench")
+    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/classbench");
+    beside.is_dir().then_some(beside)
+}
+
+/// The traces there are: the twelve 1k ones in the repository, and those of
+/// [`data_dir`] beside them.
+pub fn traces() -> Vec<String> {
+    let mut names: Vec<String> = FAMILIES.iter().map(|f| format!("{f}_1k")).collect();
+    if let Some(dir) = data_dir()
+        && let Ok(rd) = std::fs::read_dir(dir)
+    {
+        names.extend(rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter_map(|n| n.strip_suffix("_trace").map(str::to_owned)));
+    }
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// The twelve families (`acl1`..`acl5`, `fw1`..`fw5`, `ipc1`, `ipc2`).
@@ -100,9 +121,22 @@ pub fn parse_trace(text: &str) -> Result<Vec<CbPacket>, String> {
     Ok(out)
 }
 
-/// Reads `<data_dir>/<name>`.
+/// Reads the set or trace `name`: from the repository (`<name>.gz` in
+/// [`repo_dir`]), else from [`data_dir`].
 pub fn read(name: &str) -> Result<String, String> {
-    let p = data_dir().join(name);
+    let gz = repo_dir().join(format!("{name}.gz"));
+    if gz.is_file() {
+        let mut text = String::new();
+        let f = std::fs::File::open(&gz).map_err(|e| format!("{}: {e}", gz.display()))?;
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(f), &mut text).map_err(|e| format!("{}: {e}", gz.display()))?;
+        return Ok(text);
+    }
+    let Some(dir) = data_dir() else {
+        return Err(format!(
+            "ClassBench {name}: not in the repository (it has the 1k sets only); set SGSWITCH_CLASSBENCH to a folder holding the larger sets"
+        ));
+    };
+    let p = dir.join(name);
     std::fs::read_to_string(&p).map_err(|e| format!("{}: {e} (set SGSWITCH_CLASSBENCH to the data folder)", p.display()))
 }
 

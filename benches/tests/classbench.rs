@@ -33,21 +33,12 @@ fn reference_evaluator_agrees_with_classbench_first_match_on_every_1k_trace() {
     assert!(packets > 100_000, "all twelve 1k traces were read ({packets} packets)");
 }
 
-/// Every trace in the data set: the twelve 1k traces and the 10k ones.
-fn traces() -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(classbench::data_dir())
-        .expect("the ClassBench directory")
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter_map(|n| n.strip_suffix("_trace").map(str::to_owned))
-        .collect();
-    names.sort();
-    names
-}
-
 #[test]
 fn compiled_classifier_agrees_with_the_reference_on_every_trace_packet() {
     let mut packets = 0usize;
-    let sets = traces();
+    // The twelve 1k traces, and the 10k ones where the larger sets are at
+    // hand (`SGSWITCH_CLASSBENCH`).
+    let sets = classbench::traces();
     for set in &sets {
         let rules = classbench::parse_rules(&classbench::read(set).unwrap()).unwrap();
         let trace = classbench::parse_trace(&classbench::read(&format!("{set}_trace")).unwrap()).unwrap();
@@ -61,5 +52,5 @@ fn compiled_classifier_agrees_with_the_reference_on_every_trace_packet() {
         }
         packets += trace.len();
     }
-    assert!(sets.len() >= 15 && packets > 100_000, "{} traces, {packets} packets", sets.len());
+    assert!(sets.len() >= 12 && packets > 100_000, "{} traces, {packets} packets", sets.len());
 }
