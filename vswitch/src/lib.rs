@@ -19,7 +19,7 @@
 //!    writer, each given a narrow view of the switch.
 //! 7. [`switch`]: `sgswitch run`, everything put together.
 //!
-//! The path of a frame: a socket's rx ring ([`port::xdp::Socket::receive`])
+//! The path of a frame: a socket's rx ring ([`port::Rings::receive`])
 //! -> the poll loop's batch ([`engine::poll_loop`]) -> the pipeline
 //! ([`packet::Pipeline::process_batch`]: parse, infrastructure and
 //! spoofing, flow cache or conntrack and the rules, forwarding) -> an

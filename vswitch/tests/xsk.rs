@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use sgswitch::port::Rings;
 use sgswitch::port::xdp::{Frame, Memory, sys};
 use sgswitch_config::{XdpMode, ZeroCopy};
 use sgswitch_tests::netns::sh;

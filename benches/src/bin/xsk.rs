@@ -15,6 +15,7 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use sgswitch::port::Rings;
 use sgswitch::port::xdp::{Frame, Memory, Socket};
 use sgswitch_config::{XdpMode, ZeroCopy};
 use sgswitch_tests::frames::{self, Ends};

@@ -41,7 +41,7 @@ pub enum Action {
     Forward(To),
     Drop,
     /// A fragment waiting for its first fragment; its outcome comes later
-    /// through [`crate::packet::Pipeline::take_released`].
+    /// through the pipeline's `take_released`.
     Held,
     /// The next stage is this port's ingress, and another poll loop owns
     /// the port (and its conntrack zone): hand the frame over to it.

@@ -37,8 +37,8 @@ use crate::datapath::plan::{Plan, Published};
 use crate::datapath::{Action, Kind, Outcome, Owner, Reason, Source, owner_of};
 use crate::packet::flowlog::FlowLog;
 use crate::packet::{Pipeline, capacity_share, conntrack_settings};
-use crate::port::PortError;
 use crate::port::xdp::{Frame, sys};
+use crate::port::{PortError, Rings};
 
 /// Frames taken from one rx ring at a time.
 const BATCH: usize = 64;

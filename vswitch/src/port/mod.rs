@@ -3,14 +3,37 @@
 //! `replay` ([`capture`]). The only `unsafe` code of the switch is here, in
 //! `xdp`, each block with the invariant it relies on.
 //!
-//! A poll loop drives its sockets through [`xdp::Socket`]; its frames are
-//! [`xdp::Frame`]s of its [`xdp::Memory`]. Another kind of port (vhost-user,
-//! say) moves frames between its own memory and a loop's `Memory` through
-//! the same calls: receive into `Frame`s, transmit `Frame`s, refill and
-//! reclaim around them.
+//! A poll loop's frames are [`xdp::Frame`]s of its [`xdp::Memory`], and it
+//! drives each port through [`Rings`], the four calls of one iteration.
+//! [`xdp::Socket`] is the one kind today; another kind of port (vhost-user,
+//! say) implements `Rings` by moving frames between its own memory and the
+//! loop's `Memory`.
 
 pub mod capture;
 pub mod xdp;
+
+use self::xdp::{Frame, Memory};
+
+/// What a poll loop asks of a port each iteration. Frames move by value:
+/// a call that takes frames takes them from the caller's vector, and one
+/// that gives frames appends them, so a frame is never in two places.
+pub trait Rings {
+    /// Moves up to `max` received frames to the end of `out`; returns how
+    /// many.
+    fn receive(&mut self, mem: &mut Memory, out: &mut Vec<Frame>, max: usize) -> usize;
+    /// Sends the frames at the front of `frames`, as many as the port has
+    /// room for, in one commit; the rest stay in `frames`. Returns how many
+    /// it took. Called every iteration, with no frames too, to push out
+    /// what the port still holds.
+    fn transmit(&mut self, mem: &mut Memory, frames: &mut Vec<Frame>) -> usize;
+    /// Gives the port free frames to receive into, up to `target` in all.
+    fn refill(&mut self, mem: &mut Memory, target: u32);
+    /// Takes back the frames the port has finished sending; returns how
+    /// many.
+    fn reclaim(&mut self, mem: &mut Memory) -> usize;
+    /// What an idle loop waits on: readable when frames have arrived.
+    fn poll_fd(&self) -> libc::pollfd;
+}
 
 /// Why a port's socket, or what it needs, could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

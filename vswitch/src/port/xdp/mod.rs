@@ -45,6 +45,7 @@ use xsk_rs::config::{BindFlags, FrameSize, LibxdpFlags, QueueSize, SocketConfig,
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
 pub use super::PortError;
+use super::Rings;
 
 /// UMEM frame size: one MTU-sized Ethernet frame and headroom.
 pub const FRAME_SIZE: u32 = 2048;
@@ -379,10 +380,12 @@ impl Socket {
             k.tx_ring_empty_descs(),
         ])
     }
+}
 
+impl Rings for Socket {
     /// Takes the frames the kernel has sent (the completion ring) back to
     /// the free list; returns how many.
-    pub fn reclaim(&mut self, mem: &mut Memory) -> usize {
+    fn reclaim(&mut self, mem: &mut Memory) -> usize {
         let scratch = &mut mem.scratch;
         scratch.resize(self.ring_size as usize, FrameDesc::default());
         // SAFETY: descriptors from the completion ring are the loop's again:
@@ -396,7 +399,7 @@ impl Socket {
     /// Tops the fill ring up to `target` frames from the free list (each
     /// socket of a loop gets its share of the UMEM; an empty fill ring
     /// drops frames).
-    pub fn refill(&mut self, mem: &mut Memory, target: u32) {
+    fn refill(&mut self, mem: &mut Memory, target: u32) {
         let ring = self.fq.nb_free(u32::MAX);
         let filled = self.ring_size.saturating_sub(ring);
         let want = (target.saturating_sub(filled) as usize).min(mem.free.len()).min(ring as usize);
@@ -417,13 +420,13 @@ impl Socket {
 
     /// This socket's entry for [`sys::wait_for_frames`]: readable when its
     /// rx ring holds frames.
-    pub fn poll_fd(&self) -> libc::pollfd {
+    fn poll_fd(&self) -> libc::pollfd {
         libc::pollfd { fd: self.rx.fd().as_raw_fd(), events: libc::POLLIN, revents: 0 }
     }
 
     /// Moves up to `max` received frames to the end of `out`; returns how
     /// many.
-    pub fn receive(&mut self, mem: &mut Memory, out: &mut Vec<Frame>, max: usize) -> usize {
+    fn receive(&mut self, mem: &mut Memory, out: &mut Vec<Frame>, max: usize) -> usize {
         let scratch = &mut mem.scratch;
         scratch.resize(max.min(self.ring_size as usize), FrameDesc::default());
         // SAFETY: the frames the rx ring hands back are the loop's: the
@@ -439,7 +442,7 @@ impl Socket {
     /// in `frames`). Call it every loop iteration, with no frames too: it
     /// also kicks the kernel while the ring holds frames the kernel has not
     /// taken.
-    pub fn transmit(&mut self, mem: &mut Memory, frames: &mut Vec<Frame>) -> usize {
+    fn transmit(&mut self, mem: &mut Memory, frames: &mut Vec<Frame>) -> usize {
         let mut n = 0;
         if !frames.is_empty() {
             let room = usize::try_from(self.tx.nb_free(u32::try_from(frames.len()).unwrap_or(u32::MAX))).unwrap_or(usize::MAX);

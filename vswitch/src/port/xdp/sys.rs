@@ -10,7 +10,7 @@ use std::path::Path;
 use crate::port::PortError;
 
 /// Waits until one of the sockets whose descriptors `fds` holds (from
-/// [`super::Socket::poll_fd`]) has received frames, or `timeout` passes: how an
+/// [`crate::port::Rings::poll_fd`]) has received frames, or `timeout` passes: how an
 /// idle poll loop sleeps without `busy_poll`. A fixed sleep oversleeps on a
 /// loaded host (a 200 us sleep measured up to 4 ms here) while the fill ring
 /// runs dry; this returns as soon as the kernel queues a frame.
