@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, docs, the crate
-# dependency rules, then every test of the workspace.
+# dependency rules, every test of the workspace, then each fuzz target for
+# a bounded time (FUZZ_SECONDS, default 30; 0 skips).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
@@ -25,4 +26,9 @@ set -e
 # cargo's last line is often a doc-test run of 0 tests; close with the total.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
-exit "$status"
+[ "$status" -eq 0 ] || exit "$status"
+seconds=${FUZZ_SECONDS:-30}
+if [ "$seconds" -gt 0 ]; then
+  echo "== fuzz, ${seconds}s per target"
+  fuzz/run.sh "$seconds"
+fi
