@@ -282,7 +282,22 @@ fn parse_host(src: &mut Source<'_>, t: &Table<'_, '_>) -> Host {
         h.uplink_interface = interface_name(src, &u);
     }
     if let Some(d) = t.table(src, "datapath") {
-        d.only_keys(src, &["cores", "mode", "zero_copy", "busy_poll", "frames", "ring_size"]);
+        d.only_keys(
+            src,
+            &[
+                "cores",
+                "mode",
+                "zero_copy",
+                "busy_poll",
+                "frames",
+                "ring_size",
+                "prefer_busy_poll",
+                "busy_poll_budget",
+                "gro_flush_timeout_us",
+                "napi_defer_hard_irqs",
+                "idle_spin_us",
+            ],
+        );
         if let Some(cores) = d.integers(src, "cores") {
             let mut v = Vec::new();
             for c in cores {
@@ -312,6 +327,25 @@ fn parse_host(src: &mut Source<'_>, t: &Table<'_, '_>) -> Host {
         }
         if let Some(b) = d.boolean(src, "busy_poll") {
             h.datapath.busy_poll = b;
+        }
+        if let Some(m) = d.choice(src, "prefer_busy_poll", &["auto", "on", "off"]) {
+            h.datapath.prefer_busy_poll = match m.v.as_str() {
+                "on" => PreferBusyPoll::On,
+                "off" => PreferBusyPoll::Off,
+                _ => PreferBusyPoll::Auto,
+            };
+        }
+        if let Some(n) = d.u32_in(src, "busy_poll_budget", 1, 1024) {
+            h.datapath.busy_poll_budget = n;
+        }
+        if let Some(n) = d.u32_in(src, "gro_flush_timeout_us", 1, 100_000) {
+            h.datapath.gro_flush_timeout_us = n;
+        }
+        if let Some(n) = d.u32_in(src, "napi_defer_hard_irqs", 1, 1000) {
+            h.datapath.napi_defer_hard_irqs = n;
+        }
+        if let Some(n) = d.u32_in(src, "idle_spin_us", 0, 1_000_000) {
+            h.datapath.idle_spin_us = n;
         }
         for (key, lo, hi) in [("frames", 512, 1 << 18), ("ring_size", 64, 1 << 15)] {
             if let Some(n) = d.u32_in(src, key, lo, hi) {

@@ -72,21 +72,57 @@ pub struct BlockedPort {
     pub ports: PortRange,
 }
 
+/// Whether the poll loops drive their interfaces' receive work themselves
+/// (`[datapath] prefer_busy_poll`): `Auto` where the kernel supports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PreferBusyPoll {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Datapath {
     pub cores: Vec<usize>,
     pub mode: XdpMode,
     pub zero_copy: ZeroCopy,
+    /// Spin in user space when idle instead of waiting on the sockets.
     pub busy_poll: bool,
     /// UMEM frames (2 KiB each) per poll loop, a power of two.
     pub frames: u32,
     /// Entries of each rx, tx, fill and completion ring, a power of two.
     pub ring_size: u32,
+    /// Preferred busy polling of the sockets' NAPI contexts.
+    pub prefer_busy_poll: PreferBusyPoll,
+    /// Frames the kernel receives per busy poll (`SO_BUSY_POLL_BUDGET`).
+    pub busy_poll_budget: u32,
+    /// The interfaces' `gro_flush_timeout` while busy polled, in µs: how
+    /// long the kernel leaves a queue to the loop before it polls it
+    /// itself.
+    pub gro_flush_timeout_us: u32,
+    /// The interfaces' `napi_defer_hard_irqs` while busy polled.
+    pub napi_defer_hard_irqs: u32,
+    /// How long an idle loop keeps polling before it sleeps, in µs: traffic
+    /// that pauses briefly (between bursts) meets a loop still polling.
+    pub idle_spin_us: u32,
 }
 
 impl Default for Datapath {
     fn default() -> Self {
-        Datapath { cores: vec![0], mode: XdpMode::Auto, zero_copy: ZeroCopy::Auto, busy_poll: false, frames: 4096, ring_size: 2048 }
+        Datapath {
+            cores: vec![0],
+            mode: XdpMode::Auto,
+            zero_copy: ZeroCopy::Auto,
+            busy_poll: false,
+            frames: 4096,
+            ring_size: 2048,
+            prefer_busy_poll: PreferBusyPoll::Auto,
+            busy_poll_budget: 64,
+            gro_flush_timeout_us: 20,
+            napi_defer_hard_irqs: 2,
+            idle_spin_us: 50,
+        }
     }
 }
 

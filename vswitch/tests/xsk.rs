@@ -1,13 +1,16 @@
 //! AF_XDP sockets on veth pairs these tests make (root): a sender that
 //! keeps its tx ring full gets every frame out, one transmit call sends all
-//! it queued, and an idle wait ends when a frame arrives.
+//! it queued, an idle wait ends when a frame arrives, and the interface
+//! settings busy polling needs are applied and restored.
 
 use std::time::{Duration, Instant};
 
 use sgswitch::port::Rings;
-use sgswitch::port::xdp::{Frame, Memory, sys};
+use sgswitch::port::xdp::{BindOptions, Frame, Memory, sys};
 use sgswitch_config::{XdpMode, ZeroCopy};
 use sgswitch_tests::netns::sh;
+
+const PLAIN: BindOptions = BindOptions { mode: XdpMode::Auto, zero_copy: ZeroCopy::Auto, busy_poll: None };
 
 /// A veth pair `a`-`b` this test makes, removed when dropped. IPv6 is off
 /// before the links come up, so the kernel sends no neighbour discovery or
@@ -39,7 +42,7 @@ fn a_full_tx_ring_is_drained_and_every_frame_completes() {
     let _pair = Pair::up("sgt-xa", "sgt-xb");
     let ring = 64;
     let mut mem = Memory::new(512, ring).expect("UMEM");
-    let mut sock = mem.bind("sgt-xa", 0, XdpMode::Auto, ZeroCopy::Auto).expect("an AF_XDP socket");
+    let mut sock = mem.bind("sgt-xa", 0, &PLAIN).expect("an AF_XDP socket");
     let frame = [0xffu8; 60];
     let want = 10 * u64::from(ring);
     let (mut queued, mut completed) = (0u64, 0u64);
@@ -70,7 +73,7 @@ fn one_transmit_call_sends_everything_it_queued() {
     let _pair = Pair::up("sgt-xc", "sgt-xd");
     let ring = 512;
     let mut mem = Memory::new(1024, ring).expect("UMEM");
-    let mut sock = mem.bind("sgt-xc", 0, XdpMode::Auto, ZeroCopy::Auto).expect("an AF_XDP socket");
+    let mut sock = mem.bind("sgt-xc", 0, &PLAIN).expect("an AF_XDP socket");
     let frame = [0xffu8; 60];
     // A full poll-loop batch and more: eight kicks' worth.
     let mut batch: Vec<Frame> = (0..256).map(|_| mem.copy_in(&frame).expect("a free frame")).collect();
@@ -91,7 +94,7 @@ fn one_transmit_call_sends_everything_it_queued() {
 fn waiting_for_frames_ends_when_one_arrives() {
     let _pair = Pair::up("sgt-xe", "sgt-xf");
     let mut mem = Memory::new(512, 256).expect("UMEM");
-    let mut sock = mem.bind("sgt-xe", 0, XdpMode::Auto, ZeroCopy::Auto).expect("an AF_XDP socket");
+    let mut sock = mem.bind("sgt-xe", 0, &PLAIN).expect("an AF_XDP socket");
     sock.refill(&mut mem, 256);
     let mut fds = [sock.poll_fd()];
     let t = Instant::now();
@@ -125,8 +128,8 @@ fn a_closed_socket_gives_back_the_frames_its_rings_held() {
     let ring = 64;
     let mut mem = Memory::new(512, ring).expect("UMEM");
     let total = mem.free_frames();
-    let mut first = mem.bind("sgt-xg", 0, XdpMode::Auto, ZeroCopy::Auto).expect("an AF_XDP socket");
-    let mut second = mem.bind("sgt-xh", 0, XdpMode::Auto, ZeroCopy::Auto).expect("an AF_XDP socket");
+    let mut first = mem.bind("sgt-xg", 0, &PLAIN).expect("an AF_XDP socket");
+    let mut second = mem.bind("sgt-xh", 0, &PLAIN).expect("an AF_XDP socket");
     second.refill(&mut mem, ring);
     let mut batch: Vec<Frame> = (0..ring).filter_map(|_| mem.copy_in(&[0xffu8; 60])).collect();
     second.transmit(&mut mem, &mut batch);
@@ -144,4 +147,38 @@ fn a_closed_socket_gives_back_the_frames_its_rings_held() {
     numbers.sort_unstable();
     numbers.dedup();
     assert_eq!(numbers.len(), total, "no frame twice");
+}
+
+fn napi_settings(iface: &str) -> [String; 3] {
+    ["napi_defer_hard_irqs", "gro_flush_timeout", "threaded"]
+        .map(|f| std::fs::read_to_string(format!("/sys/class/net/{iface}/{f}")).expect("a NAPI setting").trim().to_owned())
+}
+
+#[test]
+fn busy_polling_tunes_the_interface_and_restores_it_when_let_go() {
+    let _pair = Pair::up("sgt-bpa", "sgt-bpb");
+    // NAPI (GRO on a veth) in a kthread, as an operator may have set it.
+    assert!(sh("ethtool -K sgt-bpa gro on >/dev/null && echo 1 > /sys/class/net/sgt-bpa/threaded"));
+    let before = napi_settings("sgt-bpa");
+    assert_eq!(before[2], "1");
+    let first = sys::tune("sgt-bpa", 2, 20_000).expect("tuned");
+    let second = sys::tune("sgt-bpa", 2, 20_000).expect("tuned again");
+    assert_eq!(napi_settings("sgt-bpa"), ["2", "20000", "0"], "deferred interrupts, the timeout, no kthread");
+    drop(first);
+    assert_eq!(napi_settings("sgt-bpa"), ["2", "20000", "0"], "kept while a socket still busy polls");
+    drop(second);
+    assert_eq!(napi_settings("sgt-bpa"), before, "restored when the last one lets go");
+}
+
+#[test]
+fn settings_a_killed_switch_changed_are_restored_by_the_next() {
+    let _pair = Pair::up("sgt-bpc", "sgt-bpd");
+    assert!(sh("ethtool -K sgt-bpc gro on >/dev/null && echo 1 > /sys/class/net/sgt-bpc/threaded"));
+    let before = napi_settings("sgt-bpc");
+    // A switch that dies holding the settings never restores them.
+    std::mem::forget(sys::tune("sgt-bpc", 2, 20_000).expect("tuned"));
+    assert_eq!(napi_settings("sgt-bpc"), ["2", "20000", "0"]);
+    // The next claims the interface and finds what to restore.
+    assert!(sys::claim("sgt-bpc").expect("claimed"), "newly claimed");
+    assert_eq!(napi_settings("sgt-bpc"), before, "the previous values are back");
 }

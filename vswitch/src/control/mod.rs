@@ -235,6 +235,15 @@ pub fn restart_needed(running: &Host, next: &Host) -> Vec<String> {
     diff("[datapath] busy_poll", d.busy_poll.to_string(), e.busy_poll.to_string());
     diff("[datapath] frames", d.frames.to_string(), e.frames.to_string());
     diff("[datapath] ring_size", d.ring_size.to_string(), e.ring_size.to_string());
+    diff(
+        "[datapath] prefer_busy_poll",
+        format!("{:?}", d.prefer_busy_poll).to_lowercase(),
+        format!("{:?}", e.prefer_busy_poll).to_lowercase(),
+    );
+    diff("[datapath] busy_poll_budget", d.busy_poll_budget.to_string(), e.busy_poll_budget.to_string());
+    diff("[datapath] gro_flush_timeout_us", d.gro_flush_timeout_us.to_string(), e.gro_flush_timeout_us.to_string());
+    diff("[datapath] napi_defer_hard_irqs", d.napi_defer_hard_irqs.to_string(), e.napi_defer_hard_irqs.to_string());
+    diff("[datapath] idle_spin_us", d.idle_spin_us.to_string(), e.idle_spin_us.to_string());
     diff("[metrics] listen", a.metrics_listen.to_string(), b.metrics_listen.to_string());
     diff("[control] socket", a.control_socket.display().to_string(), b.control_socket.display().to_string());
     diff("[flow_log]", format!("{:?}", a.flow_log), format!("{:?}", b.flow_log));

@@ -12,8 +12,8 @@ use super::stats::{LinkState, SocketStats};
 use crate::datapath::plan::Plan;
 use crate::datapath::stats::Counter;
 use crate::datapath::{Owner, Source};
-use crate::port::PortError;
-use crate::port::xdp::{Frame, Memory, Socket, sys};
+use crate::port::xdp::{BindOptions, Frame, Memory, Socket, sys};
+use crate::port::{PortError, Rings};
 
 /// Where frames held by the pipeline (fragments waiting for their first)
 /// wait, by frame number: the pipeline carries only the number.
@@ -57,6 +57,14 @@ impl Held {
     }
 }
 
+/// Free frames kept back from the fill rings for copies (floods, frames
+/// handed over by other loops): a loop takes at most a batch of them an
+/// iteration, and sends them before the next.
+pub const KEEP_FOR_COPIES: usize = 256;
+
+/// Frames a new socket's fill ring gets when it is opened.
+const FIRST_FILL: u32 = 256;
+
 /// A socket, where its frames come from, and its counters.
 pub struct Port {
     pub sock: Socket,
@@ -81,14 +89,19 @@ impl Port {
 }
 
 fn open(mem: &mut Memory, host: &Host, interface: &str, queue: u32, src: Source, cap: usize) -> Result<Port, PortError> {
-    let sock = mem.bind(interface, queue, host.datapath.mode, host.datapath.zero_copy)?;
+    let mut sock = mem.bind(interface, queue, &BindOptions::of(&host.datapath))?;
+    // Frames to receive into from the start: the loop tops the ring up to
+    // its share each iteration.
+    sock.refill(mem, FIRST_FILL);
     let mode = sock.mode();
-    info!(interface, queue, mode = %mode.describe(), "{interface}: AF_XDP socket on queue {queue}, {}", mode.describe());
+    info!(interface, queue, mode = %mode.describe(), why = sock.why(), "{interface}: AF_XDP socket on queue {queue}, {} ({})", mode.describe(), sock.why());
     let stats = Arc::new(SocketStats {
         interface: interface.to_owned(),
         queue: sock.queue(),
         native: mode.native,
         zero_copy: mode.zero_copy,
+        busy_poll: std::sync::atomic::AtomicU8::new(sock.busy_polled() as u8),
+        why: sock.why().to_owned(),
         kernel: Default::default(),
         tx_full: Counter::default(),
     });
@@ -113,7 +126,8 @@ pub type LinkLog = std::collections::HashMap<String, Option<String>>;
 
 impl Io {
     pub fn new(host: &Host) -> Result<Io, PortError> {
-        let mem = Memory::new(host.datapath.frames, host.datapath.ring_size)?;
+        let mut mem = Memory::new(host.datapath.frames, host.datapath.ring_size)?;
+        mem.keep_free(KEEP_FOR_COPIES);
         let held = Held::new(mem.frames());
         Ok(Io { mem, socks: Vec::new(), by_port: Vec::new(), held, down: Vec::new() })
     }
@@ -224,6 +238,7 @@ impl Io {
             forget_held();
             self.held.clear();
             self.mem = Memory::new(host.datapath.frames, host.datapath.ring_size)?;
+            self.mem.keep_free(KEEP_FOR_COPIES);
         }
         Ok(self.socks.len() != before)
     }

@@ -30,7 +30,7 @@ use sgswitch_conntrack::{self as ct, FragSettings, Now, Tuple, Zone};
 use tracing::warn;
 
 use self::forward::{Inboxes, Peers, Task, Ways, deliver};
-use self::io::{Io, LinkLog, Port};
+use self::io::{Io, KEEP_FOR_COPIES, LinkLog, Port};
 use self::stats::{LoopStats, SocketStats};
 use crate::datapath::plan::RuleLabel;
 use crate::datapath::plan::{Plan, Published};
@@ -42,8 +42,6 @@ use crate::port::{PortError, Rings};
 
 /// Frames taken from one rx ring at a time.
 const BATCH: usize = 64;
-/// Free frames kept back from the fill rings for copies (floods).
-const KEEP_FOR_COPIES: usize = 256;
 /// How often a loop looks at its interfaces without a link event.
 const LINK_CHECK_MS: u64 = 1000;
 /// How often a loop copies the kernel's socket statistics and its
@@ -264,6 +262,12 @@ pub fn poll_loop(
     pipe.set_owner(me);
     pipe.flow_log = log;
     pipe.adopt(&current.plan);
+    // Ready once every socket's fill ring holds frames: from here on a
+    // frame that arrives has somewhere to go.
+    let share = fill_share(io.mem.frames(), io.socks.len());
+    for p in &mut io.socks {
+        p.sock.refill(&mut io.mem, share);
+    }
     let _ = ready.send(Ok(()));
     let mut rx: Vec<Frame> = Vec::with_capacity(BATCH);
     let mut peer_src = [Source::Uplink; BATCH];
@@ -273,6 +277,8 @@ pub fn poll_loop(
     let mut links_due = 0u64;
     let mut links_seen = cx.link_events.load(Ordering::Relaxed);
     let mut waits: Vec<libc::pollfd> = Vec::with_capacity(io.socks.len() + 8);
+    let idle_spin = Duration::from_micros(u64::from(host.datapath.idle_spin_us));
+    let mut last_busy = Instant::now();
     while !cx.stop.load(Ordering::Relaxed) {
         let latest = cx.published.load();
         let mut reconnect = false;
@@ -315,10 +321,13 @@ pub fn poll_loop(
         let mut busy = false;
         let Io { mem, socks, by_port, held, .. } = &mut io;
         let by_port = &by_port[..];
-        // Each socket's share of the UMEM for its fill ring; the rest is
-        // for frames in flight, copies and handed-over frames.
-        let share = u32::try_from(mem.frames().saturating_sub(KEEP_FOR_COPIES) / (2 * socks.len().max(1))).unwrap_or(0);
+        let share = fill_share(mem.frames(), socks.len());
         for s in 0..socks.len() {
+            // Completions back to the free list and the fill ring topped up
+            // before the kernel is asked for frames (a busy-polled socket
+            // receives during `receive`), and again after the batch, from
+            // the frames it freed: a frame is never lost to an empty fill
+            // ring while the loop holds free ones.
             socks[s].sock.reclaim(mem);
             socks[s].sock.refill(mem, share);
             let n = socks[s].sock.receive(mem, &mut rx, BATCH);
@@ -340,6 +349,7 @@ pub fn poll_loop(
             for (h, o) in pipe.take_released() {
                 ways.released(h, &o);
             }
+            socks[s].sock.refill(mem, share);
         }
         // Frames the other loops handed over: sent on, or judged first.
         while rx.len() < BATCH
@@ -391,9 +401,10 @@ pub fn poll_loop(
         }
         if busy {
             stats.busy.add(1);
+            last_busy = Instant::now();
         } else {
             stats.idle.add(1);
-            if host.datapath.busy_poll {
+            if host.datapath.busy_poll || last_busy.elapsed() < idle_spin {
                 std::hint::spin_loop();
             } else {
                 // Until a socket receives, or for as long as a frame handed
@@ -411,10 +422,19 @@ pub fn poll_loop(
     Ok(())
 }
 
+/// Each socket's share of the UMEM for its fill ring: all of it but the
+/// frames kept for copies, in equal parts. Frames in flight (rx, tx and
+/// completion rings) come out of the fill rings' shares and go back to
+/// them, so the shares are targets, topped up as frames come back.
+fn fill_share(frames: usize, sockets: usize) -> u32 {
+    u32::try_from(frames.saturating_sub(KEEP_FOR_COPIES) / sockets.max(1)).unwrap_or(u32::MAX)
+}
+
 /// Copies the kernel's socket statistics and the table's totals into the
 /// loop's counters.
 fn publish_stats(stats: &LoopStats, socks: &[Port], pipe: &Pipeline<u32>, plan: &Plan) {
     for p in socks {
+        p.stats.busy_poll.store(p.sock.busy_polled() as u8, Ordering::Relaxed);
         if let Some(v) = p.sock.statistics() {
             for (c, v) in p.stats.kernel.iter().zip(v) {
                 c.set(v);

@@ -32,6 +32,13 @@ pub struct SocketStats {
     pub queue: u32,
     pub native: bool,
     pub zero_copy: bool,
+    /// Whether the loop drives the queue's receive work (preferred busy
+    /// polling): a `BusyPolled` as its number, refreshed with the kernel's
+    /// statistics.
+    pub busy_poll: std::sync::atomic::AtomicU8,
+    /// Why the socket runs in its mode (the modes refused first; why it is
+    /// not busy-polled).
+    pub why: String,
     /// rx_dropped, rx_invalid_descs, tx_invalid_descs, rx_ring_full,
     /// rx_fill_ring_empty_descs, tx_ring_empty_descs.
     pub kernel: [Counter; 6],

@@ -44,6 +44,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tracing::warn;
 
+use crate::port::xdp::BusyPolled;
+
 use super::View;
 use super::clients::Clients;
 use crate::datapath::Kind;
@@ -339,12 +341,21 @@ pub fn render(shared: &View) -> String {
 
     // AF_XDP sockets.
     let sockets = shared.loops.sockets();
-    t.family("sgswitch_xsk_info", "gauge", "An AF_XDP socket with the XDP attach mode and zero-copy state in use.");
+    t.family(
+        "sgswitch_xsk_info",
+        "gauge",
+        "An AF_XDP socket with the XDP attach mode, zero-copy and busy-poll state in use, and why (the modes refused first).",
+    );
     for s in &sockets {
         let q = s.queue.to_string();
         let mode = if s.native { "native" } else { "skb" };
         let zc = if s.zero_copy { "true" } else { "false" };
-        t.sample("sgswitch_xsk_info", &[("interface", &s.interface), ("queue", &q), ("mode", mode), ("zero_copy", zc)], 1);
+        let bp = BusyPolled::from_u8(s.busy_poll.load(Ordering::Relaxed)).label();
+        t.sample(
+            "sgswitch_xsk_info",
+            &[("interface", &s.interface), ("queue", &q), ("mode", mode), ("zero_copy", zc), ("busy_poll", bp), ("why", &s.why)],
+            1,
+        );
     }
     t.family("sgswitch_xsk_tx_ring_full_drops_total", "counter", "Frames dropped because the socket's tx ring was full.");
     for s in &sockets {

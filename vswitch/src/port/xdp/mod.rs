@@ -40,7 +40,7 @@ use std::num::NonZeroU32;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use sgswitch_config::{XdpMode, ZeroCopy};
+use sgswitch_config::{Datapath, PreferBusyPoll, XdpMode, ZeroCopy};
 use xsk_rs::config::{BindFlags, FrameSize, LibxdpFlags, QueueSize, SocketConfig, UmemConfig, XdpFlags};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
@@ -49,10 +49,6 @@ use super::Rings;
 
 /// UMEM frame size: one MTU-sized Ethernet frame and headroom.
 pub const FRAME_SIZE: u32 = 2048;
-
-/// Frames the kernel sends per kick in copy mode (its default transmit
-/// budget per `sendto`).
-const KICK_FRAMES: u32 = 32;
 
 /// The mode a socket actually runs in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +61,43 @@ pub struct Mode {
 impl Mode {
     pub fn describe(self) -> String {
         format!("{} {}", if self.native { "native" } else { "skb" }, if self.zero_copy { "zero-copy" } else { "copy" })
+    }
+}
+
+/// How [`Memory::bind`] makes a socket: the attach modes to try, and
+/// whether to busy poll.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BindOptions {
+    pub mode: XdpMode,
+    pub zero_copy: ZeroCopy,
+    pub busy_poll: Option<BusyPoll>,
+}
+
+/// Preferred busy polling: the socket options, and the interface settings
+/// that make the kernel leave the queue's receive work to the loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BusyPoll {
+    /// Failing to set it up fails the bind (`prefer_busy_poll = "on"`);
+    /// else the socket runs without, and says why.
+    pub required: bool,
+    /// Frames per busy poll (`SO_BUSY_POLL_BUDGET`).
+    pub budget: u32,
+    /// The interface's `napi_defer_hard_irqs` and `gro_flush_timeout` (ns)
+    /// while a socket busy polls it.
+    pub defer_hard_irqs: u32,
+    pub gro_flush_timeout_ns: u64,
+}
+
+impl BindOptions {
+    /// What `[datapath]` asks for.
+    pub fn of(d: &Datapath) -> BindOptions {
+        let busy_poll = (d.prefer_busy_poll != PreferBusyPoll::Off).then_some(BusyPoll {
+            required: d.prefer_busy_poll == PreferBusyPoll::On,
+            budget: d.busy_poll_budget,
+            defer_hard_irqs: d.napi_defer_hard_irqs,
+            gro_flush_timeout_ns: u64::from(d.gro_flush_timeout_us) * 1000,
+        });
+        BindOptions { mode: d.mode, zero_copy: d.zero_copy, busy_poll }
     }
 }
 
@@ -119,6 +152,9 @@ pub struct Memory {
     /// interface is gone the UMEM must be made anew.
     registered: Option<u16>,
     ring_size: u32,
+    /// Free frames fill rings are not given: what copies (floods, frames
+    /// handed over by other loops) draw on.
+    reserve: usize,
     /// Descriptors moved to or from a ring at once (scratch).
     scratch: Vec<FrameDesc>,
 }
@@ -150,7 +186,12 @@ impl Memory {
         all.sort_by_key(FrameDesc::addr);
         let ledger = Ledger(vec![0; all.len()]);
         let scratch = Vec::with_capacity(ring_size as usize);
-        Ok(Memory { umem, free, all, ledger, next_id: 1, registered: None, ring_size, scratch })
+        Ok(Memory { umem, free, all, ledger, next_id: 1, registered: None, ring_size, reserve: 0, scratch })
+    }
+
+    /// Keeps `n` free frames out of the fill rings, for copies.
+    pub fn keep_free(&mut self, n: usize) {
+        self.reserve = n;
     }
 
     /// How many frames are free.
@@ -220,12 +261,14 @@ impl Memory {
     }
 
     /// Binds a socket on `interface`/`queue`, trying the attach modes
-    /// `mode` and `zero_copy` allow, most capable first.
+    /// `opts` allows, most capable first, and sets up busy polling if asked.
     ///
     /// # Errors
-    /// The interface does not exist, or no mode could be bound; the message
-    /// names the interface and the last reason.
-    pub fn bind(&mut self, interface: &str, queue: u32, mode: XdpMode, zero_copy: ZeroCopy) -> Result<Socket, PortError> {
+    /// The interface does not exist, or no mode could be bound, or busy
+    /// polling was required and could not be set up; the message names the
+    /// interface and the reason.
+    pub fn bind(&mut self, interface: &str, queue: u32, opts: &BindOptions) -> Result<Socket, PortError> {
+        let BindOptions { mode, zero_copy, busy_poll } = *opts;
         if !Path::new("/sys/class/net").join(interface).exists() {
             return Err(PortError::NoInterface { iface: interface.to_owned() });
         }
@@ -258,6 +301,7 @@ impl Memory {
             tried: format!("ring size {}: {e}", self.ring_size),
         })?;
         let mut last = String::new();
+        let mut refused = Vec::new();
         for &native in natives {
             for &zc in zcs {
                 // Generic mode has no zero-copy.
@@ -281,6 +325,23 @@ impl Memory {
                         // A socket sharing a UMEM may end up in copy mode
                         // whatever it asked for: ask the kernel.
                         let zero_copy = zc && is_zero_copy(rx.fd().as_raw_fd());
+                        let fd = rx.fd().as_raw_fd();
+                        let mut why = if refused.is_empty() { String::from("the most capable mode allowed") } else { refused.join("; ") };
+                        // Busy polling needs the socket options now, and
+                        // the queue's NAPI context, which the kernel names
+                        // with the first frames (see `Napi`).
+                        let napi = match busy_poll.map(|b| (b, sys::busy_poll(fd, &b))) {
+                            None => Napi::Off,
+                            Some((b, Ok(()))) => Napi::Unknown { wait: 0, asked: 0, settings: b },
+                            Some((b, Err(e))) if b.required => {
+                                return Err(PortError::Sys { call: "busy polling", what: format!("interface {interface}: {e}") });
+                            }
+                            Some((_, Err(e))) => {
+                                why.push_str(&format!("; not busy-polled: {e}"));
+                                Napi::Off
+                            }
+                        };
+                        let tx_budget = sys::tx_budget(fd, self.ring_size);
                         let id = self.new_id();
                         self.registered.get_or_insert(id);
                         return Ok(Socket {
@@ -289,6 +350,10 @@ impl Memory {
                             queue,
                             id,
                             mode: Mode { native, zero_copy },
+                            why,
+                            napi,
+                            seen_frames: false,
+                            tx_budget,
                             tx,
                             rx,
                             fq,
@@ -300,6 +365,7 @@ impl Memory {
                     Err(e) => {
                         let cause = std::error::Error::source(&e).map_or(String::new(), |c| format!(" ({c})"));
                         last = format!("{} {}: {e}{cause}", if native { "native" } else { "skb" }, if zc { "zero-copy" } else { "copy" });
+                        refused.push(last.clone());
                     }
                 }
             }
@@ -320,6 +386,18 @@ pub struct Socket {
     /// This socket's number in its UMEM's ledger.
     id: u16,
     mode: Mode,
+    /// Why it runs in that mode: the modes refused before it, and why it
+    /// is not busy-polled if it was asked to be.
+    why: String,
+    /// Busy polling: waiting for the kernel to name the queue's NAPI
+    /// context, engaged, unavailable or not asked for.
+    napi: Napi,
+    /// Whether frames have arrived (after which an unnamed NAPI context
+    /// stays unnamed).
+    seen_frames: bool,
+    /// Frames one kick sends in copy mode (`XDP_MAX_TX_SKB_BUDGET` where
+    /// the kernel has it; 32 without).
+    tx_budget: u32,
     tx: TxQueue,
     rx: RxQueue,
     fq: FillQueue,
@@ -327,6 +405,64 @@ pub struct Socket {
     /// Entries of each of its rings (fill, completion, rx, tx).
     ring_size: u32,
 }
+
+/// Busy polling a socket needs the NAPI id of its queue, which the kernel
+/// records with the first frame it receives (`SO_INCOMING_NAPI_ID`). A
+/// queue whose frames come with no NAPI id (tap devices; veth on kernels
+/// that register its receive queues before naming their NAPI contexts) is
+/// received by the kernel in its own context, as without busy polling.
+#[derive(Debug)]
+enum Napi {
+    /// Not asked for, or its socket options refused.
+    Off,
+    /// Not named yet: asked again after `wait` more receive calls;
+    /// `asked` counts the questions since frames arrived.
+    Unknown { wait: u16, asked: u8, settings: BusyPoll },
+    /// Busy polled, with the interface's NAPI settings changed for it
+    /// (restored when the last such socket on the interface closes).
+    Polled(#[expect(dead_code, reason = "held for its Drop: restores the interface")] sys::Tuned),
+    /// The kernel named no NAPI context for the frames that arrived.
+    Unavailable,
+}
+
+/// Whether a socket is busy-polled, for the log and the metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum BusyPolled {
+    /// Not asked for (or refused).
+    Off,
+    /// Asked for; waiting for the first frames to name the NAPI context.
+    Pending,
+    /// Engaged: the loop drives the queue's receive work.
+    Yes,
+    /// Asked for; the queue's frames come with no NAPI context.
+    Unavailable,
+}
+
+impl BusyPolled {
+    /// The value of `self as u8`.
+    pub fn from_u8(v: u8) -> BusyPolled {
+        [BusyPolled::Off, BusyPolled::Pending, BusyPolled::Yes, BusyPolled::Unavailable]
+            .get(usize::from(v))
+            .copied()
+            .unwrap_or(BusyPolled::Off)
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            BusyPolled::Off => "off",
+            BusyPolled::Pending => "pending",
+            BusyPolled::Yes => "yes",
+            BusyPolled::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Questions for a NAPI id, after frames arrived, before giving up.
+const NAPI_ASKS: u8 = 3;
+
+/// Receive calls between two questions for a socket's NAPI id.
+const NAPI_ASK_EVERY: u16 = 1024;
 
 impl std::fmt::Debug for Socket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -359,6 +495,60 @@ impl Socket {
 
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// Why the socket runs in its mode.
+    pub fn why(&self) -> &str {
+        &self.why
+    }
+
+    /// Whether the socket is busy-polled.
+    pub fn busy_polled(&self) -> BusyPolled {
+        match self.napi {
+            Napi::Off => BusyPolled::Off,
+            Napi::Unknown { .. } => BusyPolled::Pending,
+            Napi::Polled(_) => BusyPolled::Yes,
+            Napi::Unavailable => BusyPolled::Unavailable,
+        }
+    }
+
+    /// Drives the queue's receive work once, if busy polled: a
+    /// non-blocking `recvfrom`, which polls the queue's NAPI context for up
+    /// to the busy-poll budget of frames into the rx ring. Until the
+    /// context is named, asks for its id now and then; once named, tunes
+    /// the interface for busy polling (`sys::tune`).
+    fn busy_poll(&mut self) {
+        let fd = self.rx.fd().as_raw_fd();
+        match &mut self.napi {
+            Napi::Polled(_) => sys::poke(fd),
+            Napi::Off | Napi::Unavailable => {}
+            Napi::Unknown { wait, .. } if *wait > 0 => *wait -= 1,
+            Napi::Unknown { asked, settings, .. } => {
+                let (settings, asked) = (*settings, *asked);
+                let id = sys::napi_id(fd);
+                self.napi = if id != 0 {
+                    match sys::tune(&self.interface, settings.defer_hard_irqs, settings.gro_flush_timeout_ns) {
+                        Ok(t) => {
+                            tracing::info!("{} queue {}: busy polling NAPI context {id}", self.interface, self.queue);
+                            Napi::Polled(t)
+                        }
+                        Err(e) => {
+                            tracing::warn!("{} queue {}: not busy-polled: {e}", self.interface, self.queue);
+                            Napi::Unavailable
+                        }
+                    }
+                } else if self.seen_frames && asked + 1 >= NAPI_ASKS {
+                    tracing::info!(
+                        "{} queue {}: not busy-polled: the kernel names no NAPI context for its frames (tap devices have none, nor veth on some kernels); it receives them in its own context",
+                        self.interface,
+                        self.queue
+                    );
+                    Napi::Unavailable
+                } else {
+                    Napi::Unknown { wait: NAPI_ASK_EVERY, asked: asked + u8::from(self.seen_frames), settings }
+                };
+            }
+        }
     }
 
     /// The index the interface had when the socket was bound.
@@ -396,13 +586,13 @@ impl Rings for Socket {
         n
     }
 
-    /// Tops the fill ring up to `target` frames from the free list (each
-    /// socket of a loop gets its share of the UMEM; an empty fill ring
-    /// drops frames).
+    /// Tops the fill ring up to `target` frames from the free list, leaving
+    /// the frames kept for copies ([`Memory::keep_free`]): each socket of
+    /// a loop gets its share of the UMEM; an empty fill ring drops frames.
     fn refill(&mut self, mem: &mut Memory, target: u32) {
         let ring = self.fq.nb_free(u32::MAX);
         let filled = self.ring_size.saturating_sub(ring);
-        let want = (target.saturating_sub(filled) as usize).min(mem.free.len()).min(ring as usize);
+        let want = (target.saturating_sub(filled) as usize).min(mem.free.len().saturating_sub(mem.reserve)).min(ring as usize);
         if want > 0 {
             let from = mem.free.len() - want;
             // SAFETY: the descriptors are free (in no ring), of this UMEM;
@@ -427,6 +617,7 @@ impl Rings for Socket {
     /// Moves up to `max` received frames to the end of `out`; returns how
     /// many.
     fn receive(&mut self, mem: &mut Memory, out: &mut Vec<Frame>, max: usize) -> usize {
+        self.busy_poll();
         let scratch = &mut mem.scratch;
         scratch.resize(max.min(self.ring_size as usize), FrameDesc::default());
         // SAFETY: the frames the rx ring hands back are the loop's: the
@@ -434,6 +625,7 @@ impl Rings for Socket {
         let n = unsafe { self.rx.consume(scratch) };
         mem.ledger.set_all(&scratch[..n], 0);
         out.extend(scratch[..n].iter().map(|d| Frame(*d)));
+        self.seen_frames |= n > 0;
         n
     }
 
@@ -462,14 +654,17 @@ impl Rings for Socket {
                 }
             }
         }
-        // Copy mode sends only on a kick (sendto), at most 32 frames per
-        // kick; zero-copy drivers ask for one with the need-wakeup flag.
-        // Kick until the kernel has taken everything from the ring (or stops
+        // Copy mode sends only on a kick (sendto); zero-copy drivers ask
+        // for one with the need-wakeup flag. One kick sends up to the tx
+        // budget: with the ring's size as the budget, one kick a call gets
+        // a batch out. A kernel without the budget option sends 32 a kick:
+        // kick until it has taken everything from the ring (or stops
         // taking: a full completion ring), or the rest of a batch waits for
-        // the loop's next turn, which may come after an idle sleep. Bounded:
-        // a full ring is `ring_size / 32` kicks.
+        // the loop's next turn. Bounded: a full ring is `ring_size / 32`
+        // kicks.
         let mut free = self.tx.nb_free_exact();
-        for _ in 0..=self.ring_size / KICK_FRAMES {
+        let kicks = if self.tx_budget >= self.ring_size { 1 } else { self.ring_size / self.tx_budget.max(1) + 1 };
+        for _ in 0..kicks {
             if free >= self.ring_size || (self.mode.zero_copy && !self.tx.needs_wakeup()) {
                 break;
             }
