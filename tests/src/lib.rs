@@ -15,11 +15,12 @@
 //! - `packets`: the keys of a `trace --batch` line (`port` defaults to `eni-a`)
 //!   and `expect`: `"<allow|deny> rule <group>/<direction>/<index>"`,
 //!   `"<allow|deny> default"` or `"allow intra-group"`.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod frames;
 pub mod infra;
 pub mod netns;
+pub mod xdpgen;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

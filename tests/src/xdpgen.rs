@@ -1,0 +1,632 @@
+//! A traffic generator and a sink in XDP, for the end-to-end benchmark and
+//! the flood tests: frames made by the kernel, not by a process, so that
+//! the generator is not what limits a measurement.
+//!
+//! - [`Generator`]: `BPF_PROG_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES` (the
+//!   technique of xdp-tools' `xdp-trafficgen`): the kernel runs a small XDP
+//!   program over a template frame in a loop, and the program's `XDP_TX`
+//!   sends each frame out of the interface it names, through the driver's
+//!   `ndo_xdp_xmit` (on veth: straight into the peer's receive ring). The
+//!   program writes a counter into the frame's source address's last byte
+//!   and the UDP source port (and the IP id so that the header checksum
+//!   stays right), so the frames are `flows` flows in turn, or a new flow
+//!   each (2^24 before one repeats); optionally the send time
+//!   (`bpf_ktime_get_ns`) into the payload, for latency.
+//! - [`Sink`]: an XDP program on the receiving interface that counts every
+//!   frame, files the latency of stamped ones in a histogram of 1 µs
+//!   buckets, and drops them, so no process or stack work competes.
+//!
+//! The programs are a few dozen instructions, assembled here; there is no
+//! BPF toolchain to install. Root (CAP_BPF, CAP_NET_ADMIN).
+#![allow(unsafe_code, reason = "the bpf(2) system call takes a union of C structs; each call says what it passes")]
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+/// The UDP payload offset of the 60-byte template: Ethernet (14), IPv4
+/// (20), UDP (8).
+const PAYLOAD: i16 = 42;
+/// Template length: a 64-byte frame on the wire without its FCS.
+pub const FRAME_LEN: usize = 60;
+/// Latency buckets of 1 µs; the last holds everything longer.
+pub const BUCKETS: u32 = 1024;
+
+// bpf(2) commands.
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_XDP: u32 = 37;
+const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+const XDP_DROP: i32 = 1;
+const XDP_TX: i32 = 3;
+
+/// One BPF instruction.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+struct Insn {
+    code: u8,
+    regs: u8,
+    off: i16,
+    imm: i32,
+}
+
+/// A small assembler: the instructions these programs need.
+mod asm {
+    use super::Insn;
+
+    const LDX_MEM: u8 = 0x61; // | size
+    const STX_MEM: u8 = 0x63;
+    const ST_MEM: u8 = 0x62;
+    const ALU64_K: u8 = 0x07;
+    const ALU64_X: u8 = 0x0f;
+    const JMP_K: u8 = 0x05;
+    const JMP_X: u8 = 0x0d;
+    pub(super) const W: u8 = 0x00;
+    pub(super) const B: u8 = 0x10;
+    pub(super) const DW: u8 = 0x18;
+    pub(super) const ADD: u8 = 0x00;
+    pub(super) const SUB: u8 = 0x10;
+    pub(super) const DIV: u8 = 0x30;
+    pub(super) const AND: u8 = 0x50;
+    pub(super) const RSH: u8 = 0x70;
+    pub(super) const MOV: u8 = 0xb0;
+    pub(super) const JEQ: u8 = 0x10;
+    pub(super) const JGT: u8 = 0x20;
+    pub(super) const JSLT: u8 = 0xc0;
+    pub(super) const JA: u8 = 0x00;
+
+    fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
+        Insn { code, regs: (src << 4) | (dst & 0x0f), off, imm }
+    }
+    pub(super) fn alu_k(op: u8, dst: u8, imm: i32) -> Insn {
+        insn(ALU64_K | op, dst, 0, 0, imm)
+    }
+    pub(super) fn alu_x(op: u8, dst: u8, src: u8) -> Insn {
+        insn(ALU64_X | op, dst, src, 0, 0)
+    }
+    pub(super) fn load(size: u8, dst: u8, src: u8, off: i16) -> Insn {
+        insn(LDX_MEM | size, dst, src, off, 0)
+    }
+    pub(super) fn store(size: u8, dst: u8, off: i16, src: u8) -> Insn {
+        insn(STX_MEM | size, dst, src, off, 0)
+    }
+    pub(super) fn store_imm(size: u8, dst: u8, off: i16, imm: i32) -> Insn {
+        insn(ST_MEM | size, dst, 0, off, imm)
+    }
+    /// `if dst OP imm goto +off`.
+    pub(super) fn jmp_k(op: u8, dst: u8, imm: i32, off: i16) -> Insn {
+        insn(JMP_K | op, dst, 0, off, imm)
+    }
+    /// `if dst OP src goto +off`.
+    pub(super) fn jmp_x(op: u8, dst: u8, src: u8, off: i16) -> Insn {
+        insn(JMP_X | op, dst, src, off, 0)
+    }
+    pub(super) fn call(helper: i32) -> Insn {
+        insn(0x85, 0, 0, 0, helper)
+    }
+    pub(super) fn exit() -> Insn {
+        insn(0x95, 0, 0, 0, 0)
+    }
+    /// `r1 = map` (two instructions: a 64-bit load of the map's fd).
+    pub(super) fn map_fd(dst: u8, fd: i32) -> [Insn; 2] {
+        [insn(0x18, dst, 1, 0, fd), insn(0, 0, 0, 0, 0)]
+    }
+    /// `*(u64 *)(dst + off) += src`, atomically.
+    pub(super) fn atomic_add64(dst: u8, off: i16, src: u8) -> Insn {
+        insn(0xdb, dst, src, off, 0)
+    }
+    /// `src = atomic_fetch_add((u32 *)(dst + off), src)`.
+    pub(super) fn fetch_add32(dst: u8, off: i16, src: u8) -> Insn {
+        insn(0xc3, dst, src, off, 0x01)
+    }
+}
+
+/// Resolves `Label` jumps: each jump instruction is pushed with a label id
+/// and patched once the label's place is known.
+#[derive(Default)]
+struct Program {
+    insns: Vec<Insn>,
+    jumps: Vec<(usize, usize)>,
+    labels: Vec<Option<usize>>,
+}
+
+impl Program {
+    fn push(&mut self, i: Insn) {
+        self.insns.push(i);
+    }
+    fn label(&mut self) -> usize {
+        self.labels.push(None);
+        self.labels.len() - 1
+    }
+    fn jump(&mut self, i: Insn, label: usize) {
+        self.jumps.push((self.insns.len(), label));
+        self.insns.push(i);
+    }
+    fn here(&mut self, label: usize) {
+        self.labels[label] = Some(self.insns.len());
+    }
+    fn finish(mut self) -> Vec<Insn> {
+        for (at, label) in self.jumps {
+            let to = self.labels[label].expect("every label placed");
+            self.insns[at].off = i16::try_from(to as isize - at as isize - 1).expect("a short program");
+        }
+        self.insns
+    }
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut [u64]) -> io::Result<i64> {
+    // SAFETY: `attr` is a zeroed buffer at least as large as the union
+    // member the command reads (the callers lay the fields out as the
+    // kernel's `union bpf_attr` does); the kernel reads and writes only
+    // within the size passed.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(attr)) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+}
+
+fn fd(rc: i64) -> OwnedFd {
+    // SAFETY: a successful bpf() that makes an object returns a new file
+    // descriptor this process owns.
+    unsafe { OwnedFd::from_raw_fd(i32::try_from(rc).unwrap_or(-1)) }
+}
+
+fn lo_hi(a: u32, b: u32) -> u64 {
+    u64::from(a) | (u64::from(b) << 32)
+}
+
+fn map_array(entries: u32, value: u32) -> io::Result<OwnedFd> {
+    let mut attr = [0u64; 16];
+    attr[0] = lo_hi(BPF_MAP_TYPE_ARRAY, 4); // map_type, key_size
+    attr[1] = lo_hi(value, entries); // value_size, max_entries
+    bpf(BPF_MAP_CREATE, &mut attr).map(fd)
+}
+
+fn map_get(map: &OwnedFd, key: u32) -> io::Result<u64> {
+    let k = key;
+    let mut v = 0u64;
+    let mut attr = [0u64; 4];
+    attr[0] = u64::from(u32::try_from(map.as_raw_fd()).unwrap_or(0));
+    attr[1] = (&raw const k) as u64;
+    attr[2] = (&raw mut v) as u64;
+    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr)?;
+    Ok(v)
+}
+
+fn load(insns: &[Insn], name: &str) -> io::Result<OwnedFd> {
+    let license = c"GPL";
+    let mut log = vec![0u8; 65536];
+    let mut attr = [0u64; 16];
+    attr[0] = lo_hi(BPF_PROG_TYPE_XDP, u32::try_from(insns.len()).unwrap_or(0));
+    attr[1] = insns.as_ptr() as u64;
+    attr[2] = license.as_ptr() as u64;
+    attr[3] = lo_hi(1, u32::try_from(log.len()).unwrap_or(0)); // log_level, log_size
+    attr[4] = log.as_mut_ptr() as u64;
+    // prog_name at byte 48 (attr[6..8]).
+    let mut n = [0u8; 16];
+    for (d, s) in n.iter_mut().zip(name.bytes().take(15)) {
+        *d = s;
+    }
+    attr[6] = u64::from_le_bytes(n[..8].try_into().expect("8 bytes"));
+    attr[7] = u64::from_le_bytes(n[8..].try_into().expect("8 bytes"));
+    bpf(BPF_PROG_LOAD, &mut attr).map(fd).map_err(|e| {
+        let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+        io::Error::new(e.kind(), format!("loading {name}: {e}\n{}", String::from_utf8_lossy(&log[..end])))
+    })
+}
+
+fn ifindex(iface: &str) -> io::Result<u32> {
+    let name = std::ffi::CString::new(iface).map_err(|_| io::Error::other("interface name"))?;
+    // SAFETY: `name` is a NUL-terminated string that outlives the call.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(io::Error::new(io::ErrorKind::NotFound, format!("{iface}: no such interface"))),
+        i => Ok(i),
+    }
+}
+
+/// The traffic a [`Generator`] makes.
+#[derive(Clone, Copy, Debug)]
+pub struct Traffic {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    /// The first three bytes of the source address are kept; its last byte
+    /// and the source port count the flows.
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub dport: u16,
+    /// Flows in turn (a power of two, at most 2^24), or `None`: a new flow
+    /// every frame.
+    pub flows: Option<u32>,
+    /// Writes the send time into each frame, for [`Sink`]'s latency.
+    pub stamp: bool,
+}
+
+/// The template frame: IPv4 UDP, the source address's last byte 0 and the
+/// IP id 0xffff minus the address's low 16-bit word, so that the program's
+/// changes keep the header checksum valid (see `generator_program`).
+fn template(t: &Traffic) -> Vec<u8> {
+    let mut f = vec![0u8; FRAME_LEN];
+    f[0..6].copy_from_slice(&t.dst_mac);
+    f[6..12].copy_from_slice(&t.src_mac);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let s = t.src.octets();
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&46u16.to_be_bytes());
+    // id + the source's low word == 0xffff: the program keeps that sum.
+    ip[4..6].copy_from_slice(&(0xffff - u16::from(s[2]) * 256).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&[s[0], s[1], s[2], 0]);
+    ip[16..20].copy_from_slice(&t.dst.octets());
+    let mut sum = 0u32;
+    for w in ip.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let csum = !u16::try_from(sum).unwrap_or(0);
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    let udp = &mut f[34..42];
+    udp[2..4].copy_from_slice(&t.dport.to_be_bytes());
+    udp[4..6].copy_from_slice(&26u16.to_be_bytes());
+    f
+}
+
+/// The generator's program: n = counter++ (masked to the flows); the
+/// source address's last byte = n & 0xff, the IP id = its template value
+/// minus that byte (so the sum of the two header words, and with it the
+/// checksum, is unchanged), the source port = n >> 8; the send time into
+/// the payload if stamping; `XDP_TX`.
+fn generator_program(counter: &OwnedFd, mask: u32, stamp: bool) -> Vec<Insn> {
+    use asm::*;
+    let mut p = Program::default();
+    let out = p.label();
+    p.push(load(W, 7, 1, 0)); // r7 = data
+    p.push(load(W, 8, 1, 4)); // r8 = data_end
+    p.push(alu_x(MOV, 2, 7));
+    p.push(alu_k(ADD, 2, i32::from(PAYLOAD) + 8));
+    p.jump(jmp_x(JGT, 2, 8, 0), out);
+    p.push(store_imm(W, 10, -4, 0));
+    p.push(alu_x(MOV, 2, 10));
+    p.push(alu_k(ADD, 2, -4));
+    for i in map_fd(1, counter.as_raw_fd()) {
+        p.push(i);
+    }
+    p.push(call(1)); // map_lookup_elem
+    p.jump(jmp_k(JEQ, 0, 0, 0), out);
+    p.push(alu_k(MOV, 1, 1));
+    p.push(fetch_add32(0, 0, 1)); // r1 = counter++
+    p.push(alu_k(AND, 1, i32::try_from(mask).unwrap_or(i32::MAX)));
+    p.push(alu_x(MOV, 2, 1));
+    p.push(alu_k(AND, 2, 0xff));
+    p.push(store(B, 7, 29, 2)); // source address, last byte
+    // The id's low byte: 0xff minus the address byte (the template's id
+    // ends in 0xff, so this never borrows).
+    p.push(alu_k(MOV, 3, 0xff));
+    p.push(alu_x(SUB, 3, 2));
+    p.push(store(B, 7, 19, 3));
+    p.push(alu_x(MOV, 2, 1));
+    p.push(alu_k(RSH, 2, 8));
+    p.push(store(B, 7, 35, 2)); // source port, low byte
+    p.push(alu_k(RSH, 2, 8));
+    p.push(store(B, 7, 34, 2)); // source port, high byte
+    if stamp {
+        p.push(call(5)); // ktime_get_ns
+        p.push(store(DW, 7, PAYLOAD, 0));
+    }
+    p.push(alu_k(MOV, 0, XDP_TX));
+    p.push(exit());
+    p.here(out);
+    p.push(alu_k(MOV, 0, XDP_DROP));
+    p.push(exit());
+    p.finish()
+}
+
+/// Sends [`Traffic`] out of an interface by `BPF_PROG_RUN` live frames.
+/// Made and run in the network namespace of the interface.
+#[derive(Debug)]
+pub struct Generator {
+    prog: OwnedFd,
+    _counter: OwnedFd,
+    frame: Vec<u8>,
+    ifindex: u32,
+    _keep: Keepalive,
+}
+
+/// The generator's program attached (natively) to an idle veth pair of its
+/// own while it lives. A `BPF_PROG_RUN` of more than one frame adds its
+/// program to the kernel's XDP dispatcher and removes it after, and each
+/// change rebuilds the dispatcher and waits for an RCU grace period (about
+/// 28 ms here); a program already attached somewhere changes nothing, so
+/// short paced runs cost microseconds instead.
+#[derive(Debug)]
+struct Keepalive {
+    name: String,
+    _link: OwnedFd,
+}
+
+impl Keepalive {
+    fn new(prog: &OwnedFd) -> io::Result<Keepalive> {
+        let name = format!("sgbk{}", std::process::id() % 100_000);
+        let ip = |args: &[&str]| std::process::Command::new("ip").args(args).status().map(|s| s.success());
+        let peer = format!("{name}p");
+        if !ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer])? {
+            return Err(io::Error::other(format!("ip link add {name}: failed")));
+        }
+        let keep = ip(&["link", "set", &name, "up"]).and_then(|_| ip(&["link", "set", &peer, "up"])).and_then(|_| attach(prog, &name));
+        match keep {
+            Ok(link) => Ok(Keepalive { name, _link: link }),
+            Err(e) => {
+                let _ = ip(&["link", "del", &name]);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for Keepalive {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["link", "del", &self.name]).status();
+    }
+}
+
+/// Attaches `prog` to `iface` in native mode through a BPF link (detached
+/// when the link's descriptor closes).
+fn attach(prog: &OwnedFd, iface: &str) -> io::Result<OwnedFd> {
+    let ifindex = ifindex(iface)?;
+    let mut attr = [0u64; 8];
+    attr[0] = lo_hi(u32::try_from(prog.as_raw_fd()).unwrap_or(0), ifindex); // prog_fd, target_ifindex
+    attr[1] = lo_hi(BPF_XDP, XDP_FLAGS_DRV_MODE); // attach_type, flags
+    bpf(BPF_LINK_CREATE, &mut attr).map(fd).map_err(|e| io::Error::new(e.kind(), format!("attaching to {iface}: {e}")))
+}
+
+impl Generator {
+    pub fn new(iface: &str, t: &Traffic) -> io::Result<Generator> {
+        let ifindex = ifindex(iface)?;
+        let counter = map_array(1, 4)?;
+        let mask = match t.flows {
+            Some(n) if n.is_power_of_two() && n <= 1 << 24 => n - 1,
+            Some(n) => return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{n} flows: a power of two up to 2^24"))),
+            None => (1 << 24) - 1,
+        };
+        let prog = load(&generator_program(&counter, mask, t.stamp), "sgb_gen")?;
+        let keep = Keepalive::new(&prog)?;
+        Ok(Generator { prog, _counter: counter, frame: template(t), ifindex, _keep: keep })
+    }
+
+    /// Sends `frames` frames, `batch` per kernel batch (at most 256);
+    /// returns when the kernel has run them all.
+    pub fn send(&self, frames: u32, batch: u32) -> io::Result<()> {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex.
+        let ctx: [u32; 6] = [0, u32::try_from(self.frame.len()).unwrap_or(0), 0, self.ifindex, 0, 0];
+        let mut attr = [0u64; 10];
+        attr[0] = lo_hi(u32::try_from(self.prog.as_raw_fd()).unwrap_or(0), 0); // prog_fd, retval
+        attr[1] = lo_hi(u32::try_from(self.frame.len()).unwrap_or(0), 0); // data_size_in, data_size_out
+        attr[2] = self.frame.as_ptr() as u64; // data_in
+        attr[4] = lo_hi(frames, 0); // repeat, duration
+        attr[5] = lo_hi(u32::try_from(std::mem::size_of_val(&ctx)).unwrap_or(0), 0); // ctx_size_in, out
+        attr[6] = ctx.as_ptr() as u64; // ctx_in
+        attr[8] = lo_hi(BPF_F_TEST_XDP_LIVE_FRAMES, 0); // flags, cpu
+        attr[9] = u64::from(batch.clamp(1, 256)); // batch_size
+        bpf(BPF_PROG_TEST_RUN, &mut attr).map(|_| ())
+    }
+
+    /// Sends as fast as the kernel can for `d`; returns the frames sent.
+    pub fn flood(&self, d: Duration) -> io::Result<u64> {
+        let end = Instant::now() + d;
+        let mut sent = 0u64;
+        while Instant::now() < end {
+            self.send(65_536, 64)?;
+            sent += 65_536;
+        }
+        Ok(sent)
+    }
+
+    /// Sends `pps` frames a second for `d`, in bursts of `burst`; returns
+    /// the frames sent. A generator that falls behind (its core taken a
+    /// while) does not catch up in one long burst, which would test the
+    /// receiver's buffers rather than its rate: the debt beyond a burst is
+    /// forgiven, so the rate offered is what was sent.
+    pub fn paced(&self, pps: u64, d: Duration, burst: u32) -> io::Result<u64> {
+        let start = Instant::now();
+        let mut sent = 0u64;
+        let mut due_from = 0u128;
+        while start.elapsed() < d {
+            let due = start.elapsed().as_nanos() * u128::from(pps) / 1_000_000_000 - due_from;
+            let owed = due.saturating_sub(u128::from(sent));
+            if owed > 2 * u128::from(burst) {
+                due_from += owed - u128::from(burst);
+            }
+            if owed > 0 {
+                self.send(burst, burst)?;
+                sent += u64::from(burst);
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        Ok(sent)
+    }
+}
+
+/// The sink's program: counts every frame (slot 0); a frame whose payload
+/// holds a send time adds 1 to the slot of its latency in µs (1 +
+/// min(latency, 1023)); drops it.
+fn sink_program(map: &OwnedFd) -> Vec<Insn> {
+    use asm::*;
+    let mut p = Program::default();
+    let out = p.label();
+    let bump = |p: &mut Program, out: usize| {
+        // key in r1 -> map[key] += 1
+        p.push(store(W, 10, -4, 1));
+        p.push(alu_x(MOV, 2, 10));
+        p.push(alu_k(ADD, 2, -4));
+        for i in map_fd(1, map.as_raw_fd()) {
+            p.push(i);
+        }
+        p.push(call(1));
+        p.jump(jmp_k(JEQ, 0, 0, 0), out);
+        p.push(alu_k(MOV, 1, 1));
+        p.push(atomic_add64(0, 0, 1));
+    };
+    p.push(load(W, 7, 1, 0));
+    p.push(load(W, 8, 1, 4));
+    p.push(alu_k(MOV, 1, 0));
+    bump(&mut p, out);
+    p.push(alu_x(MOV, 2, 7));
+    p.push(alu_k(ADD, 2, i32::from(PAYLOAD) + 8));
+    p.jump(jmp_x(JGT, 2, 8, 0), out);
+    p.push(load(DW, 9, 7, PAYLOAD));
+    p.jump(jmp_k(JEQ, 9, 0, 0), out);
+    p.push(call(5));
+    p.push(alu_x(SUB, 0, 9));
+    // r0 = now - sent; negative (a stamp of another clock) is not filed.
+    let neg = p.label();
+    p.jump(jmp_k(JSLT, 0, 0, 0), neg);
+    p.push(alu_k(DIV, 0, 1000));
+    let capped = p.label();
+    p.jump(jmp_k(JGT, 0, i32::try_from(BUCKETS - 2).unwrap_or(0), 0), capped);
+    let file = p.label();
+    p.jump(jmp_k(JA, 0, 0, 0), file);
+    p.here(capped);
+    p.push(alu_k(MOV, 0, i32::try_from(BUCKETS - 1).unwrap_or(0)));
+    p.here(file);
+    p.push(alu_x(MOV, 1, 0));
+    p.push(alu_k(ADD, 1, 1));
+    bump(&mut p, out);
+    p.here(neg);
+    p.here(out);
+    p.push(alu_k(MOV, 0, XDP_DROP));
+    p.push(exit());
+    p.finish()
+}
+
+/// Counts and drops every frame arriving on an interface, with the
+/// latency of stamped ones; detached when dropped.
+#[derive(Debug)]
+pub struct Sink {
+    map: OwnedFd,
+    _prog: OwnedFd,
+    _link: OwnedFd,
+}
+
+/// What a [`Sink`] has seen.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Seen {
+    pub frames: u64,
+    /// Stamped frames by latency in µs (the last bucket: that or more).
+    pub latency: Vec<u64>,
+}
+
+impl Seen {
+    /// The latency below which `ppm` millionths of the stamped frames
+    /// arrived, in µs (the bucket's upper edge), or `None` without stamped
+    /// frames.
+    pub fn quantile(&self, ppm: u64) -> Option<u64> {
+        let total: u64 = self.latency.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let want = total.saturating_mul(ppm).div_ceil(1_000_000).max(1);
+        let mut seen = 0;
+        for (i, n) in self.latency.iter().enumerate() {
+            seen += n;
+            if seen >= want {
+                return Some(i as u64 + 1);
+            }
+        }
+        None
+    }
+
+    /// What was seen since `earlier`.
+    pub fn since(&self, earlier: &Seen) -> Seen {
+        Seen { frames: self.frames - earlier.frames, latency: self.latency.iter().zip(&earlier.latency).map(|(a, b)| a - b).collect() }
+    }
+}
+
+impl Sink {
+    /// Attaches in native mode (veth supports it; it also gives the
+    /// interface NAPI, so its receive work can be threaded and pinned).
+    pub fn attach(iface: &str) -> io::Result<Sink> {
+        let map = map_array(BUCKETS + 1, 8)?;
+        let prog = load(&sink_program(&map), "sgb_sink")?;
+        let link = attach(&prog, iface)?;
+        Ok(Sink { map, _prog: prog, _link: link })
+    }
+
+    pub fn seen(&self) -> io::Result<Seen> {
+        let frames = map_get(&self.map, 0)?;
+        let latency = (1..=BUCKETS).map(|k| map_get(&self.map, k)).collect::<io::Result<Vec<u64>>>()?;
+        Ok(Seen { frames, latency })
+    }
+}
+
+/// An XDP program that sends every frame arriving on one interface out of
+/// another (`bpf_redirect`): what an XDP-level fast path costs at least,
+/// with no lookup, for `benches/e2e.sh`'s `xdp-redirect` line.
+#[derive(Debug)]
+pub struct Redirect {
+    _prog: OwnedFd,
+    _link: OwnedFd,
+}
+
+impl Redirect {
+    pub fn attach(from: &str, to: &str) -> io::Result<Redirect> {
+        use asm::{MOV, alu_k, call, exit};
+        let target = ifindex(to)?;
+        let mut p = Program::default();
+        p.push(alu_k(MOV, 1, i32::try_from(target).unwrap_or(0)));
+        p.push(alu_k(MOV, 2, 0));
+        p.push(call(23)); // bpf_redirect(ifindex, flags)
+        p.push(exit());
+        let prog = load(&p.finish(), "sgb_redirect")?;
+        let link = attach(&prog, from)?;
+        Ok(Redirect { _prog: prog, _link: link })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_template_has_a_valid_header_checksum_for_every_address_byte() {
+        let t = Traffic {
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 2],
+            src: Ipv4Addr::new(198, 51, 100, 10),
+            dst: Ipv4Addr::new(10, 9, 0, 21),
+            dport: 9000,
+            flows: None,
+            stamp: false,
+        };
+        let mut f = template(&t);
+        for b in 0..=255u8 {
+            // What the program writes.
+            f[29] = b;
+            f[19] = 0xff - b;
+            let ip = etherparse::Ipv4HeaderSlice::from_slice(&f[14..34]).expect("a header");
+            assert_eq!(ip.to_header().calc_header_checksum(), ip.header_checksum(), "byte {b}");
+            assert_eq!(ip.source(), [198, 51, 100, b]);
+        }
+    }
+
+    #[test]
+    fn quantiles_are_bucket_upper_edges() {
+        let mut latency = vec![0; BUCKETS as usize];
+        latency[2] = 98;
+        latency[40] = 2;
+        let s = Seen { frames: 100, latency };
+        assert_eq!(s.quantile(500_000), Some(3));
+        assert_eq!(s.quantile(980_000), Some(3));
+        assert_eq!(s.quantile(990_000), Some(41));
+        assert_eq!(Seen::default().quantile(500_000), None);
+    }
+}

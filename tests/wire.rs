@@ -1,0 +1,178 @@
+//! The port path under the conditions that judge a switch, as root, on the
+//! veth topology of `scripts/netns.sh`: the first frames after the switch
+//! says it runs, and a flood on the uplink at the generator's full rate
+//! while VMs keep talking.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sgswitch_tests::netns::{Kill, Topology, examples, http_get, require_root, sample};
+use sgswitch_tests::xdpgen::{Generator, Traffic};
+
+/// Starts the switch on `dir` and returns once its log says it runs,
+/// looking every millisecond (the test is about what comes right after).
+fn start(dir: &std::path::Path, log: &std::path::Path) -> Kill {
+    let child = Command::new(env!("CARGO_BIN_EXE_sgswitch"))
+        .args(["run", dir.to_str().expect("utf-8")])
+        .stderr(std::fs::File::create(log).expect("log"))
+        .spawn()
+        .expect("start sgswitch run");
+    let k = Kill(child);
+    let t = Instant::now();
+    while !std::fs::read_to_string(log).is_ok_and(|s| s.contains("running on")) {
+        assert!(t.elapsed() < Duration::from_secs(20), "switch did not start: {}", std::fs::read_to_string(log).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    k
+}
+
+/// The round-trip time `ping` reports for one echo, in ms.
+fn ping_ms(ns: &str, to: &str) -> Option<f64> {
+    let out = Command::new("ip").args(["netns", "exec", ns, "ping", "-n", "-c", "1", "-W", "1", to]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let at = text.find("time=")? + 5;
+    text[at..].split_whitespace().next()?.parse().ok()
+}
+
+#[test]
+fn the_first_ping_after_running_is_answered_within_50_ms() {
+    require_root();
+    let _topology = Topology::up();
+    let dir = examples("127.0.0.1:19481", "");
+    // A table of four million flows (500 MB) is made and faulted in before
+    // the line, not after.
+    let host = dir.path().join("host.toml");
+    let text = std::fs::read_to_string(&host).expect("read host.toml");
+    assert!(text.contains("capacity = 1048576"), "examples/host.toml sets a capacity");
+    std::fs::write(&host, text.replace("capacity = 1048576", "capacity = 4194304")).expect("write host.toml");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let log = logs.path().join("switch.log");
+    let _switch = start(dir.path(), &log);
+    // The VM resolves its gateway (ARP through the switch) and pings it.
+    let ms = ping_ms("sgs-web1", "10.0.255.1");
+    assert!(
+        ms.is_some_and(|m| m < 50.0),
+        "first ping after \"running on\": {ms:?} ms\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
+/// One TCP connection from web1 to db1:5432 (an echo server there), held
+/// open; each line written must come back. Prints one line per exchange:
+/// `ok <ms>`, `timeout` or `error`.
+const VM_CLIENT: &str = r#"
+import socket, sys, time
+c = socket.create_connection(('10.0.1.21', 5432), timeout=3)
+c.settimeout(1)
+print('connected', flush=True)
+for line in sys.stdin:
+    t = time.monotonic()
+    try:
+        c.sendall(line.encode())
+        d = c.recv(4096)
+        print('ok %.1f' % ((time.monotonic() - t) * 1000) if d == line.encode() else 'bad', flush=True)
+    except socket.timeout:
+        print('timeout', flush=True)
+    except OSError as e:
+        print('error', e, flush=True)
+"#;
+
+const ECHO_SERVER: &str = "import socket,threading\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('0.0.0.0',5432));s.listen()\ndef h(c):\n  while True:\n    d=c.recv(4096)\n    if not d: break\n    c.sendall(d)\nwhile True:\n  c,_=s.accept();threading.Thread(target=h,args=(c,),daemon=True).start()";
+
+/// Runs `f` on a thread inside network namespace `ns`, pinned to `core`.
+fn in_namespace<T: Send + 'static>(ns: &str, core: usize, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("the namespace");
+        // SAFETY: setns on this thread only, with a namespace descriptor
+        // that stays open across the call.
+        #[allow(unsafe_code, reason = "setns and sched_setaffinity on the calling thread")]
+        unsafe {
+            assert_eq!(libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET), 0, "setns {path}");
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(core, &mut set);
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set);
+        }
+        f()
+    })
+}
+
+#[test]
+fn a_flood_on_the_uplink_leaves_vm_traffic_and_allowed_flows_working() {
+    require_root();
+    let _topology = Topology::up();
+    let dir = examples("127.0.0.1:19482", "");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let log = logs.path().join("switch.log");
+    let _switch = start(dir.path(), &log);
+    let _server = Kill(Command::new("ip").args(["netns", "exec", "sgs-db1", "python3", "-c", ECHO_SERVER]).spawn().expect("echo server"));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut client = Command::new("ip")
+        .args(["netns", "exec", "sgs-web1", "python3", "-c", VM_CLIENT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("client");
+    let mut out = BufReader::new(client.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("read");
+    assert_eq!(line.trim(), "connected", "web1 connects to db1");
+
+    // The flood: a new flow every frame toward web1 from the internet, UDP
+    // that web1's groups deny, so every frame is judged by the rules: what
+    // an attacker sends. The generator runs in the internet host's
+    // namespace on the core the switch's loop does not use.
+    let flood = in_namespace("sgs-inet", 1, || {
+        let mac = std::fs::read_to_string("/sys/class/net/eth0/address").expect("eth0's address");
+        let src_mac: Vec<u8> = mac.trim().split(':').map(|h| u8::from_str_radix(h, 16).expect("hex")).collect();
+        let t = Traffic {
+            src_mac: src_mac.try_into().expect("a MAC"),
+            dst_mac: [2, 0, 0, 0, 0, 0x11],
+            src: "198.51.100.1".parse().expect("ip"),
+            dst: "10.0.0.11".parse().expect("ip"),
+            dport: 9999,
+            flows: None,
+            stamp: false,
+        };
+        let g = Generator::new("eth0", &t).expect("a generator");
+        g.flood(Duration::from_secs(4)).expect("flood")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // During the flood: the VMs' connection keeps echoing, and pings from
+    // the internet to web1 (allowed) keep being answered.
+    let pinger = Command::new("ip")
+        .args(["netns", "exec", "sgs-inet", "ping", "-n", "-q", "-c", "20", "-i", "0.1", "-W", "1", "10.0.0.11"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("ping");
+    let stdin = client.stdin.as_mut().expect("stdin");
+    let mut answers = Vec::new();
+    for i in 0..20 {
+        writeln!(stdin, "exchange {i}").expect("write");
+        line.clear();
+        out.read_line(&mut line).expect("read");
+        answers.push(line.trim().to_owned());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ping = pinger.wait_with_output().expect("ping");
+    let sent = flood.join().expect("the flood");
+    let _ = client.kill();
+    let _ = client.wait();
+    let ping_text = String::from_utf8_lossy(&ping.stdout);
+    let received: u32 = ping_text
+        .split(", ")
+        .find(|p| p.ends_with("received"))
+        .and_then(|p| p.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let page = http_get("127.0.0.1:19482", "/metrics").expect("metrics");
+    let dropped = sample(&page, "sgswitch_packets_total{port=\"eni-web1\",direction=\"ingress\",action=\"drop\",reason=\"default\"}");
+    eprintln!("flood: {sent} frames offered, {dropped} judged and dropped; echoes {answers:?}; pings: {ping_text}");
+    assert!(sent > 1_000_000, "the generator flooded: {sent} frames");
+    assert!(dropped > 100_000, "the switch judged the flood: {dropped} dropped");
+    let ok = answers.iter().filter(|a| a.starts_with("ok")).count();
+    assert!(ok >= 19, "the VMs' connection kept working through the flood: {answers:?}");
+    assert!(received >= 16, "pings from the uplink kept getting answers: {received} of 20\n{ping_text}");
+}
