@@ -13,7 +13,15 @@ for pkg in libelf-dev zlib1g-dev pkg-config clang g++ m4 libpcap-dev iproute2 ip
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if ! rustup component list --installed 2>/dev/null | grep -q '^clippy'; then rustup component add clippy rustfmt >/dev/null 2>&1 || true; fi
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then echo "setup: need ${need[*]}; run as root or install them" >&2; exit 2; fi
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+# The VM tests boot QEMU guests (scripts/guest.sh builds them with busybox);
+# QEMU's graphical and firmware extras are not needed.
+vm=()
+for pkg in qemu-system-x86 busybox-static; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || vm+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ] || [ ${#vm[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then echo "setup: need ${need[*]} ${vm[*]}; run as root or install them" >&2; exit 2; fi
+  apt-get update -qq
+  [ ${#need[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  [ ${#vm[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${vm[@]}" >/dev/null
 fi

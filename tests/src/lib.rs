@@ -18,6 +18,7 @@
 #![deny(unsafe_code)]
 
 pub mod frames;
+pub mod guest;
 pub mod infra;
 pub mod netns;
 pub mod xdpgen;

@@ -1,0 +1,220 @@
+//! sgswitch as its users run it: QEMU guests whose virtio-net NICs are tap
+//! devices of the host, switched by `sgswitch run` with the example groups,
+//! and an "internet" host behind the uplink (root only). The guests boot
+//! once; every check below runs against them.
+//!
+//! Guests (examples/ports): web1 (sg-web + sg-ssh), db1 (sg-db + sg-ssh),
+//! lab1 and lab2 (sg-lab + sg-ssh; sg-lab isolates its members).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sgswitch_tests::guest::{self, Guest, Spec, Tap};
+use sgswitch_tests::netns::{Kill, examples, http_get, require_root, sample, sh, wait_for};
+
+const METRICS: &str = "127.0.0.1:19491";
+const INET: &str = "sgq-inet";
+const UPLINK: &str = "sgq-uplink";
+
+/// The "internet" namespace behind the uplink, as scripts/netns.sh makes
+/// it: the VMs' gateway 10.0.255.1, the office 198.51.100.7 and a blocked
+/// network's 203.0.113.9. Removed when dropped.
+struct Internet;
+
+impl Internet {
+    fn up() -> Internet {
+        let script = format!(
+            "ip netns add {INET} && ip link add {UPLINK} type veth peer name eth0 netns {INET} \
+             && ip -n {INET} link set eth0 address 02:ee:00:00:00:01 \
+             && ip -n {INET} addr add 10.0.255.1/16 dev eth0 \
+             && ip -n {INET} addr add fd00:ffff::1/32 dev eth0 nodad \
+             && ip -n {INET} addr add 198.51.100.7/32 dev eth0 && ip -n {INET} addr add 203.0.113.9/32 dev eth0 \
+             && ip -n {INET} link set lo up && ip -n {INET} link set eth0 up \
+             && ip netns exec {INET} ethtool -K eth0 tx off >/dev/null \
+             && ip link set {UPLINK} up && sysctl -qw net.ipv6.conf.{UPLINK}.disable_ipv6=1"
+        );
+        Internet::down();
+        assert!(sh(&script), "the internet namespace");
+        Internet
+    }
+
+    fn down() {
+        sh(&format!("ip netns del {INET}; ip link del {UPLINK}"));
+    }
+}
+
+impl Drop for Internet {
+    fn drop(&mut self) {
+        Internet::down();
+    }
+}
+
+/// The example configuration with web1, db1, lab1 and lab2 on the guests'
+/// taps, the uplink here, and the flow log in `flows`.
+fn config(flows: &Path) -> tempfile::TempDir {
+    let dir = examples(METRICS, &format!("\n[flow_log]\nenabled = true\npath = \"{}\"\nrepeat_after = 0\n", flows.display()));
+    for gone in ["eni-web2", "eni-bastion"] {
+        std::fs::remove_file(dir.path().join(format!("ports/{gone}.toml"))).expect("remove a port");
+    }
+    for e in std::fs::read_dir(dir.path().join("ports")).expect("ports") {
+        let path = e.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("read port");
+        std::fs::write(&path, text.replace("interface = \"tap-", "interface = \"sgq-")).expect("write port");
+    }
+    let host = dir.path().join("host.toml");
+    let text = std::fs::read_to_string(&host).expect("host.toml");
+    std::fs::write(&host, text.replace("interface = \"sgs-uplink\"", &format!("interface = \"{UPLINK}\""))).expect("write host.toml");
+    dir
+}
+
+fn spec(name: &str, mac: &str, ipv4: &str, ipv6: &str) -> Spec {
+    Spec {
+        name: name.to_owned(),
+        tap: format!("sgq-{name}"),
+        mac: mac.to_owned(),
+        ipv4: format!("{ipv4}/16"),
+        ipv6: format!("{ipv6}/48"),
+        gateway: "10.0.255.1".to_owned(),
+    }
+}
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// `ping` from `g` to `to`: whether an answer came (three tries).
+fn pings(g: &mut Guest, to: &str) -> bool {
+    let ping = if to.contains(':') { "ping6" } else { "ping" };
+    g.sh(&format!("{ping} -c 3 -W 2 -w 4 {to} >/dev/null 2>&1"), LONG).0 == 0
+}
+
+/// A line over TCP from `g` to `to:port`, echoed by the one-line echo
+/// service there: whether it came back.
+fn echoes(g: &mut Guest, to: &str, port: u16) -> bool {
+    let (_, out) = g.sh(&format!("echo sg-hello | timeout 5 nc -w 3 {to} {port}"), LONG);
+    out.contains("sg-hello")
+}
+
+fn metric(cell: &str) -> u64 {
+    sample(&http_get(METRICS, "/metrics").expect("GET /metrics"), cell)
+}
+
+#[test]
+fn guests_on_tap_ports_talk_as_their_groups_say() {
+    require_root();
+    assert!(sh("command -v qemu-system-x86_64 && command -v busybox"), "needs qemu-system-x86 and busybox-static (scripts/setup.sh)");
+    let image = guest::image();
+    let _inet = Internet::up();
+    let specs = [
+        spec("web1", "02:00:00:00:00:11", "10.0.0.11", "fd00::11"),
+        spec("db1", "02:00:00:00:01:21", "10.0.1.21", "fd00:0:0:1::21"),
+        spec("lab1", "02:00:00:00:03:41", "10.0.3.41", "fd00:0:0:3::41"),
+        spec("lab2", "02:00:00:00:03:42", "10.0.3.42", "fd00:0:0:3::42"),
+    ];
+    let _taps: Vec<Tap> = specs.iter().map(|s| Tap::new(&s.tap)).collect();
+    let mut guests: Vec<Guest> = specs.iter().map(|s| Guest::boot(&image, s)).collect();
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let flows = work.path().join("flows.log");
+    let dir = config(&flows);
+    let log = work.path().join("switch.log");
+    let switch = Command::new(env!("CARGO_BIN_EXE_sgswitch"))
+        .arg("run")
+        .arg(dir.path())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start sgswitch run");
+    let _switch = Kill(switch);
+    assert!(wait_for(&log, "running on", 0), "switch did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    let booted = Instant::now();
+    for g in &mut guests {
+        g.ready(Duration::from_secs(180));
+    }
+    eprintln!("guests up ({}, vhost-net {}) {:?} after the switch", guest::accel(), guest::vhost_net(), booted.elapsed());
+    let [web1, db1, lab1, lab2] = guests.as_mut_slice() else { unreachable!("four guests") };
+
+    // Services: the one-line echo on db1's postgres port, lab2's UI port
+    // and web1's http port.
+    db1.spawn("nc -ll -p 5432 -e /bin/echo1");
+    lab2.spawn("nc -ll -p 8080 -e /bin/echo1");
+    web1.spawn("nc -ll -p 80 -e /bin/echo1");
+
+    // sg-db: postgres from members of sg-web, from no one else.
+    assert!(echoes(web1, "10.0.1.21", 5432), "web1 -> db1:5432 (sg-db allows sg-web)\n{}", logs(&log));
+    assert!(!echoes(lab1, "10.0.1.21", 5432), "lab1 -> db1:5432 must be denied");
+    // sg-web: ping and http from anywhere, over IPv4 and IPv6.
+    assert!(pings(lab1, "10.0.0.11"), "lab1 -> web1 ping (sg-web allows icmp echo)");
+    assert!(pings(lab1, "fd00::11"), "lab1 -> web1 ping6 (sg-web allows icmpv6 echo)");
+    assert!(echoes(lab1, "10.0.0.11", 80), "lab1 -> web1:80");
+    // sg-lab isolates its members: lab1 reaches neither lab2's UI nor its
+    // ping, which the office reaches through the uplink.
+    assert!(!pings(lab1, "10.0.3.42"), "lab1 -> lab2 ping must be denied (intra-group drop)");
+    assert!(!echoes(lab1, "10.0.3.42", 8080), "lab1 -> lab2:8080 must be denied (intra-group drop)");
+    assert!(inet_echoes("198.51.100.7", "10.0.3.42", 8080), "office -> lab2:8080 (pl-office)");
+    assert!(!inet_echoes("203.0.113.9", "10.0.3.42", 8080), "203.0.113.9 -> lab2:8080 must be denied");
+    // sg-db's egress denies all but DNS: db1 pings no one, but answers
+    // (stateful) what sg-web members open.
+    assert!(!pings(db1, "10.0.0.11"), "db1 -> web1 ping must be denied (sg-db egress)");
+    // The gateway behind the uplink.
+    assert!(pings(web1, "10.0.255.1"), "web1 -> the gateway");
+
+    // What the operator sees: the drops counted on the deciding side, and
+    // the flow log naming the port, the addresses and the reason.
+    let intra = metric("sgswitch_packets_total{port=\"eni-lab2\",direction=\"ingress\",action=\"drop\",reason=\"rule\"}")
+        + metric("sgswitch_packets_total{port=\"eni-lab2\",direction=\"ingress\",action=\"drop\",reason=\"default\"}");
+    assert!(intra > 0, "lab1 -> lab2 drops counted on eni-lab2's ingress\n{}", http_get(METRICS, "/metrics").unwrap_or_default());
+    assert!(
+        metric("sgswitch_packets_total{port=\"eni-db1\",direction=\"ingress\",action=\"forward\",reason=\"rule\"}") > 0,
+        "web1 -> db1 allowed by a rule on eni-db1's ingress"
+    );
+    let t = Instant::now();
+    let denied = loop {
+        let text = std::fs::read_to_string(&flows).unwrap_or_default();
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|f| f["port"] == "eni-db1" && f["src"] == "10.0.3.41" && f["dport"] == 5432);
+        if let Some(f) = found {
+            break f;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "no flow-log line for lab1 -> db1:5432:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(denied["direction"], "ingress", "{denied}");
+
+    // TCP throughput between two guests (lab1 -> web1:443 here, where
+    // sg-web allows it): reported, not judged (under TCG it is the
+    // emulated CPU's rate).
+    let mb: u32 = 16;
+    web1.spawn("nc -l -p 443 -e /bin/sink");
+    let t = Instant::now();
+    let (rc, out) =
+        lab1.sh(&format!("dd if=/dev/zero bs=64k count={} 2>/dev/null | timeout 60 nc 10.0.0.11 443", mb * 16), Duration::from_secs(90));
+    assert_eq!(rc, 0, "the transfer lab1 -> web1:443: {out}");
+    let got = loop {
+        let (_, got) = web1.sh("cat /tmp/got 2>/dev/null", LONG);
+        if !got.trim().is_empty() || t.elapsed() > Duration::from_secs(60) {
+            break got.trim().to_owned();
+        }
+    };
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(got, (mb << 20).to_string(), "bytes web1 received of lab1's {mb} MiB");
+    println!(
+        "{{\"case\":\"guest-tcp\",\"ports\":\"tap\",\"accel\":\"{}\",\"mbytes\":{mb},\"seconds\":{secs:.2},\"mbit_s\":{:.1}}}",
+        guest::accel(),
+        f64::from(mb) * 8.0 * 1.048_576 / secs
+    );
+}
+
+/// A line over TCP from the internet namespace, from `src`.
+fn inet_echoes(src: &str, to: &str, port: u16) -> bool {
+    let out = Command::new("ip")
+        .args(["netns", "exec", INET, "bash", "-c", &format!("echo sg-hello | timeout 5 nc -N -w 3 -s {src} {to} {port}")])
+        .output()
+        .expect("nc");
+    String::from_utf8_lossy(&out.stdout).contains("sg-hello")
+}
+
+fn logs(log: &Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
