@@ -72,6 +72,9 @@ pub struct Port {
     /// Frames decided for this socket, sent at the end of the iteration.
     pub pending: Vec<Frame>,
     pub stats: Arc<SocketStats>,
+    /// What the log has been told of this socket (bits of
+    /// `warn_about_offloads`).
+    pub warned: u8,
 }
 
 impl std::fmt::Debug for Port {
@@ -98,14 +101,16 @@ fn open(mem: &mut Memory, host: &Host, interface: &str, queue: u32, src: Source,
     let stats = Arc::new(SocketStats {
         interface: interface.to_owned(),
         queue: sock.queue(),
+        port: matches!(src, Source::Port(_)),
         native: mode.native,
         zero_copy: mode.zero_copy,
         busy_poll: std::sync::atomic::AtomicU8::new(sock.busy_polled() as u8),
         why: sock.why().to_owned(),
         kernel: Default::default(),
         tx_full: Counter::default(),
+        checksums_finished: Counter::default(),
     });
-    Ok(Port { sock, src, pending: Vec::with_capacity(cap), stats })
+    Ok(Port { sock, src, pending: Vec::with_capacity(cap), stats, warned: 0 })
 }
 
 /// A loop's I/O: its UMEM, its sockets (the uplink's first, by queue),

@@ -36,7 +36,7 @@ use crate::datapath::plan::RuleLabel;
 use crate::datapath::plan::{Plan, Published};
 use crate::datapath::{Action, Kind, Outcome, Owner, Reason, Source, owner_of};
 use crate::packet::flowlog::FlowLog;
-use crate::packet::{Pipeline, capacity_share, conntrack_settings};
+use crate::packet::{Pipeline, capacity_share, conntrack_settings, offload};
 use crate::port::xdp::{Frame, sys};
 use crate::port::{PortError, Rings};
 
@@ -337,6 +337,15 @@ pub fn poll_loop(
             busy = true;
             stats.batch(n);
             let src = socks[s].src;
+            if matches!(src, Source::Port(_)) {
+                let mut finished = 0;
+                for f in &mut rx {
+                    finished += u64::from(mem.with_data_mut(f, offload::finish_checksum));
+                }
+                if finished > 0 {
+                    socks[s].stats.checksums_finished.add(finished);
+                }
+            }
             {
                 let items: [(Source, &[u8], u32); BATCH] =
                     std::array::from_fn(|i| rx.get(i).map_or((src, &[][..], 0), |f| (src, mem.data(f), f.number())));
@@ -415,7 +424,7 @@ pub fn poll_loop(
             }
         }
     }
-    publish_stats(stats, &io.socks, &pipe, &current.plan);
+    publish_stats(stats, &mut io.socks, &pipe, &current.plan);
     io.held.release_all(&mut io.mem);
     // Sockets close here, detaching the XDP programs.
     drop(io);
@@ -432,13 +441,16 @@ fn fill_share(frames: usize, sockets: usize) -> u32 {
 
 /// Copies the kernel's socket statistics and the table's totals into the
 /// loop's counters.
-fn publish_stats(stats: &LoopStats, socks: &[Port], pipe: &Pipeline<u32>, plan: &Plan) {
-    for p in socks {
+fn publish_stats(stats: &LoopStats, socks: &mut [Port], pipe: &Pipeline<u32>, plan: &Plan) {
+    for p in socks.iter_mut() {
         p.stats.busy_poll.store(p.sock.busy_polled() as u8, Ordering::Relaxed);
         if let Some(v) = p.sock.statistics() {
             for (c, v) in p.stats.kernel.iter().zip(v) {
                 c.set(v);
             }
+        }
+        if p.stats.port {
+            warn_about_offloads(p);
         }
     }
     let t = pipe.conntrack.stats();
@@ -450,6 +462,34 @@ fn publish_stats(stats: &LoopStats, socks: &[Port], pipe: &Pipeline<u32>, plan: 
         if let Some(e) = stats.conntrack_entries.get(usize::from(port.zone)) {
             e.store(u32::try_from(pipe.conntrack.zone_len(port.zone)).unwrap_or(u32::MAX), Ordering::Relaxed);
         }
+    }
+}
+
+/// Says once per socket, in the log, that its VM's NIC has offloads on
+/// that an AF_XDP port cannot take (docs/configuration.md, "VM ports on
+/// tap"): checksums left to the host (which the loop finishes), and frames
+/// too large for a UMEM frame, which the kernel drops (segments of a NIC
+/// with TCP segmentation offload).
+fn warn_about_offloads(p: &mut Port) {
+    const CHECKSUMS: u8 = 1;
+    const OVERSIZED: u8 = 2;
+    let iface = &p.stats.interface;
+    if p.warned & CHECKSUMS == 0 && p.stats.checksums_finished.get() > 0 {
+        p.warned |= CHECKSUMS;
+        warn!(
+            interface = %iface,
+            "{iface}: the VM leaves TCP/UDP checksums to the host (checksum offload on its NIC); the switch finishes them, but its NIC's segmentation offloads must be off (docs/configuration.md, \"VM ports on tap\")"
+        );
+    }
+    // The kernel counts in rx_dropped both frames larger than a UMEM frame
+    // and frames that found the fill ring empty (also counted on their own).
+    let dropped = p.stats.kernel[0].get().saturating_sub(p.stats.kernel[4].get());
+    if p.warned & OVERSIZED == 0 && dropped > 0 {
+        p.warned |= OVERSIZED;
+        warn!(
+            interface = %iface,
+            "{iface}: the kernel dropped {dropped} frames from it too large for the socket (segmentation offload on the VM's NIC?); start the VM's NIC with offloads off (docs/configuration.md, \"VM ports on tap\")"
+        );
     }
 }
 

@@ -30,6 +30,8 @@ pub const CONNTRACK_EVENTS: [(&str, &str); 7] = [
 pub struct SocketStats {
     pub interface: String,
     pub queue: u32,
+    /// A port's socket (else the uplink's).
+    pub port: bool,
     pub native: bool,
     pub zero_copy: bool,
     /// Whether the loop drives the queue's receive work (preferred busy
@@ -44,6 +46,9 @@ pub struct SocketStats {
     pub kernel: [Counter; 6],
     /// Frames dropped because this socket's tx ring was full.
     pub tx_full: Counter,
+    /// TCP and UDP checksums the VM left for the host and the loop
+    /// finished ([`crate::packet::offload`]); ports only.
+    pub checksums_finished: Counter,
 }
 
 pub const KERNEL_STATS: [(&str, &str); 6] = [

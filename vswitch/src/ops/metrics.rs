@@ -361,6 +361,18 @@ pub fn render(shared: &View) -> String {
     for s in &sockets {
         t.sample("sgswitch_xsk_tx_ring_full_drops_total", &[("interface", &s.interface), ("queue", &s.queue.to_string())], s.tx_full.get());
     }
+    t.family(
+        "sgswitch_xsk_checksums_finished_total",
+        "counter",
+        "TCP and UDP checksums a VM left for the host to finish (checksum offload on its NIC), finished by the switch.",
+    );
+    for s in sockets.iter().filter(|s| s.port) {
+        t.sample(
+            "sgswitch_xsk_checksums_finished_total",
+            &[("interface", &s.interface), ("queue", &s.queue.to_string())],
+            s.checksums_finished.get(),
+        );
+    }
     for (i, (stat, help)) in KERNEL_STATS.iter().enumerate() {
         let name = format!("sgswitch_xsk_{stat}_total");
         t.family(&name, "counter", &format!("Kernel XDP socket statistics: {help}."));

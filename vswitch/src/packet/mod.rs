@@ -40,6 +40,7 @@ use sgswitch_filter::{By, Decision, Key, Packet, Verdict};
 pub mod flowcache;
 pub mod flowlog;
 pub mod infra;
+pub mod offload;
 pub mod parse;
 
 use self::flowcache::{FlowCache, FlowKey, Route, Trace};

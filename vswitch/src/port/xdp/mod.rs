@@ -212,6 +212,15 @@ impl Memory {
         unsafe { self.umem.data(&f.0) }.contents()
     }
 
+    /// Runs `f` on the bytes of a frame the loop holds, to change them.
+    #[inline]
+    pub fn with_data_mut<R>(&mut self, frame: &mut Frame, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        // SAFETY: as in `data`: no ring holds the frame, and `&mut Frame`
+        // makes this the only access to it.
+        let mut d = unsafe { self.umem.data_mut(&mut frame.0) };
+        f(d.contents_mut())
+    }
+
     /// Gives a frame back to the free list.
     #[inline]
     pub fn release(&mut self, f: Frame) {
