@@ -6,11 +6,11 @@
 use std::time::{Duration, Instant};
 
 use sgswitch::port::Rings;
-use sgswitch::port::xdp::{BindOptions, Frame, Memory, sys};
+use sgswitch::port::xdp::{BUSY_WAIT, BindOptions, Frame, Memory, sys};
 use sgswitch_config::{XdpMode, ZeroCopy};
 use sgswitch_tests::netns::sh;
 
-const PLAIN: BindOptions = BindOptions { mode: XdpMode::Auto, zero_copy: ZeroCopy::Auto, busy_poll: None };
+const PLAIN: BindOptions = BindOptions { mode: XdpMode::Auto, zero_copy: ZeroCopy::Auto, busy_poll: None, busy_wait: BUSY_WAIT };
 
 /// A veth pair `a`-`b` this test makes, removed when dropped. IPv6 is off
 /// before the links come up, so the kernel sends no neighbour discovery or
@@ -181,4 +181,37 @@ fn settings_a_killed_switch_changed_are_restored_by_the_next() {
     // The next claims the interface and finds what to restore.
     assert!(sys::claim("sgt-bpc").expect("claimed"), "newly claimed");
     assert_eq!(napi_settings("sgt-bpc"), before, "the previous values are back");
+}
+
+/// A queue another socket still holds (a switch killed a moment ago, whose
+/// sockets the kernel releases in the background; a restart by systemd
+/// comes that soon) is waited for, briefly, rather than refused at once;
+/// one held for good is refused after the wait, with the kernel's reason.
+#[test]
+fn a_queue_held_a_moment_longer_is_waited_for() {
+    let _pair = Pair::up("sgt-xi", "sgt-xj");
+    let mut holder_mem = Memory::new(512, 64).expect("UMEM");
+    let holder = holder_mem.bind("sgt-xi", 0, &PLAIN).expect("an AF_XDP socket");
+    let bind_again = || {
+        std::thread::spawn(|| {
+            let mut mem = Memory::new(512, 64).expect("UMEM");
+            let t = Instant::now();
+            let r = mem.bind("sgt-xi", 0, &PLAIN).map(|_| ()).map_err(|e| e.to_string());
+            (r, t.elapsed())
+        })
+    };
+    let waiting = bind_again();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(holder);
+    drop(holder_mem);
+    let (r, took) = waiting.join().expect("the binding thread");
+    assert!(r.is_ok(), "bound once the holder let go: {r:?}");
+    assert!(took >= Duration::from_millis(250), "it waited for the holder ({took:?})");
+
+    let mut holder_mem = Memory::new(512, 64).expect("UMEM");
+    let _holder = holder_mem.bind("sgt-xi", 0, &PLAIN).expect("an AF_XDP socket");
+    let (r, took) = bind_again().join().expect("the binding thread");
+    let e = r.expect_err("a queue held for good is refused");
+    assert!(e.contains("busy"), "{e}");
+    assert!(took < Duration::from_secs(5), "refused after a bounded wait ({took:?})");
 }

@@ -91,8 +91,12 @@ impl Port {
     }
 }
 
-fn open(mem: &mut Memory, host: &Host, interface: &str, queue: u32, src: Source, cap: usize) -> Result<Port, PortError> {
-    let mut sock = mem.bind(interface, queue, &BindOptions::of(&host.datapath))?;
+fn open(mem: &mut Memory, host: &Host, interface: &str, queue: u32, src: Source, cap: usize, starting: bool) -> Result<Port, PortError> {
+    let mut opts = BindOptions::of(&host.datapath);
+    if !starting {
+        opts.busy_wait = std::time::Duration::ZERO;
+    }
+    let mut sock = mem.bind(interface, queue, &opts)?;
     // Frames to receive into from the start: the loop tops the ring up to
     // its share each iteration.
     sock.refill(mem, FIRST_FILL);
@@ -154,7 +158,7 @@ impl Io {
                 at += 1;
                 continue;
             }
-            match open(&mut self.mem, host, uplink, queue, Source::Uplink, cap) {
+            match open(&mut self.mem, host, uplink, queue, Source::Uplink, cap, strict) {
                 Ok(p) => {
                     self.socks.insert(at, p);
                     at += 1;
@@ -191,7 +195,7 @@ impl Io {
             for queue in 0..sys::rx_queues(name) {
                 let at = match self.socks.iter().position(|s| s.sock.interface() == name && s.sock.queue() == queue) {
                     Some(at) => at,
-                    None => match open(&mut self.mem, host, name, queue, Source::Port(p), cap) {
+                    None => match open(&mut self.mem, host, name, queue, Source::Port(p), cap, strict) {
                         Ok(port) => {
                             self.socks.push(port);
                             self.socks.len() - 1

@@ -39,6 +39,7 @@ pub mod sys;
 use std::num::NonZeroU32;
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use sgswitch_config::{Datapath, PreferBusyPoll, XdpMode, ZeroCopy};
 use xsk_rs::config::{BindFlags, FrameSize, LibxdpFlags, QueueSize, SocketConfig, UmemConfig, XdpFlags};
@@ -64,14 +65,23 @@ impl Mode {
     }
 }
 
-/// How [`Memory::bind`] makes a socket: the attach modes to try, and
-/// whether to busy poll.
+/// How [`Memory::bind`] makes a socket: the attach modes to try, whether
+/// to busy poll, and how long to wait for a queue another socket holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BindOptions {
     pub mode: XdpMode,
     pub zero_copy: ZeroCopy,
     pub busy_poll: Option<BusyPoll>,
+    /// How long a queue bound by another socket (`EBUSY`) is waited for:
+    /// the kernel releases a dead process's AF_XDP sockets in the
+    /// background, and a restart (systemd's) can come before it is done.
+    /// [`BUSY_WAIT`] when the switch starts; zero in a running loop, which
+    /// must not stall and tries again a second later anyway.
+    pub busy_wait: Duration,
 }
+
+/// The wait for a held queue when the switch starts.
+pub const BUSY_WAIT: Duration = Duration::from_secs(2);
 
 /// Preferred busy polling: the socket options, and the interface settings
 /// that make the kernel leave the queue's receive work to the loop.
@@ -97,7 +107,7 @@ impl BindOptions {
             defer_hard_irqs: d.napi_defer_hard_irqs,
             gro_flush_timeout_ns: u64::from(d.gro_flush_timeout_us) * 1000,
         });
-        BindOptions { mode: d.mode, zero_copy: d.zero_copy, busy_poll }
+        BindOptions { mode: d.mode, zero_copy: d.zero_copy, busy_poll, busy_wait: BUSY_WAIT }
     }
 }
 
@@ -277,7 +287,7 @@ impl Memory {
     /// polling was required and could not be set up; the message names the
     /// interface and the reason.
     pub fn bind(&mut self, interface: &str, queue: u32, opts: &BindOptions) -> Result<Socket, PortError> {
-        let BindOptions { mode, zero_copy, busy_poll } = *opts;
+        let BindOptions { mode, zero_copy, busy_poll, busy_wait } = *opts;
         if !Path::new("/sys/class/net").join(interface).exists() {
             return Err(PortError::NoInterface { iface: interface.to_owned() });
         }
@@ -311,6 +321,7 @@ impl Memory {
         })?;
         let mut last = String::new();
         let mut refused = Vec::new();
+        let busy_until = Instant::now() + busy_wait;
         for &native in natives {
             for &zc in zcs {
                 // Generic mode has no zero-copy.
@@ -326,10 +337,21 @@ impl Memory {
                     .bind_flags(bind)
                     .libxdp_flags(LibxdpFlags::empty())
                     .build();
-                // SAFETY: every (interface, queue) is bound once per
-                // switch (the runtime opens each port's socket once), so
-                // the default program load is not shared.
-                match unsafe { xsk_rs::Socket::new(config, &self.umem, &name, queue) } {
+                // A queue still held by a socket the kernel is releasing
+                // (a switch killed a moment ago) refuses with EBUSY until
+                // it is done: wait for it (`busy_wait`) before trying a
+                // lesser mode or giving up.
+                let made = loop {
+                    // SAFETY: every (interface, queue) is bound once per
+                    // switch (the runtime opens each port's socket once),
+                    // so the default program load is not shared.
+                    let r = unsafe { xsk_rs::Socket::new(config, &self.umem, &name, queue) };
+                    match &r {
+                        Err(e) if is_busy(e) && Instant::now() < busy_until => std::thread::sleep(BUSY_RETRY),
+                        _ => break r,
+                    }
+                };
+                match made {
                     Ok((tx, rx, Some((fq, cq)))) => {
                         // A socket sharing a UMEM may end up in copy mode
                         // whatever it asked for: ask the kernel.
@@ -381,6 +403,15 @@ impl Memory {
         }
         Err(PortError::Bind { iface: interface.to_owned(), queue, tried: last })
     }
+}
+
+/// How often a held queue is tried again within `BindOptions::busy_wait`.
+const BUSY_RETRY: Duration = Duration::from_millis(20);
+
+/// Whether socket creation failed because the queue is bound already.
+fn is_busy(e: &xsk_rs::socket::SocketCreateError) -> bool {
+    std::error::Error::source(e).and_then(|c| c.downcast_ref::<std::io::Error>()).and_then(std::io::Error::raw_os_error)
+        == Some(libc::EBUSY)
 }
 
 /// One bound socket and its four rings, private: frames go in and out only
