@@ -125,3 +125,79 @@ fn every_policy_model_and_every_decision_kind_is_covered() {
         assert!(all.iter().any(|e| e.starts_with(kind)), "no \"{kind}\" case");
     }
 }
+
+/// `diagnose` shows each side of a path as `trace` decides it: for every
+/// row of the table, the path from the remote to the port (an ingress row)
+/// or from the port to the remote (an egress row) has, on the row's side,
+/// the row's expected decision. Rows diagnose cannot ask (a given source
+/// port, an ICMP type other than echo, a remote that is the port itself)
+/// are counted and must stay few.
+#[test]
+fn diagnose_agrees_with_the_table_on_the_side_of_every_row() {
+    use sgswitch::datapath::plan::{Plan, Zones};
+    use sgswitch::tools::diagnose::{Ask, diagnose};
+    use sgswitch_config::{Direction, protocol_name};
+
+    let (mut asked, mut skipped) = (0, 0);
+    let mut fails = Vec::new();
+    for (file, case) in &conformance_cases() {
+        let dir = write_dir(&case.files());
+        let cfg = load_dir(dir.path()).expect("the case loads");
+        let (plan, _) = Plan::build(cfg, &mut Zones::default(), 1).expect("a plan");
+        for (i, p) in case.packets.iter().enumerate() {
+            let (port, pkt) = plan.policy().resolve(&p.query()).expect("the row resolves");
+            let echo = matches!((pkt.proto, pkt.icmp_type, pkt.icmp_code), (1, 8, 0) | (58, 128, 0));
+            let (source_port, dest_port) = match pkt.direction {
+                Direction::Ingress => (p.remote_port, pkt.local_port),
+                Direction::Egress => (p.local_port, pkt.remote_port),
+            };
+            let icmp = matches!(pkt.proto, 1 | 58);
+            if source_port.is_some() || (icmp && !echo) || pkt.remote == pkt.local {
+                skipped += 1;
+                continue;
+            }
+            asked += 1;
+            let (from, to) = match pkt.direction {
+                Direction::Ingress => (pkt.remote, pkt.local),
+                Direction::Egress => (pkt.local, pkt.remote),
+            };
+            let ask = Ask {
+                from: from.to_string(),
+                to: to.to_string(),
+                proto: Some(protocol_name(Some(pkt.proto)).to_string()),
+                port: matches!(pkt.proto, 6 | 17).then_some(dest_port),
+            };
+            let at = format!("{file}: case {:?} packet {i}", case.name);
+            let paths = match diagnose(&plan, &ask) {
+                Ok(p) => p,
+                Err(e) => {
+                    fails.push(format!("{at}: diagnose {ask:?}: {e}"));
+                    continue;
+                }
+            };
+            let side = &paths[0][pkt.direction.as_str()];
+            let want = Expected::parse(&p.expect);
+            let got = Expected {
+                verdict: side["verdict"].as_str().unwrap_or("?").into(),
+                by: side["by"].as_str().unwrap_or("?").into(),
+                rule: side["rule"].as_object().map(|r| {
+                    (
+                        r["group"].as_str().unwrap_or("?").into(),
+                        r["direction"].as_str().unwrap_or("?").into(),
+                        u16::try_from(r["index"].as_u64().unwrap_or(u64::MAX)).unwrap_or(u16::MAX),
+                    )
+                }),
+            };
+            let port_id = &plan.policy().ports()[port].id;
+            let named = paths[0][if pkt.direction == Direction::Ingress { "to" } else { "from" }]["port"].as_str();
+            if named != Some(port_id.as_str()) {
+                fails.push(format!("{at}: the {} side is {named:?}, not {port_id}", pkt.direction.as_str()));
+            } else if got != want {
+                fails.push(format!("{at}: expected {want:?}, diagnose says {side}"));
+            }
+        }
+    }
+    assert!(fails.is_empty(), "{} disagreements:\n{}", fails.len(), fails.join("\n"));
+    assert!(asked >= 4 * skipped, "{asked} rows asked, {skipped} skipped: too many rows diagnose cannot ask");
+    println!("diagnose: {asked} rows agree, {skipped} not askable");
+}

@@ -276,6 +276,20 @@ fn prometheus_sees_the_traffic_the_control_socket_answers_and_the_flow_log_holds
     assert_eq!(code, Some(1), "an unknown port is refused");
     assert!(err.contains("no port \"eni-nosuch\""), "{err}");
 
+    // ctl diagnose: the live policy's answer, the same as the directory's.
+    for flags in [
+        &["--from", "eni-web1", "--to", "eni-db1", "--proto", "tcp", "--port", "5432", "--json"][..],
+        &["--from", "203.0.113.9", "--to", "eni-web1"],
+    ] {
+        let (code, live, err) = ctl(&sock, &[&["diagnose"][..], flags].concat());
+        assert_eq!(code, Some(0), "{err}");
+        let offline = Command::new(env!("CARGO_BIN_EXE_sgswitch")).arg("diagnose").arg(dir.path()).args(flags).output().expect("diagnose");
+        assert_eq!(live, String::from_utf8_lossy(&offline.stdout), "ctl diagnose {flags:?}");
+    }
+    let (code, _, err) = ctl(&sock, &["diagnose", "--from", "eni-nosuch", "--to", "eni-web1"]);
+    assert_eq!(code, Some(1), "an unknown port is refused");
+    assert!(err.contains("\"eni-nosuch\" is neither a port"), "{err}");
+
     // ctl reload: a new generation, counted.
     let (code, out, err) = ctl(&sock, &["reload"]);
     assert_eq!(code, Some(0), "{err}");

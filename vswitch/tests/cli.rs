@@ -265,3 +265,96 @@ fn trace_names_the_datapaths_verdict_where_it_differs_from_the_rules() {
     let o = trace("--port eni-web1 --direction egress --proto tcp --remote 192.0.2.1 --remote-port 25");
     assert!(stdout(&o).contains("datapath: drop at eni-web1 egress (blocked-egress)"), "{}", stdout(&o));
 }
+
+fn diagnose(flags: &str) -> Output {
+    let mut args = vec!["diagnose", EXAMPLES];
+    args.extend(flags.split_whitespace());
+    sgswitch(&args)
+}
+
+#[test]
+fn diagnose_shows_both_sides_of_a_path_with_the_deciding_rules() {
+    // web1 -> db1:5432: web1's egress allows by default, sg-db's first
+    // ingress rule (postgres from sg-web) allows on db1's side.
+    let o = diagnose("--from eni-web1 --to eni-db1 --proto tcp --port 5432 --json");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON line");
+    assert_eq!(v["verdict"], "allow");
+    assert_eq!(v["from"], serde_json::json!({"port": "eni-web1", "address": "10.0.0.11"}));
+    assert_eq!(v["to"], serde_json::json!({"port": "eni-db1", "address": "10.0.1.21"}));
+    assert_eq!((v["proto"].as_str(), v["port"].as_u64()), (Some("tcp"), Some(5432)));
+    assert_eq!(v["egress"], serde_json::json!({"verdict": "allow", "by": "default", "rule": null}));
+    assert_eq!(
+        v["ingress"]["rule"],
+        serde_json::json!({"group": "sg-db", "direction": "ingress", "index": 0, "priority": 1, "action": "allow"})
+    );
+    assert_eq!(v["datapath"]["action"], "forward");
+
+    // The other way, db1's own egress stops it (deny all but DNS).
+    let o = diagnose("--from 10.0.1.21 --to eni-web1 --proto tcp --port 80");
+    let out = stdout(&o);
+    assert!(out.contains("DENY") && out.contains("egress of eni-db1: deny by rule sg-db/egress/1 (priority 100)"), "{out}");
+    assert!(out.contains("ingress of eni-web1: allow by rule sg-web/ingress/1"), "{out}");
+
+    // Toward the uplink: the rules allow SMTP, the host's blocked egress
+    // does not, and the datapath says so.
+    let o = diagnose("--from eni-web1 --to 198.51.100.7 --proto tcp --port 25");
+    let out = stdout(&o);
+    assert!(out.contains("DENY") && out.contains("datapath: drop (blocked-egress)"), "{out}");
+
+    // Isolated sandboxes: no rule lets lab1 reach lab2, and intra-group
+    // does not either.
+    let o = diagnose("--from eni-lab1 --to eni-lab2 --proto icmp --json");
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON line");
+    assert_eq!((v["verdict"].as_str(), v["ingress"]["by"].as_str()), (Some("deny"), Some("default")), "{v}");
+}
+
+#[test]
+fn diagnose_without_a_protocol_checks_the_usual_services_both_ways() {
+    let o = diagnose("--from 203.0.113.9 --to eni-web1 --json");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let paths: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let seen: Vec<(String, String, String)> = paths
+        .iter()
+        .map(|p| {
+            let end = |e: &serde_json::Value| e["port"].as_str().or(e["address"].as_str()).unwrap_or("?").to_owned();
+            (p["service"].as_str().unwrap_or("?").to_owned(), end(&p["from"]), p["verdict"].as_str().unwrap_or("?").to_owned())
+        })
+        .collect();
+    let row = |s: &str, from: &str, v: &str| (s.to_owned(), from.to_owned(), v.to_owned());
+    assert_eq!(seen.len(), 12, "six services, both ways: {seen:?}");
+    // Plain http from the abusive network is denied by its own rule; https
+    // and ping are allowed from anywhere; web1 may reach it on anything.
+    for want in [
+        row("http", "203.0.113.9", "deny"),
+        row("https", "203.0.113.9", "allow"),
+        row("ping", "203.0.113.9", "allow"),
+        row("ssh", "203.0.113.9", "deny"),
+        row("ssh", "eni-web1", "allow"),
+        row("rdp", "eni-web1", "allow"),
+    ] {
+        assert!(seen.contains(&want), "{want:?} not in {seen:?}");
+    }
+    let http = paths.iter().find(|p| p["service"] == "http" && p["to"]["port"] == "eni-web1").expect("http in");
+    assert_eq!(http["ingress"]["rule"]["index"], 0, "the deny rule for 203.0.113.0/24 decides: {http}");
+    // The table for people: a header and a row per path.
+    let o = diagnose("--from 203.0.113.9 --to eni-web1");
+    assert_eq!(stdout(&o).lines().count(), 13, "{}", stdout(&o));
+}
+
+#[test]
+fn diagnose_refuses_questions_it_cannot_answer() {
+    for (flags, says) in [
+        ("--from eni-nope --to eni-web1", "\"eni-nope\" is neither a port of the configuration nor an IP address"),
+        ("--from eni-web1 --to eni-db1 --proto tcp", "tcp needs --port"),
+        ("--from eni-web1 --to eni-db1 --port 22", "--port needs --proto"),
+        ("--from eni-web1 --to eni-db1 --proto icmp --port 1", "ports apply to tcp and udp only"),
+        ("--from 198.51.100.7 --to 203.0.113.9", "neither end is a port of this host"),
+        ("--from eni-web1 --to 10.0.0.11", "both ends are the same port"),
+        ("--from eni-web1 --to fd00::21 --proto icmp", "are of different IP versions"),
+    ] {
+        let o = diagnose(flags);
+        assert_eq!(o.status.code(), Some(1), "{flags}: {}", stdout(&o));
+        assert!(stderr(&o).contains(says), "{flags}: {}", stderr(&o));
+    }
+}

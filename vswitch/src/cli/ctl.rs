@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use serde_json::Value;
 use sgswitch::ops::control::{CallError, CtlRequest, call};
 
+use super::diagnose::PathFlags;
 use super::trace::PacketFlags;
 use super::{CliError, describe, out};
 
@@ -43,6 +44,12 @@ enum Verb {
         packet: PacketFlags,
         #[arg(long)]
         json: bool,
+    },
+    /// Both sides of a path against the live policy, as `sgswitch
+    /// diagnose`.
+    Diagnose {
+        #[command(flatten)]
+        path: PathFlags,
     },
 }
 
@@ -163,6 +170,11 @@ pub(crate) fn run(a: &CtlArgs) -> Result<(), CliError> {
         Verb::Conntrack { verb: ConntrackVerb::Flush { port } } => {
             let v = ask(a, &CtlRequest::ConntrackFlush { port: port.clone() })?;
             out(&format!("flushed {} flows\n", v["flushed"]))
+        }
+        Verb::Diagnose { path } => {
+            let v = ask(a, &CtlRequest::Diagnose { ask: path.ask() })?;
+            let paths = v["paths"].as_array().cloned().unwrap_or_default();
+            out(&super::diagnose::render(&paths, path.json()))
         }
         Verb::Trace { packet, json } => {
             let v = ask(a, &CtlRequest::Trace { request: packet.request()? })?;

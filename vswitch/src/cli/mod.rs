@@ -4,6 +4,7 @@
 mod check;
 mod ctl;
 mod describe;
+mod diagnose;
 mod replay;
 mod trace;
 
@@ -67,6 +68,11 @@ enum Command {
     /// The decision for one first packet (no connection state), or for each
     /// line of a batch file.
     Trace(Box<trace::TraceArgs>),
+    /// Both sides of a path between two ports, or a port and an address
+    /// outside the host: the sender's egress, the receiver's ingress, each
+    /// with its deciding rule, and the datapath's verdict; without --proto,
+    /// the usual services both ways.
+    Diagnose(Box<diagnose::DiagnoseArgs>),
     /// Run the whole pipeline (parsing, anti-spoofing, conntrack,
     /// classification, forwarding) over a capture, with its timestamps as
     /// the clock; one line per packet.
@@ -91,6 +97,7 @@ pub(crate) fn run(cli: Cli) -> Result<(), CliError> {
     match cli.cmd {
         Command::Check { dir } => check::run(&dir),
         Command::Trace(args) => trace::run(&args),
+        Command::Diagnose(args) => diagnose::run(&args),
         Command::Replay(args) => replay::run(&args),
         Command::Run { dir, log_format } => {
             // A configuration error is a usage error (exit 1); anything

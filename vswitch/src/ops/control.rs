@@ -4,7 +4,7 @@
 //!
 //! Verbs: `status`, `reload`, `conntrack-list` (`port`, `limit`),
 //! `conntrack-flush` (`port`), `trace` (`request`: the keys of a `trace
-//! --batch` line). Requests about connection state go to the poll loop that
+//! --batch` line), `diagnose` (`ask`: `from`, `to`, `proto`, `port`). Requests about connection state go to the poll loop that
 //! owns it through a bounded queue; the loop answers between batches, a
 //! few requests per iteration, so the control socket never stalls it.
 //!
@@ -74,6 +74,7 @@ pub enum CtlRequest {
     ConntrackList { port: Option<String>, limit: Option<usize> },
     ConntrackFlush { port: Option<String> },
     Trace { request: Request },
+    Diagnose { ask: crate::tools::diagnose::Ask },
 }
 
 /// Binds the control socket at `path` with mode 0600. A socket file left by
@@ -258,6 +259,11 @@ fn answer(req: &CtlRequest, shared: &View) -> Result<Value, CtlError> {
             Ok(json!({"flushed": n}))
         }
         CtlRequest::Trace { request } => trace(shared, request),
+        CtlRequest::Diagnose { ask } => {
+            let published = shared.control.published.load();
+            let paths = crate::tools::diagnose::diagnose(&published.plan, ask).map_err(CtlError::Request)?;
+            Ok(json!({"paths": paths}))
+        }
     }
 }
 
