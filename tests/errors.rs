@@ -72,7 +72,7 @@ fn unknown_key_in_host_toml_lists_the_keys() {
     assert_errors(
         &[("host.toml", "policy_model = \"priority\"\nturbo = true\n")],
         &[
-            "host.toml:2:1: unknown key `turbo` in host.toml; expected one of: policy_model, on_policy_change, blocked_egress, infra_allow, dhcp_server, uplink, datapath, metrics, control, flow_log, conntrack, limits, reload",
+            "host.toml:2:1: unknown key `turbo` in host.toml; expected one of: policy_model, on_policy_change, blocked_egress, infra_allow, dhcp_server, uplink, datapath, metrics, control, flow_log, conntrack, limits, reload, lint",
         ],
     );
 }
@@ -515,4 +515,37 @@ fn a_capacity_the_machine_cannot_hold_is_refused_by_check_and_replay() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("needs 31.0 GiB") && stderr.contains("MemAvailable"), "{stderr}");
+}
+
+#[test]
+fn rule_ids_are_checked_and_unique_in_their_group() {
+    let group = "id = \"sg-a\"\n\n[[ingress]]\nid = \"ssh\"\nprotocol = \"tcp\"\nports = \"22/22\"\nsource = \"0.0.0.0/0\"\n\n\
+                 [[egress]]\nid = \"ssh\"\nprotocol = \"all\"\ndestination = \"0.0.0.0/0\"\n\n\
+                 [[egress]]\nid = \"42\"\nprotocol = \"all\"\ndestination = \"10.0.0.0/8\"\n\n\
+                 [[egress]]\nid = \"has space\"\nprotocol = \"all\"\ndestination = \"10.0.0.0/8\"\n";
+    assert_errors(
+        &[("groups/sg-a.toml", group)],
+        &[
+            "groups/sg-a.toml:9:1: rule id \"ssh\" is already the id of the rule at line 3: rule ids are unique in a group",
+            "groups/sg-a.toml:15:6: rule id \"42\": a rule id may not be a number: numbers name rules by their position",
+            "groups/sg-a.toml:20:6: rule id \"has space\": a rule id is made of letters, digits, '.', '_', '-' and ':'",
+        ],
+    );
+}
+
+#[test]
+fn require_rule_ids_lists_every_rule_without_one() {
+    let group = "id = \"sg-a\"\n\n[[ingress]]\nid = \"ssh\"\nprotocol = \"tcp\"\nports = \"22/22\"\nsource = \"0.0.0.0/0\"\n\n\
+                 [[egress]]\nprotocol = \"all\"\ndestination = \"0.0.0.0/0\"\n";
+    let dir = write_dir(&files(&[("host.toml", "[lint]\nrequire_rule_ids = true\n"), ("groups/sg-a.toml", group)]));
+    let out = sgswitch(&["check", dir.path().to_str().expect("utf-8")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "findings do not stop loading: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("groups/sg-a.toml:9:1: this egress rule has no `id` ([lint] require_rule_ids = true in host.toml)"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("has no `id`").count(), 1, "only the rule without an id: {stdout}");
+    let out = sgswitch(&["check", write_dir(&files(&[("groups/sg-a.toml", group)])).path().to_str().expect("utf-8")]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("has no `id`"), "not asked for, not reported");
 }

@@ -724,3 +724,42 @@ fn a_large_capture_is_streamed_in_bounded_memory() {
     eprintln!("replay of a 400 MB capture peaked at {peak_mb} MB");
     assert!(peak_mb > 0 && peak_mb < 400, "replay of a 400 MB capture peaked at {peak_mb} MB");
 }
+
+#[test]
+fn a_rule_with_an_id_is_named_by_it() {
+    let dir = host("");
+    let g = dir.path().join("groups/sg-web.toml");
+    let text = std::fs::read_to_string(&g).expect("sg-web");
+    std::fs::write(
+        &g,
+        text.replacen(
+            "[[ingress]]\nprotocol = \"tcp\"\nports = \"80/80\"",
+            "[[ingress]]\nid = \"http\"\nprotocol = \"tcp\"\nports = \"80/80\"",
+            1,
+        ),
+    )
+    .expect("write");
+    let c = from_uplink(WEB, "192.0.2.1", "10.0.0.11");
+    let web = replay(dir.path(), &timed(vec![frames::tcp(&c, 40000, 80, "S", 1, 0, b""), frames::tcp(&c, 40001, 22, "S", 1, 0, b"")]));
+    assert_eq!(summary(&web), [row("forward", "eni-web1", "rule:sg-web/ingress/http"), row("drop", "null", "default")]);
+    let trace = sgswitch(&[
+        "trace",
+        dir.path().to_str().expect("utf-8"),
+        "--port",
+        "eni-web1",
+        "--direction",
+        "ingress",
+        "--proto",
+        "tcp",
+        "--remote",
+        "192.0.2.1",
+        "--local-port",
+        "80",
+        "--json",
+    ]);
+    let v: Value = serde_json::from_slice(&trace.stdout).expect("trace --json");
+    assert_eq!(
+        v["rule"],
+        serde_json::json!({"group": "sg-web", "direction": "ingress", "index": 1, "id": "http", "priority": 1, "action": "allow"})
+    );
+}

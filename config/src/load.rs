@@ -256,8 +256,13 @@ fn parse_host(src: &mut Source<'_>, t: &Table<'_, '_>) -> Host {
             "conntrack",
             "limits",
             "reload",
+            "lint",
         ],
     );
+    if let Some(l) = t.table(src, "lint") {
+        l.only_keys(src, &["require_rule_ids"]);
+        h.lint.require_rule_ids = l.boolean(src, "require_rule_ids").unwrap_or(false);
+    }
     if let Some(m) = t.choice(src, "policy_model", &["priority", "ordered", "union"]) {
         h.policy_model = match m.v.as_str() {
             "ordered" => PolicyModel::Ordered,
@@ -684,6 +689,16 @@ fn parse_group(src: &mut Source<'_>, t: &Table<'_, '_>, path: &Path, host: &Host
             }
         }
     }
+    let mut named: HashMap<&str, &Rule> = HashMap::new();
+    for r in ingress.iter().chain(&egress) {
+        let Some(rid) = r.id.as_deref() else { continue };
+        if let Some(first) = named.insert(rid, r) {
+            src.error_at(
+                r.loc,
+                format!("rule id \"{rid}\" is already the id of the rule at line {}: rule ids are unique in a group", first.loc.line),
+            );
+        }
+    }
     let refs = ingress.iter().chain(&egress).filter(|r| matches!(r.remote, Remote::Group(_)));
     let lim = host.limits.group_refs_per_group;
     if let Some(r) = refs.clone().nth(lim as usize) {
@@ -704,6 +719,20 @@ fn parse_group(src: &mut Source<'_>, t: &Table<'_, '_>, path: &Path, host: &Host
         ingress,
         egress,
     })
+}
+
+/// Why `id` cannot name a rule, if it cannot: 1 to 64 letters, digits and
+/// `.`, `_`, `-`, `:`, not all digits (a number names a rule by position).
+fn rule_id_problem(id: &str) -> Option<&'static str> {
+    if id.is_empty() || id.len() > 64 {
+        Some("a rule id is 1 to 64 characters")
+    } else if !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':')) {
+        Some("a rule id is made of letters, digits, '.', '_', '-' and ':'")
+    } else if id.bytes().all(|b| b.is_ascii_digit()) {
+        Some("a rule id may not be a number: numbers name rules by their position")
+    } else {
+        None
+    }
 }
 
 /// `"start/end"`, `"-1/-1"` (every port: `None`) or a single `"80"`.
@@ -729,9 +758,31 @@ fn parse_port_range(s: &str) -> Result<Option<PortRange>, String> {
 fn parse_rule(src: &mut Source<'_>, t: &Table<'_, '_>, d: Direction, kind: GroupType, host: &Host) -> Option<Rule> {
     t.only_keys(
         src,
-        &["priority", "action", "protocol", "ports", "source", "source_ports", "destination", "icmp_type", "icmp_code", "description"],
+        &[
+            "id",
+            "priority",
+            "action",
+            "protocol",
+            "ports",
+            "source",
+            "source_ports",
+            "destination",
+            "icmp_type",
+            "icmp_code",
+            "description",
+        ],
     );
     let errors_before = src.errors.len();
+    let id = t.string(src, "id").and_then(|i| match rule_id_problem(&i.v) {
+        Some(why) => {
+            src.error(&i.span, format!("rule id \"{}\": {why}", i.v));
+            None
+        }
+        None => Some(i.v),
+    });
+    if id.is_none() && host.lint.require_rule_ids {
+        src.warn(&t.span, format!("this {} rule has no `id` ([lint] require_rule_ids = true in host.toml)", d.as_str()));
+    }
     let (remote_key, local_key) = match d {
         Direction::Ingress => ("source", "destination"),
         Direction::Egress => ("destination", "source"),
@@ -851,6 +902,7 @@ fn parse_rule(src: &mut Source<'_>, t: &Table<'_, '_>, d: Direction, kind: Group
     }
     Some(Rule {
         loc: src.loc(t.span.start),
+        id,
         priority,
         action,
         protocol: protocol?,

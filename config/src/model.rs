@@ -194,6 +194,14 @@ pub struct Host {
     pub conntrack: Conntrack,
     pub limits: Limits,
     pub reload: Reload,
+    pub lint: Lint,
+}
+
+/// `[lint]`: what `check` (and `lint`) report beyond errors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lint {
+    /// Report every rule without an `id`.
+    pub require_rule_ids: bool,
 }
 
 /// `[reload]`: how `run` notices changes to the directory.
@@ -257,6 +265,7 @@ impl Default for Host {
             conntrack: Conntrack::default(),
             limits: Limits::default(),
             reload: Reload::default(),
+            lint: Lint::default(),
         }
     }
 }
@@ -466,6 +475,10 @@ impl fmt::Display for Remote {
 pub struct Rule {
     /// Where the rule's table starts in its group file.
     pub loc: Loc,
+    /// The rule's own name, unique in its group (both directions): when
+    /// given, metrics, the flow log, `trace` and `replay` name the rule by
+    /// it instead of its position, so inserting a rule renumbers nothing.
+    pub id: Option<String>,
     pub priority: u8,
     pub action: Action,
     pub protocol: Protocol,

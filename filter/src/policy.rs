@@ -110,6 +110,17 @@ impl Policy {
         &self.group(r.group).rules(r.direction)[usize::from(r.index)]
     }
 
+    /// How metrics, the flow log, `trace` and `replay` name a rule:
+    /// `<group>/<direction>/<id>`, or `<group>/<direction>/<index>` for a
+    /// rule without an `id`.
+    pub fn rule_name(&self, r: RuleRef) -> String {
+        let g = &self.group(r.group).id;
+        match &self.rule(r).id {
+            Some(id) => format!("{g}/{}/{id}", r.direction.as_str()),
+            None => format!("{g}/{}/{}", r.direction.as_str(), r.index),
+        }
+    }
+
     /// The identity of rule `index` of group `g` in direction `d`.
     pub fn rule_ref(&self, g: u16, d: Direction, index: usize) -> RuleRef {
         let rule = &self.group(g).rules(d)[index];

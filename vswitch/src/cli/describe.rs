@@ -58,10 +58,8 @@ pub(crate) fn packet(p: &Packet) -> String {
 pub(crate) fn why(policy: &Policy, port: PortIdx, pkt: &Packet, d: &Decision) -> String {
     match d.by {
         By::Rule(r) => {
-            let g = policy.group(r.group);
             let rule_ref = policy.rule(r);
-            let mut s =
-                format!("rule {}/{}/{}: {}, priority {}", g.id, r.direction.as_str(), r.index, rule(rule_ref, r.direction), r.priority);
+            let mut s = format!("rule {}: {}, priority {}", policy.rule_name(r), rule(rule_ref, r.direction), r.priority);
             if !rule_ref.description.is_empty() {
                 let _ = write!(s, " ({:?})", rule_ref.description);
             }

@@ -20,13 +20,43 @@ use sgswitch_filter::{Compiled, Policy};
 pub type MacAddr = [u8; 6];
 
 /// A rule as metrics and the flow log name it: the same group, direction and
-/// index `sgswitch trace` reports.
+/// index (or id) `sgswitch trace` reports. Its hits are carried from one
+/// plan to the next by label, so a rule with an `id` keeps its count when
+/// rules are inserted before it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RuleLabel {
     pub group: Arc<str>,
     pub direction: &'static str,
-    pub index: u16,
+    pub name: RuleName,
     pub action: &'static str,
+}
+
+/// What names a rule within its group and direction.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RuleName {
+    /// A rule without an `id`: its 0-based position.
+    Index(u16),
+    /// The rule's `id`.
+    Id(Arc<str>),
+}
+
+impl RuleName {
+    /// The metric label: `("index", "3")` or `("id", "http")`.
+    pub fn label(&self) -> (&'static str, String) {
+        match self {
+            RuleName::Index(i) => ("index", i.to_string()),
+            RuleName::Id(id) => ("id", id.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for RuleName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RuleName::Index(i) => write!(f, "{i}"),
+            RuleName::Id(id) => f.write_str(id),
+        }
+    }
 }
 
 /// A configuration ready to publish, with the zones of ports that went
@@ -219,7 +249,10 @@ impl Plan {
                     rule_labels.push(RuleLabel {
                         group: Arc::clone(&group),
                         direction: d.as_str(),
-                        index: u16::try_from(i).unwrap_or(u16::MAX),
+                        name: match &r.id {
+                            Some(id) => RuleName::Id(Arc::from(id.as_str())),
+                            None => RuleName::Index(u16::try_from(i).unwrap_or(u16::MAX)),
+                        },
                         action: match r.action {
                             sgswitch_config::Action::Allow => "allow",
                             sgswitch_config::Action::Deny => "deny",
@@ -384,5 +417,59 @@ mod tests {
         assert_eq!(z.assign(&["a", "c", "d"]).unwrap(), (vec![0, 2, 1], vec![1]));
         assert_eq!(z.assign(&["d"]).unwrap(), (vec![1], vec![0, 2]));
         assert_eq!(z.assign(&["x", "y", "d", "z"]).unwrap(), (vec![0, 2, 1, 3], vec![]));
+    }
+
+    /// A plan of one port bound to sg-a, whose ingress rules are `rules`
+    /// (TOML tables' bodies).
+    fn plan_of(rules: &[&str]) -> Plan {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |rel: &str, text: String| {
+            let path = dir.path().join(rel);
+            std::fs::create_dir_all(path.parent().expect("a folder")).expect("mkdir");
+            std::fs::write(path, text).expect("write");
+        };
+        write("host.toml", String::new());
+        write("ports/eni-a.toml", "id = \"eni-a\"\nipv4 = [\"10.0.0.1\"]\nsecurity_groups = [\"sg-a\"]\n".into());
+        let body: String = rules.iter().map(|r| format!("\n[[ingress]]\n{r}\nsource = \"0.0.0.0/0\"\n")).collect();
+        write("groups/sg-a.toml", format!("id = \"sg-a\"\n{body}"));
+        let cfg = sgswitch_config::load_dir(dir.path()).expect("a valid configuration");
+        Plan::build(cfg, &mut Zones::default(), 1).expect("a plan").0
+    }
+
+    #[test]
+    fn a_rule_with_an_id_keeps_its_hits_when_a_rule_is_inserted_before_it() {
+        use crate::datapath::stats::{Counters, RuleHits};
+        let named = "id = \"ssh\"\nprotocol = \"tcp\"\nports = \"22/22\"";
+        let plain = "protocol = \"tcp\"\nports = \"80/80\"";
+        let before = plan_of(&[named, plain]);
+        let after = plan_of(&["protocol = \"udp\"\nports = \"53/53\"", named, plain]);
+        let c = Counters::default();
+        let first = Arc::new(RuleHits::new(1, Arc::clone(&before.rule_labels)));
+        c.publish_rules(Arc::clone(&first));
+        first.hits[0].add(3); // ssh
+        first.hits[1].add(5); // http, index 1
+        let second = Arc::new(RuleHits::new(2, Arc::clone(&after.rule_labels)));
+        c.publish_rules(second);
+        let t = c.rules.load().totals();
+        let ssh = RuleLabel { group: Arc::from("sg-a"), direction: "ingress", name: RuleName::Id(Arc::from("ssh")), action: "allow" };
+        assert_eq!(t.get(&ssh), Some(&3), "named by its id, the rule keeps its count: {t:?}");
+        assert_eq!(after.rule_labels[1], ssh, "and its label, at its new position");
+        // A rule without an id is named by its position: after the insert,
+        // index 1 is the ssh rule's place, and the http rule is index 2.
+        let at = |i| RuleLabel { group: Arc::from("sg-a"), direction: "ingress", name: RuleName::Index(i), action: "allow" };
+        assert_eq!(after.rule_labels[2], at(2));
+        assert_eq!(t.get(&at(1)), Some(&5), "the old position keeps the old count");
+        // The flow log, `replay` and `trace` name rules the same way.
+        let rule = |index| sgswitch_filter::RuleRef {
+            group: 0,
+            direction: sgswitch_config::Direction::Ingress,
+            index,
+            priority: 1,
+            action: sgswitch_config::Action::Allow,
+        };
+        assert_eq!(after.policy().rule_name(rule(1)), "sg-a/ingress/ssh");
+        assert_eq!(after.policy().rule_name(rule(2)), "sg-a/ingress/2");
+        assert_eq!(RuleName::Id(Arc::from("ssh")).label(), ("id", "ssh".to_owned()));
+        assert_eq!(RuleName::Index(2).label(), ("index", "2".to_owned()));
     }
 }

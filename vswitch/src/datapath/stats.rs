@@ -155,7 +155,12 @@ mod tests {
 
     #[test]
     fn publishing_new_rules_folds_the_old_hits_by_label() {
-        let label = |g: &str, i| RuleLabel { group: Arc::from(g), direction: "ingress", index: i, action: "allow" };
+        let label = |g: &str, i| RuleLabel {
+            group: Arc::from(g),
+            direction: "ingress",
+            name: crate::datapath::plan::RuleName::Index(i),
+            action: "allow",
+        };
         let c = Counters::default();
         let first = Arc::new(RuleHits::new(1, Arc::from([label("sg-a", 0), label("sg-a", 1)])));
         c.publish_rules(Arc::clone(&first));

@@ -193,7 +193,7 @@ impl Loops {
         }
         let mut hits = std::collections::BTreeMap::new();
         for (label, n) in self.rule_totals() {
-            *hits.entry((label.group.to_string(), label.direction, label.index)).or_insert(0u64) += n;
+            *hits.entry((label.group.to_string(), label.direction, label.name)).or_insert(0u64) += n;
         }
         for ((g, d, i), n) in hits.into_iter().filter(|(_, n)| *n > 0) {
             let _ = writeln!(s, "  rule {g}/{d}/{i}: {n} hits");

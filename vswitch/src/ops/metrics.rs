@@ -250,12 +250,13 @@ pub fn render(shared: &View) -> String {
     t.family(
         "sgswitch_rule_hits_total",
         "counter",
-        "First packets decided by a rule (group, direction, 0-based index in the file, action), as `sgswitch trace` names it.",
+        "First packets decided by a rule (group, direction, its id or else its 0-based index in the file, action), as `sgswitch trace` names it.",
     );
     for (l, n) in &hits {
+        let name = l.name.label();
         t.sample(
             "sgswitch_rule_hits_total",
-            &[("group", &l.group), ("direction", l.direction), ("index", &l.index.to_string()), ("action", l.action)],
+            &[("group", &l.group), ("direction", l.direction), (name.0, &name.1), ("action", l.action)],
             n,
         );
     }

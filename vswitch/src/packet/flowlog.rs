@@ -233,7 +233,7 @@ pub fn line(r: &Record, epoch_ms: u64, plan: Option<&Published>) -> String {
     let plan = plan.map(|p| &p.plan);
     let port = r.port.and_then(|p| plan.and_then(|pl| pl.port(p))).map(|p| p.id.to_string());
     let rule = match (r.reason, plan) {
-        (Reason::Rule(rr), Some(pl)) => Some(format!("{}/{}/{}", pl.policy().group(rr.group).id, rr.direction.as_str(), rr.index)),
+        (Reason::Rule(rr), Some(pl)) => Some(pl.policy().rule_name(rr)),
         _ => None,
     };
     let v = serde_json::json!({

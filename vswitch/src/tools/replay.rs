@@ -258,7 +258,7 @@ pub fn replay<R: Read>(
 /// a rule, else the reason word.
 pub fn reason_text(policy: &Policy, r: Reason) -> String {
     match r {
-        Reason::Rule(rr) => format!("rule:{}/{}/{}", policy.group(rr.group).id, rr.direction.as_str(), rr.index),
+        Reason::Rule(rr) => format!("rule:{}", policy.rule_name(rr)),
         other => other.as_str().to_owned(),
     }
 }

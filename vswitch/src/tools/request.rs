@@ -35,6 +35,10 @@ struct JsonRule<'a> {
     group: &'a str,
     direction: &'a str,
     index: u16,
+    /// The rule's `id`, where it has one (an extension of the contract's
+    /// object).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
     priority: u8,
     action: &'a str,
 }
@@ -93,6 +97,7 @@ pub fn decision_value(policy: &Policy, d: &Decision) -> serde_json::Value {
         group: &policy.group(r.group).id,
         direction: r.direction.as_str(),
         index: r.index,
+        id: policy.rule(r).id.as_deref(),
         priority: r.priority,
         action: r.action.as_str(),
     });
