@@ -5,6 +5,7 @@ mod check;
 mod ctl;
 mod describe;
 mod diagnose;
+mod exchange;
 mod replay;
 mod trace;
 
@@ -73,6 +74,16 @@ enum Command {
     /// with its deciding rule, and the datapath's verdict; without --proto,
     /// the usual services both ways.
     Diagnose(Box<diagnose::DiagnoseArgs>),
+    /// Write a group's rules in a provider's format: Alibaba's
+    /// DescribeSecurityGroupAttribute JSON, Tencent's
+    /// DescribeSecurityGroupPolicies JSON, or the console's CSV.
+    Export(exchange::ExportArgs),
+    /// Make a group file of a provider's export (at most 200 rules; a
+    /// priority over 100 leaves its rule out, with a warning); written only
+    /// if the directory with it passes `check`.
+    Import(exchange::ImportArgs),
+    /// Copy a group under a new id.
+    Clone(exchange::CloneArgs),
     /// Run the whole pipeline (parsing, anti-spoofing, conntrack,
     /// classification, forwarding) over a capture, with its timestamps as
     /// the clock; one line per packet.
@@ -98,6 +109,9 @@ pub(crate) fn run(cli: Cli) -> Result<(), CliError> {
         Command::Check { dir } => check::run(&dir),
         Command::Trace(args) => trace::run(&args),
         Command::Diagnose(args) => diagnose::run(&args),
+        Command::Export(args) => exchange::export(&args),
+        Command::Import(args) => exchange::import(&args),
+        Command::Clone(args) => exchange::clone(&args),
         Command::Replay(args) => replay::run(&args),
         Command::Run { dir, log_format } => {
             // A configuration error is a usage error (exit 1); anything

@@ -1,0 +1,144 @@
+//! `sgswitch export`, `import` and `clone`: groups to and from the
+//! providers' formats, and a group copied under a new id. What is written
+//! into the directory is checked first, with the rest of the directory, in
+//! a copy: the directory never holds a file `check` refuses, so a running
+//! switch never sees one.
+
+use std::path::{Path, PathBuf};
+
+use sgswitch::tools::exchange::{self, Format, Made};
+use sgswitch_config::{Config, load_dir};
+
+use super::{CliError, out};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ExportArgs {
+    /// The configuration directory.
+    dir: PathBuf,
+    /// The group to export.
+    group: String,
+    #[arg(long, value_enum)]
+    format: Format,
+    /// Write here instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ImportArgs {
+    /// The configuration directory; the group is written to its groups/.
+    dir: PathBuf,
+    /// The provider's file ("-": standard input).
+    file: PathBuf,
+    #[arg(long, value_enum)]
+    format: Format,
+    /// The group's id (required for tencent and csv, whose files name no
+    /// group; for alibaba, instead of its SecurityGroupId).
+    #[arg(long)]
+    id: Option<String>,
+    /// Replace the group if the directory has it.
+    #[arg(long)]
+    replace: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct CloneArgs {
+    /// The configuration directory.
+    dir: PathBuf,
+    /// The group to copy.
+    group: String,
+    /// The copy's id.
+    new_id: String,
+}
+
+fn load(dir: &Path) -> Result<Config, CliError> {
+    load_dir(dir).map_err(CliError::Config)
+}
+
+fn warn(made: &Made) {
+    for w in &made.warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
+pub(crate) fn export(a: &ExportArgs) -> Result<(), CliError> {
+    let cfg = load(&a.dir)?;
+    let g = cfg
+        .groups
+        .iter()
+        .find(|g| g.id == a.group)
+        .ok_or_else(|| CliError::Usage(format!("no group \"{}\" in {}", a.group, a.dir.display())))?;
+    let made = exchange::export(g, a.format).map_err(|e| CliError::Usage(e.join("\nerror: ")))?;
+    warn(&made);
+    match &a.out {
+        Some(p) => std::fs::write(p, &made.text).map_err(|e| CliError::Runtime(format!("{}: {e}", p.display()))),
+        None => out(&made.text),
+    }
+}
+
+pub(crate) fn import(a: &ImportArgs) -> Result<(), CliError> {
+    let text = if a.file == Path::new("-") { std::io::read_to_string(std::io::stdin()) } else { std::fs::read_to_string(&a.file) }
+        .map_err(|e| CliError::Usage(format!("{}: cannot read: {e}", a.file.display())))?;
+    let (id, made) = exchange::import(&text, a.format, a.id.as_deref())
+        .map_err(|e| CliError::Usage(e.iter().map(|m| format!("{}: {m}", a.file.display())).collect::<Vec<_>>().join("\nerror: ")))?;
+    warn(&made);
+    write_group(&a.dir, &id, &made.text, a.replace)?;
+    out(&format!("imported {} rules into groups/{id}.toml\n", made.rules))
+}
+
+pub(crate) fn clone(a: &CloneArgs) -> Result<(), CliError> {
+    let cfg = load(&a.dir)?;
+    let g = cfg
+        .groups
+        .iter()
+        .find(|g| g.id == a.group)
+        .ok_or_else(|| CliError::Usage(format!("no group \"{}\" in {}", a.group, a.dir.display())))?;
+    if !a.new_id.starts_with("sg-") {
+        return Err(CliError::Usage(format!("group id \"{}\" must start with \"sg-\"", a.new_id)));
+    }
+    let text = exchange::clone_text(g, &a.new_id).map_err(CliError::Runtime)?;
+    write_group(&a.dir, &a.new_id, &text, false)?;
+    out(&format!("cloned {} into groups/{}.toml\n", a.group, a.new_id))
+}
+
+/// Writes `groups/<id>.toml` once the directory with it passes `check`
+/// (tried in a copy), atomically (a temporary file renamed over it).
+fn write_group(dir: &Path, id: &str, text: &str, replace: bool) -> Result<(), CliError> {
+    let target = dir.join("groups").join(format!("{id}.toml"));
+    if target.exists() && !replace {
+        return Err(CliError::Usage(format!("{} exists (--replace replaces it)", target.display())));
+    }
+    let trial = tempfile::tempdir().map_err(|e| CliError::Runtime(format!("a temporary directory: {e}")))?;
+    copy_config(dir, trial.path()).map_err(|e| CliError::Runtime(format!("copying {} to check it: {e}", dir.display())))?;
+    let groups = trial.path().join("groups");
+    std::fs::create_dir_all(&groups).map_err(|e| CliError::Runtime(e.to_string()))?;
+    std::fs::write(groups.join(format!("{id}.toml")), text).map_err(|e| CliError::Runtime(e.to_string()))?;
+    if let Err(errs) = load_dir(trial.path()) {
+        // Name the real directory, not the trial copy.
+        let msg = errs.to_string().replace(&trial.path().display().to_string(), &dir.display().to_string());
+        return Err(CliError::Usage(format!("the directory with groups/{id}.toml would not load; nothing was written:\n{msg}")));
+    }
+    std::fs::create_dir_all(dir.join("groups")).map_err(|e| CliError::Runtime(e.to_string()))?;
+    let tmp = dir.join("groups").join(format!(".{id}.toml.new"));
+    std::fs::write(&tmp, text).map_err(|e| CliError::Runtime(format!("{}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, &target).map_err(|e| CliError::Runtime(format!("{}: {e}", target.display())))
+}
+
+/// Copies the configuration files of `from` (host.toml and the three
+/// folders' `.toml` files) into `to`.
+fn copy_config(from: &Path, to: &Path) -> std::io::Result<()> {
+    if from.join("host.toml").exists() {
+        std::fs::copy(from.join("host.toml"), to.join("host.toml"))?;
+    }
+    for sub in ["ports", "groups", "prefix-lists"] {
+        let Ok(entries) = std::fs::read_dir(from.join(sub)) else { continue };
+        std::fs::create_dir_all(to.join(sub))?;
+        for e in entries {
+            let p = e?.path();
+            if p.extension().is_some_and(|x| x == "toml") && p.is_file() {
+                std::fs::copy(&p, to.join(sub).join(p.file_name().unwrap_or_default()))?;
+            }
+        }
+    }
+    Ok(())
+}
