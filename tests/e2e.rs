@@ -321,3 +321,86 @@ fn the_connection_capacity_is_the_hosts_shared_by_the_poll_loops() {
     assert!(entries >= 1400, "each loop fills its share: {entries}\n{}", datapath());
     assert!(turned_away >= 300, "the flows beyond the capacity evict or are refused: {turned_away}\n{}", datapath());
 }
+
+fn history(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_sgswitch"))
+        .arg("history")
+        .args([args[0], dir.to_str().expect("utf-8")])
+        .args(&args[1..])
+        .output()
+        .expect("history");
+    (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+fn records(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let (code, out, err) = history(dir, &["list", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    out.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
+}
+
+/// The history under `run`: every applied configuration recorded, edits
+/// close together coalesced, a diff between records, and a restore that
+/// the running switch applies (a flow denied by an edit passes again).
+#[test]
+fn the_history_records_coalesces_diffs_and_restores_under_run() {
+    require_root();
+    let _topology = Topology::up();
+    let work = tempfile::tempdir().expect("tempdir");
+    let db = work.path().join("history.sqlite");
+    let dir = examples("127.0.0.1:19475", &format!("\n[history]\npath = \"{}\"\ncoalesce_seconds = 3\n", db.display()));
+    let log = work.path().join("switch.log");
+    let _switch = sgswitch_tests::netns::start_switch(env!("CARGO_BIN_EXE_sgswitch"), dir.path(), &log);
+    let _server = Kill(Command::new("ip").args(["netns", "exec", "sgs-web1", "nc", "-lk", "-p", "80"]).spawn().expect("listener"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(connects("inet", "10.0.0.11 80"), "http to web1 before any edit");
+    let first = records(dir.path());
+    assert_eq!(first.len(), 1, "the configuration the switch started with: {first:?}");
+    assert_eq!(first[0]["generation"], 1);
+
+    // An edit that denies http, and a second one soon after: one record.
+    std::thread::sleep(Duration::from_millis(3200));
+    let web = dir.path().join("groups/sg-web.toml");
+    let before = std::fs::read_to_string(&web).expect("sg-web");
+    let denied = before.replacen(
+        "action = \"allow\"\nprotocol = \"tcp\"\nports = \"80/80\"",
+        "action = \"deny\"\nprotocol = \"tcp\"\nports = \"80/80\"",
+        1,
+    );
+    assert_ne!(denied, before, "the http rule is where the test expects it");
+    std::fs::write(&web, &denied).expect("write");
+    assert!(wait_for(&log, "reloaded (", 0), "the edit is applied: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(!connects("inet", "10.0.0.11 80"), "http to web1 denied by the edit");
+    std::fs::write(&web, denied.replacen("public web tier", "public web tier, edited", 1)).expect("write");
+    assert!(wait_for(&log, "reloaded (", 1), "the second edit is applied");
+    let after = records(dir.path());
+    assert_eq!(after.len(), 2, "two edits within 3 s are one record: {after:?}");
+    assert_eq!(after[1]["generation"], 3, "the record holds where the edits ended: {after:?}");
+    assert!(after[1]["last_ms"].as_i64() > after[1]["first_ms"].as_i64(), "{after:?}");
+
+    // The diff says what changed, and nothing else.
+    let (id1, id2) = (first[0]["id"].to_string(), after[1]["id"].to_string());
+    let (code, diff, err) = history(dir.path(), &["diff", &id1, &id2]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(diff.contains(&format!("--- record-{id1}/groups/sg-web.toml")), "{diff}");
+    assert!(diff.contains("-action = \"allow\"") && diff.contains("+action = \"deny\""), "{diff}");
+    assert!(diff.contains("+description = \"public web tier, edited\""), "{diff}");
+    assert_eq!(diff.matches("--- ").count(), 1, "one file changed: {diff}");
+    let (_, now, _) = history(dir.path(), &["diff", &id2]);
+    assert_eq!(now, "", "record {id2} is what the directory holds");
+
+    // Restore the first record: the switch reloads it, http passes again,
+    // and the restore is itself a record (identical to the first).
+    std::thread::sleep(Duration::from_millis(3200));
+    let (code, out, err) = history(dir.path(), &["restore", &id1]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, format!("restored record {id1}: 1 files written or removed\n"));
+    assert!(wait_for(&log, "reloaded (", 2), "the restore is applied");
+    assert!(connects("inet", "10.0.0.11 80"), "http to web1 passes again");
+    let last = records(dir.path());
+    assert_eq!(last.len(), 3, "{last:?}");
+    let (_, same, _) = history(dir.path(), &["diff", &id1, &last[2]["id"].to_string()]);
+    assert_eq!(same, "", "the restored configuration is the first one");
+    let (code, _, err) = history(dir.path(), &["restore", "999"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no record 999"), "{err}");
+}

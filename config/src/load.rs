@@ -27,7 +27,7 @@ pub fn load_dir(dir: &Path) -> Result<Config, ConfigErrors> {
         }]));
     }
 
-    let mut seen = Seen::default();
+    let mut seen = Seen { dir: dir.to_path_buf(), ..Seen::default() };
     let host_path = dir.join("host.toml");
     // host.toml is read under the default size limit; the rest under its own.
     let host = if present(&host_path) {
@@ -66,7 +66,8 @@ pub fn load_dir(dir: &Path) -> Result<Config, ConfigErrors> {
     groups.sort_by(|a, b| a.id.cmp(&b.id));
     prefix_lists.sort_by(|a, b| a.id.cmp(&b.id));
 
-    let cfg = Config { dir: dir.to_path_buf(), host, ports, groups, prefix_lists, warnings: Vec::new() };
+    let sources = std::mem::take(&mut seen.texts);
+    let cfg = Config { dir: dir.to_path_buf(), host, ports, groups, prefix_lists, warnings: Vec::new(), sources };
     duplicate_ids(&seen, &mut errors);
     cross_check(&cfg, &seen.broken, &mut errors, &mut warnings);
 
@@ -176,6 +177,9 @@ fn read_text(path: &Path, max: u64) -> Result<String, String> {
 struct Seen {
     declared: Vec<(String, String, PathBuf)>,
     broken: HashSet<String>,
+    /// The directory, and the files read from it (relative path, text).
+    dir: PathBuf,
+    texts: Vec<(String, String)>,
 }
 
 fn read_file<T>(
@@ -195,6 +199,7 @@ fn read_file<T>(
             return None;
         }
     };
+    let rel = path.strip_prefix(&seen.dir).unwrap_or(path).to_string_lossy().into_owned();
     let mut src = Source::new(path, &text);
     let doc = src.parse();
     let out = doc.and_then(|doc| {
@@ -208,6 +213,8 @@ fn read_file<T>(
     let ok = src.errors.is_empty();
     errors.append(&mut src.errors);
     warnings.append(&mut src.warnings);
+    drop(src);
+    seen.texts.push((rel, text));
     if ok {
         out
     } else {
@@ -257,8 +264,23 @@ fn parse_host(src: &mut Source<'_>, t: &Table<'_, '_>) -> Host {
             "limits",
             "reload",
             "lint",
+            "history",
         ],
     );
+    if let Some(hs) = t.table(src, "history") {
+        hs.only_keys(src, &["enabled", "path", "retention_days", "coalesce_seconds"]);
+        let hist = &mut h.history;
+        hist.enabled = hs.boolean(src, "enabled").unwrap_or(hist.enabled);
+        if let Some(p) = hs.string(src, "path") {
+            if p.v.is_empty() || p.v.contains('\0') {
+                src.error(&p.span, "`path` must be a file path");
+            } else {
+                hist.path = PathBuf::from(p.v);
+            }
+        }
+        hist.retention_days = hs.u32_in(src, "retention_days", 1, 30).unwrap_or(hist.retention_days);
+        hist.coalesce_seconds = hs.u32_in(src, "coalesce_seconds", 0, 3600).unwrap_or(hist.coalesce_seconds);
+    }
     if let Some(l) = t.table(src, "lint") {
         l.only_keys(src, &["require_rule_ids"]);
         h.lint.require_rule_ids = l.boolean(src, "require_rule_ids").unwrap_or(false);

@@ -195,6 +195,26 @@ pub struct Host {
     pub limits: Limits,
     pub reload: Reload,
     pub lint: Lint,
+    pub history: History,
+}
+
+/// `[history]`: where `run` records each configuration it applies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct History {
+    pub enabled: bool,
+    /// The SQLite database (made if missing).
+    pub path: PathBuf,
+    /// Records older than this are removed (the latest always stays).
+    pub retention_days: u32,
+    /// Configurations applied within this many seconds of a record's first
+    /// one replace it instead of adding another.
+    pub coalesce_seconds: u32,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        History { enabled: true, path: PathBuf::from("/var/lib/sgswitch/history.sqlite"), retention_days: 1, coalesce_seconds: 300 }
+    }
 }
 
 /// `[lint]`: what `check` (and `lint`) report beyond errors.
@@ -266,6 +286,7 @@ impl Default for Host {
             limits: Limits::default(),
             reload: Reload::default(),
             lint: Lint::default(),
+            history: History::default(),
         }
     }
 }
@@ -545,6 +566,10 @@ pub struct Config {
     pub prefix_lists: Vec<PrefixList>,
     /// Things that load but an operator would want to know about.
     pub warnings: Vec<crate::ConfigError>,
+    /// The files read, as (path relative to `dir`, text), in the order
+    /// read: what the history records. Take them (`std::mem::take`) to
+    /// keep them no longer than needed.
+    pub sources: Vec<(String, String)>,
 }
 
 impl Config {

@@ -101,9 +101,10 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// A copy of `examples/` whose switch serves metrics on `metrics` and its
-/// control socket in the copy's own directory (`control.sock` beside
-/// `host.toml`), plus `extra` appended to `host.toml`.
+/// A copy of `examples/` whose switch serves metrics on `metrics`, its
+/// control socket and its history in the copy's own directory
+/// (`control.sock` and `.history.sqlite` beside `host.toml`), plus `extra`
+/// appended to `host.toml`.
 pub fn examples(metrics: &str, extra: &str) -> TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     copy_dir(&root().join("examples"), dir.path());
@@ -112,7 +113,13 @@ pub fn examples(metrics: &str, extra: &str) -> TempDir {
     assert!(text.contains("listen = \"127.0.0.1:9469\""), "examples/host.toml sets the metrics address");
     let text = text.replace("listen = \"127.0.0.1:9469\"", &format!("listen = \"{metrics}\""));
     let control = dir.path().join("control.sock");
-    std::fs::write(&host, format!("{text}\n[control]\nsocket = \"{}\"\n{extra}", control.display())).expect("write host.toml");
+    // The history in the copy too, unless the test sets its own.
+    let history = if extra.contains("[history]") {
+        String::new()
+    } else {
+        format!("\n[history]\npath = \"{}\"\n", dir.path().join(".history.sqlite").display())
+    };
+    std::fs::write(&host, format!("{text}\n[control]\nsocket = \"{}\"\n{history}{extra}", control.display())).expect("write host.toml");
     dir
 }
 

@@ -90,7 +90,7 @@ pub fn run(dir: &Path) -> Result<String, RunError> {
     let epoch = Instant::now();
     let started = SystemTime::now();
     let mut zones = Zones::default();
-    let first = load(dir, &mut zones, 1)?;
+    let (first, sources) = load(dir, &mut zones, 1)?;
     let host = first.plan.policy().config().host.clone();
     let uplink = host.uplink_interface.clone().ok_or(RunError::NoUplink)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -121,6 +121,8 @@ pub fn run(dir: &Path) -> Result<String, RunError> {
         ((0..n).map(|_| None).collect(), None)
     };
     let (control, reload_jobs) = Control::new(dir, first, zones, epoch);
+    control.remember(&sources, 1, &host.history);
+    drop(sources);
     let control = Arc::new(control);
     let shared =
         Shared { reload: host.reload, control: Arc::clone(&control), stop: Arc::clone(&stop), link_events: Arc::new(AtomicU64::new(0)) };

@@ -6,6 +6,7 @@ mod ctl;
 mod describe;
 mod diagnose;
 mod exchange;
+mod history;
 mod replay;
 mod trace;
 
@@ -84,6 +85,8 @@ enum Command {
     Import(exchange::ImportArgs),
     /// Copy a group under a new id.
     Clone(exchange::CloneArgs),
+    /// The configurations `run` applied: list, diff, restore.
+    History(history::HistoryArgs),
     /// Run the whole pipeline (parsing, anti-spoofing, conntrack,
     /// classification, forwarding) over a capture, with its timestamps as
     /// the clock; one line per packet.
@@ -112,6 +115,7 @@ pub(crate) fn run(cli: Cli) -> Result<(), CliError> {
         Command::Export(args) => exchange::export(&args),
         Command::Import(args) => exchange::import(&args),
         Command::Clone(args) => exchange::clone(&args),
+        Command::History(args) => history::run(&args),
         Command::Replay(args) => replay::run(&args),
         Command::Run { dir, log_format } => {
             // A configuration error is a usage error (exit 1); anything

@@ -1,9 +1,11 @@
 //! The control plane: loading a configuration directory into a plan
 //! ([`load`]), publishing it with one atomic swap for the loops to pick up,
 //! reloading (serialised on the reloader thread, [`Control::run_reloader`]),
-//! and saying which changed settings wait for a restart. Also how much
-//! memory the connection tables take ([`sizing`]).
+//! and saying which changed settings wait for a restart; recording each
+//! configuration applied ([`history`]). Also how much memory the
+//! connection tables take ([`sizing`]).
 
+pub mod history;
 pub mod sizing;
 
 use std::path::{Path, PathBuf};
@@ -38,14 +40,16 @@ pub enum ReloadError {
     Late { secs: u64 },
 }
 
-/// Loads `dir` into a plan, keeping zones stable across loads.
+/// Loads `dir` into a plan, keeping zones stable across loads; also the
+/// files as read, for the history (not kept in the plan).
 ///
 /// # Errors
 /// The configuration's file:line messages, or too many ports.
-pub fn load(dir: &Path, zones: &mut Zones, generation: u32) -> Result<Published, LoadError> {
-    let cfg = load_dir(dir)?;
+pub fn load(dir: &Path, zones: &mut Zones, generation: u32) -> Result<(Published, Vec<(String, String)>), LoadError> {
+    let mut cfg = load_dir(dir)?;
+    let sources = std::mem::take(&mut cfg.sources);
     let (plan, gone) = Plan::build(cfg, zones, generation)?;
-    Ok(Published { plan, gone })
+    Ok((Published { plan, gone }, sources))
 }
 
 /// The control plane's counters: reloads and the configuration in force.
@@ -112,6 +116,18 @@ impl Control {
         (control, rx)
     }
 
+    /// Records the files of a configuration just applied as `generation`
+    /// in the history (`[history]` of that configuration); a failure is
+    /// logged and changes nothing else.
+    pub fn remember(&self, sources: &[(String, String)], generation: u32, h: &sgswitch_config::History) {
+        let Some(path) = history::path(h) else { return };
+        let now = i64::try_from(unix_ms(SystemTime::now())).unwrap_or(i64::MAX);
+        match history::Store::open(&path, &self.dir).and_then(|mut s| s.record(sources, generation, now, h)) {
+            Ok(id) => tracing::debug!(record = id, generation, "history: generation {generation} recorded as {id}"),
+            Err(e) => warn!("history: {e}; generation {generation} is in force, but not recorded"),
+        }
+    }
+
     /// The configuration directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -132,9 +148,10 @@ impl Control {
         let next = self.stats.generation.load(Ordering::Relaxed) + 1;
         let t = Instant::now();
         match load(&self.dir, &mut zones, u32::try_from(next).unwrap_or(u32::MAX)) {
-            Ok(p) => {
+            Ok((p, sources)) => {
                 let ports = p.plan.ports.len();
                 let needs_restart = restart_needed(&self.host, &p.plan.policy().config().host);
+                let history = p.plan.policy().config().host.history.clone();
                 self.published.store(Arc::new(p));
                 self.stats.generation.store(next, Ordering::Relaxed);
                 self.stats.loaded_at_ms.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
@@ -152,6 +169,7 @@ impl Control {
                         needs_restart.join("; ")
                     );
                 }
+                self.remember(&sources, u32::try_from(next).unwrap_or(u32::MAX), &history);
                 Ok(Reloaded { generation: next, needs_restart })
             }
             Err(e) => {
