@@ -358,3 +358,60 @@ fn diagnose_refuses_questions_it_cannot_answer() {
         assert!(stderr(&o).contains(says), "{flags}: {}", stderr(&o));
     }
 }
+
+#[test]
+fn lint_finds_rules_that_cannot_match_duplicates_and_limits_near_their_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |rel: &str, text: &str| {
+        let p = dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().expect("folder")).expect("mkdir");
+        std::fs::write(p, text).expect("write");
+    };
+    write("host.toml", "[limits]\nrules_per_group = 5\ngroups_per_port = 2\n");
+    write("ports/eni-a.toml", "id = \"eni-a\"\nipv4 = [\"10.0.0.1\"]\nsecurity_groups = [\"sg-a\", \"sg-b\"]\n");
+    write(
+        "groups/sg-a.toml",
+        "id = \"sg-a\"\n\
+         [[ingress]]\nprotocol = \"tcp\"\nports = \"22/22\"\nsource = \"0.0.0.0/0\"\n\
+         [[ingress]]\nprotocol = \"tcp\"\nports = \"22/22\"\nsource = \"0.0.0.0/0\"\ndescription = \"ssh again\"\n\
+         [[ingress]]\nid = \"v6\"\nprotocol = \"tcp\"\nports = \"80/80\"\nsource = \"::/0\"\n\
+         [[ingress]]\nprotocol = \"tcp\"\nports = \"443/443\"\nsource = \"0.0.0.0/0\"\ndestination = \"10.9.0.0/24\"\n",
+    );
+    write(
+        "groups/sg-b.toml",
+        "id = \"sg-b\"\n[[egress]]\nprotocol = \"icmpv6\"\ndestination = \"::/0\"\n[[egress]]\nprotocol = \"all\"\ndestination = \"0.0.0.0/0\"\n",
+    );
+    let d = dir.path().to_str().expect("utf-8");
+    let o = sgswitch(&["lint", d]);
+    assert_eq!(o.status.code(), Some(0), "findings are not failures: {}", stderr(&o));
+    let out = stdout(&o);
+    for want in [
+        format!("{d}/groups/sg-a.toml:1: quota: sg-a counts 4 rules of rules_per_group = 5"),
+        format!(
+            "{d}/groups/sg-a.toml:6: duplicate: rule sg-a/ingress/1 matches what rule sg-a/ingress/0 (line 2) does, with the same action and priority"
+        ),
+        format!("{d}/groups/sg-a.toml:11: never-matches: rule sg-a/ingress/v6 is IPv6 only, and no port bound to sg-a has an IPv6 address"),
+        format!(
+            "{d}/groups/sg-a.toml:16: never-matches: rule sg-a/ingress/3: its destination 10.9.0.0/24 is outside every address of the ports bound to sg-a"
+        ),
+        format!("{d}/groups/sg-b.toml:2: never-matches: rule sg-b/egress/0 is IPv6 only, and no port bound to sg-b has an IPv6 address"),
+        format!("{d}/ports/eni-a.toml:1: quota: eni-a is bound to 2 groups of groups_per_port = 2"),
+        "6 findings".to_owned(),
+    ] {
+        assert!(out.lines().any(|l| l == want), "missing {want:?} in:\n{out}");
+    }
+    let o = sgswitch(&["lint", d, "--json"]);
+    let first: serde_json::Value = serde_json::from_str(stdout(&o).lines().next().expect("a line")).expect("JSON");
+    assert_eq!(
+        (first["kind"].as_str(), first["object"].as_str(), first["line"].as_u64()),
+        (Some("quota"), Some("sg-a"), Some(1)),
+        "{first}"
+    );
+    let o = sgswitch(&["lint", d, "--strict"]);
+    assert_eq!(o.status.code(), Some(1), "--strict fails on findings");
+    let o = sgswitch(&["check", d]);
+    assert!(stdout(&o).contains(&format!("lint: 6 findings; `sgswitch lint {d}` lists them")), "{}", stdout(&o));
+    // The examples are clean.
+    let o = sgswitch(&["lint", EXAMPLES, "--strict"]);
+    assert_eq!((o.status.code(), stdout(&o).as_str()), (Some(0), "no findings\n"), "{}", stderr(&o));
+}

@@ -57,6 +57,13 @@ pub(crate) fn run(dir: &Path) -> Result<(), CliError> {
         plural(loops, "poll loop", "poll loops"),
         need as f64 / f64::from(1u32 << 20)
     );
+    let lints = sgswitch::tools::lint::lint(&policy).len();
+    let _ = writeln!(
+        s,
+        "lint: {}{}",
+        plural(lints, "finding", "findings"),
+        if lints > 0 { format!("; `sgswitch lint {}` lists them", dir.display()) } else { String::new() }
+    );
     if cfg.warnings.is_empty() {
         s.push_str("\nno findings\n");
     } else {

@@ -7,6 +7,7 @@ mod describe;
 mod diagnose;
 mod exchange;
 mod history;
+mod lint;
 mod replay;
 mod trace;
 
@@ -87,6 +88,9 @@ enum Command {
     Clone(exchange::CloneArgs),
     /// The configurations `run` applied: list, diff, restore.
     History(history::HistoryArgs),
+    /// What in a valid configuration is probably a mistake: rules that can
+    /// never match a bound port, duplicate rules, limits used 80% or more.
+    Lint(lint::LintArgs),
     /// Run the whole pipeline (parsing, anti-spoofing, conntrack,
     /// classification, forwarding) over a capture, with its timestamps as
     /// the clock; one line per packet.
@@ -116,6 +120,7 @@ pub(crate) fn run(cli: Cli) -> Result<(), CliError> {
         Command::Import(args) => exchange::import(&args),
         Command::Clone(args) => exchange::clone(&args),
         Command::History(args) => history::run(&args),
+        Command::Lint(args) => lint::run(&args),
         Command::Replay(args) => replay::run(&args),
         Command::Run { dir, log_format } => {
             // A configuration error is a usage error (exit 1); anything

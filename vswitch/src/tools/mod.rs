@@ -3,10 +3,11 @@
 //! ([`probe`]), and trace requests as `trace`, `trace --batch` and `ctl
 //! trace` read them ([`request`]), both sides of a path for `diagnose` and
 //! `ctl diagnose` ([`diagnose`]), groups to and from the providers'
-//! formats ([`exchange`]).
+//! formats ([`exchange`]), and what `lint` finds ([`lint`]).
 
 pub mod diagnose;
 pub mod exchange;
+pub mod lint;
 pub mod probe;
 pub mod replay;
 pub mod request;
