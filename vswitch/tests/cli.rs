@@ -19,11 +19,16 @@ fn stderr(o: &Output) -> String {
     String::from_utf8(o.stderr.clone()).expect("utf-8")
 }
 
-/// `sgswitch trace examples/ <flags>`, the flags as one whitespace-separated string.
-fn trace(flags: &str) -> Output {
-    let mut args = vec!["trace", EXAMPLES];
+/// `sgswitch <verb> examples/ <flags>`, the flags as one
+/// whitespace-separated string.
+fn on_examples(verb: &str, flags: &str) -> Output {
+    let mut args = vec![verb, EXAMPLES];
     args.extend(flags.split_whitespace());
     sgswitch(&args)
+}
+
+fn trace(flags: &str) -> Output {
+    on_examples("trace", flags)
 }
 
 #[test]
@@ -267,9 +272,7 @@ fn trace_names_the_datapaths_verdict_where_it_differs_from_the_rules() {
 }
 
 fn diagnose(flags: &str) -> Output {
-    let mut args = vec!["diagnose", EXAMPLES];
-    args.extend(flags.split_whitespace());
-    sgswitch(&args)
+    on_examples("diagnose", flags)
 }
 
 #[test]

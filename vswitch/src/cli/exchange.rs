@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use sgswitch::tools::exchange::{self, Format, Made};
-use sgswitch_config::{Config, load_dir};
+use sgswitch_config::{Config, Group, load_dir};
 
 use super::{CliError, out};
 
@@ -51,8 +51,10 @@ pub(crate) struct CloneArgs {
     new_id: String,
 }
 
-fn load(dir: &Path) -> Result<Config, CliError> {
-    load_dir(dir).map_err(CliError::Config)
+/// Group `id` of the directory, which must load.
+fn group(dir: &Path, id: &str) -> Result<Group, CliError> {
+    let cfg: Config = load_dir(dir).map_err(CliError::Config)?;
+    cfg.groups.into_iter().find(|g| g.id == id).ok_or_else(|| CliError::Usage(format!("no group \"{id}\" in {}", dir.display())))
 }
 
 fn warn(made: &Made) {
@@ -62,13 +64,8 @@ fn warn(made: &Made) {
 }
 
 pub(crate) fn export(a: &ExportArgs) -> Result<(), CliError> {
-    let cfg = load(&a.dir)?;
-    let g = cfg
-        .groups
-        .iter()
-        .find(|g| g.id == a.group)
-        .ok_or_else(|| CliError::Usage(format!("no group \"{}\" in {}", a.group, a.dir.display())))?;
-    let made = exchange::export(g, a.format).map_err(|e| CliError::Usage(e.join("\nerror: ")))?;
+    let g = group(&a.dir, &a.group)?;
+    let made = exchange::export(&g, a.format).map_err(|e| CliError::Usage(e.join("\nerror: ")))?;
     warn(&made);
     match &a.out {
         Some(p) => std::fs::write(p, &made.text).map_err(|e| CliError::Runtime(format!("{}: {e}", p.display()))),
@@ -87,16 +84,11 @@ pub(crate) fn import(a: &ImportArgs) -> Result<(), CliError> {
 }
 
 pub(crate) fn clone(a: &CloneArgs) -> Result<(), CliError> {
-    let cfg = load(&a.dir)?;
-    let g = cfg
-        .groups
-        .iter()
-        .find(|g| g.id == a.group)
-        .ok_or_else(|| CliError::Usage(format!("no group \"{}\" in {}", a.group, a.dir.display())))?;
+    let g = group(&a.dir, &a.group)?;
     if !a.new_id.starts_with("sg-") {
         return Err(CliError::Usage(format!("group id \"{}\" must start with \"sg-\"", a.new_id)));
     }
-    let text = exchange::clone_text(g, &a.new_id).map_err(CliError::Runtime)?;
+    let text = exchange::clone_text(&g, &a.new_id).map_err(CliError::Runtime)?;
     write_group(&a.dir, &a.new_id, &text, false)?;
     out(&format!("cloned {} into groups/{}.toml\n", a.group, a.new_id))
 }
