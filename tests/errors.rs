@@ -546,6 +546,10 @@ fn require_rule_ids_lists_every_rule_without_one() {
         "{stdout}"
     );
     assert_eq!(stdout.matches("has no `id`").count(), 1, "only the rule without an id: {stdout}");
+    let lint = sgswitch(&["lint", dir.path().to_str().expect("utf-8")]);
+    let lint = String::from_utf8_lossy(&lint.stdout);
+    assert!(lint.contains("groups/sg-a.toml:9: missing-id: rule sg-a/egress/0 has no `id` ([lint] require_rule_ids = true)"), "{lint}");
+    assert_eq!(lint.matches("missing-id").count(), 1, "{lint}");
     let out = sgswitch(&["check", write_dir(&files(&[("groups/sg-a.toml", group)])).path().to_str().expect("utf-8")]);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("has no `id`"), "not asked for, not reported");
 }

@@ -54,7 +54,7 @@ impl Policy {
 
     /// Every rule of the port's groups in the packet's direction, in group
     /// binding order then file order.
-    pub(crate) fn port_rules<'a>(&'a self, port: PortIdx, d: Direction) -> impl Iterator<Item = (RuleRef, &'a Rule)> + 'a {
+    pub fn port_rules<'a>(&'a self, port: PortIdx, d: Direction) -> impl Iterator<Item = (RuleRef, &'a Rule)> + 'a {
         self.port_groups(port)
             .iter()
             .flat_map(move |&g| self.group(g).rules(d).iter().enumerate().map(move |(i, r)| (self.rule_ref(g, d, i), r)))

@@ -399,7 +399,19 @@ fn lint_finds_rules_that_cannot_match_duplicates_and_limits_near_their_end() {
         ),
         format!("{d}/groups/sg-b.toml:2: never-matches: rule sg-b/egress/0 is IPv6 only, and no port bound to sg-b has an IPv6 address"),
         format!("{d}/ports/eni-a.toml:1: quota: eni-a is bound to 2 groups of groups_per_port = 2"),
-        "6 findings".to_owned(),
+        // Over the port's merged policy: of two equal rules one decides,
+        // the other never does; an egress allow-all says what the
+        // default says.
+        format!(
+            "{d}/groups/sg-a.toml:2: redundant: removing rule sg-a/ingress/0 changes no verdict (where it decides, rule sg-a/ingress/1 decides the same) of port eni-a"
+        ),
+        format!(
+            "{d}/groups/sg-a.toml:6: shadowed: rule sg-a/ingress/1 never decides a packet (covered by the intra-group allow of sg-a, rule sg-a/ingress/0) of port eni-a"
+        ),
+        format!(
+            "{d}/groups/sg-b.toml:5: redundant: removing rule sg-b/egress/1 changes no verdict (where it decides, the default decides the same) of port eni-a"
+        ),
+        "9 findings".to_owned(),
     ] {
         assert!(out.lines().any(|l| l == want), "missing {want:?} in:\n{out}");
     }
@@ -413,8 +425,15 @@ fn lint_finds_rules_that_cannot_match_duplicates_and_limits_near_their_end() {
     let o = sgswitch(&["lint", d, "--strict"]);
     assert_eq!(o.status.code(), Some(1), "--strict fails on findings");
     let o = sgswitch(&["check", d]);
-    assert!(stdout(&o).contains(&format!("lint: 6 findings; `sgswitch lint {d}` lists them")), "{}", stdout(&o));
-    // The examples are clean.
+    assert!(stdout(&o).contains(&format!("lint: 9 findings; `sgswitch lint {d}` lists them")), "{}", stdout(&o));
+    // The examples block an abusive network's http with a deny at the
+    // priority of the allow: the tie decides, and lint says so.
     let o = sgswitch(&["lint", EXAMPLES, "--strict"]);
-    assert_eq!((o.status.code(), stdout(&o).as_str()), (Some(0), "no findings\n"), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stdout(&o),
+        format!(
+            "{EXAMPLES}/groups/sg-web.toml:7: overlap: rule sg-web/ingress/0 and rule sg-web/ingress/1 match some of the same packets with different actions; rule sg-web/ingress/0 wins by the tie at priority 1 (deny first), on ports eni-web1, eni-web2\n1 finding\n"
+        )
+    );
 }
