@@ -30,7 +30,9 @@
 //! Each finding names the file and line, the group (and rule) or port, and
 //! what is wrong.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
+
+use hashbrown::HashSet;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -474,45 +476,64 @@ fn walk(
             }
         }
     }
-    let mut cuts: Vec<u128> = events.iter().map(|e| e.0).collect();
+    // The domain's own bounds cut too (`usize::MAX`: no candidate).
     for &(lo, hi) in &domains[field] {
-        cuts.push(lo);
-        cuts.extend(hi.checked_add(1));
+        events.push((lo, usize::MAX, true));
+        events.extend(hi.checked_add(1).map(|h| (h, usize::MAX, true)));
     }
-    cuts.sort_unstable();
-    cuts.dedup();
     events.sort_unstable_by_key(|e| e.0);
     let in_domain = |v: u128| domains[field].iter().any(|&(lo, hi)| lo <= v && v <= hi);
     let mut inside = vec![0u32; cands.len()];
+    // The candidates holding the segment, as bits by place in `cands`:
+    // the next set is read off them in order without scanning them all.
+    let mut holds = vec![0u64; cands.len().div_ceil(64)];
     let mut holding = 0usize;
     let mut ev = 0;
     let mut next: Vec<usize> = Vec::with_capacity(cands.len());
-    let mut last: Option<Vec<usize>> = None;
-    for &start in &cuts {
-        while ev < events.len() && events[ev].0 <= start {
+    let mut last: Vec<usize> = Vec::with_capacity(cands.len());
+    let mut first = true;
+    while ev < events.len() {
+        let start = events[ev].0;
+        while ev < events.len() && events[ev].0 == start {
             let (_, k, open) = events[ev];
+            ev += 1;
+            if k == usize::MAX {
+                continue;
+            }
             if open {
-                holding += usize::from(inside[k] == 0);
+                if inside[k] == 0 {
+                    holding += 1;
+                    holds[k / 64] |= 1 << (k % 64);
+                }
                 inside[k] += 1;
             } else {
                 inside[k] -= 1;
-                holding -= usize::from(inside[k] == 0);
+                if inside[k] == 0 {
+                    holding -= 1;
+                    holds[k / 64] &= !(1 << (k % 64));
+                }
             }
-            ev += 1;
         }
         if !in_domain(start) {
             continue;
         }
         next.clear();
         if holding > 0 {
-            next.extend(cands.iter().zip(&inside).filter(|(_, n)| **n > 0).map(|(&c, _)| c));
+            for (w, &word) in holds.iter().enumerate() {
+                let mut bits = word;
+                while bits != 0 {
+                    next.push(cands[w * 64 + bits.trailing_zeros() as usize]);
+                    bits &= bits - 1;
+                }
+            }
         }
         // Neighbouring segments with the same deciders are one box.
-        if last.as_deref() == Some(next.as_slice()) {
+        if !first && last == next {
             continue;
         }
+        first = false;
         walk(field + 1, &next, spans, domains, seen, leaf);
-        last = Some(next.clone());
+        std::mem::swap(&mut last, &mut next);
     }
 }
 
