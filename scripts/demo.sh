@@ -35,8 +35,8 @@ scripts/netns.sh up
 echo
 echo "Namespaces sgs-web1 sgs-web2 sgs-db1 sgs-bastion sgs-lab1 sgs-lab2 (VMs) and sgs-inet (the uplink side)."
 cp -r examples/. "$cfg"
-printf '\n[flow_log]\nenabled = true\npath = "%s/denied.log"\n' "$cfg" >>"$cfg/host.toml"
-echo "Running on a copy of examples/ with the flow log on: $cfg"
+printf '\n[flow_log]\nenabled = true\npath = "%s/denied.log"\n\n[history]\npath = "%s/history.sqlite"\n' "$cfg" "$cfg" >>"$cfg/host.toml"
+echo "Running on a copy of examples/ with the flow log on, its history beside it: $cfg"
 $sg run "$cfg" 2>"$log" &
 pid=$!
 for _ in $(seq 50); do grep -q "running on" "$log" && break; sleep 0.1; done
@@ -66,6 +66,10 @@ step "Its tracked flows" $sg ctl conntrack list
 step "Why is SSH from elsewhere dropped? Asked of the live policy and state" \
   $sg ctl trace --port eni-bastion --direction ingress --proto tcp --remote 10.0.255.1 --local-port 22
 step "The flow log of denied flows (rate-limited, one line per flow)" cat "$cfg/denied.log"
+step "Both sides of every usual service between the internet and web1, from the live policy" \
+  $sg ctl diagnose --from 203.0.113.9 --to eni-web1
+step "What lint finds in the example groups" $sg lint "$cfg"
+step "The configurations the switch applied (its history)" $sg history list "$cfg"
 
 printf '\n\033[1m== Stop the switch (SIGINT): the counters that moved\033[0m\n'
 kill -INT "$pid"
