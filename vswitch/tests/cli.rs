@@ -355,6 +355,12 @@ fn diagnose_refuses_questions_it_cannot_answer() {
         ("--from 198.51.100.7 --to 203.0.113.9", "neither end is a port of this host"),
         ("--from eni-web1 --to 10.0.0.11", "both ends are the same port"),
         ("--from eni-web1 --to fd00::21 --proto icmp", "are of different IP versions"),
+        ("--from eni-web1 --to eni-db1 --source-port 5", "--source-port, --icmp-type and --icmp-code need --proto"),
+        (
+            "--from eni-web1 --to eni-db1 --proto tcp --port 22 --icmp-type 3",
+            "--icmp-type and --icmp-code apply to icmp and icmpv6 only, not tcp",
+        ),
+        ("--from eni-web1 --to eni-db1 --proto icmp --source-port 5", "ports apply to tcp and udp only, not icmp"),
     ] {
         let o = diagnose(flags);
         assert_eq!(o.status.code(), Some(1), "{flags}: {}", stdout(&o));

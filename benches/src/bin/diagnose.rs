@@ -25,8 +25,8 @@ fn main() {
     let cfg = sgshape::host_config(ports, rules, 7);
     let (plan, _) = Plan::build(cfg, &mut Zones::default(), 1).expect("a plan");
     let cases = [
-        ("one", Ask { from: "eni-000".into(), to: "eni-001".into(), proto: Some("tcp".into()), port: Some(443) }),
-        ("services", Ask { from: "eni-000".into(), to: "eni-001".into(), proto: None, port: None }),
+        ("one", Ask { from: "eni-000".into(), to: "eni-001".into(), proto: Some("tcp".into()), port: Some(443), ..Ask::default() }),
+        ("services", Ask { from: "eni-000".into(), to: "eni-001".into(), ..Ask::default() }),
     ];
     for (case, ask) in cases {
         const RUNS: usize = 300;

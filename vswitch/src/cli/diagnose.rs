@@ -25,6 +25,15 @@ pub(crate) struct PathFlags {
     /// The destination port (tcp and udp).
     #[arg(long)]
     port: Option<u16>,
+    /// The source port (tcp and udp) [default: 49152].
+    #[arg(long)]
+    source_port: Option<u16>,
+    /// ICMP type (icmp, icmpv6) [default: echo request].
+    #[arg(long)]
+    icmp_type: Option<u8>,
+    /// ICMP code [default: 0].
+    #[arg(long)]
+    icmp_code: Option<u8>,
     /// One JSON object per path.
     #[arg(long)]
     json: bool,
@@ -32,7 +41,15 @@ pub(crate) struct PathFlags {
 
 impl PathFlags {
     pub(crate) fn ask(&self) -> Ask {
-        Ask { from: self.from.clone(), to: self.to.clone(), proto: self.proto.clone(), port: self.port }
+        Ask {
+            from: self.from.clone(),
+            to: self.to.clone(),
+            proto: self.proto.clone(),
+            port: self.port,
+            source_port: self.source_port,
+            icmp_type: self.icmp_type,
+            icmp_code: self.icmp_code,
+        }
     }
 
     pub(crate) fn json(&self) -> bool {

@@ -40,6 +40,14 @@ pub struct Ask {
     /// The destination port (tcp and udp).
     #[serde(default)]
     pub port: Option<u16>,
+    /// The source port (tcp and udp; default an ephemeral 49152).
+    #[serde(default)]
+    pub source_port: Option<u16>,
+    /// ICMP type and code (icmp and icmpv6; default an echo request).
+    #[serde(default)]
+    pub icmp_type: Option<u8>,
+    #[serde(default)]
+    pub icmp_code: Option<u8>,
 }
 
 /// The services checked when no protocol is given: name, protocol (ICMP
@@ -84,9 +92,15 @@ pub fn diagnose(plan: &Plan, ask: &Ask) -> Result<Vec<Value>, String> {
         },
     };
     match proto {
+        None if ask.source_port.is_some() || ask.icmp_type.is_some() || ask.icmp_code.is_some() => {
+            return Err("--source-port, --icmp-type and --icmp-code need --proto".into());
+        }
         Some(TCP | UDP) if ask.port.is_none() => return Err(format!("{} needs --port", protocol_name(proto))),
-        Some(p) if !matches!(p, TCP | UDP) && ask.port.is_some() => {
+        Some(p) if !matches!(p, TCP | UDP) && (ask.port.is_some() || ask.source_port.is_some()) => {
             return Err(format!("ports apply to tcp and udp only, not {}", protocol_name(proto)));
+        }
+        Some(p) if !matches!(p, ICMP | ICMPV6) && (ask.icmp_type.is_some() || ask.icmp_code.is_some()) => {
+            return Err(format!("--icmp-type and --icmp-code apply to icmp and icmpv6 only, not {}", protocol_name(proto)));
         }
         _ => {}
     }
@@ -101,12 +115,22 @@ pub fn diagnose(plan: &Plan, ask: &Ask) -> Result<Vec<Value>, String> {
     let mut pipe = probe::pipeline(plan);
     let mut out = Vec::new();
     match proto {
-        Some(p) => out.push(path(plan, &mut pipe, from, to, None, p, ask.port.unwrap_or(0))?),
+        Some(proto) => {
+            let probe = Probe {
+                service: None,
+                proto,
+                port: ask.port.unwrap_or(0),
+                source_port: ask.source_port.unwrap_or(SOURCE_PORT),
+                icmp: (ask.icmp_type, ask.icmp_code),
+            };
+            out.push(path(plan, &mut pipe, from, to, &probe)?);
+        }
         None => {
             for (name, p, port) in SERVICES {
-                let p = if p == ICMP && v6 { ICMPV6 } else { p };
-                out.push(path(plan, &mut pipe, from, to, Some(name), p, port)?);
-                out.push(path(plan, &mut pipe, to, from, Some(name), p, port)?);
+                let proto = if p == ICMP && v6 { ICMPV6 } else { p };
+                let probe = Probe { service: Some(name), proto, port, source_port: SOURCE_PORT, icmp: (None, None) };
+                out.push(path(plan, &mut pipe, from, to, &probe)?);
+                out.push(path(plan, &mut pipe, to, from, &probe)?);
             }
         }
     }
@@ -161,25 +185,27 @@ fn end(plan: &Plan, s: &str, v6: bool) -> Result<End, String> {
     Ok(End::Port(idx, a))
 }
 
-/// The source port of the probes: an ephemeral one.
+/// The source port of the probes unless asked: an ephemeral one.
 const SOURCE_PORT: u16 = 49152;
 
-fn path(
-    plan: &Plan,
-    pipe: &mut crate::packet::Pipeline<u32>,
-    from: End,
-    to: End,
-    service: Option<&str>,
+/// The packet of one path.
+struct Probe<'a> {
+    service: Option<&'a str>,
     proto: u8,
     port: u16,
-) -> Result<Value, String> {
+    source_port: u16,
+    icmp: (Option<u8>, Option<u8>),
+}
+
+fn path(plan: &Plan, pipe: &mut crate::packet::Pipeline<u32>, from: End, to: End, probe: &Probe<'_>) -> Result<Value, String> {
+    let &Probe { service, proto, port, source_port, icmp } = probe;
     let policy = plan.policy();
     let ports = matches!(proto, TCP | UDP);
     let side = |at: End, direction: Direction, remote: End| -> Result<Option<(PortIdx, Packet)>, String> {
         let End::Port(p, local) = at else { return Ok(None) };
         let (remote_port, local_port) = match direction {
-            Direction::Egress => (Some(port), Some(SOURCE_PORT)),
-            Direction::Ingress => (Some(SOURCE_PORT), Some(port)),
+            Direction::Egress => (Some(port), Some(source_port)),
+            Direction::Ingress => (Some(source_port), Some(port)),
         };
         let q = Query {
             port: policy.ports()[usize::from(p)].id.clone(),
@@ -189,8 +215,8 @@ fn path(
             local: Some(local),
             remote_port: remote_port.filter(|_| ports),
             local_port: local_port.filter(|_| ports),
-            icmp_type: None,
-            icmp_code: None,
+            icmp_type: icmp.0,
+            icmp_code: icmp.1,
         };
         let (_, pkt) = policy.resolve(&q)?;
         Ok(Some((p, pkt)))
