@@ -43,30 +43,32 @@ pub struct CbPacket {
     pub from_rule: usize,
 }
 
-/// The 1k sets and traces in the repository (gzipped).
+/// The sets and traces in the repository (gzipped): the twelve 1k ones,
+/// the twelve 10k sets with three 10k traces, and `ipc1_50k`.
 pub fn repo_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data/classbench")
 }
 
-/// The folder of the larger sets the benchmarks read, if there is one:
-/// `$SGSWITCH_CLASSBENCH`, or `shared/data/classbench` beside the checkout
-/// on the development machines.
+/// A folder of further sets (plain files), if `$SGSWITCH_CLASSBENCH`
+/// names one: the benchmarks and tests read them beside the repository's.
 pub fn data_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("SGSWITCH_CLASSBENCH") {
-        return Some(PathBuf::from(d));
-    }
-    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/classbench");
-    beside.is_dir().then_some(beside)
+    std::env::var_os("SGSWITCH_CLASSBENCH").map(PathBuf::from)
 }
 
-/// The traces there are: the twelve 1k ones in the repository, and those of
-/// [`data_dir`] beside them.
+/// The traces there are: every `<set>_trace.gz` in the repository, and
+/// those of [`data_dir`] beside them.
 pub fn traces() -> Vec<String> {
-    let mut names: Vec<String> = FAMILIES.iter().map(|f| format!("{f}_1k")).collect();
-    if let Some(dir) = data_dir()
-        && let Ok(rd) = std::fs::read_dir(dir)
-    {
-        names.extend(rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter_map(|n| n.strip_suffix("_trace").map(str::to_owned)));
+    let names_in = |dir: PathBuf, suffix: &'static str| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|n| n.strip_suffix(suffix).map(str::to_owned))
+            .collect()
+    };
+    let mut names = names_in(repo_dir(), "_trace.gz");
+    if let Some(dir) = data_dir() {
+        names.extend(names_in(dir, "_trace"));
     }
     names.sort();
     names.dedup();
@@ -133,7 +135,8 @@ pub fn read(name: &str) -> Result<String, String> {
     }
     let Some(dir) = data_dir() else {
         return Err(format!(
-            "ClassBench {name}: not in the repository (it has the 1k sets only); set SGSWITCH_CLASSBENCH to a folder holding the larger sets"
+            "ClassBench {name}: not in the repository ({}); set SGSWITCH_CLASSBENCH to a folder holding it",
+            repo_dir().display()
         ));
     };
     let p = dir.join(name);

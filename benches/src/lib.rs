@@ -1,7 +1,7 @@
 //! Benchmark inputs shared by the benchmark programs and their tests.
 //!
 //! - [`classbench`]: ClassBench rule sets and traces
-//!   (`shared/data/classbench/`, format in its README) as the ingress rules of
+//!   (`benches/data/classbench/`, format in its README) as the ingress rules of
 //!   one port: source = remote CIDR, destination = local CIDR, source and
 //!   destination port ranges, protocol, rule order as priority order (the
 //!   `ordered` model, one group, so the first match wins exactly as in
