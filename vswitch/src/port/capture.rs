@@ -261,6 +261,16 @@ impl<R: Read> Reader<R> {
         }
     }
 
+    /// Reads a record's (or block's) header at `start` into `h`: false at
+    /// the clean end of the file, an error if the file ends inside it.
+    fn header(&mut self, h: &mut [u8], start: u64) -> Result<bool, CaptureError> {
+        match fill(&mut self.r, h) {
+            Ok(got) => Ok(got),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(CaptureError::Truncated { path: self.path.clone(), offset: start }),
+            Err(source) => Err(CaptureError::Io { path: self.path.clone(), source }),
+        }
+    }
+
     /// The frame of the record [`Reader::next_record`] gave last.
     pub fn data(&self) -> &[u8] {
         &self.buf
@@ -302,13 +312,8 @@ impl<R: Read> Reader<R> {
     fn next_pcap(&mut self, swapped: bool, nanos: bool) -> Result<Got, CaptureError> {
         let start = self.offset;
         let mut h = [0u8; 16];
-        match fill(&mut self.r, &mut h) {
-            Ok(true) => {}
-            Ok(false) => return Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                return Err(CaptureError::Truncated { path: self.path.clone(), offset: start });
-            }
-            Err(source) => return Err(CaptureError::Io { path: self.path.clone(), source }),
+        if !self.header(&mut h, start)? {
+            return Ok(None);
         }
         let (sec, frac, caplen, orig) = (u32_of(&h, 0, swapped), u32_of(&h, 4, swapped), u32_of(&h, 8, swapped), u32_of(&h, 12, swapped));
         let caplen = caplen as usize;
@@ -328,13 +333,8 @@ impl<R: Read> Reader<R> {
             let Format::PcapNg { swapped } = self.format else { return Ok(None) };
             let start = self.offset;
             let mut h = [0u8; 8];
-            match fill(&mut self.r, &mut h) {
-                Ok(true) => {}
-                Ok(false) => return Ok(None),
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    return Err(CaptureError::Truncated { path: self.path.clone(), offset: start });
-                }
-                Err(source) => return Err(CaptureError::Io { path: self.path.clone(), source }),
+            if !self.header(&mut h, start)? {
+                return Ok(None);
             }
             let kind = u32_of(&h, 0, swapped);
             if kind == NG_SECTION {
