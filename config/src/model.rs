@@ -538,6 +538,16 @@ pub struct Group {
 }
 
 impl Group {
+    /// How metrics, the flow log, `trace`, `replay`, `lint` and `export`
+    /// name rule `index` of direction `d`: `<group>/<direction>/<id>`, or
+    /// `<group>/<direction>/<index>` for a rule without an `id`.
+    pub fn rule_name(&self, d: Direction, index: usize) -> String {
+        match self.rules(d).get(index).and_then(|r| r.id.as_deref()) {
+            Some(id) => format!("{}/{}/{id}", self.id, d.as_str()),
+            None => format!("{}/{}/{index}", self.id, d.as_str()),
+        }
+    }
+
     pub fn rules(&self, d: Direction) -> &[Rule] {
         match d {
             Direction::Ingress => &self.ingress,

@@ -114,11 +114,7 @@ impl Policy {
     /// `<group>/<direction>/<id>`, or `<group>/<direction>/<index>` for a
     /// rule without an `id`.
     pub fn rule_name(&self, r: RuleRef) -> String {
-        let g = &self.group(r.group).id;
-        match &self.rule(r).id {
-            Some(id) => format!("{g}/{}/{id}", r.direction.as_str()),
-            None => format!("{g}/{}/{}", r.direction.as_str(), r.index),
-        }
+        self.group(r.group).rule_name(r.direction, usize::from(r.index))
     }
 
     /// The identity of rule `index` of group `g` in direction `d`.

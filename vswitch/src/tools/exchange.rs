@@ -74,8 +74,7 @@ fn rules_of(g: &Group) -> impl Iterator<Item = (Direction, usize, &Rule)> {
 }
 
 fn name(g: &Group, d: Direction, i: usize, r: &Rule) -> String {
-    let n = r.id.clone().unwrap_or_else(|| i.to_string());
-    format!("{}/{}/{n} (line {})", g.id, d.as_str(), r.loc.line)
+    format!("{} (line {})", g.rule_name(d, i), r.loc.line)
 }
 
 fn proto_name(p: Option<u8>) -> Option<&'static str> {

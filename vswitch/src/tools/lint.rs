@@ -38,7 +38,7 @@ use std::path::PathBuf;
 
 use ipnet::IpNet;
 use serde::Serialize;
-use sgswitch_config::{Action, Config, Direction, Group, GroupType, ICMP, ICMPV6, IntraGroup, PolicyModel, Remote, Rule};
+use sgswitch_config::{Action, Config, Direction, GroupType, ICMP, ICMPV6, IntraGroup, PolicyModel, Remote, Rule};
 use sgswitch_filter::{Policy, RuleRef};
 
 /// One finding.
@@ -63,13 +63,6 @@ impl fmt::Display for Finding {
 /// A limit's use that deserves a word: 80% or more.
 fn near(used: u64, limit: u32) -> bool {
     limit > 0 && used * 5 >= u64::from(limit) * 4
-}
-
-fn rule_name(g: &Group, d: Direction, i: usize, r: &Rule) -> String {
-    match &r.id {
-        Some(id) => format!("{}/{}/{id}", g.id, d.as_str()),
-        None => format!("{}/{}/{i}", g.id, d.as_str()),
-    }
 }
 
 fn overlaps(a: &IpNet, b: &IpNet) -> bool {
@@ -102,7 +95,7 @@ pub fn lint(policy: &Policy) -> Vec<Finding> {
         for d in Direction::ALL {
             let rules = g.rules(d);
             for (i, r) in rules.iter().enumerate() {
-                let name = rule_name(g, d, i, r);
+                let name = g.rule_name(d, i);
                 let finding = |kind, message: String| Finding {
                     kind,
                     file: g.file.clone(),
@@ -142,7 +135,7 @@ pub fn lint(policy: &Policy) -> Vec<Finding> {
                         "duplicate",
                         format!(
                             "rule {name} matches what rule {} (line {}) does, with the same action and priority",
-                            rule_name(g, d, j, o),
+                            g.rule_name(d, j),
                             o.loc.line
                         ),
                     ));
@@ -180,20 +173,18 @@ pub fn lint(policy: &Policy) -> Vec<Finding> {
     }
     // A rule that matches no packet of any port is said once, by the
     // group's finding, where that finding says why.
-    let never: HashSet<Option<String>> = out.iter().filter(|f| f.kind == "never-matches").map(|f| f.rule.clone()).collect();
-    out.extend(
-        per_port(policy)
-            .into_iter()
-            .filter(|f| !(f.kind == "shadowed" && f.message.contains(" matches no packet of ") && never.contains(&f.rule))),
-    );
+    let never: HashSet<String> = out.iter().filter(|f| f.kind == "never-matches").filter_map(|f| f.rule.clone()).collect();
+    out.extend(per_port(policy, &never));
     out.sort_by(|a, b| (&a.file, a.line, a.kind, &a.message).cmp(&(&b.file, b.line, b.kind, &b.message)));
     out
 }
 
 /// The per-port findings: shadowed and redundant rules and tie-decided
 /// overlaps, one finding per rule (or pair) and kind, naming every port
-/// where it holds.
-fn per_port(policy: &Policy) -> Vec<Finding> {
+/// where it holds; a rule matching no packet is left to its group's
+/// finding where `never` (the rules the group findings say cannot match)
+/// has it.
+fn per_port(policy: &Policy, never: &HashSet<String>) -> Vec<Finding> {
     let cfg = policy.config();
     // (kind, rule, message) -> (the rule, the ports)
     type Key = (&'static str, u16, &'static str, u16, String);
@@ -219,6 +210,9 @@ fn per_port(policy: &Policy) -> Vec<Finding> {
                 let Decider::Rule(r) = dec else { continue };
                 if !a.decides[i] {
                     let message = if a.covered_by[i].is_empty() {
+                        if never.contains(&policy.rule_name(*r)) {
+                            continue;
+                        }
                         format!("{} matches no packet of", name(i))
                     } else {
                         format!(
@@ -287,8 +281,8 @@ pub struct Analysis {
     pub decides: Vec<bool>,
     /// Removing the rule changes some verdict.
     pub needed: Vec<bool>,
-    /// Where the rule matches but another decides: those others (by place;
-    /// `None` for no one, which cannot happen where it matches).
+    /// Where the rule matches but another decides: those others, by place
+    /// (empty for a rule that matches no packet of the port).
     pub covered_by: Vec<BTreeSet<usize>>,
     /// Where the rule decides: what decides without it (a place, or `None`
     /// for the default).
