@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use sgswitch::control::history::current_files;
 use sgswitch::tools::exchange::{self, Format, Made};
 use sgswitch_config::{Config, Group, load_dir};
 
@@ -94,43 +95,16 @@ pub(crate) fn clone(a: &CloneArgs) -> Result<(), CliError> {
 }
 
 /// Writes `groups/<id>.toml` once the directory with it passes `check`
-/// (tried in a copy), atomically (a temporary file renamed over it).
+/// (tried in a scratch copy), atomically.
 fn write_group(dir: &Path, id: &str, text: &str, replace: bool) -> Result<(), CliError> {
-    let target = dir.join("groups").join(format!("{id}.toml"));
-    if target.exists() && !replace {
-        return Err(CliError::Usage(format!("{} exists (--replace replaces it)", target.display())));
+    let rel = format!("groups/{id}.toml");
+    if dir.join(&rel).exists() && !replace {
+        return Err(CliError::Usage(format!("{} exists (--replace replaces it)", dir.join(&rel).display())));
     }
-    let trial = tempfile::tempdir().map_err(|e| CliError::Runtime(format!("a temporary directory: {e}")))?;
-    copy_config(dir, trial.path()).map_err(|e| CliError::Runtime(format!("copying {} to check it: {e}", dir.display())))?;
-    let groups = trial.path().join("groups");
-    std::fs::create_dir_all(&groups).map_err(|e| CliError::Runtime(e.to_string()))?;
-    std::fs::write(groups.join(format!("{id}.toml")), text).map_err(|e| CliError::Runtime(e.to_string()))?;
-    if let Err(errs) = load_dir(trial.path()) {
-        // Name the real directory, not the trial copy.
-        let msg = errs.to_string().replace(&trial.path().display().to_string(), &dir.display().to_string());
-        return Err(CliError::Usage(format!("the directory with groups/{id}.toml would not load; nothing was written:\n{msg}")));
-    }
-    std::fs::create_dir_all(dir.join("groups")).map_err(|e| CliError::Runtime(e.to_string()))?;
-    let tmp = dir.join("groups").join(format!(".{id}.toml.new"));
-    std::fs::write(&tmp, text).map_err(|e| CliError::Runtime(format!("{}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, &target).map_err(|e| CliError::Runtime(format!("{}: {e}", target.display())))
-}
-
-/// Copies the configuration files of `from` (host.toml and the three
-/// folders' `.toml` files) into `to`.
-fn copy_config(from: &Path, to: &Path) -> std::io::Result<()> {
-    if from.join("host.toml").exists() {
-        std::fs::copy(from.join("host.toml"), to.join("host.toml"))?;
-    }
-    for sub in ["ports", "groups", "prefix-lists"] {
-        let Ok(entries) = std::fs::read_dir(from.join(sub)) else { continue };
-        std::fs::create_dir_all(to.join(sub))?;
-        for e in entries {
-            let p = e?.path();
-            if p.extension().is_some_and(|x| x == "toml") && p.is_file() {
-                std::fs::copy(&p, to.join(sub).join(p.file_name().unwrap_or_default()))?;
-            }
-        }
-    }
-    Ok(())
+    let mut files = current_files(dir).map_err(CliError::Runtime)?;
+    files.retain(|(p, _)| *p != rel);
+    files.push((rel.clone(), text.to_owned()));
+    super::scratch_check(&files, &dir.display().to_string())
+        .map_err(|msg| CliError::Usage(format!("the directory with {rel} would not load; nothing was written:\n{msg}")))?;
+    super::write_atomically(dir, &rel, text)
 }

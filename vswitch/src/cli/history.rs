@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use sgswitch::control::history::{self, Files, Store};
-use sgswitch_config::{History, load_dir};
+use sgswitch_config::History;
 
 use super::{CliError, describe, out};
 
@@ -107,32 +107,16 @@ pub(crate) fn run(a: &HistoryArgs) -> Result<(), CliError> {
 /// scratch directory first, then each file written (renamed into place)
 /// and the ones the record did not have removed.
 fn restore(dir: &Path, id: i64, files: &Files) -> Result<(), CliError> {
-    let rt = |e: std::io::Error| CliError::Runtime(e.to_string());
-    let trial = tempfile::tempdir().map_err(rt)?;
-    for (p, t) in files {
-        let at = trial.path().join(p);
-        std::fs::create_dir_all(at.parent().unwrap_or(trial.path())).map_err(rt)?;
-        std::fs::write(at, t).map_err(rt)?;
-    }
-    if let Err(e) = load_dir(trial.path()) {
-        let msg = e.to_string().replace(&trial.path().display().to_string(), &format!("record {id}"));
-        return Err(CliError::Usage(format!("record {id} does not load as it is now (nothing was written):\n{msg}")));
-    }
+    super::scratch_check(files, &format!("record {id}"))
+        .map_err(|msg| CliError::Usage(format!("record {id} does not load as it is now (nothing was written):\n{msg}")))?;
     let now = history::current_files(dir).map_err(CliError::Runtime)?;
     let mut changed = 0;
-    for (p, t) in files {
-        if now.iter().any(|(q, u)| q == p && u == t) {
-            continue;
-        }
-        let at = dir.join(p);
-        std::fs::create_dir_all(at.parent().unwrap_or(dir)).map_err(rt)?;
-        let tmp = at.with_extension("toml.restoring");
-        std::fs::write(&tmp, t).map_err(rt)?;
-        std::fs::rename(&tmp, &at).map_err(rt)?;
+    for (p, t) in files.iter().filter(|f| !now.contains(f)) {
+        super::write_atomically(dir, p, t)?;
         changed += 1;
     }
     for (p, _) in now.iter().filter(|(p, _)| !files.iter().any(|(q, _)| q == p)) {
-        std::fs::remove_file(dir.join(p)).map_err(rt)?;
+        std::fs::remove_file(dir.join(p)).map_err(|e| CliError::Runtime(format!("{}: {e}", dir.join(p).display())))?;
         changed += 1;
     }
     out(&format!("restored record {id}: {changed} files written or removed\n"))

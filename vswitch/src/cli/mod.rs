@@ -18,6 +18,31 @@ use clap::{Parser, Subcommand};
 use sgswitch_config::{ConfigErrors, load_dir};
 use sgswitch_filter::Policy;
 
+/// Whether the configuration made of `files` (path relative to the
+/// directory, text) loads, tried in a scratch directory; its messages name
+/// `shown_as` where the scratch directory was.
+pub(crate) fn scratch_check(files: &[(String, String)], shown_as: &str) -> Result<(), String> {
+    let trial = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
+    for (rel, text) in files {
+        let at = trial.path().join(rel);
+        std::fs::create_dir_all(at.parent().unwrap_or(trial.path())).map_err(|e| e.to_string())?;
+        std::fs::write(&at, text).map_err(|e| e.to_string())?;
+    }
+    load_dir(trial.path()).map(|_| ()).map_err(|e| e.to_string().replace(&trial.path().display().to_string(), shown_as))
+}
+
+/// Writes `text` as `dir/rel` through a hidden temporary file renamed over
+/// it, so a running switch never reads half of it.
+pub(crate) fn write_atomically(dir: &std::path::Path, rel: &str, text: &str) -> Result<(), CliError> {
+    let at = dir.join(rel);
+    let folder = at.parent().unwrap_or(dir);
+    std::fs::create_dir_all(folder).map_err(|e| CliError::Runtime(format!("{}: {e}", folder.display())))?;
+    let name = at.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let tmp = folder.join(format!(".{name}.new"));
+    std::fs::write(&tmp, text).map_err(|e| CliError::Runtime(format!("{}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, &at).map_err(|e| CliError::Runtime(format!("{}: {e}", at.display())))
+}
+
 /// A failure that ends the command, with its exit status.
 #[derive(Debug)]
 pub(crate) enum CliError {

@@ -155,6 +155,7 @@ fn alibaba(g: &Group, errors: &mut Vec<String>) -> Made {
         }
         perms.push(Value::Object(p));
     }
+    let rules = perms.len();
     let v = json!({
         "SecurityGroupId": g.id,
         "SecurityGroupName": g.name,
@@ -163,11 +164,7 @@ fn alibaba(g: &Group, errors: &mut Vec<String>) -> Made {
         "InnerAccessPolicy": if g.intra_group == IntraGroup::Accept { "Accept" } else { "Drop" },
         "Permissions": {"Permission": perms},
     });
-    Made { rules: perms_len(&v), text: serde_json::to_string_pretty(&v).expect("JSON of strings") + "\n", warnings: Vec::new() }
-}
-
-fn perms_len(v: &Value) -> usize {
-    v["Permissions"]["Permission"].as_array().map_or(0, Vec::len)
+    Made { rules, text: serde_json::to_string_pretty(&v).expect("JSON of strings") + "\n", warnings: Vec::new() }
 }
 
 fn tencent(g: &Group, errors: &mut Vec<String>, warnings: &mut Vec<String>) -> Made {
