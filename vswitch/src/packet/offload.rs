@@ -11,7 +11,8 @@
 //! frame whose field has that value gets its checksum computed over the
 //! segment, as the kernel's `skb_checksum_help` would. A frame whose
 //! correct checksum happens to have that value (one in 65,536) is
-//! recomputed to the same value, so the test needs no other evidence.
+//! recomputed to the same value, so the test needs no other evidence, and
+//! is not counted as finished.
 //!
 //! Only untagged IPv4 (not a fragment) and IPv6 (no extension header)
 //! TCP and UDP, with lengths that fit the frame: anything else is left
@@ -48,7 +49,7 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
 }
 
 /// Finishes the TCP or UDP checksum of `frame` if the sender left it
-/// unfinished; whether it did.
+/// unfinished; whether it did (the field changed).
 pub fn finish_checksum(frame: &mut [u8]) -> bool {
     let Some((l4, len, proto, pseudo)) = segment(frame) else { return false };
     let at = l4 + if proto == TCP { 16 } else { 6 };
@@ -66,7 +67,9 @@ pub fn finish_checksum(frame: &mut [u8]) -> bool {
         sum = 0xffff; // zero means "no checksum" in UDP
     }
     seg[at - l4..at - l4 + 2].copy_from_slice(&sum.to_be_bytes());
-    true
+    // A correct checksum that equals the pseudo-header sum is written back
+    // as it was: nothing was left unfinished.
+    sum != field
 }
 
 /// Where the TCP or UDP segment of `frame` starts, its length, its
@@ -170,6 +173,28 @@ mod tests {
                 assert!(finish_checksum(&mut f), "v6 {v6}, tcp {tcp}");
                 assert_eq!(f, good, "v6 {v6}, tcp {tcp}");
             }
+        }
+    }
+
+    /// A correct checksum that happens to equal the pseudo-header sum (one
+    /// in 65,536 frames) is recomputed to itself: nothing was finished, and
+    /// the port must not be taken for one that leaves its checksums.
+    #[test]
+    fn a_correct_checksum_equal_to_the_pseudo_header_sum_is_not_counted() {
+        for (v6, tcp) in [(false, true), (false, false), (true, true), (true, false)] {
+            // The last two payload bytes chosen so that the correct
+            // checksum is the pseudo-header sum.
+            let f = (0..=u16::MAX)
+                .map(|w| frame(v6, tcp, &w.to_be_bytes()))
+                .find(|f| {
+                    let (l4, _, _, pseudo) = segment(f).expect("a segment");
+                    let at = l4 + if tcp { 16 } else { 6 };
+                    f[at..at + 2] == fold(pseudo).to_be_bytes()
+                })
+                .expect("some payload gives it");
+            let mut g = f.clone();
+            assert!(!finish_checksum(&mut g), "v6 {v6}, tcp {tcp}: a correct checksum is not counted as finished");
+            assert_eq!(g, f);
         }
     }
 
