@@ -72,7 +72,7 @@ fn unknown_key_in_host_toml_lists_the_keys() {
     assert_errors(
         &[("host.toml", "policy_model = \"priority\"\nturbo = true\n")],
         &[
-            "host.toml:2:1: unknown key `turbo` in host.toml; expected one of: policy_model, on_policy_change, blocked_egress, infra_allow, dhcp_server, uplink, datapath, metrics, control, flow_log, conntrack, limits, reload, lint, history",
+            "host.toml:2:1: unknown key `turbo` in host.toml; expected one of: policy_model, on_policy_change, blocked_egress, infra_allow, dhcp_server, uplink, datapath, metrics, control, flow_log, conntrack, limits, reload, lint, history, store",
         ],
     );
 }

@@ -15,10 +15,12 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod fleet;
 mod load;
 pub mod model;
 mod reader;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use load::{load_dir, parse_cidr};
+pub use fleet::parse_remote_port;
+pub use load::{load_dir, load_dir_with, load_host, parse_cidr};
 pub use model::*;

@@ -16,6 +16,41 @@ use crate::reader::{At, Source, Table};
 /// Returns every error found, sorted by file and position, or the
 /// configuration with its warnings.
 pub fn load_dir(dir: &Path) -> Result<Config, ConfigErrors> {
+    load_dir_with(dir, None)
+}
+
+/// Reads only `dir/host.toml` (defaults when it is missing): what a
+/// switch needs to know before the rest, such as where its store is.
+///
+/// # Errors
+/// The file's messages.
+pub fn load_host(dir: &Path) -> Result<Host, ConfigErrors> {
+    let (mut errors, mut warnings, mut seen) = (Vec::new(), Vec::new(), Seen::default());
+    let path = dir.join("host.toml");
+    if !present(&path) {
+        return Ok(Host::default());
+    }
+    let host = read_file(&path, "host", Limits::default().max_file_bytes, &mut seen, &mut errors, &mut warnings, |src, t| {
+        Some(parse_host(src, t))
+    });
+    match host {
+        Some(h) if errors.is_empty() => Ok(h),
+        _ => {
+            sort_messages(&mut errors);
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// Loads `dir` as [`load_dir`] does, or, given a store's `overlay`, its
+/// `host.toml` and `ports/` with the overlay's groups and prefix lists
+/// (the directory's own `groups/` and `prefix-lists/` are then not read)
+/// and the other hosts' ports as members of their groups.
+///
+/// A text of the overlay is named in messages by its key. Another host's
+/// port that does not load is left out with a warning: it is that host's
+/// to mend, and it takes nothing away from this one.
+pub fn load_dir_with(dir: &Path, overlay: Option<&Overlay>) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     if !dir.is_dir() {
@@ -47,19 +82,47 @@ pub fn load_dir(dir: &Path) -> Result<Config, ConfigErrors> {
         }
     }
     let mut groups = Vec::new();
-    for path in toml_files(&dir.join("groups"), &mut errors) {
-        if let Some(g) =
-            read_file(&path, "security group", max, &mut seen, &mut errors, &mut warnings, |src, t| parse_group(src, t, &path, &host))
-        {
-            groups.push(g);
-        }
-    }
     let mut prefix_lists = Vec::new();
-    for path in toml_files(&dir.join("prefix-lists"), &mut errors) {
-        if let Some(p) =
-            read_file(&path, "prefix list", max, &mut seen, &mut errors, &mut warnings, |src, t| parse_prefix_list(src, t, &path))
-        {
-            prefix_lists.push(p);
+    if let Some(o) = overlay {
+        for folder in ["groups", "prefix-lists"] {
+            let here = dir.join(folder);
+            if !toml_files(&here, &mut Vec::new()).is_empty() {
+                warnings.push(ConfigError {
+                    file: here,
+                    line: 0,
+                    col: 0,
+                    msg: "not read: with [store], groups and prefix lists come from the store (`sgswitch push` puts them there)".into(),
+                });
+            }
+        }
+        for g in &o.groups {
+            if let Some(g) = read_stored(g, "security group", max, &mut seen, &mut errors, &mut warnings, |src, t| {
+                parse_group(src, t, Path::new(&g.key), &host)
+            }) {
+                groups.push(g);
+            }
+        }
+        for l in &o.prefix_lists {
+            if let Some(l) = read_stored(l, "prefix list", max, &mut seen, &mut errors, &mut warnings, |src, t| {
+                parse_prefix_list(src, t, Path::new(&l.key))
+            }) {
+                prefix_lists.push(l);
+            }
+        }
+    } else {
+        for path in toml_files(&dir.join("groups"), &mut errors) {
+            if let Some(g) =
+                read_file(&path, "security group", max, &mut seen, &mut errors, &mut warnings, |src, t| parse_group(src, t, &path, &host))
+            {
+                groups.push(g);
+            }
+        }
+        for path in toml_files(&dir.join("prefix-lists"), &mut errors) {
+            if let Some(p) =
+                read_file(&path, "prefix list", max, &mut seen, &mut errors, &mut warnings, |src, t| parse_prefix_list(src, t, &path))
+            {
+                prefix_lists.push(p);
+            }
         }
     }
     ports.sort_by(|a, b| a.id.cmp(&b.id));
@@ -67,7 +130,10 @@ pub fn load_dir(dir: &Path) -> Result<Config, ConfigErrors> {
     prefix_lists.sort_by(|a, b| a.id.cmp(&b.id));
 
     let sources = std::mem::take(&mut seen.texts);
-    let cfg = Config { dir: dir.to_path_buf(), host, ports, groups, prefix_lists, warnings: Vec::new(), sources };
+    let mut cfg = Config { dir: dir.to_path_buf(), host, ports, groups, prefix_lists, warnings: Vec::new(), sources, fleet: None };
+    if let Some(o) = overlay {
+        cfg.fleet = Some(crate::fleet::join(&mut cfg, o, &mut warnings));
+    }
     duplicate_ids(&seen, &mut errors);
     cross_check(&cfg, &seen.broken, &mut errors, &mut warnings);
 
@@ -200,7 +266,42 @@ fn read_file<T>(
         }
     };
     let rel = path.strip_prefix(&seen.dir).unwrap_or(path).to_string_lossy().into_owned();
-    let mut src = Source::new(path, &text);
+    let src = Source::new(path, &text);
+    let out = read_source(src, kind, seen, errors, warnings, parse);
+    seen.texts.push((rel, text));
+    out
+}
+
+/// A text of a store, read as [`read_file`] reads a file (its key in the
+/// place of the path); it is not among the sources the history records.
+fn read_stored<T>(
+    s: &Stored,
+    kind: &str,
+    max: u64,
+    seen: &mut Seen,
+    errors: &mut Vec<ConfigError>,
+    warnings: &mut Vec<ConfigError>,
+    parse: impl FnOnce(&mut Source<'_>, &Table<'_, '_>) -> Option<T>,
+) -> Option<T> {
+    if s.text.len() as u64 > max {
+        let msg = format!("is {} bytes, over the limit of {max} bytes ([limits] max_file_bytes in host.toml)", s.text.len());
+        errors.push(ConfigError { file: PathBuf::from(&s.key), line: 0, col: 0, msg });
+        seen.broken.insert(s.id.clone());
+        return None;
+    }
+    read_source(Source::stored(&s.key, &s.id, &s.text), kind, seen, errors, warnings, parse)
+}
+
+fn read_source<T>(
+    mut src: Source<'_>,
+    kind: &str,
+    seen: &mut Seen,
+    errors: &mut Vec<ConfigError>,
+    warnings: &mut Vec<ConfigError>,
+    parse: impl FnOnce(&mut Source<'_>, &Table<'_, '_>) -> Option<T>,
+) -> Option<T> {
+    let path = src.path.clone();
+    let path = path.as_path();
     let doc = src.parse();
     let out = doc.and_then(|doc| {
         let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
@@ -213,12 +314,10 @@ fn read_file<T>(
     let ok = src.errors.is_empty();
     errors.append(&mut src.errors);
     warnings.append(&mut src.warnings);
-    drop(src);
-    seen.texts.push((rel, text));
     if ok {
         out
     } else {
-        seen.broken.insert(file_stem(path));
+        seen.broken.insert(src.stem);
         None
     }
 }
@@ -229,10 +328,12 @@ fn file_stem(path: &Path) -> String {
 
 /// Reads `id`, which must equal the file name, carry `prefix` (empty for
 /// ports) and use only letters, digits, '-', '_' and '.'.
-fn read_id(src: &mut Source<'_>, t: &Table<'_, '_>, path: &Path, prefix: &str, kind: &str) -> Option<At<String>> {
+fn read_id(src: &mut Source<'_>, t: &Table<'_, '_>, prefix: &str, kind: &str) -> Option<At<String>> {
     let id = t.required_string(src, "id", &format!("every {kind} file names its id, the same as the file name"))?;
-    let stem = file_stem(path);
-    if id.v != stem {
+    let stem = src.stem.clone();
+    if id.v != stem && src.stored {
+        src.error(&id.span, format!("id \"{}\" differs from the key it is stored under (\"{stem}\"): they must be equal", id.v));
+    } else if id.v != stem {
         src.error(&id.span, format!("id \"{}\" differs from the file name \"{stem}.toml\": they must be equal", id.v));
     }
     if !id.v.starts_with(prefix) {
@@ -244,6 +345,58 @@ fn read_id(src: &mut Source<'_>, t: &Table<'_, '_>, path: &Path, prefix: &str, k
 }
 
 // ---------------------------------------------------------------- host.toml
+
+/// `[store]`: `kind = "etcd"`, its endpoints, a key prefix, this host's
+/// name, the lease and timeouts, TLS files.
+fn parse_store(src: &mut Source<'_>, t: &Table<'_, '_>) -> Option<Store> {
+    t.only_keys(src, &["kind", "endpoints", "prefix", "host", "lease_ttl_seconds", "timeout_ms", "ca_file", "cert_file", "key_file"]);
+    let kind = t.choice(src, "kind", &["etcd"]);
+    if kind.is_none() && !t.has("kind") {
+        src.error(&t.span, "[store] needs `kind = \"etcd\"` (the only store there is)");
+    }
+    let mut endpoints = Vec::new();
+    match t.strings(src, "endpoints") {
+        Some(list) if !list.is_empty() => {
+            for e in list {
+                let ok = ["http://", "https://"]
+                    .iter()
+                    .any(|s| e.v.strip_prefix(s).is_some_and(|rest| rest.contains(':') && !rest.contains('/')));
+                if ok {
+                    endpoints.push(e.v);
+                } else {
+                    src.error(&e.span, format!("endpoint \"{}\" is not of the form \"http://host:port\" or \"https://host:port\"", e.v));
+                }
+            }
+        }
+        Some(_) => src.error(&t.span, "[store] endpoints is empty: name at least one etcd endpoint"),
+        None if !t.has("endpoints") => src.error(&t.span, "[store] needs `endpoints`, e.g. [\"http://127.0.0.1:2379\"]"),
+        None => {}
+    }
+    let mut prefix = "/sgswitch".to_owned();
+    if let Some(p) = t.string(src, "prefix") {
+        if p.v.is_empty() || p.v.ends_with('/') || p.v.contains(char::is_whitespace) {
+            src.error(&p.span, "`prefix` is a key prefix such as \"/sgswitch\": not empty, no spaces, no trailing '/'");
+        } else {
+            prefix = p.v;
+        }
+    }
+    let mut host = Store::default_host();
+    if let Some(h) = t.string(src, "host") {
+        if h.v.is_empty() || !h.v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+            src.error(&h.span, "`host` may only use letters, digits, '-', '_' and '.'");
+        } else {
+            host = h.v;
+        }
+    }
+    let lease_ttl_seconds = t.u32_in(src, "lease_ttl_seconds", 3, 3600).unwrap_or(10);
+    let timeout_ms = t.u32_in(src, "timeout_ms", 100, 60_000).unwrap_or(2000);
+    let file = |src: &mut Source<'_>, key: &str| t.string(src, key).map(|f| PathBuf::from(f.v));
+    let (ca_file, cert_file, key_file) = (file(src, "ca_file"), file(src, "cert_file"), file(src, "key_file"));
+    if cert_file.is_some() != key_file.is_some() {
+        src.error(&t.span, "[store] cert_file and key_file go together: a client certificate needs its key");
+    }
+    Some(Store { endpoints, prefix, host, lease_ttl_seconds, timeout_ms, ca_file, cert_file, key_file })
+}
 
 fn parse_host(src: &mut Source<'_>, t: &Table<'_, '_>) -> Host {
     let mut h = Host::default();
@@ -265,8 +418,12 @@ fn parse_host(src: &mut Source<'_>, t: &Table<'_, '_>) -> Host {
             "reload",
             "lint",
             "history",
+            "store",
         ],
     );
+    if let Some(st) = t.table(src, "store") {
+        h.store = parse_store(src, &st);
+    }
     if let Some(hs) = t.table(src, "history") {
         hs.only_keys(src, &["enabled", "path", "retention_days", "coalesce_seconds"]);
         let hist = &mut h.history;
@@ -562,7 +719,7 @@ fn parse_port(src: &mut Source<'_>, t: &Table<'_, '_>, path: &Path, host: &Host)
         src,
         &["id", "interface", "mac", "ipv4", "ipv6", "security_groups", "spoof_check", "link_local", "allow_blocked_egress", "conntrack"],
     );
-    let id = read_id(src, t, path, "", "port");
+    let id = read_id(src, t, "", "port");
     if let Some(id) = id.as_ref().filter(|id| id.v.starts_with("sg-") || id.v.starts_with("pl-")) {
         src.error(&id.span, format!("port id \"{}\" must not start with \"sg-\" or \"pl-\", which name groups and prefix lists", id.v));
     }
@@ -668,7 +825,7 @@ fn parse_port(src: &mut Source<'_>, t: &Table<'_, '_>, path: &Path, host: &Host)
 
 fn parse_group(src: &mut Source<'_>, t: &Table<'_, '_>, path: &Path, host: &Host) -> Option<Group> {
     t.only_keys(src, &["id", "name", "description", "type", "intra_group", "remote_members", "ingress", "egress"]);
-    let id = read_id(src, t, path, "sg-", "security group");
+    let id = read_id(src, t, "sg-", "security group");
     let name = t.string(src, "name").map(|s| s.v);
     let description = t.string(src, "description").map_or_else(String::new, |s| s.v);
     let kind = match t.choice(src, "type", &["basic", "enterprise"]) {
@@ -943,7 +1100,7 @@ fn parse_rule(src: &mut Source<'_>, t: &Table<'_, '_>, d: Direction, kind: Group
 
 fn parse_prefix_list(src: &mut Source<'_>, t: &Table<'_, '_>, path: &Path) -> Option<PrefixList> {
     t.only_keys(src, &["id", "name", "description", "max_entries", "entries"]);
-    let id = read_id(src, t, path, "pl-", "prefix list");
+    let id = read_id(src, t, "pl-", "prefix list");
     if !t.has("max_entries") {
         src.error(&t.span, "missing `max_entries`: a prefix list declares its capacity, which is what a rule referencing it counts for");
     }
@@ -1134,6 +1291,19 @@ fn cross_check(cfg: &Config, broken: &HashSet<String>, errors: &mut Vec<ConfigEr
         if !referenced.contains_key(p.id.as_str()) {
             warnings.push(err(&p.file, first, format!("prefix list {} is referenced by no rule", p.id)));
         }
+    }
+}
+
+/// A port's text read on its own, as `ports/<id>.toml` would be under
+/// `host`'s limits: the fleet reads other hosts' ports so.
+pub(crate) fn parse_port_text(s: &Stored, host: &Host) -> Result<Port, Vec<ConfigError>> {
+    let (mut seen, mut errors, mut warnings) = (Seen::default(), Vec::new(), Vec::new());
+    let port = read_stored(s, "port", host.limits.max_file_bytes, &mut seen, &mut errors, &mut warnings, |src, t| {
+        parse_port(src, t, Path::new(&s.key), host)
+    });
+    match port {
+        Some(p) if errors.is_empty() => Ok(p),
+        _ => Err(errors),
     }
 }
 

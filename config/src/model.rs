@@ -196,6 +196,41 @@ pub struct Host {
     pub reload: Reload,
     pub lint: Lint,
     pub history: History,
+    /// `[store]`: the fleet's shared store; `None`, the directory alone.
+    pub store: Option<Store>,
+}
+
+/// `[store]`: etcd as the source of the groups and prefix lists, and of the
+/// other hosts' ports (`docs/fleet.md`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Store {
+    /// `"http://host:port"` or `"https://host:port"`, at least one.
+    pub endpoints: Vec<String>,
+    /// Every key lives under it: `<prefix>/groups/<id>`, ...
+    pub prefix: String,
+    /// This host's name in the store (`<prefix>/hosts/<host>/ports/<id>`).
+    pub host: String,
+    /// The lease this host's ports are published under: they leave every
+    /// other host this long after this host stops keeping it alive.
+    pub lease_ttl_seconds: u32,
+    /// How long a request to etcd may take before the store counts as
+    /// unreachable.
+    pub timeout_ms: u32,
+    /// TLS to the endpoints: CA file, and a client certificate and key.
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl Store {
+    /// The default host name: the machine's.
+    pub fn default_host() -> String {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_owned())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "localhost".into())
+    }
 }
 
 /// `[history]`: where `run` records each configuration it applies.
@@ -287,6 +322,7 @@ impl Default for Host {
             reload: Reload::default(),
             lint: Lint::default(),
             history: History::default(),
+            store: None,
         }
     }
 }
@@ -580,6 +616,52 @@ pub struct Config {
     /// read: what the history records. Take them (`std::mem::take`) to
     /// keep them no longer than needed.
     pub sources: Vec<(String, String)>,
+    /// With a store: what the other hosts' ports added to the groups.
+    pub fleet: Option<Fleet>,
+}
+
+/// The texts a store holds for a configuration: groups and prefix lists,
+/// and the ports every other host published, each with its key (which
+/// names it in messages, as a path names a file).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Overlay {
+    pub groups: Vec<Stored>,
+    pub prefix_lists: Vec<Stored>,
+    /// Ports of other hosts: (host, text).
+    pub remote_ports: Vec<(String, Stored)>,
+    /// The host this configuration is for: its own ports come from its
+    /// directory, not from here.
+    pub host: String,
+}
+
+/// One text of the store: its key (`<prefix>/groups/sg-web`), the id it
+/// is stored under (the key's last part) and the TOML.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stored {
+    pub key: String,
+    pub id: String,
+    pub text: String,
+}
+
+/// What the other hosts' ports did to this configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fleet {
+    /// Ports of other hosts read (valid ones).
+    pub remote_ports: usize,
+    /// Addresses claimed by ports on two hosts (or more): neither claim
+    /// makes the address a member of any group until one is withdrawn.
+    pub conflicts: Vec<Conflict>,
+    /// The addresses of this host's own ports that a conflict withholds
+    /// from their groups' members.
+    pub withheld: Vec<IpNet>,
+}
+
+/// Ports on different hosts that claim overlapping addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    pub address: IpNet,
+    /// `<host>/<port-id>` of each claim, sorted.
+    pub claims: Vec<String>,
 }
 
 impl Config {

@@ -23,6 +23,11 @@ pub(crate) type Span = Range<usize>;
 /// columns, and the errors found in it.
 pub(crate) struct Source<'a> {
     pub(crate) path: PathBuf,
+    /// The name the object is stored under, which its `id` must equal: the
+    /// file name without `.toml`, or a store key's last part.
+    pub(crate) stem: String,
+    /// Whether it came from a store key rather than a file.
+    pub(crate) stored: bool,
     text: &'a str,
     /// The byte offset where each line starts, made once: a position is
     /// found by a binary search, so reading a file is linear in its size
@@ -35,7 +40,14 @@ pub(crate) struct Source<'a> {
 impl<'a> Source<'a> {
     pub(crate) fn new(path: &Path, text: &'a str) -> Self {
         let line_starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
-        Source { path: path.to_path_buf(), text, line_starts, errors: Vec::new(), warnings: Vec::new() }
+        let stem = path.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+        Source { path: path.to_path_buf(), stem, stored: false, text, line_starts, errors: Vec::new(), warnings: Vec::new() }
+    }
+
+    /// A text from a store: `key` names it in messages, `id` is the name
+    /// it is stored under.
+    pub(crate) fn stored(key: &str, id: &str, text: &'a str) -> Self {
+        Source { stem: id.to_owned(), stored: true, ..Source::new(Path::new(key), text) }
     }
 
     pub(crate) fn loc(&self, offset: usize) -> Loc {

@@ -43,9 +43,12 @@ impl Policy {
         let port_groups: Vec<Vec<u16>> =
             cfg.ports.iter().map(|p| p.security_groups.iter().map(|r| group_idx[r.id.as_str()]).collect()).collect();
         let mut members: Vec<Vec<IpNet>> = vec![Vec::new(); cfg.groups.len()];
+        // An address another host claims too is no group's member (see
+        // `sgswitch_config::Fleet`).
+        let withheld: &[IpNet] = cfg.fleet.as_ref().map_or(&[], |f| f.withheld.as_slice());
         for (p, groups) in cfg.ports.iter().zip(&port_groups) {
             for &g in groups {
-                members[usize::from(g)].extend(p.addresses().copied());
+                members[usize::from(g)].extend(p.addresses().filter(|a| !withheld.contains(a)).copied());
             }
         }
         for (m, g) in members.iter_mut().zip(&cfg.groups) {

@@ -27,6 +27,7 @@ use crossbeam_queue::ArrayQueue;
 use tracing::{info, warn};
 
 use crate::control::sizing::{MemoryError, check_conntrack_memory, meminfo};
+use crate::control::store::StoreLink;
 use crate::control::{Control, LoadError, load};
 use crate::datapath::plan::Zones;
 use crate::datapath::stats::Counters;
@@ -76,6 +77,24 @@ struct Shared {
     link_events: Arc<AtomicU64>,
 }
 
+/// How `run` runs.
+#[derive(Clone, Copy, Debug)]
+pub struct RunOptions {
+    /// `false` (`run --no-datapath`): the control plane alone: it loads,
+    /// reloads, follows the store and answers `ctl` (trace included), but
+    /// opens no socket and moves no frame.
+    pub datapath: bool,
+}
+
+/// What wakes the control thread.
+#[derive(Debug)]
+enum Wake {
+    /// A configuration file changed.
+    File,
+    /// The store is at a new revision.
+    Store(i64),
+}
+
 /// Runs the switch on `dir` until SIGINT or SIGTERM; returns the shutdown
 /// summary.
 ///
@@ -84,43 +103,66 @@ struct Shared {
 /// cannot be opened (the message names the interface and the reason), or
 /// the metrics address or control socket cannot be bound.
 #[expect(clippy::too_many_lines, reason = "the start reads top to bottom: load, signals, endpoints, loops, threads, watch, stop")]
-pub fn run(dir: &Path) -> Result<String, RunError> {
+pub fn run(dir: &Path, opts: RunOptions) -> Result<String, RunError> {
     sys::quiet_libraries();
     sys::raise_open_files();
     let epoch = Instant::now();
     let started = SystemTime::now();
-    let mut zones = Zones::default();
-    let (first, sources) = load(dir, &mut zones, 1)?;
-    let host = first.plan.policy().config().host.clone();
-    let uplink = host.uplink_interface.clone().ok_or(RunError::NoUplink)?;
     let stop = Arc::new(AtomicBool::new(false));
     let hup = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop)).map_err(RunError::Signals)?;
     }
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup)).map_err(RunError::Signals)?;
+    let (wake_tx, wake_rx) = std::sync::mpsc::channel::<Wake>();
+    // With a store, nothing is enforced before its first revision is read:
+    // until then the ports are not attached, so nothing passes.
+    let store = sgswitch_config::load_host(dir).map_err(LoadError::from)?.store;
+    let store = match store {
+        Some(settings) => match start_store(settings, &wake_tx, &wake_rx, &stop)? {
+            Some(s) => Some(s),
+            None => return Ok("stopped before the store was read\n".into()),
+        },
+        None => None,
+    };
+    let mut zones = Zones::default();
+    let overlay = store.as_ref().and_then(|(l, _)| l.snapshot().map(|s| s.overlay(&l.settings.host)));
+    let (mut first, sources) = load(dir, overlay.as_ref(), &mut zones, 1)?;
+    drop(overlay);
+    if let Some((_, revision)) = &store {
+        first.plan.shown_generation = u64::try_from(*revision).unwrap_or(0);
+    }
+    let host = first.plan.policy().config().host.clone();
+    let uplink = if opts.datapath { host.uplink_interface.clone().ok_or(RunError::NoUplink)? } else { String::new() };
 
     // Bind the operator's endpoints first: a taken address fails the start
     // before any interface is touched.
     let metrics = crate::ops::metrics::bind(host.metrics_listen).map_err(RunError::Endpoint)?;
     let control_socket = crate::ops::control::bind(&host.control_socket).map_err(RunError::Endpoint)?;
 
-    let cores = if host.datapath.cores.is_empty() { vec![0] } else { host.datapath.cores.clone() };
+    let cores = match (opts.datapath, host.datapath.cores.is_empty()) {
+        (false, _) => Vec::new(),
+        (true, true) => vec![0],
+        (true, false) => host.datapath.cores.clone(),
+    };
     let n = cores.len();
-    if let Some(avail) = meminfo("MemAvailable") {
+    if let Some(avail) = meminfo("MemAvailable").filter(|_| n > 0) {
         check_conntrack_memory(&host, n, avail, "MemAvailable")?;
     }
     let stats: Vec<Arc<LoopStats>> =
         cores.iter().enumerate().map(|(i, &c)| Arc::new(LoopStats::new(i, c, Arc::new(Counters::default())))).collect();
     let (loops, receivers) = Loops::new(stats.clone());
     let loops = Arc::new(loops);
-    let (logs, writer): (Vec<Option<FlowLog>>, _) = if host.flow_log.enabled {
+    let (logs, writer): (Vec<Option<FlowLog>>, _) = if host.flow_log.enabled && n > 0 {
         let (logs, w) = FlowLog::per_loop(&host.flow_log, n);
         (logs.into_iter().map(Some).collect(), Some(w))
     } else {
         ((0..n).map(|_| None).collect(), None)
     };
-    let (control, reload_jobs) = Control::new(dir, first, zones, epoch);
+    if let Some((link, _)) = &store {
+        link.applied(first.plan.policy().config(), &sources);
+    }
+    let (control, reload_jobs) = Control::new(dir, first, zones, epoch, store.clone());
     control.remember(&sources, 1, &host.history);
     drop(sources);
     let control = Arc::new(control);
@@ -220,15 +262,25 @@ pub fn run(dir: &Path) -> Result<String, RunError> {
             warn!("cannot start the reloader ({e}); the configuration will not be reloaded");
         }
     }
-    info!(
-        metrics = %host.metrics_listen,
-        control = %host.control_socket.display(),
-        loops = n,
-        "running on {} (generation 1, {n} poll loop{} on cores {cores:?}); SIGHUP or a file change reloads, SIGINT/SIGTERM stops",
-        dir.display(),
-        if n == 1 { "" } else { "s" }
-    );
-    watch(&shared, &hup);
+    let generation = control.stats.shown();
+    if opts.datapath {
+        info!(
+            metrics = %host.metrics_listen,
+            control = %host.control_socket.display(),
+            loops = n,
+            "running on {} (generation {generation}, {n} poll loop{} on cores {cores:?}); SIGHUP or a file change reloads, SIGINT/SIGTERM stops",
+            dir.display(),
+            if n == 1 { "" } else { "s" }
+        );
+    } else {
+        info!(
+            metrics = %host.metrics_listen,
+            control = %host.control_socket.display(),
+            "running on {} without a datapath (generation {generation}): the control plane answers `ctl`, no frame is moved",
+            dir.display()
+        );
+    }
+    watch(&shared, &hup, &wake_tx, &wake_rx);
     // Stopping: the loops end within an idle wait and close their sockets
     // (detaching the XDP programs); the endpoints' threads within a tenth
     // of a second. Whatever is stuck after STOP_WITHIN (a load blocked in
@@ -250,6 +302,45 @@ pub fn run(dir: &Path) -> Result<String, RunError> {
         }
     }
     result.map(|()| loops.summary(&control.published.load().plan))
+}
+
+/// Starts the store thread and waits for its first revision (saying why
+/// while it waits); `None` if told to stop first.
+fn start_store(
+    settings: sgswitch_config::Store,
+    wake_tx: &std::sync::mpsc::Sender<Wake>,
+    wake_rx: &std::sync::mpsc::Receiver<Wake>,
+    stop: &Arc<AtomicBool>,
+) -> Result<Option<(Arc<StoreLink>, i64)>, RunError> {
+    let link = StoreLink::new(settings);
+    info!("reading the configuration from etcd at {} (prefix {})", link.settings.endpoints.join(", "), link.settings.prefix);
+    {
+        let (link, tx, stop) = (Arc::clone(&link), wake_tx.clone(), Arc::clone(stop));
+        std::thread::Builder::new()
+            .name("sgswitch-store".into())
+            .spawn(move || crate::control::store::serve(&link, &move |r| drop(tx.send(Wake::Store(r))), &stop))
+            .map_err(|e| RunError::Endpoint(format!("starting the store thread: {e}")))?;
+    }
+    let waited = Instant::now();
+    let mut said = Instant::now();
+    loop {
+        match wake_rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(Wake::Store(r)) => return Ok(Some((link, r))),
+            Ok(Wake::File) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(RunError::Endpoint("the store thread ended".into())),
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        if said.elapsed() >= Duration::from_secs(5) {
+            said = Instant::now();
+            warn!(
+                "waiting {} s for the store, nothing is enforced and no port is attached yet: {}",
+                waited.elapsed().as_secs(),
+                link.status.detail().error
+            );
+        }
+    }
 }
 
 /// How long the switch takes at most to exit after SIGINT or SIGTERM.
@@ -293,16 +384,16 @@ fn fingerprint(dir: &Path) -> Fingerprint {
 /// The control thread: reloads on SIGHUP, and on file changes once the
 /// files have stopped changing (`[reload] watch`, `debounce_ms`), until
 /// told to stop.
-fn watch(shared: &Shared, hup: &AtomicBool) {
+fn watch(shared: &Shared, hup: &AtomicBool, wake: &std::sync::mpsc::Sender<Wake>, rx: &std::sync::mpsc::Receiver<Wake>) {
     use notify::Watcher;
     let dir = shared.control.dir();
-    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = wake.clone();
     let debounce = Duration::from_millis(u64::from(shared.reload.debounce_ms));
     let watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
         // Configuration files only (editors' swap files and logs beside
         // them do not count).
         if e.is_ok_and(|e| !e.kind.is_access() && e.paths.iter().any(|p| p.extension().is_some_and(|x| x == "toml"))) {
-            let _ = tx.send(());
+            let _ = tx.send(Wake::File);
         }
     });
     let _watcher = if shared.reload.watch {
@@ -327,8 +418,22 @@ fn watch(shared: &Shared, hup: &AtomicBool) {
     // writer that pauses waits for the rest.
     let mut due: Option<(Instant, Fingerprint)> = None;
     while !shared.stop.load(Ordering::Relaxed) {
-        if rx.recv_timeout(Duration::from_millis(50)).is_ok() {
-            while rx.try_recv().is_ok() {}
+        let mut files = false;
+        let mut store = None;
+        if let Ok(w) = rx.recv_timeout(Duration::from_millis(50)) {
+            for w in std::iter::once(w).chain(rx.try_iter()) {
+                match w {
+                    Wake::File => files = true,
+                    Wake::Store(r) => store = Some(r),
+                }
+            }
+        }
+        // A new store revision is read whole and applied at once (it has
+        // no half-written files to wait for).
+        if let Some(r) = store {
+            shared.control.queue_reload(&format!("store revision {r}"));
+        }
+        if files {
             due = Some((Instant::now() + debounce, fingerprint(dir)));
         }
         let now = Instant::now();

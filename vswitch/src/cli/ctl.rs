@@ -107,8 +107,44 @@ pub(crate) fn run(a: &CtlArgs) -> Result<(), CliError> {
             for n in v["needs_restart"].as_array().into_iter().flatten() {
                 text += &format!("not applied until a restart: {}\n", s(n));
             }
+            let st = &v["store"];
+            if st.is_object() {
+                let state = if st["connected"].as_bool() == Some(true) {
+                    format!("connected since {}", s(&st["since"]))
+                } else {
+                    format!("UNREACHABLE since {} ({}); enforcing revision {}", s(&st["since"]), s(&st["error"]), st["revision_in_force"])
+                };
+                text += &format!(
+                    "store etcd {} prefix {} as host {}: {state}; revision {} read, {} in force; {} ports published, {} of other hosts\n",
+                    st["endpoints"].as_array().into_iter().flatten().map(s).collect::<Vec<_>>().join(","),
+                    s(&st["prefix"]),
+                    s(&st["host"]),
+                    st["revision_seen"],
+                    st["revision_in_force"],
+                    st["published_ports"],
+                    st["remote_ports"]
+                );
+                if st["refused"].is_object() {
+                    text += &format!(
+                        "store revision {} REFUSED (the one before stays):\n{}\n",
+                        st["refused"]["revision"],
+                        s(&st["refused"]["why"])
+                    );
+                }
+                for k in st["conflicts"].as_array().into_iter().flatten() {
+                    let claims: Vec<String> = k["claims"].as_array().into_iter().flatten().map(s).collect();
+                    text += &format!(
+                        "address conflict: {} claimed by {} (no group's member until resolved)\n",
+                        s(&k["address"]),
+                        claims.join(", ")
+                    );
+                }
+            }
+            if v["datapath"].as_bool() == Some(false) {
+                text += "no datapath (run --no-datapath): no port is attached\n";
+            }
             let up = &v["uplink"];
-            if s(&up["link"]) != "up" {
+            if !matches!(s(&up["link"]).as_str(), "up" | "off") {
                 text += &format!("uplink {} DOWN: {}\n", s(&up["interface"]), s(&up["reason"]));
             }
             for l in v["loops"].as_array().into_iter().flatten() {
@@ -126,7 +162,11 @@ pub(crate) fn run(a: &CtlArgs) -> Result<(), CliError> {
                 .into_iter()
                 .flatten()
                 .map(|p| {
-                    let link = if s(&p["link"]) == "up" { "up".to_owned() } else { format!("DOWN: {}", s(&p["reason"])) };
+                    let link = match s(&p["link"]).as_str() {
+                        "up" => "up".to_owned(),
+                        "off" => "not attached".to_owned(),
+                        _ => format!("DOWN: {}", s(&p["reason"])),
+                    };
                     vec![s(&p["id"]), s(&p["interface"]), format!("{} flows", p["flows"]), link]
                 })
                 .collect();

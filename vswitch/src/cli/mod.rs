@@ -6,6 +6,7 @@ mod ctl;
 mod describe;
 mod diagnose;
 mod exchange;
+mod fleet;
 mod history;
 mod lint;
 mod replay;
@@ -129,6 +130,24 @@ enum Command {
         /// Log lines as human-readable text or as one JSON object each.
         #[arg(long, value_parser = ["text", "json"], default_value = "text")]
         log_format: String,
+        /// The control plane alone: load, reload, follow the store and
+        /// answer `ctl`, but open no socket and move no frame (many hosts
+        /// on one machine, for tests; a host that only answers `ctl trace`).
+        #[arg(long)]
+        no_datapath: bool,
+    },
+    /// Check a directory, then write its groups and prefix lists to the
+    /// store that host.toml's [store] names, in one transaction guarded by
+    /// the revision read: every host applies all of it or none.
+    Push {
+        /// The configuration directory (host.toml with [store], groups/, prefix-lists/).
+        dir: PathBuf,
+    },
+    /// Write the store's groups and prefix lists into a directory (whose
+    /// host.toml names the store), replacing the files there.
+    Pull {
+        /// The configuration directory (host.toml with [store]).
+        dir: PathBuf,
     },
     /// Talk to the running switch through its control socket: status,
     /// reload, connection listing and flushing, and trace against the live
@@ -147,15 +166,22 @@ pub(crate) fn run(cli: Cli) -> Result<(), CliError> {
         Command::History(args) => history::run(&args),
         Command::Lint(args) => lint::run(&args),
         Command::Replay(args) => replay::run(&args),
-        Command::Run { dir, log_format } => {
+        Command::Run { dir, log_format, no_datapath } => {
             // A configuration error is a usage error (exit 1); anything
             // else that stops the switch is a runtime failure (exit 2).
-            load_dir(&dir).map_err(CliError::Config)?;
+            // With a store, the groups are not in the directory: its
+            // host.toml is checked here, the rest once the store is read.
+            if sgswitch_config::load_host(&dir).map_err(CliError::Config)?.store.is_none() {
+                load_dir(&dir).map_err(CliError::Config)?;
+            }
             init_logging(&log_format);
-            let summary = sgswitch::switch::run(&dir).map_err(|e| CliError::Runtime(e.to_string()))?;
+            let opts = sgswitch::switch::RunOptions { datapath: !no_datapath };
+            let summary = sgswitch::switch::run(&dir, opts).map_err(|e| CliError::Runtime(e.to_string()))?;
             eprint!("{summary}");
             Ok(())
         }
+        Command::Push { dir } => fleet::push(&dir),
+        Command::Pull { dir } => fleet::pull(&dir),
         Command::Ctl(args) => ctl::run(&args),
     }
 }

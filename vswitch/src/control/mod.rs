@@ -7,6 +7,7 @@
 
 pub mod history;
 pub mod sizing;
+pub mod store;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,10 +16,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use sgswitch_config::{ConfigErrors, Host, load_dir};
+use sgswitch_config::{ConfigErrors, Host, Overlay, load_dir_with};
 use tracing::{info, warn};
 
 use crate::datapath::plan::{Plan, PlanError, Published, Zones};
+use store::{Snapshot, StoreLink};
 
 /// Why a configuration was not loaded (the running one stays).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -40,13 +42,19 @@ pub enum ReloadError {
     Late { secs: u64 },
 }
 
-/// Loads `dir` into a plan, keeping zones stable across loads; also the
-/// files as read, for the history (not kept in the plan).
+/// Loads `dir` (with a store's `overlay`, if the fleet has one) into a
+/// plan, keeping zones stable across loads; also the files as read, for
+/// the history and the store (not kept in the plan).
 ///
 /// # Errors
 /// The configuration's file:line messages, or too many ports.
-pub fn load(dir: &Path, zones: &mut Zones, generation: u32) -> Result<(Published, Vec<(String, String)>), LoadError> {
-    let mut cfg = load_dir(dir)?;
+pub fn load(
+    dir: &Path,
+    overlay: Option<&Overlay>,
+    zones: &mut Zones,
+    generation: u32,
+) -> Result<(Published, Vec<(String, String)>), LoadError> {
+    let mut cfg = load_dir_with(dir, overlay)?;
     let sources = std::mem::take(&mut cfg.sources);
     let (plan, gone) = Plan::build(cfg, zones, generation)?;
     Ok((Published { plan, gone }, sources))
@@ -55,7 +63,12 @@ pub fn load(dir: &Path, zones: &mut Zones, generation: u32) -> Result<(Published
 /// The control plane's counters: reloads and the configuration in force.
 #[derive(Debug, Default)]
 pub struct ControlStats {
+    /// Plans published: 1 at start, +1 per applied reload. Flows and
+    /// counters are revalidated by it.
     pub generation: AtomicU64,
+    /// With a store: the store revision of the configuration in force,
+    /// which is the generation operators see.
+    pub revision: AtomicU64,
     /// Unix time of the last successful load, in milliseconds.
     pub loaded_at_ms: AtomicU64,
     pub reloads_ok: AtomicU64,
@@ -64,6 +77,18 @@ pub struct ControlStats {
     /// at the next start (see [`restart_needed`]); written by reloads,
     /// read by the metrics endpoint and `ctl status`, never by a loop.
     pub needs_restart: std::sync::Mutex<Vec<String>>,
+}
+
+impl ControlStats {
+    /// The generation shown in `ctl status`, the metrics and the flow
+    /// log: the store revision in force with a store, else the count of
+    /// plans.
+    pub fn shown(&self) -> u64 {
+        match self.revision.load(Ordering::Relaxed) {
+            0 => self.generation.load(Ordering::Relaxed),
+            r => r,
+        }
+    }
 }
 
 /// A reload to do, and who waits for its outcome.
@@ -91,17 +116,27 @@ pub struct Control {
     /// none is.
     reloading_since: AtomicU64,
     epoch: Instant,
+    /// The fleet's store, when `[store]` names one.
+    pub store: Option<Arc<StoreLink>>,
 }
 
 impl Control {
     /// The control plane of a switch that started with `first` (loaded
     /// from `dir` with `zones`); the receiving end of its reload queue is
     /// for [`Control::run_reloader`].
-    pub fn new(dir: &Path, first: Published, zones: Zones, epoch: Instant) -> (Control, Receiver<ReloadJob>) {
+    pub fn new(
+        dir: &Path,
+        first: Published,
+        zones: Zones,
+        epoch: Instant,
+        store: Option<(Arc<StoreLink>, i64)>,
+    ) -> (Control, Receiver<ReloadJob>) {
         let (jobs, rx) = std::sync::mpsc::sync_channel(RELOAD_QUEUE);
         let host = first.plan.policy().config().host.clone();
         let stats = ControlStats::default();
         stats.generation.store(u64::from(first.plan.generation), Ordering::Relaxed);
+        let (store, revision) = store.map_or((None, 0), |(l, r)| (Some(l), r));
+        stats.revision.store(u64::try_from(revision).unwrap_or(0), Ordering::Relaxed);
         stats.loaded_at_ms.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
         let control = Control {
             dir: dir.to_owned(),
@@ -112,6 +147,7 @@ impl Control {
             jobs,
             reloading_since: AtomicU64::new(0),
             epoch,
+            store,
         };
         (control, rx)
     }
@@ -147,8 +183,19 @@ impl Control {
         let mut zones = self.zones.lock().unwrap_or_else(PoisonError::into_inner);
         let next = self.stats.generation.load(Ordering::Relaxed) + 1;
         let t = Instant::now();
-        match load(&self.dir, &mut zones, u32::try_from(next).unwrap_or(u32::MAX)) {
-            Ok((p, sources)) => {
+        let snapshot: Option<Arc<Snapshot>> = self.store.as_ref().and_then(|l| l.snapshot());
+        let overlay = self.store.as_ref().zip(snapshot.as_ref()).map(|(l, s)| s.overlay(&l.settings.host));
+        let revision = snapshot.as_ref().map_or(0, |s| s.revision);
+        match load(&self.dir, overlay.as_ref(), &mut zones, u32::try_from(next).unwrap_or(u32::MAX)) {
+            Ok((mut p, sources)) => {
+                if self.store.is_some() {
+                    p.plan.shown_generation = u64::try_from(revision).unwrap_or(0);
+                }
+                if let Some(link) = &self.store {
+                    link.applied(p.plan.policy().config(), &sources);
+                    self.stats.revision.store(u64::try_from(revision).unwrap_or(0), Ordering::Relaxed);
+                }
+                let shown = if self.store.is_some() { u64::try_from(revision).unwrap_or(0) } else { next };
                 let ports = p.plan.ports.len();
                 let needs_restart = restart_needed(&self.host, &p.plan.policy().config().host);
                 let history = p.plan.policy().config().host.history.clone();
@@ -158,9 +205,9 @@ impl Control {
                 self.stats.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 *self.stats.needs_restart.lock().unwrap_or_else(PoisonError::into_inner) = needs_restart.clone();
                 info!(
-                    generation = next,
+                    generation = shown,
                     ports,
-                    "reloaded ({why}): generation {next}, {ports} ports, compiled in {:.1} ms",
+                    "reloaded ({why}): generation {shown}, {ports} ports, compiled in {:.1} ms",
                     t.elapsed().as_secs_f64() * 1e3
                 );
                 if !needs_restart.is_empty() {
@@ -170,10 +217,13 @@ impl Control {
                     );
                 }
                 self.remember(&sources, u32::try_from(next).unwrap_or(u32::MAX), &history);
-                Ok(Reloaded { generation: next, needs_restart })
+                Ok(Reloaded { generation: shown, needs_restart })
             }
             Err(e) => {
                 self.stats.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                if let Some(link) = &self.store {
+                    link.refused(revision, &e.to_string());
+                }
                 warn!("reload ({why}) refused; the running configuration stays in force:\n{e}");
                 Err(e)
             }

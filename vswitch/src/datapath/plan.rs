@@ -191,6 +191,9 @@ pub struct Plan {
     pub dhcp_server: Vec<IpNet>,
     /// The generation conntrack entries are stamped with.
     pub generation: u32,
+    /// The generation operators see for it: `generation`, or the store
+    /// revision it was loaded at (set by the control plane).
+    pub shown_generation: u64,
     /// Per group: the flat index of its first ingress rule, and its ingress
     /// rule count (egress rules follow); the last element is the total.
     rule_base: Vec<(u32, u32)>,
@@ -273,6 +276,7 @@ impl Plan {
             infra_allow,
             dhcp_server,
             generation,
+            shown_generation: u64::from(generation),
             rule_base,
             rules_total: total,
             rule_labels: rule_labels.into(),

@@ -155,6 +155,7 @@ impl Loops {
     /// zone.
     pub fn loops_for(&self, zone: Option<Zone>) -> std::ops::Range<usize> {
         match zone {
+            Some(_) if self.stats.is_empty() => 0..0,
             Some(z) => {
                 let o = owner_of(z, self.stats.len());
                 o..o + 1

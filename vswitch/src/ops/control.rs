@@ -280,9 +280,11 @@ fn status(shared: &View) -> Value {
     let c = &shared.control.stats;
     let links: Vec<crate::engine::stats::LinkState> =
         shared.loops.stats.iter().flat_map(|l| l.links.load().iter().cloned().collect::<Vec<_>>()).collect();
+    let datapath = !shared.loops.stats.is_empty();
     let link = |iface: Option<&str>| {
         let l = iface.and_then(|i| links.iter().find(|l| l.interface == i));
         match l {
+            _ if !datapath => ("off", "no datapath (run --no-datapath)".to_owned()),
             Some(l) if l.up => ("up", String::new()),
             Some(l) => ("down", l.reason.clone()),
             None if iface.is_none() => ("down", "the port has no interface".to_owned()),
@@ -314,9 +316,30 @@ fn status(shared: &View) -> Value {
         })
         .collect();
     let loaded = SystemTime::UNIX_EPOCH + Duration::from_millis(c.loaded_at_ms.load(Ordering::Relaxed));
+    let store = shared.control.store.as_ref().map(|l| {
+        let st = &l.status;
+        let d = st.detail();
+        let since = SystemTime::UNIX_EPOCH + Duration::from_millis(st.since_ms.load(Ordering::Relaxed));
+        json!({
+            "endpoints": l.settings.endpoints,
+            "prefix": l.settings.prefix,
+            "host": l.settings.host,
+            "connected": st.connected.load(Ordering::Relaxed),
+            "since": humantime::format_rfc3339_millis(since).to_string(),
+            "error": d.error,
+            "revision_seen": st.revision_seen.load(Ordering::Relaxed),
+            "revision_in_force": c.revision.load(Ordering::Relaxed),
+            "refused": d.refused.map(|(r, why)| json!({"revision": r, "why": why})),
+            "published_ports": st.published.load(Ordering::Relaxed),
+            "remote_ports": d.remote_ports,
+            "conflicts": d.conflicts.iter().map(|k| json!({"address": k.address.to_string(), "claims": k.claims})).collect::<Vec<_>>(),
+        })
+    });
     json!({
         "config": shared.dir.display().to_string(),
-        "generation": c.generation.load(Ordering::Relaxed),
+        "generation": c.shown(),
+        "datapath": datapath,
+        "store": store,
         "loaded_at": humantime::format_rfc3339_millis(loaded).to_string(),
         "reloads": {"success": c.reloads_ok.load(Ordering::Relaxed), "failure": c.reloads_failed.load(Ordering::Relaxed)},
         "needs_restart": *c.needs_restart.lock().unwrap_or_else(std::sync::PoisonError::into_inner),

@@ -384,8 +384,34 @@ pub fn render(shared: &View) -> String {
 
     // Configuration.
     let c = &shared.control.stats;
-    t.family("sgswitch_config_generation", "gauge", "Generation of the configuration in force (1 at start, +1 per applied reload).");
-    t.sample("sgswitch_config_generation", &[], c.generation.load(Ordering::Relaxed));
+    t.family(
+        "sgswitch_config_generation",
+        "gauge",
+        "Generation of the configuration in force: with [store], the store revision it was read at; else 1 at start, +1 per applied reload.",
+    );
+    t.sample("sgswitch_config_generation", &[], c.shown());
+    if let Some(link) = &shared.control.store {
+        let st = &link.status;
+        let d = st.detail();
+        t.family(
+            "sgswitch_store_connected",
+            "gauge",
+            "1 while the store (etcd) answers; 0 while it does not (the configuration in force stays).",
+        );
+        t.sample("sgswitch_store_connected", &[], u64::from(st.connected.load(Ordering::Relaxed)));
+        t.family("sgswitch_store_revision", "gauge", "The newest store revision read (the one in force is sgswitch_config_generation).");
+        t.sample("sgswitch_store_revision", &[], st.revision_seen.load(Ordering::Relaxed));
+        t.family("sgswitch_store_disconnects_total", "counter", "Times the store stopped answering.");
+        t.sample("sgswitch_store_disconnects_total", &[], st.disconnects.load(Ordering::Relaxed));
+        t.family("sgswitch_store_refused_total", "counter", "Store revisions that did not load; the configuration before stayed in force.");
+        t.sample("sgswitch_store_refused_total", &[], st.refused.load(Ordering::Relaxed));
+        t.family("sgswitch_store_address_conflicts", "gauge", "Addresses ports on two hosts claim: members of no group until resolved.");
+        t.sample("sgswitch_store_address_conflicts", &[], d.conflicts.len());
+        t.family("sgswitch_store_remote_ports", "gauge", "Other hosts' ports in the configuration in force.");
+        t.sample("sgswitch_store_remote_ports", &[], d.remote_ports);
+        t.family("sgswitch_store_published_ports", "gauge", "This host's ports published in the store.");
+        t.sample("sgswitch_store_published_ports", &[], st.published.load(Ordering::Relaxed));
+    }
     t.family("sgswitch_config_last_reload_timestamp_seconds", "gauge", "Unix time the configuration in force was loaded.");
     t.sample("sgswitch_config_last_reload_timestamp_seconds", &[], c.loaded_at_ms.load(Ordering::Relaxed) as f64 / 1000.0);
     t.family("sgswitch_config_reloads_total", "counter", "Reloads, applied (success) or refused (failure).");

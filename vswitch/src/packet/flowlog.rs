@@ -247,7 +247,7 @@ pub fn line(r: &Record, epoch_ms: u64, plan: Option<&Published>) -> String {
         "dport": r.dport,
         "reason": r.reason.as_str(),
         "rule": rule,
-        "generation": r.generation,
+        "generation": plan.map_or(u64::from(r.generation), |p| p.shown_generation),
     });
     v.to_string()
 }

@@ -1,0 +1,715 @@
+//! The fleet's store: etcd as the source of the groups and prefix lists,
+//! and of every host's ports (`docs/fleet.md`).
+//!
+//! - **Keys**: `<prefix>/groups/<id>` and `<prefix>/prefix-lists/<id>` hold
+//!   the TOML of the files (`sgswitch push` writes them);
+//!   `<prefix>/hosts/<host>/ports/<id>` holds each host's port files, which
+//!   that host publishes under a lease it keeps alive; `<prefix>/pushed`
+//!   guards pushes.
+//! - **A host** ([`serve`], on its own thread with a one-thread tokio
+//!   runtime, as the etcd client is async) reads the prefix once, then
+//!   watches it from the revision it has, keeping a [`Snapshot`] of the
+//!   keys. Each watch response ends at a revision boundary (etcd never
+//!   splits a revision's events), so every snapshot is a state the store
+//!   was in. Each new snapshot is handed to the reloader, which loads it
+//!   with the directory exactly as a file change is loaded: compiled off
+//!   the hot path, swapped in atomically, refused whole if it does not
+//!   check.
+//! - **Failure**: when etcd cannot be reached the host keeps the policy in
+//!   force (it never fails open), says so ([`StoreStatus`]), and tries
+//!   again with a growing pause; back, it watches on from its revision, or
+//!   reads everything again if etcd compacted that revision away.
+//! - **Push** ([`push`]): the groups and prefix lists of a directory that
+//!   checks, written in one transaction guarded by the revision read, so
+//!   no host sees half a push and two pushes cannot interleave.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
+use sgswitch_config::{Config, Conflict, Overlay, Store, Stored};
+use tracing::{info, warn};
+
+use super::unix_ms;
+
+/// What the store holds under the prefix, as of `revision`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub revision: i64,
+    prefix: String,
+    groups: BTreeMap<String, String>,
+    prefix_lists: BTreeMap<String, String>,
+    /// (host, port id) -> text.
+    ports: BTreeMap<(String, String), String>,
+}
+
+/// What a key under the prefix is.
+#[derive(Debug, PartialEq, Eq)]
+enum Key<'a> {
+    Group(&'a str),
+    PrefixList(&'a str),
+    Port { host: &'a str, id: &'a str },
+    Other,
+}
+
+fn classify<'a>(prefix: &str, key: &'a str) -> Key<'a> {
+    let Some(rest) = key.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')) else { return Key::Other };
+    let single = |s: &'a str| (!s.is_empty() && !s.contains('/')).then_some(s);
+    if let Some(id) = rest.strip_prefix("groups/").and_then(single) {
+        return Key::Group(id);
+    }
+    if let Some(id) = rest.strip_prefix("prefix-lists/").and_then(single) {
+        return Key::PrefixList(id);
+    }
+    if let Some((host, id)) = rest.strip_prefix("hosts/").and_then(|r| r.split_once("/ports/")) {
+        if let (Some(host), Some(id)) = (single(host), single(id)) {
+            return Key::Port { host, id };
+        }
+    }
+    Key::Other
+}
+
+impl Snapshot {
+    pub fn new(prefix: &str) -> Snapshot {
+        Snapshot { prefix: prefix.to_owned(), ..Snapshot::default() }
+    }
+
+    /// A key put (`Some`) or deleted (`None`); keys outside the layout are
+    /// not kept.
+    pub fn set(&mut self, key: &str, value: Option<String>) {
+        let prefix = self.prefix.clone();
+        let (map, k) = match classify(&prefix, key) {
+            Key::Group(id) => return set(&mut self.groups, id.to_owned(), value),
+            Key::PrefixList(id) => return set(&mut self.prefix_lists, id.to_owned(), value),
+            Key::Port { host, id } => (&mut self.ports, (host.to_owned(), id.to_owned())),
+            Key::Other => return,
+        };
+        set(map, k, value);
+    }
+
+    fn key(&self, folder: &str, id: &str) -> String {
+        format!("{}/{folder}/{id}", self.prefix)
+    }
+
+    /// The texts as the loader takes them, for `host` (whose own ports
+    /// come from its directory).
+    pub fn overlay(&self, host: &str) -> Overlay {
+        let stored = |folder: &str, id: &str, text: &str| Stored { key: self.key(folder, id), id: id.to_owned(), text: text.to_owned() };
+        Overlay {
+            groups: self.groups.iter().map(|(id, t)| stored("groups", id, t)).collect(),
+            prefix_lists: self.prefix_lists.iter().map(|(id, t)| stored("prefix-lists", id, t)).collect(),
+            remote_ports: self
+                .ports
+                .iter()
+                .filter(|((h, _), _)| h != host)
+                .map(|((h, id), t)| (h.clone(), stored(&format!("hosts/{h}/ports"), id, t)))
+                .collect(),
+            host: host.to_owned(),
+        }
+    }
+
+    /// The ports `host` has published: id -> text.
+    pub fn ports_of(&self, host: &str) -> BTreeMap<String, String> {
+        self.ports.iter().filter(|((h, _), _)| h == host).map(|((_, id), t)| (id.clone(), t.clone())).collect()
+    }
+
+    /// The hosts that have published ports, with how many each.
+    pub fn hosts(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for (h, _) in self.ports.keys() {
+            *out.entry(h.clone()).or_insert(0) += 1;
+        }
+        out
+    }
+
+    pub fn groups(&self) -> &BTreeMap<String, String> {
+        &self.groups
+    }
+
+    pub fn prefix_lists(&self) -> &BTreeMap<String, String> {
+        &self.prefix_lists
+    }
+}
+
+fn set<K: Ord>(map: &mut BTreeMap<K, String>, k: K, value: Option<String>) {
+    match value {
+        Some(v) => {
+            map.insert(k, v);
+        }
+        None => {
+            map.remove(&k);
+        }
+    }
+}
+
+/// How the host stands with the store: read by `ctl status` and the
+/// metrics endpoint.
+#[derive(Debug, Default)]
+pub struct StoreStatus {
+    pub connected: AtomicBool,
+    /// Unix ms of the last change of `connected`.
+    pub since_ms: AtomicU64,
+    /// The newest revision read from the store.
+    pub revision_seen: AtomicI64,
+    /// Times the connection was lost.
+    pub disconnects: AtomicU64,
+    /// Store revisions that did not load (the previous one stayed).
+    pub refused: AtomicU64,
+    /// Ports of this host published.
+    pub published: AtomicU64,
+    pub detail: Mutex<StoreDetail>,
+}
+
+/// The parts of [`StoreStatus`] that are not numbers.
+#[derive(Debug, Default, Clone)]
+pub struct StoreDetail {
+    /// Why the store is unreachable (empty while it is reached).
+    pub error: String,
+    /// The last revision refused and why.
+    pub refused: Option<(i64, String)>,
+    /// Addresses two hosts claim, as of the configuration in force.
+    pub conflicts: Vec<Conflict>,
+    /// Other hosts' ports in the configuration in force.
+    pub remote_ports: usize,
+}
+
+impl StoreStatus {
+    fn connected(&self, yes: bool, error: &str) {
+        if self.connected.swap(yes, Ordering::Relaxed) != yes {
+            self.since_ms.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
+            if !yes {
+                self.disconnects.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.detail.lock().unwrap_or_else(PoisonError::into_inner).error = error.to_owned();
+    }
+
+    pub fn detail(&self) -> StoreDetail {
+        self.detail.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// What the store thread and the control plane share.
+#[derive(Debug)]
+pub struct StoreLink {
+    pub settings: Store,
+    pub status: StoreStatus,
+    snapshot: Mutex<Option<Arc<Snapshot>>>,
+    /// This host's ports (id, text) as the configuration in force has
+    /// them; `None` until one is in force. The store thread publishes them.
+    local: tokio::sync::watch::Sender<Option<BTreeMap<String, String>>>,
+}
+
+impl StoreLink {
+    pub fn new(settings: Store) -> Arc<StoreLink> {
+        let (local, _) = tokio::sync::watch::channel(None);
+        Arc::new(StoreLink { settings, status: StoreStatus::default(), snapshot: Mutex::new(None), local })
+    }
+
+    /// The newest snapshot read, if any.
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.snapshot.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Called with each configuration put in force: its ports are
+    /// published, its fleet findings shown.
+    pub fn applied(&self, cfg: &Config, sources: &[(String, String)]) {
+        let ports: BTreeMap<String, String> = sources
+            .iter()
+            .filter_map(|(rel, text)| {
+                let id = rel.strip_prefix("ports/")?.strip_suffix(".toml")?;
+                Some((id.to_owned(), text.clone()))
+            })
+            .collect();
+        self.local.send_if_modified(|cur| {
+            let changed = cur.as_ref() != Some(&ports);
+            *cur = Some(ports);
+            changed
+        });
+        let mut d = self.status.detail.lock().unwrap_or_else(PoisonError::into_inner);
+        let fleet = cfg.fleet.clone().unwrap_or_default();
+        for c in fleet.conflicts.iter().filter(|c| !d.conflicts.contains(c)) {
+            warn!(
+                "store: {} is claimed by {}: it is no group's member until all but one claim are withdrawn",
+                c.address,
+                c.claims.join(" and ")
+            );
+        }
+        d.conflicts = fleet.conflicts;
+        d.remote_ports = fleet.remote_ports;
+        d.refused = None;
+    }
+
+    /// Called when the configuration at `revision` was refused.
+    pub fn refused(&self, revision: i64, why: &str) {
+        self.status.refused.fetch_add(1, Ordering::Relaxed);
+        self.status.detail.lock().unwrap_or_else(PoisonError::into_inner).refused = Some((revision, why.to_owned()));
+    }
+}
+
+/// Connects to one of the store's endpoints that answers, trying them in
+/// turn from a place that differs between processes (so that a fleet
+/// spreads over the members). One endpoint per connection: a member that
+/// dies ends the session, and the next connection goes to another.
+///
+/// # Errors
+/// The TLS files cannot be read, or no endpoint answers.
+pub async fn connect(s: &Store) -> Result<Client, String> {
+    let timeout = Duration::from_millis(u64::from(s.timeout_ms));
+    let mut opts = ConnectOptions::new()
+        .with_connect_timeout(timeout)
+        .with_timeout(timeout)
+        .with_keep_alive(Duration::from_secs(1), timeout)
+        .with_keep_alive_while_idle(true)
+        .with_require_leader(true);
+    if s.ca_file.is_some() || s.cert_file.is_some() {
+        let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("[store] {}: {e}", p.display()));
+        let mut tls = etcd_client::TlsOptions::new();
+        if let Some(ca) = &s.ca_file {
+            tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(c), Some(k)) = (&s.cert_file, &s.key_file) {
+            tls = tls.identity(etcd_client::Identity::from_pem(read(c)?, read(k)?));
+        }
+        opts = opts.with_tls(tls);
+    }
+    let n = s.endpoints.len();
+    let spread = u64::from(std::process::id()).wrapping_add(unix_ms(SystemTime::now()));
+    let start = usize::try_from(spread % n.max(1) as u64).unwrap_or(0);
+    let mut errors = Vec::new();
+    for i in 0..n {
+        let ep = &s.endpoints[(start + i) % n];
+        let attempt = async {
+            let mut c = Client::connect([ep.as_str()], Some(opts.clone())).await?;
+            // A member that answers and has a leader.
+            c.get("\0", Some(GetOptions::new().with_keys_only().with_limit(1))).await?;
+            Ok::<_, etcd_client::Error>(c)
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(c)) => return Ok(c),
+            Ok(Err(e)) => errors.push(format!("{ep}: {e}")),
+            Err(_) => errors.push(format!("{ep}: no answer within {} ms", s.timeout_ms)),
+        }
+    }
+    Err(format!("no etcd endpoint answers ({})", errors.join("; ")))
+}
+
+fn text(v: &[u8]) -> String {
+    String::from_utf8_lossy(v).into_owned()
+}
+
+/// Everything under the prefix, as of one revision.
+///
+/// # Errors
+/// etcd's.
+pub async fn read_all(client: &mut Client, prefix: &str) -> Result<Snapshot, String> {
+    let r = client.get(format!("{prefix}/"), Some(GetOptions::new().with_prefix())).await.map_err(|e| format!("reading {prefix}/: {e}"))?;
+    let mut snap = Snapshot::new(prefix);
+    snap.revision = r.header().map_or(0, etcd_client::ResponseHeader::revision);
+    for kv in r.kvs() {
+        snap.set(&text(kv.key()), Some(text(kv.value())));
+    }
+    Ok(snap)
+}
+
+/// How a session with the store ended.
+enum Ended {
+    Stopped,
+    /// The watched revision was compacted away: read everything again.
+    Compacted(i64),
+}
+
+/// The store thread: keeps `link`'s snapshot current, tells `changes` of
+/// each new revision, publishes this host's ports; until `stop`.
+pub fn serve(link: &Arc<StoreLink>, changes: &dyn Fn(i64), stop: &AtomicBool) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            warn!("store: cannot start its runtime ({e}); the configuration in force stays");
+            return;
+        }
+    };
+    rt.block_on(async {
+        let mut snap: Option<Snapshot> = None;
+        let mut lease: Option<i64> = None;
+        let mut pause = Duration::from_millis(200);
+        let mut said = String::new();
+        while !stop.load(Ordering::Relaxed) {
+            match session(link, &mut snap, &mut lease, changes, stop).await {
+                Ok(Ended::Stopped) => break,
+                Ok(Ended::Compacted(at)) => {
+                    info!("store: revision {at} was compacted away; reading the whole prefix again");
+                    snap = None;
+                }
+                Err(e) => {
+                    link.status.connected(false, &e);
+                    if e != said {
+                        warn!("store unreachable, the configuration in force stays (retrying): {e}");
+                        said = e;
+                    }
+                    let until = Instant::now() + pause;
+                    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            }
+            pause = Duration::from_millis(200);
+            said.clear();
+        }
+    });
+}
+
+fn deliver(link: &StoreLink, snap: &Snapshot, changes: &dyn Fn(i64)) {
+    link.status.revision_seen.store(snap.revision, Ordering::Relaxed);
+    *link.snapshot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(snap.clone()));
+    changes(snap.revision);
+}
+
+/// One connection's life: catch up, publish, watch, keep the lease alive.
+async fn session(
+    link: &StoreLink,
+    snap: &mut Option<Snapshot>,
+    lease: &mut Option<i64>,
+    changes: &dyn Fn(i64),
+    stop: &AtomicBool,
+) -> Result<Ended, String> {
+    let s = &link.settings;
+    let mut client = connect(s).await?;
+    let prefix = s.prefix.clone();
+    if snap.is_none() {
+        let all = read_all(&mut client, &prefix).await?;
+        deliver(link, &all, changes);
+        *snap = Some(all);
+    }
+    let from = snap.as_ref().map_or(0, |s| s.revision) + 1;
+    let opts = WatchOptions::new().with_prefix().with_start_revision(from).with_progress_notify();
+    let mut stream = client.watch(format!("{prefix}/"), Some(opts)).await.map_err(|e| format!("watching {prefix}/: {e}"))?;
+
+    // A fresh lease per session: the old one may have run out while the
+    // store was away. Its keys are put again under the new one, then the
+    // old one is let go.
+    let ttl = i64::from(s.lease_ttl_seconds);
+    let granted = client.lease_grant(ttl, None).await.map_err(|e| format!("lease: {e}"))?.id();
+    let (mut keeper, mut alive) = client.lease_keep_alive(granted).await.map_err(|e| format!("lease keep-alive: {e}"))?;
+    let old = lease.replace(granted);
+    let mut local = link.local.subscribe();
+    let mut published: BTreeMap<String, String> = BTreeMap::new();
+    let mine = local.borrow_and_update().clone();
+    if let Some(ports) = mine {
+        publish(&mut client, link, granted, &ports, &mut published, snap.as_ref(), true).await?;
+    }
+    if let Some(old) = old {
+        let _ = client.lease_revoke(old).await;
+    }
+    link.status.connected(true, "");
+    info!("store: connected to {} at revision {}", s.endpoints.join(", "), from - 1);
+
+    let beat = Duration::from_millis(u64::from(s.lease_ttl_seconds) * 1000 / 3);
+    let mut next_beat = Instant::now();
+    let mut answered = Instant::now();
+    let quiet = Duration::from_millis(u64::from(s.timeout_ms)) + beat;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(Ended::Stopped);
+        }
+        if Instant::now() >= next_beat {
+            keeper.keep_alive().await.map_err(|e| format!("lease keep-alive: {e}"))?;
+            next_beat = Instant::now() + beat;
+        }
+        if answered.elapsed() > quiet + beat {
+            return Err(format!("no answer from etcd for {} ms", answered.elapsed().as_millis()));
+        }
+        tokio::select! {
+            m = stream.message() => {
+                let m = m.map_err(|e| format!("watch: {e}"))?;
+                let Some(resp) = m else { return Err("the watch ended".into()) };
+                if resp.compact_revision() > 0 {
+                    return Ok(Ended::Compacted(resp.compact_revision()));
+                }
+                if resp.canceled() {
+                    return Err(format!("the watch was cancelled: {}", resp.cancel_reason()));
+                }
+                let Some(cur) = snap.as_mut() else { return Err("no snapshot".into()) };
+                for e in resp.events() {
+                    let Some(kv) = e.kv() else { continue };
+                    let value = (e.event_type() == EventType::Put).then(|| text(kv.value()));
+                    cur.set(&text(kv.key()), value);
+                }
+                let rev = resp.header().map_or(cur.revision, etcd_client::ResponseHeader::revision);
+                if rev > cur.revision {
+                    cur.revision = rev;
+                    deliver(link, cur, changes);
+                }
+                answered = Instant::now();
+            }
+            a = alive.message() => {
+                match a.map_err(|e| format!("lease keep-alive: {e}"))? {
+                    Some(r) if r.ttl() <= 0 => return Err("this host's lease ran out; publishing again".into()),
+                    Some(_) => answered = Instant::now(),
+                    None => return Err("the lease keep-alive stream ended".into()),
+                }
+            }
+            changed = local.changed() => {
+                if changed.is_err() {
+                    return Ok(Ended::Stopped);
+                }
+                let mine = local.borrow_and_update().clone();
+                if let Some(ports) = mine {
+                    publish(&mut client, link, granted, &ports, &mut published, snap.as_ref(), false).await?;
+                }
+            }
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
+/// etcd's default `--max-txn-ops` is 128: larger changes go in several
+/// transactions.
+const TXN_OPS: usize = 100;
+
+/// Puts this host's ports that changed (all with `everything`) under
+/// `lease`, and deletes those it no longer has.
+async fn publish(
+    client: &mut Client,
+    link: &StoreLink,
+    lease: i64,
+    ports: &BTreeMap<String, String>,
+    published: &mut BTreeMap<String, String>,
+    snap: Option<&Snapshot>,
+    everything: bool,
+) -> Result<(), String> {
+    let s = &link.settings;
+    let key = |id: &str| format!("{}/hosts/{}/ports/{id}", s.prefix, s.host);
+    let mut ops = Vec::new();
+    for (id, t) in ports {
+        if everything || published.get(id) != Some(t) {
+            ops.push(TxnOp::put(key(id), t.as_bytes(), Some(PutOptions::new().with_lease(lease))));
+        }
+    }
+    // Ports gone: those published in this session, and those the store
+    // still holds from before (a restart within the lease).
+    let before = snap.map(|sn| sn.ports_of(&s.host)).unwrap_or_default();
+    for id in published.keys().chain(before.keys()) {
+        if !ports.contains_key(id) {
+            ops.push(TxnOp::delete(key(id), None));
+        }
+    }
+    ops.sort_by_key(|o| format!("{o:?}"));
+    ops.dedup_by_key(|o| format!("{o:?}"));
+    for chunk in ops.chunks(TXN_OPS) {
+        client.txn(Txn::new().and_then(chunk.to_vec())).await.map_err(|e| format!("publishing this host's ports: {e}"))?;
+    }
+    if !ops.is_empty() {
+        link.status.published.store(ports.len() as u64, Ordering::Relaxed);
+        info!("store: published {} port(s) of host {} ({} change(s))", ports.len(), s.host, ops.len());
+    }
+    published.clone_from(ports);
+    Ok(())
+}
+
+/// The key that guards pushes: every push replaces it, and a push happens
+/// only if it is as that push read it.
+fn guard(prefix: &str) -> String {
+    format!("{prefix}/pushed")
+}
+
+/// What a push changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Pushed {
+    /// The revision the push was written as (that of the store when
+    /// nothing changed).
+    pub revision: i64,
+    pub put: Vec<String>,
+    pub deleted: Vec<String>,
+}
+
+/// Why a push did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("{0}")]
+    Store(String),
+    /// A published port would lose its group.
+    #[error("{0}")]
+    Invalid(String),
+    /// Someone else pushed (or wrote the prefix) since this push read it.
+    #[error(
+        "refused: the store changed after this push read it at revision {read} (another push?); nothing was written. Pull, merge, push again."
+    )]
+    Raced { read: i64 },
+}
+
+/// A push read and checked, not yet written.
+pub struct Prepared {
+    client: Client,
+    /// The revision read.
+    pub read: i64,
+    guard_rev: i64,
+    ops: Vec<TxnOp>,
+    pushed: Pushed,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared").field("read", &self.read).field("pushed", &self.pushed).finish_non_exhaustive()
+    }
+}
+
+/// Writes the groups and prefix lists of `cfg` (a directory that loaded,
+/// with its `sources`) to the store in one transaction, guarded by the
+/// revision read; removes those the directory no longer has.
+///
+/// # Errors
+/// See [`prepare`] and [`commit`].
+pub async fn push(s: &Store, cfg: &Config, sources: &[(String, String)]) -> Result<Pushed, PushError> {
+    commit(s, prepare(s, cfg, sources).await?).await
+}
+
+/// Reads the store and works out the push of `cfg`'s groups and prefix
+/// lists.
+///
+/// # Errors
+/// The store is unreachable, or a host's published port is bound to a
+/// group the push would remove.
+pub async fn prepare(s: &Store, cfg: &Config, sources: &[(String, String)]) -> Result<Prepared, PushError> {
+    let away = |e: String| PushError::Store(format!("the store cannot be reached, nothing was written: {e}"));
+    let mut client = connect(s).await.map_err(away)?;
+    let now = read_all(&mut client, &s.prefix).await.map_err(away)?;
+    let guard_rev = match client.get(guard(&s.prefix), None).await {
+        Ok(r) => r.kvs().first().map_or(0, etcd_client::KeyValue::mod_revision),
+        Err(e) => return Err(away(e.to_string())),
+    };
+    let folder = |rel: &str, f: &str| rel.strip_prefix(f).and_then(|r| r.strip_suffix(".toml")).map(str::to_owned);
+    let want_groups: BTreeMap<String, String> =
+        sources.iter().filter_map(|(rel, t)| folder(rel, "groups/").map(|id| (id, t.clone()))).collect();
+    let want_lists: BTreeMap<String, String> =
+        sources.iter().filter_map(|(rel, t)| folder(rel, "prefix-lists/").map(|id| (id, t.clone()))).collect();
+
+    // A port some host published must keep its groups.
+    let mut lost = Vec::new();
+    for host in now.hosts().into_keys() {
+        for (id, t) in now.ports_of(&host) {
+            let stored = Stored { key: format!("{}/hosts/{host}/ports/{id}", s.prefix), id: id.clone(), text: t };
+            if let Ok(p) = sgswitch_config::parse_remote_port(&stored, &cfg.host) {
+                for g in p.security_groups.iter().filter(|g| !want_groups.contains_key(&g.id)) {
+                    lost.push(format!("{host}/{id} is bound to {}", g.id));
+                }
+            }
+        }
+    }
+    if !lost.is_empty() {
+        lost.sort();
+        let more = if lost.len() > 10 { format!(" (and {} more)", lost.len() - 10) } else { String::new() };
+        return Err(PushError::Invalid(format!(
+            "refused: this push removes groups that published ports are bound to: {}{more}; nothing was written",
+            lost[..lost.len().min(10)].join(", ")
+        )));
+    }
+
+    let mut ops = Vec::new();
+    let mut pushed = Pushed { revision: now.revision, ..Pushed::default() };
+    for (folder, want, have) in [("groups", &want_groups, now.groups()), ("prefix-lists", &want_lists, now.prefix_lists())] {
+        for (id, t) in want {
+            if have.get(id) != Some(t) {
+                let k = format!("{}/{folder}/{id}", s.prefix);
+                ops.push(TxnOp::put(k.clone(), t.as_bytes(), None));
+                pushed.put.push(k);
+            }
+        }
+        for id in have.keys().filter(|id| !want.contains_key(*id)) {
+            let k = format!("{}/{folder}/{id}", s.prefix);
+            ops.push(TxnOp::delete(k.clone(), None));
+            pushed.deleted.push(k);
+        }
+    }
+    Ok(Prepared { client, read: now.revision, guard_rev, ops, pushed })
+}
+
+/// Writes a prepared push in one transaction, if the store is still as
+/// it was read.
+///
+/// # Errors
+/// The store is unreachable, or changed after it was read (another push).
+pub async fn commit(s: &Store, p: Prepared) -> Result<Pushed, PushError> {
+    let Prepared { mut client, read, guard_rev, mut ops, mut pushed } = p;
+    if ops.is_empty() {
+        return Ok(pushed);
+    }
+    let stamp = format!("{{\"at_ms\":{},\"read_revision\":{read}}}", unix_ms(SystemTime::now()));
+    ops.push(TxnOp::put(guard(&s.prefix), stamp, None));
+    let when = vec![
+        Compare::mod_revision(guard(&s.prefix), CompareOp::Equal, guard_rev),
+        Compare::mod_revision(format!("{}/groups/", s.prefix), CompareOp::Less, read + 1).with_prefix(),
+        Compare::mod_revision(format!("{}/prefix-lists/", s.prefix), CompareOp::Less, read + 1).with_prefix(),
+    ];
+    let r = client.txn(Txn::new().when(when).and_then(ops)).await.map_err(|e| {
+        let m = e.to_string();
+        if m.contains("too many operations") {
+            PushError::Store(format!("{m}: this push changes more keys than etcd takes in one transaction; raise etcd's --max-txn-ops"))
+        } else {
+            PushError::Store(format!("the store cannot be reached; the push may or may not have been written (pull to see): {m}"))
+        }
+    })?;
+    if !r.succeeded() {
+        return Err(PushError::Raced { read });
+    }
+    pushed.revision = r.header().map_or(0, etcd_client::ResponseHeader::revision);
+    Ok(pushed)
+}
+
+/// The groups and prefix lists in the store, with its revision.
+///
+/// # Errors
+/// The store is unreachable.
+pub async fn pull(s: &Store) -> Result<Snapshot, String> {
+    let mut client = connect(s).await?;
+    read_all(&mut client, &s.prefix).await
+}
+
+/// Runs `f` on a one-thread runtime: the command line's way to the async
+/// client.
+///
+/// # Errors
+/// The runtime cannot start.
+pub fn block_on<T>(f: impl std::future::Future<Output = T>) -> Result<T, String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("starting a runtime: {e}"))?;
+    Ok(rt.block_on(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_read_by_the_layout_and_others_ignored() {
+        assert_eq!(classify("/sg", "/sg/groups/sg-web"), Key::Group("sg-web"));
+        assert_eq!(classify("/sg", "/sg/prefix-lists/pl-a"), Key::PrefixList("pl-a"));
+        assert_eq!(classify("/sg", "/sg/hosts/h1/ports/eni-1"), Key::Port { host: "h1", id: "eni-1" });
+        for other in ["/sg/pushed", "/sg/groups/", "/sg/groups/a/b", "/sgx/groups/sg-a", "/other/groups/sg-a", "/sg/hosts/h1/ports/"] {
+            assert_eq!(classify("/sg", other), Key::Other, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_snapshot_follows_puts_and_deletes_and_leaves_a_host_its_own_ports() {
+        let mut s = Snapshot::new("/sg");
+        s.set("/sg/groups/sg-a", Some("id = \"sg-a\"".into()));
+        s.set("/sg/hosts/h1/ports/p1", Some("one".into()));
+        s.set("/sg/hosts/h2/ports/p2", Some("two".into()));
+        s.set("/sg/unrelated", Some("x".into()));
+        let o = s.overlay("h1");
+        assert_eq!(o.groups.len(), 1);
+        assert_eq!(o.groups[0].key, "/sg/groups/sg-a");
+        assert_eq!(o.remote_ports.len(), 1);
+        assert_eq!(o.remote_ports[0].0, "h2");
+        assert_eq!(o.remote_ports[0].1.key, "/sg/hosts/h2/ports/p2");
+        s.set("/sg/hosts/h2/ports/p2", None);
+        s.set("/sg/groups/sg-a", None);
+        assert!(s.overlay("h1").remote_ports.is_empty());
+        assert!(s.groups().is_empty());
+        assert_eq!(s.ports_of("h1").len(), 1);
+    }
+}
