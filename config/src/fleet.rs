@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 
 use crate::error::ConfigError;
-use crate::model::{Config, Conflict, Fleet, GroupType, Host, Overlay, Port, Stored};
+use crate::model::{Claimed, Config, Conflict, Fleet, GroupType, Host, Overlay, Port, RemotePort, Stored};
 
 /// Reads another host's published port as `ports/<id>.toml` would be read
 /// under `host`'s limits.
@@ -29,16 +29,34 @@ pub fn parse_remote_port(s: &Stored, host: &Host) -> Result<Port, Vec<ConfigErro
     crate::load::parse_port_text(s, host)
 }
 
+/// Reads another host's published port once, when it arrives, for every
+/// load after: under the default limits (its own host checked it under
+/// its own), keeping what it adds to groups, or the first reason it does
+/// not read.
+pub fn read_remote_port(host: &str, s: &Stored) -> RemotePort {
+    let read = match parse_remote_port(s, &Host::default()) {
+        Ok(p) => Ok(Claimed {
+            id: p.id.clone(),
+            addresses: p.addresses().copied().collect(),
+            groups: p.security_groups.iter().map(|g| g.id.clone()).collect(),
+        }),
+        Err(errs) => Err(errs.first().map_or_else(String::new, |e| format!("{}:{}: {}", e.line, e.col, e.msg))),
+    };
+    RemotePort { host: host.to_owned(), key: s.key.clone(), read }
+}
+
 /// An address claim: the interval it covers and who claims it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Claim {
     family: u8,
     start: u128,
     end: u128,
     net: IpNet,
-    owner: usize,
+    /// The index of the claiming port in [`OtherHosts::ports`].
+    owner: u32,
 }
 
-fn claim(net: IpNet, owner: usize) -> Claim {
+fn claim(net: IpNet, owner: u32) -> Claim {
     let (family, start, end) = match net {
         IpNet::V4(n) => (4, u128::from(u32::from(n.network())), u128::from(u32::from(n.broadcast()))),
         IpNet::V6(n) => (6, u128::from(n.network()), u128::from(n.broadcast())),
@@ -46,82 +64,158 @@ fn claim(net: IpNet, owner: usize) -> Claim {
     Claim { family, start, end, net, owner }
 }
 
+/// Every other host's ports, indexed once when they change and shared by
+/// every load until they change again: a group change in a fleet of
+/// 10,000 ports costs each host a merge of its own ports, not a sort of
+/// everyone's.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct OtherHosts {
+    pub ports: Vec<std::sync::Arc<RemotePort>>,
+    /// The claims of the ports that read, sorted by (family, start).
+    claims: Vec<Claim>,
+    /// `max_end[i]`: the greatest `end` of `claims[..=i]` of its family,
+    /// which bounds the search for claims that cover an address.
+    max_end: Vec<u128>,
+    /// Claims two other hosts make of one address.
+    conflicts: Vec<Conflict>,
+    /// Per group id: the unconflicted claims of the ports bound to it.
+    by_group: BTreeMap<String, Vec<Claim>>,
+}
+
+impl OtherHosts {
+    /// Indexes `ports` (another host's each).
+    pub fn new(ports: Vec<std::sync::Arc<RemotePort>>) -> OtherHosts {
+        let mut claims = Vec::new();
+        for (i, r) in ports.iter().enumerate() {
+            if let Ok(c) = &r.read {
+                let owner = u32::try_from(i).unwrap_or(u32::MAX);
+                claims.extend(c.addresses.iter().map(|a| claim(*a, owner)));
+            }
+        }
+        claims.sort_unstable_by_key(|c| (c.family, c.start, c.end, c.owner));
+        let mut max_end = Vec::with_capacity(claims.len());
+        let mut conflicts = Vec::new();
+        let mut withheld: BTreeSet<(u32, IpNet)> = BTreeSet::new();
+        let name = |o: u32| {
+            let r = &ports[o as usize];
+            format!("{}/{}", r.host, r.read.as_ref().map_or("?", |c| c.id.as_str()))
+        };
+        let mut i = 0;
+        while i < claims.len() {
+            // A run of overlapping claims; more than one owner is a conflict.
+            let mut j = i + 1;
+            let mut end = claims[i].end;
+            while j < claims.len() && claims[j].family == claims[i].family && claims[j].start <= end {
+                end = end.max(claims[j].end);
+                j += 1;
+            }
+            let run = &claims[i..j];
+            let mut top = 0;
+            for c in run {
+                top = top.max(c.end);
+                max_end.push(top);
+            }
+            if run.iter().any(|c| c.owner != run[0].owner) {
+                withheld.extend(run.iter().map(|c| (c.owner, c.net)));
+                let who: BTreeSet<String> = run.iter().map(|c| name(c.owner)).collect();
+                conflicts.push(Conflict { address: widest(run.iter().map(|c| c.net)), claims: who.into_iter().collect() });
+            }
+            i = j;
+        }
+        let mut by_group: BTreeMap<String, Vec<Claim>> = BTreeMap::new();
+        for c in claims.iter().filter(|c| withheld.is_empty() || !withheld.contains(&(c.owner, c.net))) {
+            if let Ok(read) = &ports[c.owner as usize].read {
+                for g in &read.groups {
+                    by_group.entry(g.clone()).or_default().push(*c);
+                }
+            }
+        }
+        OtherHosts { ports, claims, max_end, conflicts, by_group }
+    }
+
+    /// The claims that overlap `c` (a run's `max_end` is the greatest end
+    /// of the claims before, so the walk back stops at the first run that
+    /// cannot reach `c`).
+    fn overlapping(&self, c: &Claim) -> impl Iterator<Item = &Claim> {
+        let after = self.claims.partition_point(|x| (x.family, x.start) <= (c.family, c.end));
+        let mut first = after;
+        while first > 0 && self.claims[first - 1].family == c.family && self.max_end[first - 1] >= c.start {
+            first -= 1;
+        }
+        self.claims[first..after].iter().filter(move |x| x.family == c.family && x.end >= c.start && x.start <= c.end)
+    }
+}
+
+/// The widest of some nets (the one with the shortest prefix).
+fn widest(nets: impl Iterator<Item = IpNet>) -> IpNet {
+    nets.min_by_key(|n| (n.prefix_len(), *n)).unwrap_or_default()
+}
+
 /// Adds the other hosts' ports of `o` to the groups of `cfg` (as members,
 /// in `remote_members`) and says what it did.
 pub(crate) fn join(cfg: &mut Config, o: &Overlay, warnings: &mut Vec<ConfigError>) -> Fleet {
-    // Owners: this host's ports first, then every other host's that reads.
-    let mut owners: Vec<String> = cfg.ports.iter().map(|p| format!("{}/{}", o.host, p.id)).collect();
-    let local = owners.len();
-    let mut remote: Vec<(PathBuf, Port)> = Vec::new();
-    for (host, s) in o.remote_ports.iter().filter(|(h, _)| *h != o.host) {
-        match parse_remote_port(s, &cfg.host) {
-            Ok(p) => {
-                owners.push(format!("{host}/{}", p.id));
-                remote.push((PathBuf::from(&s.key), p));
+    let remote = &o.remote;
+    for r in remote.ports.iter() {
+        if let Err(first) = &r.read {
+            warnings.push(ConfigError {
+                file: PathBuf::from(&r.key),
+                line: 0,
+                col: 0,
+                msg: format!("host {}'s port does not load and is left out of its groups: {first}", r.host),
+            });
+        }
+    }
+    // This host's claims against the others'.
+    let mut conflicts = remote.conflicts.clone();
+    let mut withheld_local = Vec::new();
+    let mut withheld_remote: BTreeSet<(u32, IpNet)> = BTreeSet::new();
+    for p in &cfg.ports {
+        for a in p.addresses() {
+            let mine = claim(*a, u32::MAX);
+            let others: Vec<&Claim> = remote.overlapping(&mine).collect();
+            if others.is_empty() {
+                continue;
             }
-            Err(errs) => {
-                let first = errs.first().map_or_else(String::new, |e| format!(": {}:{}: {}", e.line, e.col, e.msg));
-                warnings.push(ConfigError {
-                    file: PathBuf::from(&s.key),
-                    line: 0,
-                    col: 0,
-                    msg: format!("host {host}'s port does not load and is left out of its groups{first}"),
-                });
-            }
+            withheld_local.push(*a);
+            withheld_remote.extend(others.iter().map(|c| (c.owner, c.net)));
+            let mut who: BTreeSet<String> = others
+                .iter()
+                .map(|c| {
+                    let r = &remote.ports[c.owner as usize];
+                    format!("{}/{}", r.host, r.read.as_ref().map_or("?", |x| x.id.as_str()))
+                })
+                .collect();
+            who.insert(format!("{}/{}", o.host, p.id));
+            let address = widest(others.iter().map(|c| c.net).chain([*a]));
+            conflicts.push(Conflict { address, claims: who.into_iter().collect() });
         }
     }
-    let mut claims: Vec<Claim> = cfg.ports.iter().enumerate().flat_map(|(i, p)| p.addresses().map(move |a| claim(*a, i))).collect();
-    for (i, (_, p)) in remote.iter().enumerate() {
-        claims.extend(p.addresses().map(|a| claim(*a, local + i)));
-    }
-    claims.sort_by_key(|c| (c.family, c.start, c.end));
-
-    // Runs of overlapping claims; a run with more than one owner is a
-    // conflict, and all its claims are withheld.
-    let mut withheld: BTreeSet<(usize, IpNet)> = BTreeSet::new();
-    let mut conflicts = Vec::new();
-    let mut i = 0;
-    while i < claims.len() {
-        let mut j = i + 1;
-        let mut end = claims[i].end;
-        while j < claims.len() && claims[j].family == claims[i].family && claims[j].start <= end {
-            end = end.max(claims[j].end);
-            j += 1;
-        }
-        let run = &claims[i..j];
-        let who: BTreeSet<usize> = run.iter().map(|c| c.owner).collect();
-        if who.len() > 1 {
-            withheld.extend(run.iter().map(|c| (c.owner, c.net)));
-            let claims: Vec<String> = who.iter().map(|&w| owners[w].clone()).collect();
-            conflicts.push(Conflict { address: run[0].net, claims });
-        }
-        i = j;
-    }
+    conflicts.sort_by(|a, b| (a.address, &a.claims).cmp(&(b.address, &b.claims)));
 
     // Unwithheld claims of other hosts' ports join their groups.
-    let index: BTreeMap<String, usize> = cfg.groups.iter().enumerate().map(|(i, g)| (g.id.clone(), i)).collect();
-    let mut missing: BTreeMap<String, (usize, PathBuf)> = BTreeMap::new();
-    for (k, (key, p)) in remote.iter().enumerate() {
-        let owner = local + k;
-        let addrs: Vec<IpNet> = p.addresses().filter(|a| !withheld.contains(&(owner, **a))).copied().collect();
-        for g in &p.security_groups {
-            match index.get(g.id.as_str()) {
-                Some(&gi) if cfg.groups[gi].kind == GroupType::Basic => cfg.groups[gi].remote_members.extend(addrs.iter().copied()),
-                Some(_) => {}
-                None => missing.entry(g.id.clone()).or_insert((0, key.clone())).0 += 1,
+    let mut missing = Vec::new();
+    for (g, claims) in &remote.by_group {
+        let kept = |c: &&Claim| withheld_remote.is_empty() || !withheld_remote.contains(&(c.owner, c.net));
+        match cfg.groups.iter_mut().find(|x| x.id == *g) {
+            Some(group) if group.kind == GroupType::Basic => group.remote_members.extend(claims.iter().filter(kept).map(|c| c.net)),
+            Some(_) => {}
+            None => {
+                let ports: BTreeSet<u32> = claims.iter().map(|c| c.owner).collect();
+                let key = remote.ports[claims[0].owner as usize].key.clone();
+                missing.push((g.clone(), ports.len(), key));
             }
         }
     }
-    for (g, (n, key)) in missing {
+    for (g, n, key) in missing {
         warnings.push(ConfigError {
-            file: key,
+            file: PathBuf::from(key),
             line: 0,
             col: 0,
             msg: format!("{n} port(s) of other hosts are bound to security group \"{g}\", which the store does not hold"),
         });
     }
-    let withheld_local: Vec<IpNet> = withheld.iter().filter(|(o, _)| *o < local).map(|(_, a)| *a).collect();
-    Fleet { remote_ports: remote.len(), conflicts, withheld: withheld_local }
+    let readable = remote.ports.iter().filter(|r| r.read.is_ok()).count();
+    Fleet { remote_ports: readable, conflicts, withheld: withheld_local }
 }
 
 #[cfg(test)]
@@ -151,7 +245,13 @@ mod tests {
         Overlay {
             groups: vec![stored("/s/groups/sg-a", "id = \"sg-a\"\n"), stored("/s/groups/sg-e", "id = \"sg-e\"\ntype = \"enterprise\"\n")],
             prefix_lists: Vec::new(),
-            remote_ports: remote.iter().map(|(h, id, t)| ((*h).to_owned(), stored(&format!("/s/hosts/{h}/ports/{id}"), t))).collect(),
+            remote: std::sync::Arc::new(OtherHosts::new(
+                remote
+                    .iter()
+                    .filter(|(h, _, _)| *h != "here")
+                    .map(|(h, id, t)| std::sync::Arc::new(read_remote_port(h, &stored(&format!("/s/hosts/{h}/ports/{id}"), t))))
+                    .collect(),
+            )),
             host: "here".into(),
         }
     }
@@ -195,12 +295,29 @@ mod tests {
         assert_eq!(
             c,
             [
-                ("10.0.0.0/30".to_owned(), vec!["here/mine".to_owned(), "h2/p2".to_owned()]),
+                ("10.0.0.0/30".to_owned(), vec!["h2/p2".to_owned(), "here/mine".to_owned()]),
                 ("10.0.1.7/32".into(), vec!["h3/p3".into(), "h4/p4".into()])
             ]
         );
         // This host's own claim is withheld from its group's members too.
         assert_eq!(f.withheld, ["10.0.0.1/32".parse::<IpNet>().expect("net")]);
+    }
+
+    #[test]
+    fn a_wide_claim_far_before_this_hosts_address_is_found() {
+        let d = dir();
+        // h2's /8 starts long before 10.0.0.1 and many claims lie between.
+        let mut remote = vec![("h2", "wide".to_owned(), port("wide", "10.0.0.0/8", &["sg-a"]))];
+        remote.extend((0..50).map(|i| ("h3", format!("n{i}"), port(&format!("n{i}"), &format!("9.0.0.{i}"), &["sg-a"]))));
+        remote.push(("h4", "far".into(), port("far", "11.0.0.1", &["sg-a"])));
+        let refs: Vec<(&str, &str, String)> = remote.iter().map(|(h, id, t)| (*h, id.as_str(), t.clone())).collect();
+        let cfg = load_dir_with(d.path(), Some(&overlay(&refs))).expect("loads");
+        let f = cfg.fleet.as_ref().expect("fleet");
+        let c: Vec<(String, Vec<String>)> = f.conflicts.iter().map(|c| (c.address.to_string(), c.claims.clone())).collect();
+        assert_eq!(c, [("10.0.0.0/8".to_owned(), vec!["h2/wide".to_owned(), "here/mine".to_owned()])]);
+        let m = members(&cfg, "sg-a");
+        assert_eq!(m.len(), 51, "{m:?}");
+        assert!(!m.contains(&"10.0.0.0/8".to_owned()) && m.contains(&"11.0.0.1/32".to_owned()));
     }
 
     #[test]

@@ -21,6 +21,6 @@ pub mod model;
 mod reader;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use fleet::parse_remote_port;
+pub use fleet::{OtherHosts, parse_remote_port, read_remote_port};
 pub use load::{load_dir, load_dir_with, load_host, parse_cidr};
 pub use model::*;

@@ -627,10 +627,12 @@ pub struct Config {
 pub struct Overlay {
     pub groups: Vec<Stored>,
     pub prefix_lists: Vec<Stored>,
-    /// Ports of other hosts: (host, text).
-    pub remote_ports: Vec<(String, Stored)>,
-    /// The host this configuration is for: its own ports come from its
-    /// directory, not from here.
+    /// Ports of other hosts (not this one's: those come from its
+    /// directory), each read once when it was published
+    /// ([`crate::read_remote_port`]), indexed once per change of them and
+    /// shared between loads.
+    pub remote: std::sync::Arc<crate::OtherHosts>,
+    /// The host this configuration is for.
     pub host: String,
 }
 
@@ -641,6 +643,24 @@ pub struct Stored {
     pub key: String,
     pub id: String,
     pub text: String,
+}
+
+/// Another host's published port, as read: what it adds to groups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemotePort {
+    pub host: String,
+    /// The key it is stored under (names it in messages).
+    pub key: String,
+    /// Its id, addresses and groups; or why it does not read.
+    pub read: Result<Claimed, String>,
+}
+
+/// The parts of another host's port that matter here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claimed {
+    pub id: String,
+    pub addresses: Vec<IpNet>,
+    pub groups: Vec<String>,
 }
 
 /// What the other hosts' ports did to this configuration.

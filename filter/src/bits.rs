@@ -18,7 +18,7 @@
 //!   (a rule may cover a field with several, possibly overlapping, intervals:
 //!   the members of a group, the entries of a prefix list).
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::hash::Hash;
 
 /// A field value: one of the integer types the key is made of.
@@ -133,7 +133,10 @@ fn build_field<T: Point>(per_rule: &[&[(T, T)]], words: usize, agg_words: usize,
             }
             i += 1;
         }
-        let off = *offsets.entry(cur.clone()).or_insert_with(|| {
+        // Most positions repeat a row seen before: looked up without a copy.
+        let off = if let Some(&off) = offsets.get(cur.as_slice()) {
+            off
+        } else {
             let off = u32::try_from(arena.len()).expect("row arena under 2^32 words");
             let mut agg = vec![0u64; agg_words];
             for (w, &x) in cur.iter().enumerate() {
@@ -143,8 +146,9 @@ fn build_field<T: Point>(per_rule: &[&[(T, T)]], words: usize, agg_words: usize,
             }
             arena.extend_from_slice(&agg);
             arena.extend_from_slice(&cur);
+            offsets.insert(cur.clone(), off);
             off
-        });
+        };
         if ivs.last().map(|l| l.1) != Some(off) {
             ivs.push((pos, off));
         }
@@ -156,8 +160,16 @@ fn build_field<T: Point>(per_rule: &[&[(T, T)]], words: usize, agg_words: usize,
     // About one interval per bucket.
     let bits = (usize::BITS - ivs.len().leading_zeros()).clamp(1, MAX_BUCKET_BITS.min(T::BITS));
     let shift = T::BITS - bits;
-    let index =
-        (0..=1usize << bits).map(|b| u32::try_from(ivs.partition_point(|iv| iv.0.bucket(shift) < b)).expect("intervals fit u32")).collect();
+    // Bucket b starts at the first interval whose start is in bucket b or
+    // later: one walk over the sorted intervals.
+    let mut index = Vec::with_capacity((1usize << bits) + 1);
+    let mut j = 0;
+    for b in 0..=1usize << bits {
+        while j < ivs.len() && ivs[j].0.bucket(shift) < b {
+            j += 1;
+        }
+        index.push(u32::try_from(j).expect("intervals fit u32"));
+    }
     Field { shift, index, ivs, distinct_rows: offsets.len() }
 }
 

@@ -264,6 +264,13 @@ impl Host {
             .collect()
     }
 
+    /// How long each reload the log reports took to load and compile, in
+    /// milliseconds.
+    pub fn reload_ms(&self) -> Vec<f64> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines().filter_map(|l| l.split_once("compiled in ")?.1.split_once(" ms")?.0.parse().ok()).collect()
+    }
+
     /// The generation the host started with ("running on ... (generation N").
     fn first_applied(&self) -> Option<(u64, u64)> {
         let text = std::fs::read_to_string(&self.log).ok()?;

@@ -25,11 +25,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
-use sgswitch_config::{Config, Conflict, Overlay, Store, Stored};
+use sgswitch_config::{Config, Conflict, OtherHosts, Overlay, RemotePort, Store, Stored};
 use tracing::{info, warn};
 
 use super::unix_ms;
@@ -39,11 +39,22 @@ use super::unix_ms;
 pub struct Snapshot {
     pub revision: i64,
     prefix: String,
-    groups: BTreeMap<String, String>,
-    prefix_lists: BTreeMap<String, String>,
-    /// (host, port id) -> text.
-    ports: BTreeMap<(String, String), String>,
+    // Each map is shared between the snapshots that have it unchanged:
+    // a new revision that changes a group copies the groups, not the
+    // 10,000s of ports.
+    groups: Arc<BTreeMap<String, String>>,
+    prefix_lists: Arc<BTreeMap<String, String>>,
+    /// (host, port id) -> text, and the port as read (once, when it
+    /// arrived).
+    ports: Arc<Published>,
+    /// The other hosts' ports indexed ([`OtherHosts`]), made by the first load
+    /// that needs it and shared by every snapshot with the same ports.
+    remote: Arc<OnceLock<Arc<OtherHosts>>>,
 }
+
+/// The ports hosts published: (host, port id) -> the text, and the port
+/// as read.
+type Published = BTreeMap<(String, String), (String, Arc<RemotePort>)>;
 
 /// What a key under the prefix is.
 #[derive(Debug, PartialEq, Eq)]
@@ -81,12 +92,22 @@ impl Snapshot {
     pub fn set(&mut self, key: &str, value: Option<String>) {
         let prefix = self.prefix.clone();
         let (map, k) = match classify(&prefix, key) {
-            Key::Group(id) => return set(&mut self.groups, id.to_owned(), value),
-            Key::PrefixList(id) => return set(&mut self.prefix_lists, id.to_owned(), value),
-            Key::Port { host, id } => (&mut self.ports, (host.to_owned(), id.to_owned())),
+            Key::Group(id) => return set(Arc::make_mut(&mut self.groups), id.to_owned(), value),
+            Key::PrefixList(id) => return set(Arc::make_mut(&mut self.prefix_lists), id.to_owned(), value),
+            Key::Port { host, id } => (Arc::make_mut(&mut self.ports), (host.to_owned(), id.to_owned())),
             Key::Other => return,
         };
-        set(map, k, value);
+        self.remote = Arc::default();
+        match value {
+            Some(text) => {
+                let stored = Stored { key: key.to_owned(), id: k.1.clone(), text };
+                let read = Arc::new(sgswitch_config::read_remote_port(&k.0, &stored));
+                map.insert(k, (stored.text, read));
+            }
+            None => {
+                map.remove(&k);
+            }
+        }
     }
 
     fn key(&self, folder: &str, id: &str) -> String {
@@ -100,19 +121,16 @@ impl Snapshot {
         Overlay {
             groups: self.groups.iter().map(|(id, t)| stored("groups", id, t)).collect(),
             prefix_lists: self.prefix_lists.iter().map(|(id, t)| stored("prefix-lists", id, t)).collect(),
-            remote_ports: self
-                .ports
-                .iter()
-                .filter(|((h, _), _)| h != host)
-                .map(|((h, id), t)| (h.clone(), stored(&format!("hosts/{h}/ports"), id, t)))
-                .collect(),
+            remote: Arc::clone(self.remote.get_or_init(|| {
+                Arc::new(OtherHosts::new(self.ports.iter().filter(|((h, _), _)| h != host).map(|(_, (_, r))| Arc::clone(r)).collect()))
+            })),
             host: host.to_owned(),
         }
     }
 
     /// The ports `host` has published: id -> text.
     pub fn ports_of(&self, host: &str) -> BTreeMap<String, String> {
-        self.ports.iter().filter(|((h, _), _)| h == host).map(|((_, id), t)| (id.clone(), t.clone())).collect()
+        self.ports.iter().filter(|((h, _), _)| h == host).map(|((_, id), (t, _))| (id.clone(), t.clone())).collect()
     }
 
     /// The hosts that have published ports, with how many each.
@@ -703,12 +721,12 @@ mod tests {
         let o = s.overlay("h1");
         assert_eq!(o.groups.len(), 1);
         assert_eq!(o.groups[0].key, "/sg/groups/sg-a");
-        assert_eq!(o.remote_ports.len(), 1);
-        assert_eq!(o.remote_ports[0].0, "h2");
-        assert_eq!(o.remote_ports[0].1.key, "/sg/hosts/h2/ports/p2");
+        assert_eq!(o.remote.ports.len(), 1);
+        assert_eq!(o.remote.ports[0].host, "h2");
+        assert_eq!(o.remote.ports[0].key, "/sg/hosts/h2/ports/p2");
         s.set("/sg/hosts/h2/ports/p2", None);
         s.set("/sg/groups/sg-a", None);
-        assert!(s.overlay("h1").remote_ports.is_empty());
+        assert!(s.overlay("h1").remote.ports.is_empty());
         assert!(s.groups().is_empty());
         assert_eq!(s.ports_of("h1").len(), 1);
     }
