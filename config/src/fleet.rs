@@ -375,4 +375,61 @@ mod tests {
             assert!(e.contains(want), "{want} not in:\n{e}");
         }
     }
+
+    #[test]
+    fn a_new_store_revision_takes_the_directorys_files_from_the_last_load_until_one_changes() {
+        let d = dir();
+        let o = overlay(&[]);
+        let path = d.path().join("ports/mine.toml");
+        let mut local = None;
+        let first = crate::load_dir_reusing(d.path(), Some(&o), &mut local).expect("loads");
+        assert_eq!(first.ports[0].ipv4[0].to_string(), "10.0.0.1/32");
+        assert!(local.is_some());
+        // The same size and modification time: taken from the last load.
+        let when = std::fs::metadata(&path).and_then(|m| m.modified()).expect("mtime");
+        std::fs::write(&path, port("mine", "10.0.0.2", &["sg-a"])).expect("port");
+        std::fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(when)).expect("set mtime");
+        let again = crate::load_dir_reusing(d.path(), Some(&o), &mut local).expect("loads");
+        assert_eq!(again.ports[0].ipv4[0].to_string(), "10.0.0.1/32");
+        assert_eq!(again.sources, first.sources);
+        // Touched: read again.
+        std::fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(std::time::SystemTime::now())).expect("touch");
+        let touched = crate::load_dir_reusing(d.path(), Some(&o), &mut local).expect("loads");
+        assert_eq!(touched.ports[0].ipv4[0].to_string(), "10.0.0.2/32");
+        // A port added: read again.
+        std::fs::write(d.path().join("ports/two.toml"), port("two", "10.0.0.3", &["sg-a"])).expect("port");
+        let added = crate::load_dir_reusing(d.path(), Some(&o), &mut local).expect("loads");
+        assert_eq!(added.ports.len(), 2);
+        // Without a store the files are always read.
+        std::fs::write(&path, port("mine", "10.0.0.4", &["sg-a"])).expect("port");
+        std::fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(when)).expect("set mtime");
+        std::fs::create_dir_all(d.path().join("groups")).expect("groups");
+        std::fs::write(d.path().join("groups/sg-a.toml"), "id = \"sg-a\"\n").expect("group");
+        let plain = crate::load_dir_reusing(d.path(), None, &mut local).expect("loads");
+        assert_eq!(plain.port("mine").expect("mine").ipv4[0].to_string(), "10.0.0.4/32");
+    }
+
+    #[test]
+    fn overlapping_addresses_of_this_hosts_ports_are_each_named_on_the_later_port() {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(d.path().join("ports")).expect("ports");
+        std::fs::create_dir_all(d.path().join("groups")).expect("groups");
+        std::fs::write(d.path().join("groups/sg-a.toml"), "id = \"sg-a\"\n").expect("group");
+        let port2 = |id: &str, a: &str, b: &str| format!("id = \"{id}\"\nipv4 = [\"{a}\", \"{b}\"]\nsecurity_groups = [\"sg-a\"]\n");
+        std::fs::write(d.path().join("ports/a.toml"), port2("a", "10.0.0.0/24", "10.9.0.1")).expect("a");
+        std::fs::write(d.path().join("ports/b.toml"), port2("b", "10.0.0.5", "10.1.0.0/16")).expect("b");
+        std::fs::write(d.path().join("ports/c.toml"), port2("c", "10.0.0.0/25", "10.1.2.3")).expect("c");
+        std::fs::write(d.path().join("ports/e.toml"), port2("e", "10.2.0.0/16", "10.9.0.2")).expect("e");
+        let e = crate::load_dir(d.path()).expect_err("overlaps").to_string();
+        let lines: Vec<&str> = e.lines().filter(|l| l.contains(" overlaps ")).collect();
+        let want = [
+            "ports/b.toml:1:1: address 10.0.0.5/32 overlaps 10.0.0.0/24 of port a",
+            "ports/c.toml:1:1: address 10.0.0.0/25 overlaps 10.0.0.0/24 of port a",
+            "ports/c.toml:1:1: address 10.1.2.3/32 overlaps 10.1.0.0/16 of port b",
+        ];
+        assert_eq!(lines.len(), want.len(), "{e}");
+        for (l, w) in lines.iter().zip(want) {
+            assert!(l.contains(w), "{l} does not say {w}");
+        }
+    }
 }

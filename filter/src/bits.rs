@@ -112,7 +112,9 @@ fn build_field<T: Point>(per_rule: &[&[(T, T)]], words: usize, agg_words: usize,
             }
         }
     }
-    events.sort_unstable_by_key(|e| e.0);
+    // Stable: the events come as one sorted run per rule (a group's
+    // members are sorted), which a merging sort takes in linear time per run.
+    events.sort_by_key(|e| e.0);
     let mut counts = vec![0i32; per_rule.len()];
     let mut cur = vec![0u64; words];
     let mut offsets: HashMap<Vec<u64>, u32> = HashMap::new();

@@ -313,6 +313,18 @@ impl Table {
     }
 }
 
+/// Whether the tables of group list `list` compile to the same thing
+/// under `a` and `b`: what [`Table::build`] reads of a policy for it.
+fn same_inputs(a: &Policy, b: &Policy, list: &[u16]) -> bool {
+    a.config().host.policy_model == b.config().host.policy_model
+        && list.iter().all(|&g| {
+            let (ga, gb) = (a.group(g), b.group(g));
+            ga == gb
+                && a.members(g) == b.members(g)
+                && ga.ingress.iter().chain(&ga.egress).all(|r| a.remote_nets(&r.remote) == b.remote_nets(&r.remote))
+        })
+}
+
 /// Every port's tables for one policy: the snapshot the datapath reads.
 #[derive(Debug)]
 pub struct Compiled {
@@ -326,21 +338,36 @@ pub struct Compiled {
 impl Compiled {
     /// Compiles every port of `policy`.
     pub fn new(policy: Arc<Policy>, generation: u64) -> Compiled {
+        Compiled::reusing(policy, generation, None)
+    }
+
+    /// Compiles every port of `policy`, taking from `previous` the tables
+    /// of each group list whose inputs are unchanged (the same groups at
+    /// the same indices, the same members of each, the same addresses
+    /// behind every rule's remote, the same model): a change to one group
+    /// recompiles only the lists that hold it or reference it.
+    pub fn reusing(policy: Arc<Policy>, generation: u64, previous: Option<&Compiled>) -> Compiled {
+        let old: HashMap<&[u16], &Arc<PortTables>> = previous
+            .map(|c| (0..c.policy.ports().len()).filter_map(|p| Some((c.policy.port_groups(p), c.ports.get(p)?))).collect())
+            .unwrap_or_default();
         let mut by_groups: HashMap<&[u16], Arc<PortTables>> = HashMap::new();
         let ports = (0..policy.ports().len())
             .map(|p| {
+                let list = policy.port_groups(p);
                 by_groups
-                    .entry(policy.port_groups(p))
-                    .or_insert_with(|| {
-                        Arc::new(PortTables {
+                    .entry(list)
+                    .or_insert_with(|| match (previous, old.get(list)) {
+                        (Some(c), Some(t)) if same_inputs(&c.policy, &policy, list) => Arc::clone(t),
+                        _ => Arc::new(PortTables {
                             ingress: Table::build(&policy, p, Direction::Ingress),
                             egress: Table::build(&policy, p, Direction::Egress),
-                        })
+                        }),
                     })
                     .clone()
             })
             .collect();
         drop(by_groups);
+        drop(old);
         Compiled { policy, generation, ports }
     }
 

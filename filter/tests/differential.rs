@@ -108,3 +108,67 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    /// A reload compiles after the plan before it and takes the tables of
+    /// the group lists whose inputs did not change: one group's rules
+    /// changed (every action flipped, one rule dropped), every decision is
+    /// still the reference's, and the lists that neither hold that group
+    /// nor change are not compiled again.
+    #[test]
+    fn tables_taken_from_the_plan_before_decide_as_the_reference(
+        s in spec(),
+        pick in any::<prop::sample::Index>(),
+        pkts in prop::collection::vec(packet(), 20..40),
+    ) {
+        let before = build(&s);
+        let mut after = before.clone();
+        let k = pick.index(after.groups.len().max(1));
+        if let Some(g) = after.groups.get_mut(k) {
+            for r in g.ingress.iter_mut().chain(g.egress.iter_mut()) {
+                r.action = match r.action { sgswitch_config::Action::Allow => sgswitch_config::Action::Deny, sgswitch_config::Action::Deny => sgswitch_config::Action::Allow };
+            }
+            g.egress.pop();
+        }
+        // Deny rules are not allowed under the union model: keep that model's
+        // configurations as they were.
+        if after.host.policy_model == sgswitch_config::PolicyModel::Union {
+            after = before.clone();
+        }
+        let old = Compiled::new(Arc::new(Policy::new(before.clone())), 1);
+        let policy = Arc::new(Policy::new(after.clone()));
+        let new = Compiled::reusing(policy.clone(), 2, Some(&old));
+        for port in 0..policy.ports().len() {
+            for p in &pkts {
+                prop_assert_eq!(new.decide(port, p), policy.evaluate(port, p), "port {} packet {:?}\n{}", policy.ports()[port].id, p, render(&after));
+            }
+            let holds = policy.port_groups(port).contains(&u16::try_from(k).unwrap_or(u16::MAX));
+            let same = std::ptr::eq(new.port(port).expect("tables"), old.port(port).expect("tables"));
+            if holds && before != after {
+                prop_assert!(!same, "port {} holds the changed group but kept its tables", policy.ports()[port].id);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_change_to_one_group_leaves_the_other_lists_tables_as_they_were() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let before = sgswitch_config::load_dir(&dir).expect("examples load");
+    let mut after = before.clone();
+    let db = after.groups.iter_mut().find(|g| g.id == "sg-db").expect("sg-db");
+    db.ingress.pop();
+    let old = Compiled::new(Arc::new(Policy::new(before)), 1);
+    let policy = Arc::new(Policy::new(after));
+    let new = Compiled::reusing(policy.clone(), 2, Some(&old));
+    let db = policy.group_index("sg-db").expect("sg-db");
+    let (mut kept, mut rebuilt) = (0, 0);
+    for port in 0..policy.ports().len() {
+        let same = std::ptr::eq(new.port(port).expect("tables"), old.port(port).expect("tables"));
+        assert_eq!(same, !policy.port_groups(port).contains(&db), "{}", policy.ports()[port].id);
+        if same { kept += 1 } else { rebuilt += 1 }
+    }
+    assert!(kept > 0 && rebuilt > 0, "kept {kept}, rebuilt {rebuilt}");
+}

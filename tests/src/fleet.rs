@@ -251,17 +251,7 @@ impl Host {
     /// each store revision in force: `(revision, µs)` in log order.
     pub fn applied(&self) -> Vec<(u64, u64)> {
         let Ok(f) = std::fs::File::open(&self.log) else { return Vec::new() };
-        BufReader::new(f)
-            .lines()
-            .map_while(Result::ok)
-            .filter_map(|l| {
-                let (time, rest) = l.split_once(' ')?;
-                let after = rest.split_once("): generation ")?.1;
-                let gen_text: String = after.chars().take_while(char::is_ascii_digit).collect();
-                Some((gen_text.parse().ok()?, parse_rfc3339_us(time)?))
-            })
-            .chain(self.first_applied())
-            .collect()
+        BufReader::new(f).lines().map_while(Result::ok).filter_map(|l| applied_line(&l)).collect()
     }
 
     /// How long each reload the log reports took to load and compile, in
@@ -270,22 +260,25 @@ impl Host {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         text.lines().filter_map(|l| l.split_once("compiled in ")?.1.split_once(" ms")?.0.parse().ok()).collect()
     }
-
-    /// The generation the host started with ("running on ... (generation N").
-    fn first_applied(&self) -> Option<(u64, u64)> {
-        let text = std::fs::read_to_string(&self.log).ok()?;
-        let l = text.lines().find(|l| l.contains(" running on "))?;
-        let (time, rest) = l.split_once(' ')?;
-        let after = rest.split_once("(generation ")?.1;
-        let g: String = after.chars().take_while(char::is_ascii_digit).collect();
-        Some((g.parse().ok()?, parse_rfc3339_us(time)?))
-    }
 }
 
 impl Drop for Host {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A log line that puts a generation in force ("running on ... (generation
+/// N" or "reloaded (...): generation N"), as `(N, µs since the epoch)`.
+pub fn applied_line(l: &str) -> Option<(u64, u64)> {
+    let (time, rest) = l.split_once(' ')?;
+    let after = match rest.split_once("): generation ") {
+        Some((_, a)) => a,
+        None if rest.contains(" running on ") => rest.split_once("(generation ")?.1,
+        None => return None,
+    };
+    let g: String = after.chars().take_while(char::is_ascii_digit).collect();
+    Some((g.parse().ok()?, parse_rfc3339_us(time)?))
 }
 
 /// `2026-12-06T12:43:37.436519Z` as µs since the Unix epoch.

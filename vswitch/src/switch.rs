@@ -127,7 +127,7 @@ pub fn run(dir: &Path, opts: RunOptions) -> Result<String, RunError> {
     };
     let mut zones = Zones::default();
     let overlay = store.as_ref().and_then(|(l, _)| l.snapshot().map(|s| s.overlay(&l.settings.host)));
-    let (mut first, sources) = load(dir, overlay.as_ref(), &mut zones, 1)?;
+    let (mut first, sources) = load(dir, overlay.as_ref(), &mut zones, 1, None, &mut None)?;
     drop(overlay);
     if let Some((_, revision)) = &store {
         first.plan.shown_generation = u64::try_from(*revision).unwrap_or(0);
@@ -431,7 +431,7 @@ fn watch(shared: &Shared, hup: &AtomicBool, wake: &std::sync::mpsc::Sender<Wake>
         // A new store revision is read whole and applied at once (it has
         // no half-written files to wait for).
         if let Some(r) = store {
-            shared.control.queue_reload(&format!("store revision {r}"));
+            shared.control.queue_reload(&format!("{} {r}", crate::control::STORE_REVISION));
         }
         if files {
             due = Some((Instant::now() + debounce, fingerprint(dir)));

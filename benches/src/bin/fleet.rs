@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use sgswitch::control::store;
-use sgswitch_tests::fleet::{Etcd, Host};
+use sgswitch_tests::fleet::{Etcd, Host, applied_line};
 
 fn arg(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
@@ -69,28 +69,58 @@ fn groups(dir: &std::path::Path, k: usize) {
     .expect("sg-db");
 }
 
+/// What has been read of a host's log: where the next read starts, and
+/// the generations it put in force with their times.
+#[derive(Default)]
+struct Tail {
+    offset: u64,
+    partial: String,
+    applied: Vec<(u64, u64)>,
+}
+
+impl Tail {
+    /// Reads what the log gained since the last call.
+    fn read(&mut self, h: &Host) {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut f) = std::fs::File::open(&h.log) else { return };
+        if f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return;
+        }
+        let mut more = String::new();
+        let Ok(n) = f.read_to_string(&mut more) else { return };
+        self.offset += n as u64;
+        self.partial.push_str(&more);
+        while let Some(i) = self.partial.find('\n') {
+            let line: String = self.partial.drain(..=i).collect();
+            self.applied.extend(applied_line(&line));
+        }
+    }
+}
+
 /// The microsecond at which every host had put `rev` (or a later one) in
 /// force, or `None` after `within`.
-fn enforced(hosts: &[Host], rev: u64, within: Duration) -> Option<u64> {
+fn enforced(hosts: &[Host], tails: &mut [Tail], rev: u64, within: Duration) -> Option<u64> {
     let t = Instant::now();
-    let mut at = vec![None; hosts.len()];
-    while t.elapsed() < within {
-        for (h, slot) in hosts.iter().zip(at.iter_mut()).filter(|(_, s)| s.is_none()) {
-            *slot = h.applied().into_iter().find(|&(g, _)| g >= rev).map(|(_, us)| us);
+    loop {
+        let mut last = Some(0);
+        for (h, tail) in hosts.iter().zip(tails.iter_mut()) {
+            tail.read(h);
+            let at = tail.applied.iter().find(|&&(g, _)| g >= rev).map(|&(_, us)| us);
+            last = last.zip(at).map(|(a, b)| a.max(b));
         }
-        if at.iter().all(Option::is_some) {
-            return at.into_iter().flatten().max();
+        if last.is_some() || t.elapsed() >= within {
+            return last;
         }
         // The times come from the hosts' logs: polling slower does not
         // change them, and leaves the cores to the hosts.
         std::thread::sleep(Duration::from_millis(20));
     }
-    None
 }
 
-/// One host's reload with `ports` in the store (200 of them its own),
-/// without etcd: the overlay loaded (`load_ms`) and the plan compiled
-/// (`compile_ms`), best of three.
+/// One host's reload of a push with `ports` in the store (200 of them its
+/// own), without etcd: the overlay loaded with the directory, whose files
+/// the load before read (`load_ms`), and the plan compiled after the one
+/// before (`compile_ms`), best of `--trials` (3).
 fn reload_breakdown(ports: usize) {
     use sgswitch::control::store::Snapshot;
     let root = tempfile::tempdir().expect("tempdir");
@@ -107,20 +137,29 @@ fn reload_breakdown(ports: usize) {
         }
     }
     let admin = dir.join("admin");
-    groups(&admin, 1);
-    for g in ["sg-web", "sg-db"] {
-        snap.set(&format!("/b/groups/{g}"), Some(std::fs::read_to_string(admin.join(format!("groups/{g}.toml"))).expect("group")));
-    }
+    let revision = |snap: &mut Snapshot, k: usize| {
+        groups(&admin, k);
+        for g in ["sg-web", "sg-db"] {
+            snap.set(&format!("/b/groups/{g}"), Some(std::fs::read_to_string(admin.join(format!("groups/{g}.toml"))).expect("group")));
+        }
+    };
+    revision(&mut snap, 1);
+    let mut zones = sgswitch::datapath::plan::Zones::default();
+    let first = sgswitch_config::load_dir_with(dir, Some(&snap.overlay("h0"))).expect("loads");
+    let mut previous = sgswitch::datapath::plan::Plan::build(first, &mut zones, 1).expect("plan").0;
+    // Each trial is a push as a host takes it: sg-db changed, loaded with
+    // the directory, compiled after the plan before.
     let (mut load_ms, mut compile_ms) = (f64::MAX, f64::MAX);
-    for _ in 0..list("--trials", "3")[0] {
+    let mut local = None;
+    for k in 0..list("--trials", "3")[0] {
+        revision(&mut snap, k + 2);
         let t = Instant::now();
         let o = snap.overlay("h0");
-        let cfg = sgswitch_config::load_dir_with(dir, Some(&o)).expect("loads");
+        let cfg = sgswitch_config::load_dir_reusing(dir, Some(&o), &mut local).expect("loads");
         let t1 = Instant::now();
-        let mut zones = sgswitch::datapath::plan::Zones::default();
-        let plan = sgswitch::datapath::plan::Plan::build(cfg, &mut zones, 1).expect("plan");
+        let plan = sgswitch::datapath::plan::Plan::build_after(cfg, &mut zones, 2, Some(&previous)).expect("plan").0;
         let t2 = Instant::now();
-        drop(plan);
+        previous = plan;
         load_ms = load_ms.min((t1 - t).as_secs_f64() * 1e3);
         compile_ms = compile_ms.min((t2 - t1).as_secs_f64() * 1e3);
     }
@@ -187,9 +226,10 @@ fn main() {
             let settle_s = t.elapsed().as_secs_f64();
             let (mut from_commit, mut from_start) = (Vec::new(), Vec::new());
             let mut missed = 0;
+            let mut tails: Vec<Tail> = hosts.iter().map(|_| Tail::default()).collect();
             for k in 0..pushes {
                 let (rev, t0, tc) = push(k + 2);
-                match enforced(&hosts, u64::try_from(rev).unwrap_or(0), Duration::from_secs(30)) {
+                match enforced(&hosts, &mut tails, u64::try_from(rev).unwrap_or(0), Duration::from_secs(30)) {
                     Some(at) => {
                         from_commit.push(at.saturating_sub(tc) as f64 / 1e3);
                         from_start.push(at.saturating_sub(t0) as f64 / 1e3);

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use sgswitch_config::{ConfigErrors, Host, Overlay, load_dir_with};
+use sgswitch_config::{ConfigErrors, Host, LocalFiles, Overlay, load_dir_reusing};
 use tracing::{info, warn};
 
 use crate::datapath::plan::{Plan, PlanError, Published, Zones};
@@ -43,8 +43,11 @@ pub enum ReloadError {
 }
 
 /// Loads `dir` (with a store's `overlay`, if the fleet has one) into a
-/// plan, keeping zones stable across loads; also the files as read, for
-/// the history and the store (not kept in the plan).
+/// plan, keeping zones stable across loads and reusing the compiled
+/// tables of the `previous` plan that did not change and, with a store,
+/// the directory's own files as `local` holds them if none changed; also
+/// the files as read, for the history and the store (not kept in the
+/// plan).
 ///
 /// # Errors
 /// The configuration's file:line messages, or too many ports.
@@ -53,10 +56,12 @@ pub fn load(
     overlay: Option<&Overlay>,
     zones: &mut Zones,
     generation: u32,
+    previous: Option<&Plan>,
+    local: &mut Option<LocalFiles>,
 ) -> Result<(Published, Vec<(String, String)>), LoadError> {
-    let mut cfg = load_dir_with(dir, overlay)?;
+    let mut cfg = load_dir_reusing(dir, overlay, local)?;
     let sources = std::mem::take(&mut cfg.sources);
-    let (plan, gone) = Plan::build(cfg, zones, generation)?;
+    let (plan, gone) = Plan::build_after(cfg, zones, generation, previous)?;
     Ok((Published { plan, gone }, sources))
 }
 
@@ -98,6 +103,10 @@ pub struct ReloadJob {
     reply: Option<SyncSender<Result<Reloaded, ReloadError>>>,
 }
 
+/// How a reload for a new store revision is asked for (its `why` starts
+/// so).
+pub const STORE_REVISION: &str = "store revision";
+
 /// Reloads queued at most: a file change, a SIGHUP and a few `ctl reload`s.
 const RELOAD_QUEUE: usize = 4;
 
@@ -110,6 +119,9 @@ pub struct Control {
     host: Host,
     pub published: Arc<ArcSwap<Published>>,
     zones: Mutex<Zones>,
+    /// With a store: the directory's own files as the last load read them
+    /// (a store revision reuses them when none changed).
+    local: Mutex<Option<LocalFiles>>,
     pub stats: ControlStats,
     jobs: SyncSender<ReloadJob>,
     /// When the reload in progress started (ms since `epoch`, + 1), 0 when
@@ -143,6 +155,7 @@ impl Control {
             host,
             published: Arc::new(ArcSwap::from_pointee(first)),
             zones: Mutex::new(zones),
+            local: Mutex::new(None),
             stats,
             jobs,
             reloading_since: AtomicU64::new(0),
@@ -186,7 +199,19 @@ impl Control {
         let snapshot: Option<Arc<Snapshot>> = self.store.as_ref().and_then(|l| l.snapshot());
         let overlay = self.store.as_ref().zip(snapshot.as_ref()).map(|(l, s)| s.overlay(&l.settings.host));
         let revision = snapshot.as_ref().map_or(0, |s| s.revision);
-        match load(&self.dir, overlay.as_ref(), &mut zones, u32::try_from(next).unwrap_or(u32::MAX)) {
+        let previous = self.published.load_full();
+        // Only a new store revision takes the directory's files from the
+        // last load (when their sizes and times say they did not change); a
+        // file change, SIGHUP or `ctl reload` reads them all again.
+        let mut local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
+        if !why.starts_with(STORE_REVISION) {
+            *local = None;
+        }
+        let loaded =
+            load(&self.dir, overlay.as_ref(), &mut zones, u32::try_from(next).unwrap_or(u32::MAX), Some(&previous.plan), &mut local);
+        drop(local);
+        drop(previous);
+        match loaded {
             Ok((mut p, sources)) => {
                 if self.store.is_some() {
                     p.plan.shown_generation = u64::try_from(revision).unwrap_or(0);
@@ -284,8 +309,9 @@ pub struct Reloaded {
 /// (`running`) and that only a restart applies: the uplink, `[datapath]`
 /// (cores, sockets and UMEM are built at start), the metrics address and
 /// control socket (bound at start), `[flow_log]` (its writer is opened at
-/// start), `[reload]` (the watcher is set up at start) and the conntrack
-/// `capacity` (each loop's table is allocated at start). Everything else
+/// start), `[reload]` (the watcher is set up at start), `[store]` (its
+/// client is started before the first load) and the conntrack `capacity`
+/// (each loop's table is allocated at start). Everything else
 /// applies on reload.
 pub fn restart_needed(running: &Host, next: &Host) -> Vec<String> {
     let mut out = Vec::new();
@@ -317,6 +343,7 @@ pub fn restart_needed(running: &Host, next: &Host) -> Vec<String> {
     diff("[flow_log]", format!("{:?}", a.flow_log), format!("{:?}", b.flow_log));
     diff("[reload]", format!("{:?}", a.reload), format!("{:?}", b.reload));
     diff("[conntrack] capacity", a.conntrack.capacity.to_string(), b.conntrack.capacity.to_string());
+    diff("[store]", format!("{:?}", a.store), format!("{:?}", b.store));
     out
 }
 
@@ -342,6 +369,17 @@ mod tests {
         b.flow_log.enabled = true;
         let n = restart_needed(&a, &b);
         assert_eq!(n.len(), 4, "{n:?}");
+        b.store = Some(sgswitch_config::Store {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            prefix: "/p".into(),
+            host: "h".into(),
+            lease_ttl_seconds: 10,
+            timeout_ms: 2000,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+        });
+        assert!(restart_needed(&a, &b).iter().any(|s| s.starts_with("[store] = Some(")));
         assert_eq!(n[0], "[datapath] cores = [0, 1] (running [0])");
         assert!(n.iter().any(|s| s.starts_with("[conntrack] capacity = 2048 (running 1048576)")), "{n:?}");
     }

@@ -214,6 +214,12 @@ impl Plan {
     /// per port, from [`Zones::assign`]). Ports beyond [`MAX_PORTS`] are left
     /// out ([`Plan::build`] refuses them).
     pub fn new(cfg: Config, zones: &[Zone], generation: u32) -> Plan {
+        Plan::compile(cfg, zones, generation, None)
+    }
+
+    /// [`Plan::new`], reusing the compiled tables of `previous` whose
+    /// inputs did not change ([`Compiled::reusing`]).
+    fn compile(cfg: Config, zones: &[Zone], generation: u32, previous: Option<&Compiled>) -> Plan {
         let ports: Vec<PortPlan> = cfg
             .ports
             .iter()
@@ -265,7 +271,7 @@ impl Plan {
             }
         }
         let zones = zones.iter().map(|&z| usize::from(z) + 1).max().unwrap_or(0);
-        let compiled = Compiled::new(Arc::new(Policy::new(cfg)), u64::from(generation));
+        let compiled = Compiled::reusing(Arc::new(Policy::new(cfg)), u64::from(generation), previous);
         Plan {
             compiled,
             ports,
@@ -297,9 +303,18 @@ impl Plan {
     /// # Errors
     /// More ports than [`MAX_PORTS`].
     pub fn build(cfg: Config, zones: &mut Zones, generation: u32) -> Result<(Plan, Vec<Zone>), PlanError> {
+        Plan::build_after(cfg, zones, generation, None)
+    }
+
+    /// [`Plan::build`] of the configuration after `previous`, whose
+    /// compiled tables are reused where their inputs did not change.
+    ///
+    /// # Errors
+    /// More ports than [`MAX_PORTS`].
+    pub fn build_after(cfg: Config, zones: &mut Zones, generation: u32, previous: Option<&Plan>) -> Result<(Plan, Vec<Zone>), PlanError> {
         let ids: Vec<&str> = cfg.ports.iter().map(|p| p.id.as_str()).collect();
         let (assigned, gone) = zones.assign(&ids)?;
-        Ok((Plan::new(cfg, &assigned, generation), gone))
+        Ok((Plan::compile(cfg, &assigned, generation, previous.map(|p| &p.compiled)), gone))
     }
 
     pub fn policy(&self) -> &Policy {
