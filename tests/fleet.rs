@@ -180,6 +180,18 @@ fn ten_hosts_share_groups_resolve_references_across_hosts_and_forget_dead_hosts(
     for i in 0..5 {
         assert_eq!(fleet.versions(i, "10.1.0.3"), vec![3], "d{i} after the push of v3");
     }
+
+    // A port removed from its host's directory is withdrawn from the store
+    // and leaves its group everywhere; the host's other ports stay.
+    let w3 = fleet.web.iter().find(|h| h.name == "w3").expect("w3");
+    std::fs::remove_file(w3.dir.join("ports/web3.toml")).expect("remove web3");
+    let o = Command::new(BIN).args(["ctl", "--socket"]).arg(&w3.socket).arg("reload").output().expect("ctl reload");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for i in 0..5 {
+        let ok = eventually(Duration::from_secs(10), || fleet.versions(i, "10.1.0.4").is_empty());
+        assert!(ok, "d{i} still lets the removed port's address in");
+        assert_eq!(fleet.versions(i, "10.1.0.3"), vec![3], "d{i}: the other web ports stay members");
+    }
 }
 
 #[test]

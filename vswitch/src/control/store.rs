@@ -511,13 +511,8 @@ async fn publish(
     // Ports gone: those published in this session, and those the store
     // still holds from before (a restart within the lease).
     let before = snap.map(|sn| sn.ports_of(&s.host)).unwrap_or_default();
-    for id in published.keys().chain(before.keys()) {
-        if !ports.contains_key(id) {
-            ops.push(TxnOp::delete(key(id), None));
-        }
-    }
-    ops.sort_by_key(|o| format!("{o:?}"));
-    ops.dedup_by_key(|o| format!("{o:?}"));
+    let gone: std::collections::BTreeSet<&String> = published.keys().chain(before.keys()).filter(|id| !ports.contains_key(*id)).collect();
+    ops.extend(gone.into_iter().map(|id| TxnOp::delete(key(id), None)));
     for chunk in ops.chunks(TXN_OPS) {
         client.txn(Txn::new().and_then(chunk.to_vec())).await.map_err(|e| format!("publishing this host's ports: {e}"))?;
     }
