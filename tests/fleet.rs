@@ -256,6 +256,26 @@ fn two_pushes_at_once_one_wins_the_other_is_refused() {
     let text = std::fs::read_to_string(pulled.join("groups/sg-db.toml")).expect("pulled sg-db");
     assert_eq!(text.trim_end(), got.trim_end());
     assert!(sgswitch_config::load_dir(&pulled).is_ok());
+
+    // The offline verbs on a host's directory (no groups/ of its own) read
+    // the store, as `run` does.
+    let host = root.path().join("host");
+    std::fs::create_dir_all(host.join("ports")).expect("host dir");
+    std::fs::write(host.join("host.toml"), etcd.store_toml(PREFIX, "h1", TTL)).expect("host.toml");
+    std::fs::write(host.join("ports/db.toml"), port_toml("db", "10.2.0.1", &["sg-db"])).expect("port");
+    let check = Command::new(BIN).arg("check").arg(&host).output().expect("check");
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let allowed = if got.contains("5004/5004") { 5004 } else { 5005 };
+    let trace = Command::new(BIN)
+        .arg("trace")
+        .arg(&host)
+        .args(["--port", "db", "--direction", "ingress", "--proto", "tcp", "--remote", "10.2.0.9", "--local-port", &allowed.to_string()])
+        .arg("--json")
+        .output()
+        .expect("trace");
+    let v: serde_json::Value = serde_json::from_slice(&trace.stdout).expect("trace json");
+    // 10.2.0.9 is no member of sg-web: denied by default, not by a missing group.
+    assert_eq!(v["verdict"], "deny", "{v}");
 }
 
 #[test]

@@ -198,9 +198,27 @@ fn init_logging(format: &str) {
     };
 }
 
-/// Loads and resolves a configuration directory.
+/// Loads a configuration directory for the offline verbs (`check`,
+/// `lint`, `trace`, `diagnose`, `replay`). A host's directory under a
+/// store (`[store]` in host.toml, no `groups/` of its own) is loaded with
+/// the store's groups, prefix lists and other hosts' ports, as `run` would
+/// load it; a directory with `groups/` (the one pushed from) is read alone.
+pub(crate) fn load_config(dir: &std::path::Path) -> Result<sgswitch_config::Config, CliError> {
+    let host = sgswitch_config::load_host(dir).map_err(CliError::Config)?;
+    match host.store {
+        Some(s) if !dir.join("groups").exists() => {
+            let snap = sgswitch::control::store::block_on(sgswitch::control::store::pull(&s))
+                .map_err(CliError::Runtime)?
+                .map_err(|e| CliError::Runtime(format!("{}: [store] names etcd, which cannot be read: {e}", dir.display())))?;
+            sgswitch_config::load_dir_with(dir, Some(&snap.overlay(&s.host))).map_err(CliError::Config)
+        }
+        _ => load_dir(dir).map_err(CliError::Config),
+    }
+}
+
+/// Loads and resolves a configuration directory ([`load_config`]).
 fn load_policy(dir: &std::path::Path) -> Result<Policy, CliError> {
-    load_dir(dir).map(Policy::new).map_err(CliError::Config)
+    load_config(dir).map(Policy::new)
 }
 
 /// Writes to stdout; a closed or failing stdout is a runtime failure.

@@ -7,7 +7,7 @@ use sgswitch::datapath::plan::Plan;
 use sgswitch::datapath::{Action, Kind, Outcome};
 use sgswitch::port::capture::Reader;
 use sgswitch::tools::replay::{self, Out, ReplayError};
-use sgswitch_config::{Config, load_dir};
+use sgswitch_config::Config;
 
 use super::CliError;
 
@@ -34,7 +34,7 @@ pub(crate) struct ReplayArgs {
 
 /// The plan of a configuration directory, zones numbered from 0.
 pub(crate) fn load_plan(dir: &Path) -> Result<Plan, CliError> {
-    let cfg: Config = load_dir(dir).map_err(CliError::Config)?;
+    let cfg: Config = super::load_config(dir)?;
     Plan::build(cfg, &mut sgswitch::datapath::plan::Zones::default(), 1).map(|(plan, _)| plan).map_err(|e| CliError::Usage(e.to_string()))
 }
 
