@@ -374,3 +374,32 @@ fn etcd_faults_never_open_a_host_and_every_host_catches_up() {
         }
     }
 }
+
+#[test]
+fn a_store_over_tls_with_client_certificates_is_followed_and_one_without_a_certificate_refused() {
+    let etcd = Etcd::start_tls();
+    let root = tempfile::tempdir().expect("tempdir");
+    let r1 = push(root.path(), &etcd, 1);
+    let fleet = Fleet::start(root.path(), &etcd, 1, 1);
+    fleet.converge(r1, Duration::from_secs(20));
+    assert_eq!(fleet.versions(0, "10.1.0.1"), vec![1], "d0 over TLS");
+
+    // The same store without a client certificate: etcd refuses, and so
+    // does push, saying why.
+    let dir = root.path().join("nocert");
+    std::fs::create_dir_all(dir.join("groups")).expect("dir");
+    let ca = etcd.tls().expect("tls").join("ca.pem");
+    let eps: Vec<String> = etcd.endpoints().iter().map(|e| format!("\"{e}\"")).collect();
+    std::fs::write(
+        dir.join("host.toml"),
+        format!(
+            "[store]\nkind = \"etcd\"\nendpoints = [{}]\nprefix = \"{PREFIX}\"\nca_file = \"{}\"\ntimeout_ms = 1000\n",
+            eps.join(", "),
+            ca.display()
+        ),
+    )
+    .expect("host.toml");
+    let o = Command::new(BIN).arg("push").arg(&dir).output().expect("push");
+    assert!(!o.status.success(), "a push without a client certificate was taken");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot be reached"), "{}", String::from_utf8_lossy(&o.stderr));
+}

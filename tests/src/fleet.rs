@@ -31,6 +31,59 @@ struct Member {
 pub struct Etcd {
     dir: TempDir,
     members: Vec<Member>,
+    /// With TLS: the folder of `ca.pem`, `server.pem`/`.key` and
+    /// `client.pem`/`.key`; clients must present a certificate.
+    tls: Option<PathBuf>,
+}
+
+/// Makes a CA, a server certificate for 127.0.0.1 and a client certificate
+/// in `dir` with openssl.
+///
+/// # Panics
+/// openssl fails.
+pub fn make_certificates(dir: &Path) {
+    let ssl = |args: &[&str]| {
+        let o = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+        assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    ssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=sgswitch-test-ca",
+        "-days",
+        "2",
+    ]);
+    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n").expect("ext");
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("ext");
+    for who in ["server", "client"] {
+        let (key, csr, pem, ext) = (format!("{who}.key"), format!("{who}.csr"), format!("{who}.pem"), format!("{who}.ext"));
+        ssl(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", &format!("/CN={who}")]);
+        ssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
+    }
 }
 
 impl Etcd {
@@ -39,9 +92,30 @@ impl Etcd {
     /// # Panics
     /// etcd is not installed or does not come up within 30 s.
     pub fn start(n: usize) -> Etcd {
+        Etcd::start_with(n, false)
+    }
+
+    /// One member serving its clients over TLS and requiring their
+    /// certificates (`make_certificates` in its folder, [`Etcd::tls`]).
+    pub fn start_tls() -> Etcd {
+        Etcd::start_with(1, true)
+    }
+
+    /// The folder of the certificates, when the cluster serves TLS.
+    pub fn tls(&self) -> Option<&Path> {
+        self.tls.as_deref()
+    }
+
+    fn start_with(n: usize, tls: bool) -> Etcd {
         let dir = tempfile::tempdir().expect("tempdir");
         let members = (0..n).map(|i| Member { name: format!("e{i}"), client: free_port(), peer: free_port(), child: None }).collect();
-        let mut e = Etcd { dir, members };
+        let tls = tls.then(|| {
+            let certs = dir.path().join("certs");
+            std::fs::create_dir_all(&certs).expect("certs");
+            make_certificates(&certs);
+            certs
+        });
+        let mut e = Etcd { dir, members, tls };
         for i in 0..n {
             e.start_member(i, true);
         }
@@ -61,30 +135,44 @@ impl Etcd {
             .append(true)
             .open(self.dir.path().join(format!("{}.log", self.members[i].name)))
             .expect("etcd log");
+        let scheme = self.scheme();
         let m = &mut self.members[i];
         let mut c = Command::new("etcd");
         c.args(["--name", &m.name, "--data-dir"])
             .arg(&data)
-            .args(["--listen-client-urls", &format!("http://127.0.0.1:{}", m.client)])
-            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{}", m.client)])
+            .args(["--listen-client-urls", &format!("{scheme}://127.0.0.1:{}", m.client)])
+            .args(["--advertise-client-urls", &format!("{scheme}://127.0.0.1:{}", m.client)])
             .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", m.peer)])
             .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{}", m.peer)])
             .args(["--initial-cluster", &cluster, "--initial-cluster-token", "sgswitch-test"])
             .args(["--initial-cluster-state", if new { "new" } else { "existing" }])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .stdin(Stdio::null())
+            .args(self.tls.iter().flat_map(|t| {
+                [
+                    "--client-cert-auth".to_owned(),
+                    format!("--trusted-ca-file={}", t.join("ca.pem").display()),
+                    format!("--cert-file={}", t.join("server.pem").display()),
+                    format!("--key-file={}", t.join("server.key").display()),
+                ]
+            }))
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
         m.child = Some(c.spawn().expect("etcd (apt-get install etcd-server)"));
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
     /// The client endpoints of the members, up or not.
     pub fn endpoints(&self) -> Vec<String> {
-        self.members.iter().map(|m| format!("http://127.0.0.1:{}", m.client)).collect()
+        self.members.iter().map(|m| format!("{}://127.0.0.1:{}", self.scheme(), m.client)).collect()
     }
 
     fn endpoints_up(&self) -> String {
-        self.members.iter().filter(|m| m.child.is_some()).map(|m| format!("http://127.0.0.1:{}", m.client)).collect::<Vec<_>>().join(",")
+        let up = self.members.iter().filter(|m| m.child.is_some());
+        up.map(|m| format!("{}://127.0.0.1:{}", self.scheme(), m.client)).collect::<Vec<_>>().join(",")
     }
 
     /// Runs etcdctl against the members that are up.
@@ -92,6 +180,13 @@ impl Etcd {
         Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
             .args(["--endpoints", &self.endpoints_up(), "--command-timeout=5s"])
+            .args(self.tls.iter().flat_map(|t| {
+                [
+                    format!("--cacert={}", t.join("ca.pem").display()),
+                    format!("--cert={}", t.join("client.pem").display()),
+                    format!("--key={}", t.join("client.key").display()),
+                ]
+            }))
             .args(args)
             .output()
             .expect("etcdctl (apt-get install etcd-client)")
@@ -154,10 +249,15 @@ impl Etcd {
     /// The `[store]` table for a host named `host` under `prefix`.
     pub fn store_toml(&self, prefix: &str, host: &str, ttl: u32) -> String {
         let eps: Vec<String> = self.endpoints().iter().map(|e| format!("\"{e}\"")).collect();
-        format!(
+        let mut t = format!(
             "[store]\nkind = \"etcd\"\nendpoints = [{}]\nprefix = \"{prefix}\"\nhost = \"{host}\"\nlease_ttl_seconds = {ttl}\ntimeout_ms = 1000\n",
             eps.join(", ")
-        )
+        );
+        if let Some(c) = &self.tls {
+            let f = |n: &str| c.join(n).display().to_string();
+            t += &format!("ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n", f("ca.pem"), f("client.pem"), f("client.key"));
+        }
+        t
     }
 }
 

@@ -171,7 +171,7 @@ pub(crate) fn run(cli: Cli) -> Result<(), CliError> {
             // else that stops the switch is a runtime failure (exit 2).
             // With a store, the groups are not in the directory: its
             // host.toml is checked here, the rest once the store is read.
-            if sgswitch_config::load_host(&dir).map_err(CliError::Config)?.store.is_none() {
+            if sgswitch_config::load_host(&dir).ok().and_then(|h| h.store).is_none() {
                 load_dir(&dir).map_err(CliError::Config)?;
             }
             init_logging(&log_format);
@@ -204,8 +204,10 @@ fn init_logging(format: &str) {
 /// the store's groups, prefix lists and other hosts' ports, as `run` would
 /// load it; a directory with `groups/` (the one pushed from) is read alone.
 pub(crate) fn load_config(dir: &std::path::Path) -> Result<sgswitch_config::Config, CliError> {
-    let host = sgswitch_config::load_host(dir).map_err(CliError::Config)?;
-    match host.store {
+    // A host.toml that does not load: the whole directory is loaded, so
+    // that every file's errors are reported in one pass.
+    let store = sgswitch_config::load_host(dir).ok().and_then(|h| h.store);
+    match store {
         Some(s) if !dir.join("groups").exists() => {
             let snap = sgswitch::control::store::block_on(sgswitch::control::store::pull(&s))
                 .map_err(CliError::Runtime)?
