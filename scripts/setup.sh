@@ -10,8 +10,9 @@ command -v python3 >/dev/null || need+=(python3)
 # test runs a real Prometheus (and promtool) and setpriv (util-linux); the demo
 # reads the metrics with curl; libFuzzer (fuzz/) is C++, built with g++. The
 # etcd client crate compiles etcd's protocol with protoc; the fleet tests run
-# a real etcd cluster (etcd-server) and read it with etcdctl (etcd-client).
-for pkg in libelf-dev zlib1g-dev pkg-config clang g++ m4 libpcap-dev iproute2 iputils-ping netcat-openbsd ethtool prometheus util-linux curl systemd protobuf-compiler etcd-server etcd-client; do
+# a real etcd cluster (etcd-server), read it with etcdctl (etcd-client) and
+# make its TLS certificates with openssl.
+for pkg in libelf-dev zlib1g-dev pkg-config clang g++ m4 libpcap-dev iproute2 iputils-ping netcat-openbsd ethtool prometheus util-linux curl systemd protobuf-compiler etcd-server etcd-client openssl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if ! rustup component list --installed 2>/dev/null | grep -q '^clippy'; then rustup component add clippy rustfmt >/dev/null 2>&1 || true; fi
