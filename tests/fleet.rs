@@ -257,6 +257,30 @@ fn two_pushes_at_once_one_wins_the_other_is_refused() {
     assert_eq!(text.trim_end(), got.trim_end());
     assert!(sgswitch_config::load_dir(&pulled).is_ok());
 
+    // A prefix larger than a read's page is read whole, at one revision.
+    let settings = sgswitch_config::load_host(&pulled).expect("host").store.expect("store");
+    let before = store::block_on(store::pull(&settings)).expect("runtime").expect("pull");
+    store::block_on(async {
+        let mut c = store::connect(&settings).await.expect("connect");
+        for chunk in (0..2500).collect::<Vec<u32>>().chunks(100) {
+            let ops: Vec<etcd_client::TxnOp> = chunk
+                .iter()
+                .map(|i| {
+                    let id = format!("p{i}");
+                    let text = port_toml(&id, &format!("10.3.{}.{}", i / 256, i % 256), &["sg-web"]);
+                    etcd_client::TxnOp::put(format!("{PREFIX}/hosts/bulk/ports/{id}"), text, None)
+                })
+                .collect();
+            c.txn(etcd_client::Txn::new().and_then(ops)).await.expect("put ports");
+        }
+    })
+    .expect("runtime");
+    let after = store::block_on(store::pull(&settings)).expect("runtime").expect("pull");
+    assert_eq!(after.hosts().get("bulk"), Some(&2500), "every published port is read");
+    assert_eq!(after.groups(), before.groups());
+    assert!(after.revision >= before.revision + 25);
+    assert_eq!(after.ports_of("bulk").len(), 2500);
+
     // The offline verbs on a host's directory (no groups/ of its own) read
     // the store, as `run` does.
     let host = root.path().join("host");

@@ -65,18 +65,45 @@ fn text(v: &[u8]) -> String {
     String::from_utf8_lossy(v).into_owned()
 }
 
-/// Everything under the prefix, as of one revision.
+/// Keys per read: a page of 1,000 published ports is about 200 KB, well
+/// under gRPC's 4 MiB message limit that one read of a large fleet's
+/// prefix would pass.
+const PAGE: i64 = 1000;
+
+/// Everything under the prefix, as of one revision (read in pages, each
+/// at the revision of the first).
 ///
 /// # Errors
 /// etcd's.
 pub async fn read_all(client: &mut Client, prefix: &str) -> Result<Snapshot, String> {
-    let r = client.get(format!("{prefix}/"), Some(GetOptions::new().with_prefix())).await.map_err(|e| format!("reading {prefix}/: {e}"))?;
     let mut snap = Snapshot::new(prefix);
-    snap.revision = r.header().map_or(0, etcd_client::ResponseHeader::revision);
-    for kv in r.kvs() {
-        snap.set(&text(kv.key()), Some(text(kv.value())));
+    let start = format!("{prefix}/");
+    // The end of the prefix's range: the prefix with its last byte + 1.
+    let mut end = start.clone().into_bytes();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
     }
-    Ok(snap)
+    let mut from = start.clone().into_bytes();
+    loop {
+        let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+        if snap.revision > 0 {
+            opts = opts.with_revision(snap.revision);
+        }
+        let r = client.get(from.clone(), Some(opts)).await.map_err(|e| format!("reading {start}: {e}"))?;
+        if snap.revision == 0 {
+            snap.revision = r.header().map_or(0, etcd_client::ResponseHeader::revision);
+        }
+        for kv in r.kvs() {
+            snap.set(&text(kv.key()), Some(text(kv.value())));
+        }
+        match r.kvs().last() {
+            Some(kv) if r.more() => {
+                from = kv.key().to_vec();
+                from.push(0);
+            }
+            _ => return Ok(snap),
+        }
+    }
 }
 
 /// How a session with the store ended.
