@@ -126,12 +126,10 @@ pub fn run(dir: &Path, opts: RunOptions) -> Result<String, RunError> {
         None => None,
     };
     let mut zones = Zones::default();
-    let overlay = store.as_ref().and_then(|(l, _)| l.snapshot().map(|s| s.overlay(&l.settings.host)));
-    let (mut first, sources) = load(dir, overlay.as_ref(), &mut zones, 1, None, &mut None)?;
-    drop(overlay);
-    if let Some((_, revision)) = &store {
-        first.plan.shown_generation = u64::try_from(*revision).unwrap_or(0);
-    }
+    let snapshot = store.as_ref().and_then(|l| l.snapshot());
+    let view = store.as_ref().zip(snapshot.as_deref()).map(|(l, s)| (s, l.settings.host.as_str()));
+    let (first, sources) = load(dir, view, &mut zones, 1, None, &mut None)?;
+    drop(snapshot);
     let host = first.plan.policy().config().host.clone();
     let uplink = if opts.datapath { host.uplink_interface.clone().ok_or(RunError::NoUplink)? } else { String::new() };
 
@@ -159,7 +157,7 @@ pub fn run(dir: &Path, opts: RunOptions) -> Result<String, RunError> {
     } else {
         ((0..n).map(|_| None).collect(), None)
     };
-    if let Some((link, _)) = &store {
+    if let Some(link) = &store {
         link.applied(first.plan.policy().config(), &sources);
     }
     let (control, reload_jobs) = Control::new(dir, first, zones, epoch, store.clone());
@@ -311,7 +309,7 @@ fn start_store(
     wake_tx: &std::sync::mpsc::Sender<Wake>,
     wake_rx: &std::sync::mpsc::Receiver<Wake>,
     stop: &Arc<AtomicBool>,
-) -> Result<Option<(Arc<StoreLink>, i64)>, RunError> {
+) -> Result<Option<Arc<StoreLink>>, RunError> {
     let link = StoreLink::new(settings);
     info!("reading the configuration from etcd at {} (prefix {})", link.settings.endpoints.join(", "), link.settings.prefix);
     {
@@ -325,7 +323,7 @@ fn start_store(
     let mut said = Instant::now();
     loop {
         match wake_rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(Wake::Store(r)) => return Ok(Some((link, r))),
+            Ok(Wake::Store(_)) => return Ok(Some(link)),
             Ok(Wake::File) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(RunError::Endpoint("the store thread ended".into())),
         }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use sgswitch_config::{ConfigErrors, Host, LocalFiles, Overlay, load_dir_reusing};
+use sgswitch_config::{ConfigErrors, Host, LocalFiles, load_dir_reusing};
 use tracing::{info, warn};
 
 use crate::datapath::plan::{Plan, PlanError, Published, Zones};
@@ -42,8 +42,9 @@ pub enum ReloadError {
     Late { secs: u64 },
 }
 
-/// Loads `dir` (with a store's `overlay`, if the fleet has one) into a
-/// plan, keeping zones stable across loads and reusing the compiled
+/// Loads `dir` (with a store's snapshot, read for `host`, if the fleet
+/// has one: the plan then shows the snapshot's revision) into a plan,
+/// keeping zones stable across loads and reusing the compiled
 /// tables of the `previous` plan that did not change and, with a store,
 /// the directory's own files as `local` holds them if none changed; also
 /// the files as read, for the history and the store (not kept in the
@@ -53,15 +54,20 @@ pub enum ReloadError {
 /// The configuration's file:line messages, or too many ports.
 pub fn load(
     dir: &Path,
-    overlay: Option<&Overlay>,
+    store: Option<(&Snapshot, &str)>,
     zones: &mut Zones,
     generation: u32,
     previous: Option<&Plan>,
     local: &mut Option<LocalFiles>,
 ) -> Result<(Published, Vec<(String, String)>), LoadError> {
-    let mut cfg = load_dir_reusing(dir, overlay, local)?;
+    let overlay = store.map(|(s, host)| s.overlay(host));
+    let mut cfg = load_dir_reusing(dir, overlay.as_ref(), local)?;
+    drop(overlay);
     let sources = std::mem::take(&mut cfg.sources);
-    let (plan, gone) = Plan::build_after(cfg, zones, generation, previous)?;
+    let (mut plan, gone) = Plan::build_after(cfg, zones, generation, previous)?;
+    if let Some((s, _)) = store {
+        plan.shown_generation = u64::try_from(s.revision).unwrap_or(0);
+    }
     Ok((Published { plan, gone }, sources))
 }
 
@@ -141,14 +147,15 @@ impl Control {
         first: Published,
         zones: Zones,
         epoch: Instant,
-        store: Option<(Arc<StoreLink>, i64)>,
+        store: Option<Arc<StoreLink>>,
     ) -> (Control, Receiver<ReloadJob>) {
         let (jobs, rx) = std::sync::mpsc::sync_channel(RELOAD_QUEUE);
         let host = first.plan.policy().config().host.clone();
         let stats = ControlStats::default();
         stats.generation.store(u64::from(first.plan.generation), Ordering::Relaxed);
-        let (store, revision) = store.map_or((None, 0), |(l, r)| (Some(l), r));
-        stats.revision.store(u64::try_from(revision).unwrap_or(0), Ordering::Relaxed);
+        if store.is_some() {
+            stats.revision.store(first.plan.shown_generation, Ordering::Relaxed);
+        }
         stats.loaded_at_ms.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
         let control = Control {
             dir: dir.to_owned(),
@@ -197,8 +204,7 @@ impl Control {
         let next = self.stats.generation.load(Ordering::Relaxed) + 1;
         let t = Instant::now();
         let snapshot: Option<Arc<Snapshot>> = self.store.as_ref().and_then(|l| l.snapshot());
-        let overlay = self.store.as_ref().zip(snapshot.as_ref()).map(|(l, s)| s.overlay(&l.settings.host));
-        let revision = snapshot.as_ref().map_or(0, |s| s.revision);
+        let store = self.store.as_ref().zip(snapshot.as_deref()).map(|(l, s)| (s, l.settings.host.as_str()));
         let previous = self.published.load_full();
         // Only a new store revision takes the directory's files from the
         // last load (when their sizes and times say they did not change); a
@@ -207,20 +213,16 @@ impl Control {
         if !why.starts_with(STORE_REVISION) {
             *local = None;
         }
-        let loaded =
-            load(&self.dir, overlay.as_ref(), &mut zones, u32::try_from(next).unwrap_or(u32::MAX), Some(&previous.plan), &mut local);
+        let loaded = load(&self.dir, store, &mut zones, u32::try_from(next).unwrap_or(u32::MAX), Some(&previous.plan), &mut local);
         drop(local);
         drop(previous);
         match loaded {
-            Ok((mut p, sources)) => {
-                if self.store.is_some() {
-                    p.plan.shown_generation = u64::try_from(revision).unwrap_or(0);
-                }
+            Ok((p, sources)) => {
                 if let Some(link) = &self.store {
                     link.applied(p.plan.policy().config(), &sources);
-                    self.stats.revision.store(u64::try_from(revision).unwrap_or(0), Ordering::Relaxed);
+                    self.stats.revision.store(p.plan.shown_generation, Ordering::Relaxed);
                 }
-                let shown = if self.store.is_some() { u64::try_from(revision).unwrap_or(0) } else { next };
+                let shown = p.plan.shown_generation;
                 let ports = p.plan.ports.len();
                 let needs_restart = restart_needed(&self.host, &p.plan.policy().config().host);
                 let history = p.plan.policy().config().host.history.clone();
@@ -247,7 +249,7 @@ impl Control {
             Err(e) => {
                 self.stats.reloads_failed.fetch_add(1, Ordering::Relaxed);
                 if let Some(link) = &self.store {
-                    link.refused(revision, &e.to_string());
+                    link.refused(snapshot.as_ref().map_or(0, |s| s.revision), &e.to_string());
                 }
                 warn!("reload ({why}) refused; the running configuration stays in force:\n{e}");
                 Err(e)
