@@ -56,11 +56,16 @@ struct Claim {
     owner: u32,
 }
 
-fn claim(net: IpNet, owner: u32) -> Claim {
-    let (family, start, end) = match net {
+/// A prefix as an interval of addresses: (family, first, last).
+pub(crate) fn interval(net: &IpNet) -> (u8, u128, u128) {
+    match net {
         IpNet::V4(n) => (4, u128::from(u32::from(n.network())), u128::from(u32::from(n.broadcast()))),
         IpNet::V6(n) => (6, u128::from(n.network()), u128::from(n.broadcast())),
-    };
+    }
+}
+
+fn claim(net: IpNet, owner: u32) -> Claim {
+    let (family, start, end) = interval(&net);
     Claim { family, start, end, net, owner }
 }
 

@@ -1368,12 +1368,8 @@ fn cross_check(cfg: &Config, broken: &HashSet<String>, errors: &mut Vec<ConfigEr
 /// stack, and the check is O(n log n) in the host's addresses (a pairwise
 /// check took 1,000 ports a million comparisons per load).
 fn overlapping_addresses(ports: &[Port], errors: &mut Vec<ConfigError>) {
-    let span = |n: &IpNet| match n {
-        IpNet::V4(n) => (4u8, u128::from(u32::from(n.network())), u128::from(u32::from(n.broadcast()))),
-        IpNet::V6(n) => (6u8, u128::from(n.network()), u128::from(n.broadcast())),
-    };
     let mut claims: Vec<((u8, u128, u128), IpNet, usize)> =
-        ports.iter().enumerate().flat_map(|(i, p)| p.addresses().map(move |n| (span(n), *n, i))).collect();
+        ports.iter().enumerate().flat_map(|(i, p)| p.addresses().map(move |n| (crate::fleet::interval(n), *n, i))).collect();
     claims.sort_unstable_by_key(|&((f, start, end), _, i)| (f, start, std::cmp::Reverse(end), i));
     let mut open: Vec<usize> = Vec::new();
     // (later port, its address) -> (earliest other port, its address)
