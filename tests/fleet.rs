@@ -281,6 +281,17 @@ fn two_pushes_at_once_one_wins_the_other_is_refused() {
     assert!(after.revision >= before.revision + 25);
     assert_eq!(after.ports_of("bulk").len(), 2500);
 
+    // A push that removes a group published ports are bound to is refused,
+    // naming them.
+    let strand = admin(&root.path().join("strand"), &etcd, 6);
+    std::fs::remove_file(strand.join("groups/sg-web.toml")).expect("remove sg-web");
+    std::fs::write(strand.join("groups/sg-db.toml"), "id = \"sg-db\"\n").expect("sg-db");
+    let o = Command::new(BIN).arg("push").arg(&strand).output().expect("push");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("removes groups that published ports are bound to: bulk/p0 is bound to sg-web"), "{err}");
+    assert!(err.contains("(and 2490 more)"), "{err}");
+
     // The offline verbs on a host's directory (no groups/ of its own) read
     // the store, as `run` does.
     let host = root.path().join("host");

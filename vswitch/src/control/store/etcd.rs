@@ -352,15 +352,23 @@ pub async fn prepare(s: &Store, cfg: &Config, sources: &[(String, String)]) -> R
         sources.iter().filter_map(|(rel, t)| folder(rel, "prefix-lists/").map(|id| (id, t.clone()))).collect();
 
     // A port some host published must keep its groups.
+    // The snapshot read each port when it arrived, under the default
+    // limits; under other limits (which decide whether a port reads) it is
+    // read again under the directory's.
     let mut lost = Vec::new();
-    for host in now.hosts().into_keys() {
-        for (id, t) in now.ports_of(&host) {
-            let stored = Stored { key: format!("{}/hosts/{host}/ports/{id}", s.prefix), id: id.clone(), text: t };
-            if let Ok(p) = sgswitch_config::parse_remote_port(&stored, &cfg.host) {
-                for g in p.security_groups.iter().filter(|g| !want_groups.contains_key(&g.id)) {
-                    lost.push(format!("{host}/{id} is bound to {}", g.id));
-                }
+    let default_limits = cfg.host.limits == sgswitch_config::Limits::default();
+    for (host, id, text, read) in now.published() {
+        let groups: Vec<String> = match &read.read {
+            Ok(c) if default_limits => c.groups.clone(),
+            Err(_) if default_limits => continue,
+            _ => {
+                let stored = Stored { key: read.key.clone(), id: id.to_owned(), text: text.to_owned() };
+                let Ok(p) = sgswitch_config::parse_remote_port(&stored, &cfg.host) else { continue };
+                p.security_groups.into_iter().map(|g| g.id).collect()
             }
+        };
+        for g in groups.iter().filter(|g| !want_groups.contains_key(*g)) {
+            lost.push(format!("{host}/{id} is bound to {g}"));
         }
     }
     if !lost.is_empty() {

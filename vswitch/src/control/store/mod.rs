@@ -132,6 +132,12 @@ impl Snapshot {
         self.ports.iter().filter(|((h, _), _)| h == host).map(|((_, id), (t, _))| (id.clone(), t.clone())).collect()
     }
 
+    /// Every published port: (host, id, text, the port as read when it
+    /// arrived, under the default limits).
+    pub fn published(&self) -> impl Iterator<Item = (&str, &str, &str, &RemotePort)> {
+        self.ports.iter().map(|((h, id), (t, r))| (h.as_str(), id.as_str(), t.as_str(), &**r))
+    }
+
     /// The hosts that have published ports, with how many each.
     pub fn hosts(&self) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
