@@ -22,5 +22,5 @@ mod reader;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use fleet::{OtherHosts, parse_remote_port, read_remote_port};
-pub use load::{LocalFiles, load_dir, load_dir_reusing, load_dir_with, load_host, parse_cidr};
+pub use load::{LocalFiles, Stamp, file_stamps, load_dir, load_dir_reusing, load_dir_with, load_host, parse_cidr};
 pub use model::*;

@@ -59,7 +59,7 @@ pub fn load_dir_with(dir: &Path, overlay: Option<&Overlay>) -> Result<Config, Co
 /// load to take as it is when none of them changed.
 #[derive(Clone, Debug, Default)]
 pub struct LocalFiles {
-    stamp: Vec<(PathBuf, u64, Option<std::time::SystemTime>)>,
+    stamp: Vec<Stamp>,
     host: Host,
     ports: Vec<Port>,
     texts: Vec<(String, String)>,
@@ -67,26 +67,36 @@ pub struct LocalFiles {
     warnings: Vec<ConfigError>,
 }
 
-/// `host.toml` and the `.toml` files of `ports/` with their sizes and
-/// modification times, in order; `None` if a folder cannot be listed.
-fn stamp(dir: &Path) -> Option<Vec<(PathBuf, u64, Option<std::time::SystemTime>)>> {
-    let mut paths = vec![dir.join("host.toml")];
+/// A file's path, size and modification time.
+pub type Stamp = (PathBuf, u64, Option<std::time::SystemTime>);
+
+/// `host.toml` and the `.toml` files of `folders` (in order, each sorted)
+/// with their sizes and modification times: two equal lists taken apart
+/// mean nobody wrote in between. The flag is false when a folder that is
+/// there could not be listed (its files are then not in the list).
+pub fn file_stamps(dir: &Path, folders: &[&str]) -> (Vec<Stamp>, bool) {
     let mut errors = Vec::new();
-    paths.extend(toml_files(&dir.join("ports"), &mut errors));
-    if !errors.is_empty() {
-        return None;
+    let mut paths = vec![dir.join("host.toml")];
+    for f in folders {
+        paths.extend(toml_files(&dir.join(f), &mut errors));
     }
-    Some(
-        paths
-            .into_iter()
-            .map(|p| {
-                let m = std::fs::metadata(&p).ok();
-                let len = m.as_ref().map_or(0, std::fs::Metadata::len);
-                let at = m.and_then(|m| m.modified().ok());
-                (p, len, at)
-            })
-            .collect(),
-    )
+    let stamps = paths
+        .into_iter()
+        .map(|p| {
+            let m = std::fs::metadata(&p).ok();
+            let len = m.as_ref().map_or(0, std::fs::Metadata::len);
+            let at = m.and_then(|m| m.modified().ok());
+            (p, len, at)
+        })
+        .collect();
+    (stamps, errors.is_empty())
+}
+
+/// The stamps of the directory's own files (`host.toml`, `ports/`), if
+/// every folder could be listed.
+fn stamp(dir: &Path) -> Option<Vec<Stamp>> {
+    let (stamps, complete) = file_stamps(dir, &["ports"]);
+    complete.then_some(stamps)
 }
 
 /// [`load_dir_with`] that, given a store's `overlay`, takes `host.toml`

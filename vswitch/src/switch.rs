@@ -18,7 +18,7 @@
 //!   interfaces; the control socket's file is removed. The process exits
 //!   within [`STOP_WITHIN`] whatever is stuck.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -357,26 +357,13 @@ fn watchdog(after: Duration) {
 
 /// The size and modification time of every configuration file, in a fixed
 /// order.
-type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+type Fingerprint = Vec<sgswitch_config::Stamp>;
 
 /// The [`Fingerprint`] of `dir` (`host.toml` and the `.toml` files of its
 /// folders): two equal fingerprints a debounce interval apart mean nobody
 /// is writing.
 fn fingerprint(dir: &Path) -> Fingerprint {
-    let mut out = Vec::new();
-    let mut add = |p: PathBuf| {
-        let m = std::fs::metadata(&p).ok();
-        out.push((p, m.as_ref().map_or(0, std::fs::Metadata::len), m.and_then(|m| m.modified().ok())));
-    };
-    add(dir.join("host.toml"));
-    for folder in ["ports", "groups", "prefix-lists"] {
-        let Ok(rd) = std::fs::read_dir(dir.join(folder)) else { continue };
-        let mut files: Vec<PathBuf> =
-            rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect();
-        files.sort();
-        files.into_iter().for_each(&mut add);
-    }
-    out
+    sgswitch_config::file_stamps(dir, &["ports", "groups", "prefix-lists"]).0
 }
 
 /// The control thread: reloads on SIGHUP, and on file changes once the
