@@ -218,15 +218,19 @@ impl Control {
         drop(previous);
         match loaded {
             Ok((p, sources)) => {
-                if let Some(link) = &self.store {
-                    link.applied(p.plan.policy().config(), &sources);
-                    self.stats.revision.store(p.plan.shown_generation, Ordering::Relaxed);
-                }
                 let shown = p.plan.shown_generation;
                 let ports = p.plan.ports.len();
                 let needs_restart = restart_needed(&self.host, &p.plan.policy().config().host);
                 let history = p.plan.policy().config().host.history.clone();
-                self.published.store(Arc::new(p));
+                let p = Arc::new(p);
+                self.published.store(Arc::clone(&p));
+                // Shown (and this host's ports published) only once in force:
+                // a fleet compares hosts by the revision they show.
+                if let Some(link) = &self.store {
+                    link.applied(p.plan.policy().config(), &sources);
+                    self.stats.revision.store(shown, Ordering::Relaxed);
+                }
+                drop(p);
                 self.stats.generation.store(next, Ordering::Relaxed);
                 self.stats.loaded_at_ms.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
                 self.stats.reloads_ok.fetch_add(1, Ordering::Relaxed);
@@ -239,7 +243,7 @@ impl Control {
                 );
                 if !needs_restart.is_empty() {
                     warn!(
-                        "generation {next}: these settings of host.toml take effect at the next start, not now: {}",
+                        "generation {shown}: these settings of host.toml take effect at the next start, not now: {}",
                         needs_restart.join("; ")
                     );
                 }
