@@ -76,6 +76,17 @@ impl Fleet {
         }
     }
 
+    /// Waits until every host has every other host's port in force (each
+    /// host publishes its port after its first load, so a host can be at
+    /// a pushed revision before it sees the others).
+    fn settle(&self) {
+        let others = self.web.len() + self.db.len() - 1;
+        for h in self.all() {
+            let ok = eventually(Duration::from_secs(10), || h.status(BIN).is_some_and(|v| v["store"]["remote_ports"] == others));
+            assert!(ok, "{} does not see the {others} other ports: {:?}", h.name, h.status(BIN).map(|v| v["store"].clone()));
+        }
+    }
+
     /// The versions database host `i` lets `from` reach (1..=9).
     fn versions(&self, i: usize, from: &str) -> Vec<u16> {
         let h = &self.db[i];
@@ -94,11 +105,7 @@ fn ten_hosts_share_groups_resolve_references_across_hosts_and_forget_dead_hosts(
     let r1 = push(root.path(), &etcd, 1);
     let fleet = Fleet::start(root.path(), &etcd, 5, 5);
     fleet.converge(r1, Duration::from_secs(20));
-    // Every host sees the nine others' ports.
-    for h in fleet.all() {
-        let ok = eventually(Duration::from_secs(10), || h.status(BIN).is_some_and(|v| v["store"]["remote_ports"] == 9));
-        assert!(ok, "{} does not see the nine other ports: {:?}", h.name, h.status(BIN).map(|v| v["store"].clone()));
-    }
+    fleet.settle();
 
     // "from sg-web" on a database host allows every web port, each on
     // another host, and nothing else.
@@ -320,6 +327,7 @@ fn etcd_faults_never_open_a_host_and_every_host_catches_up() {
     let mut pushed = vec![push(root.path(), &etcd, 1)];
     let fleet = Fleet::start(root.path(), &etcd, 5, 5);
     fleet.converge(pushed[0], Duration::from_secs(20));
+    fleet.settle();
 
     // What every database host enforces is exactly one version, pushed,
     // and never anything a web port is not allowed by it.
@@ -417,6 +425,7 @@ fn a_store_over_tls_with_client_certificates_is_followed_and_one_without_a_certi
     let r1 = push(root.path(), &etcd, 1);
     let fleet = Fleet::start(root.path(), &etcd, 1, 1);
     fleet.converge(r1, Duration::from_secs(20));
+    fleet.settle();
     assert_eq!(fleet.versions(0, "10.1.0.1"), vec![1], "d0 over TLS");
 
     // The same store without a client certificate: etcd refuses, and so
