@@ -70,6 +70,9 @@ pub(crate) struct Field<T> {
     /// (interval start, row offset); the first start is `T::MIN`.
     ivs: Vec<(T, u32)>,
     distinct_rows: usize,
+    /// Where this field's rows are in the arena (each field appends its
+    /// own, one after the other).
+    rows: std::ops::Range<u32>,
 }
 
 impl<T: Point> Field<T> {
@@ -97,11 +100,22 @@ impl<T: Point> Field<T> {
     fn intervals(&self) -> usize {
         self.ivs.len()
     }
+
+    /// This field (its rows in `from`) as a field of the arena `to`: its
+    /// rows appended there, its offsets moved with them.
+    fn moved(&self, from: &[u64], to: &mut Vec<u64>) -> Field<T> {
+        let base = u32::try_from(to.len()).expect("row arena under 2^32 words");
+        to.extend_from_slice(from.get(self.rows.start as usize..self.rows.end as usize).unwrap_or(&[]));
+        let ivs = self.ivs.iter().map(|&(s, off)| (s, off - self.rows.start + base)).collect();
+        let end = u32::try_from(to.len()).expect("row arena under 2^32 words");
+        Field { shift: self.shift, index: self.index.clone(), ivs, distinct_rows: self.distinct_rows, rows: base..end }
+    }
 }
 
 /// Builds a [`Field`] from, per rule, the intervals it matches, appending
 /// its distinct rows (each `[aggregate words…, words…]`) to `arena`.
 fn build_field<T: Point>(per_rule: &[&[(T, T)]], words: usize, agg_words: usize, arena: &mut Vec<u64>) -> Field<T> {
+    let first = u32::try_from(arena.len()).expect("row arena under 2^32 words");
     // (position, rule, +1 at a start / -1 after an end)
     let mut events: Vec<(T, u32, i32)> = Vec::new();
     for (rule, ivs) in (0u32..).zip(per_rule) {
@@ -172,17 +186,32 @@ fn build_field<T: Point>(per_rule: &[&[(T, T)]], words: usize, agg_words: usize,
         }
         index.push(u32::try_from(j).expect("intervals fit u32"));
     }
-    Field { shift, index, ivs, distinct_rows: offsets.len() }
+    let rows = first..u32::try_from(arena.len()).expect("row arena under 2^32 words");
+    Field { shift, index, ivs, distinct_rows: offsets.len(), rows }
 }
 
-/// Builds the field `get` picks out of every rule's constraints.
+/// A field as built before: the rules it was built from, the field, and
+/// the arena holding its rows.
+type FieldBefore<'a, A, T> = (&'a [Constraints<A>], &'a Field<T>, &'a [u64]);
+
+/// Builds the field `get` picks out of every rule's constraints, or takes
+/// it from `before` (the same number of rules, the field of the table
+/// before, and that table's arena) when every rule's intervals in it are
+/// the same: a field is made of nothing else.
 fn field_of<A, T: Point>(
     rules: &[Constraints<A>],
     get: impl Fn(&Constraints<A>) -> &Vec<(T, T)>,
+    before: Option<FieldBefore<'_, A, T>>,
     words: usize,
     agg_words: usize,
     arena: &mut Vec<u64>,
 ) -> Field<T> {
+    if let Some((old, field, rows)) = before
+        && old.len() == rules.len()
+        && old.iter().map(&get).eq(rules.iter().map(&get))
+    {
+        return field.moved(rows, arena);
+    }
     let per: Vec<&[(T, T)]> = rules.iter().map(|c| get(c).as_slice()).collect();
     build_field(&per, words, agg_words, arena)
 }
@@ -242,17 +271,24 @@ impl<A: Point> Bits<A> {
     /// `rules[i]` is bit `i`, entry `entry[i]`. Every rule must have at
     /// least one interval in every field (a rule that cannot match is left
     /// out by the caller).
-    pub(crate) fn build(rules: &[Constraints<A>], entry: Vec<u32>) -> Bits<A> {
+    ///
+    /// With `before` (the rules of a table built before, and that table)
+    /// every field whose inputs are the same is taken from it: a reload
+    /// that changed one rule's ports builds the port fields again, not the
+    /// address fields of a group's thousands of members.
+    pub(crate) fn build_after(rules: &[Constraints<A>], entry: Vec<u32>, before: Option<(&[Constraints<A>], &Bits<A>)>) -> Bits<A> {
         debug_assert!(rules.iter().all(|c| !c.remote.is_empty() && !c.local.is_empty() && !c.proto.is_empty()));
         let words = rules.len().div_ceil(64).max(1);
         let agg_words = words.div_ceil(64);
         let mut rows = Vec::new();
-        let remote = field_of(rules, |c| &c.remote, words, agg_words, &mut rows);
-        let local = field_of(rules, |c| &c.local, words, agg_words, &mut rows);
-        let proto = field_of(rules, |c| &c.proto, words, agg_words, &mut rows);
-        let dst_port = field_of(rules, |c| &c.dst_port, words, agg_words, &mut rows);
-        let src_port = field_of(rules, |c| &c.src_port, words, agg_words, &mut rows);
-        let icmp = field_of(rules, |c| &c.icmp, words, agg_words, &mut rows);
+        let was = |f: fn(&Bits<A>) -> &Field<A>| before.map(|(c, b)| (c, f(b), b.rows.as_slice()));
+        let was16 = |f: fn(&Bits<A>) -> &Field<u16>| before.map(|(c, b)| (c, f(b), b.rows.as_slice()));
+        let remote = field_of(rules, |c| &c.remote, was(|b| &b.remote), words, agg_words, &mut rows);
+        let local = field_of(rules, |c| &c.local, was(|b| &b.local), words, agg_words, &mut rows);
+        let proto = field_of(rules, |c| &c.proto, was16(|b| &b.proto), words, agg_words, &mut rows);
+        let dst_port = field_of(rules, |c| &c.dst_port, was16(|b| &b.dst_port), words, agg_words, &mut rows);
+        let src_port = field_of(rules, |c| &c.src_port, was16(|b| &b.src_port), words, agg_words, &mut rows);
+        let icmp = field_of(rules, |c| &c.icmp, was16(|b| &b.icmp), words, agg_words, &mut rows);
         let counts =
             [remote.intervals(), local.intervals(), proto.intervals(), dst_port.intervals(), src_port.intervals(), icmp.intervals()];
         let mut active = 0;

@@ -281,7 +281,9 @@ fn constraints<A: Point>(e: &Entry<'_>, v6: bool, bounds: &dyn Fn(&IpNet) -> (A,
     })
 }
 
-fn family<A: Point>(list: &[Entry<'_>], v6: bool, bounds: &dyn Fn(&IpNet) -> (A, A)) -> Bits<A> {
+/// The constraints of the entries of `list` that can match a packet of
+/// the family, and their entry indices.
+fn family_rules<A: Point>(list: &[Entry<'_>], v6: bool, bounds: &dyn Fn(&IpNet) -> (A, A)) -> (Vec<Constraints<A>>, Vec<u32>) {
     let mut cons = Vec::new();
     let mut entry = Vec::new();
     for (i, e) in (0u32..).zip(list) {
@@ -290,7 +292,16 @@ fn family<A: Point>(list: &[Entry<'_>], v6: bool, bounds: &dyn Fn(&IpNet) -> (A,
             entry.push(i);
         }
     }
-    Bits::build(&cons, entry)
+    (cons, entry)
+}
+
+/// One family's table of `list`; with `before` (the list the table before
+/// was built from, and its table) the fields that did not change are taken
+/// from it.
+fn family<A: Point>(list: &[Entry<'_>], v6: bool, bounds: &dyn Fn(&IpNet) -> (A, A), before: Option<(&[Entry<'_>], &Bits<A>)>) -> Bits<A> {
+    let (cons, entry) = family_rules(list, v6, bounds);
+    let old = before.map(|(l, b)| (family_rules(l, v6, bounds).0, b));
+    Bits::build_after(&cons, entry, old.as_ref().map(|(c, b)| (c.as_slice(), *b)))
 }
 
 /// Clock for build times; the only clock read in this crate, and never on
@@ -303,10 +314,18 @@ fn now() -> std::time::Instant {
 impl Table {
     /// Compiles the policy of `port` in direction `d`.
     pub fn build(policy: &Policy, port: PortIdx, d: Direction) -> Table {
+        Table::build_after(policy, port, d, None)
+    }
+
+    /// [`Table::build`], taking from `before` (the table of the same group
+    /// list under the policy before, at its port there) the fields whose
+    /// inputs did not change.
+    fn build_after(policy: &Policy, port: PortIdx, d: Direction, before: Option<(&Policy, PortIdx, &Table)>) -> Table {
         let t0 = now();
         let list = entries(policy, port, d);
-        let v4 = family(&list, false, &v4_bounds);
-        let v6 = family(&list, true, &v6_bounds);
+        let old = before.map(|(p, i, t)| (entries(p, i, d), t));
+        let v4 = family(&list, false, &v4_bounds, old.as_ref().map(|(l, t)| (l.as_slice(), &t.v4)));
+        let v6 = family(&list, true, &v6_bounds, old.as_ref().map(|(l, t)| (l.as_slice(), &t.v6)));
         let decisions = list.iter().map(|e| e.decision).collect();
         let build_ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
         Table { decisions, default: policy.default_decision(port, d), v4, v6, build_ns }
@@ -345,10 +364,11 @@ impl Compiled {
     /// of each group list whose inputs are unchanged (the same groups at
     /// the same indices, the same members of each, the same addresses
     /// behind every rule's remote, the same model): a change to one group
-    /// recompiles only the lists that hold it or reference it.
+    /// recompiles only the lists that hold it or reference it, and in
+    /// those, only the fields whose inputs changed.
     pub fn reusing(policy: Arc<Policy>, generation: u64, previous: Option<&Compiled>) -> Compiled {
-        let old: HashMap<&[u16], &Arc<PortTables>> = previous
-            .map(|c| (0..c.policy.ports().len()).filter_map(|p| Some((c.policy.port_groups(p), c.ports.get(p)?))).collect())
+        let old: HashMap<&[u16], (PortIdx, &Arc<PortTables>)> = previous
+            .map(|c| (0..c.policy.ports().len()).filter_map(|p| Some((c.policy.port_groups(p), (p, c.ports.get(p)?)))).collect())
             .unwrap_or_default();
         let mut by_groups: HashMap<&[u16], Arc<PortTables>> = HashMap::new();
         let ports = (0..policy.ports().len())
@@ -357,7 +377,11 @@ impl Compiled {
                 by_groups
                     .entry(list)
                     .or_insert_with(|| match (previous, old.get(list)) {
-                        (Some(c), Some(t)) if same_inputs(&c.policy, &policy, list) => Arc::clone(t),
+                        (Some(c), Some((_, t))) if same_inputs(&c.policy, &policy, list) => Arc::clone(t),
+                        (Some(c), Some((q, t))) => Arc::new(PortTables {
+                            ingress: Table::build_after(&policy, p, Direction::Ingress, Some((&c.policy, *q, &t.ingress))),
+                            egress: Table::build_after(&policy, p, Direction::Egress, Some((&c.policy, *q, &t.egress))),
+                        }),
                         _ => Arc::new(PortTables {
                             ingress: Table::build(&policy, p, Direction::Ingress),
                             egress: Table::build(&policy, p, Direction::Egress),

@@ -117,20 +117,32 @@ proptest! {
     /// changed (every action flipped, one rule dropped), every decision is
     /// still the reference's, and the lists that neither hold that group
     /// nor change are not compiled again.
+    ///
+    /// Or (`narrow`) only one rule's ports changed: the lists holding the
+    /// group keep their number of rules, and take from the tables before
+    /// every field but the ports.
     #[test]
     fn tables_taken_from_the_plan_before_decide_as_the_reference(
         s in spec(),
         pick in any::<prop::sample::Index>(),
+        narrow in any::<bool>(),
+        ports in (any::<u16>(), any::<u16>()).prop_map(|(a, b)| sgswitch_config::PortRange { start: a.min(b), end: a.max(b) }),
         pkts in prop::collection::vec(packet(), 20..40),
     ) {
         let before = build(&s);
         let mut after = before.clone();
         let k = pick.index(after.groups.len().max(1));
         if let Some(g) = after.groups.get_mut(k) {
-            for r in g.ingress.iter_mut().chain(g.egress.iter_mut()) {
-                r.action = match r.action { sgswitch_config::Action::Allow => sgswitch_config::Action::Deny, sgswitch_config::Action::Deny => sgswitch_config::Action::Allow };
+            if narrow {
+                if let Some(r) = g.ingress.iter_mut().chain(g.egress.iter_mut()).find(|r| r.ports.is_some()) {
+                    r.ports = Some(ports);
+                }
+            } else {
+                for r in g.ingress.iter_mut().chain(g.egress.iter_mut()) {
+                    r.action = match r.action { sgswitch_config::Action::Allow => sgswitch_config::Action::Deny, sgswitch_config::Action::Deny => sgswitch_config::Action::Allow };
+                }
+                g.egress.pop();
             }
-            g.egress.pop();
         }
         // Deny rules are not allowed under the union model: keep that model's
         // configurations as they were.
