@@ -447,3 +447,29 @@ fn a_store_over_tls_with_client_certificates_is_followed_and_one_without_a_certi
     assert!(!o.status.success(), "a push without a client certificate was taken");
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot be reached"), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// A store revision takes the directory's files from the last load when
+/// the watcher saw nothing touch them; a file it saw change is read again,
+/// even while the file's own reload waits out its debounce (a minute
+/// here): the port's new address is what the host publishes.
+#[test]
+fn a_store_revision_reads_a_port_file_the_watcher_saw_change() {
+    let etcd = Etcd::start(1);
+    let root = tempfile::tempdir().expect("tempdir");
+    let v1 = push(root.path(), &etcd, 1);
+    let settings = format!("{}[reload]\ndebounce_ms = 60000\n", etcd.store_toml(PREFIX, "h0", TTL));
+    let h = Host::start(BIN, root.path(), "h0", &settings, &[("web0".into(), port_toml("web0", "10.1.0.1", &["sg-web"]))]);
+    assert!(eventually(Duration::from_secs(20), || h.generation(BIN).is_some_and(|g| g >= v1)), "h0 never enforced v1:\n{}", log(&h));
+    let published =
+        || String::from_utf8_lossy(&etcd.ctl(&["get", &format!("{PREFIX}/hosts/h0/ports/web0"), "--print-value-only"]).stdout).into_owned();
+    assert!(eventually(Duration::from_secs(10), || published().contains("10.1.0.1")), "{}", published());
+
+    // The same size, a new address; the watcher's event arrives within
+    // milliseconds, the file reload only after a minute.
+    std::fs::write(h.dir.join("ports/web0.toml"), port_toml("web0", "10.1.0.2", &["sg-web"])).expect("web0");
+    std::thread::sleep(Duration::from_millis(300));
+    let v2 = push(root.path(), &etcd, 2);
+    assert!(eventually(Duration::from_secs(20), || h.generation(BIN).is_some_and(|g| g >= v2)), "h0 never enforced v2:\n{}", log(&h));
+    assert!(eventually(Duration::from_secs(10), || published().contains("10.1.0.2")), "still published: {}\n{}", published(), log(&h));
+    assert!(!log(&h).contains("(file change)"), "the file reload ran early: the test shows nothing\n{}", log(&h));
+}

@@ -401,6 +401,14 @@ mod tests {
         std::fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(std::time::SystemTime::now())).expect("touch");
         let touched = crate::load_dir_reusing(d.path(), Some(&o), &mut local).expect("loads");
         assert_eq!(touched.ports[0].ipv4[0].to_string(), "10.0.0.2/32");
+        // Said unchanged (a watcher saw nothing): taken without a look,
+        // once.
+        std::fs::write(&path, port("mine", "10.0.0.5", &["sg-a"])).expect("port");
+        local.as_mut().expect("local").unchanged();
+        let told = crate::load_dir_reusing(d.path(), Some(&o), &mut local).expect("loads");
+        assert_eq!(told.ports[0].ipv4[0].to_string(), "10.0.0.2/32");
+        let looked = crate::load_dir_reusing(d.path(), Some(&o), &mut local).expect("loads");
+        assert_eq!(looked.ports[0].ipv4[0].to_string(), "10.0.0.5/32");
         // A port added: read again.
         std::fs::write(d.path().join("ports/two.toml"), port("two", "10.0.0.3", &["sg-a"])).expect("port");
         let added = crate::load_dir_reusing(d.path(), Some(&o), &mut local).expect("loads");

@@ -65,6 +65,19 @@ pub struct LocalFiles {
     texts: Vec<(String, String)>,
     declared: Vec<(String, String, PathBuf)>,
     warnings: Vec<ConfigError>,
+    /// Set by [`LocalFiles::unchanged`] for the next load only.
+    unchanged: bool,
+}
+
+impl LocalFiles {
+    /// Says that nothing has written the directory's files since they were
+    /// read (a watcher on the directory saw no event): the next load takes
+    /// them without listing them and comparing sizes and times, which for
+    /// a host of a few hundred ports is most of a store revision's load.
+    /// The word holds for one load.
+    pub fn unchanged(&mut self) {
+        self.unchanged = true;
+    }
 }
 
 /// A file's path, size and modification time.
@@ -75,21 +88,47 @@ pub type Stamp = (PathBuf, u64, Option<std::time::SystemTime>);
 /// mean nobody wrote in between. The flag is false when a folder that is
 /// there could not be listed (its files are then not in the list).
 pub fn file_stamps(dir: &Path, folders: &[&str]) -> (Vec<Stamp>, bool) {
-    let mut errors = Vec::new();
-    let mut paths = vec![dir.join("host.toml")];
+    let stamp_of = |p: PathBuf, m: Option<std::fs::Metadata>| {
+        let len = m.as_ref().map_or(0, std::fs::Metadata::len);
+        let at = m.and_then(|m| m.modified().ok());
+        (p, len, at)
+    };
+    let host = dir.join("host.toml");
+    let m = std::fs::metadata(&host).ok();
+    let mut stamps = vec![stamp_of(host, m)];
+    let mut complete = true;
     for f in folders {
-        paths.extend(toml_files(&dir.join(f), &mut errors));
+        let here = dir.join(f);
+        let rd = match std::fs::read_dir(&here) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(_) => {
+                complete = false;
+                continue;
+            }
+        };
+        // The entries' own metadata (a lookup in the folder, not a walk
+        // of the whole path per file); a symbolic link's is its target's.
+        let mut files = Vec::new();
+        for e in rd {
+            let Ok(e) = e else {
+                complete = false;
+                continue;
+            };
+            let name = e.file_name();
+            if Path::new(&name).extension().is_none_or(|x| x != "toml") {
+                continue;
+            }
+            let m = match e.file_type() {
+                Ok(t) if t.is_symlink() => std::fs::metadata(e.path()).ok(),
+                _ => e.metadata().ok(),
+            };
+            files.push((name, m));
+        }
+        files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        stamps.extend(files.into_iter().map(|(name, m)| stamp_of(here.join(name), m)));
     }
-    let stamps = paths
-        .into_iter()
-        .map(|p| {
-            let m = std::fs::metadata(&p).ok();
-            let len = m.as_ref().map_or(0, std::fs::Metadata::len);
-            let at = m.and_then(|m| m.modified().ok());
-            (p, len, at)
-        })
-        .collect();
-    (stamps, errors.is_empty())
+    (stamps, complete)
 }
 
 /// The stamps of the directory's own files (`host.toml`, `ports/`), if
@@ -120,8 +159,13 @@ pub fn load_dir_reusing(dir: &Path, overlay: Option<&Overlay>, local: &mut Optio
     }
 
     let mut seen = Seen { dir: dir.to_path_buf(), ..Seen::default() };
-    let now = overlay.and_then(|_| stamp(dir));
+    let known = overlay.is_some() && local.as_ref().is_some_and(|l| l.unchanged);
+    if let Some(l) = local.as_mut() {
+        l.unchanged = false;
+    }
+    let now = if known { None } else { overlay.and_then(|_| stamp(dir)) };
     let reuse = match (local.as_ref(), &now) {
+        (Some(l), _) if known => Some(l.clone()),
         (Some(l), Some(now)) if l.stamp == *now => Some(l.clone()),
         _ => None,
     };
@@ -158,6 +202,7 @@ pub fn load_dir_reusing(dir: &Path, overlay: Option<&Overlay>, local: &mut Optio
                 texts: seen.texts.clone(),
                 declared: seen.declared.clone(),
                 warnings: warnings.clone(),
+                unchanged: false,
             }),
             _ => None,
         };

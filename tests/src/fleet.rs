@@ -281,13 +281,14 @@ pub struct Host {
 
 impl Host {
     /// Writes the host's directory under `root` (host.toml with `store`,
-    /// and `ports`: (id, TOML)), and starts it with the binary `bin`.
+    /// and `ports`: (id, TOML)), and starts it with the binary `bin`. The
+    /// directory is watched, as by default.
     pub fn start(bin: &str, root: &Path, name: &str, store: &str, ports: &[(String, String)]) -> Host {
         let dir = root.join(name);
         std::fs::create_dir_all(dir.join("ports")).expect("host dir");
         let socket = root.join(format!("{name}.sock"));
         let host_toml = format!(
-            "[metrics]\nlisten = \"127.0.0.1:0\"\n[control]\nsocket = \"{}\"\n[history]\nenabled = false\n[reload]\nwatch = false\n{store}",
+            "[metrics]\nlisten = \"127.0.0.1:0\"\n[control]\nsocket = \"{}\"\n[history]\nenabled = false\n{store}",
             socket.display()
         );
         std::fs::write(dir.join("host.toml"), host_toml).expect("host.toml");

@@ -374,17 +374,31 @@ fn watch(shared: &Shared, hup: &AtomicBool, wake: &std::sync::mpsc::Sender<Wake>
     let dir = shared.control.dir();
     let tx = wake.clone();
     let debounce = Duration::from_millis(u64::from(shared.reload.debounce_ms));
+    let touched = shared.control.touched();
     let watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
-        // Configuration files only (editors' swap files and logs beside
-        // them do not count).
-        if e.is_ok_and(|e| !e.kind.is_access() && e.paths.iter().any(|p| p.extension().is_some_and(|x| x == "toml"))) {
-            let _ = tx.send(Wake::File);
+        // A reload for configuration files only (editors' swap files and
+        // logs beside them do not count). For the store's reloads, which
+        // take the files of the last load when nothing was touched, any
+        // change counts (a folder renamed, say), and so does an error
+        // (events lost).
+        match e {
+            Ok(e) if e.kind.is_access() => {}
+            Ok(e) => {
+                touched.store(true, Ordering::SeqCst);
+                if e.paths.iter().any(|p| p.extension().is_some_and(|x| x == "toml")) {
+                    let _ = tx.send(Wake::File);
+                }
+            }
+            Err(_) => touched.store(true, Ordering::SeqCst),
         }
     });
     let _watcher = if shared.reload.watch {
         match watcher {
             Ok(mut w) => match w.watch(dir, notify::RecursiveMode::Recursive) {
-                Ok(()) => Some(w),
+                Ok(()) => {
+                    shared.control.watched();
+                    Some(w)
+                }
                 Err(e) => {
                     warn!("watching {} failed ({e}); reload with SIGHUP or `sgswitch ctl reload`", dir.display());
                     None

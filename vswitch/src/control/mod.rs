@@ -128,6 +128,12 @@ pub struct Control {
     /// With a store: the directory's own files as the last load read them
     /// (a store revision reuses them when none changed).
     local: Mutex<Option<LocalFiles>>,
+    /// Whether a watcher follows the directory's files, and whether it saw
+    /// an event (or lost track) since the last load began: a store
+    /// revision with neither takes the files of the last load without
+    /// looking at them.
+    watched: AtomicBool,
+    touched: Arc<AtomicBool>,
     pub stats: ControlStats,
     jobs: SyncSender<ReloadJob>,
     /// When the reload in progress started (ms since `epoch`, + 1), 0 when
@@ -163,6 +169,8 @@ impl Control {
             published: Arc::new(ArcSwap::from_pointee(first)),
             zones: Mutex::new(zones),
             local: Mutex::new(None),
+            watched: AtomicBool::new(false),
+            touched: Arc::new(AtomicBool::new(true)),
             stats,
             jobs,
             reloading_since: AtomicU64::new(0),
@@ -189,6 +197,17 @@ impl Control {
         &self.dir
     }
 
+    /// What the directory's watcher sets when it sees a file event or
+    /// loses track; [`Control::watched`] says that it runs.
+    pub fn touched(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.touched)
+    }
+
+    /// A watcher follows the directory from now on.
+    pub fn watched(&self) {
+        self.watched.store(true, Ordering::SeqCst);
+    }
+
     /// Whether a reload is being worked out.
     pub fn reloading(&self) -> bool {
         self.reloading_since.load(Ordering::Relaxed) > 0
@@ -212,6 +231,11 @@ impl Control {
         let mut local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
         if !why.starts_with(STORE_REVISION) {
             *local = None;
+        }
+        // Taken before the load: an event during it is for the next one.
+        let quiet = !self.touched.swap(false, Ordering::SeqCst) && self.watched.load(Ordering::SeqCst);
+        if let (true, Some(l)) = (quiet, local.as_mut()) {
+            l.unchanged();
         }
         let loaded = load(&self.dir, store, &mut zones, u32::try_from(next).unwrap_or(u32::MAX), Some(&previous.plan), &mut local);
         drop(local);
