@@ -11,7 +11,9 @@
 //! `pushes`, `p50_ms`, `p99_ms`, `max_ms` (commit to enforced everywhere),
 //! `push_p50_ms`, `push_p99_ms` (push start to enforced everywhere),
 //! `reload_p50_ms` (one host's load and compile of a revision, from its
-//! log).
+//! log). First, per `--ports`, a `fleet-reload` line: one host's load and
+//! compile of a revision alone, without etcd (`--own` ports of its own,
+//! 200 by default; `--trials`; `--reload-only` stops there).
 //!
 //! `cargo build --release -p sgswitch -p sgswitch-benches --bin fleet &&
 //! target/release/fleet --hosts 10,50 --ports 0,10000 --pushes 100`
@@ -118,7 +120,7 @@ fn enforced(hosts: &[Host], tails: &mut [Tail], rev: u64, within: Duration) -> O
 }
 
 /// One host's reload of a push with `ports` in the store (200 of them its
-/// own), without etcd: the overlay loaded with the directory, whose files
+/// own, or `--own`), without etcd: the overlay loaded with the directory, whose files
 /// the load before read (`load_ms`), and the plan compiled after the one
 /// before (`compile_ms`), best of `--trials` (3).
 fn reload_breakdown(ports: usize) {
@@ -126,14 +128,15 @@ fn reload_breakdown(ports: usize) {
     let root = tempfile::tempdir().expect("tempdir");
     let dir = root.path();
     std::fs::create_dir_all(dir.join("ports")).expect("ports");
-    let own = 200.min(ports);
+    let per = list("--own", "200")[0].max(1);
+    let own = per.min(ports);
     let mut snap = Snapshot::new("/b");
     for k in 0..ports {
         let (id, text) = port(k);
         if k < own {
             std::fs::write(dir.join(format!("ports/{id}.toml")), &text).expect("port");
         } else {
-            snap.set(&format!("/b/hosts/h{}/ports/{id}", k / 200), Some(text));
+            snap.set(&format!("/b/hosts/h{}/ports/{id}", k / per), Some(text));
         }
     }
     let admin = dir.join("admin");
