@@ -215,3 +215,23 @@ fn a_queue_held_a_moment_longer_is_waited_for() {
     assert!(e.contains("busy"), "{e}");
     assert!(took < Duration::from_secs(5), "refused after a bounded wait ({took:?})");
 }
+
+/// The switch's program goes on an interface through a BPF link: it is
+/// there while a socket is, gone when the last closes; and an interface
+/// that runs someone else's program is refused with the way to remove it,
+/// that program left alone.
+#[test]
+fn the_program_lives_with_the_sockets_and_another_program_is_refused_and_left_alone() {
+    let _pair = Pair::up("sgt-pa", "sgt-pb");
+    let attached = || sh("ip link show sgt-pa | grep -q ' xdp'");
+    let mut mem = Memory::new(512, 64).expect("UMEM");
+    let socket = mem.bind("sgt-pa", 0, &PLAIN).expect("an AF_XDP socket");
+    assert!(sh("ip -d link show sgt-pa | grep -q 'name sgswitch_xsk'"), "the switch's program is attached");
+    drop(socket);
+    assert!(!attached(), "detached with the last socket");
+
+    let _other = sgswitch_tests::xdpgen::Sink::attach("sgt-pa").expect("another program");
+    let e = mem.bind("sgt-pa", 0, &PLAIN).map(|_| ()).expect_err("refused");
+    assert!(e.to_string().contains("another XDP program is attached to sgt-pa (`ip link set dev sgt-pa xdp off` removes it)"), "{e}");
+    assert!(sh("ip -d link show sgt-pa | grep -q 'name sgb_sink'"), "the other program stays");
+}

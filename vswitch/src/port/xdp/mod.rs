@@ -34,6 +34,7 @@
 //! socket). The unsafe calls into xsk-rs below rely on it and say so.
 #![allow(unsafe_code, reason = "xsk-rs ring and UMEM access is unsafe; each call says why it holds")]
 
+pub mod bpf;
 pub mod sys;
 
 use std::num::NonZeroU32;
@@ -291,13 +292,7 @@ impl Memory {
         if !Path::new("/sys/class/net").join(interface).exists() {
             return Err(PortError::NoInterface { iface: interface.to_owned() });
         }
-        // Claimed for the first time: an AF_XDP program already there is a
-        // dead switch's.
-        if sys::claim(interface)?
-            && let Some(removed) = sys::remove_stale_programs(interface)
-        {
-            tracing::warn!("{removed}");
-        }
+        sys::claim(interface)?;
         let natives: &[bool] = match mode {
             XdpMode::Auto => &[true, false],
             XdpMode::Native => &[true],
@@ -309,9 +304,9 @@ impl Memory {
             ZeroCopy::Off => &[false],
         };
         let name = interface.parse().map_err(|_| PortError::NoInterface { iface: interface.to_owned() })?;
-        // libxdp loads (or joins) the interface's XDP program when a socket
-        // is made; two loops doing so at once on one interface race and one
-        // fails. Binding is setup work, never per packet: serialise it.
+        let ifindex = sys::ifindex(interface);
+        // Binding is setup work, never per packet: one at a time, so that
+        // the loops binding queues of one interface find one program.
         static BINDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _one_at_a_time = BINDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let qs = QueueSize::new(self.ring_size).map_err(|e| PortError::Bind {
@@ -323,6 +318,21 @@ impl Memory {
         let mut refused = Vec::new();
         let busy_until = Instant::now() + busy_wait;
         for &native in natives {
+            // The switch's program (bpf.rs), in this mode, before the
+            // sockets: libxdp is told not to load its own.
+            let program = match bpf::attach(interface, ifindex, native) {
+                Ok(p) => p,
+                Err(e) => {
+                    // The reason a mode tried before failed says more than
+                    // that this one is not the one in use.
+                    let why = format!("{}: {e}", if native { "native" } else { "skb" });
+                    if last.is_empty() {
+                        last.clone_from(&why);
+                    }
+                    refused.push(why);
+                    continue;
+                }
+            };
             for &zc in zcs {
                 // Generic mode has no zero-copy.
                 if zc && !native {
@@ -335,7 +345,7 @@ impl Memory {
                     .tx_queue_size(qs)
                     .xdp_flags(xdp)
                     .bind_flags(bind)
-                    .libxdp_flags(LibxdpFlags::empty())
+                    .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
                     .build();
                 // A queue still held by a socket the kernel is releasing
                 // (a switch killed a moment ago) refuses with EBUSY until
@@ -344,7 +354,7 @@ impl Memory {
                 let made = loop {
                     // SAFETY: every (interface, queue) is bound once per
                     // switch (the runtime opens each port's socket once),
-                    // so the default program load is not shared.
+                    // and libxdp loads no program (inhibited).
                     let r = unsafe { xsk_rs::Socket::new(config, &self.umem, &name, queue) };
                     match &r {
                         Err(e) if is_busy(e) && Instant::now() < busy_until => std::thread::sleep(BUSY_RETRY),
@@ -353,10 +363,16 @@ impl Memory {
                 };
                 match made {
                     Ok((tx, rx, Some((fq, cq)))) => {
+                        let fd = rx.fd().as_raw_fd();
+                        if let Err(e) = program.insert(queue, fd) {
+                            return Err(PortError::Sys {
+                                call: "bpf map update",
+                                what: format!("interface {interface} queue {queue}: {e}"),
+                            });
+                        }
                         // A socket sharing a UMEM may end up in copy mode
                         // whatever it asked for: ask the kernel.
-                        let zero_copy = zc && is_zero_copy(rx.fd().as_raw_fd());
-                        let fd = rx.fd().as_raw_fd();
+                        let zero_copy = zc && is_zero_copy(fd);
                         let mut why = if refused.is_empty() { String::from("the most capable mode allowed") } else { refused.join("; ") };
                         // Busy polling needs the socket options now, and
                         // the queue's NAPI context, which the kernel names
@@ -377,7 +393,7 @@ impl Memory {
                         self.registered.get_or_insert(id);
                         return Ok(Socket {
                             interface: interface.to_owned(),
-                            ifindex: sys::ifindex(interface),
+                            ifindex,
                             queue,
                             id,
                             mode: Mode { native, zero_copy },
@@ -390,6 +406,7 @@ impl Memory {
                             fq,
                             cq,
                             ring_size: self.ring_size,
+                            _program: std::sync::Arc::clone(&program),
                         });
                     }
                     Ok((_, _, None)) => return Err(PortError::AlreadyBound { iface: interface.to_owned(), queue }),
@@ -444,6 +461,10 @@ pub struct Socket {
     cq: CompQueue,
     /// Entries of each of its rings (fill, completion, rx, tx).
     ring_size: u32,
+    /// The interface's program, which sends this queue's frames here
+    /// (last: dropped after the socket closes, and the last socket of the
+    /// interface detaches it).
+    _program: std::sync::Arc<bpf::Attached>,
 }
 
 /// Busy polling a socket needs the NAPI id of its queue, which the kernel

@@ -234,9 +234,10 @@ static CLAIMED: std::sync::Mutex<Vec<(String, std::fs::File)>> = std::sync::Mute
 
 /// Claims `interface` for this process: an exclusive `flock` on its lock
 /// file under `/run/sgswitch/interfaces`, held until the process ends (the kernel drops
-/// it even after SIGKILL). Claimed first, an interface has no live sgswitch
-/// on it, so an AF_XDP program found there is a dead one's
-/// ([`remove_stale_programs`]). `Ok(true)` when newly claimed.
+/// it even after SIGKILL); a second switch on the interface is refused
+/// here, before it touches the interface. Claimed first, an interface has
+/// no live sgswitch on it, so busy-poll settings a dead one recorded are
+/// restored. `Ok(true)` when newly claimed.
 ///
 /// # Errors
 /// Another running sgswitch holds the interface, or the lock file cannot
@@ -260,56 +261,6 @@ pub fn claim(interface: &str) -> Result<bool, PortError> {
         tracing::warn!("{restored}");
     }
     Ok(true)
-}
-
-/// The name of the XDP program libxdp attaches for AF_XDP sockets (its
-/// default program, redirecting to the interface's socket map).
-const XSK_PROGRAM: &str = "xsk_def_prog";
-
-/// Removes the XDP programs a previous sgswitch left on `interface`: only
-/// libxdp's AF_XDP default program (and its dispatcher), which a switch
-/// killed with SIGKILL leaves attached and which makes the next socket on
-/// the interface fail; any other program stays. Returns what was removed.
-/// Call only on an interface this process has just [`claim`]ed, before
-/// opening its sockets: no live sgswitch uses the program then.
-pub fn remove_stale_programs(interface: &str) -> Option<String> {
-    let name = std::ffi::CString::new(interface).ok()?;
-    // SAFETY: `name` is a NUL-terminated string that outlives the call.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    let ifindex = libc::c_int::try_from(index).ok().filter(|&i| i > 0)?;
-    // SAFETY: libxdp returns either a valid multiprog we own (closed below)
-    // or an error pointer, which `libxdp_get_error` tells apart.
-    let mp = unsafe { libxdp_sys::xdp_multiprog__get_from_ifindex(ifindex) };
-    // SAFETY: `mp` is what libxdp returned, as its error check expects.
-    if mp.is_null() || unsafe { libxdp_sys::libxdp_get_error(mp.cast()) } != 0 {
-        return None;
-    }
-    let mut names = Vec::new();
-    // SAFETY: `mp` is a valid multiprog; `next_prog` walks its programs
-    // (null to start, null at the end) and names are NUL-terminated strings
-    // owned by the programs, copied out before `mp` is closed.
-    unsafe {
-        let name_of = |p: *const libxdp_sys::xdp_program| {
-            let n = libxdp_sys::xdp_program__name(p);
-            if n.is_null() { String::new() } else { std::ffi::CStr::from_ptr(n).to_string_lossy().into_owned() }
-        };
-        if libxdp_sys::xdp_multiprog__is_legacy(mp) {
-            names.push(name_of(libxdp_sys::xdp_multiprog__main_prog(mp)));
-        } else {
-            let mut p = libxdp_sys::xdp_multiprog__next_prog(std::ptr::null(), mp);
-            while !p.is_null() {
-                names.push(name_of(p));
-                p = libxdp_sys::xdp_multiprog__next_prog(p, mp);
-            }
-        }
-    }
-    let ours = !names.is_empty() && names.iter().all(|n| n == XSK_PROGRAM);
-    // SAFETY: `mp` is valid; detaching removes what it describes from the
-    // interface, and closing frees it once.
-    let detached = ours && unsafe { libxdp_sys::xdp_multiprog__detach(mp) } == 0;
-    // SAFETY: as above; `mp` is not used after this.
-    unsafe { libxdp_sys::xdp_multiprog__close(mp) };
-    detached.then(|| format!("{interface}: removed the XDP program ({}) a previous sgswitch left attached", names.join(", ")))
 }
 
 /// Raises the soft limit on open files to the hard limit: sockets, the
