@@ -176,3 +176,104 @@ fn a_flood_on_the_uplink_leaves_vm_traffic_and_allowed_flows_working() {
     assert!(ok >= 19, "the VMs' connection kept working through the flood: {answers:?}");
     assert!(received >= 16, "pings from the uplink kept getting answers: {received} of 20\n{ping_text}");
 }
+
+/// Counts UDP datagrams to port 7000 until a second passes without one,
+/// then prints the count.
+const UDP_COUNTER: &str = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_RCVBUF,8<<20)\ns.bind(('0.0.0.0',7000))\ns.settimeout(1.5)\nn=0\nprint('ready',flush=True)\ntry:\n  while True:\n    s.recv(2048); n+=1\nexcept socket.timeout:\n  pass\nprint(n,flush=True)";
+
+/// Sends `argv[1]` datagrams from 198.51.100.7:40000 to web1:7000, one
+/// every 0.5 ms.
+const UDP_SENDER: &str = "import socket,sys,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('198.51.100.7',40000))\nfor i in range(int(sys.argv[1])):\n  s.sendto(b'x'*32,('10.0.0.11',7000)); time.sleep(0.0005)";
+
+/// `n` datagrams of one flow from the internet to web1:7000: how many web1
+/// received.
+fn udp_flow(n: usize) -> usize {
+    let mut counter = Command::new("ip")
+        .args(["netns", "exec", "sgs-web1", "python3", "-c", UDP_COUNTER])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("counter");
+    let mut out = BufReader::new(counter.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("read");
+    assert_eq!(line.trim(), "ready");
+    let sent =
+        Command::new("ip").args(["netns", "exec", "sgs-inet", "python3", "-c", UDP_SENDER, &n.to_string()]).status().expect("sender");
+    assert!(sent.success());
+    line.clear();
+    out.read_line(&mut line).expect("read");
+    let _ = counter.wait();
+    line.trim().parse().expect("a count")
+}
+
+/// The XDP fast path on the veth topology (`fast_path = "on"`: web1's
+/// namespace runs GRO on its end, so its veth takes redirected frames),
+/// with a UDP timeout of 2 s. An allowed UDP flow from the uplink for
+/// longer than that: every datagram arrives, all but the first few by the
+/// interfaces' programs, the port's counters count every one, and the
+/// flow's connection entry lives on throughout (the first datagram alone
+/// is judged by a rule). Idle past its timeout, the flow leaves the
+/// programs and the table. Sent again, and the rule taken away by a
+/// reload: the flow stops at once, though its frames were the programs' a
+/// moment before.
+#[test]
+fn an_established_udp_flow_takes_the_fast_path_and_a_reload_that_denies_it_stops_it() {
+    require_root();
+    let _topology = Topology::up();
+    let dir = examples("127.0.0.1:19483", "\n[conntrack.timeouts]\nudp = 2\n");
+    let host = dir.path().join("host.toml");
+    let text = std::fs::read_to_string(&host).expect("read host.toml");
+    std::fs::write(&host, text.replace("busy_poll = false", "busy_poll = false\nfast_path = \"on\"")).expect("write host.toml");
+    let web = dir.path().join("groups/sg-web.toml");
+    let groups = std::fs::read_to_string(&web).expect("sg-web");
+    let rule = "\n[[ingress]]\npriority = 1\naction = \"allow\"\nprotocol = \"udp\"\nports = \"7000/7000\"\nsource = \"198.51.100.0/24\"\n";
+    std::fs::write(&web, format!("{groups}{rule}")).expect("sg-web with udp");
+    assert!(sgswitch_tests::netns::sh("ip netns exec sgs-web1 ethtool -K eth0 gro on >/dev/null"), "GRO on web1's end");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let log = logs.path().join("switch.log");
+    let _switch = start(dir.path(), &log);
+    let metric = |name: &str| sample(&http_get("127.0.0.1:19483", "/metrics").expect("metrics"), name);
+    let established = "sgswitch_packets_total{port=\"eni-web1\",direction=\"ingress\",action=\"forward\",reason=\"established\"}";
+
+    let n: usize = 6000;
+    let n64 = n as u64;
+    let t = Instant::now();
+    let got = udp_flow(n);
+    assert!(t.elapsed() > Duration::from_secs(4), "the flow outlasted its timeout ({:?})", t.elapsed());
+    // Two syncs.
+    std::thread::sleep(Duration::from_millis(300));
+    let fast = metric("sgswitch_fastpath_packets_total{loop=\"0\"}");
+    let counted = metric(established);
+    eprintln!("received {got} of {n}; by the fast path {fast}; counted established {counted}");
+    assert_eq!(got, n, "every datagram arrived\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(fast >= n64 * 9 / 10, "the programs forwarded most of them: {fast}");
+    assert!(fast <= n64, "{fast}");
+    assert_eq!(counted, n64 - 1, "the port counts every datagram but the first (a rule's) as established");
+    assert_eq!(metric("sgswitch_fastpath_flows{loop=\"0\"}"), 1, "one flow in the programs");
+    // Idle: out of the programs before its entry lapses, then out of the
+    // table.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(metric("sgswitch_fastpath_flows{loop=\"0\"}"), 0, "the idle flow left the programs");
+    assert_eq!(metric("sgswitch_conntrack_entries{port=\"eni-web1\"}"), 0, "and the table");
+    // Again: a new flow (a rule's), in the programs once more.
+    assert_eq!(udp_flow(500), 500);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(metric("sgswitch_fastpath_flows{loop=\"0\"}"), 1, "back in the programs");
+    let fast = metric("sgswitch_fastpath_packets_total{loop=\"0\"}");
+
+    // The rule goes: the flow's next datagrams are judged by the new
+    // policy, none by the programs.
+    std::fs::write(&web, &groups).expect("sg-web without udp");
+    let reload = Command::new(env!("CARGO_BIN_EXE_sgswitch"))
+        .args(["ctl", "--socket"])
+        .arg(dir.path().join("control.sock"))
+        .arg("reload")
+        .output()
+        .expect("ctl reload");
+    assert!(reload.status.success(), "{}", String::from_utf8_lossy(&reload.stderr));
+    let got = udp_flow(200);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(got, 0, "the denied flow stopped at once");
+    assert_eq!(metric("sgswitch_fastpath_packets_total{loop=\"0\"}"), fast, "the programs forwarded none after the reload");
+    assert_eq!(metric("sgswitch_fastpath_flows{loop=\"0\"}"), 0);
+}

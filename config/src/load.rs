@@ -608,6 +608,7 @@ fn parse_host(src: &mut Source<'_>, t: &Table<'_, '_>) -> Host {
                 "gro_flush_timeout_us",
                 "napi_defer_hard_irqs",
                 "idle_spin_us",
+                "fast_path",
             ],
         );
         if let Some(cores) = d.integers(src, "cores") {
@@ -635,6 +636,13 @@ fn parse_host(src: &mut Source<'_>, t: &Table<'_, '_>) -> Host {
                 "on" => ZeroCopy::On,
                 "off" => ZeroCopy::Off,
                 _ => ZeroCopy::Auto,
+            };
+        }
+        if let Some(m) = d.choice(src, "fast_path", &["auto", "on", "off"]) {
+            h.datapath.fast_path = match m.v.as_str() {
+                "on" => FastPath::On,
+                "off" => FastPath::Off,
+                _ => FastPath::Auto,
             };
         }
         if let Some(b) = d.boolean(src, "busy_poll") {

@@ -56,6 +56,20 @@ pub enum XdpMode {
     Skb,
 }
 
+/// `[datapath] fast_path`: whether established UDP flows are forwarded by
+/// the interfaces' XDP programs once the loop has judged them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum FastPath {
+    /// Toward tap devices (whose driver takes redirected frames whatever
+    /// the guest runs).
+    #[default]
+    Auto,
+    /// Toward every interface (a veth's peer must run XDP or GRO to take
+    /// them: the operator says it does).
+    On,
+    Off,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ZeroCopy {
     #[default]
@@ -106,6 +120,7 @@ pub struct Datapath {
     /// How long an idle loop keeps polling before it sleeps, in µs: traffic
     /// that pauses briefly (between bursts) meets a loop still polling.
     pub idle_spin_us: u32,
+    pub fast_path: FastPath,
 }
 
 impl Default for Datapath {
@@ -122,6 +137,7 @@ impl Default for Datapath {
             gro_flush_timeout_us: 20,
             napi_defer_hard_irqs: 2,
             idle_spin_us: 50,
+            fast_path: FastPath::Auto,
         }
     }
 }

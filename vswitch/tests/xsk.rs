@@ -10,7 +10,8 @@ use sgswitch::port::xdp::{BUSY_WAIT, BindOptions, Frame, Memory, sys};
 use sgswitch_config::{XdpMode, ZeroCopy};
 use sgswitch_tests::netns::sh;
 
-const PLAIN: BindOptions = BindOptions { mode: XdpMode::Auto, zero_copy: ZeroCopy::Auto, busy_poll: None, busy_wait: BUSY_WAIT };
+const PLAIN: BindOptions =
+    BindOptions { mode: XdpMode::Auto, zero_copy: ZeroCopy::Auto, busy_poll: None, busy_wait: BUSY_WAIT, fast: false };
 
 /// A veth pair `a`-`b` this test makes, removed when dropped. IPv6 is off
 /// before the links come up, so the kernel sends no neighbour discovery or
@@ -234,4 +235,32 @@ fn the_program_lives_with_the_sockets_and_another_program_is_refused_and_left_al
     let e = mem.bind("sgt-pa", 0, &PLAIN).map(|_| ()).expect_err("refused");
     assert!(e.to_string().contains("another XDP program is attached to sgt-pa (`ip link set dev sgt-pa xdp off` removes it)"), "{e}");
     assert!(sh("ip -d link show sgt-pa | grep -q 'name sgb_sink'"), "the other program stays");
+}
+
+/// With the fast path, the interface's program (its flow lookup first)
+/// passes the kernel's verifier and still brings frames to the socket.
+#[test]
+fn the_fast_path_program_loads_and_frames_without_a_flow_reach_the_socket() {
+    let _pair = Pair::up("sgt-fa", "sgt-fb");
+    let mut mem = Memory::new(512, 64).expect("UMEM");
+    let mut socket = mem.bind("sgt-fa", 0, &BindOptions { fast: true, ..PLAIN }).expect("an AF_XDP socket with the fast path");
+    socket.refill(&mut mem, 256);
+    // A UDP frame into sgt-fb arrives on sgt-fa.
+    let mut frame = vec![0u8; 60];
+    frame[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    frame[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+    frame[12..14].copy_from_slice(&[8, 0]);
+    frame[14] = 0x45;
+    frame[23] = 17;
+    let mut sender = Memory::new(512, 64).expect("UMEM");
+    let mut out = sender.bind("sgt-fb", 0, &PLAIN).expect("the sender's socket");
+    let f = sender.copy_in(&frame).expect("a frame");
+    let mut pending = vec![f];
+    assert_eq!(out.transmit(&mut sender, &mut pending), 1);
+    let mut got = Vec::new();
+    let t = Instant::now();
+    while got.is_empty() && t.elapsed() < Duration::from_secs(2) {
+        socket.receive(&mut mem, &mut got, 8);
+    }
+    assert_eq!(got.len(), 1, "the frame reached the socket");
 }

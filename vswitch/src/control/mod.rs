@@ -357,6 +357,7 @@ pub fn restart_needed(running: &Host, next: &Host) -> Vec<String> {
     diff("[datapath] mode", format!("{:?}", d.mode).to_lowercase(), format!("{:?}", e.mode).to_lowercase());
     diff("[datapath] zero_copy", format!("{:?}", d.zero_copy).to_lowercase(), format!("{:?}", e.zero_copy).to_lowercase());
     diff("[datapath] busy_poll", d.busy_poll.to_string(), e.busy_poll.to_string());
+    diff("[datapath] fast_path", format!("{:?}", d.fast_path).to_lowercase(), format!("{:?}", e.fast_path).to_lowercase());
     diff("[datapath] frames", d.frames.to_string(), e.frames.to_string());
     diff("[datapath] ring_size", d.ring_size.to_string(), e.ring_size.to_string());
     diff(

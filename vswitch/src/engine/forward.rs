@@ -78,7 +78,7 @@ fn uplink_socket(socks: &[Port]) -> Option<usize> {
 }
 
 /// This loop's socket for a unicast target, if it has it (a flood has none).
-fn socket_for(socks: &[Port], by_port: &[Option<usize>], to: To) -> Option<usize> {
+pub(crate) fn socket_for(socks: &[Port], by_port: &[Option<usize>], to: To) -> Option<usize> {
     match to {
         To::Port(q) => by_port.get(usize::from(q)).copied().flatten(),
         To::Uplink => uplink_socket(socks),

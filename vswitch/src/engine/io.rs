@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use sgswitch_config::Host;
+use sgswitch_config::{FastPath, Host};
 use tracing::{info, warn};
 
 use super::stats::{LinkState, SocketStats};
@@ -75,6 +75,8 @@ pub struct Port {
     /// What the log has been told of this socket (bits of
     /// `warn_about_offloads`).
     pub warned: u8,
+    /// The XDP fast path may send flows out of this socket's interface.
+    pub fast_target: bool,
 }
 
 impl std::fmt::Debug for Port {
@@ -114,7 +116,15 @@ fn open(mem: &mut Memory, host: &Host, interface: &str, queue: u32, src: Source,
         tx_full: Counter::default(),
         checksums_finished: Counter::default(),
     });
-    Ok(Port { sock, src, pending: Vec::with_capacity(cap), stats, warned: 0 })
+    // Redirected frames are sent with the driver's `ndo_xdp_xmit`: a tap's
+    // takes them whatever its guest runs; a veth's only if its peer runs
+    // XDP or GRO, which this side cannot see (`fast_path = "on"` says so).
+    let fast_target = match host.datapath.fast_path {
+        FastPath::On => true,
+        FastPath::Auto => sys::is_tap(interface),
+        FastPath::Off => false,
+    };
+    Ok(Port { sock, src, pending: Vec::with_capacity(cap), stats, warned: 0, fast_target })
 }
 
 /// A loop's I/O: its UMEM, its sockets (the uplink's first, by queue),

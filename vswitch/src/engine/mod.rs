@@ -15,6 +15,7 @@
 //! arrived, the receiver's ingress in the receiver's loop. A full inbox
 //! drops the frame and counts it.
 
+pub mod fast;
 pub mod forward;
 pub mod io;
 pub mod stats;
@@ -207,6 +208,34 @@ impl Loops {
     }
 }
 
+/// Offers the XDP fast path the flows of a batch from socket `s` that it
+/// can take (see `fast.rs`): candidates the pipeline named, unicast to
+/// another of this loop's sockets whose interface takes redirected
+/// frames, and not finished by the loop.
+#[expect(clippy::too_many_arguments, reason = "the loop's parts a batch touches, borrowed apart")]
+fn offer_fast(
+    fast: &mut fast::Fast,
+    pipe: &Pipeline<u32>,
+    socks: &[Port],
+    by_port: &[Option<usize>],
+    s: usize,
+    rx: &[Frame],
+    finished: &[bool],
+    outs: &[Outcome],
+    mem: &crate::port::xdp::Memory,
+    stats: &LoopStats,
+) {
+    for (i, (f, o)) in rx.iter().zip(outs).enumerate() {
+        let Some((key, info)) = pipe.fast_candidate(i) else { continue };
+        let Action::Forward(to) = o.action else { continue };
+        let Some(t) = forward::socket_for(socks, by_port, to).filter(|&t| t != s) else { continue };
+        if finished.get(i).copied().unwrap_or(true) || !socks[t].fast_target {
+            continue;
+        }
+        fast.offer(socks[s].sock.ifindex(), mem.data(f), socks[t].sock.ifindex(), key, info, stats);
+    }
+}
+
 /// What a poll loop shares with the rest of the switch.
 #[derive(Debug)]
 pub struct Context<'a> {
@@ -263,6 +292,10 @@ pub fn poll_loop(
     pipe.set_owner(me);
     pipe.flow_log = log;
     pipe.adopt(&current.plan);
+    let mut fast = (host.datapath.fast_path != sgswitch_config::FastPath::Off)
+        .then(crate::port::xdp::bpf::fast_maps)
+        .flatten()
+        .map(|m| fast::Fast::new(m, me.index));
     // Ready once every socket's fill ring holds frames: from here on a
     // frame that arrives has somewhere to go.
     let share = fill_share(io.mem.frames(), io.socks.len());
@@ -319,6 +352,9 @@ pub fn poll_loop(
         }
         let plan = &current.plan;
         let now = Now(ms);
+        if let Some(f) = &mut fast {
+            f.adopt(plan.id());
+        }
         let mut busy = false;
         let Io { mem, socks, by_port, held, .. } = &mut io;
         let by_port = &by_port[..];
@@ -338,19 +374,23 @@ pub fn poll_loop(
             busy = true;
             stats.batch(n);
             let src = socks[s].src;
+            let mut finished = [false; BATCH];
             if matches!(src, Source::Port(_)) {
-                let mut finished = 0;
-                for f in &mut rx {
-                    finished += u64::from(mem.with_data_mut(f, offload::finish_checksum));
+                for (f, done) in rx.iter_mut().zip(finished.iter_mut()) {
+                    *done = mem.with_data_mut(f, offload::finish_checksum);
                 }
-                if finished > 0 {
-                    socks[s].stats.checksums_finished.add(finished);
+                let n = finished.iter().filter(|&&d| d).count() as u64;
+                if n > 0 {
+                    socks[s].stats.checksums_finished.add(n);
                 }
             }
             {
                 let items: [(Source, &[u8], u32); BATCH] =
                     std::array::from_fn(|i| rx.get(i).map_or((src, &[][..], 0), |f| (src, mem.data(f), f.number())));
                 pipe.process_batch(plan, &items[..n], now, &mut outs[..n]);
+            }
+            if let Some(fp) = &mut fast {
+                offer_fast(fp, &pipe, socks, by_port, s, &rx, &finished, &outs[..n], mem, stats);
             }
             let mut ways = Ways { plan, mem, socks, by_port, held, peers: &peers };
             for (f, o) in rx.drain(..).zip(&outs) {
@@ -400,6 +440,9 @@ pub fn poll_loop(
             }
         }
         pipe.tick(plan, now);
+        if let Some(fp) = &mut fast {
+            fp.sync(&mut pipe, plan, now, stats);
+        }
         let mut ways = Ways { plan, mem, socks, by_port, held, peers: &peers };
         for (h, o) in pipe.take_released() {
             ways.released(h, &o);

@@ -91,6 +91,13 @@ pub struct LoopStats {
     pub handover_sent: Counter,
     pub handover_dropped: Counter,
     pub handover_received: Counter,
+    /// The XDP fast path: flows this loop gives the programs now, what
+    /// they forwarded of them (as of the last sync), and flows it could
+    /// not give them (its share, or the map, full).
+    pub fast_flows: Counter,
+    pub fast_packets: Counter,
+    pub fast_bytes: Counter,
+    pub fast_full: Counter,
     pub conntrack: [Counter; CONNTRACK_EVENTS.len()],
     /// The flows this loop's table holds at most (its share of the host's
     /// capacity).
@@ -117,6 +124,10 @@ impl LoopStats {
             handover_sent: Counter::default(),
             handover_dropped: Counter::default(),
             handover_received: Counter::default(),
+            fast_flows: Counter::default(),
+            fast_packets: Counter::default(),
+            fast_bytes: Counter::default(),
+            fast_full: Counter::default(),
             conntrack: Default::default(),
             conntrack_capacity: Counter::default(),
             conntrack_entries: (0..MAX_PORTS).map(|_| AtomicU32::new(0)).collect(),

@@ -308,6 +308,24 @@ pub fn render(shared: &View) -> String {
         l.copy_failed.get()
     });
 
+    t.family("sgswitch_fastpath_flows", "gauge", "Flows a poll loop gives the interfaces' XDP programs to forward ([datapath] fast_path).");
+    for l in &shared.loops.stats {
+        t.sample("sgswitch_fastpath_flows", &[("loop", &l.index.to_string())], l.fast_flows.get());
+    }
+    t.per_loop(
+        shared,
+        "sgswitch_fastpath_packets_total",
+        "Frames the XDP programs forwarded for a loop's flows, as of its last sync (also in the ports' counters).",
+        |l| l.fast_packets.get(),
+    );
+    t.per_loop(shared, "sgswitch_fastpath_bytes_total", "Bytes of those frames.", |l| l.fast_bytes.get());
+    t.per_loop(
+        shared,
+        "sgswitch_fastpath_full_total",
+        "Flows a loop could not give the XDP programs (its share of 4,096, or the map, was full).",
+        |l| l.fast_full.get(),
+    );
+
     t.family("sgswitch_loop_handover_total", "counter", "Frames handed from a poll loop to the loop that owns their next stage or socket, by outcome (sent, dropped: the inbox was full, received).");
     for l in &shared.loops.stats {
         let lp = l.index.to_string();

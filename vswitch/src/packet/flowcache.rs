@@ -152,6 +152,12 @@ impl FlowKey {
         )
     }
 
+    /// Whether its frames are UDP (what the XDP fast path takes).
+    #[inline]
+    pub fn is_udp(&self) -> bool {
+        self.fields().3 == parse::UDP
+    }
+
     /// The destination MAC as the number its six bytes spell (how the plan
     /// keys its ports by MAC).
     #[inline]

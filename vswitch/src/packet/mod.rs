@@ -148,6 +148,11 @@ pub struct Pipeline<H> {
     cache_seed: u64,
     /// The stages of the frame being decided, for the flow cache.
     trace: Trace,
+    /// Per frame of the last `process_batch` (up to [`ct::BATCH`]): the
+    /// cache key and what conntrack read, when the frame was a UDP frame
+    /// passed as established by its recorded route, which the XDP fast
+    /// path can take from now on (`engine::fast`).
+    fast: Box<[Option<(FlowKey, PacketInfo)>; ct::BATCH]>,
 }
 
 /// What [`Pipeline::process_batch`] computed for a frame while warming the
@@ -188,6 +193,7 @@ impl<H: Copy> Pipeline<H> {
             cache: Some(FlowCache::new(flowcache::SLOTS, seed)),
             cache_seed: seed,
             trace: Trace::default(),
+            fast: Box::new([None; ct::BATCH]),
         }
     }
 
@@ -255,6 +261,64 @@ impl<H: Copy> Pipeline<H> {
         self.scratch = scratch;
     }
 
+    /// Frame `i` of the last [`Pipeline::process_batch`], if the XDP fast
+    /// path can take its flow from now on: a UDP frame passed as
+    /// established at every stage by its recorded route. Its cache key and
+    /// what conntrack read of it.
+    pub fn fast_candidate(&self, i: usize) -> Option<(FlowKey, PacketInfo)> {
+        self.fast.get(i).copied().flatten()
+    }
+
+    /// Accounts what the XDP fast path forwarded of the flow of `key`
+    /// (frames like `info`) since the last call: `packets` frames, `bytes`
+    /// in all. Its connection entries are updated as one frame of the flow
+    /// updates them, at `now`, and its counters as `packets` frames count.
+    /// Returns whether the fast path may keep the flow until `until`: its
+    /// route still recorded under this plan, every entry ready now (else
+    /// nothing is accounted: the frames were forwarded as the entries
+    /// stood when they were ready) and still ready at `until` (a flow that
+    /// would lapse before then is left to the loop, which lets it lapse on
+    /// time).
+    pub fn fast_account(
+        &mut self,
+        plan: &Plan,
+        key: &FlowKey,
+        info: &PacketInfo,
+        (packets, bytes): (u64, u64),
+        now: Now,
+        until: Now,
+    ) -> bool {
+        let Some(cache) = &self.cache else { return false };
+        let Some(route) = cache.get(key, cache.hash(key), plan.id()) else { return false };
+        let stages = usize::from(route.stages);
+        if packets > 0 {
+            let mut ready = [None; 2];
+            for (r, &at) in ready.iter_mut().zip(&route.at).take(stages) {
+                match self.conntrack.ready_at(at, now, plan.generation) {
+                    Some(x) => *r = Some(x),
+                    None => return false,
+                }
+            }
+            let mut out = None;
+            for (i, r) in ready.iter().enumerate() {
+                let Some(r) = *r else { break };
+                if self.conntrack.update_at(r, info, now) != ct::Outcome::Established {
+                    return false;
+                }
+                out = Some(Outcome {
+                    action: Action::Forward(route.to()),
+                    reason: Reason::Established,
+                    port: Some(route.ports[i]),
+                    direction: route.direction(i),
+                });
+            }
+            if let Some(o) = out {
+                self.count_n(plan, &o, packets, bytes);
+            }
+        }
+        route.at.iter().take(stages).all(|&at| self.conntrack.ready_at(at, until, plan.generation).is_some())
+    }
+
     /// Outcomes of held fragments that were decided since the last call.
     pub fn take_released(&mut self) -> impl Iterator<Item = (H, Outcome)> + '_ {
         self.released.drain(..)
@@ -277,7 +341,8 @@ impl<H: Copy> Pipeline<H> {
         if let Some(cache) = &mut self.cache {
             cache.adopt(plan.id());
         }
-        for (chunk, outs) in frames.chunks(ct::BATCH).zip(out.chunks_mut(ct::BATCH)) {
+        self.fast.fill(None);
+        for (c, (chunk, outs)) in frames.chunks(ct::BATCH).zip(out.chunks_mut(ct::BATCH)).enumerate() {
             // Frames of the flow cache's shape, read at their fixed offsets,
             // and their slots warmed together.
             let mut fast = [None; ct::BATCH];
@@ -334,8 +399,8 @@ impl<H: Copy> Pipeline<H> {
             // Whether a route was recorded since the lookups above: until
             // one is, what they found (or not) is what the cache holds.
             let mut recorded = false;
-            for (((((&(src, data, handle), p), r), o), hint), k) in
-                chunk.iter().zip(&parsed).zip(&routes).zip(outs.iter_mut()).zip(&hints).zip(&fast)
+            for (j, (((((&(src, data, handle), p), r), o), hint), k)) in
+                chunk.iter().zip(&parsed).zip(&routes).zip(outs.iter_mut()).zip(&hints).zip(&fast).enumerate()
             {
                 if let Some((key, h, info)) = k
                     && let Some(route) = match (recorded, &self.cache) {
@@ -346,6 +411,9 @@ impl<H: Copy> Pipeline<H> {
                     && let Some(done) = self.cached(plan, &route, key, info, now)
                 {
                     self.counters.flow_cache_hits.add(1);
+                    if c == 0 && key.is_udp() && matches!(done.action, Action::Forward(_)) {
+                        self.fast[j] = Some((*key, *info));
+                    }
                     *o = done;
                     continue;
                 }
@@ -452,6 +520,12 @@ impl<H: Copy> Pipeline<H> {
 
     #[inline(always)]
     fn count(&mut self, plan: &Plan, o: &Outcome, len: u32) {
+        self.count_n(plan, o, 1, u64::from(len));
+    }
+
+    /// [`Pipeline::count`] for `packets` frames of `bytes` in all.
+    #[inline(always)]
+    fn count_n(&mut self, plan: &Plan, o: &Outcome, packets: u64, bytes: u64) {
         // A held fragment is counted when released, a handed-over frame by
         // the loop that finishes it.
         if matches!(o.action, Action::Held | Action::Handover(_)) {
@@ -461,14 +535,14 @@ impl<H: Copy> Pipeline<H> {
         let fwd = usize::from(matches!(o.action, Action::Forward(_)));
         if let Some(c) = self.counters.ports.get(slot) {
             let cell = &c.by[dir_ix(o.direction)][fwd][o.reason.kind().index()];
-            cell.packets.add(1);
-            cell.bytes.add(u64::from(len));
+            cell.packets.add(packets);
+            cell.bytes.add(bytes);
         }
         if let Reason::Rule(r) = o.reason
             && self.hits.generation == plan.generation
             && let Some(h) = self.hits.hits.get(plan.rule_slot(r))
         {
-            h.add(1);
+            h.add(packets);
         }
     }
 

@@ -13,8 +13,23 @@
 //!
 //! One attachment per interface serves every socket bound on it, whichever
 //! poll loop owns the socket: sockets hold it, and the last one closed
-//! detaches the program. The program is five instructions, assembled here
-//! (no BPF toolchain).
+//! detaches the program. The programs are a few dozen instructions,
+//! assembled here (no BPF toolchain).
+//!
+//! # The fast path
+//! With `[datapath] fast_path`, the program first looks an untagged IPv4
+//! UDP frame (20-byte header, not a fragment) up in [`FastMaps`]' flow
+//! map, by the interface it arrived on, both MACs, both addresses and both
+//! ports: a flow a poll loop judged established and put there. A hit
+//! whose generation is its loop's current one is counted (packets, bytes)
+//! and redirected to the interface the loop sent the flow's frames to; a
+//! miss goes to the socket as before. The loop stays the authority: it
+//! puts a flow there only after passing one of its frames as established
+//! through the flow cache, moves its generation on with every plan (which
+//! retires all its flows at once), and every sync accounts what the
+//! program forwarded to the flow's connection entries and counters and
+//! takes the flow out when an entry is no longer ready or would lapse
+//! before the next sync (`engine::fast`).
 #![allow(unsafe_code, reason = "the bpf(2) system call takes a union of C structs; each call says what it passes")]
 
 use std::collections::HashMap;
@@ -23,7 +38,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_MAP_TYPE_XSKMAP: u32 = 17;
@@ -34,6 +53,15 @@ const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 const XDP_PASS: i32 = 2;
 /// `bpf_redirect_map(map, key, flags)`.
 const HELPER_REDIRECT_MAP: i32 = 51;
+/// `bpf_map_lookup_elem(map, key)`.
+const HELPER_LOOKUP: i32 = 1;
+/// `bpf_redirect(ifindex, flags)`.
+const HELPER_REDIRECT: i32 = 23;
+/// Flows the fast path holds at most (the whole switch; each loop's
+/// share is `FLOWS / loops`).
+pub const FLOWS: u32 = 65_536;
+/// Poll loops the generation map has a word for.
+pub const LOOPS: u32 = 256;
 /// The program's name, as `ip link` and `bpftool` show it.
 pub const PROGRAM: &str = "sgswitch_xsk";
 /// Queues an interface's map holds: queue indices above are passed to the
@@ -78,39 +106,179 @@ fn raw(fd: &OwnedFd) -> u32 {
     u32::try_from(fd.as_raw_fd()).unwrap_or(0)
 }
 
-/// The program: `return bpf_redirect_map(&xsks, ctx->rx_queue_index,
-/// XDP_PASS)`.
-fn program(xsks: &OwnedFd) -> [Insn; 6] {
-    let fd = xsks.as_raw_fd();
-    [
-        insn(0x61, 2, 1, 16, 0), // r2 = ctx->rx_queue_index
-        insn(0x18, 1, 1, 0, fd), // r1 = the map (a 64-bit load of its fd)
-        insn(0, 0, 0, 0, 0),
-        insn(0xb7, 3, 0, 0, XDP_PASS), // r3 = XDP_PASS
-        insn(0x85, 0, 0, 0, HELPER_REDIRECT_MAP),
-        insn(0x95, 0, 0, 0, 0), // exit
-    ]
+/// Builds a program, resolving jumps to labels.
+#[derive(Default)]
+struct Asm {
+    insns: Vec<Insn>,
+    jumps: Vec<(usize, usize)>,
+    labels: Vec<usize>,
 }
 
+impl Asm {
+    fn op(&mut self, code: u8, dst: u8, src: u8, off: i16, imm: i32) -> &mut Asm {
+        self.insns.push(insn(code, dst, src, off, imm));
+        self
+    }
+    fn label(&mut self) -> usize {
+        self.labels.push(usize::MAX);
+        self.labels.len() - 1
+    }
+    fn here(&mut self, label: usize) {
+        self.labels[label] = self.insns.len();
+    }
+    /// `if dst OP imm goto label` (`op`: a BPF_JMP|BPF_K code).
+    fn jump_k(&mut self, op: u8, dst: u8, imm: i32, label: usize) -> &mut Asm {
+        self.jumps.push((self.insns.len(), label));
+        self.op(op, dst, 0, 0, imm)
+    }
+    /// `if dst OP src goto label` (`op`: a BPF_JMP|BPF_X code).
+    fn jump_x(&mut self, op: u8, dst: u8, src: u8, label: usize) -> &mut Asm {
+        self.jumps.push((self.insns.len(), label));
+        self.op(op, dst, src, 0, 0)
+    }
+    /// `dst = map` (a 64-bit load of the map's descriptor).
+    fn map(&mut self, dst: u8, map: &OwnedFd) -> &mut Asm {
+        self.op(0x18, dst, 1, 0, map.as_raw_fd()).op(0, 0, 0, 0, 0)
+    }
+    fn finish(mut self) -> Vec<Insn> {
+        for (at, label) in std::mem::take(&mut self.jumps) {
+            let to = self.labels[label];
+            self.insns[at].off = i16::try_from(to as isize - at as isize - 1).unwrap_or(0);
+        }
+        self.insns
+    }
+}
+
+// Instruction codes.
+const LDX_W: u8 = 0x61;
+const LDX_H: u8 = 0x69;
+const LDX_B: u8 = 0x71;
+const STX_W: u8 = 0x63;
+const MOV_K: u8 = 0xb7;
+const MOV_X: u8 = 0xbf;
+const ADD_K: u8 = 0x07;
+const SUB_X: u8 = 0x1f;
+const AND_K: u8 = 0x57;
+const JNE_K: u8 = 0x55;
+const JEQ_K: u8 = 0x15;
+const JGT_X: u8 = 0x2d;
+const JNE_X: u8 = 0x5d;
+const CALL: u8 = 0x85;
+const EXIT: u8 = 0x95;
+/// `lock *(u64 *)(dst + off) += src`.
+const ATOMIC_DW: u8 = 0xdb;
+
+/// The redirect to the queue's socket (the stack when it has none): the
+/// end of both programs. Reads the context from r6.
+fn to_socket(a: &mut Asm, xsks: &OwnedFd) {
+    a.op(LDX_W, 2, 6, 16, 0) // r2 = ctx->rx_queue_index
+        .map(1, xsks)
+        .op(MOV_K, 3, 0, 0, XDP_PASS)
+        .op(CALL, 0, 0, 0, HELPER_REDIRECT_MAP)
+        .op(EXIT, 0, 0, 0, 0);
+}
+
+/// The fast path's program (see the module's description): the key as
+/// [`FastKey`] lays it out, on the stack at r10 - 32; the value as
+/// [`FastValue`].
+fn fast_program(xsks: &OwnedFd, maps: &FastMaps) -> Vec<Insn> {
+    let mut a = Asm::default();
+    let slow = a.label();
+    a.op(MOV_X, 6, 1, 0, 0) // r6 = ctx
+        .op(LDX_W, 2, 6, 0, 0) // r2 = data
+        .op(LDX_W, 3, 6, 4, 0) // r3 = data_end
+        .op(MOV_X, 4, 2, 0, 0)
+        .op(ADD_K, 4, 0, 0, 42) // Ethernet, IPv4, UDP
+        .jump_x(JGT_X, 4, 3, slow)
+        .op(LDX_H, 4, 2, 12, 0)
+        .jump_k(JNE_K, 4, 0x0008, slow) // EtherType IPv4 (as read little-endian)
+        .op(LDX_B, 4, 2, 14, 0)
+        .jump_k(JNE_K, 4, 0x45, slow) // version 4, a 20-byte header
+        .op(LDX_H, 4, 2, 20, 0)
+        .op(AND_K, 4, 0, 0, 0xff3f) // more fragments, fragment offset
+        .jump_k(JNE_K, 4, 0, slow)
+        .op(LDX_B, 4, 2, 23, 0)
+        .jump_k(JNE_K, 4, 17, slow); // UDP
+    // The key: interface, the MACs (12 bytes from 0), addresses and ports
+    // (12 bytes from 26), the protocol.
+    a.op(LDX_W, 5, 6, 12, 0).op(STX_W, 10, 5, -32, 0); // ctx->ingress_ifindex
+    for (from, to) in [(0, -28), (4, -24), (8, -20), (26, -16), (30, -12), (34, -8)] {
+        a.op(LDX_W, 5, 2, from, 0).op(STX_W, 10, 5, to, 0);
+    }
+    a.op(STX_W, 10, 4, -4, 0)
+        .op(MOV_X, 7, 3, 0, 0)
+        .op(SUB_X, 7, 2, 0, 0) // r7 = the frame's length
+        .map(1, &maps.flows)
+        .op(MOV_X, 2, 10, 0, 0)
+        .op(ADD_K, 2, 0, 0, -32)
+        .op(CALL, 0, 0, 0, HELPER_LOOKUP)
+        .jump_k(JEQ_K, 0, 0, slow)
+        .op(MOV_X, 8, 0, 0, 0) // r8 = the flow
+        // Its loop's generation, which moves with every plan.
+        .op(LDX_W, 1, 8, 4, 0)
+        .op(STX_W, 10, 1, -36, 0)
+        .map(1, &maps.generations)
+        .op(MOV_X, 2, 10, 0, 0)
+        .op(ADD_K, 2, 0, 0, -36)
+        .op(CALL, 0, 0, 0, HELPER_LOOKUP)
+        .jump_k(JEQ_K, 0, 0, slow)
+        .op(LDX_W, 1, 0, 0, 0)
+        .op(LDX_W, 2, 8, 8, 0)
+        .jump_x(JNE_X, 1, 2, slow)
+        .op(MOV_K, 1, 0, 0, 1)
+        .op(ATOMIC_DW, 8, 1, 16, 0) // packets
+        .op(ATOMIC_DW, 8, 7, 24, 0) // bytes
+        .op(LDX_W, 1, 8, 0, 0)
+        .op(MOV_K, 2, 0, 0, 0)
+        .op(CALL, 0, 0, 0, HELPER_REDIRECT)
+        .op(EXIT, 0, 0, 0, 0);
+    a.here(slow);
+    to_socket(&mut a, xsks);
+    a.finish()
+}
+
+/// The program: `return bpf_redirect_map(&xsks, ctx->rx_queue_index,
+/// XDP_PASS)`.
+fn program(xsks: &OwnedFd) -> Vec<Insn> {
+    let mut a = Asm::default();
+    a.op(MOV_X, 6, 1, 0, 0);
+    to_socket(&mut a, xsks);
+    a.finish()
+}
+
+/// Loads an XDP program; a refusal is loaded again with the verifier's
+/// log, for the message (a log on success only costs, and can overflow).
 fn load(insns: &[Insn]) -> io::Result<OwnedFd> {
     let license = c"GPL";
-    let mut log = vec![0u8; 4096];
-    let mut attr = [0u64; 16];
-    attr[0] = lo_hi(BPF_PROG_TYPE_XDP, u32::try_from(insns.len()).unwrap_or(0));
-    attr[1] = insns.as_ptr() as u64;
-    attr[2] = license.as_ptr() as u64;
-    attr[3] = lo_hi(1, u32::try_from(log.len()).unwrap_or(0)); // log_level, log_size
-    attr[4] = log.as_mut_ptr() as u64;
-    // prog_name at byte 48.
-    let mut n = [0u8; 16];
-    for (d, s) in n.iter_mut().zip(PROGRAM.bytes().take(15)) {
-        *d = s;
-    }
-    attr[6] = u64::from_le_bytes([n[0], n[1], n[2], n[3], n[4], n[5], n[6], n[7]]);
-    attr[7] = u64::from_le_bytes([n[8], n[9], n[10], n[11], n[12], n[13], n[14], n[15]]);
-    bpf(BPF_PROG_LOAD, &mut attr).map(owned).map_err(|e| {
+    let attempt = |log: &mut [u8]| {
+        let mut attr = [0u64; 16];
+        attr[0] = lo_hi(BPF_PROG_TYPE_XDP, u32::try_from(insns.len()).unwrap_or(0));
+        attr[1] = insns.as_ptr() as u64;
+        attr[2] = license.as_ptr() as u64;
+        if !log.is_empty() {
+            attr[3] = lo_hi(1, u32::try_from(log.len()).unwrap_or(0)); // log_level, log_size
+            attr[4] = log.as_mut_ptr() as u64;
+        }
+        // prog_name at byte 48.
+        let mut n = [0u8; 16];
+        for (d, s) in n.iter_mut().zip(PROGRAM.bytes().take(15)) {
+            *d = s;
+        }
+        attr[6] = u64::from_le_bytes([n[0], n[1], n[2], n[3], n[4], n[5], n[6], n[7]]);
+        attr[7] = u64::from_le_bytes([n[8], n[9], n[10], n[11], n[12], n[13], n[14], n[15]]);
+        bpf(BPF_PROG_LOAD, &mut attr).map(owned)
+    };
+    attempt(&mut []).or_else(|e| {
+        let mut log = vec![0u8; 1 << 16];
+        let again = attempt(&mut log);
         let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-        io::Error::new(e.kind(), format!("loading {PROGRAM}: {e} {}", String::from_utf8_lossy(&log[..end]).trim()))
+        let text = String::from_utf8_lossy(&log[..end]);
+        // The verifier's last lines say why.
+        let tail: Vec<&str> = text.lines().rev().take(4).collect();
+        again.and(Err(io::Error::new(
+            e.kind(),
+            format!("loading {PROGRAM}: {e} ({})", tail.into_iter().rev().collect::<Vec<_>>().join(" / ")),
+        )))
     })
 }
 
@@ -125,13 +293,142 @@ pub struct Attached {
     _link: OwnedFd,
 }
 
+fn map_create(kind: u32, key: u32, value: u32, entries: u32) -> io::Result<OwnedFd> {
+    let mut attr = [0u64; 8];
+    attr[0] = lo_hi(kind, key); // map_type, key_size
+    attr[1] = lo_hi(value, entries); // value_size, max_entries
+    bpf(BPF_MAP_CREATE, &mut attr).map(owned)
+}
+
+/// `(map, key, value, flags)` for the element calls.
+fn elem(cmd: libc::c_long, map: &OwnedFd, key: *const u8, value: *mut u8) -> io::Result<()> {
+    let mut attr = [0u64; 4];
+    attr[0] = u64::from(raw(map));
+    attr[1] = key as u64;
+    attr[2] = value as u64;
+    bpf(cmd, &mut attr).map(|_| ())
+}
+
+/// A fast-path flow's key, laid out as the program builds it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FastKey {
+    /// The interface the frames arrive on.
+    pub ifindex: u32,
+    /// The frame's first 12 bytes: destination and source MAC.
+    pub macs: [u8; 12],
+    /// IPv4 source and destination address, UDP source and destination
+    /// port, as on the wire (frame bytes 26..38).
+    pub flow: [u8; 12],
+    /// The IP protocol (17).
+    pub proto: u32,
+}
+
+impl FastKey {
+    /// The key of an untagged IPv4 UDP frame with a 20-byte header that
+    /// arrived on `ifindex`; `None` for any other frame.
+    pub fn of(ifindex: u32, frame: &[u8]) -> Option<FastKey> {
+        let f = frame.get(..42)?;
+        let fragment = u16::from_be_bytes([f[20], f[21]]) & 0x3fff != 0;
+        if f[12..14] != [0x08, 0x00] || f[14] != 0x45 || fragment || f[23] != 17 {
+            return None;
+        }
+        let mut k = FastKey { ifindex, proto: 17, ..FastKey::default() };
+        k.macs.copy_from_slice(&f[..12]);
+        k.flow.copy_from_slice(&f[26..38]);
+        Some(k)
+    }
+}
+
+/// A fast-path flow's value, laid out as the program reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FastValue {
+    /// Where its frames go.
+    pub out_ifindex: u32,
+    /// The loop that put it there, and the generation it did so in.
+    pub owner: u32,
+    pub generation: u32,
+    pad: u32,
+    /// What the program forwarded, since the flow was put there.
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl FastValue {
+    pub fn new(out_ifindex: u32, owner: u32, generation: u32) -> FastValue {
+        FastValue { out_ifindex, owner, generation, ..FastValue::default() }
+    }
+}
+
+/// The fast path's maps, one per switch: the flows, and each loop's
+/// generation.
+#[derive(Debug)]
+pub struct FastMaps {
+    flows: OwnedFd,
+    generations: OwnedFd,
+}
+
+impl FastMaps {
+    fn new() -> io::Result<FastMaps> {
+        let size = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let flows = map_create(BPF_MAP_TYPE_HASH, size(size_of::<FastKey>()), size(size_of::<FastValue>()), FLOWS)?;
+        let generations = map_create(BPF_MAP_TYPE_ARRAY, 4, 4, LOOPS)?;
+        Ok(FastMaps { flows, generations })
+    }
+
+    /// Loop `owner`'s flows of any other generation are not taken from now
+    /// on.
+    ///
+    /// # Errors
+    /// The kernel's.
+    pub fn set_generation(&self, owner: u32, generation: u32) -> io::Result<()> {
+        let (k, mut v) = (owner, generation);
+        elem(BPF_MAP_UPDATE_ELEM, &self.generations, (&raw const k).cast(), (&raw mut v).cast())
+    }
+
+    /// Puts a flow there (or replaces it, its counts from 0).
+    ///
+    /// # Errors
+    /// The kernel's (the map full: `E2BIG`).
+    pub fn put(&self, key: &FastKey, value: &FastValue) -> io::Result<()> {
+        let mut v = *value;
+        elem(BPF_MAP_UPDATE_ELEM, &self.flows, (&raw const *key).cast(), (&raw mut v).cast())
+    }
+
+    /// The flow as the program left it, if it is there.
+    pub fn get(&self, key: &FastKey) -> Option<FastValue> {
+        let mut v = FastValue::default();
+        elem(BPF_MAP_LOOKUP_ELEM, &self.flows, (&raw const *key).cast(), (&raw mut v).cast()).ok().map(|()| v)
+    }
+
+    /// Takes a flow out.
+    pub fn remove(&self, key: &FastKey) {
+        let _ = elem(BPF_MAP_DELETE_ELEM, &self.flows, (&raw const *key).cast(), std::ptr::null_mut());
+    }
+}
+
+/// The switch's fast-path maps, made the first time they are asked for;
+/// `None` (with the reason logged once) if the kernel refuses them.
+pub fn fast_maps() -> Option<&'static FastMaps> {
+    static MAPS: std::sync::OnceLock<Option<FastMaps>> = std::sync::OnceLock::new();
+    MAPS.get_or_init(|| match FastMaps::new() {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!("fast path off: its maps cannot be made ({e})");
+            None
+        }
+    })
+    .as_ref()
+}
+
 impl Attached {
-    fn new(ifindex: u32, native: bool) -> io::Result<Attached> {
-        let mut attr = [0u64; 8];
-        attr[0] = lo_hi(BPF_MAP_TYPE_XSKMAP, 4); // map_type, key_size
-        attr[1] = lo_hi(4, QUEUES); // value_size, max_entries
-        let xsks = bpf(BPF_MAP_CREATE, &mut attr).map(owned)?;
-        let prog = load(&program(&xsks))?;
+    fn new(ifindex: u32, native: bool, fast: bool) -> io::Result<Attached> {
+        let xsks = map_create(BPF_MAP_TYPE_XSKMAP, 4, 4, QUEUES)?;
+        let prog = match fast.then(fast_maps).flatten() {
+            Some(maps) => load(&fast_program(&xsks, maps))?,
+            None => load(&program(&xsks))?,
+        };
         let mut attr = [0u64; 8];
         attr[0] = lo_hi(raw(&prog), ifindex); // prog_fd, target_ifindex
         attr[1] = lo_hi(BPF_XDP, if native { XDP_FLAGS_DRV_MODE } else { XDP_FLAGS_SKB_MODE }); // attach_type, flags
@@ -145,16 +442,13 @@ impl Attached {
     /// The kernel's (a queue past the map, a socket not bound to this
     /// interface and queue).
     pub fn insert(&self, queue: u32, fd: libc::c_int) -> io::Result<()> {
-        let (k, v) = (queue, fd);
-        let mut attr = [0u64; 4];
-        attr[0] = u64::from(raw(&self.xsks));
-        attr[1] = (&raw const k) as u64;
-        attr[2] = (&raw const v) as u64;
-        bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+        let (k, mut v) = (queue, fd);
+        elem(BPF_MAP_UPDATE_ELEM, &self.xsks, (&raw const k).cast(), (&raw mut v).cast())
     }
 }
 
-/// Every interface's attachment, while a socket holds it.
+/// Every interface's attachment, while a socket holds it. (`fast`: with
+/// the fast path's lookup; every socket of a switch asks alike.)
 static ATTACHED: Mutex<Option<HashMap<u32, Weak<Attached>>>> = Mutex::new(None);
 
 /// The program on interface `ifindex` in the mode asked (`native`):
@@ -164,7 +458,7 @@ static ATTACHED: Mutex<Option<HashMap<u32, Weak<Attached>>>> = Mutex::new(None);
 /// The interface runs this switch's program in the other mode (another
 /// socket chose it), or the kernel refused (another program is attached,
 /// the driver has no native XDP, no CAP_BPF), in words.
-pub fn attach(interface: &str, ifindex: u32, native: bool) -> Result<Arc<Attached>, String> {
+pub fn attach(interface: &str, ifindex: u32, native: bool, fast: bool) -> Result<Arc<Attached>, String> {
     let mut all = ATTACHED.lock().unwrap_or_else(PoisonError::into_inner);
     let map = all.get_or_insert_with(HashMap::new);
     map.retain(|_, w| w.strong_count() > 0);
@@ -175,7 +469,7 @@ pub fn attach(interface: &str, ifindex: u32, native: bool) -> Result<Arc<Attache
             Err(format!("the interface runs {PROGRAM} in {} mode", if a.native { "native" } else { "skb" }))
         };
     }
-    let a = Arc::new(Attached::new(ifindex, native).map_err(|e| match e.raw_os_error() {
+    let a = Arc::new(Attached::new(ifindex, native, fast).map_err(|e| match e.raw_os_error() {
         Some(libc::EBUSY | libc::EEXIST) => {
             format!("another XDP program is attached to {interface} (`ip link set dev {interface} xdp off` removes it)")
         }

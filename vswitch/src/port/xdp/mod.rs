@@ -79,6 +79,9 @@ pub struct BindOptions {
     /// [`BUSY_WAIT`] when the switch starts; zero in a running loop, which
     /// must not stall and tries again a second later anyway.
     pub busy_wait: Duration,
+    /// The interface's program looks flows up in the fast path's maps
+    /// (`bpf.rs`) before the sockets.
+    pub fast: bool,
 }
 
 /// The wait for a held queue when the switch starts.
@@ -108,7 +111,8 @@ impl BindOptions {
             defer_hard_irqs: d.napi_defer_hard_irqs,
             gro_flush_timeout_ns: u64::from(d.gro_flush_timeout_us) * 1000,
         });
-        BindOptions { mode: d.mode, zero_copy: d.zero_copy, busy_poll, busy_wait: BUSY_WAIT }
+        let fast = d.fast_path != sgswitch_config::FastPath::Off;
+        BindOptions { mode: d.mode, zero_copy: d.zero_copy, busy_poll, busy_wait: BUSY_WAIT, fast }
     }
 }
 
@@ -288,7 +292,7 @@ impl Memory {
     /// polling was required and could not be set up; the message names the
     /// interface and the reason.
     pub fn bind(&mut self, interface: &str, queue: u32, opts: &BindOptions) -> Result<Socket, PortError> {
-        let BindOptions { mode, zero_copy, busy_poll, busy_wait } = *opts;
+        let BindOptions { mode, zero_copy, busy_poll, busy_wait, fast } = *opts;
         if !Path::new("/sys/class/net").join(interface).exists() {
             return Err(PortError::NoInterface { iface: interface.to_owned() });
         }
@@ -320,7 +324,7 @@ impl Memory {
         for &native in natives {
             // The switch's program (bpf.rs), in this mode, before the
             // sockets: libxdp is told not to load its own.
-            let program = match bpf::attach(interface, ifindex, native) {
+            let program = match bpf::attach(interface, ifindex, native, fast) {
                 Ok(p) => p,
                 Err(e) => {
                     // The reason a mode tried before failed says more than

@@ -263,6 +263,12 @@ pub fn claim(interface: &str) -> Result<bool, PortError> {
     Ok(true)
 }
 
+/// Whether `interface` is a tap (or tun) device: the tun driver gives its
+/// devices a `tun_flags` attribute.
+pub fn is_tap(interface: &str) -> bool {
+    Path::new("/sys/class/net").join(interface).join("tun_flags").exists()
+}
+
 /// Raises the soft limit on open files to the hard limit: sockets, the
 /// metrics endpoint's clients and the control socket's share it, and the
 /// default of 1,024 is what a handful of idle clients used to exhaust.

@@ -1,0 +1,172 @@
+//! A poll loop's side of the XDP fast path (`port/xdp/bpf.rs`): which of
+//! its flows the interfaces' programs forward, and what they forwarded.
+//!
+//! - **Offered**: a UDP frame the pipeline passed as established by its
+//!   recorded route (`Pipeline::fast_candidate`), unicast between two of
+//!   this loop's sockets, whose checksum the loop did not have to finish
+//!   (the program cannot), toward an interface that takes redirected
+//!   frames (a tap; any with `fast_path = "on"`). Its key is put in the
+//!   flow map with this loop's current generation.
+//! - **Retired at once** by a new plan: the loop moves its generation on
+//!   (one map write, after which the programs take none of its flows) and
+//!   then deletes them, as the flow cache forgets its routes.
+//! - **Synced** every [`SYNC_MS`], a slice of flows per iteration: what
+//!   each flow's program counted since the last sync is accounted to its
+//!   connection entries and counters (`Pipeline::fast_account`), and a flow
+//!   whose route or entries are gone, or whose entries would lapse before
+//!   the next sync, is taken out: its frames come to the loop again, which
+//!   judges them and lets the connection lapse on time.
+//!
+//! At most [`PER_LOOP`] flows per loop: every sync reads each one (a
+//! system call), so this bounds the loop's cost; flows past it stay with
+//! the loop. Nothing here runs per forwarded frame.
+
+use hashbrown::HashSet;
+
+use sgswitch_conntrack::{Now, PacketInfo};
+
+use crate::datapath::plan::Plan;
+use crate::engine::stats::LoopStats;
+use crate::packet::Pipeline;
+use crate::packet::flowcache::FlowKey;
+use crate::port::xdp::bpf::{FastKey, FastMaps, FastValue};
+
+/// How often each flow is synced, in ms: the longest a connection entry's
+/// last-seen time lags its flow's last frame, and how far ahead a flow
+/// must stay ready to be kept.
+pub const SYNC_MS: u64 = 100;
+/// Flows one loop gives the programs at most.
+pub const PER_LOOP: usize = 4096;
+/// Flows synced per loop iteration.
+const SLICE: usize = 256;
+
+#[derive(Debug)]
+struct Flow {
+    key: FastKey,
+    cache: FlowKey,
+    info: PacketInfo,
+    /// The program's counts at the last sync.
+    packets: u64,
+    bytes: u64,
+}
+
+/// One loop's fast-path flows.
+#[derive(Debug)]
+pub struct Fast {
+    maps: &'static FastMaps,
+    owner: u32,
+    generation: u32,
+    /// The plan its flows were judged under (0: none yet).
+    plan: u64,
+    flows: Vec<Flow>,
+    keys: HashSet<FastKey>,
+    /// Where the sync in progress is, and when the next one starts.
+    cursor: usize,
+    due_ms: u64,
+}
+
+impl Fast {
+    /// Loop `owner`'s fast path, with room for [`PER_LOOP`] flows
+    /// (allocated now).
+    pub fn new(maps: &'static FastMaps, owner: usize) -> Fast {
+        Fast {
+            maps,
+            owner: u32::try_from(owner).unwrap_or(u32::MAX),
+            generation: 0,
+            plan: 0,
+            flows: Vec::with_capacity(PER_LOOP),
+            keys: HashSet::with_capacity(PER_LOOP),
+            cursor: 0,
+            due_ms: 0,
+        }
+    }
+
+    /// Flows the programs forward for this loop now.
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// Retires every flow judged under another plan than `plan`.
+    pub fn adopt(&mut self, plan: u64) {
+        if plan == self.plan {
+            return;
+        }
+        self.plan = plan;
+        self.generation = self.generation.wrapping_add(1);
+        if let Err(e) = self.maps.set_generation(self.owner, self.generation) {
+            // The programs could still take the old flows: delete them one
+            // by one below, the only way left.
+            tracing::warn!("fast path: loop {}'s generation could not be moved on: {e}", self.owner);
+        }
+        for f in self.flows.drain(..) {
+            self.maps.remove(&f.key);
+        }
+        self.keys.clear();
+        self.cursor = 0;
+    }
+
+    /// Gives the programs the flow of a frame the pipeline passed
+    /// (`cache`, `info`: its candidate), which arrived on `in_ifindex` as
+    /// `frame` and goes out of `out_ifindex`. Nothing if it is not of the
+    /// program's shape, already there, or this loop's share is full.
+    pub fn offer(&mut self, in_ifindex: u32, frame: &[u8], out_ifindex: u32, cache: FlowKey, info: PacketInfo, stats: &LoopStats) {
+        let Some(key) = FastKey::of(in_ifindex, frame) else { return };
+        if self.keys.contains(&key) {
+            return;
+        }
+        if self.flows.len() >= PER_LOOP {
+            stats.fast_full.add(1);
+            return;
+        }
+        if self.maps.put(&key, &FastValue::new(out_ifindex, self.owner, self.generation)).is_err() {
+            stats.fast_full.add(1);
+            return;
+        }
+        self.keys.insert(key);
+        self.flows.push(Flow { key, cache, info, packets: 0, bytes: 0 });
+        stats.fast_flows.set(self.flows.len() as u64);
+    }
+
+    /// Syncs a slice of the flows when a sync is due (see the module).
+    pub fn sync<H: Copy>(&mut self, pipe: &mut Pipeline<H>, plan: &Plan, now: Now, stats: &LoopStats) {
+        if now.0 < self.due_ms {
+            return;
+        }
+        let until = Now(now.0 + 2 * SYNC_MS);
+        let mut end = (self.cursor + SLICE).min(self.flows.len());
+        let mut i = self.cursor;
+        while i < end {
+            let f = &mut self.flows[i];
+            let keep = match self.maps.get(&f.key) {
+                Some(v) => {
+                    let (packets, bytes) = (v.packets.wrapping_sub(f.packets), v.bytes.wrapping_sub(f.bytes));
+                    (f.packets, f.bytes) = (v.packets, v.bytes);
+                    stats.fast_packets.add(packets);
+                    stats.fast_bytes.add(bytes);
+                    pipe.fast_account(plan, &f.cache, &f.info, (packets, bytes), now, until)
+                }
+                None => false,
+            };
+            if keep {
+                i += 1;
+            } else {
+                // Taken out: the last flow takes its place (synced next,
+                // if it was past the slice).
+                self.maps.remove(&f.key);
+                self.keys.remove(&f.key);
+                self.flows.swap_remove(i);
+                end = end.min(self.flows.len());
+            }
+        }
+        self.cursor = end;
+        if self.cursor >= self.flows.len() {
+            self.cursor = 0;
+            self.due_ms = now.0 + SYNC_MS;
+        }
+        stats.fast_flows.set(self.flows.len() as u64);
+    }
+}
