@@ -8,7 +8,13 @@
 # rules of which only the last allows the traffic:
 #   raw-afxdp          a plain AF_XDP forwarder, no parsing or policy (the
 #                      ceiling of the port path; busy-polled as sgswitch is)
-#   sgswitch           `sgswitch run`, one poll loop, default settings
+#   sgswitch           `sgswitch run`, one poll loop, default settings but
+#                      `fast_path = "on"`: tap-vm stands for a VM's tap, on
+#                      which the XDP fast path is on by default; on a veth
+#                      it needs its peer to take redirected frames, which
+#                      vm0 does (the sink is an XDP program)
+#   sgswitch-loop      the same with `fast_path = "off"`: every frame
+#                      through the poll loop
 #   bridge-nft-linear  a Linux bridge, br_netfilter, an inet nftables chain
 #                      with conntrack and one rule per security-group rule
 #   bridge-nft-sets    the same bridge, the rules as one concatenated
@@ -57,7 +63,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 json=0; warm=1; window=2; ramp="0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8 1.0 1.2"; rule_counts="10 1000"
-systems="sgswitch raw-afxdp bridge-nft-linear bridge-nft-sets ovs-afxdp xdp-redirect"
+systems="sgswitch sgswitch-loop raw-afxdp bridge-nft-linear bridge-nft-sets ovs-afxdp xdp-redirect"
 while [ $# -gt 0 ]; do
   case $1 in
     --json) json=1 ;;
@@ -163,14 +169,15 @@ pin_napi() { # ns iface core [rt]
 
 # The configuration: one VM port, one group of $1 ingress rules; only the
 # last allows the generator's traffic.
-sg_config() { # rules dir
-  local rules=$1 d=$2
+sg_config() { # rules dir fast_path
+  local rules=$1 d=$2 fast=$3
   mkdir -p "$d/ports" "$d/groups"
   cat >"$d/host.toml" <<EOF
 [uplink]
 interface = "up0"
 [datapath]
 cores = [0]
+fast_path = "$fast"
 [metrics]
 listen = "127.0.0.1:19480"
 [control]
@@ -337,9 +344,10 @@ start() { # system rules
     raw-afxdp)
       ip netns exec sgb-dut taskset -c 0 "$xsk" fwd up0 tap-vm --seconds 100000 >/dev/null 2>&1 &
       sleep 0.5 ;;
-    sgswitch)
-      local d=$work/cfg-$2
-      rm -rf "$d"; sg_config "$2" "$d"
+    sgswitch|sgswitch-loop)
+      local d=$work/cfg-$2 fast=on
+      [ "$1" = sgswitch-loop ] && fast=off
+      rm -rf "$d"; sg_config "$2" "$d" "$fast"
       ip netns exec sgb-dut "$sg" run "$d" 2>"$work/sgswitch.log" &
       for _ in $(seq 100); do grep -q "running on" "$work/sgswitch.log" && break; sleep 0.1; done
       grep -q "running on" "$work/sgswitch.log" || { cat "$work/sgswitch.log" >&2; exit 2; } ;;
@@ -417,6 +425,7 @@ for r in sorted({p["rules"] for p in pts}):
         "established_vs_best_bridge": ratio(sg_peak, max(bridges) if bridges else None),
         "established_vs_ovs": ratio(sg_peak, get("ovs-afxdp", r, "peak")),
         "established_vs_raw": ratio(sg_peak, get("raw-afxdp", r, "peak")),
+        "established_vs_loop_only": ratio(sg_peak, get("sgswitch-loop", r, "peak")),
         "new_vs_bridge_sets": ratio(sg_new, get("bridge-nft-sets", r, "new")),
         "new_vs_ovs": ratio(sg_new, get("ovs-afxdp", r, "new")),
         "overload_vs_peak": ratio(get("sgswitch", r, "overload"), sg_peak),

@@ -177,9 +177,9 @@ fn a_flood_on_the_uplink_leaves_vm_traffic_and_allowed_flows_working() {
     assert!(received >= 16, "pings from the uplink kept getting answers: {received} of 20\n{ping_text}");
 }
 
-/// Counts UDP datagrams to port 7000 until a second passes without one,
-/// then prints the count.
-const UDP_COUNTER: &str = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_RCVBUF,8<<20)\ns.bind(('0.0.0.0',7000))\ns.settimeout(1.5)\nn=0\nprint('ready',flush=True)\ntry:\n  while True:\n    s.recv(2048); n+=1\nexcept socket.timeout:\n  pass\nprint(n,flush=True)";
+/// Counts UDP datagrams to port 7000 (the first awaited for 5 s) until
+/// half a second passes without one, then prints the count.
+const UDP_COUNTER: &str = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_RCVBUF,8<<20)\ns.bind(('0.0.0.0',7000))\ns.settimeout(5)\nn=0\nprint('ready',flush=True)\ntry:\n  while True:\n    s.recv(2048); n+=1; s.settimeout(0.5)\nexcept socket.timeout:\n  pass\nprint(n,flush=True)";
 
 /// Sends `argv[1]` datagrams from 198.51.100.7:40000 to web1:7000, one
 /// every 0.5 ms.
@@ -208,19 +208,20 @@ fn udp_flow(n: usize) -> usize {
 
 /// The XDP fast path on the veth topology (`fast_path = "on"`: web1's
 /// namespace runs GRO on its end, so its veth takes redirected frames),
-/// with a UDP timeout of 2 s. An allowed UDP flow from the uplink for
+/// with a UDP timeout of 3 s. An allowed UDP flow from the uplink for
 /// longer than that: every datagram arrives, all but the first few by the
 /// interfaces' programs, the port's counters count every one, and the
 /// flow's connection entry lives on throughout (the first datagram alone
 /// is judged by a rule). Idle past its timeout, the flow leaves the
-/// programs and the table. Sent again, and the rule taken away by a
-/// reload: the flow stops at once, though its frames were the programs' a
-/// moment before.
+/// programs and the table. Sent again, then again after web1's veth was
+/// deleted and made again (a new index): every datagram arrives. Then the
+/// rule is taken away by a reload: the flow stops at once, though its
+/// frames were the programs' a moment before.
 #[test]
 fn an_established_udp_flow_takes_the_fast_path_and_a_reload_that_denies_it_stops_it() {
     require_root();
     let _topology = Topology::up();
-    let dir = examples("127.0.0.1:19483", "\n[conntrack.timeouts]\nudp = 2\n");
+    let dir = examples("127.0.0.1:19483", "\n[conntrack.timeouts]\nudp = 3\n");
     let host = dir.path().join("host.toml");
     let text = std::fs::read_to_string(&host).expect("read host.toml");
     std::fs::write(&host, text.replace("busy_poll = false", "busy_poll = false\nfast_path = \"on\"")).expect("write host.toml");
@@ -235,11 +236,11 @@ fn an_established_udp_flow_takes_the_fast_path_and_a_reload_that_denies_it_stops
     let metric = |name: &str| sample(&http_get("127.0.0.1:19483", "/metrics").expect("metrics"), name);
     let established = "sgswitch_packets_total{port=\"eni-web1\",direction=\"ingress\",action=\"forward\",reason=\"established\"}";
 
-    let n: usize = 6000;
+    let n: usize = 7000;
     let n64 = n as u64;
     let t = Instant::now();
     let got = udp_flow(n);
-    assert!(t.elapsed() > Duration::from_secs(4), "the flow outlasted its timeout ({:?})", t.elapsed());
+    assert!(t.elapsed() > Duration::from_millis(3500), "the flow outlasted its timeout ({:?})", t.elapsed());
     // Two syncs.
     std::thread::sleep(Duration::from_millis(300));
     let fast = metric("sgswitch_fastpath_packets_total{loop=\"0\"}");
@@ -252,13 +253,26 @@ fn an_established_udp_flow_takes_the_fast_path_and_a_reload_that_denies_it_stops
     assert_eq!(metric("sgswitch_fastpath_flows{loop=\"0\"}"), 1, "one flow in the programs");
     // Idle: out of the programs before its entry lapses, then out of the
     // table.
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(Duration::from_millis(3500));
     assert_eq!(metric("sgswitch_fastpath_flows{loop=\"0\"}"), 0, "the idle flow left the programs");
     assert_eq!(metric("sgswitch_conntrack_entries{port=\"eni-web1\"}"), 0, "and the table");
     // Again: a new flow (a rule's), in the programs once more.
     assert_eq!(udp_flow(500), 500);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(metric("sgswitch_fastpath_flows{loop=\"0\"}"), 1, "back in the programs");
+    // web1's veth deleted and made again (a VM restart): the flow's frames
+    // must not go to the index that died with it.
+    let netns = format!("{}/scripts/netns.sh recreate web1", sgswitch_tests::netns::root().display());
+    assert!(sgswitch_tests::netns::sh(&netns), "recreate web1");
+    assert!(sgswitch_tests::netns::sh("ip netns exec sgs-web1 ethtool -K eth0 gro on >/dev/null"), "GRO on web1's new end");
+    let t = Instant::now();
+    while !sgswitch_tests::netns::sh("ip link show tap-web1 | grep -q ' xdp'") {
+        assert!(t.elapsed() < Duration::from_secs(10), "the switch did not reopen tap-web1");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(udp_flow(500), 500, "every datagram reached the new veth");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(metric("sgswitch_fastpath_flows{loop=\"0\"}"), 1, "in the programs again, toward the new index");
     let fast = metric("sgswitch_fastpath_packets_total{loop=\"0\"}");
 
     // The rule goes: the flow's next datagrams are judged by the new

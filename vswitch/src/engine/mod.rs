@@ -341,6 +341,9 @@ pub fn poll_loop(
                 warn!("loop {}: {e}", me.index);
                 true
             });
+            if lost && let Some(f) = &mut fast {
+                f.retire();
+            }
             // Opening is looked at on a prompt, after a loss, and while an
             // interface is down; the check of a quiet second costs one
             // ioctl per socket.

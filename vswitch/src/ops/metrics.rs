@@ -322,7 +322,7 @@ pub fn render(shared: &View) -> String {
     t.per_loop(
         shared,
         "sgswitch_fastpath_full_total",
-        "Flows a loop could not give the XDP programs (its share of 4,096, or the map, was full).",
+        "Times a loop could not give a flow to the XDP programs (its share of 4,096, or the map, was full); the flow's frames stay with the loop.",
         |l| l.fast_full.get(),
     );
 
