@@ -66,8 +66,11 @@ pub struct Fast {
     plan: u64,
     flows: Vec<Flow>,
     keys: HashSet<FastKey>,
-    /// Where the sync in progress is, and when the next one starts.
+    /// Where the sync in progress is, when it started, how long the last
+    /// one took, and when the next one starts.
     cursor: usize,
+    started_ms: u64,
+    last_cycle_ms: u64,
     due_ms: u64,
 }
 
@@ -83,6 +86,8 @@ impl Fast {
             flows: Vec::with_capacity(PER_LOOP),
             keys: HashSet::with_capacity(PER_LOOP),
             cursor: 0,
+            started_ms: 0,
+            last_cycle_ms: 0,
             due_ms: 0,
         }
     }
@@ -148,7 +153,13 @@ impl Fast {
         if now.0 < self.due_ms {
             return;
         }
-        let until = Now(now.0 + 2 * SYNC_MS);
+        if self.cursor == 0 {
+            self.started_ms = now.0;
+        }
+        // A flow is visited again after the pause and a whole sync: kept
+        // only if its entries are still ready then (a sync that took longer
+        // than the last one is allowed for twice over).
+        let until = Now(now.0 + SYNC_MS + 2 * self.last_cycle_ms.max(SYNC_MS / 2));
         let mut end = (self.cursor + SLICE).min(self.flows.len());
         let mut i = self.cursor;
         while i < end {
@@ -177,6 +188,7 @@ impl Fast {
         self.cursor = end;
         if self.cursor >= self.flows.len() {
             self.cursor = 0;
+            self.last_cycle_ms = now.0.saturating_sub(self.started_ms);
             self.due_ms = now.0 + SYNC_MS;
         }
         stats.fast_flows.set(self.flows.len() as u64);

@@ -261,10 +261,10 @@ impl<H: Copy> Pipeline<H> {
         self.scratch = scratch;
     }
 
-    /// Frame `i` of the last [`Pipeline::process_batch`], if the XDP fast
-    /// path can take its flow from now on: a UDP frame passed as
-    /// established at every stage by its recorded route. Its cache key and
-    /// what conntrack read of it.
+    /// Frame `i` of the last [`Pipeline::process_batch`] (`i` below its
+    /// length), if the XDP fast path can take its flow from now on: a UDP
+    /// frame passed as established at every stage by its recorded route.
+    /// Its cache key and what conntrack read of it.
     pub fn fast_candidate(&self, i: usize) -> Option<(FlowKey, PacketInfo)> {
         self.fast.get(i).copied().flatten()
     }
@@ -341,7 +341,10 @@ impl<H: Copy> Pipeline<H> {
         if let Some(cache) = &mut self.cache {
             cache.adopt(plan.id());
         }
-        self.fast.fill(None);
+        // Only the places this batch can fill (a one-frame batch clears one).
+        if let Some(f) = self.fast.get_mut(..frames.len().min(ct::BATCH)) {
+            f.fill(None);
+        }
         for (c, (chunk, outs)) in frames.chunks(ct::BATCH).zip(out.chunks_mut(ct::BATCH)).enumerate() {
             // Frames of the flow cache's shape, read at their fixed offsets,
             // and their slots warmed together.

@@ -57,6 +57,8 @@ const HELPER_REDIRECT_MAP: i32 = 51;
 const HELPER_LOOKUP: i32 = 1;
 /// `bpf_redirect(ifindex, flags)`.
 const HELPER_REDIRECT: i32 = 23;
+/// `bpf_xdp_get_buff_len(ctx)` (Linux 5.18).
+const HELPER_BUFF_LEN: i32 = 188;
 /// Flows the fast path holds at most (the whole switch; each loop's
 /// share is `FLOWS / loops`).
 pub const FLOWS: u32 = 65_536;
@@ -157,7 +159,6 @@ const STX_W: u8 = 0x63;
 const MOV_K: u8 = 0xb7;
 const MOV_X: u8 = 0xbf;
 const ADD_K: u8 = 0x07;
-const SUB_X: u8 = 0x1f;
 const AND_K: u8 = 0x57;
 const JNE_K: u8 = 0x55;
 const JEQ_K: u8 = 0x15;
@@ -205,9 +206,12 @@ fn fast_program(xsks: &OwnedFd, maps: &FastMaps) -> Vec<Insn> {
     for (from, to) in [(0, -28), (4, -24), (8, -20), (26, -16), (30, -12), (34, -8)] {
         a.op(LDX_W, 5, 2, from, 0).op(STX_W, 10, 5, to, 0);
     }
+    // The frame's length from the kernel (subtracting the packet pointers
+    // would need CAP_PERFMON).
     a.op(STX_W, 10, 4, -4, 0)
-        .op(MOV_X, 7, 3, 0, 0)
-        .op(SUB_X, 7, 2, 0, 0) // r7 = the frame's length
+        .op(MOV_X, 1, 6, 0, 0)
+        .op(CALL, 0, 0, 0, HELPER_BUFF_LEN)
+        .op(MOV_X, 7, 0, 0, 0) // r7 = the frame's length
         .map(1, &maps.flows)
         .op(MOV_X, 2, 10, 0, 0)
         .op(ADD_K, 2, 0, 0, -32)
@@ -268,17 +272,16 @@ fn load(insns: &[Insn]) -> io::Result<OwnedFd> {
         attr[7] = u64::from_le_bytes([n[8], n[9], n[10], n[11], n[12], n[13], n[14], n[15]]);
         bpf(BPF_PROG_LOAD, &mut attr).map(owned)
     };
-    attempt(&mut []).or_else(|e| {
+    attempt(&mut []).map_err(|e| {
         let mut log = vec![0u8; 1 << 16];
+        // Its result is the same refusal; what matters is the log.
         let again = attempt(&mut log);
         let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
         let text = String::from_utf8_lossy(&log[..end]);
         // The verifier's last lines say why.
         let tail: Vec<&str> = text.lines().rev().take(4).collect();
-        again.and(Err(io::Error::new(
-            e.kind(),
-            format!("loading {PROGRAM}: {e} ({})", tail.into_iter().rev().collect::<Vec<_>>().join(" / ")),
-        )))
+        drop(again);
+        io::Error::new(e.kind(), format!("loading {PROGRAM}: {e} ({})", tail.into_iter().rev().collect::<Vec<_>>().join(" / ")))
     })
 }
 
