@@ -292,7 +292,9 @@ pub fn poll_loop(
     pipe.set_owner(me);
     pipe.flow_log = log;
     pipe.adopt(&current.plan);
-    let mut fast = (host.datapath.fast_path != sgswitch_config::FastPath::Off)
+    // After the sockets: their interfaces' programs say whether the kernel
+    // takes the fast path's.
+    let mut fast = (host.datapath.fast_path != sgswitch_config::FastPath::Off && crate::port::xdp::bpf::fast_usable())
         .then(crate::port::xdp::bpf::fast_maps)
         .flatten()
         .map(|m| fast::Fast::new(m, me.index));

@@ -35,6 +35,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
@@ -411,6 +412,16 @@ impl FastMaps {
     }
 }
 
+/// Set when the kernel refused the fast path's program (then every
+/// interface gets the plain one).
+static FAST_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the fast path runs: its maps exist and the kernel took its
+/// program (as far as the interfaces bound so far tell).
+pub fn fast_usable() -> bool {
+    !FAST_REFUSED.load(Ordering::Relaxed) && fast_maps().is_some()
+}
+
 /// The switch's fast-path maps, made the first time they are asked for;
 /// `None` (with the reason logged once) if the kernel refuses them.
 pub fn fast_maps() -> Option<&'static FastMaps> {
@@ -428,8 +439,14 @@ pub fn fast_maps() -> Option<&'static FastMaps> {
 impl Attached {
     fn new(ifindex: u32, native: bool, fast: bool) -> io::Result<Attached> {
         let xsks = map_create(BPF_MAP_TYPE_XSKMAP, 4, 4, QUEUES)?;
-        let prog = match fast.then(fast_maps).flatten() {
-            Some(maps) => load(&fast_program(&xsks, maps))?,
+        let prog = match fast.then(fast_maps).flatten().filter(|_| !FAST_REFUSED.load(Ordering::Relaxed)) {
+            Some(maps) => load(&fast_program(&xsks, maps)).or_else(|e| {
+                // An older kernel (the frame-length helper is Linux 5.18):
+                // the sockets still work, without the fast path.
+                FAST_REFUSED.store(true, Ordering::Relaxed);
+                tracing::warn!("fast path off: {e}");
+                load(&program(&xsks))
+            })?,
             None => load(&program(&xsks))?,
         };
         let mut attr = [0u64; 8];
