@@ -92,15 +92,6 @@ impl Fast {
         }
     }
 
-    /// Flows the programs forward for this loop now.
-    pub fn len(&self) -> usize {
-        self.flows.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.flows.is_empty()
-    }
-
     /// Retires every flow judged under another plan than `plan`.
     pub fn adopt(&mut self, plan: u64) {
         if plan != self.plan {

@@ -294,8 +294,8 @@ pub fn poll_loop(
     pipe.adopt(&current.plan);
     // After the sockets: their interfaces' programs say whether the kernel
     // takes the fast path's.
-    let mut fast = (host.datapath.fast_path != sgswitch_config::FastPath::Off && crate::port::xdp::bpf::fast_usable())
-        .then(crate::port::xdp::bpf::fast_maps)
+    let mut fast = (host.datapath.fast_path != sgswitch_config::FastPath::Off)
+        .then(crate::port::xdp::bpf::usable_maps)
         .flatten()
         .map(|m| fast::Fast::new(m, me.index));
     // Ready once every socket's fill ring holds frames: from here on a

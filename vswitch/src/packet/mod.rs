@@ -290,33 +290,13 @@ impl<H: Copy> Pipeline<H> {
     ) -> bool {
         let Some(cache) = &self.cache else { return false };
         let Some(route) = cache.get(key, cache.hash(key), plan.id()) else { return false };
-        let stages = usize::from(route.stages);
         if packets > 0 {
-            let mut ready = [None; 2];
-            for (r, &at) in ready.iter_mut().zip(&route.at).take(stages) {
-                match self.conntrack.ready_at(at, now, plan.generation) {
-                    Some(x) => *r = Some(x),
-                    None => return false,
-                }
-            }
-            let mut out = None;
-            for (i, r) in ready.iter().enumerate() {
-                let Some(r) = *r else { break };
-                if self.conntrack.update_at(r, info, now) != ct::Outcome::Established {
-                    return false;
-                }
-                out = Some(Outcome {
-                    action: Action::Forward(route.to()),
-                    reason: Reason::Established,
-                    port: Some(route.ports[i]),
-                    direction: route.direction(i),
-                });
-            }
-            if let Some(o) = out {
-                self.count_n(plan, &o, packets, bytes);
+            match self.follow(plan, &route, info, now) {
+                Some(o) if o.reason == Reason::Established => self.count_n(plan, &o, packets, bytes),
+                _ => return false,
             }
         }
-        route.at.iter().take(stages).all(|&at| self.conntrack.ready_at(at, until, plan.generation).is_some())
+        route.at.iter().take(usize::from(route.stages)).all(|&at| self.conntrack.ready_at(at, until, plan.generation).is_some())
     }
 
     /// Outcomes of held fragments that were decided since the last call.
@@ -452,6 +432,24 @@ impl<H: Copy> Pipeline<H> {
     /// scratch.
     #[inline]
     fn cached(&mut self, plan: &Plan, route: &Route, key: &FlowKey, info: &PacketInfo, now: Now) -> Option<Outcome> {
+        let out = self.follow(plan, route, info, now)?;
+        // A drop: the flow log takes the packet as `parse` reads it, which
+        // the key and the conntrack view give back.
+        if out.action == Action::Drop {
+            self.settle(plan, &key.flow(info).ip(), &out, info.wire_len, now);
+        } else {
+            self.count(plan, &out, info.wire_len);
+        }
+        Some(out)
+    }
+
+    /// A frame like `info` through a recorded route's stages: each stage's
+    /// connection entry updated as the stage would, and the outcome the
+    /// last stage would give (a drop as invalid at the first stage whose
+    /// state machine refuses it), not counted. `None` when a stage's entry
+    /// is not ready: then nothing has changed.
+    #[inline]
+    fn follow(&mut self, plan: &Plan, route: &Route, info: &PacketInfo, now: Now) -> Option<Outcome> {
         let stages = usize::from(route.stages);
         let mut ready = [None; 2];
         for (i, r) in ready.iter_mut().enumerate().take(stages) {
@@ -471,15 +469,7 @@ impl<H: Copy> Pipeline<H> {
             }
             out = Some(Outcome { action: Action::Forward(route.to()), reason: Reason::Established, port, direction });
         }
-        let out = out?;
-        // A drop: the flow log takes the packet as `parse` reads it, which
-        // the key and the conntrack view give back.
-        if out.action == Action::Drop {
-            self.settle(plan, &key.flow(info).ip(), &out, info.wire_len, now);
-        } else {
-            self.count(plan, &out, info.wire_len);
-        }
-        Some(out)
+        out
     }
 
     fn decide(&mut self, plan: &Plan, src: Source, parsed: &Result<Frame, parse::Malformed>, len: usize, now: Now, handle: H) -> Outcome {

@@ -289,7 +289,6 @@ fn load(insns: &[Insn]) -> io::Result<OwnedFd> {
 /// The program attached to one interface, with its map of sockets.
 #[derive(Debug)]
 pub struct Attached {
-    pub ifindex: u32,
     /// Native (driver) mode; false is generic (skb).
     pub native: bool,
     xsks: OwnedFd,
@@ -416,15 +415,15 @@ impl FastMaps {
 /// interface gets the plain one).
 static FAST_REFUSED: AtomicBool = AtomicBool::new(false);
 
-/// Whether the fast path runs: its maps exist and the kernel took its
-/// program (as far as the interfaces bound so far tell).
-pub fn fast_usable() -> bool {
-    !FAST_REFUSED.load(Ordering::Relaxed) && fast_maps().is_some()
+/// The fast path's maps while it runs: they could be made, and the kernel
+/// took its program (as far as the interfaces bound so far tell).
+pub fn usable_maps() -> Option<&'static FastMaps> {
+    fast_maps().filter(|_| !FAST_REFUSED.load(Ordering::Relaxed))
 }
 
 /// The switch's fast-path maps, made the first time they are asked for;
 /// `None` (with the reason logged once) if the kernel refuses them.
-pub fn fast_maps() -> Option<&'static FastMaps> {
+fn fast_maps() -> Option<&'static FastMaps> {
     static MAPS: std::sync::OnceLock<Option<FastMaps>> = std::sync::OnceLock::new();
     MAPS.get_or_init(|| match FastMaps::new() {
         Ok(m) => Some(m),
@@ -439,7 +438,7 @@ pub fn fast_maps() -> Option<&'static FastMaps> {
 impl Attached {
     fn new(ifindex: u32, native: bool, fast: bool) -> io::Result<Attached> {
         let xsks = map_create(BPF_MAP_TYPE_XSKMAP, 4, 4, QUEUES)?;
-        let prog = match fast.then(fast_maps).flatten().filter(|_| !FAST_REFUSED.load(Ordering::Relaxed)) {
+        let prog = match fast.then(usable_maps).flatten() {
             Some(maps) => load(&fast_program(&xsks, maps)).or_else(|e| {
                 // An older kernel (the frame-length helper is Linux 5.18):
                 // the sockets still work, without the fast path.
@@ -453,7 +452,7 @@ impl Attached {
         attr[0] = lo_hi(raw(&prog), ifindex); // prog_fd, target_ifindex
         attr[1] = lo_hi(BPF_XDP, if native { XDP_FLAGS_DRV_MODE } else { XDP_FLAGS_SKB_MODE }); // attach_type, flags
         let link = bpf(BPF_LINK_CREATE, &mut attr).map(owned)?;
-        Ok(Attached { ifindex, native, xsks, _prog: prog, _link: link })
+        Ok(Attached { native, xsks, _prog: prog, _link: link })
     }
 
     /// Sends queue `queue`'s frames to the socket `fd`.
