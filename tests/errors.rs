@@ -553,3 +553,46 @@ fn require_rule_ids_lists_every_rule_without_one() {
     let out = sgswitch(&["check", write_dir(&files(&[("groups/sg-a.toml", group)])).path().to_str().expect("utf-8")]);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("has no `id`"), "not asked for, not reported");
 }
+
+#[test]
+fn vhost_user_ports_need_an_absolute_socket_of_their_own_and_no_interface() {
+    let vhost = |extra: &str| format!("{PORT_A}kind = \"vhost-user\"\n{extra}");
+    assert_errors(
+        &[
+            ("ports/eni-a.toml", &format!("{PORT_A}kind = \"vhost\"\n")),
+            (
+                "ports/eni-b.toml",
+                &format!("{}socket = \"/run/b.sock\"\n", PORT_A.replace("eni-a", "eni-b").replace(":01", ":02").replace(".1\"", ".2\"")),
+            ),
+            (
+                "ports/eni-c.toml",
+                &vhost("socket = \"run/c.sock\"\n").replace("eni-a", "eni-c").replace(":01", ":03").replace(".1\"", ".3\""),
+            ),
+            (
+                "ports/eni-d.toml",
+                &vhost("socket = \"/run/d.sock\"\ninterface = \"tap-d\"\nsocket_mode = \"listen\"\n")
+                    .replace("eni-a", "eni-d")
+                    .replace(":01", ":04")
+                    .replace(".1\"", ".4\""),
+            ),
+        ],
+        &[
+            "ports/eni-a.toml:5:8: kind \"vhost\" is not a port kind: \"tap\" (the default) or \"vhost-user\"",
+            "ports/eni-b.toml:5:10: `socket` and `socket_mode` are for vhost-user ports (`kind = \"vhost-user\"`)",
+            "ports/eni-c.toml:6:10: socket \"run/c.sock\" must be an absolute path of at most 107 bytes (a unix socket's limit)",
+            "ports/eni-d.toml:7:13: a vhost-user port has no `interface`: the guest's device reaches the switch on its `socket`",
+            "ports/eni-d.toml:8:15: socket_mode \"listen\" is not \"server\" (the switch listens) or \"client\" (the switch connects)",
+        ],
+    );
+    // Two ports on one socket.
+    assert_errors(
+        &[
+            ("ports/eni-a.toml", &vhost("socket = \"/run/a.sock\"\n")),
+            (
+                "ports/eni-e.toml",
+                &vhost("socket = \"/run/a.sock\"\n").replace("eni-a", "eni-e").replace(":01", ":05").replace(".1\"", ".5\""),
+            ),
+        ],
+        &["ports/eni-e.toml:1:1: socket /run/a.sock is also the socket of port eni-a ({dir}/ports/eni-a.toml)"],
+    );
+}

@@ -78,7 +78,45 @@ fn spec(name: &str, mac: &str, ipv4: &str, ipv6: &str, offloads: bool) -> Spec {
         ipv6: format!("{ipv6}/48"),
         gateway: "10.0.255.1".to_owned(),
         offloads,
+        vhost_user: None,
     }
+}
+
+/// A guest on a vhost-user port: its port file in `dir` (bound to
+/// `groups`), its socket in `sockets`.
+fn vhost_guest(dir: &Path, sockets: &Path, name: &str, mac: &str, ipv4: &str, ipv6: &str, groups: &str) -> Spec {
+    let socket = sockets.join(format!("{name}.sock"));
+    let port = format!(
+        "id = \"eni-{name}\"\nkind = \"vhost-user\"\nsocket = \"{}\"\nmac = \"{mac}\"\nipv4 = [\"{ipv4}\"]\nipv6 = [\"{ipv6}\"]\nsecurity_groups = [{groups}]\n",
+        socket.display()
+    );
+    std::fs::write(dir.join(format!("ports/eni-{name}.toml")), port).expect("write a vhost-user port");
+    Spec { tap: String::new(), vhost_user: Some(socket), ..spec(name, mac, ipv4, ipv6, false) }
+}
+
+/// TCP throughput from `from` to `to` (at `ip`, port 443, which sg-web
+/// allows): reported as a JSON line, not judged (under TCG it is the
+/// emulated CPU's rate).
+fn throughput(from: &mut Guest, to: &mut Guest, ip: &str, ports: &str) {
+    let mb: u32 = 16;
+    to.spawn("nc -l -p 443 -e /bin/sink");
+    let t = Instant::now();
+    let (rc, out) =
+        from.sh(&format!("dd if=/dev/zero bs=64k count={} 2>/dev/null | timeout 60 nc {ip} 443", mb * 16), Duration::from_secs(90));
+    assert_eq!(rc, 0, "the transfer {} -> {ip}:443: {out}", from.spec.name);
+    let got = loop {
+        let (_, got) = to.sh("cat /tmp/got 2>/dev/null; rm -f /tmp/got", LONG);
+        if !got.trim().is_empty() || t.elapsed() > Duration::from_secs(60) {
+            break got.trim().to_owned();
+        }
+    };
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(got, (mb << 20).to_string(), "bytes {} received of {}'s {mb} MiB", to.spec.name, from.spec.name);
+    println!(
+        "{{\"case\":\"guest-tcp\",\"ports\":\"{ports}\",\"accel\":\"{}\",\"mbytes\":{mb},\"seconds\":{secs:.2},\"mbit_s\":{:.1}}}",
+        guest::accel(),
+        f64::from(mb) * 8.0 * 1.048_576 / secs
+    );
 }
 
 const LONG: Duration = Duration::from_secs(30);
@@ -120,6 +158,13 @@ fn guests_on_tap_ports_talk_as_their_groups_say() {
     let work = tempfile::tempdir().expect("tempdir");
     let flows = work.path().join("flows.log");
     let dir = config(&flows);
+    // Two guests on vhost-user ports, beside those on taps: vweb in sg-web,
+    // vlab in sg-lab (isolated from lab1 and lab2 as they are from each
+    // other).
+    let vspecs = [
+        vhost_guest(dir.path(), work.path(), "vweb", "02:00:00:00:00:13", "10.0.0.13", "fd00::13", "\"sg-web\", \"sg-ssh\""),
+        vhost_guest(dir.path(), work.path(), "vlab", "02:00:00:00:03:43", "10.0.3.43", "fd00:0:0:3::43", "\"sg-lab\", \"sg-ssh\""),
+    ];
     let log = work.path().join("switch.log");
     let switch = Command::new(env!("CARGO_BIN_EXE_sgswitch"))
         .arg("run")
@@ -129,12 +174,15 @@ fn guests_on_tap_ports_talk_as_their_groups_say() {
         .expect("start sgswitch run");
     let _switch = Kill(switch);
     assert!(wait_for(&log, "running on", 0), "switch did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    // The vhost-user guests connect to the switch's sockets as they boot.
+    let mut vguests: Vec<Guest> = vspecs.iter().map(|s| Guest::boot(&image, s)).collect();
     let booted = Instant::now();
-    for g in &mut guests {
+    for g in guests.iter_mut().chain(&mut vguests) {
         g.ready(Duration::from_secs(180));
     }
     eprintln!("guests up ({}, vhost-net {}) {:?} after the switch", guest::accel(), guest::vhost_net(), booted.elapsed());
     let [web1, db1, lab1, lab2, web2] = guests.as_mut_slice() else { unreachable!("five guests") };
+    let [vweb, vlab] = vguests.as_mut_slice() else { unreachable!("two vhost-user guests") };
 
     // Services: the one-line echo on db1's postgres port, lab2's UI port
     // and web1's http port.
@@ -185,28 +233,49 @@ fn guests_on_tap_ports_talk_as_their_groups_say() {
     };
     assert_eq!(denied["direction"], "ingress", "{denied}");
 
-    // TCP throughput between two guests (lab1 -> web1:443 here, where
-    // sg-web allows it): reported, not judged (under TCG it is the
-    // emulated CPU's rate).
-    let mb: u32 = 16;
-    web1.spawn("nc -l -p 443 -e /bin/sink");
-    let t = Instant::now();
-    let (rc, out) =
-        lab1.sh(&format!("dd if=/dev/zero bs=64k count={} 2>/dev/null | timeout 60 nc 10.0.0.11 443", mb * 16), Duration::from_secs(90));
-    assert_eq!(rc, 0, "the transfer lab1 -> web1:443: {out}");
-    let got = loop {
-        let (_, got) = web1.sh("cat /tmp/got 2>/dev/null", LONG);
-        if !got.trim().is_empty() || t.elapsed() > Duration::from_secs(60) {
-            break got.trim().to_owned();
-        }
-    };
-    let secs = t.elapsed().as_secs_f64();
-    assert_eq!(got, (mb << 20).to_string(), "bytes web1 received of lab1's {mb} MiB");
-    println!(
-        "{{\"case\":\"guest-tcp\",\"ports\":\"tap\",\"accel\":\"{}\",\"mbytes\":{mb},\"seconds\":{secs:.2},\"mbit_s\":{:.1}}}",
-        guest::accel(),
-        f64::from(mb) * 8.0 * 1.048_576 / secs
+    // The guests on vhost-user ports, to each other, to and from guests on
+    // taps, and through the uplink, as their groups say.
+    vweb.spawn("nc -ll -p 80 -e /bin/echo1");
+    vlab.spawn("nc -ll -p 8080 -e /bin/echo1");
+    assert!(echoes(vlab, "10.0.0.13", 80), "vlab -> vweb:80 (vhost-user to vhost-user)\n{}", logs(&log));
+    assert!(pings(vlab, "10.0.0.13"), "vlab -> vweb ping");
+    assert!(pings(vlab, "fd00::13"), "vlab -> vweb ping6");
+    assert!(echoes(vweb, "10.0.1.21", 5432), "vweb -> db1:5432 (vhost-user to tap; sg-db allows sg-web)");
+    assert!(echoes(lab1, "10.0.0.13", 80), "lab1 -> vweb:80 (tap to vhost-user)");
+    assert!(!echoes(vlab, "10.0.1.21", 5432), "vlab -> db1:5432 must be denied");
+    assert!(!pings(vlab, "10.0.3.42"), "vlab -> lab2 ping must be denied (intra-group drop)");
+    assert!(!echoes(lab1, "10.0.3.43", 8080), "lab1 -> vlab:8080 must be denied (intra-group drop)");
+    assert!(inet_echoes("198.51.100.7", "10.0.3.43", 8080), "office -> vlab:8080 (uplink to vhost-user)");
+    assert!(pings(vweb, "10.0.255.1"), "vweb -> the gateway");
+    assert!(
+        metric("sgswitch_packets_total{port=\"eni-vlab\",direction=\"ingress\",action=\"drop\",reason=\"rule\"}")
+            + metric("sgswitch_packets_total{port=\"eni-vlab\",direction=\"ingress\",action=\"drop\",reason=\"default\"}")
+            > 0,
+        "lab1 -> vlab drops counted on eni-vlab's ingress"
     );
+    for g in ["vweb", "vlab"] {
+        let cell = format!(
+            "sgswitch_vhost_user_info{{socket=\"{}\",mode=\"server\",state=\"running\"}}",
+            work.path().join(format!("{g}.sock")).display()
+        );
+        assert_eq!(metric(&cell), 1, "{cell}");
+    }
+
+    // TCP throughput between two guests on tap ports (lab1 -> web1:443).
+    throughput(lab1, web1, "10.0.0.11", "tap");
+    // And between two on vhost-user ports (vlab -> vweb:443).
+    throughput(vlab, vweb, "10.0.0.13", "vhost-user");
+
+    // A vhost-user guest that powers off and boots again (the same
+    // socket) is switched again, with no switch restart.
+    let vspec = vweb.spec.clone();
+    drop(vguests.remove(0));
+    assert!(wait_for(&log, "eni-vweb: vhost-user guest on", 0), "the switch did not see vweb go:\n{}", logs(&log));
+    let mut vweb = Guest::boot(&image, &vspec);
+    vweb.ready(Duration::from_secs(180));
+    vweb.spawn("nc -ll -p 80 -e /bin/echo1");
+    let [vlab] = vguests.as_mut_slice() else { unreachable!("one vhost-user guest left") };
+    assert!(echoes(vlab, "10.0.0.13", 80), "vlab -> vweb:80 after vweb's restart\n{}", logs(&log));
 
     // web2 runs with QEMU's default offloads: its TCP checksums come
     // unfinished, and the switch finishes them (counted, and said once in

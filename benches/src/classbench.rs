@@ -181,6 +181,7 @@ pub fn config(rules: &[CbRule]) -> Config {
         id: PORT.into(),
         file: PathBuf::new(),
         interface: None,
+        vhost_user: None,
         mac: None,
         ipv4: Vec::new(),
         ipv6: Vec::new(),

@@ -129,6 +129,7 @@ pub fn port(id: String, addr: Ipv4Addr, groups: Vec<String>) -> Port {
         id,
         file: PathBuf::new(),
         interface: None,
+        vhost_user: None,
         mac: None,
         ipv4: vec![IpNet::V4(Ipv4Net::from(addr))],
         ipv6: Vec::new(),

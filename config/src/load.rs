@@ -853,13 +853,28 @@ fn parse_mac(s: &str) -> Option<Mac> {
 fn parse_port(src: &mut Source<'_>, t: &Table<'_, '_>, path: &Path, host: &Host) -> Option<Port> {
     t.only_keys(
         src,
-        &["id", "interface", "mac", "ipv4", "ipv6", "security_groups", "spoof_check", "link_local", "allow_blocked_egress", "conntrack"],
+        &[
+            "id",
+            "kind",
+            "interface",
+            "socket",
+            "socket_mode",
+            "mac",
+            "ipv4",
+            "ipv6",
+            "security_groups",
+            "spoof_check",
+            "link_local",
+            "allow_blocked_egress",
+            "conntrack",
+        ],
     );
     let id = read_id(src, t, "", "port");
     if let Some(id) = id.as_ref().filter(|id| id.v.starts_with("sg-") || id.v.starts_with("pl-")) {
         src.error(&id.span, format!("port id \"{}\" must not start with \"sg-\" or \"pl-\", which name groups and prefix lists", id.v));
     }
     let interface = interface_name(src, t);
+    let vhost_user = port_kind(src, t);
     let mac = t.string(src, "mac").and_then(|m| match parse_mac(&m.v) {
         Some(mac) if mac.0[0] & 1 == 1 => {
             src.error(&m.span, format!("mac \"{}\" is a multicast address; a port needs a unicast MAC", m.v));
@@ -939,13 +954,14 @@ fn parse_port(src: &mut Source<'_>, t: &Table<'_, '_>, path: &Path, host: &Host)
     if mac.is_none() && !t.has("mac") {
         src.warn(&t.span, "port has no `mac`: it can be checked and traced, but the datapath needs one to forward and spoof-check");
     }
-    if interface.is_none() && !t.has("interface") {
+    if interface.is_none() && !t.has("interface") && !t.has("socket") {
         src.warn(&t.span, "port has no `interface`: `sgswitch run` needs the host-side interface of the VM NIC");
     }
     Some(Port {
         id: id?.v,
         file: path.to_path_buf(),
         interface,
+        vhost_user,
         mac,
         ipv4,
         ipv6,
@@ -955,6 +971,52 @@ fn parse_port(src: &mut Source<'_>, t: &Table<'_, '_>, path: &Path, host: &Host)
         allow_blocked_egress,
         conntrack_timeouts,
     })
+}
+
+/// `kind`, `socket` and `socket_mode`: a tap port (the default) has an
+/// interface and no socket; a vhost-user port a socket and no interface.
+fn port_kind(src: &mut Source<'_>, t: &Table<'_, '_>) -> Option<VhostUser> {
+    let vhost = match t.string(src, "kind") {
+        None => false,
+        Some(k) if k.v == "tap" => false,
+        Some(k) if k.v == "vhost-user" => true,
+        Some(k) => {
+            src.error(&k.span, format!("kind \"{}\" is not a port kind: \"tap\" (the default) or \"vhost-user\"", k.v));
+            return None;
+        }
+    };
+    let socket = t.string(src, "socket");
+    let mode = t.string(src, "socket_mode");
+    if !vhost {
+        for s in [&socket, &mode].into_iter().flatten() {
+            src.error(&s.span, "`socket` and `socket_mode` are for vhost-user ports (`kind = \"vhost-user\"`)");
+        }
+        return None;
+    }
+    if let Some(i) = t.string(src, "interface") {
+        src.error(&i.span, "a vhost-user port has no `interface`: the guest's device reaches the switch on its `socket`");
+    }
+    let client = match &mode {
+        None => false,
+        Some(m) if m.v == "server" => false,
+        Some(m) if m.v == "client" => true,
+        Some(m) => {
+            src.error(
+                &m.span,
+                format!("socket_mode \"{}\" is not \"server\" (the switch listens) or \"client\" (the switch connects)", m.v),
+            );
+            false
+        }
+    };
+    let Some(socket) = socket else {
+        src.error(&t.span, "a vhost-user port needs `socket`, the path of its unix socket");
+        return None;
+    };
+    if !Path::new(&socket.v).is_absolute() || socket.v.len() > 107 {
+        src.error(&socket.span, format!("socket \"{}\" must be an absolute path of at most 107 bytes (a unix socket's limit)", socket.v));
+        return None;
+    }
+    Some(VhostUser { socket: PathBuf::from(socket.v), client })
 }
 
 // ---------------------------------------------------------------- groups
@@ -1345,6 +1407,7 @@ fn cross_check(cfg: &Config, broken: &HashSet<String>, errors: &mut Vec<ConfigEr
     let mut members: BTreeMap<&str, u64> = BTreeMap::new();
     let mut macs: HashMap<Mac, &Port> = HashMap::new();
     let mut link_locals: HashMap<std::net::Ipv6Addr, &Port> = HashMap::new();
+    let mut sockets: HashMap<&Path, &Port> = HashMap::new();
     for p in &cfg.ports {
         let mut kinds = Vec::new();
         let mut rules = 0u32;
@@ -1388,6 +1451,15 @@ fn cross_check(cfg: &Config, broken: &HashSet<String>, errors: &mut Vec<ConfigEr
             if let Some(other) = macs.insert(m, p) {
                 errors.push(err(&p.file, first, format!("mac {m} is also the mac of port {} ({})", other.id, other.file.display())));
             }
+        }
+        if let Some(v) = &p.vhost_user
+            && let Some(other) = sockets.insert(&v.socket, p)
+        {
+            errors.push(err(
+                &p.file,
+                first,
+                format!("socket {} is also the socket of port {} ({})", v.socket.display(), other.id, other.file.display()),
+            ));
         }
         for a in &p.link_local {
             if let Some(other) = link_locals.insert(*a, p) {

@@ -371,6 +371,9 @@ pub struct Port {
     pub id: String,
     pub file: PathBuf,
     pub interface: Option<String>,
+    /// `kind = "vhost-user"`: the port is a vhost-user socket, not an
+    /// interface.
+    pub vhost_user: Option<VhostUser>,
     pub mac: Option<Mac>,
     pub ipv4: Vec<IpNet>,
     pub ipv6: Vec<IpNet>,
@@ -403,6 +406,17 @@ impl Port {
         let list = if like.is_ipv4() { &self.ipv4 } else { &self.ipv6 };
         list.first().map(|n| n.addr())
     }
+}
+
+/// A vhost-user port's socket (`socket`, `socket_mode`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct VhostUser {
+    /// The unix socket the guest's device and the switch meet on.
+    pub socket: PathBuf,
+    /// `socket_mode = "client"`: the switch connects to a socket the VMM
+    /// listens on (and again after the VMM restarts); `"server"` (the
+    /// default): the switch listens and the VMM connects.
+    pub client: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

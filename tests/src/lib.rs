@@ -22,6 +22,7 @@ pub mod frames;
 pub mod guest;
 pub mod infra;
 pub mod netns;
+pub mod vguest;
 pub mod xdpgen;
 
 use std::path::{Path, PathBuf};

@@ -169,6 +169,7 @@ pub fn build(s: &Spec) -> Config {
                 id: format!("eni-{i}"),
                 file: Default::default(),
                 interface: None,
+                vhost_user: None,
                 mac: None,
                 ipv4: nets.iter().filter(|n| matches!(n, IpNet::V4(_))).copied().collect(),
                 ipv6: nets.iter().filter(|n| matches!(n, IpNet::V6(_))).copied().collect(),

@@ -133,6 +133,8 @@ pub struct PortPlan {
     pub id: Arc<str>,
     pub zone: Zone,
     pub interface: Option<String>,
+    /// A vhost-user port's socket (then `interface` is `None`).
+    pub vhost_user: Option<sgswitch_config::VhostUser>,
     pub mac: Option<MacAddr>,
     pub nets: Vec<IpNet>,
     /// The IPv6 link-local addresses the VM may use: the EUI-64 address of
@@ -232,6 +234,7 @@ impl Plan {
                 id: Arc::from(p.id.as_str()),
                 zone,
                 interface: p.interface.clone(),
+                vhost_user: p.vhost_user.clone(),
                 mac: p.mac.map(|m| m.0),
                 nets: p.addresses().copied().collect(),
                 link_local: p.mac.iter().map(|m| eui64_link_local(&m.0)).chain(p.link_local.iter().copied()).collect(),

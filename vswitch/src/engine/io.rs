@@ -12,7 +12,8 @@ use super::stats::{LinkState, SocketStats};
 use crate::datapath::plan::Plan;
 use crate::datapath::stats::Counter;
 use crate::datapath::{Owner, Source};
-use crate::port::xdp::{BindOptions, Frame, Memory, Socket, sys};
+use crate::port::vhost::VhostUser;
+use crate::port::xdp::{BindOptions, BusyPolled, Frame, Memory, Socket, sys};
 use crate::port::{PortError, Rings};
 
 /// Where frames held by the pipeline (fragments waiting for their first)
@@ -65,9 +66,98 @@ pub const KEEP_FOR_COPIES: usize = 256;
 /// Frames a new socket's fill ring gets when it is opened.
 const FIRST_FILL: u32 = 256;
 
+/// How a port's frames come and go: an AF_XDP socket on an interface's
+/// queue, or a vhost-user guest's rings.
+#[derive(Debug)]
+pub enum Link {
+    Xdp(Socket),
+    Vhost(VhostUser),
+}
+
+impl Link {
+    /// The interface's name; a vhost-user port's socket path.
+    pub fn interface(&self) -> &str {
+        match self {
+            Link::Xdp(s) => s.interface(),
+            Link::Vhost(v) => v.label(),
+        }
+    }
+
+    /// The receive queue (a vhost-user port has one queue pair: 0).
+    pub fn queue(&self) -> u32 {
+        match self {
+            Link::Xdp(s) => s.queue(),
+            Link::Vhost(_) => 0,
+        }
+    }
+
+    /// The interface's index; 0 for a vhost-user port (no interface).
+    pub fn ifindex(&self) -> u32 {
+        match self {
+            Link::Xdp(s) => s.ifindex(),
+            Link::Vhost(_) => 0,
+        }
+    }
+
+    pub fn busy_polled(&self) -> BusyPolled {
+        match self {
+            Link::Xdp(s) => s.busy_polled(),
+            Link::Vhost(_) => BusyPolled::Off,
+        }
+    }
+
+    /// The kernel's ring statistics (see `SocketStats::kernel`); a
+    /// vhost-user port's own drops in their places: frames from the guest
+    /// with no free frame or too large as `rx_dropped`, malformed chains as
+    /// `rx_invalid_descs`.
+    pub fn statistics(&self) -> Option<[u64; 6]> {
+        match self {
+            Link::Xdp(s) => s.statistics(),
+            Link::Vhost(v) => Some([v.counts.no_frame + v.counts.too_large, v.counts.malformed, 0, 0, 0, 0]),
+        }
+    }
+}
+
+impl Rings for Link {
+    #[inline]
+    fn receive(&mut self, mem: &mut Memory, out: &mut Vec<Frame>, max: usize) -> usize {
+        match self {
+            Link::Xdp(s) => s.receive(mem, out, max),
+            Link::Vhost(v) => v.receive(mem, out, max),
+        }
+    }
+    #[inline]
+    fn transmit(&mut self, mem: &mut Memory, frames: &mut Vec<Frame>) -> usize {
+        match self {
+            Link::Xdp(s) => s.transmit(mem, frames),
+            Link::Vhost(v) => v.transmit(mem, frames),
+        }
+    }
+    #[inline]
+    fn refill(&mut self, mem: &mut Memory, target: u32) {
+        match self {
+            Link::Xdp(s) => s.refill(mem, target),
+            Link::Vhost(v) => v.refill(mem, target),
+        }
+    }
+    #[inline]
+    fn reclaim(&mut self, mem: &mut Memory) -> usize {
+        match self {
+            Link::Xdp(s) => s.reclaim(mem),
+            Link::Vhost(v) => v.reclaim(mem),
+        }
+    }
+    fn poll_fd(&mut self) -> libc::pollfd {
+        match self {
+            Link::Xdp(s) => s.poll_fd(),
+            Link::Vhost(v) => v.poll_fd(),
+        }
+    }
+}
+
 /// A socket, where its frames come from, and its counters.
 pub struct Port {
-    pub sock: Socket,
+    pub sock: Link,
     pub src: Source,
     /// Frames decided for this socket, sent at the end of the iteration.
     pub pending: Vec<Frame>,
@@ -90,6 +180,11 @@ impl Port {
     /// interface and floods go out there, once.
     pub fn primary(&self) -> bool {
         self.sock.queue() == 0
+    }
+
+    /// A vhost-user port's (not an AF_XDP socket).
+    pub fn vhost(&self) -> bool {
+        matches!(self.sock, Link::Vhost(_))
     }
 }
 
@@ -115,6 +210,7 @@ fn open(mem: &mut Memory, host: &Host, interface: &str, queue: u32, src: Source,
         kernel: Default::default(),
         tx_full: Counter::default(),
         checksums_finished: Counter::default(),
+        vhost: None,
     });
     // Redirected frames are sent with the driver's `ndo_xdp_xmit`: a tap's
     // takes them whatever its guest runs; a veth's only if its peer runs
@@ -124,7 +220,28 @@ fn open(mem: &mut Memory, host: &Host, interface: &str, queue: u32, src: Source,
         FastPath::Auto => sys::is_tap(interface),
         FastPath::Off => false,
     };
-    Ok(Port { sock, src, pending: Vec::with_capacity(cap), stats, warned: 0, fast_target })
+    Ok(Port { sock: Link::Xdp(sock), src, pending: Vec::with_capacity(cap), stats, warned: 0, fast_target })
+}
+
+/// A vhost-user port's rings (listening on, or connecting to, its socket).
+fn open_vhost(v: &sgswitch_config::VhostUser, port: &str, src: Source, cap: usize) -> Result<Port, PortError> {
+    let dev = VhostUser::open(v.socket.clone(), v.client, port)?;
+    let mode = if v.client { "client" } else { "server" };
+    info!(port, socket = %v.socket.display(), "{port}: vhost-user port on {} ({mode})", v.socket.display());
+    let stats = Arc::new(SocketStats {
+        interface: dev.label().to_owned(),
+        queue: 0,
+        port: true,
+        native: false,
+        zero_copy: false,
+        busy_poll: std::sync::atomic::AtomicU8::new(BusyPolled::Off as u8),
+        why: format!("vhost-user {mode}"),
+        kernel: Default::default(),
+        tx_full: Counter::default(),
+        checksums_finished: Counter::default(),
+        vhost: Some(dev.shared()),
+    });
+    Ok(Port { sock: Link::Vhost(dev), src, pending: Vec::with_capacity(cap), stats, warned: 0, fast_target: false })
 }
 
 /// A loop's I/O: its UMEM, its sockets (the uplink's first, by queue),
@@ -180,13 +297,33 @@ impl Io {
                 }
             }
         }
-        let wanted: Vec<Option<&str>> = plan.ports.iter().map(|p| p.interface.as_deref().filter(|_| me.owns(p.zone))).collect();
+        // Each port's link here: its interface, or its vhost-user socket
+        // (named by the socket's path, with the mode).
+        let wanted: Vec<Option<(&str, Option<&sgswitch_config::VhostUser>)>> = plan
+            .ports
+            .iter()
+            .map(|p| {
+                let link = match &p.vhost_user {
+                    Some(v) => v.socket.to_str().map(|s| (s, Some(v))),
+                    None => p.interface.as_deref().map(|i| (i, None)),
+                };
+                link.filter(|_| me.owns(p.zone))
+            })
+            .collect();
+        let same = |s: &Port, (name, v): (&str, Option<&sgswitch_config::VhostUser>)| {
+            s.sock.interface() == name
+                && match (&s.sock, v) {
+                    (Link::Xdp(_), None) => true,
+                    (Link::Vhost(d), Some(v)) => d.client() == v.client,
+                    _ => false,
+                }
+        };
         // Keep the uplink and the ports still configured here.
         let mut gone = Vec::new();
         let mut i = 0;
         while i < self.socks.len() {
             let s = &self.socks[i];
-            if s.src == Source::Uplink || wanted.contains(&Some(s.sock.interface())) {
+            if s.src == Source::Uplink || wanted.iter().flatten().any(|w| same(s, *w)) {
                 i += 1;
             } else {
                 info!(interface = %s.sock.interface(), "{}: port removed, socket closed", s.sock.interface());
@@ -199,11 +336,29 @@ impl Io {
         self.by_port.clear();
         for (p, w) in (0..).zip(wanted) {
             self.by_port.push(None);
-            let Some(name) = w else { continue };
+            let Some((name, vhost)) = w else { continue };
+            if let Some(v) = vhost {
+                let at = match self.socks.iter().position(|s| same(s, (name, vhost))) {
+                    Some(at) => at,
+                    None => match open_vhost(v, &plan.ports[usize::from(p)].id, Source::Port(p), cap) {
+                        Ok(port) => {
+                            self.socks.push(port);
+                            self.socks.len() - 1
+                        }
+                        Err(e) => {
+                            self.down.push((name.to_owned(), e.to_string()));
+                            continue;
+                        }
+                    },
+                };
+                self.socks[at].src = Source::Port(p);
+                self.by_port[usize::from(p)] = Some(at);
+                continue;
+            }
             // Every receive queue of the port's interface; all in this loop,
             // which owns the port's zone.
             for queue in 0..sys::rx_queues(name) {
-                let at = match self.socks.iter().position(|s| s.sock.interface() == name && s.sock.queue() == queue) {
+                let at = match self.socks.iter().position(|s| !s.vhost() && s.sock.interface() == name && s.sock.queue() == queue) {
                     Some(at) => at,
                     None => match open(&mut self.mem, host, name, queue, Source::Port(p), cap, strict) {
                         Ok(port) => {
@@ -231,7 +386,11 @@ impl Io {
         for f in p.pending.drain(..) {
             self.mem.release(f);
         }
-        self.mem.forget(p.sock)
+        match p.sock {
+            Link::Xdp(s) => self.mem.forget(s),
+            // Its frames were copies; nothing of the UMEM is in its rings.
+            Link::Vhost(_) => false,
+        }
     }
 
     /// Closes the sockets whose interface was deleted (or deleted and made
@@ -244,7 +403,7 @@ impl Io {
         let mut rebuild = false;
         while i < self.socks.len() {
             let s = &self.socks[i].sock;
-            if sys::ifindex(s.interface()) == s.ifindex() {
+            if matches!(s, Link::Vhost(_)) || sys::ifindex(s.interface()) == s.ifindex() {
                 i += 1;
                 continue;
             }
@@ -267,7 +426,13 @@ impl Io {
     pub fn report(&self, plan: &Plan, me: Owner, uplink: &str, log: &mut LinkLog) -> Vec<LinkState> {
         let mut states = Vec::new();
         let mut names: Vec<(&str, Option<&str>)> = vec![(uplink, None)];
-        names.extend(plan.ports.iter().filter(|p| me.owns(p.zone)).filter_map(|p| Some((p.interface.as_deref()?, Some(&*p.id)))));
+        names.extend(plan.ports.iter().filter(|p| me.owns(p.zone)).filter_map(|p| {
+            let link = match &p.vhost_user {
+                Some(v) => v.socket.to_str()?,
+                None => p.interface.as_deref()?,
+            };
+            Some((link, Some(&*p.id)))
+        }));
         for (name, port) in names {
             let reason = self.down.iter().find(|(n, _)| n == name).map(|(_, r)| r.clone());
             let up = reason.is_none() && self.socks.iter().any(|s| s.sock.interface() == name);

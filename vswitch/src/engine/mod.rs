@@ -225,6 +225,10 @@ fn offer_fast(
     mem: &crate::port::xdp::Memory,
     stats: &LoopStats,
 ) {
+    // A vhost-user guest's frames never pass an XDP program.
+    if socks[s].vhost() {
+        return;
+    }
     for (i, (f, o)) in rx.iter().zip(outs).enumerate() {
         let Some((key, info)) = pipe.fast_candidate(i) else { continue };
         let Action::Forward(to) = o.action else { continue };
@@ -468,7 +472,7 @@ pub fn poll_loop(
                 // Until a socket receives, or for as long as a frame handed
                 // over by another loop may wait.
                 waits.clear();
-                waits.extend(socks.iter().map(|p| p.sock.poll_fd()));
+                waits.extend(socks.iter_mut().map(|p| p.sock.poll_fd()));
                 sys::wait_for_frames(&mut waits, IDLE_WAIT);
             }
         }
@@ -498,7 +502,7 @@ fn publish_stats(stats: &LoopStats, socks: &mut [Port], pipe: &Pipeline<u32>, pl
                 c.set(v);
             }
         }
-        if p.stats.port {
+        if p.stats.port && !p.vhost() {
             warn_about_offloads(p);
         }
     }

@@ -49,6 +49,9 @@ pub struct SocketStats {
     /// TCP and UDP checksums the VM left for the host and the loop
     /// finished ([`crate::packet::offload`]); ports only.
     pub checksums_finished: Counter,
+    /// A vhost-user port's connection (then this is no AF_XDP socket, and
+    /// `kernel` holds the port's own ring drops).
+    pub vhost: Option<Arc<crate::port::vhost::Shared>>,
 }
 
 pub const KERNEL_STATS: [(&str, &str); 6] = [

@@ -358,8 +358,33 @@ pub fn render(shared: &View) -> String {
         }
     }
 
-    // AF_XDP sockets.
-    let sockets = shared.loops.sockets();
+    // vhost-user ports, then AF_XDP sockets.
+    let (vhost, sockets): (Vec<_>, Vec<_>) = shared.loops.sockets().into_iter().partition(|s| s.vhost.is_some());
+    t.family(
+        "sgswitch_vhost_user_info",
+        "gauge",
+        "A vhost-user port's socket, mode (server: the switch listens) and connection state (waiting, connected, running).",
+    );
+    for s in &vhost {
+        let state = s.vhost.as_ref().map_or(0, |v| v.connection.load(Ordering::Relaxed));
+        let mode = s.why.trim_start_matches("vhost-user ");
+        t.sample(
+            "sgswitch_vhost_user_info",
+            &[("socket", &s.interface), ("mode", mode), ("state", crate::port::vhost::Connection::from_u8(state).label())],
+            1,
+        );
+    }
+    t.family(
+        "sgswitch_vhost_user_drops_total",
+        "counter",
+        "Frames a vhost-user port dropped: guest_rx_full (the guest posted no receive buffers), from_guest (no free frame, or too large), malformed (descriptor chains that break the rules).",
+    );
+    for s in &vhost {
+        for (reason, n) in [("guest_rx_full", s.tx_full.get()), ("from_guest", s.kernel[0].get()), ("malformed", s.kernel[1].get())] {
+            t.sample("sgswitch_vhost_user_drops_total", &[("socket", &s.interface), ("reason", reason)], n);
+        }
+    }
+
     t.family(
         "sgswitch_xsk_info",
         "gauge",

@@ -10,6 +10,7 @@
 //! loop's `Memory`.
 
 pub mod capture;
+pub mod vhost;
 pub mod xdp;
 
 use self::xdp::{Frame, Memory};
@@ -31,8 +32,9 @@ pub trait Rings {
     /// Takes back the frames the port has finished sending; returns how
     /// many.
     fn reclaim(&mut self, mem: &mut Memory) -> usize;
-    /// What an idle loop waits on: readable when frames have arrived.
-    fn poll_fd(&self) -> libc::pollfd;
+    /// What an idle loop waits on: readable when frames have arrived (a
+    /// port may ask to be woken here, so it is called once per wait).
+    fn poll_fd(&mut self) -> libc::pollfd;
 }
 
 /// Why a port's socket, or what it needs, could not be made.
@@ -52,6 +54,8 @@ pub enum PortError {
     Busy { iface: String, lock: String },
     #[error("interface {iface}: cannot lock {lock}: {what}")]
     Lock { iface: String, lock: String, what: String },
+    #[error("vhost-user socket {socket}: {what}")]
+    Vhost { socket: String, what: String },
     #[error("{call}: {what}")]
     Sys { call: &'static str, what: String },
 }

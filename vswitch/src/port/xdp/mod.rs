@@ -675,7 +675,7 @@ impl Rings for Socket {
 
     /// This socket's entry for [`sys::wait_for_frames`]: readable when its
     /// rx ring holds frames.
-    fn poll_fd(&self) -> libc::pollfd {
+    fn poll_fd(&mut self) -> libc::pollfd {
         libc::pollfd { fd: self.rx.fd().as_raw_fd(), events: libc::POLLIN, revents: 0 }
     }
 

@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# vhost-user port to port on this machine, sgswitch and Open vSwitch with
+# DPDK in one run, on the same core. Root.
+#
+# The guest side is vhostgen (benches/src/bin/vhostgen.rs): two virtio-net
+# NICs driven from one thread on core 1 as a guest's poll-mode driver drives
+# its own (the frames are in its shared memory; the system under test reads
+# and writes its rings). One NIC sends 64-byte UDP frames as fast as its
+# send ring takes them, the other takes what arrives. Why not DPDK's
+# testpmd with net_virtio_user: its forwarding mode is one for every port
+# (txonly on one port and rxonly on the other needs two processes, which
+# then share core 1 in scheduler slices and drop whole rings in between),
+# and its multi-flow mode sends from fixed MAC addresses to fixed
+# destinations, which no security group between two ports could tell apart.
+#
+# Systems, each with core 0 for all of its threads:
+#   sgswitch   `sgswitch run`, two vhost-user ports (server mode), one poll
+#              loop; the sending port in a group that lets everything out,
+#              the receiving port in one with N ingress rules of which only
+#              the last allows the traffic
+#   ovs-dpdk   ovs-vswitchd built with DPDK (openvswitch-switch-dpdk),
+#              started by this script without systemd in a private run
+#              directory, two dpdkvhostuser ports, one PMD thread on core 0,
+#              and a ct() pipeline with one OpenFlow rule per security-group
+#              rule (as in e2e.sh); hugepages reserved for it and released
+#              after
+#
+# Cases: established (one flow, over and over: a warm connection) and new
+# (a new flow every frame), 10 and 1,000 rules, the generator flat out.
+#
+# Output (--json): one line per point,
+#   {"system","rules","cores","case","offered_mpps","mpps"}
+# then one summary line per rule count with the issue's ratios.
+set -euo pipefail
+
+json=0
+seconds=5
+systems="sgswitch ovs-dpdk"
+rule_counts="10 1000"
+while [ $# -gt 0 ]; do
+  case $1 in
+    --json) json=1 ;;
+    --quick) seconds=3 ;;
+    --systems) systems=$2; shift ;;
+    --rules) rule_counts=$2; shift ;;
+    *) echo "usage: $0 [--json] [--quick] [--systems \"...\"] [--rules \"10 1000\"]" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+[ "$(id -u)" -eq 0 ] || { echo "vhost.sh: needs root" >&2; exit 1; }
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+if ! command -v ovs-vswitchd >/dev/null || ! ovs-vswitchd --version 2>/dev/null | grep -q DPDK; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y openvswitch-switch-dpdk >/dev/null
+fi
+cargo build --release --locked -q -p sgswitch -p sgswitch-benches --bin sgswitch --bin vhostgen
+bin=$here/target/release
+
+work=$(mktemp -d /tmp/sgvhost.XXXXXX)
+UPLINK=sgh-up
+TX_MAC=02:00:00:00:20:01
+RX_MAC=02:00:00:00:20:02
+DPORT=5001
+hugepages_before=$(cat /proc/sys/vm/nr_hugepages)
+
+cleanup() {
+  stop_all
+  ip link del $UPLINK 2>/dev/null || true
+  echo "$hugepages_before" >/proc/sys/vm/nr_hugepages
+  mountpoint -q "$work/huge" && umount "$work/huge"
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+stop_all() {
+  [ -f "$work/sg.pid" ] && kill "$(cat "$work/sg.pid")" 2>/dev/null && sleep 0.5
+  rm -f "$work/sg.pid"
+  for p in vswitchd ovsdb; do
+    [ -f "$work/ovs/$p.pid" ] && kill "$(cat "$work/ovs/$p.pid")" 2>/dev/null
+  done
+  sleep 0.5
+  rm -rf "$work/ovs"
+}
+
+ip link del $UPLINK 2>/dev/null || true
+ip link add $UPLINK type veth peer name $UPLINK-p
+ip link set $UPLINK up; ip link set $UPLINK-p up
+
+sg_config() { # rules dir
+  local rules=$1 d=$2
+  rm -rf "$d"; mkdir -p "$d/ports" "$d/groups"
+  cat >"$d/host.toml" <<EOF
+[uplink]
+interface = "$UPLINK"
+[datapath]
+cores = [0]
+[metrics]
+listen = "127.0.0.1:19481"
+[control]
+socket = "$d/control.sock"
+[limits]
+rules_per_group = 2000
+rules_per_port = 2000
+EOF
+  cat >"$d/ports/eni-tx.toml" <<EOF
+id = "eni-tx"
+kind = "vhost-user"
+socket = "$d/tx.sock"
+mac = "$TX_MAC"
+ipv4 = ["10.2.0.0/16"]
+security_groups = ["sg-out"]
+EOF
+  cat >"$d/ports/eni-rx.toml" <<EOF
+id = "eni-rx"
+kind = "vhost-user"
+socket = "$d/rx.sock"
+mac = "$RX_MAC"
+ipv4 = ["10.3.0.2"]
+security_groups = ["sg-bench"]
+EOF
+  printf 'id = "sg-out"\n[[egress]]\nprotocol = "all"\ndestination = "0.0.0.0/0"\n' >"$d/groups/sg-out.toml"
+  {
+    echo 'id = "sg-bench"'
+    for i in $(seq 1 $((rules - 1))); do
+      printf '[[ingress]]\nprotocol = "udp"\nports = "%d/%d"\nsource = "203.0.113.0/24"\n' $((1000 + i)) $((1000 + i))
+    done
+    printf '[[ingress]]\nprotocol = "udp"\nports = "%d/%d"\nsource = "10.2.0.0/16"\n' $DPORT $DPORT
+  } >"$d/groups/sg-bench.toml"
+}
+
+# The same rules as OpenFlow (as e2e.sh's): table 0 sends IP from the
+# sending port through conntrack; table 1 passes committed flows and
+# commits new ones a rule allows, by priority in rule order.
+ovs_flows() { # rules
+  local rules=$1
+  echo "table=0,priority=10,ip,in_port=vhu-tx,actions=ct(zone=1,table=1)"
+  echo "table=0,priority=0,actions=drop"
+  echo "table=1,priority=65000,ct_state=+trk-new,actions=output:vhu-rx"
+  for i in $(seq 1 $((rules - 1))); do
+    echo "table=1,priority=$((60000 - i)),ct_state=+trk+new,udp,nw_src=203.0.113.0/24,tp_dst=$((1000 + i)),actions=ct(commit,zone=1),output:vhu-rx"
+  done
+  echo "table=1,priority=$((60000 - rules)),ct_state=+trk+new,udp,nw_src=10.2.0.0/16,tp_dst=$DPORT,actions=ct(commit,zone=1),output:vhu-rx"
+  echo "table=1,priority=0,actions=drop"
+}
+
+start() { # system rules -> prints "tx-socket rx-socket"
+  local system=$1 rules=$2
+  case $system in
+    sgswitch)
+      sg_config "$rules" "$work/sg"
+      taskset -c 0 "$bin/sgswitch" run "$work/sg" 2>"$work/sg.log" &
+      echo $! >"$work/sg.pid"
+      for _ in $(seq 100); do grep -q "running on" "$work/sg.log" && break; sleep 0.1; done
+      grep -q "running on" "$work/sg.log" || { cat "$work/sg.log" >&2; exit 1; }
+      echo "$work/sg/tx.sock $work/sg/rx.sock"
+      ;;
+    ovs-dpdk)
+      local d=$work/ovs
+      rm -rf "$d"; mkdir -p "$d"
+      # 1 GiB of 2 MiB pages for DPDK's memory, released at the end.
+      echo 512 >/proc/sys/vm/nr_hugepages
+      mkdir -p "$work/huge"; mountpoint -q "$work/huge" || mount -t hugetlbfs nodev "$work/huge"
+      local env="OVS_RUNDIR=$d OVS_LOGDIR=$d OVS_DBDIR=$d OVS_SYSCONFDIR=$d"
+      ovsdb-tool create "$d/conf.db" /usr/share/openvswitch/vswitch.ovsschema
+      env $env taskset -c 0 ovsdb-server "$d/conf.db" --remote="punix:$d/db.sock" --pidfile="$d/ovsdb.pid" --detach --log-file="$d/ovsdb.log"
+      local vsctl="ovs-vsctl --db=unix:$d/db.sock"
+      $vsctl --no-wait init
+      $vsctl --no-wait set Open_vSwitch . other_config:dpdk-init=true other_config:pmd-cpu-mask=0x1 \
+        other_config:dpdk-lcore-mask=0x1 other_config:dpdk-socket-mem=512 \
+        "other_config:dpdk-extra=--no-pci --huge-dir=$work/huge --file-prefix=sgvhost"
+      env $env taskset -c 0 ovs-vswitchd "unix:$d/db.sock" --pidfile="$d/vswitchd.pid" --detach --log-file="$d/vswitchd.log"
+      $vsctl add-br br0 -- set bridge br0 datapath_type=netdev
+      for p in vhu-tx vhu-rx; do $vsctl add-port br0 $p -- set interface $p type=dpdkvhostuser; done
+      ovs_flows "$rules" >"$d/flows"
+      env $env ovs-ofctl add-flows "unix:$d/br0.mgmt" "$d/flows"
+      for t in $(ls /proc/"$(cat "$d/vswitchd.pid")"/task); do taskset -pc 0 "$t" >/dev/null 2>&1 || true; done
+      echo "$d/vhu-tx $d/vhu-rx"
+      ;;
+  esac
+}
+
+results=$work/results
+: >"$results"
+for rules in $rule_counts; do
+  for system in $systems; do
+    for case in established new; do
+      read -r txs rxs < <(start "$system" "$rules")
+      out=$(taskset -c 1 "$bin/vhostgen" --tx "$txs" --rx "$rxs" --case "$case" --seconds "$seconds" --core 1 \
+        --src-mac $TX_MAC --dst-mac $RX_MAC --dport $DPORT 2>"$work/gen.log") || { cat "$work/gen.log" >&2; exit 1; }
+      stop_all
+      line=$(echo "$out" | sed "s/^{/{\"system\":\"$system\",\"rules\":$rules,\"cores\":1,/")
+      echo "$line" >>"$results"
+      if [ $json -eq 1 ]; then echo "$line"; else echo "$system rules=$rules $case: $(echo "$out" | sed 's/[{}"]//g')"; fi
+    done
+  done
+done
+
+# Ratios within this run, per rule count.
+python3 - "$results" "$json" <<'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+as_json = sys.argv[2] == "1"
+for rules in sorted({r["rules"] for r in rows}):
+    get = lambda s, c: next((r["mpps"] for r in rows if r["system"] == s and r["rules"] == rules and r["case"] == c), None)
+    sg_e, sg_n, ovs_e, ovs_n = get("sgswitch", "established"), get("sgswitch", "new"), get("ovs-dpdk", "established"), get("ovs-dpdk", "new")
+    ratio = lambda a, b: round(a / b, 2) if a is not None and b else None
+    s = {"summary": True, "rules": rules, "sgswitch_established_mpps": sg_e, "sgswitch_new_mpps": sg_n,
+         "established_vs_ovs_dpdk": ratio(sg_e, ovs_e), "new_vs_ovs_dpdk": ratio(sg_n, ovs_n),
+         "target_established_5mpps": sg_e is not None and sg_e >= 5.0, "target_new_2mpps": sg_n is not None and sg_n >= 2.0,
+         "target_vs_ovs_1_5x": (ratio(sg_e, ovs_e) or 0) >= 1.5 and (ratio(sg_n, ovs_n) or 0) >= 1.5}
+    print(json.dumps(s) if as_json else " ".join(f"{k}={v}" for k, v in s.items()))
+EOF

@@ -1,0 +1,189 @@
+//! vhost-user ports, driven by the in-process virtio-net driver
+//! (`sgswitch_tests::vguest`) as a guest's NIC is by its VMM: frames
+//! between guests as their groups say, a guest that stops reading, a
+//! guest that posts broken descriptors, and one that goes away and comes
+//! back (root only: the switch's uplink is a veth).
+//! QEMU guests on vhost-user ports are in `guests.rs`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use sgswitch_tests::frames::{Ends, udp};
+use sgswitch_tests::netns::{Kill, http_get, require_root, sample, sh, start_switch, wait_for};
+use sgswitch_tests::vguest::Driver;
+
+const METRICS: &str = "127.0.0.1:19496";
+const UPLINK: &str = "sgv-uplink";
+
+struct Veth;
+
+impl Veth {
+    fn up() -> Veth {
+        sh(&format!("ip link del {UPLINK} 2>/dev/null"));
+        assert!(sh(&format!(
+            "ip link add {UPLINK} type veth peer name {UPLINK}-p && ip link set {UPLINK} up && ip link set {UPLINK}-p up"
+        )));
+        Veth
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        sh(&format!("ip link del {UPLINK}"));
+    }
+}
+
+/// Three vhost-user ports, va, vb and vc (10.1.0.1-3): va in sg-out (out
+/// to anywhere, nothing in), vb and vc in sg-v (in: UDP to port 7000 only;
+/// out: anywhere); their sockets in `dir`.
+fn config(dir: &Path) {
+    std::fs::create_dir_all(dir.join("ports")).expect("ports");
+    std::fs::create_dir_all(dir.join("groups")).expect("groups");
+    std::fs::write(
+        dir.join("host.toml"),
+        format!("[uplink]\ninterface = \"{UPLINK}\"\n[datapath]\ncores = [0]\n[metrics]\nlisten = \"{METRICS}\"\n[conntrack]\ncapacity = 65536\n"),
+    )
+    .expect("host.toml");
+    std::fs::write(
+        dir.join("groups/sg-v.toml"),
+        "id = \"sg-v\"\n[[ingress]]\nprotocol = \"udp\"\nports = \"7000/7000\"\nsource = \"0.0.0.0/0\"\n[[egress]]\nprotocol = \"all\"\ndestination = \"0.0.0.0/0\"\n",
+    )
+    .expect("group");
+    std::fs::write(dir.join("groups/sg-out.toml"), "id = \"sg-out\"\n[[egress]]\nprotocol = \"all\"\ndestination = \"0.0.0.0/0\"\n")
+        .expect("group");
+    for (i, name) in ["va", "vb", "vc"].iter().enumerate() {
+        let port = format!(
+            "id = \"eni-{name}\"\nkind = \"vhost-user\"\nsocket = \"{}\"\nmac = \"02:00:00:00:10:0{}\"\nipv4 = [\"10.1.0.{}\"]\nsecurity_groups = [\"{}\"]\n",
+            dir.join(format!("{name}.sock")).display(),
+            i + 1,
+            i + 1,
+            if i == 0 { "sg-out" } else { "sg-v" }
+        );
+        std::fs::write(dir.join(format!("ports/eni-{name}.toml")), port).expect("port");
+    }
+}
+
+fn ends(from: u8, to: u8) -> Ends {
+    Ends {
+        src_mac: [2, 0, 0, 0, 0x10, from],
+        dst_mac: [2, 0, 0, 0, 0x10, to],
+        src: format!("10.1.0.{from}").parse().expect("ip"),
+        dst: format!("10.1.0.{to}").parse().expect("ip"),
+    }
+}
+
+/// Sends `n` copies of `frame` from `d`, waiting for room as needed.
+fn send(d: &mut Driver, frame: &[u8], n: usize) {
+    let t = Instant::now();
+    let mut sent = 0;
+    while sent < n {
+        sent += d.send(frame, (n - sent).min(64));
+        assert!(t.elapsed() < Duration::from_secs(10), "the switch took {sent} of {n} frames in 10 s");
+    }
+}
+
+/// Frames `d` receives until `want` came or `within` passed; the first
+/// one's bytes.
+fn receive(d: &mut Driver, want: usize, within: Duration) -> (usize, Vec<u8>) {
+    let t = Instant::now();
+    let (mut n, mut first) = (0, Vec::new());
+    while n < want && t.elapsed() < within {
+        n += d.receive(|f| {
+            if first.is_empty() {
+                first = f.to_vec();
+            }
+        });
+        std::thread::yield_now();
+    }
+    (n, first)
+}
+
+fn metric(cell: &str) -> u64 {
+    sample(&http_get(METRICS, "/metrics").expect("GET /metrics"), cell)
+}
+
+fn connect(dir: &Path, name: &str) -> Driver {
+    Driver::connect(&dir.join(format!("{name}.sock")), Duration::from_secs(5)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[test]
+fn vhost_user_guests_are_switched_as_their_groups_say_and_a_bad_or_gone_guest_costs_the_others_nothing() {
+    require_root();
+    let _veth = Veth::up();
+    let work = tempfile::tempdir().expect("tempdir");
+    config(work.path());
+    let log = work.path().join("switch.log");
+    let _switch: Kill = start_switch(env!("CARGO_BIN_EXE_sgswitch"), work.path(), &log);
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let (mut a, mut b, mut c) = (connect(work.path(), "va"), connect(work.path(), "vb"), connect(work.path(), "vc"));
+    let sock = |n: &str| work.path().join(format!("{n}.sock")).display().to_string();
+    let t = Instant::now();
+    while metric(&format!("sgswitch_vhost_user_info{{socket=\"{}\",mode=\"server\",state=\"running\"}}", sock("vc"))) != 1 {
+        assert!(t.elapsed() < Duration::from_secs(5), "vc's rings never ran:\n{}", logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Allowed: a -> b:7000, every frame, unchanged.
+    let allowed = udp(&ends(1, 2), 5000, 7000, b"over vhost-user");
+    send(&mut a, &allowed, 500);
+    let (n, first) = receive(&mut b, 500, Duration::from_secs(5));
+    assert_eq!(n, 500, "b received {n} of a's 500 allowed frames\n{}", logs());
+    assert_eq!(first, allowed, "the frame as a sent it");
+    // Denied by b's ingress: a -> b:7001, counted there.
+    send(&mut a, &udp(&ends(1, 2), 5000, 7001, b"denied"), 200);
+    let (n, stray) = receive(&mut b, 1, Duration::from_millis(500));
+    assert_eq!(n, 0, "b received frames its group denies: {stray:02x?}");
+    let denied = metric("sgswitch_packets_total{port=\"eni-vb\",direction=\"ingress\",action=\"drop\",reason=\"default\"}");
+    assert_eq!(denied, 200, "a -> b:7001 drops on eni-vb's ingress");
+
+    // b stops reading: its queue fills and drops, counted; c, sent to in
+    // the same batches, gets every frame.
+    let to_b = udp(&ends(1, 2), 5001, 7000, b"to a guest that does not read");
+    let to_c = udp(&ends(1, 3), 5001, 7000, b"to a guest that does");
+    let mut got = 0;
+    for _ in 0..40 {
+        send(&mut a, &to_b, 100);
+        send(&mut a, &to_c, 25);
+        got += receive(&mut c, 25, Duration::from_secs(2)).0;
+    }
+    assert_eq!(got, 1000, "c received {got} of 1000 while b did not read");
+    let full = metric(&format!("sgswitch_vhost_user_drops_total{{socket=\"{}\",reason=\"guest_rx_full\"}}", sock("vb")));
+    assert!(full >= 4000 - 1024, "b's full queue dropped {full} frames, counted");
+    b.drain();
+
+    // A descriptor outside a's memory, and one the switch should not have
+    // to write: dropped and counted; the switch goes on.
+    assert!(a.post_raw(1 << 40, 64, 0), "room for a broken descriptor");
+    assert!(a.post_raw(0x40_0000 + 1024 * 2048 + 64, 64, 2), "room for a writable one");
+    send(&mut a, &to_c, 1);
+    assert_eq!(receive(&mut c, 1, Duration::from_secs(2)).0, 1, "c after a's broken descriptors\n{}", logs());
+    // (The loop publishes its rings' counts a few times a second.)
+    let cell = format!("sgswitch_vhost_user_drops_total{{socket=\"{}\",reason=\"malformed\"}}", sock("va"));
+    let t = Instant::now();
+    while metric(&cell) < 2 && t.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(metric(&cell), 2, "a's broken descriptors counted");
+
+    // The VMM stops a's send ring (as it does when the guest stops): the
+    // switch gives it back at the position a has reached.
+    let posted = 500 + 200 + 40 * 125 + 2 + 1;
+    assert_eq!(a.stop_tx().expect("GET_VRING_BASE"), posted, "where a's send ring stopped");
+    drop(a);
+
+    // b goes away and comes back on the same socket: switched again, with
+    // no switch restart.
+    drop(b);
+    assert!(wait_for(&log, "eni-vb: vhost-user guest on", 0), "the switch did not see b go:\n{}", logs());
+    let mut b = connect(work.path(), "vb");
+    let mut a = connect(work.path(), "va");
+    let t = Instant::now();
+    while metric(&format!("sgswitch_vhost_user_info{{socket=\"{}\",mode=\"server\",state=\"running\"}}", sock("vb"))) != 1 {
+        assert!(t.elapsed() < Duration::from_secs(5), "b's rings never ran again:\n{}", logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    send(&mut c, &udp(&ends(3, 2), 5002, 7000, b"after b came back"), 100);
+    assert_eq!(receive(&mut b, 100, Duration::from_secs(5)).0, 100, "b after it came back\n{}", logs());
+    send(&mut a, &allowed, 10);
+    assert_eq!(receive(&mut b, 10, Duration::from_secs(5)).0, 10, "b from a's new connection\n{}", logs());
+}
