@@ -61,6 +61,12 @@ fn config(dir: &Path) {
         );
         std::fs::write(dir.join(format!("ports/eni-{name}.toml")), port).expect("port");
     }
+    // vd: the switch connects to a socket the "VMM" listens on.
+    let port = format!(
+        "id = \"eni-vd\"\nkind = \"vhost-user\"\nsocket = \"{}\"\nsocket_mode = \"client\"\nmac = \"02:00:00:00:10:04\"\nipv4 = [\"10.1.0.4\"]\nsecurity_groups = [\"sg-v\"]\n",
+        dir.join("vd.sock").display()
+    );
+    std::fs::write(dir.join("ports/eni-vd.toml"), port).expect("port");
 }
 
 fn ends(from: u8, to: u8) -> Ends {
@@ -186,4 +192,17 @@ fn vhost_user_guests_are_switched_as_their_groups_say_and_a_bad_or_gone_guest_co
     assert_eq!(receive(&mut b, 100, Duration::from_secs(5)).0, 100, "b after it came back\n{}", logs());
     send(&mut a, &allowed, 10);
     assert_eq!(receive(&mut b, 10, Duration::from_secs(5)).0, 10, "b from a's new connection\n{}", logs());
+
+    // A client-mode port: the switch connects to the VMM's socket when it
+    // appears, and again after the VMM restarts.
+    for round in 0..2 {
+        let mut d = Driver::accept(&work.path().join("vd.sock"), Duration::from_secs(5)).unwrap_or_else(|e| panic!("vd: {e}\n{}", logs()));
+        let t = Instant::now();
+        while metric(&format!("sgswitch_vhost_user_info{{socket=\"{}\",mode=\"client\",state=\"running\"}}", sock("vd"))) != 1 {
+            assert!(t.elapsed() < Duration::from_secs(5), "vd's rings never ran (round {round}):\n{}", logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        send(&mut a, &udp(&ends(1, 4), 5003, 7000, b"to a client-mode port"), 20);
+        assert_eq!(receive(&mut d, 20, Duration::from_secs(5)).0, 20, "vd (round {round})\n{}", logs());
+    }
 }

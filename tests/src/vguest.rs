@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+use vm_memory::{Bytes, FileOffset, MmapRegion, VolatileMemory};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Entries per ring.
@@ -74,13 +74,22 @@ struct Ring {
 /// vhost-user socket.
 pub struct Driver {
     frontend: Frontend,
-    mem: GuestMemoryMmap<()>,
+    region: MmapRegion<()>,
     rx: Ring,
     tx: Ring,
     kick: [EventFd; 2],
     _call: [EventFd; 2],
     /// Frames sent whose kick the switch asked for.
     pub kicks: u64,
+    /// What each send buffer holds (and its descriptor says), so a frame
+    /// like the last one sent from it is written only where it differs:
+    /// a guest's driver writes a frame once, and rewriting unchanged bytes
+    /// would make the generator the bound.
+    shadow: Vec<([u8; BUF], usize, bool)>,
+    /// A frame as it is built (kept, not zeroed each call).
+    scratch: Vec<u8>,
+    /// Receive buffers to give back (kept, not zeroed each call).
+    ids: Vec<u16>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -102,21 +111,45 @@ impl Driver {
     /// The socket does not answer, or a protocol step fails.
     pub fn connect(socket: &Path, within: Duration) -> Result<Driver, String> {
         let t = Instant::now();
-        let mut frontend = loop {
+        let frontend = loop {
             match Frontend::connect(socket, 2) {
                 Ok(f) => break f,
                 Err(e) if t.elapsed() > within => return Err(err("connect", e)),
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         };
+        Driver::start(frontend)
+    }
+
+    /// As [`Driver::connect`], but listening on `socket` for the switch to
+    /// connect (a port with `socket_mode = "client"`, as QEMU's
+    /// `-chardev socket,server=on` is to it).
+    ///
+    /// # Errors
+    /// Nothing connected within `within`, or a protocol step failed.
+    pub fn accept(socket: &Path, within: Duration) -> Result<Driver, String> {
+        let _ = std::fs::remove_file(socket);
+        let l = std::os::unix::net::UnixListener::bind(socket).map_err(|e| err("bind", e))?;
+        l.set_nonblocking(true).map_err(|e| err("listen", e))?;
+        let t = Instant::now();
+        let stream = loop {
+            match l.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if t.elapsed() > within => return Err(err("accept", e)),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        stream.set_nonblocking(false).map_err(|e| err("socket", e))?;
+        Driver::start(Frontend::from_stream(stream, 2))
+    }
+
+    fn start(mut frontend: Frontend) -> Result<Driver, String> {
         let size = 0x40_0000 + 2 * RING as usize * BUF;
         let fd = memfd(size as u64)?;
         let file = fd.try_clone().map_err(|e| err("dup", e))?;
         let region = MmapRegion::from_file(FileOffset::new(File::from(file), 0), size).map_err(|e| err("mmap", e))?;
         // The frontend's address of the memory: ring addresses are given so.
         let userspace_addr = region.as_ptr() as u64;
-        let region = GuestRegionMmap::new(region, GuestAddress(0)).ok_or("region")?;
-        let mem = GuestMemoryMmap::from_regions(vec![region]).map_err(|e| err("memory", e))?;
 
         frontend.set_owner().map_err(|e| err("set_owner", e))?;
         let offered = frontend.get_features().map_err(|e| err("get_features", e))?;
@@ -140,25 +173,28 @@ impl Driver {
         let call = [new_fd()?, new_fd()?];
         let mut d = Driver {
             frontend,
-            mem,
+            region,
             rx: Ring { at: Layout::of(0), avail: 0, used: 0, free: Vec::new() },
             tx: Ring { at: Layout::of(1), avail: 0, used: 0, free: (0..RING).rev().collect() },
             kick,
             _call: call,
             kicks: 0,
+            shadow: vec![([0; BUF], usize::MAX, false); usize::from(RING)],
+            scratch: vec![0; BUF],
+            ids: Vec::with_capacity(usize::from(RING)),
         };
         for q in 0..2u16 {
-            let at = Layout::of(u64::from(q));
+            let lay = Layout::of(u64::from(q));
             let w = |e| err("ring memory", e);
             // Poll mode: no interrupts.
-            d.mem.write_obj(AVAIL_F_NO_INTERRUPT.to_le(), GuestAddress(at.avail)).map_err(w)?;
+            d.region.as_volatile_slice().write_obj(AVAIL_F_NO_INTERRUPT.to_le(), at(lay.avail)).map_err(w)?;
             for i in 0..RING {
                 // struct virtq_desc { le64 addr; le32 len; le16 flags; le16 next; }
-                let desc = GuestAddress(at.desc + 16 * u64::from(i));
-                d.mem.write_obj(at.buf(i).to_le(), desc).map_err(w)?;
-                d.mem.write_obj(2048u32.to_le(), GuestAddress(desc.0 + 8)).map_err(w)?;
+                let desc = lay.desc + 16 * u64::from(i);
+                d.region.as_volatile_slice().write_obj(lay.buf(i).to_le(), at(desc)).map_err(w)?;
+                d.region.as_volatile_slice().write_obj(2048u32.to_le(), at(desc + 8)).map_err(w)?;
                 let flags = if q == 0 { DESC_F_WRITE } else { 0 };
-                d.mem.write_obj(flags.to_le(), GuestAddress(desc.0 + 12)).map_err(w)?;
+                d.region.as_volatile_slice().write_obj(flags.to_le(), at(desc + 12)).map_err(w)?;
             }
             let fe = &mut d.frontend;
             let qi = usize::from(q);
@@ -168,9 +204,9 @@ impl Driver {
                 queue_max_size: RING,
                 queue_size: RING,
                 flags: 0,
-                desc_table_addr: userspace_addr + at.desc,
-                used_ring_addr: userspace_addr + at.used,
-                avail_ring_addr: userspace_addr + at.avail,
+                desc_table_addr: userspace_addr + lay.desc,
+                used_ring_addr: userspace_addr + lay.used,
+                avail_ring_addr: userspace_addr + lay.avail,
                 log_addr: None,
             };
             fe.set_vring_addr(qi, &config).map_err(|e| err("set_vring_addr", e))?;
@@ -189,20 +225,20 @@ impl Driver {
     fn post_rx(&mut self, ids: &[u16]) {
         let r = &mut self.rx;
         for &i in ids {
-            let slot = GuestAddress(r.at.avail + 4 + 2 * u64::from(r.avail % RING));
-            let _ = self.mem.write_obj(i.to_le(), slot);
+            let slot = r.at.avail + 4 + 2 * u64::from(r.avail % RING);
+            let _ = self.region.as_volatile_slice().write_obj(i.to_le(), at(slot));
             r.avail = r.avail.wrapping_add(1);
         }
-        let _ = self.mem.store(r.avail.to_le(), GuestAddress(r.at.avail + 2), Ordering::Release);
+        let _ = self.region.as_volatile_slice().store(r.avail.to_le(), at(r.at.avail + 2), Ordering::Release);
     }
 
     /// Takes back the send buffers the switch has read.
     fn reclaim_tx(&mut self) {
         let r = &mut self.tx;
-        let used: u16 = self.mem.load(GuestAddress(r.at.used + 2), Ordering::Acquire).map_or(r.used, u16::from_le);
+        let used: u16 = self.region.as_volatile_slice().load(at(r.at.used + 2), Ordering::Acquire).map_or(r.used, u16::from_le);
         while r.used != used {
-            let elem = GuestAddress(r.at.used + 4 + 8 * u64::from(r.used % RING));
-            if let Ok(id) = self.mem.read_obj::<u32>(elem) {
+            let elem = r.at.used + 4 + 8 * u64::from(r.used % RING);
+            if let Ok(id) = self.region.as_volatile_slice().read_obj::<u32>(at(elem)) {
                 r.free.push(u16::try_from(u32::from_le(id)).unwrap_or(0) % RING);
             }
             r.used = r.used.wrapping_add(1);
@@ -214,30 +250,48 @@ impl Driver {
     /// the ring had room for.
     pub fn send_with(&mut self, n: usize, len: usize, mut fill: impl FnMut(usize, &mut [u8])) -> usize {
         self.reclaim_tx();
-        let mut frame = [0u8; BUF];
-        let len = len.min(frame.len() - HEADER);
+        let mut frame = std::mem::take(&mut self.scratch);
+        let len = len.min(BUF - HEADER);
         let mut sent = 0;
         while sent < n {
             let Some(i) = self.tx.free.pop() else { break };
             fill(sent, &mut frame[..len]);
             let r = &mut self.tx;
+            let vs = self.region.as_volatile_slice();
             let buf = r.at.buf(i);
-            let _ = self.mem.write_slice(&[0u8; HEADER], GuestAddress(buf));
-            let _ = self.mem.write_slice(&frame[..len], GuestAddress(buf + HEADER as u64));
-            // The whole descriptor (`post_raw` may have bent it).
-            let desc = GuestAddress(r.at.desc + 16 * u64::from(i));
-            let _ = self.mem.write_obj(buf.to_le(), desc);
-            let _ = self.mem.write_obj(u32::try_from(HEADER + len).unwrap_or(0).to_le(), GuestAddress(desc.0 + 8));
-            let _ = self.mem.write_obj(0u16, GuestAddress(desc.0 + 12));
-            let slot = GuestAddress(r.at.avail + 4 + 2 * u64::from(r.avail % RING));
-            let _ = self.mem.write_obj(i.to_le(), slot);
+            let desc = r.at.desc + 16 * u64::from(i);
+            let (old, old_len, bent) = &mut self.shadow[usize::from(i)];
+            if *bent || *old_len == usize::MAX {
+                // The whole descriptor and the header (`post_raw` may have
+                // bent it; or it was never used).
+                let _ = vs.write_obj(buf.to_le(), at(desc));
+                let _ = vs.write_obj(0u16, at(desc + 12));
+                let _ = vs.write_slice(&[0u8; HEADER], at(buf));
+                *bent = false;
+                *old_len = usize::MAX - 1;
+            }
+            if *old_len != len {
+                let _ = vs.write_obj(u32::try_from(HEADER + len).unwrap_or(0).to_le(), at(desc + 8));
+                let _ = vs.write_slice(&frame[..len], at(buf + HEADER as u64));
+                old[..len].copy_from_slice(&frame[..len]);
+                *old_len = len;
+            } else if let (Some(a), Some(b)) = (
+                frame[..len].iter().zip(&old[..len]).position(|(x, y)| x != y),
+                frame[..len].iter().zip(&old[..len]).rposition(|(x, y)| x != y),
+            ) {
+                let _ = vs.write_slice(&frame[a..=b], at(buf + (HEADER + a) as u64));
+                old[a..=b].copy_from_slice(&frame[a..=b]);
+            }
+            let slot = r.at.avail + 4 + 2 * u64::from(r.avail % RING);
+            let _ = vs.write_obj(i.to_le(), at(slot));
             r.avail = r.avail.wrapping_add(1);
             sent += 1;
         }
+        self.scratch = frame;
         if sent > 0 {
             let r = &self.tx;
-            let _ = self.mem.store(r.avail.to_le(), GuestAddress(r.at.avail + 2), Ordering::Release);
-            let flags: u16 = self.mem.load(GuestAddress(r.at.used), Ordering::Acquire).map_or(0, u16::from_le);
+            let _ = self.region.as_volatile_slice().store(r.avail.to_le(), at(r.at.avail + 2), Ordering::Release);
+            let flags: u16 = self.region.as_volatile_slice().load(at(r.at.used), Ordering::Acquire).map_or(0, u16::from_le);
             if flags & USED_F_NO_NOTIFY == 0 {
                 let _ = self.kick[1].write(1);
                 self.kicks += 1;
@@ -252,15 +306,16 @@ impl Driver {
     pub fn post_raw(&mut self, addr: u64, len: u32, flags: u16) -> bool {
         self.reclaim_tx();
         let Some(i) = self.tx.free.pop() else { return false };
+        self.shadow[usize::from(i)].2 = true;
         let r = &mut self.tx;
-        let desc = GuestAddress(r.at.desc + 16 * u64::from(i));
-        let _ = self.mem.write_obj(addr.to_le(), desc);
-        let _ = self.mem.write_obj(len.to_le(), GuestAddress(desc.0 + 8));
-        let _ = self.mem.write_obj(flags.to_le(), GuestAddress(desc.0 + 12));
-        let slot = GuestAddress(r.at.avail + 4 + 2 * u64::from(r.avail % RING));
-        let _ = self.mem.write_obj(i.to_le(), slot);
+        let desc = r.at.desc + 16 * u64::from(i);
+        let _ = self.region.as_volatile_slice().write_obj(addr.to_le(), at(desc));
+        let _ = self.region.as_volatile_slice().write_obj(len.to_le(), at(desc + 8));
+        let _ = self.region.as_volatile_slice().write_obj(flags.to_le(), at(desc + 12));
+        let slot = r.at.avail + 4 + 2 * u64::from(r.avail % RING);
+        let _ = self.region.as_volatile_slice().write_obj(i.to_le(), at(slot));
         r.avail = r.avail.wrapping_add(1);
-        let _ = self.mem.store(r.avail.to_le(), GuestAddress(r.at.avail + 2), Ordering::Release);
+        let _ = self.region.as_volatile_slice().store(r.avail.to_le(), at(r.at.avail + 2), Ordering::Release);
         let _ = self.kick[1].write(1);
         true
     }
@@ -275,17 +330,17 @@ impl Driver {
     /// back to the switch. Returns how many.
     pub fn receive(&mut self, mut seen: impl FnMut(&[u8])) -> usize {
         let r = &mut self.rx;
-        let used: u16 = self.mem.load(GuestAddress(r.at.used + 2), Ordering::Acquire).map_or(r.used, u16::from_le);
+        let used: u16 = self.region.as_volatile_slice().load(at(r.at.used + 2), Ordering::Acquire).map_or(r.used, u16::from_le);
         let mut ids = [0u16; RING as usize];
         let mut n = 0;
         let mut frame = [0u8; BUF];
         while r.used != used {
-            let elem = GuestAddress(r.at.used + 4 + 8 * u64::from(r.used % RING));
-            let id = self.mem.read_obj::<u32>(elem).map_or(0, u32::from_le);
-            let len = self.mem.read_obj::<u32>(GuestAddress(elem.0 + 4)).map_or(0, u32::from_le);
+            let elem = r.at.used + 4 + 8 * u64::from(r.used % RING);
+            let id = self.region.as_volatile_slice().read_obj::<u32>(at(elem)).map_or(0, u32::from_le);
+            let len = self.region.as_volatile_slice().read_obj::<u32>(at(elem + 4)).map_or(0, u32::from_le);
             let id = u16::try_from(id).unwrap_or(0) % RING;
             let body = (len as usize).saturating_sub(HEADER).min(frame.len());
-            if self.mem.read_slice(&mut frame[..body], GuestAddress(r.at.buf(id) + HEADER as u64)).is_ok() {
+            if self.region.as_volatile_slice().read_slice(&mut frame[..body], at(r.at.buf(id) + HEADER as u64)).is_ok() {
                 seen(&frame[..body]);
             }
             ids[n] = id;
@@ -301,19 +356,21 @@ impl Driver {
     /// Frames received since the last call, counted, not looked at.
     pub fn drain(&mut self) -> usize {
         let r = &mut self.rx;
-        let used: u16 = self.mem.load(GuestAddress(r.at.used + 2), Ordering::Acquire).map_or(r.used, u16::from_le);
-        let mut ids = [0u16; RING as usize];
-        let mut n = 0;
+        let vs = self.region.as_volatile_slice();
+        let used: u16 = vs.load(at(r.at.used + 2), Ordering::Acquire).map_or(r.used, u16::from_le);
+        let mut ids = std::mem::take(&mut self.ids);
+        ids.clear();
         while r.used != used {
-            let elem = GuestAddress(r.at.used + 4 + 8 * u64::from(r.used % RING));
-            let id = self.mem.read_obj::<u32>(elem).map_or(0, u32::from_le);
-            ids[n] = u16::try_from(id).unwrap_or(0) % RING;
-            n += 1;
+            let elem = r.at.used + 4 + 8 * u64::from(r.used % RING);
+            let id = vs.read_obj::<u32>(at(elem)).map_or(0, u32::from_le);
+            ids.push(u16::try_from(id).unwrap_or(0) % RING);
             r.used = r.used.wrapping_add(1);
         }
+        let n = ids.len();
         if n > 0 {
-            self.post_rx(&ids[..n]);
+            self.post_rx(&ids);
         }
+        self.ids = ids;
         n
     }
 
@@ -325,6 +382,11 @@ impl Driver {
     pub fn stop_tx(&mut self) -> Result<u32, String> {
         self.frontend.get_vring_base(1).map_err(|e| err("get_vring_base", e))
     }
+}
+
+/// A guest address as an offset in the one region (which starts at 0).
+fn at(addr: u64) -> usize {
+    usize::try_from(addr).unwrap_or(usize::MAX)
 }
 
 /// Shared memory of `size` bytes: an unlinked file on tmpfs (`/dev/shm`),

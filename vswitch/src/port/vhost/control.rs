@@ -29,10 +29,9 @@ use std::time::Duration;
 use tracing::{info, warn};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
-use virtio_queue::{Queue, QueueT};
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
+use super::split::Split;
 use super::{Connection, GuestMem, Shared, Update, nonblocking};
 use crate::port::PortError;
 use crate::port::xdp::sys::wait_for_frames;
@@ -54,15 +53,16 @@ const PROTOCOL_F_REPLY_ACK: u64 = 1 << 3;
 const PROTOCOL_FEATURES: u64 = PROTOCOL_F_REPLY_ACK;
 
 /// The virtio features the switch offers.
-pub const FEATURES: u64 =
-    (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MRG_RXBUF) | (1 << VIRTIO_RING_F_INDIRECT_DESC) | VHOST_USER_F_PROTOCOL_FEATURES;
+/// (No indirect descriptors: a frame needs none, and a chain stays in the
+/// ring's own table.)
+pub const FEATURES: u64 = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MRG_RXBUF) | VHOST_USER_F_PROTOCOL_FEATURES;
 
 /// Starts the control thread of the port `port` on `socket`: listening on
 /// it (made anew; a stale one is removed), or connecting to it.
 ///
 /// # Errors
 /// A listening socket cannot be made.
-pub fn start(
+pub(super) fn start(
     socket: &Path,
     client: bool,
     port: &str,
@@ -242,7 +242,7 @@ impl Device {
         if v.running || !v.started || !v.enabled || v.size == 0 {
             return;
         }
-        let Some(queue) = make_queue(v, &mem) else {
+        let Some(ring) = Split::new(mem, v.size, v.desc, v.avail, v.used, v.base) else {
             warn!(port = %self.port, "{}: vhost-user ring {i} is not usable (its addresses are outside the guest's memory, or misaligned); not started", self.port);
             return;
         };
@@ -251,7 +251,7 @@ impl Device {
         if let Some(k) = &kick {
             nonblocking(k);
         }
-        if self.updates.send(Update::Start { index: i, queue: Box::new(queue), call, kick }).is_ok() {
+        if self.updates.send(Update::Start { index: i, ring: Box::new(ring), call, kick }).is_ok() {
             self.vrings[i].running = true;
         }
         self.publish_state();
@@ -283,19 +283,6 @@ impl Device {
         let c = if self.vrings.iter().all(|v| v.running) { Connection::Running } else { Connection::Connected };
         self.shared.connection.store(c as u8, Ordering::Relaxed);
     }
-}
-
-fn make_queue(v: &Vring, mem: &GuestMem) -> Option<Queue> {
-    let mut q = Queue::new(MAX_RING).ok()?;
-    q.try_set_size(v.size).ok()?;
-    q.try_set_desc_table_address(GuestAddress(v.desc)).ok()?;
-    q.try_set_avail_ring_address(GuestAddress(v.avail)).ok()?;
-    q.try_set_used_ring_address(GuestAddress(v.used)).ok()?;
-    q.set_next_avail(v.base);
-    q.set_next_used(v.base);
-    q.set_event_idx(false);
-    q.set_ready(true);
-    q.is_valid(mem).then_some(q)
 }
 
 impl Device {

@@ -25,6 +25,7 @@
 #![allow(unsafe_code, reason = "eventfds (fcntl, read, write) are libc calls; each says why it holds")]
 
 pub mod control;
+mod split;
 mod wire;
 
 use std::fs::File;
@@ -34,8 +35,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
+
+use self::split::{ChainError, Desc, Split};
 
 use super::Rings;
 use super::xdp::{FRAME_SIZE, Frame, Memory};
@@ -55,13 +57,13 @@ const MAX_BUFFERS: usize = 8;
 
 /// What the control half tells the loop, in order.
 #[derive(Debug)]
-pub enum Update {
+pub(in crate::port::vhost) enum Update {
     /// The guest's memory (a new table replaces the old one).
     Memory(Arc<GuestMem>),
     /// The virtio-net header's length and whether receive buffers merge.
     Features { header: usize, mergeable: bool },
     /// A ring, started: the loop owns it from here.
-    Start { index: usize, queue: Box<Queue>, call: Option<File>, kick: Option<File> },
+    Start { index: usize, ring: Box<Split>, call: Option<File>, kick: Option<File> },
     /// Where the ring's used-buffer notifications go now.
     Call { index: usize, call: Option<File> },
     /// Give the ring back: the answer is where the guest's next buffer is.
@@ -123,7 +125,7 @@ pub struct RingCounts {
 /// A ring the loop owns.
 #[derive(Debug)]
 struct Ring {
-    queue: Box<Queue>,
+    split: Box<Split>,
     call: Option<File>,
     kick: Option<File>,
     /// The guest was asked to kick (the loop is about to sleep); else it
@@ -133,15 +135,21 @@ struct Ring {
 }
 
 impl Ring {
-    /// Tells the guest it has used buffers, if it asked to be told.
-    fn notify(&mut self, mem: &GuestMem) {
+    /// Publishes the used entries and tells the guest, if it asked to be
+    /// told.
+    fn publish(&mut self) {
+        self.split.publish();
         if let Some(call) = &self.call
-            && self.queue.needs_notification(mem).unwrap_or(true)
+            && self.split.wants_interrupt()
         {
             signal(call);
         }
     }
 }
+
+/// Descriptors one chain may have (a frame and its header in as many
+/// pieces).
+const MAX_CHAIN: usize = 16;
 
 /// The loop's half of a vhost-user port.
 #[derive(Debug)]
@@ -236,10 +244,10 @@ impl VhostUser {
                     self.header = header;
                     self.mergeable = mergeable;
                 }
-                Update::Start { index, mut queue, call, kick } => {
-                    if let (Some(slot), Some(m)) = (self.rings.get_mut(index), self.mem.as_deref()) {
-                        let _ = queue.disable_notification(m);
-                        *slot = Some(Ring { queue, call, kick, kicks_wanted: false });
+                Update::Start { index, mut ring, call, kick } => {
+                    if let Some(slot) = self.rings.get_mut(index) {
+                        ring.set_kicks(false);
+                        *slot = Some(Ring { split: ring, call, kick, kicks_wanted: false });
                     }
                 }
                 Update::Call { index, call } => {
@@ -248,7 +256,7 @@ impl VhostUser {
                     }
                 }
                 Update::Stop { index, reply } => {
-                    let next = self.rings.get_mut(index).and_then(Option::take).map_or(0, |r| r.queue.next_avail());
+                    let next = self.rings.get_mut(index).and_then(Option::take).map_or(0, |r| r.split.next_avail());
                     let _ = reply.try_send(next);
                 }
                 Update::Reset => {
@@ -259,19 +267,19 @@ impl VhostUser {
         }
     }
 
-    /// Copies the frame of one descriptor chain the guest sent into
-    /// `scratch`, without its virtio-net header; its length, or what was
-    /// wrong with it.
-    fn read_chain(scratch: &mut [u8], header: usize, chain: virtio_queue::DescriptorChain<&GuestMem>) -> Result<usize, Bad> {
-        let mem = chain.memory();
+    /// Copies the frame of chain `head` the guest sent into `scratch`,
+    /// without its virtio-net header; its length, or what was wrong.
+    fn read_chain(ring: &Split, head: u16, header: usize, scratch: &mut [u8]) -> Result<usize, Bad> {
+        let mut descs = [Desc { addr: 0, len: 0, write: false }; MAX_CHAIN];
+        let n = ring.chain(head, &mut descs).map_err(|e| if e == ChainError::TooLong { Bad::TooLarge } else { Bad::Malformed })?;
         let mut skip = header;
         let mut len = 0usize;
-        for d in chain.clone() {
-            if d.is_write_only() {
+        for d in &descs[..n] {
+            if d.write {
                 return Err(Bad::Malformed);
             }
-            let mut at = d.addr();
-            let mut n = d.len() as usize;
+            let mut at = d.addr;
+            let mut n = d.len as usize;
             if skip > 0 {
                 let s = skip.min(n);
                 skip -= s;
@@ -282,7 +290,9 @@ impl VhostUser {
                 continue;
             }
             let end = len.checked_add(n).filter(|&e| e <= scratch.len()).ok_or(Bad::TooLarge)?;
-            mem.read_slice(&mut scratch[len..end], at).map_err(|_| Bad::Malformed)?;
+            if !ring.read(at, &mut scratch[len..end]) {
+                return Err(Bad::Malformed);
+            }
             len = end;
         }
         Ok(len)
@@ -290,85 +300,82 @@ impl VhostUser {
 
     /// Writes one frame (with its header) into the guest's receive
     /// buffers: one buffer, or with mergeable buffers as many as it needs.
-    /// The buffers go to the guest in one step (the used ring's index moves
-    /// once), so the guest never sees part of a frame.
-    fn write_frame(ring: &mut Ring, mem: &GuestMem, header: usize, mergeable: bool, frame: &[u8]) -> Wrote {
+    /// The buffers are pushed to the used ring, for the caller to publish
+    /// once (so the guest never sees part of a frame).
+    fn write_frame(ring: &mut Split, header: usize, mergeable: bool, frame: &[u8]) -> Wrote {
         let total = header + frame.len();
         let mut used: [(u16, u32); MAX_BUFFERS] = [(0, 0); MAX_BUFFERS];
-        let mut buffers = 0;
+        let mut buffers: u16 = 0;
         let mut done = 0usize;
+        let mut descs = [Desc { addr: 0, len: 0, write: false }; MAX_CHAIN];
         // Where the header's num_buffers field landed, byte by byte.
-        let mut count_at: [Option<GuestAddress>; 2] = [None, None];
+        let mut count_at: [Option<u64>; 2] = [None, None];
         while done < total {
-            if buffers == MAX_BUFFERS || (buffers == 1 && !mergeable) {
-                for _ in 0..buffers {
-                    ring.queue.go_to_previous_position();
-                }
+            if usize::from(buffers) == MAX_BUFFERS || (buffers == 1 && !mergeable) {
+                ring.unpop(buffers);
                 return Wrote::TooLarge;
             }
-            let Some(chain) = ring.queue.pop_descriptor_chain(mem) else {
-                for _ in 0..buffers {
-                    ring.queue.go_to_previous_position();
-                }
+            let Some(head) = ring.pop() else {
+                ring.unpop(buffers);
                 return Wrote::Full;
             };
-            let head = chain.head_index();
-            let mut here = 0u32;
-            for d in chain {
-                if !d.is_write_only() || done >= total {
-                    break;
+            let n = match ring.chain(head, &mut descs) {
+                Ok(n) => n,
+                Err(_) => {
+                    // A broken buffer goes back empty; the frame waits for
+                    // the next.
+                    ring.push_used(head, 0);
+                    continue;
                 }
-                let mut at = d.addr();
-                let mut room = d.len() as usize;
+            };
+            let mut here = 0u32;
+            for d in descs[..n].iter().take_while(|d| d.write) {
+                let (mut at, mut room) = (d.addr, d.len as usize);
                 while room > 0 && done < total {
                     // The header first, then the frame.
                     let (src, off) = if done < header { (&HEADER[..header], done) } else { (frame, done - header) };
-                    let n = room.min(src.len() - off);
-                    if mem.write_slice(&src[off..off + n], at).is_err() {
+                    let k = room.min(src.len() - off);
+                    if !ring.write(at, &src[off..off + k]) {
                         break;
                     }
-                    for (k, slot) in count_at.iter_mut().enumerate() {
-                        let b = 10 + k;
-                        if header == 12 && done <= b && b < done + n {
-                            *slot = at.checked_add((b - done) as u64);
+                    for (j, slot) in count_at.iter_mut().enumerate() {
+                        let b = 10 + j;
+                        if header == 12 && done <= b && b < done + k {
+                            *slot = Some(at + (b - done) as u64);
                         }
                     }
-                    done += n;
-                    here = here.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
-                    room -= n;
-                    at = match at.checked_add(n as u64) {
-                        Some(a) => a,
-                        None => break,
-                    };
+                    done += k;
+                    here = here.saturating_add(u32::try_from(k).unwrap_or(u32::MAX));
+                    room -= k;
+                    at += k as u64;
                 }
             }
-            used[buffers] = (head, here);
+            used[usize::from(buffers)] = (head, here);
             buffers += 1;
             if here == 0 {
-                // A buffer the guest cannot be written into: give it back
-                // empty, with what came before (nothing is published yet).
-                for _ in 0..buffers {
-                    ring.queue.go_to_previous_position();
-                }
+                // A buffer the switch cannot write into: the frame is not
+                // sent (the buffers go back unused).
+                ring.unpop(buffers);
                 return Wrote::TooLarge;
             }
         }
-        if header == 12 {
-            let count = u16::try_from(buffers).unwrap_or(1).to_le_bytes();
-            for (slot, b) in count_at.iter().zip(count) {
+        if header == 12 && buffers > 1 {
+            for (slot, b) in count_at.iter().zip(buffers.to_le_bytes()) {
                 if let Some(at) = slot {
-                    let _ = mem.write_obj(b, *at);
+                    ring.write(*at, &[b]);
                 }
             }
         }
-        publish_used(&mut ring.queue, mem, &used[..buffers]);
+        for &(head, len) in &used[..usize::from(buffers)] {
+            ring.push_used(head, len);
+        }
         Wrote::Done
     }
 }
 
 /// The virtio-net header of every frame the switch writes: no checksum or
 /// segmentation work for the guest, one buffer (mergeable buffers set the
-/// count as they go).
+/// count when there are more).
 const HEADER: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -384,49 +391,26 @@ enum Wrote {
     TooLarge,
 }
 
-/// Puts `used` (head, length) on the used ring and moves its index once.
-fn publish_used(queue: &mut Queue, mem: &GuestMem, used: &[(u16, u32)]) {
-    if let [(head, len)] = used {
-        let _ = queue.add_used(mem, *head, *len);
-        return;
-    }
-    let size = queue.size();
-    if size == 0 {
-        return;
-    }
-    let base = queue.used_ring();
-    let next = queue.next_used();
-    for (k, (head, len)) in used.iter().enumerate() {
-        let slot = next.wrapping_add(u16::try_from(k).unwrap_or(0)) % size;
-        // struct virtq_used { le16 flags; le16 idx; struct { le32 id; le32 len; } ring[]; }
-        let at = base.wrapping_add(4 + 8 * u64::from(slot));
-        let _ = mem.write_obj(u32::from(*head).to_le(), GuestAddress(at));
-        let _ = mem.write_obj(len.to_le(), GuestAddress(at + 4));
-    }
-    let after = next.wrapping_add(u16::try_from(used.len()).unwrap_or(0));
-    std::sync::atomic::fence(Ordering::Release);
-    let _ = mem.store(after.to_le(), GuestAddress(base.wrapping_add(2)), Ordering::Release);
-    queue.set_next_used(after);
-}
-
 impl Rings for VhostUser {
     fn receive(&mut self, mem: &mut Memory, out: &mut Vec<Frame>, max: usize) -> usize {
         self.apply_updates();
-        let (Some(g), Some(ring)) = (self.mem.as_deref(), self.rings[TX].as_mut()) else { return 0 };
+        let Some(ring) = self.rings[TX].as_mut() else { return 0 };
         if ring.kicks_wanted {
             ring.kicks_wanted = false;
-            let _ = ring.queue.disable_notification(g);
+            ring.split.set_kicks(false);
+        }
+        if ring.split.refresh() == 0 {
+            return 0;
         }
         let mut n = 0;
         let mut used = false;
         while n < max {
-            let Some(chain) = ring.queue.pop_descriptor_chain(g) else { break };
-            let head = chain.head_index();
-            let read = Self::read_chain(&mut self.scratch, self.header, chain);
-            let _ = ring.queue.add_used(g, head, 0);
+            let Some(head) = ring.split.pop() else { break };
+            let read = Self::read_chain(&ring.split, head, self.header, &mut self.scratch);
+            ring.split.push_used(head, 0);
             used = true;
             let len = match read {
-                Ok(len) if len >= 14 && len <= FRAME_SIZE as usize => len,
+                Ok(len) if (14..=FRAME_SIZE as usize).contains(&len) => len,
                 Ok(len) if len > FRAME_SIZE as usize => {
                     self.counts.too_large += 1;
                     continue;
@@ -449,17 +433,21 @@ impl Rings for VhostUser {
             }
         }
         if used {
-            ring.notify(g);
+            ring.publish();
         }
         n
     }
 
     fn transmit(&mut self, mem: &mut Memory, frames: &mut Vec<Frame>) -> usize {
-        let (Some(g), Some(ring)) = (self.mem.as_deref(), self.rings[RX].as_mut()) else { return 0 };
+        let Some(ring) = self.rings[RX].as_mut() else { return 0 };
+        if frames.is_empty() {
+            return 0;
+        }
+        ring.split.refresh();
         let mut taken = 0;
         let mut wrote = false;
         for f in frames.iter() {
-            match Self::write_frame(ring, g, self.header, self.mergeable, mem.data(f)) {
+            match Self::write_frame(&mut ring.split, self.header, self.mergeable, mem.data(f)) {
                 Wrote::Done => wrote = true,
                 Wrote::TooLarge => self.counts.too_large += 1,
                 Wrote::Full => break,
@@ -470,7 +458,7 @@ impl Rings for VhostUser {
             mem.release(f);
         }
         if wrote {
-            ring.notify(g);
+            ring.publish();
         }
         taken
     }
@@ -483,16 +471,16 @@ impl Rings for VhostUser {
 
     fn poll_fd(&mut self) -> libc::pollfd {
         // The guest is asked to kick the send ring again, and the kick is
-        // read, so that only a kick after this wakes the loop; frames it
-        // added before it saw the request wake the loop at once (the loop
+        // read, so that only a kick after this wakes the loop; chains it
+        // posted before it saw the request wake the loop at once (the loop
         // kicks itself).
         let none = libc::pollfd { fd: -1, events: libc::POLLIN, revents: 0 };
-        let (Some(g), Some(ring)) = (self.mem.as_deref(), self.rings[TX].as_mut()) else { return none };
+        let Some(ring) = self.rings[TX].as_mut() else { return none };
         let Some(kick) = &ring.kick else { return none };
         let fd = kick.as_raw_fd();
         drain(fd);
         ring.kicks_wanted = true;
-        if ring.queue.enable_notification(g).unwrap_or(true) {
+        if ring.split.set_kicks(true) {
             signal(kick);
         }
         libc::pollfd { fd, events: libc::POLLIN, revents: 0 }
