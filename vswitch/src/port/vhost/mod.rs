@@ -147,6 +147,9 @@ impl Ring {
     }
 }
 
+/// Chains taken from the guest's send ring at once (the loop's batch).
+const RX_BATCH: usize = 64;
+
 /// Descriptors one chain may have (a frame and its header in as many
 /// pieces).
 const MAX_CHAIN: usize = 16;
@@ -402,13 +405,31 @@ impl Rings for VhostUser {
         if ring.split.refresh() == 0 {
             return 0;
         }
-        let mut n = 0;
-        let mut used = false;
-        while n < max {
+        // First the heads and their first descriptors (independent loads,
+        // whose misses overlap), each buffer's load started; then the
+        // copies.
+        let mut heads = [(0u16, 0u64, 0u32, 0u16); RX_BATCH];
+        let mut taken = 0;
+        while taken < max.min(RX_BATCH) {
             let Some(head) = ring.split.pop() else { break };
-            let read = Self::read_chain(&ring.split, head, self.header, &mut self.scratch);
+            let (addr, len, flags) = ring.split.first(head).unwrap_or((0, 0, u16::MAX));
+            ring.split.prefetch(addr.wrapping_add(self.header as u64));
+            heads[taken] = (head, addr, len, flags);
+            taken += 1;
+        }
+        let mut n = 0;
+        for &(head, addr, dlen, flags) in &heads[..taken] {
+            let read = if Split::simple(flags) {
+                // One read-only descriptor: the header, then the frame.
+                let body = (dlen as usize).checked_sub(self.header).ok_or(Bad::Malformed);
+                body.and_then(|b| {
+                    let dst = self.scratch.get_mut(..b).ok_or(Bad::TooLarge)?;
+                    if ring.split.read(addr + self.header as u64, dst) { Ok(b) } else { Err(Bad::Malformed) }
+                })
+            } else {
+                Self::read_chain(&ring.split, head, self.header, &mut self.scratch)
+            };
             ring.split.push_used(head, 0);
-            used = true;
             let len = match read {
                 Ok(len) if (14..=FRAME_SIZE as usize).contains(&len) => len,
                 Ok(len) if len > FRAME_SIZE as usize => {
@@ -432,6 +453,7 @@ impl Rings for VhostUser {
                 None => self.counts.no_frame += 1,
             }
         }
+        let used = taken > 0;
         if used {
             ring.publish();
         }
@@ -444,9 +466,39 @@ impl Rings for VhostUser {
             return 0;
         }
         ring.split.refresh();
+        // First the guest's buffers for the batch (their descriptors read
+        // together, each buffer's line requested), then the copies; a
+        // frame whose buffer is not one writable descriptor large enough
+        // takes the general path (the buffers from it on are put back).
+        let mut bufs = [(0u16, 0u64, 0u32, 0u16); RX_BATCH];
+        let mut got = 0;
+        while got < frames.len().min(RX_BATCH) {
+            let Some(head) = ring.split.pop() else { break };
+            let (addr, len, flags) = ring.split.first(head).unwrap_or((0, 0, u16::MAX));
+            ring.split.prefetch(addr);
+            bufs[got] = (head, addr, len, flags);
+            got += 1;
+        }
         let mut taken = 0;
         let mut wrote = false;
-        for f in frames.iter() {
+        for &(head, addr, room, flags) in &bufs[..got] {
+            let data = mem.data(&frames[taken]);
+            let need = self.header + data.len();
+            if !Split::simple_writable(flags) || (room as usize) < need {
+                ring.split.unpop(u16::try_from(got - taken).unwrap_or(0));
+                break;
+            }
+            if ring.split.write(addr, &HEADER[..self.header]) && ring.split.write(addr + self.header as u64, data) {
+                ring.split.push_used(head, u32::try_from(need).unwrap_or(0));
+                wrote = true;
+            } else {
+                // Outside the guest's memory: the buffer goes back empty.
+                ring.split.push_used(head, 0);
+                self.counts.malformed += 1;
+            }
+            taken += 1;
+        }
+        for f in frames[taken..].iter() {
             match Self::write_frame(&mut ring.split, self.header, self.mergeable, mem.data(f)) {
                 Wrote::Done => wrote = true,
                 Wrote::TooLarge => self.counts.too_large += 1,

@@ -152,6 +152,41 @@ impl Split {
         }
     }
 
+    /// The first descriptor of chain `head`: (address, length, flags), or
+    /// `None` for a head outside the table. Reading a batch of these first
+    /// lets their cache misses overlap.
+    pub(super) fn first(&self, head: u16) -> Option<(u64, u32, u16)> {
+        (head < self.size).then(|| {
+            let (addr, len, flags, _) = self.desc(head);
+            (addr, len, flags)
+        })
+    }
+
+    /// Whether a chain's first descriptor is the whole chain, read-only,
+    /// direct.
+    pub(super) fn simple(flags: u16) -> bool {
+        flags & (F_NEXT | F_WRITE | F_INDIRECT) == 0
+    }
+
+    /// Whether a chain's first descriptor is the whole chain, writable,
+    /// direct.
+    pub(super) fn simple_writable(flags: u16) -> bool {
+        flags & (F_NEXT | F_INDIRECT) == 0 && flags & F_WRITE != 0
+    }
+
+    /// Asks the CPU to start loading the guest bytes at `addr` (a hint: an
+    /// address outside the guest's memory is ignored).
+    pub(super) fn prefetch(&self, addr: u64) {
+        if let Some(p) = translate(&self.regions, addr, 1) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a prefetch is a hint that never faults; `p` is inside
+            // a mapped region anyway.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>());
+            }
+        }
+    }
+
     /// The descriptors of the chain at `head`, into `out`; how many.
     pub(super) fn chain(&self, head: u16, out: &mut [Desc]) -> Result<usize, ChainError> {
         let mut i = head;
