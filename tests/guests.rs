@@ -218,19 +218,7 @@ fn guests_on_tap_ports_talk_as_their_groups_say() {
         metric("sgswitch_packets_total{port=\"eni-db1\",direction=\"ingress\",action=\"forward\",reason=\"rule\"}") > 0,
         "web1 -> db1 allowed by a rule on eni-db1's ingress"
     );
-    let t = Instant::now();
-    let denied = loop {
-        let text = std::fs::read_to_string(&flows).unwrap_or_default();
-        let found = text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|f| f["port"] == "eni-db1" && f["src"] == "10.0.3.41" && f["dport"] == 5432);
-        if let Some(f) = found {
-            break f;
-        }
-        assert!(t.elapsed() < Duration::from_secs(5), "no flow-log line for lab1 -> db1:5432:\n{text}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let denied = flow_line(&flows, "eni-db1", "10.0.3.41", 5432);
     assert_eq!(denied["direction"], "ingress", "{denied}");
 
     // The guests on vhost-user ports, to each other, to and from guests on
@@ -253,6 +241,8 @@ fn guests_on_tap_ports_talk_as_their_groups_say() {
             > 0,
         "lab1 -> vlab drops counted on eni-vlab's ingress"
     );
+    let denied = flow_line(&flows, "eni-vlab", "10.0.3.41", 8080);
+    assert_eq!(denied["direction"], "ingress", "{denied}");
     for g in ["vweb", "vlab"] {
         let cell = format!(
             "sgswitch_vhost_user_info{{socket=\"{}\",mode=\"server\",state=\"running\"}}",
@@ -290,6 +280,24 @@ fn guests_on_tap_ports_talk_as_their_groups_say() {
     web2.sh("dd if=/dev/zero bs=64k count=64 2>/dev/null | timeout 5 nc 10.0.0.11 443", Duration::from_secs(30));
     assert!(wait_for(&log, "sgq-web2: the kernel dropped", 0), "no word of web2's large segments:\n{}", logs(&log));
     assert!(!logs(&log).contains("sgq-web1: the"), "nothing said of web1's NIC:\n{}", logs(&log));
+}
+
+/// The flow log's line for `src` -> `port`'s `dport` (waiting up to 5 s for
+/// the log to be written).
+fn flow_line(flows: &Path, port: &str, src: &str, dport: u16) -> Value {
+    let t = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(flows).unwrap_or_default();
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|f| f["port"] == port && f["src"] == src && f["dport"] == dport);
+        if let Some(f) = found {
+            return f;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "no flow-log line for {src} -> {port}:{dport}:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A line over TCP from the internet namespace, from `src`.

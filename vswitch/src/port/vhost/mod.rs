@@ -424,7 +424,8 @@ impl Rings for VhostUser {
                 let body = (dlen as usize).checked_sub(self.header).ok_or(Bad::Malformed);
                 body.and_then(|b| {
                     let dst = self.scratch.get_mut(..b).ok_or(Bad::TooLarge)?;
-                    if ring.split.read(addr + self.header as u64, dst) { Ok(b) } else { Err(Bad::Malformed) }
+                    let at = addr.checked_add(self.header as u64).ok_or(Bad::Malformed)?;
+                    if ring.split.read(at, dst) { Ok(b) } else { Err(Bad::Malformed) }
                 })
             } else {
                 Self::read_chain(&ring.split, head, self.header, &mut self.scratch)
@@ -488,7 +489,8 @@ impl Rings for VhostUser {
                 ring.split.unpop(u16::try_from(got - taken).unwrap_or(0));
                 break;
             }
-            if ring.split.write(addr, &HEADER[..self.header]) && ring.split.write(addr + self.header as u64, data) {
+            let body = addr.checked_add(self.header as u64);
+            if ring.split.write(addr, &HEADER[..self.header]) && body.is_some_and(|at| ring.split.write(at, data)) {
                 ring.split.push_used(head, u32::try_from(need).unwrap_or(0));
                 wrote = true;
             } else {
