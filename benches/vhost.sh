@@ -26,7 +26,14 @@
 #              after
 #
 # Cases: established (one flow, over and over: a warm connection) and new
-# (a new flow every frame), 10 and 1,000 rules, the generator flat out.
+# (a new flow every frame), 10 and 1,000 rules, the generator flat out;
+# and established-testpmd, a cross-check of the first with DPDK's own
+# virtio driver as the guest side: dpdk-testpmd with two net_virtio_user
+# ports in io forwarding (what arrives on the receiving port is sent again
+# on the sending one), 1,024 frames of one flow put in circulation
+# (`start tx_first 32`), the rate testpmd measures on the receiving port
+# over the run; it shares core 1 as vhostgen does, and its forwarding is
+# part of the loop, so it is a floor for the system, not a ceiling.
 #
 # Output (--json): one line per point,
 #   {"system","rules","cores","case","offered_mpps","mpps"}
@@ -57,6 +64,7 @@ OVS_DPDK=/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk
 if [[ " $systems " == *" ovs-dpdk "* ]] && [ ! -x $OVS_DPDK ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y openvswitch-switch-dpdk >/dev/null
 fi
+command -v dpdk-testpmd >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y dpdk-dev >/dev/null
 cargo build --release --locked -q -p sgswitch -p sgswitch-benches --bin sgswitch --bin vhostgen
 bin=$here/target/release
 
@@ -161,9 +169,6 @@ start() { # system rules -> prints "tx-socket rx-socket"
     ovs-dpdk)
       local d=$work/ovs
       rm -rf "$d"; mkdir -p "$d"
-      # 1 GiB of 2 MiB pages for DPDK's memory, released at the end.
-      echo 512 >/proc/sys/vm/nr_hugepages
-      mkdir -p "$work/huge"; mountpoint -q "$work/huge" || mount -t hugetlbfs nodev "$work/huge"
       local env="OVS_RUNDIR=$d OVS_LOGDIR=$d OVS_DBDIR=$d OVS_SYSCONFDIR=$d"
       ovsdb-tool create "$d/conf.db" /usr/share/openvswitch/vswitch.ovsschema
       env $env taskset -c 0 ovsdb-server "$d/conf.db" --remote="punix:$d/db.sock" --pidfile="$d/ovsdb.pid" --detach --log-file="$d/ovsdb.log" 2>/dev/null
@@ -183,6 +188,25 @@ start() { # system rules -> prints "tx-socket rx-socket"
   esac
 }
 
+# testpmd's memory: hugepages on a private mount (the system's own
+# reservation is restored at exit).
+mkdir -p "$work/huge"
+mountpoint -q "$work/huge" || mount -t hugetlbfs nodev "$work/huge"
+[ "$(cat /proc/sys/vm/nr_hugepages)" -ge 512 ] || echo 512 >/proc/sys/vm/nr_hugepages
+
+testpmd() { # tx-socket rx-socket seconds -> prints the receiving port's Mpps
+  local txs=$1 rxs=$2 secs=$3
+  { sleep 4; echo "start tx_first 32"; sleep 2; echo "show port stats 1"; sleep "$secs"; echo "show port stats 1"
+    sleep 0.5; echo "stop"; sleep 0.5; echo "quit"; } |
+    timeout $((secs + 30)) taskset -c 1 dpdk-testpmd --lcores=0@1,1@1 --no-pci -m 256 --single-file-segments \
+      --huge-dir="$work/huge" --file-prefix=sgvhost-tp \
+      --vdev="net_virtio_user0,path=$txs,mac=$TX_MAC,queue_size=1024" \
+      --vdev="net_virtio_user1,path=$rxs,mac=$RX_MAC,queue_size=1024" \
+      -- -i --forward-mode=io --nb-cores=1 --total-num-mbufs=16384 \
+      --eth-peer=0,$RX_MAC --eth-peer=1,$TX_MAC --tx-ip=10.2.0.0,10.3.0.2 --tx-udp=1024,$DPORT 2>&1 |
+    awk '/Rx-pps:/ { pps = $2 } END { printf "%.3f", pps / 1e6 }'
+}
+
 results=$work/results
 : >"$results"
 for rules in $rule_counts; do
@@ -196,6 +220,12 @@ for rules in $rule_counts; do
       echo "$line" >>"$results"
       if [ $json -eq 1 ]; then echo "$line"; else echo "$system rules=$rules $case: $(echo "$out" | sed 's/[{}"]//g')"; fi
     done
+    read -r txs rxs < <(start "$system" "$rules")
+    mpps=$(testpmd "$txs" "$rxs" "$seconds")
+    stop_all
+    line="{\"system\":\"$system\",\"rules\":$rules,\"cores\":1,\"case\":\"established-testpmd\",\"mpps\":$mpps}"
+    echo "$line" >>"$results"
+    if [ $json -eq 1 ]; then echo "$line"; else echo "$system rules=$rules established-testpmd: mpps:$mpps"; fi
   done
 done
 
@@ -207,9 +237,11 @@ as_json = sys.argv[2] == "1"
 for rules in sorted({r["rules"] for r in rows}):
     get = lambda s, c: next((r["mpps"] for r in rows if r["system"] == s and r["rules"] == rules and r["case"] == c), None)
     sg_e, sg_n, ovs_e, ovs_n = get("sgswitch", "established"), get("sgswitch", "new"), get("ovs-dpdk", "established"), get("ovs-dpdk", "new")
+    sg_t, ovs_t = get("sgswitch", "established-testpmd"), get("ovs-dpdk", "established-testpmd")
     ratio = lambda a, b: round(a / b, 2) if a is not None and b else None
     s = {"summary": True, "rules": rules, "sgswitch_established_mpps": sg_e, "sgswitch_new_mpps": sg_n,
          "established_vs_ovs_dpdk": ratio(sg_e, ovs_e), "new_vs_ovs_dpdk": ratio(sg_n, ovs_n),
+         "testpmd_established_vs_ovs_dpdk": ratio(sg_t, ovs_t),
          "target_established_5mpps": sg_e is not None and sg_e >= 5.0, "target_new_2mpps": sg_n is not None and sg_n >= 2.0,
          "target_vs_ovs_1_5x": (ratio(sg_e, ovs_e) or 0) >= 1.5 and (ratio(sg_n, ovs_n) or 0) >= 1.5}
     print(json.dumps(s) if as_json else " ".join(f"{k}={v}" for k, v in s.items()))
