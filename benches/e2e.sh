@@ -62,6 +62,8 @@
 # --quick: 1,000 rules, shorter windows, a coarser ramp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/rules.sh
+. benches/rules.sh
 json=0; warm=1; window=2; ramp="0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8 1.0 1.2"; rule_counts="10 1000"
 systems="sgswitch sgswitch-loop raw-afxdp bridge-nft-linear bridge-nft-sets ovs-afxdp xdp-redirect"
 while [ $# -gt 0 ]; do
@@ -193,13 +195,7 @@ mac = "$VM_MAC"
 ipv4 = ["$VM_IP"]
 security_groups = ["sg-bench"]
 EOF
-  {
-    echo 'id = "sg-bench"'
-    for i in $(seq 1 $((rules - 1))); do
-      printf '[[ingress]]\nprotocol = "udp"\nports = "%d/%d"\nsource = "203.0.113.0/24"\n' $((1000 + i)) $((1000 + i))
-    done
-    printf '[[ingress]]\nprotocol = "udp"\nports = "%d/%d"\nsource = "198.51.100.0/24"\n' $DPORT $DPORT
-  } >"$d/groups/sg-bench.toml"
+  bench_group "$rules" "198.51.100.0/24" "$DPORT" >"$d/groups/sg-bench.toml"
 }
 
 # The same rules for nftables, in the same order, with conntrack. One-way
@@ -243,19 +239,9 @@ nft_sets() { # rules
   echo "}"
 }
 
-# The rules as OpenFlow: table 0 sends IP from the uplink through
-# conntrack; table 1 passes committed flows (one-way UDP is never +est in
-# OVS either) and commits new ones a rule allows, by priority in rule order.
+# The rules as OpenFlow (benches/rules.sh), from the uplink to the VM.
 ovs_flows() { # rules
-  local rules=$1
-  echo "table=0,priority=10,ip,in_port=up0,actions=ct(zone=1,table=1)"
-  echo "table=0,priority=0,actions=drop"
-  echo "table=1,priority=65000,ct_state=+trk-new,actions=output:tap-vm"
-  for i in $(seq 1 $((rules - 1))); do
-    echo "table=1,priority=$((60000 - i)),ct_state=+trk+new,udp,nw_src=203.0.113.0/24,tp_dst=$((1000 + i)),actions=ct(commit,zone=1),output:tap-vm"
-  done
-  echo "table=1,priority=$((60000 - rules)),ct_state=+trk+new,udp,nw_src=198.51.100.0/24,tp_dst=$DPORT,actions=ct(commit,zone=1),output:tap-vm"
-  echo "table=1,priority=0,actions=drop"
+  bench_flows "$1" up0 tap-vm "198.51.100.0/24" "$DPORT"
 }
 
 start_ovs() { # rules

@@ -58,6 +58,8 @@ done
 [ "$(id -u)" -eq 0 ] || { echo "vhost.sh: needs root" >&2; exit 1; }
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
+# shellcheck source=benches/rules.sh
+. benches/rules.sh
 # The DPDK build of ovs-vswitchd, run by its path (the package's
 # alternative is left as it is: e2e.sh's AF_XDP runs use the plain one).
 OVS_DPDK=/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk
@@ -131,28 +133,13 @@ ipv4 = ["10.3.0.2"]
 security_groups = ["sg-bench"]
 EOF
   printf 'id = "sg-out"\n[[egress]]\nprotocol = "all"\ndestination = "0.0.0.0/0"\n' >"$d/groups/sg-out.toml"
-  {
-    echo 'id = "sg-bench"'
-    for i in $(seq 1 $((rules - 1))); do
-      printf '[[ingress]]\nprotocol = "udp"\nports = "%d/%d"\nsource = "203.0.113.0/24"\n' $((1000 + i)) $((1000 + i))
-    done
-    printf '[[ingress]]\nprotocol = "udp"\nports = "%d/%d"\nsource = "10.2.0.0/16"\n' $DPORT $DPORT
-  } >"$d/groups/sg-bench.toml"
+  bench_group "$rules" "10.2.0.0/16" "$DPORT" >"$d/groups/sg-bench.toml"
 }
 
-# The same rules as OpenFlow (as e2e.sh's): table 0 sends IP from the
-# sending port through conntrack; table 1 passes committed flows and
-# commits new ones a rule allows, by priority in rule order.
+# The same rules as OpenFlow (benches/rules.sh), from the sending port to
+# the receiving one.
 ovs_flows() { # rules
-  local rules=$1
-  echo "table=0,priority=10,ip,in_port=vhu-tx,actions=ct(zone=1,table=1)"
-  echo "table=0,priority=0,actions=drop"
-  echo "table=1,priority=65000,ct_state=+trk-new,actions=output:vhu-rx"
-  for i in $(seq 1 $((rules - 1))); do
-    echo "table=1,priority=$((60000 - i)),ct_state=+trk+new,udp,nw_src=203.0.113.0/24,tp_dst=$((1000 + i)),actions=ct(commit,zone=1),output:vhu-rx"
-  done
-  echo "table=1,priority=$((60000 - rules)),ct_state=+trk+new,udp,nw_src=10.2.0.0/16,tp_dst=$DPORT,actions=ct(commit,zone=1),output:vhu-rx"
-  echo "table=1,priority=0,actions=drop"
+  bench_flows "$1" vhu-tx vhu-rx "10.2.0.0/16" "$DPORT"
 }
 
 start() { # system rules -> prints "tx-socket rx-socket"

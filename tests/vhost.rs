@@ -108,6 +108,16 @@ fn metric(cell: &str) -> u64 {
     sample(&http_get(METRICS, "/metrics").expect("GET /metrics"), cell)
 }
 
+/// Waits (5 s at most) until the port on `socket` says its rings run.
+fn wait_running(socket: &str, mode: &str, what: &str, logs: &dyn Fn() -> String) {
+    let cell = format!("sgswitch_vhost_user_info{{socket=\"{socket}\",mode=\"{mode}\",state=\"running\"}}");
+    let t = Instant::now();
+    while metric(&cell) != 1 {
+        assert!(t.elapsed() < Duration::from_secs(5), "{what}: the rings never ran:\n{}", logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn connect(dir: &Path, name: &str) -> Driver {
     Driver::connect(&dir.join(format!("{name}.sock")), Duration::from_secs(5)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
@@ -123,11 +133,7 @@ fn vhost_user_guests_are_switched_as_their_groups_say_and_a_bad_or_gone_guest_co
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
     let (mut a, mut b, mut c) = (connect(work.path(), "va"), connect(work.path(), "vb"), connect(work.path(), "vc"));
     let sock = |n: &str| work.path().join(format!("{n}.sock")).display().to_string();
-    let t = Instant::now();
-    while metric(&format!("sgswitch_vhost_user_info{{socket=\"{}\",mode=\"server\",state=\"running\"}}", sock("vc"))) != 1 {
-        assert!(t.elapsed() < Duration::from_secs(5), "vc's rings never ran:\n{}", logs());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_running(&sock("vc"), "server", "vc", &logs);
 
     // Allowed: a -> b:7000, every frame, unchanged.
     let allowed = udp(&ends(1, 2), 5000, 7000, b"over vhost-user");
@@ -183,11 +189,7 @@ fn vhost_user_guests_are_switched_as_their_groups_say_and_a_bad_or_gone_guest_co
     assert!(wait_for(&log, "eni-vb: vhost-user guest on", 0), "the switch did not see b go:\n{}", logs());
     let mut b = connect(work.path(), "vb");
     let mut a = connect(work.path(), "va");
-    let t = Instant::now();
-    while metric(&format!("sgswitch_vhost_user_info{{socket=\"{}\",mode=\"server\",state=\"running\"}}", sock("vb"))) != 1 {
-        assert!(t.elapsed() < Duration::from_secs(5), "b's rings never ran again:\n{}", logs());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_running(&sock("vb"), "server", "vb, back", &logs);
     send(&mut c, &udp(&ends(3, 2), 5002, 7000, b"after b came back"), 100);
     assert_eq!(receive(&mut b, 100, Duration::from_secs(5)).0, 100, "b after it came back\n{}", logs());
     send(&mut a, &allowed, 10);
@@ -197,11 +199,7 @@ fn vhost_user_guests_are_switched_as_their_groups_say_and_a_bad_or_gone_guest_co
     // appears, and again after the VMM restarts.
     for round in 0..2 {
         let mut d = Driver::accept(&work.path().join("vd.sock"), Duration::from_secs(5)).unwrap_or_else(|e| panic!("vd: {e}\n{}", logs()));
-        let t = Instant::now();
-        while metric(&format!("sgswitch_vhost_user_info{{socket=\"{}\",mode=\"client\",state=\"running\"}}", sock("vd"))) != 1 {
-            assert!(t.elapsed() < Duration::from_secs(5), "vd's rings never ran (round {round}):\n{}", logs());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_running(&sock("vd"), "client", &format!("vd, round {round}"), &logs);
         send(&mut a, &udp(&ends(1, 4), 5003, 7000, b"to a client-mode port"), 20);
         assert_eq!(receive(&mut d, 20, Duration::from_secs(5)).0, 20, "vd (round {round})\n{}", logs());
     }

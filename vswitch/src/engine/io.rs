@@ -338,19 +338,9 @@ impl Io {
             self.by_port.push(None);
             let Some((name, vhost)) = w else { continue };
             if let Some(v) = vhost {
-                let at = match self.socks.iter().position(|s| same(s, (name, vhost))) {
-                    Some(at) => at,
-                    None => match open_vhost(v, &plan.ports[usize::from(p)].id, Source::Port(p), cap) {
-                        Ok(port) => {
-                            self.socks.push(port);
-                            self.socks.len() - 1
-                        }
-                        Err(e) => {
-                            self.down.push((name.to_owned(), e.to_string()));
-                            continue;
-                        }
-                    },
-                };
+                let found = self.socks.iter().position(|s| same(s, (name, vhost)));
+                let id = &plan.ports[usize::from(p)].id;
+                let Some(at) = self.found_or_opened(found, name, |_| open_vhost(v, id, Source::Port(p), cap)) else { continue };
                 self.socks[at].src = Source::Port(p);
                 self.by_port[usize::from(p)] = Some(at);
                 continue;
@@ -358,19 +348,9 @@ impl Io {
             // Every receive queue of the port's interface; all in this loop,
             // which owns the port's zone.
             for queue in 0..sys::rx_queues(name) {
-                let at = match self.socks.iter().position(|s| !s.vhost() && s.sock.interface() == name && s.sock.queue() == queue) {
-                    Some(at) => at,
-                    None => match open(&mut self.mem, host, name, queue, Source::Port(p), cap, strict) {
-                        Ok(port) => {
-                            self.socks.push(port);
-                            self.socks.len() - 1
-                        }
-                        Err(e) => {
-                            self.down.push((name.to_owned(), e.to_string()));
-                            break;
-                        }
-                    },
-                };
+                let found = self.socks.iter().position(|s| !s.vhost() && s.sock.interface() == name && s.sock.queue() == queue);
+                let opened = self.found_or_opened(found, name, |mem| open(mem, host, name, queue, Source::Port(p), cap, strict));
+                let Some(at) = opened else { break };
                 self.socks[at].src = Source::Port(p);
                 if queue == 0 {
                     self.by_port[usize::from(p)] = Some(at);
@@ -378,6 +358,29 @@ impl Io {
             }
         }
         Ok(())
+    }
+
+    /// The socket at `found`, or one `open` makes (added to the loop's);
+    /// `None`, with the interface recorded as down, if it cannot be made.
+    fn found_or_opened(
+        &mut self,
+        found: Option<usize>,
+        name: &str,
+        open: impl FnOnce(&mut Memory) -> Result<Port, PortError>,
+    ) -> Option<usize> {
+        if found.is_some() {
+            return found;
+        }
+        match open(&mut self.mem) {
+            Ok(port) => {
+                self.socks.push(port);
+                Some(self.socks.len() - 1)
+            }
+            Err(e) => {
+                self.down.push((name.to_owned(), e.to_string()));
+                None
+            }
+        }
     }
 
     /// Closes a socket: its pending frames and those its rings held go
