@@ -141,6 +141,12 @@ fn vhost_user_guests_are_switched_as_their_groups_say_and_a_bad_or_gone_guest_co
     let (n, first) = receive(&mut b, 500, Duration::from_secs(5));
     assert_eq!(n, 500, "b received {n} of a's 500 allowed frames\n{}", logs());
     assert_eq!(first, allowed, "the frame as a sent it");
+    // The VMMs send their memory tables again with the rings running: the
+    // switch takes the rings back and carries on where they were.
+    a.resend_memory().expect("a's memory table again");
+    b.resend_memory().expect("b's memory table again");
+    send(&mut a, &allowed, 300);
+    assert_eq!(receive(&mut b, 300, Duration::from_secs(5)).0, 300, "b after the new memory tables\n{}", logs());
     // Denied by b's ingress: a -> b:7001, counted there.
     send(&mut a, &udp(&ends(1, 2), 5000, 7001, b"denied"), 200);
     let (n, stray) = receive(&mut b, 1, Duration::from_millis(500));
@@ -179,7 +185,7 @@ fn vhost_user_guests_are_switched_as_their_groups_say_and_a_bad_or_gone_guest_co
 
     // The VMM stops a's send ring (as it does when the guest stops): the
     // switch gives it back at the position a has reached.
-    let posted = 500 + 200 + 40 * 125 + 2 + 1;
+    let posted = 500 + 300 + 200 + 40 * 125 + 2 + 1;
     assert_eq!(a.stop_tx().expect("GET_VRING_BASE"), posted, "where a's send ring stopped");
     drop(a);
 

@@ -90,6 +90,9 @@ pub struct Driver {
     scratch: Vec<u8>,
     /// Receive buffers to give back (kept, not zeroed each call).
     ids: Vec<u16>,
+    /// The shared memory's file, size and address here (for a second
+    /// SET_MEM_TABLE).
+    memory: (OwnedFd, u64, u64),
 }
 
 impl std::fmt::Debug for Driver {
@@ -182,6 +185,7 @@ impl Driver {
             shadow: vec![([0; BUF], usize::MAX, false); usize::from(RING)],
             scratch: vec![0; BUF],
             ids: Vec::with_capacity(usize::from(RING)),
+            memory: (fd, size as u64, userspace_addr),
         };
         for q in 0..2u16 {
             let lay = Layout::of(u64::from(q));
@@ -372,6 +376,18 @@ impl Driver {
         }
         self.ids = ids;
         n
+    }
+
+    /// Sends the memory table again while the rings run, as a VMM does
+    /// when its guest's memory changes: the switch must carry on where the
+    /// rings were.
+    ///
+    /// # Errors
+    /// The switch refused it.
+    pub fn resend_memory(&mut self) -> Result<(), String> {
+        let (fd, size, addr) = &self.memory;
+        let info = VhostUserMemoryRegionInfo { guest_phys_addr: 0, memory_size: *size, userspace_addr: *addr, mmap_offset: 0, mmap_handle: fd.as_raw_fd() };
+        self.frontend.set_mem_table(&[info]).map(|_| ()).map_err(|e| err("set_mem_table", e))
     }
 
     /// Asks the switch for the send ring's position, as a VMM does when

@@ -82,14 +82,24 @@ pub(super) fn start(
         l.set_nonblocking(true).map_err(fail)?;
         Some(l)
     };
+    // The socket file this listener made (by its inode), to remove at the
+    // end.
+    let made = listener.as_ref().and_then(|_| std::fs::symlink_metadata(socket).ok()).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
     let (socket, port) = (socket.to_path_buf(), port.to_owned());
     std::thread::Builder::new()
         .name(format!("vhost-{port}"))
-        .spawn(move || run(&socket, listener, &port, &updates, &shared))
+        .spawn(move || run(&socket, listener, made, &port, &updates, &shared))
         .map_err(|e| PortError::Sys { call: "spawning a vhost-user control thread", what: e.to_string() })
 }
 
-fn run(socket: &PathBuf, listener: Option<UnixListener>, port: &str, updates: &SyncSender<Update>, shared: &Arc<Shared>) {
+fn run(
+    socket: &PathBuf,
+    listener: Option<UnixListener>,
+    made: Option<u64>,
+    port: &str,
+    updates: &SyncSender<Update>,
+    shared: &Arc<Shared>,
+) {
     let where_ = socket.display();
     let mut said_waiting = false;
     while !shared.stop.load(Ordering::Relaxed) {
@@ -127,7 +137,11 @@ fn run(socket: &PathBuf, listener: Option<UnixListener>, port: &str, updates: &S
         shared.connection.store(Connection::Waiting as u8, Ordering::Relaxed);
         info!(port, "{port}: vhost-user guest on {where_} went away; waiting for it");
     }
-    if listener.is_some() {
+    // The socket file goes with the listener, unless another listener
+    // (the port made again on the same path) has replaced it meanwhile.
+    if let Some(ours) = made
+        && std::fs::symlink_metadata(socket).is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == ours)
+    {
         let _ = std::fs::remove_file(socket);
     }
 }
@@ -388,11 +402,13 @@ impl Device {
             mappings.push((r.frontend, r.size, r.guest));
         }
         let mem = GuestMemoryMmap::from_regions(mapped).map_err(|e| format!("guest memory: {e}"))?;
-        let mem = Arc::new(mem);
         self.mappings = mappings;
-        self.mem = Some(Arc::clone(&mem));
-        let _ = self.updates.send(Update::Memory(mem));
+        self.mem = Some(Arc::new(mem));
+        // Rings running on the old table are taken back and handed over
+        // again on the new one (a guest's memory grew, say), where they
+        // stopped.
         for i in 0..self.vrings.len() {
+            self.stop(i);
             self.maybe_start(i);
         }
         Ok(())

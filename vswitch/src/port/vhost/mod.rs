@@ -58,8 +58,6 @@ const MAX_BUFFERS: usize = 8;
 /// What the control half tells the loop, in order.
 #[derive(Debug)]
 pub(in crate::port::vhost) enum Update {
-    /// The guest's memory (a new table replaces the old one).
-    Memory(Arc<GuestMem>),
     /// The virtio-net header's length and whether receive buffers merge.
     Features { header: usize, mergeable: bool },
     /// A ring, started: the loop owns it from here.
@@ -135,11 +133,11 @@ struct Ring {
 }
 
 impl Ring {
-    /// Publishes the used entries and tells the guest, if it asked to be
-    /// told.
+    /// Publishes the used entries, if any, and tells the guest, if it
+    /// asked to be told.
     fn publish(&mut self) {
-        self.split.publish();
-        if let Some(call) = &self.call
+        if self.split.publish()
+            && let Some(call) = &self.call
             && self.split.wants_interrupt()
         {
             signal(call);
@@ -163,7 +161,6 @@ pub struct VhostUser {
     updates: Receiver<Update>,
     shared: Arc<Shared>,
     control: Option<std::thread::JoinHandle<()>>,
-    mem: Option<Arc<GuestMem>>,
     header: usize,
     mergeable: bool,
     rings: [Option<Ring>; 2],
@@ -176,9 +173,9 @@ impl Drop for VhostUser {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         // The control thread notices within its poll interval; the loop
-        // does not wait for it, but rings and memory go first.
+        // does not wait for it, but the rings (and the guest's memory they
+        // hold) go first.
         self.rings = [None, None];
-        self.mem = None;
         if let Some(t) = self.control.take() {
             drop(t);
         }
@@ -203,7 +200,6 @@ impl VhostUser {
             updates: rx,
             shared,
             control: Some(control),
-            mem: None,
             header: 12,
             mergeable: true,
             rings: [None, None],
@@ -242,7 +238,6 @@ impl VhostUser {
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
             };
             match u {
-                Update::Memory(m) => self.mem = Some(m),
                 Update::Features { header, mergeable } => {
                     self.header = header;
                     self.mergeable = mergeable;
@@ -262,10 +257,7 @@ impl VhostUser {
                     let next = self.rings.get_mut(index).and_then(Option::take).map_or(0, |r| r.split.next_avail());
                     let _ = reply.try_send(next);
                 }
-                Update::Reset => {
-                    self.rings = [None, None];
-                    self.mem = None;
-                }
+                Update::Reset => self.rings = [None, None],
             }
         }
     }
@@ -481,7 +473,6 @@ impl Rings for VhostUser {
             got += 1;
         }
         let mut taken = 0;
-        let mut wrote = false;
         for &(head, addr, room, flags) in &bufs[..got] {
             let data = mem.data(&frames[taken]);
             let need = self.header + data.len();
@@ -492,7 +483,6 @@ impl Rings for VhostUser {
             let body = addr.checked_add(self.header as u64);
             if ring.split.write(addr, &HEADER[..self.header]) && body.is_some_and(|at| ring.split.write(at, data)) {
                 ring.split.push_used(head, u32::try_from(need).unwrap_or(0));
-                wrote = true;
             } else {
                 // Outside the guest's memory: the buffer goes back empty.
                 ring.split.push_used(head, 0);
@@ -502,7 +492,7 @@ impl Rings for VhostUser {
         }
         for f in frames[taken..].iter() {
             match Self::write_frame(&mut ring.split, self.header, self.mergeable, mem.data(f)) {
-                Wrote::Done => wrote = true,
+                Wrote::Done => {}
                 Wrote::TooLarge => self.counts.too_large += 1,
                 Wrote::Full => break,
             }
@@ -511,9 +501,8 @@ impl Rings for VhostUser {
         for f in frames.drain(..taken) {
             mem.release(f);
         }
-        if wrote {
-            ring.publish();
-        }
+        // Frames written, and broken buffers given back empty.
+        ring.publish();
         taken
     }
 

@@ -72,6 +72,8 @@ pub(super) struct Split {
     used: *mut u8,
     next_avail: u16,
     next_used: u16,
+    /// The used index as last published.
+    published: u16,
     /// The available index as last read: entries up to it are the
     /// device's to take.
     avail_seen: u16,
@@ -102,7 +104,7 @@ impl Split {
         let desc = find(desc, 16 * n)?;
         let avail = find(avail, 6 + 2 * n)?;
         let used = find(used, 6 + 8 * n)?;
-        Some(Split { size, desc, avail, used, next_avail: base, next_used: base, avail_seen: base, regions, _mem: mem })
+        Some(Split { size, desc, avail, used, next_avail: base, next_used: base, published: base, avail_seen: base, regions, _mem: mem })
     }
 
     pub(super) fn next_avail(&self) -> u16 {
@@ -242,12 +244,18 @@ impl Split {
         self.next_used = self.next_used.wrapping_add(1);
     }
 
-    /// Publishes the used entries pushed since the last call.
-    pub(super) fn publish(&mut self) {
+    /// Publishes the used entries pushed since the last call; whether
+    /// there were any.
+    pub(super) fn publish(&mut self) -> bool {
+        if self.published == self.next_used {
+            return false;
+        }
         // SAFETY: `used` + 2 is the used index, inside the used ring,
         // 2-aligned (4-aligned ring).
         let a = unsafe { AtomicU16::from_ptr(self.used.add(2).cast::<u16>()) };
         a.store(self.next_used.to_le(), Ordering::Release);
+        self.published = self.next_used;
+        true
     }
 
     /// Whether the guest wants to be told of used buffers.
