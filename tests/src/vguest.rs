@@ -386,7 +386,13 @@ impl Driver {
     /// The switch refused it.
     pub fn resend_memory(&mut self) -> Result<(), String> {
         let (fd, size, addr) = &self.memory;
-        let info = VhostUserMemoryRegionInfo { guest_phys_addr: 0, memory_size: *size, userspace_addr: *addr, mmap_offset: 0, mmap_handle: fd.as_raw_fd() };
+        let info = VhostUserMemoryRegionInfo {
+            guest_phys_addr: 0,
+            memory_size: *size,
+            userspace_addr: *addr,
+            mmap_offset: 0,
+            mmap_handle: fd.as_raw_fd(),
+        };
         self.frontend.set_mem_table(&[info]).map(|_| ()).map_err(|e| err("set_mem_table", e))
     }
 
