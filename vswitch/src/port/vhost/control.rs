@@ -11,10 +11,10 @@
 //! that handler refuses SET_VRING_ENABLE until SET_FEATURES has
 //! acknowledged `VHOST_USER_F_PROTOCOL_FEATURES`, and QEMU (7.2, Debian
 //! 12's) enables a vhost-user NIC's rings at start-up, before the guest's
-//! driver has set any feature; without the protocol features it crashes
-//! instead. Like DPDK's vhost library, the switch takes the messages in the
-//! order QEMU sends them. Replies and acknowledgements (REPLY_ACK) are as
-//! the protocol says.
+//! driver has set any feature (the handler's error closes the connection).
+//! Like DPDK's vhost library, the switch takes the messages in the order
+//! QEMU sends them. Replies and acknowledgements (REPLY_ACK) are as the
+//! protocol says.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
