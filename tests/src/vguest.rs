@@ -413,8 +413,10 @@ fn at(addr: u64) -> usize {
 
 /// Shared memory of `size` bytes: an unlinked file on tmpfs (`/dev/shm`),
 /// which the switch maps through the descriptor it is sent.
+/// Where there is no `/dev/shm` (or no room in it), a file in the temporary
+/// folder serves as well: the switch maps whatever file it is sent.
 fn memfd(size: u64) -> Result<OwnedFd, String> {
-    let f = tempfile::tempfile_in("/dev/shm").map_err(|e| err("a file in /dev/shm", e))?;
+    let f = tempfile::tempfile_in("/dev/shm").or_else(|_| tempfile::tempfile()).map_err(|e| err("a file for the shared memory", e))?;
     f.set_len(size).map_err(|e| err("ftruncate", e))?;
     Ok(OwnedFd::from(f))
 }
