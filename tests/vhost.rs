@@ -108,6 +108,16 @@ fn metric(cell: &str) -> u64 {
     sample(&http_get(METRICS, "/metrics").expect("GET /metrics"), cell)
 }
 
+/// Asserts that `cell` reaches `want`, waiting up to 2 s (the loop
+/// publishes its rings' counts a few times a second).
+fn wait_metric(cell: &str, want: u64) {
+    let t = Instant::now();
+    while metric(cell) < want && t.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(metric(cell), want, "{cell}");
+}
+
 /// Waits (5 s at most) until the port on `socket` says its rings run.
 fn wait_running(socket: &str, mode: &str, what: &str, logs: &dyn Fn() -> String) {
     let cell = format!("sgswitch_vhost_user_info{{socket=\"{socket}\",mode=\"{mode}\",state=\"running\"}}");
@@ -147,6 +157,17 @@ fn vhost_user_guests_are_switched_as_their_groups_say_and_a_bad_or_gone_guest_co
     b.resend_memory().expect("b's memory table again");
     send(&mut a, &allowed, 300);
     assert_eq!(receive(&mut b, 300, Duration::from_secs(5)).0, 300, "b after the new memory tables\n{}", logs());
+    // A receive buffer b made read-only: given back empty, the frame for
+    // it dropped and counted, the frames after it delivered.
+    b.break_next_rx();
+    send(&mut a, &allowed, 10);
+    let t = Instant::now();
+    let (mut back, mut frames) = (0, 0);
+    while back < 10 && t.elapsed() < Duration::from_secs(5) {
+        back += b.receive(|f| frames += usize::from(!f.is_empty()));
+    }
+    assert_eq!((back, frames), (10, 9), "b's buffers back and frames in them, after a broken buffer\n{}", logs());
+    wait_metric(&format!("sgswitch_vhost_user_drops_total{{socket=\"{}\",reason=\"malformed\"}}", sock("vb")), 1);
     // Denied by b's ingress: a -> b:7001, counted there.
     send(&mut a, &udp(&ends(1, 2), 5000, 7001, b"denied"), 200);
     let (n, stray) = receive(&mut b, 1, Duration::from_millis(500));
@@ -175,17 +196,11 @@ fn vhost_user_guests_are_switched_as_their_groups_say_and_a_bad_or_gone_guest_co
     assert!(a.post_raw(0x40_0000 + 1024 * 2048 + 64, 64, 2), "room for a writable one");
     send(&mut a, &to_c, 1);
     assert_eq!(receive(&mut c, 1, Duration::from_secs(2)).0, 1, "c after a's broken descriptors\n{}", logs());
-    // (The loop publishes its rings' counts a few times a second.)
-    let cell = format!("sgswitch_vhost_user_drops_total{{socket=\"{}\",reason=\"malformed\"}}", sock("va"));
-    let t = Instant::now();
-    while metric(&cell) < 2 && t.elapsed() < Duration::from_secs(2) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(metric(&cell), 2, "a's broken descriptors counted");
+    wait_metric(&format!("sgswitch_vhost_user_drops_total{{socket=\"{}\",reason=\"malformed\"}}", sock("va")), 2);
 
     // The VMM stops a's send ring (as it does when the guest stops): the
     // switch gives it back at the position a has reached.
-    let posted = 500 + 300 + 200 + 40 * 125 + 2 + 1;
+    let posted = 500 + 300 + 10 + 200 + 40 * 125 + 2 + 1;
     assert_eq!(a.stop_tx().expect("GET_VRING_BASE"), posted, "where a's send ring stopped");
     drop(a);
 

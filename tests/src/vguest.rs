@@ -24,6 +24,9 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{Bytes, FileOffset, MmapRegion, VolatileMemory};
 use vmm_sys_util::eventfd::EventFd;
 
+/// What is told of each frame received.
+type FrameSeen<'a> = dyn FnMut(&[u8]) + 'a;
+
 /// Entries per ring.
 pub const RING: u16 = 1024;
 /// Bytes per buffer.
@@ -90,6 +93,8 @@ pub struct Driver {
     scratch: Vec<u8>,
     /// Receive buffers to give back (kept, not zeroed each call).
     ids: Vec<u16>,
+    /// The receive buffer `break_next_rx` made read-only.
+    bent_rx: Option<u16>,
     /// The shared memory's file, size and address here (for a second
     /// SET_MEM_TABLE).
     memory: (OwnedFd, u64, u64),
@@ -185,6 +190,7 @@ impl Driver {
             shadow: vec![([0; BUF], usize::MAX, false); usize::from(RING)],
             scratch: vec![0; BUF],
             ids: Vec::with_capacity(usize::from(RING)),
+            bent_rx: None,
             memory: (fd, size as u64, userspace_addr),
         };
         for q in 0..2u16 {
@@ -330,35 +336,19 @@ impl Driver {
     }
 
     /// The frames the switch wrote into the receive ring since the last
-    /// call, each given to `seen` (without its header); their buffers go
-    /// back to the switch. Returns how many.
+    /// call, each given to `seen` (without its header; a buffer given back
+    /// empty as an empty frame); their buffers go back to the switch.
+    /// Returns how many buffers came back.
     pub fn receive(&mut self, mut seen: impl FnMut(&[u8])) -> usize {
-        let r = &mut self.rx;
-        let used: u16 = self.region.as_volatile_slice().load(at(r.at.used + 2), Ordering::Acquire).map_or(r.used, u16::from_le);
-        let mut ids = [0u16; RING as usize];
-        let mut n = 0;
-        let mut frame = [0u8; BUF];
-        while r.used != used {
-            let elem = r.at.used + 4 + 8 * u64::from(r.used % RING);
-            let id = self.region.as_volatile_slice().read_obj::<u32>(at(elem)).map_or(0, u32::from_le);
-            let len = self.region.as_volatile_slice().read_obj::<u32>(at(elem + 4)).map_or(0, u32::from_le);
-            let id = u16::try_from(id).unwrap_or(0) % RING;
-            let body = (len as usize).saturating_sub(HEADER).min(frame.len());
-            if self.region.as_volatile_slice().read_slice(&mut frame[..body], at(r.at.buf(id) + HEADER as u64)).is_ok() {
-                seen(&frame[..body]);
-            }
-            ids[n] = id;
-            n += 1;
-            r.used = r.used.wrapping_add(1);
-        }
-        if n > 0 {
-            self.post_rx(&ids[..n]);
-        }
-        n
+        self.take_used(Some(&mut seen))
     }
 
     /// Frames received since the last call, counted, not looked at.
     pub fn drain(&mut self) -> usize {
+        self.take_used(None)
+    }
+
+    fn take_used(&mut self, mut seen: Option<&mut FrameSeen<'_>>) -> usize {
         let r = &mut self.rx;
         let vs = self.region.as_volatile_slice();
         let used: u16 = vs.load(at(r.at.used + 2), Ordering::Acquire).map_or(r.used, u16::from_le);
@@ -366,8 +356,19 @@ impl Driver {
         ids.clear();
         while r.used != used {
             let elem = r.at.used + 4 + 8 * u64::from(r.used % RING);
-            let id = vs.read_obj::<u32>(at(elem)).map_or(0, u32::from_le);
-            ids.push(u16::try_from(id).unwrap_or(0) % RING);
+            let id = u16::try_from(vs.read_obj::<u32>(at(elem)).map_or(0, u32::from_le)).unwrap_or(0) % RING;
+            if let Some(seen) = seen.as_mut() {
+                let len = vs.read_obj::<u32>(at(elem + 4)).map_or(0, u32::from_le);
+                let body = (len as usize).saturating_sub(HEADER).min(self.scratch.len());
+                if vs.read_slice(&mut self.scratch[..body], at(r.at.buf(id) + HEADER as u64)).is_ok() {
+                    seen(&self.scratch[..body]);
+                }
+            }
+            if self.bent_rx == Some(id) {
+                let _ = vs.write_obj(DESC_F_WRITE.to_le(), at(r.at.desc + 16 * u64::from(id) + 12));
+                self.bent_rx = None;
+            }
+            ids.push(id);
             r.used = r.used.wrapping_add(1);
         }
         let n = ids.len();
@@ -376,6 +377,18 @@ impl Driver {
         }
         self.ids = ids;
         n
+    }
+
+    /// Makes the next receive buffer the switch will take read-only (a
+    /// broken guest's): it must give it back empty and go on. The buffer
+    /// is mended when it comes back.
+    pub fn break_next_rx(&mut self) {
+        let r = &self.rx;
+        let vs = self.region.as_volatile_slice();
+        let slot = r.at.avail + 4 + 2 * u64::from(r.used % RING);
+        let id = vs.read_obj::<u16>(at(slot)).map_or(0, u16::from_le) % RING;
+        let _ = vs.write_obj(0u16, at(r.at.desc + 16 * u64::from(id) + 12));
+        self.bent_rx = Some(id);
     }
 
     /// Sends the memory table again while the rings run, as a VMM does

@@ -19,11 +19,10 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::SyncSender;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tracing::{info, warn};
@@ -58,7 +57,8 @@ const PROTOCOL_FEATURES: u64 = PROTOCOL_F_REPLY_ACK;
 pub const FEATURES: u64 = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MRG_RXBUF) | VHOST_USER_F_PROTOCOL_FEATURES;
 
 /// Starts the control thread of the port `port` on `socket`: listening on
-/// it (made anew; a stale one is removed), or connecting to it.
+/// it (made anew; a stale one is removed), or connecting to it. The thread
+/// ends by itself once `shared.stop` is set.
 ///
 /// # Errors
 /// A listening socket cannot be made.
@@ -68,7 +68,7 @@ pub(super) fn start(
     port: &str,
     updates: SyncSender<Update>,
     shared: Arc<Shared>,
-) -> std::result::Result<JoinHandle<()>, PortError> {
+) -> std::result::Result<(), PortError> {
     let listener = if client {
         None
     } else {
@@ -89,17 +89,11 @@ pub(super) fn start(
     std::thread::Builder::new()
         .name(format!("vhost-{port}"))
         .spawn(move || run(&socket, listener, made, &port, &updates, &shared))
+        .map(drop)
         .map_err(|e| PortError::Sys { call: "spawning a vhost-user control thread", what: e.to_string() })
 }
 
-fn run(
-    socket: &PathBuf,
-    listener: Option<UnixListener>,
-    made: Option<u64>,
-    port: &str,
-    updates: &SyncSender<Update>,
-    shared: &Arc<Shared>,
-) {
+fn run(socket: &Path, listener: Option<UnixListener>, made: Option<u64>, port: &str, updates: &SyncSender<Update>, shared: &Arc<Shared>) {
     let where_ = socket.display();
     let mut said_waiting = false;
     while !shared.stop.load(Ordering::Relaxed) {
@@ -125,7 +119,9 @@ fn run(
         };
         let Some(stream) = stream else {
             match &listener {
-                Some(l) => wait_readable(l.as_raw_fd()),
+                Some(l) => {
+                    wait_readable(l.as_raw_fd());
+                }
                 None => std::thread::sleep(Duration::from_millis(200)),
             }
             continue;
@@ -146,10 +142,11 @@ fn run(
     }
 }
 
-/// Waits until `fd` is readable or a tick passed.
-fn wait_readable(fd: libc::c_int) {
+/// Waits until `fd` is readable or a tick passed; whether it is.
+fn wait_readable(fd: libc::c_int) -> bool {
     let mut p = [libc::pollfd { fd, events: libc::POLLIN, revents: 0 }];
     wait_for_frames(&mut p, TICK);
+    p[0].revents != 0
 }
 
 fn serve(mut stream: UnixStream, port: &str, updates: &SyncSender<Update>, shared: &Arc<Shared>) {
@@ -157,9 +154,7 @@ fn serve(mut stream: UnixStream, port: &str, updates: &SyncSender<Update>, share
     shared.connection.store(Connection::Connected as u8, Ordering::Relaxed);
     let mut device = Device::new(port, updates.clone(), Arc::clone(shared));
     while !shared.stop.load(Ordering::Relaxed) {
-        let mut p = [libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
-        wait_for_frames(&mut p, TICK);
-        if p[0].revents == 0 {
+        if !wait_readable(stream.as_raw_fd()) {
             continue;
         }
         let msg = match super::wire::read(&mut stream) {
@@ -211,7 +206,6 @@ struct Device {
     port: String,
     updates: SyncSender<Update>,
     shared: Arc<Shared>,
-    features: u64,
     protocol: bool,
     /// REPLY_ACK negotiated: messages that ask for it are answered.
     reply_ack: bool,
@@ -228,7 +222,6 @@ impl Device {
             port: port.to_owned(),
             updates,
             shared,
-            features: 0,
             protocol: false,
             reply_ack: false,
             mem: None,
@@ -381,7 +374,6 @@ impl Device {
         if features & !FEATURES != 0 {
             return Err(format!("features {features:#x} were not offered"));
         }
-        self.features = features;
         self.protocol = features & VHOST_USER_F_PROTOCOL_FEATURES != 0;
         let mergeable = features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
         let header = if mergeable || features & (1 << VIRTIO_F_VERSION_1) != 0 { 12 } else { 10 };
@@ -403,12 +395,22 @@ impl Device {
         }
         let mem = GuestMemoryMmap::from_regions(mapped).map_err(|e| format!("guest memory: {e}"))?;
         self.mappings = mappings;
-        self.mem = Some(Arc::new(mem));
-        // Rings running on the old table are taken back and handed over
-        // again on the new one (a guest's memory grew, say), where they
-        // stopped.
+        let mem = Arc::new(mem);
+        self.mem = Some(Arc::clone(&mem));
+        // A ring running on the old table is swapped for the same ring on
+        // the new one (a guest's memory grew, say), which the loop resumes
+        // where the old one was; one the new table cannot hold is taken
+        // back. The others may start now.
         for i in 0..self.vrings.len() {
-            self.stop(i);
+            let v = &self.vrings[i];
+            if v.running {
+                match Split::new(Arc::clone(&mem), v.size, v.desc, v.avail, v.used, v.base) {
+                    Some(ring) => {
+                        let _ = self.updates.send(Update::Remap { index: i, ring: Box::new(ring) });
+                    }
+                    None => self.stop(i),
+                }
+            }
             self.maybe_start(i);
         }
         Ok(())

@@ -19,8 +19,8 @@
 //!   posts no receive buffers has its frames dropped and counted; nothing
 //!   waits for it.
 //!
-//! virtio-net as negotiated here: `VERSION_1`, mergeable receive buffers,
-//! indirect descriptors; no checksum or segmentation offloads (the guest
+//! virtio-net as negotiated here: `VERSION_1`, mergeable receive buffers;
+//! no indirect descriptors, no checksum or segmentation offloads (the guest
 //! sends whole, checksummed frames no larger than an MTU), one queue pair.
 #![allow(unsafe_code, reason = "eventfds (fcntl, read, write) are libc calls; each says why it holds")]
 
@@ -37,7 +37,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 
 use vm_memory::GuestMemoryMmap;
 
-use self::split::{ChainError, Desc, Split};
+use self::split::{ChainError, Desc, Head, Split};
 
 use super::Rings;
 use super::xdp::{FRAME_SIZE, Frame, Memory};
@@ -62,6 +62,9 @@ pub(in crate::port::vhost) enum Update {
     Features { header: usize, mergeable: bool },
     /// A ring, started: the loop owns it from here.
     Start { index: usize, ring: Box<Split>, call: Option<File>, kick: Option<File> },
+    /// The ring on a new memory table: the loop swaps it in where the old
+    /// one was, with nothing in between.
+    Remap { index: usize, ring: Box<Split> },
     /// Where the ring's used-buffer notifications go now.
     Call { index: usize, call: Option<File> },
     /// Give the ring back: the answer is where the guest's next buffer is.
@@ -155,12 +158,11 @@ const MAX_CHAIN: usize = 16;
 /// The loop's half of a vhost-user port.
 #[derive(Debug)]
 pub struct VhostUser {
-    socket: PathBuf,
+    /// The socket's path, as status and metrics name the port's link.
     label: String,
     client: bool,
     updates: Receiver<Update>,
     shared: Arc<Shared>,
-    control: Option<std::thread::JoinHandle<()>>,
     header: usize,
     mergeable: bool,
     rings: [Option<Ring>; 2],
@@ -171,14 +173,9 @@ pub struct VhostUser {
 
 impl Drop for VhostUser {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
         // The control thread notices within its poll interval; the loop
-        // does not wait for it, but the rings (and the guest's memory they
-        // hold) go first.
-        self.rings = [None, None];
-        if let Some(t) = self.control.take() {
-            drop(t);
-        }
+        // does not wait for it.
+        self.shared.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -191,15 +188,12 @@ impl VhostUser {
     pub fn open(socket: PathBuf, client: bool, port: &str) -> Result<VhostUser, super::PortError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(64);
         let shared = Arc::new(Shared::default());
-        let control = control::start(&socket, client, port, tx, Arc::clone(&shared))?;
-        let label = socket.display().to_string();
+        control::start(&socket, client, port, tx, Arc::clone(&shared))?;
         Ok(VhostUser {
-            socket,
-            label,
+            label: socket.display().to_string(),
             client,
             updates: rx,
             shared,
-            control: Some(control),
             header: 12,
             mergeable: true,
             rings: [None, None],
@@ -213,10 +207,6 @@ impl VhostUser {
         &self.label
     }
 
-    pub fn socket(&self) -> &std::path::Path {
-        &self.socket
-    }
-
     pub fn client(&self) -> bool {
         self.client
     }
@@ -224,10 +214,6 @@ impl VhostUser {
     /// What the control thread shares: the connection's state.
     pub fn shared(&self) -> Arc<Shared> {
         Arc::clone(&self.shared)
-    }
-
-    pub fn connection(&self) -> Connection {
-        Connection::from_u8(self.shared.connection.load(Ordering::Relaxed))
     }
 
     /// Takes what the control half sent since the last call.
@@ -246,6 +232,13 @@ impl VhostUser {
                     if let Some(slot) = self.rings.get_mut(index) {
                         ring.set_kicks(false);
                         *slot = Some(Ring { split: ring, call, kick, kicks_wanted: false });
+                    }
+                }
+                Update::Remap { index, mut ring } => {
+                    if let Some(Some(r)) = self.rings.get_mut(index) {
+                        ring.resume(&r.split);
+                        ring.set_kicks(r.kicks_wanted);
+                        r.split = ring;
                     }
                 }
                 Update::Call { index, call } => {
@@ -302,7 +295,7 @@ impl VhostUser {
         let mut used: [(u16, u32); MAX_BUFFERS] = [(0, 0); MAX_BUFFERS];
         let mut buffers: u16 = 0;
         let mut done = 0usize;
-        let mut descs = [Desc { addr: 0, len: 0, write: false }; MAX_CHAIN];
+        let mut chain = [Desc { addr: 0, len: 0, write: false }; MAX_CHAIN];
         // Where the header's num_buffers field landed, byte by byte.
         let mut count_at: [Option<u64>; 2] = [None, None];
         while done < total {
@@ -314,17 +307,14 @@ impl VhostUser {
                 ring.unpop(buffers);
                 return Wrote::Full;
             };
-            let n = match ring.chain(head, &mut descs) {
-                Ok(n) => n,
-                Err(_) => {
-                    // A broken buffer goes back empty; the frame waits for
-                    // the next.
-                    ring.push_used(head, 0);
-                    continue;
-                }
-            };
+            // What of the frame this buffer took (nothing from a broken
+            // chain).
             let mut here = 0u32;
-            for d in descs[..n].iter().take_while(|d| d.write) {
+            let descs = match ring.chain(head, &mut chain) {
+                Ok(n) => &chain[..n],
+                Err(_) => &[][..],
+            };
+            for d in descs.iter().take_while(|d| d.write) {
                 let (mut at, mut room) = (d.addr, d.len as usize);
                 while room > 0 && done < total {
                     // The header first, then the frame.
@@ -345,14 +335,20 @@ impl VhostUser {
                     at += k as u64;
                 }
             }
+            if here == 0 {
+                // A buffer that takes none of the frame (a broken chain, no
+                // writable descriptor, outside the guest's memory) goes back
+                // empty, with the frame's other buffers (the ring cannot be
+                // wound back past a used one), and the frame is dropped: as
+                // on the batch's one-descriptor path.
+                for &(h, _) in &used[..usize::from(buffers)] {
+                    ring.push_used(h, 0);
+                }
+                ring.push_used(head, 0);
+                return Wrote::Broken;
+            }
             used[usize::from(buffers)] = (head, here);
             buffers += 1;
-            if here == 0 {
-                // A buffer the switch cannot write into: the frame is not
-                // sent (the buffers go back unused).
-                ring.unpop(buffers);
-                return Wrote::TooLarge;
-            }
         }
         if header == 12 && buffers > 1 {
             for (slot, b) in count_at.iter().zip(buffers.to_le_bytes()) {
@@ -384,6 +380,9 @@ enum Wrote {
     Done,
     Full,
     TooLarge,
+    /// A buffer for the frame was broken: the frame's buffers went back
+    /// empty and the frame is dropped.
+    Broken,
 }
 
 impl Rings for VhostUser {
@@ -400,17 +399,10 @@ impl Rings for VhostUser {
         // First the heads and their first descriptors (independent loads,
         // whose misses overlap), each buffer's load started; then the
         // copies.
-        let mut heads = [(0u16, 0u64, 0u32, 0u16); RX_BATCH];
-        let mut taken = 0;
-        while taken < max.min(RX_BATCH) {
-            let Some(head) = ring.split.pop() else { break };
-            let (addr, len, flags) = ring.split.first(head).unwrap_or((0, 0, u16::MAX));
-            ring.split.prefetch(addr.wrapping_add(self.header as u64));
-            heads[taken] = (head, addr, len, flags);
-            taken += 1;
-        }
+        let mut heads = [Head::default(); RX_BATCH];
+        let taken = ring.split.take_batch(&mut heads[..max.min(RX_BATCH)], self.header as u64);
         let mut n = 0;
-        for &(head, addr, dlen, flags) in &heads[..taken] {
+        for &Head { head, addr, len: dlen, flags } in &heads[..taken] {
             let read = if Split::simple(flags) {
                 // One read-only descriptor: the header, then the frame.
                 let body = (dlen as usize).checked_sub(self.header).ok_or(Bad::Malformed);
@@ -446,10 +438,7 @@ impl Rings for VhostUser {
                 None => self.counts.no_frame += 1,
             }
         }
-        let used = taken > 0;
-        if used {
-            ring.publish();
-        }
+        ring.publish();
         n
     }
 
@@ -463,17 +452,10 @@ impl Rings for VhostUser {
         // together, each buffer's line requested), then the copies; a
         // frame whose buffer is not one writable descriptor large enough
         // takes the general path (the buffers from it on are put back).
-        let mut bufs = [(0u16, 0u64, 0u32, 0u16); RX_BATCH];
-        let mut got = 0;
-        while got < frames.len().min(RX_BATCH) {
-            let Some(head) = ring.split.pop() else { break };
-            let (addr, len, flags) = ring.split.first(head).unwrap_or((0, 0, u16::MAX));
-            ring.split.prefetch(addr);
-            bufs[got] = (head, addr, len, flags);
-            got += 1;
-        }
+        let mut bufs = [Head::default(); RX_BATCH];
+        let got = ring.split.take_batch(&mut bufs[..frames.len().min(RX_BATCH)], 0);
         let mut taken = 0;
-        for &(head, addr, room, flags) in &bufs[..got] {
+        for &Head { head, addr, len: room, flags } in &bufs[..got] {
             let data = mem.data(&frames[taken]);
             let need = self.header + data.len();
             if !Split::simple_writable(flags) || (room as usize) < need {
@@ -494,6 +476,7 @@ impl Rings for VhostUser {
             match Self::write_frame(&mut ring.split, self.header, self.mergeable, mem.data(f)) {
                 Wrote::Done => {}
                 Wrote::TooLarge => self.counts.too_large += 1,
+                Wrote::Broken => self.counts.malformed += 1,
                 Wrote::Full => break,
             }
             taken += 1;

@@ -46,6 +46,16 @@ pub(super) struct Desc {
     pub write: bool,
 }
 
+/// A posted chain's head and its first descriptor, as a batch takes them.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Head {
+    pub head: u16,
+    pub addr: u64,
+    pub len: u32,
+    /// `u16::MAX` for a head outside the table (no simple chain).
+    pub flags: u16,
+}
+
 /// Why a chain could not be walked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum ChainError {
@@ -111,6 +121,12 @@ impl Split {
         self.next_avail
     }
 
+    /// Carries on where `old` (the same ring on an earlier memory table)
+    /// stopped.
+    pub(super) fn resume(&mut self, old: &Split) {
+        (self.next_avail, self.next_used, self.published, self.avail_seen) = (old.next_avail, old.next_used, old.published, old.avail_seen);
+    }
+
     fn avail_idx(&self) -> u16 {
         // SAFETY: `avail` + 2 is inside the available ring (checked in
         // `new`), 2-aligned; an atomic view of guest memory.
@@ -154,14 +170,24 @@ impl Split {
         }
     }
 
-    /// The first descriptor of chain `head`: (address, length, flags), or
-    /// `None` for a head outside the table. Reading a batch of these first
-    /// lets their cache misses overlap.
-    pub(super) fn first(&self, head: u16) -> Option<(u64, u32, u16)> {
-        (head < self.size).then(|| {
-            let (addr, len, flags, _) = self.desc(head);
-            (addr, len, flags)
-        })
+    /// Takes up to `out.len()` posted chains (as of the last `refresh`),
+    /// each head with its first descriptor, and starts loading each
+    /// buffer's bytes from `offset` on; how many. Reading a batch's
+    /// descriptors before any copy lets their cache misses overlap.
+    pub(super) fn take_batch(&mut self, out: &mut [Head], offset: u64) -> usize {
+        let mut n = 0;
+        for slot in out.iter_mut() {
+            let Some(head) = self.pop() else { break };
+            *slot = if head < self.size {
+                let (addr, len, flags, _) = self.desc(head);
+                Head { head, addr, len, flags }
+            } else {
+                Head { head, addr: 0, len: 0, flags: u16::MAX }
+            };
+            self.prefetch(slot.addr.wrapping_add(offset));
+            n += 1;
+        }
+        n
     }
 
     /// Whether a chain's first descriptor is the whole chain, read-only,
@@ -178,7 +204,7 @@ impl Split {
 
     /// Asks the CPU to start loading the guest bytes at `addr` (a hint: an
     /// address outside the guest's memory is ignored).
-    pub(super) fn prefetch(&self, addr: u64) {
+    fn prefetch(&self, addr: u64) {
         if let Some(p) = translate(&self.regions, addr, 1) {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: a prefetch is a hint that never faults; `p` is inside
