@@ -684,15 +684,18 @@ impl Table {
     }
 
     /// Makes room for a new flow of `zone`: frees the first entry, soonest
-    /// deadline first within [`EVICT_SCAN`] entries, that is expired (any
-    /// zone: it is dead) or unassured and of `zone`. An entry met before its
+    /// deadline first within [`EVICT_SCAN`] entries, that is of `zone` and
+    /// expired or unassured, or, when only the table is full and `zone` has
+    /// room (`zone_full` false), expired in any zone (it is dead; freeing
+    /// another zone's flow makes no room in a full zone, which must stay
+    /// within its share). An entry met before its
     /// deadline's slot (seen again, or moved to a longer timeout, since it
     /// was placed) is moved there, as the sweep would move it, without
     /// counting as looked at, up to [`EVICT_MOVES`] of them: otherwise flows
     /// that turned assured after they were placed would hide the unassured
     /// ones behind them.
     #[expect(clippy::cast_possible_truncation, reason = "a slot is a second modulo the wheel size")]
-    fn evict_for(&mut self, zone: Zone, now: Now) -> bool {
+    fn evict_for(&mut self, zone: Zone, zone_full: bool, now: Now) -> bool {
         let Some(cursor) = self.cursor else { return false };
         let now32 = now.ms32();
         let (mut scanned, mut moved) = (0, 0);
@@ -702,7 +705,7 @@ impl Table {
                 let idx = i as usize;
                 let (next, ezone, estate) = (self.links[idx].next, self.entries[idx].zone(), self.entries[idx].state);
                 i = next;
-                if self.expired(idx, now32) {
+                if self.expired(idx, now32) && (ezone == zone || !zone_full) {
                     self.release(idx);
                     self.stats.expired += 1;
                     return true;
@@ -1043,8 +1046,8 @@ impl Table {
         if !judge(t) {
             return Outcome::Denied;
         }
-        let zone_full = |tb: &Table| tb.zone_len(t.zone) >= tb.s.per_zone_capacity as usize;
-        if (self.len >= self.s.capacity || zone_full(self)) && !self.evict_for(t.zone, now) {
+        let zone_full = self.zone_len(t.zone) >= self.s.per_zone_capacity as usize;
+        if (self.len >= self.s.capacity || zone_full) && !self.evict_for(t.zone, zone_full, now) {
             self.stats.full += 1;
             return Outcome::Full;
         }

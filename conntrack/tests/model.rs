@@ -240,3 +240,105 @@ proptest! {
         prop_assert_eq!(sorted_flows(&plain), sorted_flows(&placed));
     }
 }
+
+/// A UDP flow for [`a_full_zone_evicts_as_the_contract_says`]: flow `f` in
+/// zone `f % 2`.
+fn udp_flow(f: u8) -> Tuple {
+    Tuple {
+        zone: u16::from(f % 2),
+        proto: 17,
+        src: "10.0.0.1".parse().unwrap(),
+        dst: "192.0.2.9".parse().unwrap(),
+        sport: 1000 + u16::from(f),
+        dport: 53,
+    }
+}
+
+/// The UDP timeouts (unreplied, replied) of [`udp_flow`]'s zones, in ms.
+fn udp_timeout_ms(zone: u16, replied: bool) -> u64 {
+    match (zone, replied) {
+        (0, false) => 30_000,
+        (0, true) => 180_000,
+        (_, false) => 5_000,
+        (_, true) => 12_000,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Small zones, filled over and over, with timeouts that differ by
+    /// zone (so flows sit in seconds on both sides of where earlier
+    /// eviction scans began): a new flow in a full zone is admitted exactly
+    /// when a flow of its zone is expired or unreplied, and then exactly
+    /// one such flow goes, one due no later than any other (an expired one
+    /// before any live one); a flow of another zone never makes room.
+    #[test]
+    fn a_full_zone_evicts_as_the_contract_says(
+        ops in prop::collection::vec(
+            prop_oneof![
+                8 => (0u8..12, any::<bool>(), prop_oneof![Just(0u64), 0u64..3_000, 4_000u64..40_000]).prop_map(|(f, r, w)| (Some((f, r)), w)),
+                1 => (1u64..60_000).prop_map(|w| (None, w)),
+            ],
+            1..300,
+        ),
+    ) {
+        let zone_timeouts = vec![
+            sgswitch_conntrack::Timeouts::default(),
+            sgswitch_conntrack::Timeouts { udp: 5, udp_stream: 12, ..sgswitch_conntrack::Timeouts::default() },
+        ];
+        let cap = 3;
+        let mut t = Table::new(Settings { capacity: 100, per_zone_capacity: cap, zone_timeouts, ..Settings::default() }, 2);
+        // Flow -> (last seen ms, replied), for the flows the table holds.
+        let mut model: HashMap<u8, (u64, bool)> = HashMap::new();
+        let mut now = 0u64;
+        for (step, (packet, wait)) in ops.into_iter().enumerate() {
+            now += wait;
+            let Some((f, reply)) = packet else {
+                t.expire(Now(now), 3);
+                model.retain(|&g, _| t.get(&udp_flow(g)).is_some());
+                continue;
+            };
+            let base = udp_flow(f);
+            let expired = |g: u8, (seen, rep): (u64, bool)| now - seen >= udp_timeout_ms(udp_flow(g).zone, rep);
+            let live = model.get(&f).copied().filter(|&m| !expired(f, m));
+            if let Some((_, rep)) = live {
+                prop_assert_eq!(t.track(&if reply { base.reversed() } else { base }, &PKT, Now(now), 1, allowed_all), Outcome::Established);
+                model.insert(f, (now, rep || reply));
+                continue;
+            }
+            // A new flow (its expired entry, if any, goes first and leaves
+            // room). The candidates, ranked: expired ones first, then by
+            // the second of their deadline.
+            let full = model.remove(&f).is_none() && model.keys().filter(|&&g| udp_flow(g).zone == base.zone).count() >= cap as usize;
+            let rank = |g: u8, m: (u64, bool)| if expired(g, m) { 0 } else { (m.0 + udp_timeout_ms(udp_flow(g).zone, m.1)) / 1000 };
+            let candidates: Vec<(u8, u64)> = model
+                .iter()
+                .filter(|&(&g, &m)| udp_flow(g).zone == base.zone && (expired(g, m) || !m.1))
+                .map(|(&g, &m)| (g, rank(g, m)))
+                .collect();
+            let got = t.track(&base, &PKT, Now(now), 1, allowed_all);
+            let gone: Vec<u8> = model.keys().copied().filter(|&g| t.get(&udp_flow(g)).is_none()).collect();
+            if full && candidates.is_empty() {
+                prop_assert_eq!(got, Outcome::Full, "step {}: flow {} with no flow to evict", step, f);
+                prop_assert!(gone.is_empty());
+                continue;
+            }
+            prop_assert_eq!(got, Outcome::New, "step {}: flow {}, candidates {:?}", step, f, candidates);
+            if full {
+                prop_assert_eq!(gone.len(), 1, "step {}: one flow evicted for flow {}", step, f);
+                let best = candidates.iter().map(|&(_, r)| r).min();
+                let victim = candidates.iter().find(|&&(g, _)| g == gone[0]);
+                prop_assert!(victim.is_some_and(|&(_, r)| Some(r) == best), "step {}: evicted {:?}, candidates {:?}", step, gone, candidates);
+            } else {
+                prop_assert!(gone.is_empty(), "step {}: nothing evicted below capacity", step);
+            }
+            model.remove(&gone.first().copied().unwrap_or(u8::MAX));
+            model.insert(f, (now, false));
+        }
+    }
+}
+
+fn allowed_all(_: &Tuple) -> bool {
+    true
+}

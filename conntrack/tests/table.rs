@@ -241,6 +241,25 @@ fn eviction_sees_past_flows_that_became_assured_after_they_were_placed() {
 }
 
 #[test]
+fn a_full_zone_does_not_grow_past_its_share_by_evicting_another_zones_expired_flow() {
+    // Zone 1's flow is expired (not yet swept); zone 0 is full of
+    // replied flows. Freeing zone 1's dead flow makes room in the table,
+    // not in zone 0: a new zone-0 flow is refused, and zone 0 stays at its
+    // share however often it is asked.
+    let mut t = Table::new(Settings { capacity: 100, per_zone_capacity: 2, ..Settings::default() }, 2);
+    let f = |zone: u16, p: u16| tuple(zone, 17, "10.0.0.1", p, "192.0.2.9", 53);
+    t.track(&f(1, 1), &UDP, s(0), 1, allow);
+    for p in 1..=2 {
+        t.track(&f(0, p), &UDP, s(20), 1, allow);
+        t.track(&f(0, p).reversed(), &UDP, s(20), 1, allow);
+    }
+    for p in 3..6 {
+        assert_eq!(t.track(&f(0, p), &UDP, s(40), 1, allow), Outcome::Full, "zone 0 has no room");
+        assert_eq!(t.zone_len(0), 2);
+    }
+}
+
+#[test]
 fn a_full_table_never_takes_room_from_another_zone() {
     let mut t = Table::new(Settings { capacity: 3, per_zone_capacity: 3, ..Settings::default() }, 2);
     for p in 1..=3 {
