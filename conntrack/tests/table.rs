@@ -241,6 +241,50 @@ fn eviction_sees_past_flows_that_became_assured_after_they_were_placed() {
 }
 
 #[test]
+fn a_flow_placed_before_where_the_last_eviction_scan_began_is_still_found() {
+    // Zone 1 times UDP out after 5 s, zone 0 after 30 s. A zone-0 eviction
+    // scan steps over the empty seconds before zone 0's flows, and later
+    // scans start past them; a zone-1 flow placed after that, in one of
+    // those seconds, is still the one zone 1 evicts.
+    let zone_timeouts = vec![Timeouts::default(), Timeouts { udp: 5, ..Timeouts::default() }];
+    let mut t = Table::new(Settings { capacity: 100, per_zone_capacity: 2, zone_timeouts, ..Settings::default() }, 2);
+    let f = |zone: u16, p: u16| tuple(zone, 17, "10.0.0.1", p, "192.0.2.9", 53);
+    t.track(&f(0, 1), &UDP, s(0), 1, allow);
+    t.track(&f(0, 2), &UDP, s(0), 1, allow);
+    assert_eq!(t.track(&f(0, 3), &UDP, s(1), 1, allow), Outcome::New, "zone 0 evicts its oldest");
+    assert!(t.get(&f(0, 1)).is_none());
+    t.track(&f(1, 1), &UDP, s(1), 1, allow);
+    t.track(&f(1, 2), &UDP, s(1), 1, allow);
+    assert_eq!(t.track(&f(1, 3), &UDP, s(2), 1, allow), Outcome::New, "zone 1 evicts its own, due at second 6");
+    assert!(t.get(&f(1, 1)).is_none(), "the oldest of zone 1");
+    assert!(t.get(&f(0, 2)).is_some() && t.get(&f(0, 3)).is_some(), "zone 0's flows stay");
+    assert_eq!(t.stats().evicted, 2);
+    // The sweep frees zone 1's flows at their deadline, before zone 0's.
+    assert_eq!(sweep(&mut t, s(8)), 2);
+    assert_eq!((t.zone_len(0), t.zone_len(1)), (2, 0));
+}
+
+#[test]
+fn a_run_of_evictions_takes_the_oldest_flows_in_order_across_zones() {
+    // A flood of new flows into two full zones, alternating as a frame
+    // between two ports makes them: each evicts the oldest flow of its own
+    // zone (what the eviction's prefetching looks ahead at is only read).
+    let mut t = Table::new(Settings { capacity: 1000, per_zone_capacity: 100, ..Settings::default() }, 2);
+    let f = |i: u16| tuple(i % 2, 17, "10.0.0.1", i, "192.0.2.9", 53);
+    for i in 0..200 {
+        assert_eq!(t.track(&f(i), &UDP, s(u64::from(i / 50)), 1, allow), Outcome::New);
+    }
+    for i in 200..600 {
+        assert_eq!(t.track(&f(i), &UDP, s(5), 1, allow), Outcome::New);
+        let gone = i - 200;
+        assert!(t.get(&f(gone)).is_none(), "flow {gone} evicted");
+        assert!(t.get(&f(gone + 1)).is_some(), "flow {} kept", gone + 1);
+    }
+    assert_eq!(t.stats().evicted, 400);
+    assert!((400..600).all(|i| t.get(&f(i)).is_some()));
+}
+
+#[test]
 fn a_full_zone_does_not_grow_past_its_share_by_evicting_another_zones_expired_flow() {
     // Zone 1's flow is expired (not yet swept); zone 0 is full of
     // replied flows. Freeing zone 1's dead flow makes room in the table,
