@@ -141,8 +141,10 @@ pub struct Pipeline<H> {
     released: Vec<(H, Outcome)>,
     /// What `process_batch` already worked out for the frame being decided.
     hint: Hint,
-    /// The conntrack keys `process_batch` prepared for its current batch.
-    prepared: Box<[ct::Prepared; ct::BATCH]>,
+    /// The conntrack keys `process_batch` prepared for its current batch:
+    /// each frame's first stage in the first half, the second stage of a
+    /// frame from one port to another in the second.
+    prepared: Box<[ct::Prepared; 2 * ct::BATCH]>,
     /// Routes of established flows, for `process_batch` (`None`: off).
     cache: Option<FlowCache>,
     cache_seed: u64,
@@ -162,10 +164,18 @@ pub struct Pipeline<H> {
 struct Hint {
     /// An uplink frame's port by destination MAC.
     by_mac: Option<Option<PortIdx>>,
-    /// Where in `Pipeline::prepared` the first stage's conntrack key and
-    /// hash are, and the zone they were prepared in (the tuple is a function
-    /// of the frame and the zone).
-    prepared: Option<(Zone, u8)>,
+    /// Where in `Pipeline::prepared` the conntrack key and hash of each
+    /// stage are, and the zone they were prepared in (the tuple is a
+    /// function of the frame and the zone).
+    prepared: [Option<(Zone, u8)>; 2],
+}
+
+impl Hint {
+    /// Where the key of the stage in `zone` was prepared, taken once.
+    fn take_prepared(&mut self, zone: Zone) -> Option<usize> {
+        let at = self.prepared.iter_mut().find(|p| p.is_some_and(|(z, _)| z == zone))?;
+        at.take().map(|(_, k)| usize::from(k))
+    }
 }
 
 impl<H: Copy> Pipeline<H> {
@@ -189,7 +199,7 @@ impl<H: Copy> Pipeline<H> {
             scratch: Vec::with_capacity(held + 1),
             released: Vec::with_capacity(held + 1),
             hint: Hint::default(),
-            prepared: Box::new([ct::Prepared::default(); ct::BATCH]),
+            prepared: Box::new([ct::Prepared::default(); 2 * ct::BATCH]),
             cache: Some(FlowCache::new(flowcache::SLOTS, seed)),
             cache_seed: seed,
             trace: Trace::default(),
@@ -349,7 +359,7 @@ impl<H: Copy> Pipeline<H> {
             let mut parsed = [None; ct::BATCH];
             let mut routes = [None; ct::BATCH];
             let mut hints = [Hint::default(); ct::BATCH];
-            let mut n = 0;
+            let (mut n, mut m) = (0, ct::BATCH);
             for (((((src, data, _), p), r), hint), k) in
                 chunk.iter().zip(parsed.iter_mut()).zip(routes.iter_mut()).zip(hints.iter_mut()).zip(&fast)
             {
@@ -362,23 +372,26 @@ impl<H: Copy> Pipeline<H> {
                     *r = Some(route);
                     continue;
                 }
-                // The frame's tuple in the zone of its first stage: a shaped
+                // The frame's tuple in the zone of each stage: a shaped
                 // frame's from its key (the frame itself is made when it is
                 // decided), another's from the frame parsed.
-                let t = match k {
-                    Some((key, _, _)) => first_zone(plan, *src, key.dst_key(), hint).map(|zone| key.tuple(zone)),
+                let (zones, t) = match k {
+                    Some((key, _, _)) => (stage_zones(plan, *src, key.dst_key(), hint), key.tuple(0)),
                     None => match p.insert(parse_any(data)) {
-                        Ok(Frame { net: Net::Ip(ip), dst, .. }) => first_zone(plan, *src, mac_key(dst), hint).map(|zone| tuple(ip, zone)),
-                        _ => None,
+                        Ok(Frame { net: Net::Ip(ip), dst, .. }) => (stage_zones(plan, *src, mac_key(dst), hint), tuple(ip, 0)),
+                        _ => continue,
                     },
                 };
-                if let Some(t) = t {
-                    self.prepared[n] = self.conntrack.prepare(&t);
-                    hint.prepared = u8::try_from(n).ok().map(|at| (t.zone, at));
-                    n += 1;
+                for (stage, zone) in zones.into_iter().enumerate() {
+                    let Some(zone) = zone else { continue };
+                    let at = if stage == 0 { &mut n } else { &mut m };
+                    self.prepared[*at] = self.conntrack.prepare(&Tuple { zone, ..t });
+                    hint.prepared[stage] = u8::try_from(*at).ok().map(|k| (zone, k));
+                    *at += 1;
                 }
             }
             self.conntrack.warm_prepared(&mut self.prepared[..n]);
+            self.conntrack.warm_prepared(&mut self.prepared[ct::BATCH..m]);
             // Whether a route was recorded since the lookups above: until
             // one is, what they found (or not) is what the cache holds.
             let mut recorded = false;
@@ -752,9 +765,9 @@ impl<H: Copy> Pipeline<H> {
         let info = packet_info(ip, leg.len);
         let blocked = d == Direction::Egress && to_uplink && !port.allow_blocked_egress;
         let mut reason = None;
-        let prepared = match self.hint.prepared.take() {
-            Some((zone, at)) if zone == port.zone => self.prepared[usize::from(at)],
-            _ => self.conntrack.prepare(&t),
+        let prepared = match self.hint.take_prepared(port.zone) {
+            Some(at) => self.prepared[at],
+            None => self.conntrack.prepare(&t),
         };
         let outcome = self.conntrack.track_prepared(&t, prepared, &info, now, plan.generation, |orig| {
             // The flow's first packet, from the opener's side: in this
@@ -786,21 +799,25 @@ impl<H: Copy> Pipeline<H> {
     }
 }
 
-/// The zone of a frame's first stage: its port's for a frame from a port
-/// or handed over, the port its destination MAC (as [`mac_key`] spells it)
-/// names for one from the uplink, which `hint` keeps for deciding it.
+/// The zones of a frame's stages. The first: its port's for a frame from
+/// a port or handed over, the port its destination MAC (as [`mac_key`]
+/// spells it) names for one from the uplink, which `hint` keeps for
+/// deciding it. The second, for a frame from a port to another port by
+/// its destination MAC: that port's (its ingress stage, if the egress
+/// stage lets the frame on).
 #[inline]
-fn first_zone(plan: &Plan, src: Source, dst_key: u64, hint: &mut Hint) -> Option<Zone> {
-    let port = match src {
-        Source::Port(p) | Source::Peer(p) => Some(p),
-        Source::Uplink if mac_key_is_group(dst_key) => None,
+fn stage_zones(plan: &Plan, src: Source, dst_key: u64, hint: &mut Hint) -> [Option<Zone>; 2] {
+    let zone = |p: Option<PortIdx>| p.and_then(|p| plan.port(p)).map(|p| p.zone);
+    match src {
+        Source::Port(p) if !mac_key_is_group(dst_key) => [zone(Some(p)), zone(plan.port_by_mac_key(dst_key).filter(|&q| q != p))],
+        Source::Port(p) | Source::Peer(p) => [zone(Some(p)), None],
+        Source::Uplink if mac_key_is_group(dst_key) => [None; 2],
         Source::Uplink => {
             let q = plan.port_by_mac_key(dst_key);
             hint.by_mac = Some(q);
-            q
+            [zone(q), None]
         }
-    };
-    port.and_then(|p| plan.port(p)).map(|p| p.zone)
+    }
 }
 
 fn flip(d: Direction) -> Direction {
