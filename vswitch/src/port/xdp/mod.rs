@@ -170,8 +170,20 @@ pub struct Memory {
     /// Free frames fill rings are not given: what copies (floods, frames
     /// handed over by other loops) draw on.
     reserve: usize,
-    /// Descriptors moved to or from a ring at once (scratch).
+    /// Descriptors moved to or from a ring at once (scratch, see
+    /// [`scratch`]).
     scratch: Vec<FrameDesc>,
+}
+
+/// The first `len` descriptors of a loop's scratch space. It only grows
+/// (to the ring size, once), so taking it costs nothing: sized afresh each
+/// call, as a `Vec` resized between the transmit batch and the ring size,
+/// it rewrote a ring's worth of descriptors every loop turn.
+fn scratch(space: &mut Vec<FrameDesc>, len: usize) -> &mut [FrameDesc] {
+    if space.len() < len {
+        space.resize(len, FrameDesc::default());
+    }
+    &mut space[..len]
 }
 
 impl std::fmt::Debug for Memory {
@@ -641,8 +653,7 @@ impl Rings for Socket {
     /// Takes the frames the kernel has sent (the completion ring) back to
     /// the free list; returns how many.
     fn reclaim(&mut self, mem: &mut Memory) -> usize {
-        let scratch = &mut mem.scratch;
-        scratch.resize(self.ring_size as usize, FrameDesc::default());
+        let scratch = scratch(&mut mem.scratch, self.ring_size as usize);
         // SAFETY: descriptors from the completion ring are the loop's again:
         // the kernel has sent them.
         let n = unsafe { self.cq.consume(scratch) };
@@ -683,8 +694,7 @@ impl Rings for Socket {
     /// many.
     fn receive(&mut self, mem: &mut Memory, out: &mut Vec<Frame>, max: usize) -> usize {
         self.busy_poll();
-        let scratch = &mut mem.scratch;
-        scratch.resize(max.min(self.ring_size as usize), FrameDesc::default());
+        let scratch = scratch(&mut mem.scratch, max.min(self.ring_size as usize));
         // SAFETY: the frames the rx ring hands back are the loop's: the
         // kernel has written them and lets go.
         let n = unsafe { self.rx.consume(scratch) };
@@ -705,9 +715,10 @@ impl Rings for Socket {
             let room = usize::try_from(self.tx.nb_free(u32::try_from(frames.len()).unwrap_or(u32::MAX))).unwrap_or(usize::MAX);
             let take = frames.len().min(room);
             if take > 0 {
-                let scratch = &mut mem.scratch;
-                scratch.clear();
-                scratch.extend(frames[..take].iter().map(|f| f.0));
+                let scratch = scratch(&mut mem.scratch, take);
+                for (d, f) in scratch.iter_mut().zip(&frames[..take]) {
+                    *d = f.0;
+                }
                 // SAFETY: the frames are the loop's (held as `Frame`s, so in
                 // no ring), of this UMEM; xsk-rs submits all or none, and
                 // the ones it took are removed from `frames` below, so no
