@@ -257,15 +257,27 @@ impl Memory {
     /// A free frame holding a copy of `bytes`; `None` if none is free (or
     /// the bytes do not fit).
     pub fn copy_in(&mut self, bytes: &[u8]) -> Option<Frame> {
+        self.fill_in(bytes.len(), |dst| {
+            dst.copy_from_slice(bytes);
+            true
+        })
+    }
+
+    /// A free frame of `len` bytes that `fill` writes, all of them, where
+    /// they are (a reader that can write into the frame needs no copy in
+    /// between); `None`, with no frame taken, if none is free, `len` is
+    /// more than a frame holds, or `fill` says it could not (then it is
+    /// not called again).
+    pub fn fill_in(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> bool) -> Option<Frame> {
         let mut d = self.free.pop()?;
         // SAFETY: `d` came from the free list: no ring holds it.
         let mut data = unsafe { self.umem.data_mut(&mut d) };
         let mut cursor = data.cursor();
-        // A frame dropped back to the free list keeps its old length, and a
-        // cursor writes after it: start at the beginning.
-        cursor.set_pos(0);
-        let written = std::io::Write::write_all(&mut cursor, bytes).is_ok();
-        if written {
+        // The frame's length is the cursor's position (a frame dropped
+        // back to the free list keeps its old one).
+        let fits = len <= cursor.buf_len();
+        cursor.set_pos(len);
+        if fits && fill(data.contents_mut()) {
             Some(Frame(d))
         } else {
             self.free.push(d);
