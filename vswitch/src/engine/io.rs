@@ -348,7 +348,7 @@ impl Io {
             // Every receive queue of the port's interface; all in this loop,
             // which owns the port's zone.
             for queue in 0..sys::rx_queues(name) {
-                let found = self.socks.iter().position(|s| !s.vhost() && s.sock.interface() == name && s.sock.queue() == queue);
+                let found = self.socks.iter().position(|s| same(s, (name, None)) && s.sock.queue() == queue);
                 let opened = self.found_or_opened(found, name, |mem| open(mem, host, name, queue, Source::Port(p), cap, strict));
                 let Some(at) = opened else { break };
                 self.socks[at].src = Source::Port(p);
