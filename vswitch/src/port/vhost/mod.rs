@@ -37,7 +37,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 
 use vm_memory::GuestMemoryMmap;
 
-use self::split::{ChainError, Desc, Head, Split};
+use self::split::{Access, ChainError, Desc, Head, Split};
 
 use super::Rings;
 use super::xdp::{FRAME_SIZE, Frame, Memory};
@@ -400,7 +400,7 @@ impl Rings for VhostUser {
         // whose misses overlap), each buffer's load started; then the
         // copies, one per frame.
         let mut heads = [Head::default(); RX_BATCH];
-        let taken = ring.split.take_batch(&mut heads[..max.min(RX_BATCH)], self.header as u64);
+        let taken = ring.split.take_batch(&mut heads[..max.min(RX_BATCH)], self.header as u64, Access::Read);
         let mut n = 0;
         for &Head { head, addr, len: dlen, flags } in &heads[..taken] {
             // The common case, one read-only descriptor holding a frame of
@@ -478,7 +478,7 @@ impl Rings for VhostUser {
         // frame whose buffer is not one writable descriptor large enough
         // takes the general path (the buffers from it on are put back).
         let mut bufs = [Head::default(); RX_BATCH];
-        let got = ring.split.take_batch(&mut bufs[..frames.len().min(RX_BATCH)], 0);
+        let got = ring.split.take_batch(&mut bufs[..frames.len().min(RX_BATCH)], 0, Access::Write);
         let mut taken = 0;
         for &Head { head, addr, len: room, flags } in &bufs[..got] {
             let data = mem.data(&frames[taken]);

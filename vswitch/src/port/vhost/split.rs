@@ -117,6 +117,13 @@ impl Split {
         Some(Split { size, desc, avail, used, next_avail: base, next_used: base, published: base, avail_seen: base, regions, _mem: mem })
     }
 
+    /// Where running index `i` falls in the ring: `size` is a power of
+    /// two (checked in `new`), so a mask, not a division in the loop.
+    #[inline]
+    fn slot(&self, i: u16) -> usize {
+        usize::from(i & (self.size - 1))
+    }
+
     pub(super) fn next_avail(&self) -> u16 {
         self.next_avail
     }
@@ -146,7 +153,7 @@ impl Split {
         if self.next_avail == self.avail_seen {
             return None;
         }
-        let slot = usize::from(self.next_avail % self.size);
+        let slot = self.slot(self.next_avail);
         // SAFETY: slot < size: inside the available ring's entries.
         let head = u16::from_le(unsafe { self.avail.add(4 + 2 * slot).cast::<u16>().read_volatile() });
         self.next_avail = self.next_avail.wrapping_add(1);
@@ -172,9 +179,15 @@ impl Split {
 
     /// Takes up to `out.len()` posted chains (as of the last `refresh`),
     /// each head with its first descriptor, and starts loading each
-    /// buffer's bytes from `offset` on; how many. Reading a batch's
-    /// descriptors before any copy lets their cache misses overlap.
-    pub(super) fn take_batch(&mut self, out: &mut [Head], offset: u64) -> usize {
+    /// buffer's bytes from `offset` on (for `access`), and the used-ring
+    /// entries the chains will take, for writing; how many. Reading a
+    /// batch's descriptors before any copy lets their cache misses overlap.
+    ///
+    /// The lines the guest last wrote are in its core's cache: a read
+    /// prefetch fetches them shared, and a write to them then pays a
+    /// second trip between the cores to own them. A buffer the switch
+    /// writes (and every used entry) is asked for owned at once.
+    pub(super) fn take_batch(&mut self, out: &mut [Head], offset: u64, access: Access) -> usize {
         let mut n = 0;
         for slot in out.iter_mut() {
             let Some(head) = self.pop() else { break };
@@ -184,8 +197,21 @@ impl Split {
             } else {
                 Head { head, addr: 0, len: 0, flags: u16::MAX }
             };
-            self.prefetch(slot.addr.wrapping_add(offset));
+            if let Some(p) = translate(&self.regions, slot.addr.wrapping_add(offset), 1) {
+                prefetch(p, access);
+            }
             n += 1;
+        }
+        // The used entries (8 bytes each, after the 4-byte header) these
+        // chains will take, a line at a time.
+        // The batch's last entry too: it is in the line after the others'
+        // when the entries do not start a line.
+        let taken = u16::try_from(n).unwrap_or(u16::MAX);
+        for at in (0..taken).step_by(8).chain(taken.checked_sub(1)) {
+            let slot = self.slot(self.next_used.wrapping_add(at));
+            // SAFETY: a slot is below `size`: inside the used ring; the
+            // pointer is only prefetched.
+            prefetch(unsafe { self.used.add(4 + 8 * slot) }, Access::Write);
         }
         n
     }
@@ -200,19 +226,6 @@ impl Split {
     /// direct.
     pub(super) fn simple_writable(flags: u16) -> bool {
         flags & (F_NEXT | F_INDIRECT) == 0 && flags & F_WRITE != 0
-    }
-
-    /// Asks the CPU to start loading the guest bytes at `addr` (a hint: an
-    /// address outside the guest's memory is ignored).
-    fn prefetch(&self, addr: u64) {
-        if let Some(p) = translate(&self.regions, addr, 1) {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: a prefetch is a hint that never faults; `p` is inside
-            // a mapped region anyway.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>());
-            }
-        }
     }
 
     /// The descriptors of the chain at `head`, into `out`; how many.
@@ -259,7 +272,7 @@ impl Split {
     /// Records chain `head` as used, `len` bytes written; seen by the guest
     /// at the next `publish`.
     pub(super) fn push_used(&mut self, head: u16, len: u32) {
-        let slot = usize::from(self.next_used % self.size);
+        let slot = self.slot(self.next_used);
         // SAFETY: slot < size: inside the used ring's entries (8 bytes
         // each, after the 4-byte header).
         unsafe {
@@ -301,6 +314,29 @@ impl Split {
         a.store(if on { 0 } else { USED_F_NO_NOTIFY.to_le() }, Ordering::SeqCst);
         on && self.avail_idx() != self.next_avail
     }
+}
+
+/// What the switch will do with guest bytes it asks for ahead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Access {
+    Read,
+    Write,
+}
+
+/// Asks the CPU to start loading the line at `p`, to read it or to own it
+/// for writing (a hint: it never faults, whatever `p` is).
+#[inline]
+fn prefetch(p: *const u8, access: Access) {
+    #[cfg(target_arch = "x86_64")]
+    match access {
+        // SAFETY: a prefetch is a hint that never faults.
+        Access::Read => unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>()) },
+        // SAFETY: as above; PREFETCHW (a no-op on a CPU without it) reads
+        // no memory into registers and writes none.
+        Access::Write => unsafe { std::arch::asm!("prefetchw [{0}]", in(reg) p, options(nostack, preserves_flags, readonly)) },
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, access);
 }
 
 /// The host address of guest bytes [addr, addr + len), if they lie in one
