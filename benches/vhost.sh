@@ -35,13 +35,23 @@
 # over the run; it shares core 1 as vhostgen does, and its forwarding is
 # part of the loop, so it is a floor for the system, not a ceiling.
 #
-# Output (--json): one line per point,
-#   {"system","rules","cores","case","offered_mpps","mpps"}
-# then one summary line per rule count with the issue's ratios.
+# Rounds (--rounds, 3): every point is measured once a round, the systems
+# side by side (sgswitch then Open vSwitch, the other way round in the
+# next round). This machine's speed moves between two levels about 1.5x
+# apart over seconds, for every system alike (docs/bench/README.md), so a
+# ratio is taken within a round, of two runs seconds apart, and the median
+# of the rounds' ratios is reported.
+#
+# Output (--json): one line per point and round,
+#   {"system","rules","cores","round","case","offered_mpps","mpps"}
+# then per point the median over the rounds ({"rounds","mpps",
+# "per_round"}), and one summary line per rule count with the issue's
+# ratios (the median of the rounds' ratios, and each round's).
 set -euo pipefail
 
 json=0
 seconds=5
+rounds=3
 systems="sgswitch ovs-dpdk"
 rule_counts="10 1000"
 while [ $# -gt 0 ]; do
@@ -50,7 +60,8 @@ while [ $# -gt 0 ]; do
     --quick) seconds=3 ;;
     --systems) systems=$2; shift ;;
     --rules) rule_counts=$2; shift ;;
-    *) echo "usage: $0 [--json] [--quick] [--systems \"...\"] [--rules \"10 1000\"]" >&2; exit 2 ;;
+    --rounds) rounds=$2; shift ;;
+    *) echo "usage: $0 [--json] [--quick] [--systems \"...\"] [--rules \"10 1000\"] [--rounds N]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -196,40 +207,70 @@ testpmd() { # tx-socket rx-socket seconds -> prints the receiving port's Mpps
 
 results=$work/results
 : >"$results"
+emit() { # line
+  echo "$1" >>"$results"
+  if [ $json -eq 1 ]; then echo "$1"; else echo "$1" | sed 's/[{}"]//g'; fi
+}
 for rules in $rule_counts; do
-  for system in $systems; do
+  for round in $(seq "$rounds"); do
+    # The systems in turn for each point, the first one swapped every
+    # round: the machine's rate moves over seconds (docs/bench/README.md),
+    # and two runs side by side see the same machine more often than two
+    # runs a minute apart.
+    order=$systems
+    [ $((round % 2)) -eq 0 ] && order=$(echo "$systems" | tr ' ' '\n' | tac | tr '\n' ' ')
     for case in established new; do
-      read -r txs rxs < <(start "$system" "$rules")
-      out=$(taskset -c 1 "$bin/vhostgen" --tx "$txs" --rx "$rxs" --case "$case" --seconds "$seconds" --core 1 \
-        --src-mac $TX_MAC --dst-mac $RX_MAC --dport $DPORT 2>"$work/gen.log") || { cat "$work/gen.log" >&2; exit 1; }
-      stop_all
-      line=$(echo "$out" | sed "s/^{/{\"system\":\"$system\",\"rules\":$rules,\"cores\":1,/")
-      echo "$line" >>"$results"
-      if [ $json -eq 1 ]; then echo "$line"; else echo "$system rules=$rules $case: $(echo "$out" | sed 's/[{}"]//g')"; fi
+      for system in $order; do
+        read -r txs rxs < <(start "$system" "$rules")
+        out=$(taskset -c 1 "$bin/vhostgen" --tx "$txs" --rx "$rxs" --case "$case" --seconds "$seconds" --core 1 \
+          --src-mac $TX_MAC --dst-mac $RX_MAC --dport $DPORT 2>"$work/gen.log") || { cat "$work/gen.log" >&2; exit 1; }
+        stop_all
+        emit "$(echo "$out" | sed "s/^{/{\"system\":\"$system\",\"rules\":$rules,\"cores\":1,\"round\":$round,/")"
+      done
     done
-    read -r txs rxs < <(start "$system" "$rules")
-    mpps=$(testpmd "$txs" "$rxs" "$seconds")
-    stop_all
-    line="{\"system\":\"$system\",\"rules\":$rules,\"cores\":1,\"case\":\"established-testpmd\",\"mpps\":$mpps}"
-    echo "$line" >>"$results"
-    if [ $json -eq 1 ]; then echo "$line"; else echo "$system rules=$rules established-testpmd: mpps:$mpps"; fi
+    for system in $order; do
+      read -r txs rxs < <(start "$system" "$rules")
+      mpps=$(testpmd "$txs" "$rxs" "$seconds")
+      stop_all
+      emit "{\"system\":\"$system\",\"rules\":$rules,\"cores\":1,\"round\":$round,\"case\":\"established-testpmd\",\"mpps\":$mpps}"
+    done
   done
 done
 
-# Ratios within this run, per rule count.
+# Per point, the median over the rounds; per rule count, the ratios: each
+# round's (the two systems' runs of a point side by side) and their median.
 python3 - "$results" "$json" <<'EOF'
-import json, sys
+import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 as_json = sys.argv[2] == "1"
+out = lambda d: print(json.dumps(d) if as_json else " ".join(f"{k}={v}" for k, v in d.items()))
+rounds = sorted({r["round"] for r in rows})
+def get(s, rules, c, rnd):
+    return next((r["mpps"] for r in rows if r["system"] == s and r["rules"] == rules and r["case"] == c and r["round"] == rnd), None)
+def med(s, rules, c):
+    v = [m for m in (get(s, rules, c, r) for r in rounds) if m is not None]
+    return round(statistics.median(v), 3) if v else None
 for rules in sorted({r["rules"] for r in rows}):
-    get = lambda s, c: next((r["mpps"] for r in rows if r["system"] == s and r["rules"] == rules and r["case"] == c), None)
-    sg_e, sg_n, ovs_e, ovs_n = get("sgswitch", "established"), get("sgswitch", "new"), get("ovs-dpdk", "established"), get("ovs-dpdk", "new")
-    sg_t, ovs_t = get("sgswitch", "established-testpmd"), get("ovs-dpdk", "established-testpmd")
-    ratio = lambda a, b: round(a / b, 2) if a is not None and b else None
-    s = {"summary": True, "rules": rules, "sgswitch_established_mpps": sg_e, "sgswitch_new_mpps": sg_n,
-         "established_vs_ovs_dpdk": ratio(sg_e, ovs_e), "new_vs_ovs_dpdk": ratio(sg_n, ovs_n),
-         "testpmd_established_vs_ovs_dpdk": ratio(sg_t, ovs_t),
+    for s in sorted({r["system"] for r in rows}):
+        for c in ("established", "new", "established-testpmd"):
+            m = med(s, rules, c)
+            if m is not None:
+                out({"system": s, "rules": rules, "cores": 1, "case": c, "rounds": len(rounds), "mpps": m,
+                     "per_round": [get(s, rules, c, r) for r in rounds]})
+for rules in sorted({r["rules"] for r in rows}):
+    def ratios(c):
+        v = []
+        for r in rounds:
+            a, b = get("sgswitch", rules, c, r), get("ovs-dpdk", rules, c, r)
+            if a is not None and b:
+                v.append(round(a / b, 2))
+        return v
+    re_, rn, rt = ratios("established"), ratios("new"), ratios("established-testpmd")
+    m = lambda v: round(statistics.median(v), 2) if v else None
+    sg_e, sg_n = med("sgswitch", rules, "established"), med("sgswitch", rules, "new")
+    out({"summary": True, "rules": rules, "rounds": len(rounds), "sgswitch_established_mpps": sg_e, "sgswitch_new_mpps": sg_n,
+         "established_vs_ovs_dpdk": m(re_), "new_vs_ovs_dpdk": m(rn), "testpmd_established_vs_ovs_dpdk": m(rt),
+         "established_vs_ovs_dpdk_per_round": re_, "new_vs_ovs_dpdk_per_round": rn,
          "target_established_5mpps": sg_e is not None and sg_e >= 5.0, "target_new_2mpps": sg_n is not None and sg_n >= 2.0,
-         "target_vs_ovs_1_5x": (ratio(sg_e, ovs_e) or 0) >= 1.5 and (ratio(sg_n, ovs_n) or 0) >= 1.5}
-    print(json.dumps(s) if as_json else " ".join(f"{k}={v}" for k, v in s.items()))
+         "target_vs_ovs_1_5x": (m(re_) or 0) >= 1.5 and (m(rn) or 0) >= 1.5})
 EOF
