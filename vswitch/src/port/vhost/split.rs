@@ -88,6 +88,8 @@ pub(super) struct Split {
     /// device's to take.
     avail_seen: u16,
     regions: Vec<Region>,
+    /// The CPU has PREFETCHW (else a write prefetch is a read one).
+    prefetchw: bool,
     _mem: Arc<GuestMem>,
 }
 
@@ -114,7 +116,19 @@ impl Split {
         let desc = find(desc, 16 * n)?;
         let avail = find(avail, 6 + 2 * n)?;
         let used = find(used, 6 + 8 * n)?;
-        Some(Split { size, desc, avail, used, next_avail: base, next_used: base, published: base, avail_seen: base, regions, _mem: mem })
+        Some(Split {
+            size,
+            desc,
+            avail,
+            used,
+            next_avail: base,
+            next_used: base,
+            published: base,
+            avail_seen: base,
+            regions,
+            prefetchw: has_prefetchw(),
+            _mem: mem,
+        })
     }
 
     /// Where running index `i` falls in the ring: `size` is a power of
@@ -198,20 +212,19 @@ impl Split {
                 Head { head, addr: 0, len: 0, flags: u16::MAX }
             };
             if let Some(p) = translate(&self.regions, slot.addr.wrapping_add(offset), 1) {
-                prefetch(p, access);
+                self.prefetch(p, access);
             }
             n += 1;
         }
-        // The used entries (8 bytes each, after the 4-byte header) these
-        // chains will take, a line at a time.
-        // The batch's last entry too: it is in the line after the others'
-        // when the entries do not start a line.
+        // The used entries these chains will take (8 bytes each, after the
+        // 4-byte header), a line at a time, and the last one's (the line
+        // after the others' when the entries do not start a line).
         let taken = u16::try_from(n).unwrap_or(u16::MAX);
         for at in (0..taken).step_by(8).chain(taken.checked_sub(1)) {
             let slot = self.slot(self.next_used.wrapping_add(at));
             // SAFETY: a slot is below `size`: inside the used ring; the
             // pointer is only prefetched.
-            prefetch(unsafe { self.used.add(4 + 8 * slot) }, Access::Write);
+            self.prefetch(unsafe { self.used.add(4 + 8 * slot) }, Access::Write);
         }
         n
     }
@@ -226,6 +239,24 @@ impl Split {
     /// direct.
     pub(super) fn simple_writable(flags: u16) -> bool {
         flags & (F_NEXT | F_INDIRECT) == 0 && flags & F_WRITE != 0
+    }
+
+    /// Asks the CPU to start loading the line at `p`, to read it or to own
+    /// it for writing (a hint: it never faults, whatever `p` is).
+    #[inline]
+    fn prefetch(&self, p: *const u8, access: Access) {
+        #[cfg(target_arch = "x86_64")]
+        if access == Access::Write && self.prefetchw {
+            // SAFETY: a prefetch is a hint that never faults; the CPU has
+            // the instruction (`has_prefetchw`); it reads no memory into
+            // registers and writes none.
+            unsafe { std::arch::asm!("prefetchw [{0}]", in(reg) p, options(nostack, preserves_flags, readonly)) }
+        } else {
+            // SAFETY: a prefetch is a hint that never faults.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>()) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (p, access);
     }
 
     /// The descriptors of the chain at `head`, into `out`; how many.
@@ -323,20 +354,16 @@ pub(super) enum Access {
     Write,
 }
 
-/// Asks the CPU to start loading the line at `p`, to read it or to own it
-/// for writing (a hint: it never faults, whatever `p` is).
-#[inline]
-fn prefetch(p: *const u8, access: Access) {
+/// Whether the CPU has PREFETCHW (CPUID 0x8000_0001, ECX bit 8): the
+/// kernel's `prefetchw` checks the same before it uses the instruction.
+fn has_prefetchw() -> bool {
     #[cfg(target_arch = "x86_64")]
-    match access {
-        // SAFETY: a prefetch is a hint that never faults.
-        Access::Read => unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>()) },
-        // SAFETY: as above; PREFETCHW (a no-op on a CPU without it) reads
-        // no memory into registers and writes none.
-        Access::Write => unsafe { std::arch::asm!("prefetchw [{0}]", in(reg) p, options(nostack, preserves_flags, readonly)) },
+    {
+        let leaf = 0x8000_0001;
+        std::arch::x86_64::__get_cpuid_max(0x8000_0000).0 >= leaf && std::arch::x86_64::__cpuid(leaf).ecx & (1 << 8) != 0
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (p, access);
+    false
 }
 
 /// The host address of guest bytes [addr, addr + len), if they lie in one
@@ -349,4 +376,17 @@ fn translate(regions: &[Region], addr: u64, len: u64) -> Option<*mut u8> {
     }
     // SAFETY: off + len <= r.len: inside the region's mapping.
     Some(unsafe { r.host.add(usize::try_from(off).ok()?) })
+}
+
+#[cfg(test)]
+mod tests {
+    /// The CPUID bit read is the one Linux reports as `3dnowprefetch`.
+    #[test]
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    fn prefetchw_is_found_where_the_kernel_finds_it() {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").expect("/proc/cpuinfo");
+        let flags = cpuinfo.lines().find(|l| l.starts_with("flags")).expect("a flags line");
+        let kernel = flags.split_whitespace().any(|f| f == "3dnowprefetch");
+        assert_eq!(super::has_prefetchw(), kernel, "{flags}");
+    }
 }
