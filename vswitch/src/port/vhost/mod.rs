@@ -405,28 +405,23 @@ impl Rings for VhostUser {
         for &Head { head, addr, len: dlen, flags } in &heads[..taken] {
             // The common case, one read-only descriptor holding a frame of
             // a size a frame takes: from the guest straight into a free
-            // frame. With no frame free, the general path below counts the
-            // drop as it would.
+            // frame. Not made, the frame is counted as the general path
+            // below would count it (outside the guest's memory: malformed;
+            // else no frame was free), without reading it to find out.
             if Split::simple(flags)
                 && let Some(b) = (dlen as usize).checked_sub(self.header).filter(|b| (14..=FRAME_SIZE as usize).contains(b))
                 && let Some(at) = addr.checked_add(self.header as u64)
             {
-                let mut readable = true;
-                let direct = mem.fill_in(b, |dst| {
-                    readable = ring.split.read(at, dst);
-                    readable
-                });
-                if direct.is_some() || !readable {
-                    ring.split.push_used(head, 0);
-                    match direct {
-                        Some(f) => {
-                            out.push(f);
-                            n += 1;
-                        }
-                        None => self.counts.malformed += 1,
+                ring.split.push_used(head, 0);
+                match mem.fill_in(b, |dst| ring.split.read(at, dst)) {
+                    Some(f) => {
+                        out.push(f);
+                        n += 1;
                     }
-                    continue;
+                    None if ring.split.holds(at, b) => self.counts.no_frame += 1,
+                    None => self.counts.malformed += 1,
                 }
+                continue;
             }
             let read = if Split::simple(flags) {
                 // One read-only descriptor: the header, then the frame.

@@ -281,6 +281,12 @@ impl Split {
         }
     }
 
+    /// Whether guest bytes [addr, addr + len) are all inside the guest's
+    /// memory (what `read` and `write` check).
+    pub(super) fn holds(&self, addr: u64, len: usize) -> bool {
+        translate(&self.regions, addr, len as u64).is_some()
+    }
+
     /// Copies guest bytes at `addr` into `to`; false if they are not all
     /// inside the guest's memory.
     pub(super) fn read(&self, addr: u64, to: &mut [u8]) -> bool {
