@@ -78,6 +78,14 @@ fn unknown_key_in_host_toml_lists_the_keys() {
 }
 
 #[test]
+fn a_napi_threads_value_that_is_not_a_choice_names_the_choices() {
+    assert_errors(
+        &[("host.toml", "[datapath]\nnapi_threads = \"lower\"\n")],
+        &["host.toml:2:16: `napi_threads` = \"lower\" is not one of \"yield\", \"leave\""],
+    );
+}
+
+#[test]
 fn wrong_type_says_what_was_expected_and_found() {
     let g = "id = \"sg-a\"\n[[ingress]]\npriority = \"high\"\nprotocol = \"tcp\"\nsource = \"0.0.0.0/0\"\n";
     assert_errors(&[("groups/sg-a.toml", g)], &["groups/sg-a.toml:3:12: `priority` must be an integer, not a string"]);

@@ -609,6 +609,7 @@ fn parse_host(src: &mut Source<'_>, t: &Table<'_, '_>) -> Host {
                 "napi_defer_hard_irqs",
                 "idle_spin_us",
                 "fast_path",
+                "napi_threads",
             ],
         );
         if let Some(cores) = d.integers(src, "cores") {
@@ -644,6 +645,9 @@ fn parse_host(src: &mut Source<'_>, t: &Table<'_, '_>) -> Host {
                 "off" => FastPath::Off,
                 _ => FastPath::Auto,
             };
+        }
+        if let Some(m) = d.choice(src, "napi_threads", &["yield", "leave"]) {
+            h.datapath.napi_threads = if m.v == "leave" { NapiThreads::Leave } else { NapiThreads::Yield };
         }
         if let Some(b) = d.boolean(src, "busy_poll") {
             h.datapath.busy_poll = b;

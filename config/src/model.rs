@@ -70,6 +70,19 @@ pub enum FastPath {
     Off,
 }
 
+/// `[datapath] napi_threads`: what the switch does with a NAPI thread
+/// (threaded NAPI) of its interfaces that is pinned to a loop's core and
+/// that the loop cannot busy poll.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum NapiThreads {
+    /// Runs it at idle priority while the loop runs, so that the kernel
+    /// receives only as fast as the loop takes frames.
+    #[default]
+    Yield,
+    /// Leaves its scheduling as it is.
+    Leave,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ZeroCopy {
     #[default]
@@ -121,6 +134,7 @@ pub struct Datapath {
     /// that pauses briefly (between bursts) meets a loop still polling.
     pub idle_spin_us: u32,
     pub fast_path: FastPath,
+    pub napi_threads: NapiThreads,
 }
 
 impl Default for Datapath {
@@ -138,6 +152,7 @@ impl Default for Datapath {
             napi_defer_hard_irqs: 2,
             idle_spin_us: 50,
             fast_path: FastPath::Auto,
+            napi_threads: NapiThreads::Yield,
         }
     }
 }

@@ -1,12 +1,14 @@
 //! AF_XDP sockets on veth pairs these tests make (root): a sender that
 //! keeps its tx ring full gets every frame out, one transmit call sends all
-//! it queued, an idle wait ends when a frame arrives, and the interface
-//! settings busy polling needs are applied and restored.
+//! it queued, an idle wait ends when a frame arrives, the interface
+//! settings busy polling needs are applied and restored, and a NAPI thread
+//! on a loop's core yields to it and is put back.
 
 use std::time::{Duration, Instant};
 
+use sgswitch::engine::napi::NapiThreads;
 use sgswitch::port::Rings;
-use sgswitch::port::xdp::{BUSY_WAIT, BindOptions, Frame, Memory, sys};
+use sgswitch::port::xdp::{BUSY_WAIT, BindOptions, Frame, Memory, napi, sys};
 use sgswitch_config::{XdpMode, ZeroCopy};
 use sgswitch_tests::netns::sh;
 
@@ -263,4 +265,88 @@ fn the_fast_path_program_loads_and_frames_without_a_flow_reach_the_socket() {
         socket.receive(&mut mem, &mut got, 8);
     }
     assert_eq!(got.len(), 1, "the frame reached the socket");
+}
+
+/// The pid of the NAPI thread of `iface` (threaded NAPI), as the kernel's
+/// `netdev` family names it.
+fn napi_thread(iface: &str) -> i32 {
+    let netdev = napi::Netdev::open().expect("the netdev generic netlink family (Linux 6.9 and later)");
+    let contexts = netdev.contexts(sys::ifindex(iface)).expect("napi-get");
+    let pids: Vec<i32> = contexts.iter().map(|c| c.pid).filter(|&p| p != 0).collect();
+    assert_eq!(pids.len(), 1, "one NAPI thread for a one-queue veth: {contexts:?}");
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", pids[0])).expect("its name");
+    assert!(comm.starts_with(&format!("napi/{iface}-")), "the thread named is the interface's: {comm}");
+    pids[0]
+}
+
+fn pin(pid: i32, cpus: &str) {
+    assert!(sh(&format!("taskset -pc {cpus} {pid}")), "taskset {cpus} {pid}");
+}
+
+/// A NAPI thread pinned to a loop's core runs at idle priority while the
+/// loop holds it, and is put back when it moves away or the loop lets go;
+/// one under a policy someone chose (real time) is left as it is.
+#[test]
+fn a_napi_thread_on_the_loops_core_yields_and_is_put_back() {
+    let _pair = Pair::up("sgt-npa", "sgt-npb");
+    assert!(sh("ethtool -K sgt-npa gro on >/dev/null && echo 1 > /sys/class/net/sgt-npa/threaded"));
+    let pid = napi_thread("sgt-npa");
+    let ifindex = sys::ifindex("sgt-npa");
+    let all = std::fs::read_to_string("/sys/devices/system/cpu/online").expect("online CPUs").trim().to_owned();
+    let policy = || napi::policy(pid).expect("the thread's policy");
+    assert_eq!(policy(), libc::SCHED_OTHER, "the kernel's default");
+
+    let mut threads = NapiThreads::new(0, 0);
+    // Free to run anywhere: not the loop's to take.
+    pin(pid, &all);
+    let single = all == "0";
+    if !single {
+        assert!(!threads.refresh(&[ifindex]));
+        assert_eq!(policy(), libc::SCHED_OTHER, "a thread not pinned to the loop's core is left");
+    }
+    pin(pid, "0");
+    assert!(threads.refresh(&[ifindex]), "taken");
+    assert_eq!(policy(), libc::SCHED_IDLE);
+    assert!(threads.any());
+    assert_eq!(threads.names(), vec![std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap().trim().to_owned()]);
+    assert!(!threads.refresh(&[ifindex]), "held already: nothing changes");
+    // The interface is no longer the loop's.
+    assert!(threads.refresh(&[]));
+    assert_eq!(policy(), libc::SCHED_OTHER, "put back when the loop no longer has the interface");
+    assert!(threads.refresh(&[ifindex]));
+    if !single {
+        pin(pid, &all);
+        assert!(threads.refresh(&[ifindex]), "moved away");
+        assert_eq!(policy(), libc::SCHED_OTHER, "put back when it moved away");
+        pin(pid, "0");
+        assert!(threads.refresh(&[ifindex]));
+    }
+    drop(threads);
+    assert_eq!(policy(), libc::SCHED_OTHER, "put back when the loop lets go");
+
+    // Real time, chosen by someone: left.
+    assert!(sh(&format!("chrt -f -p 10 {pid}")));
+    let mut threads = NapiThreads::new(0, 0);
+    assert!(!threads.refresh(&[ifindex]));
+    assert_eq!(policy(), libc::SCHED_FIFO, "a real-time thread is left as it is");
+    drop(threads);
+    assert_eq!(policy(), libc::SCHED_FIFO);
+    assert!(sh(&format!("chrt -o -p 0 {pid}")));
+}
+
+/// A switch killed while a NAPI thread yielded to it leaves the thread at
+/// idle priority: the next takes it, and puts it back to the kernel's
+/// default when it lets go.
+#[test]
+fn a_napi_thread_a_killed_switch_left_idle_is_put_back_by_the_next() {
+    let _pair = Pair::up("sgt-npc", "sgt-npd");
+    assert!(sh("ethtool -K sgt-npc gro on >/dev/null && echo 1 > /sys/class/net/sgt-npc/threaded"));
+    let pid = napi_thread("sgt-npc");
+    pin(pid, "0");
+    std::mem::forget(napi::yield_thread(pid).expect("yielded"));
+    assert_eq!(napi::policy(pid), Some(libc::SCHED_IDLE));
+    let mut threads = NapiThreads::new(0, 0);
+    assert!(threads.refresh(&[sys::ifindex("sgt-npc")]));
+    drop(threads);
+    assert_eq!(napi::policy(pid), Some(libc::SCHED_OTHER), "the kernel's default again");
 }

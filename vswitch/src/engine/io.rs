@@ -426,6 +426,21 @@ impl Io {
 
     /// Logs each interface whose state changed since `log` last saw it, and
     /// the state of all of them for status and metrics.
+    /// The interfaces of its AF_XDP sockets that the loop does not busy
+    /// poll (not asked for, or the kernel names no NAPI context), each
+    /// once: the kernel receives for them in its own context.
+    pub fn unpolled_interfaces(&self) -> Vec<u32> {
+        let mut out: Vec<u32> = self
+            .socks
+            .iter()
+            .filter(|p| matches!(p.sock, Link::Xdp(_)) && matches!(p.sock.busy_polled(), BusyPolled::Off | BusyPolled::Unavailable))
+            .map(|p| p.sock.ifindex())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     pub fn report(&self, plan: &Plan, me: Owner, uplink: &str, log: &mut LinkLog) -> Vec<LinkState> {
         let mut states = Vec::new();
         let mut names: Vec<(&str, Option<&str>)> = vec![(uplink, None)];

@@ -18,6 +18,7 @@
 pub mod fast;
 pub mod forward;
 pub mod io;
+pub mod napi;
 pub mod stats;
 
 use std::sync::Arc;
@@ -50,6 +51,13 @@ const LINK_CHECK_MS: u64 = 1000;
 const STATS_EVERY_MS: u64 = 250;
 /// Requests a loop takes from the control socket per iteration.
 const REQUESTS_PER_ITERATION: usize = 4;
+/// How long a loop that NAPI threads yield to (`[datapath] napi_threads`)
+/// stays busy before it gives them a turn: a loop kept busy by other
+/// sockets would otherwise leave them next to nothing of the core. Their
+/// turn is one poll (up to 64 frames) for a sleep of a microsecond (up to
+/// the timer slack, 50 us).
+const STEP_ASIDE: Duration = Duration::from_millis(1);
+
 /// How long an idle loop (`busy_poll = false`) waits for its sockets to
 /// receive before it looks at its inbox and timers again.
 const IDLE_WAIT: Duration = Duration::from_micros(200);
@@ -319,6 +327,12 @@ pub fn poll_loop(
     let mut waits: Vec<libc::pollfd> = Vec::with_capacity(io.socks.len() + 8);
     let idle_spin = Duration::from_micros(u64::from(host.datapath.idle_spin_us));
     let mut last_busy = Instant::now();
+    // Since when the loop has been busy without a break (see STEP_ASIDE).
+    let mut streak: Option<Instant> = None;
+    // A loop that spins when idle (`busy_poll`) never lets a thread of
+    // idle priority run: it leaves them as they are.
+    let mut napi = (host.datapath.napi_threads == sgswitch_config::NapiThreads::Yield && !host.datapath.busy_poll)
+        .then(|| napi::NapiThreads::new(me.index, core));
     while !cx.stop.load(Ordering::Relaxed) {
         let latest = cx.published.load();
         let mut reconnect = false;
@@ -357,6 +371,11 @@ pub fn poll_loop(
                 let _ = io.connect(&current.plan, host, me, cx.uplink, false);
                 stats.sockets.store(Arc::new(io.socks.iter().map(|p| Arc::clone(&p.stats)).collect()));
                 stats.links.store(Arc::new(io.report(&current.plan, me, cx.uplink, &mut links)));
+            }
+            if let Some(n) = &mut napi
+                && n.refresh(&io.unpolled_interfaces())
+            {
+                stats.napi_yielded.store(Arc::new(n.names()));
             }
         }
         let plan = &current.plan;
@@ -461,12 +480,25 @@ pub fn poll_loop(
             stats_due = ms + STATS_EVERY_MS;
             publish_stats(stats, socks, &pipe, plan);
         }
+        let yielding = napi.as_ref().is_some_and(napi::NapiThreads::any);
         if busy {
             stats.busy.add(1);
             last_busy = Instant::now();
+            let since = *streak.get_or_insert(last_busy);
+            if yielding && last_busy.duration_since(since) >= STEP_ASIDE {
+                // The NAPI threads that yield to this loop run only when
+                // it waits: busy this long (frames from other sockets), it
+                // gives them a turn.
+                stats.stepped_aside.add(1);
+                std::thread::sleep(Duration::from_micros(1));
+                streak = None;
+            }
         } else {
             stats.idle.add(1);
-            if host.datapath.busy_poll || last_busy.elapsed() < idle_spin {
+            streak = None;
+            // No spinning while a NAPI thread yields to the loop: its
+            // frames come only when the loop waits.
+            if host.datapath.busy_poll || (!yielding && last_busy.elapsed() < idle_spin) {
                 std::hint::spin_loop();
             } else {
                 // Until a socket receives, or for as long as a frame handed

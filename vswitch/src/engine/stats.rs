@@ -110,6 +110,10 @@ pub struct LoopStats {
     pub sockets: ArcSwap<Vec<Arc<SocketStats>>>,
     /// The state of its interfaces, as of its last look.
     pub links: ArcSwap<Vec<LinkState>>,
+    /// The NAPI threads that run at idle priority for it (their names).
+    pub napi_yielded: ArcSwap<Vec<String>>,
+    /// Times it paused, busy, to give those threads a turn.
+    pub stepped_aside: Counter,
 }
 
 impl LoopStats {
@@ -136,6 +140,8 @@ impl LoopStats {
             conntrack_entries: (0..MAX_PORTS).map(|_| AtomicU32::new(0)).collect(),
             sockets: ArcSwap::from_pointee(Vec::new()),
             links: ArcSwap::from_pointee(Vec::new()),
+            napi_yielded: ArcSwap::from_pointee(Vec::new()),
+            stepped_aside: Counter::default(),
         }
     }
 

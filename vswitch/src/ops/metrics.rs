@@ -304,6 +304,23 @@ pub fn render(shared: &View) -> String {
         t.sample("sgswitch_loop_iterations_total", &[("loop", &lp), ("state", "busy")], l.busy.get());
         t.sample("sgswitch_loop_iterations_total", &[("loop", &lp), ("state", "idle")], l.idle.get());
     }
+    t.family(
+        "sgswitch_napi_thread_yielded_info",
+        "gauge",
+        "A NAPI thread pinned to a poll loop's core that runs at idle priority for it ([datapath] napi_threads = \"yield\"): the kernel receives for its interface only as fast as the loop takes frames.",
+    );
+    for l in &shared.loops.stats {
+        let (lp, core) = (l.index.to_string(), l.core.to_string());
+        for name in l.napi_yielded.load().iter() {
+            t.sample("sgswitch_napi_thread_yielded_info", &[("loop", &lp), ("core", &core), ("thread", name)], 1);
+        }
+    }
+    t.per_loop(
+        shared,
+        "sgswitch_loop_stepped_aside_total",
+        "Times a poll loop, busy for a millisecond without a break, paused to give the NAPI threads that yield to it a turn.",
+        |l| l.stepped_aside.get(),
+    );
     t.per_loop(shared, "sgswitch_loop_copy_failed_total", "Copies (floods, handed-over frames) that found no free UMEM frame.", |l| {
         l.copy_failed.get()
     });
