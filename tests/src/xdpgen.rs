@@ -36,6 +36,7 @@ pub const BUCKETS: u32 = 1024;
 // bpf(2) commands.
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_CREATE: libc::c_long = 28;
@@ -198,6 +199,15 @@ fn map_get(map: &OwnedFd, key: u32) -> io::Result<u64> {
     Ok(v)
 }
 
+fn map_set(map: &OwnedFd, key: u32, value: &[u64]) -> io::Result<()> {
+    let k = key;
+    let mut attr = [0u64; 4];
+    attr[0] = u64::from(u32::try_from(map.as_raw_fd()).unwrap_or(0));
+    attr[1] = (&raw const k) as u64;
+    attr[2] = value.as_ptr() as u64;
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+}
+
 fn load(insns: &[Insn], name: &str) -> io::Result<OwnedFd> {
     let license = c"GPL";
     let mut log = vec![0u8; 65536];
@@ -279,12 +289,13 @@ fn template(t: &Traffic) -> Vec<u8> {
     f
 }
 
-/// The generator's program: n = counter++ (masked to the flows); the
-/// source address's last byte = n & 0xff, the IP id = its template value
-/// minus that byte (so the sum of the two header words, and with it the
-/// checksum, is unchanged), the source port = n >> 8; the send time into
-/// the payload if stamping; `XDP_TX`.
-fn generator_program(counter: &OwnedFd, mask: u32, stamp: bool) -> Vec<Insn> {
+/// The generator's program: with a pace (see [`Generator::with_pace`]),
+/// a frame that is not due yet is dropped, unsent; n = counter++ (masked to
+/// the flows); the source address's last byte = n & 0xff, the IP id = its
+/// template value minus that byte (so the sum of the two header words, and
+/// with it the checksum, is unchanged), the source port = n >> 8; the send
+/// time into the payload if stamping; `XDP_TX`.
+fn generator_program(counter: &OwnedFd, mask: u32, stamp: bool, pace: Option<&OwnedFd>) -> Vec<Insn> {
     use asm::*;
     let mut p = Program::default();
     let out = p.label();
@@ -293,6 +304,31 @@ fn generator_program(counter: &OwnedFd, mask: u32, stamp: bool) -> Vec<Insn> {
     p.push(alu_x(MOV, 2, 7));
     p.push(alu_k(ADD, 2, i32::from(PAYLOAD) + 8));
     p.jump(jmp_x(JGT, 2, 8, 0), out);
+    if let Some(pace) = pace {
+        // r9 = &pace[0] = {next send time, interval} (ns).
+        p.push(store_imm(W, 10, -4, 0));
+        p.push(alu_x(MOV, 2, 10));
+        p.push(alu_k(ADD, 2, -4));
+        for i in map_fd(1, pace.as_raw_fd()) {
+            p.push(i);
+        }
+        p.push(call(1)); // map_lookup_elem
+        p.jump(jmp_k(JEQ, 0, 0, 0), out);
+        p.push(alu_x(MOV, 9, 0));
+        p.push(call(5)); // r0 = now (ktime_get_ns)
+        p.push(load(DW, 1, 9, 0)); // r1 = next
+        p.jump(jmp_x(JGT, 1, 0, 0), out); // not due: dropped, unsent
+        p.push(load(DW, 2, 9, 8)); // r2 = interval
+        p.push(alu_x(ADD, 1, 2));
+        // Behind (the core was taken a while): the next is an interval
+        // from now, no catching up in a burst.
+        let on_time = p.label();
+        p.jump(jmp_x(JGT, 1, 0, 0), on_time);
+        p.push(alu_x(MOV, 1, 0));
+        p.push(alu_x(ADD, 1, 2));
+        p.here(on_time);
+        p.push(store(DW, 9, 0, 1));
+    }
     p.push(store_imm(W, 10, -4, 0));
     p.push(alu_x(MOV, 2, 10));
     p.push(alu_k(ADD, 2, -4));
@@ -334,7 +370,8 @@ fn generator_program(counter: &OwnedFd, mask: u32, stamp: bool) -> Vec<Insn> {
 #[derive(Debug)]
 pub struct Generator {
     prog: OwnedFd,
-    _counter: OwnedFd,
+    counter: OwnedFd,
+    _pace: Option<OwnedFd>,
     frame: Vec<u8>,
     ifindex: u32,
     _keep: Keepalive,
@@ -389,6 +426,25 @@ fn attach(prog: &OwnedFd, iface: &str) -> io::Result<OwnedFd> {
 
 impl Generator {
     pub fn new(iface: &str, t: &Traffic) -> io::Result<Generator> {
+        Generator::make(iface, t, None)
+    }
+
+    /// A generator that paces itself in the kernel, `pps` frames a second,
+    /// each sent (and stamped) the moment it is due: its program runs
+    /// flat out (see [`Generator::run_paced`]) and drops, unsent, every
+    /// frame that is not due yet. A paced run from user space sends bursts
+    /// (a `BPF_PROG_RUN` call costs microseconds); here frames come one by
+    /// one, at an even rate, up to what the generator can make.
+    pub fn with_pace(iface: &str, t: &Traffic, pps: u64) -> io::Result<Generator> {
+        if pps == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a pace of 0 frames a second"));
+        }
+        let pace = map_array(1, 16)?;
+        map_set(&pace, 0, &[0, 1_000_000_000 / pps])?;
+        Generator::make(iface, t, Some(pace))
+    }
+
+    fn make(iface: &str, t: &Traffic, pace: Option<OwnedFd>) -> io::Result<Generator> {
         let ifindex = ifindex(iface)?;
         let counter = map_array(1, 4)?;
         let mask = match t.flows {
@@ -396,9 +452,9 @@ impl Generator {
             Some(n) => return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{n} flows: a power of two up to 2^24"))),
             None => (1 << 24) - 1,
         };
-        let prog = load(&generator_program(&counter, mask, t.stamp), "sgb_gen")?;
+        let prog = load(&generator_program(&counter, mask, t.stamp, pace.as_ref()), "sgb_gen")?;
         let keep = Keepalive::new(&prog)?;
-        Ok(Generator { prog, _counter: counter, frame: template(t), ifindex, _keep: keep })
+        Ok(Generator { prog, counter, _pace: pace, frame: template(t), ifindex, _keep: keep })
     }
 
     /// Sends `frames` frames, `batch` per kernel batch (at most 256);
@@ -428,6 +484,19 @@ impl Generator {
             sent += 65_536;
         }
         Ok(sent)
+    }
+
+    /// Runs a generator made [`Generator::with_pace`] for `d`; returns the
+    /// frames it sent. Frames wait at most a batch of 8 runs of the program
+    /// (about a microsecond) for the kernel to send them.
+    pub fn run_paced(&self, d: Duration) -> io::Result<u64> {
+        let before = map_get(&self.counter, 0)?;
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            self.send(16_384, 8)?;
+        }
+        // The counter is a u32 that counts sent frames.
+        Ok((map_get(&self.counter, 0)?.wrapping_sub(before)) & u64::from(u32::MAX))
     }
 
     /// Sends `pps` frames a second for `d`, in bursts of `burst`; returns
@@ -628,5 +697,50 @@ mod tests {
         assert_eq!(s.quantile(980_000), Some(3));
         assert_eq!(s.quantile(990_000), Some(41));
         assert_eq!(Seen::default().quantile(500_000), None);
+    }
+}
+
+/// The generator's own pacing, on a veth pair of this test's (root): what
+/// `benches/e2e.sh`'s latency points rely on.
+#[cfg(test)]
+mod paced {
+    use super::*;
+    use crate::netns::sh;
+
+    #[test]
+    fn a_generator_that_paces_itself_sends_the_rate_asked_and_stamps_each_frame() {
+        assert!(sh("[ \"$(id -u)\" -eq 0 ]"), "this test needs root (XDP)");
+        sh("ip link del sgt-pga 2>/dev/null");
+        // No IPv6 of the kernel's own: nothing arrives that was not sent.
+        assert!(sh("ip link add sgt-pga type veth peer name sgt-pgb \
+             && sysctl -qw net.ipv6.conf.sgt-pga.disable_ipv6=1 net.ipv6.conf.sgt-pgb.disable_ipv6=1 \
+             && ip link set sgt-pga up && ip link set sgt-pgb up"));
+        let t = Traffic {
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 2],
+            src: Ipv4Addr::new(198, 51, 100, 10),
+            dst: Ipv4Addr::new(10, 9, 0, 21),
+            dport: 9000,
+            flows: Some(16),
+            stamp: true,
+        };
+        let result = (|| -> io::Result<(u64, Seen)> {
+            let sink = Sink::attach("sgt-pgb")?;
+            let g = Generator::with_pace("sgt-pga", &t, 200_000)?;
+            let before = sink.seen()?;
+            let sent = g.run_paced(Duration::from_millis(500))?;
+            std::thread::sleep(Duration::from_millis(50));
+            Ok((sent, sink.seen()?.since(&before)))
+        })();
+        sh("ip link del sgt-pga");
+        let (sent, seen) = result.expect("a paced run");
+        // 100,000 due in half a second; a loaded machine takes the core
+        // now and then, and a late frame is not made up for.
+        assert!((70_000..=101_000).contains(&sent), "sent {sent} of 100,000 due");
+        // A transmit can fail now and then (the counter counts what the
+        // program sent on its way).
+        assert!(seen.frames <= sent && seen.frames * 100 >= sent * 99, "{} of the {sent} frames sent arrived", seen.frames);
+        assert_eq!(seen.latency.iter().sum::<u64>(), seen.frames, "every frame stamped");
+        assert!(Generator::with_pace("sgt-none", &t, 0).is_err(), "no pace of 0");
     }
 }

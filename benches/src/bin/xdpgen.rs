@@ -3,10 +3,12 @@
 //! interface.
 //!
 //! - `xdpgen send IFACE --src-mac M --dst-mac M --src IP --dst IP --dport N
-//!   [--flows F | --new] [--pps R [--burst B]] [--stamp] --seconds S`:
+//!   [--flows F | --new] [--pps R [--burst B | --even]] [--stamp] --seconds S`:
 //!   64-byte UDP frames out of IFACE (on veth: into its peer), F flows in
 //!   turn (a power of two; default 1,024) or a new flow each frame, as fast
-//!   as the kernel makes them or R a second; prints
+//!   as the kernel makes them or R a second: in bursts of B paced from user
+//!   space, or with `--even` one by one, each the moment it is due, paced
+//!   by the program itself (`Generator::with_pace`); prints
 //!   `{"sent":N,"seconds":S,"mpps":X}`.
 //! - `xdpgen redirect IN OUT --seconds S`: sends every frame arriving on
 //!   IN out of OUT in XDP (`bpf_redirect`), for S seconds: the cost of an
@@ -54,11 +56,18 @@ fn send(iface: &str, args: &[String]) {
         stamp: args.iter().any(|a| a == "--stamp"),
     };
     let seconds: f64 = need(args, "--seconds");
-    let g = Generator::new(iface, &t).unwrap_or_else(|e| fail(&e.to_string()));
+    let pps: Option<u64> = arg(args, "--pps").map(|r| r.parse().unwrap_or_else(|_| fail("--pps")));
+    let in_kernel = args.iter().any(|a| a == "--even");
+    let g = match pps {
+        Some(r) if in_kernel => Generator::with_pace(iface, &t, r),
+        _ => Generator::new(iface, &t),
+    }
+    .unwrap_or_else(|e| fail(&e.to_string()));
     let d = Duration::from_secs_f64(seconds);
     let start = Instant::now();
-    let sent = match arg(args, "--pps") {
-        Some(r) => g.paced(r.parse().unwrap_or_else(|_| fail("--pps")), d, arg(args, "--burst").map_or(4, |b| b.parse().unwrap_or(4))),
+    let sent = match pps {
+        Some(_) if in_kernel => g.run_paced(d),
+        Some(r) => g.paced(r, d, arg(args, "--burst").map_or(4, |b| b.parse().unwrap_or(4))),
         None => g.flood(d),
     }
     .unwrap_or_else(|e| fail(&e.to_string()));
