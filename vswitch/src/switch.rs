@@ -144,6 +144,7 @@ pub fn run(dir: &Path, opts: RunOptions) -> Result<String, RunError> {
         (true, false) => host.datapath.cores.clone(),
     };
     let n = cores.len();
+    crate::port::xdp::bpf::size_fast_path(crate::engine::fast::PER_LOOP * n);
     if let Some(avail) = meminfo("MemAvailable").filter(|_| n > 0) {
         check_conntrack_memory(&host, n, avail, "MemAvailable")?;
     }
