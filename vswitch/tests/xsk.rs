@@ -271,7 +271,11 @@ fn the_fast_path_program_loads_and_frames_without_a_flow_reach_the_socket() {
 /// `netdev` family names it.
 fn napi_thread(iface: &str) -> i32 {
     let netdev = napi::Netdev::open().expect("the netdev generic netlink family (Linux 6.9 and later)");
-    let contexts = netdev.contexts(sys::ifindex(iface)).expect("napi-get");
+    let ifindex = sys::ifindex(iface);
+    let contexts = netdev.contexts(Some(ifindex)).expect("napi-get");
+    assert!(contexts.iter().all(|c| c.ifindex == ifindex), "the interface's contexts only: {contexts:?}");
+    let all = netdev.contexts(None).expect("napi-get, every interface");
+    assert!(contexts.iter().all(|c| all.contains(c)), "the namespace's dump holds them: {all:?}");
     let pids: Vec<i32> = contexts.iter().map(|c| c.pid).filter(|&p| p != 0).collect();
     assert_eq!(pids.len(), 1, "one NAPI thread for a one-queue veth: {contexts:?}");
     let comm = std::fs::read_to_string(format!("/proc/{}/comm", pids[0])).expect("its name");

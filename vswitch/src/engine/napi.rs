@@ -58,41 +58,40 @@ impl NapiThreads {
         }
         let before: Vec<i32> = self.held.iter().map(|y| y.pid).collect();
         let mut seen = Vec::new();
-        if let Some(netdev) = &self.netdev {
-            for &ifindex in ifindexes {
-                let contexts = match netdev.contexts(ifindex) {
-                    Ok(c) => c,
-                    // The interface went between the loop's look and this.
-                    Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::ENOENT)) => continue,
-                    Err(e) => {
-                        let why = format!("netdev napi-get: {e}");
-                        self.cannot_know(why);
-                        break;
-                    }
-                };
-                for c in contexts.into_iter().filter(|c| c.pid != 0 && napi::pinned_to(c.pid, core)) {
-                    seen.push(c.pid);
-                    if self.held.iter().any(|y| y.pid == c.pid) {
-                        continue;
-                    }
-                    match napi::yield_thread(c.pid) {
-                        Ok(y) => {
-                            info!(
-                                "loop {i}: NAPI thread {} ({}) shares core {core} with the loop: it runs at idle priority, receiving as fast as the loop takes frames",
-                                y.name, y.pid
-                            );
-                            self.held.push(y);
+        if let Some(netdev) = &self.netdev
+            && !ifindexes.is_empty()
+        {
+            // One request for the namespace's every context, however many
+            // interfaces the loop has.
+            match netdev.contexts(None) {
+                Ok(contexts) => {
+                    let mine =
+                        contexts.into_iter().filter(|c| c.pid != 0 && ifindexes.contains(&c.ifindex) && napi::pinned_to(c.pid, core));
+                    for c in mine {
+                        seen.push(c.pid);
+                        if self.held.iter().any(|y| y.pid == c.pid) {
+                            continue;
                         }
-                        Err(why) if !self.told.contains(&c.pid) => {
-                            info!("loop {i}: NAPI thread {} on core {core} left as it is: {why}", c.pid);
-                            if self.told.len() >= TOLD_MAX {
-                                self.told.clear();
+                        match napi::yield_thread(c.pid) {
+                            Ok(y) => {
+                                info!(
+                                    "loop {i}: NAPI thread {} ({}) shares core {core} with the loop: it runs at idle priority, receiving as fast as the loop takes frames",
+                                    y.name, y.pid
+                                );
+                                self.held.push(y);
                             }
-                            self.told.push(c.pid);
+                            Err(why) if !self.told.contains(&c.pid) => {
+                                info!("loop {i}: NAPI thread {} on core {core} left as it is: {why}", c.pid);
+                                if self.told.len() >= TOLD_MAX {
+                                    self.told.clear();
+                                }
+                                self.told.push(c.pid);
+                            }
+                            Err(_) => {}
                         }
-                        Err(_) => {}
                     }
                 }
+                Err(e) => self.cannot_know(format!("netdev napi-get: {e}")),
             }
         }
         self.held.retain(|y| {

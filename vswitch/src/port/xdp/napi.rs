@@ -24,10 +24,11 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-/// One NAPI context of an interface: its id and its kernel thread (0 when
+/// One NAPI context: its interface, its id and its kernel thread (0 when
 /// the interface is not in threaded NAPI).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Context {
+    pub ifindex: u32,
     pub id: u32,
     pub pid: i32,
 }
@@ -64,19 +65,23 @@ impl Netdev {
         Ok(Netdev { sock, family })
     }
 
-    /// The NAPI contexts of interface `ifindex`.
+    /// The NAPI contexts of interface `ifindex`, or of every interface of
+    /// the namespace (one request, whatever their number).
     ///
     /// # Errors
     /// The kernel has no `napi-get` (before Linux 6.9), or the socket
     /// fails: the error says which.
-    pub fn contexts(&self, ifindex: u32) -> std::io::Result<Vec<Context>> {
+    pub fn contexts(&self, ifindex: Option<u32>) -> std::io::Result<Vec<Context>> {
         let mut attrs = Vec::new();
-        put_attr(&mut attrs, NETDEV_A_NAPI_IFINDEX, &ifindex.to_ne_bytes());
+        if let Some(i) = ifindex {
+            put_attr(&mut attrs, NETDEV_A_NAPI_IFINDEX, &i.to_ne_bytes());
+        }
         let mut out = Vec::new();
         self.sock.dump(self.family, NETDEV_CMD_NAPI_GET, &attrs, |payload| {
-            let mut c = Context { id: 0, pid: 0 };
+            let mut c = Context { ifindex: 0, id: 0, pid: 0 };
             for (t, v) in Attrs(payload) {
                 match t {
+                    NETDEV_A_NAPI_IFINDEX => c.ifindex = read_u32(v).unwrap_or(0),
                     NETDEV_A_NAPI_ID => c.id = read_u32(v).unwrap_or(0),
                     NETDEV_A_NAPI_PID => c.pid = read_u32(v).and_then(|p| i32::try_from(p).ok()).unwrap_or(0),
                     _ => {}
@@ -101,7 +106,11 @@ impl Genl {
         }
         // SAFETY: `fd` was just opened and is owned by nothing else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let timeout = libc::timeval { tv_sec: 1, tv_usec: 0 };
+        // The kernel answers while the request is sent (and makes each
+        // further part of a dump while the last is read), so an answer is
+        // there at once; the timeout only bounds the loop's wait should it
+        // not be.
+        let timeout = libc::timeval { tv_sec: 0, tv_usec: 10_000 };
         let tlen = libc::socklen_t::try_from(std::mem::size_of::<libc::timeval>()).unwrap_or(16);
         // SAFETY: `timeout` is a valid timeval of `tlen` bytes.
         unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&raw const timeout).cast(), tlen) };
