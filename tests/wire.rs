@@ -81,6 +81,25 @@ for line in sys.stdin:
 
 const ECHO_SERVER: &str = "import socket,threading\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('0.0.0.0',5432));s.listen()\ndef h(c):\n  while True:\n    d=c.recv(4096)\n    if not d: break\n    c.sendall(d)\nwhile True:\n  c,_=s.accept();threading.Thread(target=h,args=(c,),daemon=True).start()";
 
+/// A flood for 4 s from `eth0` of namespace `ns`, on core 1 (the one the
+/// switch's loop does not use): UDP to port 9999, a new flow every frame;
+/// the thread returns the frames sent.
+fn flood_from(ns: &str, dst_mac: [u8; 6], src: &str, dst: &str) -> std::thread::JoinHandle<u64> {
+    let (src, dst) = (src.parse().expect("ip"), dst.parse().expect("ip"));
+    in_namespace(ns, 1, move || {
+        let mac = std::fs::read_to_string("/sys/class/net/eth0/address").expect("eth0's address");
+        let src_mac: Vec<u8> = mac.trim().split(':').map(|h| u8::from_str_radix(h, 16).expect("hex")).collect();
+        let t = Traffic { src_mac: src_mac.try_into().expect("a MAC"), dst_mac, src, dst, dport: 9999, flows: None, stamp: false };
+        let g = Generator::new("eth0", &t).expect("a generator");
+        g.flood(Duration::from_secs(4)).expect("flood")
+    })
+}
+
+/// How many replies `ping -q` says it received.
+fn ping_received(text: &str) -> u32 {
+    text.split(", ").find(|p| p.ends_with("received")).and_then(|p| p.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
 /// Runs `f` on a thread inside network namespace `ns`, pinned to `core`.
 fn in_namespace<T: Send + 'static>(ns: &str, core: usize, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
     let path = format!("/run/netns/{ns}");
@@ -196,21 +215,7 @@ fn a_loop_kept_busy_by_a_vm_still_gives_the_uplinks_napi_threads_their_turn() {
     let logs = tempfile::tempdir().expect("tempdir");
     let log = logs.path().join("switch.log");
     let (_switch, _pids) = start_with_yielding_uplink(dir.path(), &log, "127.0.0.1:19484");
-    let flood = in_namespace("sgs-web1", 1, || {
-        let mac = std::fs::read_to_string("/sys/class/net/eth0/address").expect("eth0's address");
-        let src_mac: Vec<u8> = mac.trim().split(':').map(|h| u8::from_str_radix(h, 16).expect("hex")).collect();
-        let t = Traffic {
-            src_mac: src_mac.try_into().expect("a MAC"),
-            dst_mac: [2, 0xee, 0, 0, 0, 1],
-            src: "10.0.0.11".parse().expect("ip"),
-            dst: "198.51.100.1".parse().expect("ip"),
-            dport: 9999,
-            flows: None,
-            stamp: false,
-        };
-        let g = Generator::new("eth0", &t).expect("a generator");
-        g.flood(Duration::from_secs(4)).expect("flood")
-    });
+    let flood = flood_from("sgs-web1", [2, 0xee, 0, 0, 0, 1], "10.0.0.11", "198.51.100.1");
     std::thread::sleep(Duration::from_millis(500));
     let ping = Command::new("ip")
         .args(["netns", "exec", "sgs-inet", "ping", "-n", "-q", "-c", "20", "-i", "0.1", "-W", "1", "10.0.0.12"])
@@ -218,12 +223,7 @@ fn a_loop_kept_busy_by_a_vm_still_gives_the_uplinks_napi_threads_their_turn() {
         .expect("ping");
     let sent = flood.join().expect("the flood");
     let text = String::from_utf8_lossy(&ping.stdout);
-    let received: u32 = text
-        .split(", ")
-        .find(|p| p.ends_with("received"))
-        .and_then(|p| p.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let received = ping_received(&text);
     let page = http_get("127.0.0.1:19484", "/metrics").expect("metrics");
     let stepped = sample(&page, "sgswitch_loop_stepped_aside_total{loop=\"0\"}");
     let busy = sample(&page, "sgswitch_loop_iterations_total{loop=\"0\",state=\"busy\"}");
@@ -254,21 +254,7 @@ fn flood_leaves_traffic_working(metrics: &str) {
     // that web1's groups deny, so every frame is judged by the rules: what
     // an attacker sends. The generator runs in the internet host's
     // namespace on the core the switch's loop does not use.
-    let flood = in_namespace("sgs-inet", 1, || {
-        let mac = std::fs::read_to_string("/sys/class/net/eth0/address").expect("eth0's address");
-        let src_mac: Vec<u8> = mac.trim().split(':').map(|h| u8::from_str_radix(h, 16).expect("hex")).collect();
-        let t = Traffic {
-            src_mac: src_mac.try_into().expect("a MAC"),
-            dst_mac: [2, 0, 0, 0, 0, 0x11],
-            src: "198.51.100.1".parse().expect("ip"),
-            dst: "10.0.0.11".parse().expect("ip"),
-            dport: 9999,
-            flows: None,
-            stamp: false,
-        };
-        let g = Generator::new("eth0", &t).expect("a generator");
-        g.flood(Duration::from_secs(4)).expect("flood")
-    });
+    let flood = flood_from("sgs-inet", [2, 0, 0, 0, 0, 0x11], "198.51.100.1", "10.0.0.11");
     std::thread::sleep(Duration::from_millis(500));
     // During the flood: the VMs' connection keeps echoing, and pings from
     // the internet to web1 (allowed) keep being answered.
@@ -291,12 +277,7 @@ fn flood_leaves_traffic_working(metrics: &str) {
     let _ = client.kill();
     let _ = client.wait();
     let ping_text = String::from_utf8_lossy(&ping.stdout);
-    let received: u32 = ping_text
-        .split(", ")
-        .find(|p| p.ends_with("received"))
-        .and_then(|p| p.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let received = ping_received(&ping_text);
     let page = http_get(metrics, "/metrics").expect("metrics");
     let dropped = sample(&page, "sgswitch_packets_total{port=\"eni-web1\",direction=\"ingress\",action=\"drop\",reason=\"default\"}");
     eprintln!("flood: {sent} frames offered, {dropped} judged and dropped; echoes {answers:?}; pings: {ping_text}");

@@ -306,14 +306,7 @@ fn generator_program(counter: &OwnedFd, mask: u32, stamp: bool, pace: Option<&Ow
     p.jump(jmp_x(JGT, 2, 8, 0), out);
     if let Some(pace) = pace {
         // r9 = &pace[0] = {next send time, interval} (ns).
-        p.push(store_imm(W, 10, -4, 0));
-        p.push(alu_x(MOV, 2, 10));
-        p.push(alu_k(ADD, 2, -4));
-        for i in map_fd(1, pace.as_raw_fd()) {
-            p.push(i);
-        }
-        p.push(call(1)); // map_lookup_elem
-        p.jump(jmp_k(JEQ, 0, 0, 0), out);
+        lookup_slot0(&mut p, pace, out);
         p.push(alu_x(MOV, 9, 0));
         p.push(call(5)); // r0 = now (ktime_get_ns)
         p.push(load(DW, 1, 9, 0)); // r1 = next
@@ -329,14 +322,7 @@ fn generator_program(counter: &OwnedFd, mask: u32, stamp: bool, pace: Option<&Ow
         p.here(on_time);
         p.push(store(DW, 9, 0, 1));
     }
-    p.push(store_imm(W, 10, -4, 0));
-    p.push(alu_x(MOV, 2, 10));
-    p.push(alu_k(ADD, 2, -4));
-    for i in map_fd(1, counter.as_raw_fd()) {
-        p.push(i);
-    }
-    p.push(call(1)); // map_lookup_elem
-    p.jump(jmp_k(JEQ, 0, 0, 0), out);
+    lookup_slot0(&mut p, counter, out);
     p.push(alu_k(MOV, 1, 1));
     p.push(fetch_add32(0, 0, 1)); // r1 = counter++
     p.push(alu_k(AND, 1, i32::try_from(mask).unwrap_or(i32::MAX)));
@@ -363,6 +349,19 @@ fn generator_program(counter: &OwnedFd, mask: u32, stamp: bool, pace: Option<&Ow
     p.push(alu_k(MOV, 0, XDP_DROP));
     p.push(exit());
     p.finish()
+}
+
+/// r0 = &map[0], or on to `out` if there is none.
+fn lookup_slot0(p: &mut Program, map: &OwnedFd, out: usize) {
+    use asm::*;
+    p.push(store_imm(W, 10, -4, 0));
+    p.push(alu_x(MOV, 2, 10));
+    p.push(alu_k(ADD, 2, -4));
+    for i in map_fd(1, map.as_raw_fd()) {
+        p.push(i);
+    }
+    p.push(call(1)); // map_lookup_elem
+    p.jump(jmp_k(JEQ, 0, 0, 0), out);
 }
 
 /// Sends [`Traffic`] out of an interface by `BPF_PROG_RUN` live frames.
@@ -665,17 +664,21 @@ impl Redirect {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_template_has_a_valid_header_checksum_for_every_address_byte() {
-        let t = Traffic {
+    pub(super) fn traffic(flows: Option<u32>, stamp: bool) -> Traffic {
+        Traffic {
             src_mac: [2, 0, 0, 0, 0, 1],
             dst_mac: [2, 0, 0, 0, 0, 2],
             src: Ipv4Addr::new(198, 51, 100, 10),
             dst: Ipv4Addr::new(10, 9, 0, 21),
             dport: 9000,
-            flows: None,
-            stamp: false,
-        };
+            flows,
+            stamp,
+        }
+    }
+
+    #[test]
+    fn the_template_has_a_valid_header_checksum_for_every_address_byte() {
+        let t = traffic(None, false);
         let mut f = template(&t);
         for b in 0..=255u8 {
             // What the program writes.
@@ -715,15 +718,7 @@ mod paced {
         assert!(sh("ip link add sgt-pga type veth peer name sgt-pgb \
              && sysctl -qw net.ipv6.conf.sgt-pga.disable_ipv6=1 net.ipv6.conf.sgt-pgb.disable_ipv6=1 \
              && ip link set sgt-pga up && ip link set sgt-pgb up"));
-        let t = Traffic {
-            src_mac: [2, 0, 0, 0, 0, 1],
-            dst_mac: [2, 0, 0, 0, 0, 2],
-            src: Ipv4Addr::new(198, 51, 100, 10),
-            dst: Ipv4Addr::new(10, 9, 0, 21),
-            dport: 9000,
-            flows: Some(16),
-            stamp: true,
-        };
+        let t = super::tests::traffic(Some(16), true);
         let result = (|| -> io::Result<(u64, Seen)> {
             let sink = Sink::attach("sgt-pgb")?;
             let g = Generator::with_pace("sgt-pga", &t, 200_000)?;
