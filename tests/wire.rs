@@ -130,11 +130,9 @@ fn a_flood_on_the_uplink_leaves_vm_traffic_and_allowed_flows_working() {
     drop(switch);
 }
 
-/// The policy `chrt` reports for thread `pid` (`SCHED_OTHER`, `SCHED_IDLE`).
-fn policy(pid: &str) -> String {
-    let out = Command::new("chrt").args(["-p", pid]).output().expect("chrt");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines().find_map(|l| l.split("policy: ").nth(1)).unwrap_or("").trim().to_owned()
+/// The scheduling policy of thread `pid`.
+fn policy(pid: &str) -> Option<i32> {
+    sgswitch::port::xdp::napi::policy(pid.parse().expect("a pid"))
 }
 
 /// The same flood with the uplink's receive work in NAPI threads pinned to
@@ -154,14 +152,11 @@ fn a_flood_with_the_uplinks_napi_threads_on_the_loops_core() {
     flood_leaves_traffic_working("127.0.0.1:19483");
 
     // A clean stop puts the threads back.
-    // SAFETY: a signal to the child this test started.
-    #[allow(unsafe_code, reason = "kill(2) on the switch's process")]
-    let sent = unsafe { libc::kill(i32::try_from(switch.0.id()).expect("a pid"), libc::SIGTERM) };
-    assert_eq!(sent, 0);
+    assert!(sh(&format!("kill -TERM {}", switch.0.id())));
     let status = switch.0.wait().expect("the switch stops");
     assert!(status.success(), "{status:?}");
     for p in &pids {
-        assert_eq!(policy(p), "SCHED_OTHER", "thread {p} is put back when the switch stops");
+        assert_eq!(policy(p), Some(libc::SCHED_OTHER), "thread {p} is put back when the switch stops");
     }
 }
 
@@ -175,7 +170,7 @@ fn start_with_yielding_uplink(dir: &std::path::Path, log: &std::path::Path, metr
     let pids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
     assert_eq!(pids.len(), 2, "a NAPI thread per queue of the uplink: {pids:?}");
     for p in &pids {
-        assert_eq!(policy(p), "SCHED_OTHER");
+        assert_eq!(policy(p), Some(libc::SCHED_OTHER));
         assert!(sh(&format!("taskset -pc 0 {p}")), "pinned to the loop's core");
     }
     // Frames tell the loop that the queues cannot be busy polled (veth);
@@ -193,7 +188,7 @@ fn start_with_yielding_uplink(dir: &std::path::Path, log: &std::path::Path, metr
     let yielded: Vec<&str> = page.lines().filter(|l| l.starts_with("sgswitch_napi_thread_yielded_info{")).collect();
     assert_eq!(yielded.len(), 2, "both threads yield to the loop:\n{}", std::fs::read_to_string(log).unwrap_or_default());
     for p in &pids {
-        assert_eq!(policy(p), "SCHED_IDLE", "thread {p}");
+        assert_eq!(policy(p), Some(libc::SCHED_IDLE), "thread {p}");
     }
     assert!(std::fs::read_to_string(log).unwrap_or_default().contains("runs at idle priority"), "the log says so");
 

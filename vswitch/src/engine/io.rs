@@ -424,8 +424,6 @@ impl Io {
         Ok(self.socks.len() != before)
     }
 
-    /// Logs each interface whose state changed since `log` last saw it, and
-    /// the state of all of them for status and metrics.
     /// The interfaces of its AF_XDP sockets that the loop does not busy
     /// poll (not asked for, or the kernel names no NAPI context), each
     /// once: the kernel receives for them in its own context.
@@ -441,6 +439,8 @@ impl Io {
         out
     }
 
+    /// Logs each interface whose state changed since `log` last saw it, and
+    /// the state of all of them for status and metrics.
     pub fn report(&self, plan: &Plan, me: Owner, uplink: &str, log: &mut LinkLog) -> Vec<LinkState> {
         let mut states = Vec::new();
         let mut names: Vec<(&str, Option<&str>)> = vec![(uplink, None)];

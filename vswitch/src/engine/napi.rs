@@ -23,13 +23,13 @@ pub struct NapiThreads {
     held: Vec<Yielded>,
     /// Threads left as they are, already logged.
     told: Vec<i32>,
-    /// Why the threads cannot be known (logged once), if they cannot.
-    unknown: Option<String>,
+    /// The threads cannot be known (the reason was logged once).
+    unknown: bool,
 }
 
 impl NapiThreads {
     pub fn new(loop_index: usize, core: usize) -> NapiThreads {
-        NapiThreads { loop_index, core, netdev: None, held: Vec::new(), told: Vec::new(), unknown: None }
+        NapiThreads { loop_index, core, netdev: None, held: Vec::new(), told: Vec::new(), unknown: false }
     }
 
     /// Whether a NAPI thread yields to this loop: then the loop must not
@@ -50,7 +50,7 @@ impl NapiThreads {
     /// is not in `ifindexes` any more). Returns whether the set changed.
     pub fn refresh(&mut self, ifindexes: &[u32]) -> bool {
         let (i, core) = (self.loop_index, self.core);
-        if self.netdev.is_none() && self.unknown.is_none() {
+        if self.netdev.is_none() && !self.unknown {
             match Netdev::open() {
                 Ok(n) => self.netdev = Some(n),
                 Err(e) => self.cannot_know(e.to_string()),
@@ -108,13 +108,13 @@ impl NapiThreads {
     }
 
     fn cannot_know(&mut self, why: String) {
-        if self.unknown.is_none() {
+        if !self.unknown {
             warn!(
                 "loop {}: the NAPI threads of its interfaces are not known ({why}): a NAPI thread on core {} competes with the loop at equal weight",
                 self.loop_index, self.core
             );
         }
-        self.unknown = Some(why);
+        self.unknown = true;
         self.netdev = None;
     }
 }

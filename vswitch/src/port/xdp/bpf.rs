@@ -60,8 +60,8 @@ const HELPER_LOOKUP: i32 = 1;
 const HELPER_REDIRECT: i32 = 23;
 /// `bpf_xdp_get_buff_len(ctx)` (Linux 5.18).
 const HELPER_BUFF_LEN: i32 = 188;
-/// Flows the fast path holds at most (the whole switch; each loop's
-/// share is `FLOWS / loops`).
+/// Flows the fast path's map holds at most, whatever the number of loops
+/// (each loop gives it at most `engine::fast::PER_LOOP`).
 pub const FLOWS: u32 = 65_536;
 /// Flows the switch's map is made for: [`size_fast_path`] sets it to what
 /// its loops can hold, before the first socket is made.

@@ -357,8 +357,7 @@ impl Drop for Yielded {
     }
 }
 
-/// The scheduling policy of thread `pid` (`SCHED_*`), for tests and the
-/// log.
+/// The scheduling policy of thread `pid` (`SCHED_*`), for the tests.
 pub fn policy(pid: i32) -> Option<i32> {
     // SAFETY: a plain query.
     let p = unsafe { libc::sched_getscheduler(pid) };
