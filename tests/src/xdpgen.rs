@@ -11,7 +11,12 @@
 //!   and the UDP source port (and the IP id so that the header checksum
 //!   stays right), so the frames are `flows` flows in turn, or a new flow
 //!   each (2^24 before one repeats); optionally the send time
-//!   (`bpf_ktime_get_ns`) into the payload, for latency.
+//!   (`bpf_ktime_get_ns`) into the payload, for latency. A kernel may
+//!   refuse live frames (`EPERM`: a sandbox's kernel here did, with every
+//!   capability but `CAP_SYS_RESOURCE`); the generator then writes the
+//!   same frames itself and sends them through an `AF_PACKET` socket that
+//!   bypasses the qdisc ([`Via::Packet`]): an skb per frame made in this
+//!   process, so it says which way it sends.
 //! - [`Sink`]: an XDP program on the receiving interface that counts every
 //!   frame, files the latency of stamped ones in a histogram of 1 µs
 //!   buckets, and drops them, so no process or stack work competes.
@@ -259,7 +264,7 @@ pub struct Traffic {
 /// The template frame: IPv4 UDP, the source address's last byte 0 and the
 /// IP id 0xffff minus the address's low 16-bit word, so that the program's
 /// changes keep the header checksum valid (see `generator_program`).
-fn template(t: &Traffic) -> Vec<u8> {
+pub fn template(t: &Traffic) -> Vec<u8> {
     let mut f = vec![0u8; FRAME_LEN];
     f[0..6].copy_from_slice(&t.dst_mac);
     f[6..12].copy_from_slice(&t.src_mac);
@@ -364,10 +369,47 @@ fn lookup_slot0(p: &mut Program, map: &OwnedFd, out: usize) {
     p.jump(jmp_k(JEQ, 0, 0, 0), out);
 }
 
-/// Sends [`Traffic`] out of an interface by `BPF_PROG_RUN` live frames.
-/// Made and run in the network namespace of the interface.
+/// How a [`Generator`] puts its frames on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// `BPF_PROG_RUN` live frames: the kernel makes each frame from the
+    /// template and sends it by `XDP_TX`, with no skb and no process work
+    /// per frame.
+    LiveFrames,
+    /// An `AF_PACKET` socket bypassing the qdisc, frames written by this
+    /// process and handed to the driver by `sendmmsg`, an skb each: for
+    /// kernels that refuse live frames (`EPERM`; seen on a sandbox's
+    /// kernel). Slower (about a third here), so a bench that uses it says
+    /// so.
+    Packet,
+}
+
+impl Via {
+    pub fn name(self) -> &'static str {
+        match self {
+            Via::LiveFrames => "live-frames",
+            Via::Packet => "af-packet",
+        }
+    }
+}
+
+/// Sends [`Traffic`] out of an interface: by `BPF_PROG_RUN` live frames
+/// where the kernel allows them, otherwise by an `AF_PACKET` socket (see
+/// [`Via`]); the same frames either way. Made and run in the network
+/// namespace of the interface.
 #[derive(Debug)]
 pub struct Generator {
+    engine: Engine,
+}
+
+#[derive(Debug)]
+enum Engine {
+    Live(Live),
+    Packet(Packet),
+}
+
+#[derive(Debug)]
+struct Live {
     prog: OwnedFd,
     counter: OwnedFd,
     _pace: Option<OwnedFd>,
@@ -381,7 +423,8 @@ pub struct Generator {
 /// program to the kernel's XDP dispatcher and removes it after, and each
 /// change rebuilds the dispatcher and waits for an RCU grace period (about
 /// 28 ms here); a program already attached somewhere changes nothing, so
-/// short paced runs cost microseconds instead.
+/// short paced runs cost microseconds instead. The pair also takes the
+/// one frame that tells whether the kernel runs live frames at all.
 #[derive(Debug)]
 struct Keepalive {
     name: String,
@@ -390,7 +433,10 @@ struct Keepalive {
 
 impl Keepalive {
     fn new(prog: &OwnedFd) -> io::Result<Keepalive> {
-        let name = format!("sgbk{}", std::process::id() % 100_000);
+        // Unique per generator: several may live in one process.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1000;
+        let name = format!("sgbk{}x{n}", std::process::id() % 100_000);
         let ip = |args: &[&str]| std::process::Command::new("ip").args(args).status().map(|s| s.success());
         let peer = format!("{name}p");
         if !ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer])? {
@@ -423,45 +469,54 @@ fn attach(prog: &OwnedFd, iface: &str) -> io::Result<OwnedFd> {
     bpf(BPF_LINK_CREATE, &mut attr).map(fd).map_err(|e| io::Error::new(e.kind(), format!("attaching to {iface}: {e}")))
 }
 
-impl Generator {
-    pub fn new(iface: &str, t: &Traffic) -> io::Result<Generator> {
-        Generator::make(iface, t, None)
+/// The flow mask of `t`: frame n is flow n & mask.
+pub fn flow_mask(t: &Traffic) -> io::Result<u32> {
+    match t.flows {
+        Some(n) if n.is_power_of_two() && n <= 1 << 24 => Ok(n - 1),
+        Some(n) => Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{n} flows: a power of two up to 2^24"))),
+        None => Ok((1 << 24) - 1),
     }
+}
 
-    /// A generator that paces itself in the kernel, `pps` frames a second,
-    /// each sent (and stamped) the moment it is due: its program runs
-    /// flat out (see [`Generator::run_paced`]) and drops, unsent, every
-    /// frame that is not due yet. A paced run from user space sends bursts
-    /// (a `BPF_PROG_RUN` call costs microseconds); here frames come one by
-    /// one, at an even rate, up to what the generator can make.
-    pub fn with_pace(iface: &str, t: &Traffic, pps: u64) -> io::Result<Generator> {
-        if pps == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a pace of 0 frames a second"));
-        }
-        let pace = map_array(1, 16)?;
-        map_set(&pace, 0, &[0, 1_000_000_000 / pps])?;
-        Generator::make(iface, t, Some(pace))
+/// The interval between frames at `pps`.
+fn interval(pps: u64) -> io::Result<u64> {
+    match pps {
+        0 => Err(io::Error::new(io::ErrorKind::InvalidInput, "a pace of 0 frames a second")),
+        p => Ok((1_000_000_000 / p).max(1)),
     }
+}
 
-    fn make(iface: &str, t: &Traffic, pace: Option<OwnedFd>) -> io::Result<Generator> {
+impl Live {
+    /// The live-frames generator, or `None` when the kernel refuses live
+    /// frames (one frame into the keepalive pair tells).
+    fn make(iface: &str, t: &Traffic, pace: Option<u64>) -> io::Result<Option<Live>> {
         let ifindex = ifindex(iface)?;
         let counter = map_array(1, 4)?;
-        let mask = match t.flows {
-            Some(n) if n.is_power_of_two() && n <= 1 << 24 => n - 1,
-            Some(n) => return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{n} flows: a power of two up to 2^24"))),
-            None => (1 << 24) - 1,
+        let pace = match pace {
+            Some(pps) => {
+                let m = map_array(1, 16)?;
+                map_set(&m, 0, &[0, interval(pps)?])?;
+                Some(m)
+            }
+            None => None,
         };
-        let prog = load(&generator_program(&counter, mask, t.stamp, pace.as_ref()), "sgb_gen")?;
+        let prog = load(&generator_program(&counter, flow_mask(t)?, t.stamp, pace.as_ref()), "sgb_gen")?;
         let keep = Keepalive::new(&prog)?;
-        Ok(Generator { prog, counter, _pace: pace, frame: template(t), ifindex, _keep: keep })
+        let probe = self::ifindex(&keep.name)?;
+        let live = Live { prog, counter, _pace: pace, frame: template(t), ifindex, _keep: keep };
+        match live.run(probe, 1, 1) {
+            Ok(()) => Ok(Some(live)),
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
-    /// Sends `frames` frames, `batch` per kernel batch (at most 256);
-    /// returns when the kernel has run them all.
-    pub fn send(&self, frames: u32, batch: u32) -> io::Result<()> {
+    /// Runs the program over `frames` frames sent out of `ifindex`, `batch`
+    /// per kernel batch (at most 256).
+    fn run(&self, ifindex: u32, frames: u32, batch: u32) -> io::Result<()> {
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
         // rx_queue_index, egress_ifindex.
-        let ctx: [u32; 6] = [0, u32::try_from(self.frame.len()).unwrap_or(0), 0, self.ifindex, 0, 0];
+        let ctx: [u32; 6] = [0, u32::try_from(self.frame.len()).unwrap_or(0), 0, ifindex, 0, 0];
         let mut attr = [0u64; 10];
         attr[0] = lo_hi(u32::try_from(self.prog.as_raw_fd()).unwrap_or(0), 0); // prog_fd, retval
         attr[1] = lo_hi(u32::try_from(self.frame.len()).unwrap_or(0), 0); // data_size_in, data_size_out
@@ -474,28 +529,277 @@ impl Generator {
         bpf(BPF_PROG_TEST_RUN, &mut attr).map(|_| ())
     }
 
+    /// Frames sent so far (the program's counter, a u32).
+    fn sent(&self) -> io::Result<u64> {
+        map_get(&self.counter, 0)
+    }
+}
+
+/// The frames a [`Packet`] generator hands the kernel per `sendmmsg`.
+const PACKET_BATCH: usize = 64;
+
+/// The `AF_PACKET` generator: what the program does to each frame, done
+/// here (see [`write_frame`]).
+#[derive(Debug)]
+struct Packet {
+    fd: OwnedFd,
+    frame: [u8; FRAME_LEN],
+    mask: u32,
+    stamp: bool,
+    /// Frames made so far: the next frame's number.
+    n: std::cell::Cell<u32>,
+    /// The interval of a paced generator, ns.
+    pace: Option<u64>,
+}
+
+/// Writes frame number `n` (already masked) into `f`, as the generator's
+/// program does: the source address's last byte, the IP id (so that the
+/// header checksum holds), the source port; and `stamp`, the send time
+/// (`CLOCK_MONOTONIC` ns), into the payload.
+pub fn write_frame(f: &mut [u8; FRAME_LEN], n: u32, stamp: Option<u64>) {
+    let [lo, mid, hi, _] = n.to_le_bytes();
+    f[29] = lo;
+    f[19] = 0xff - lo;
+    f[35] = mid;
+    f[34] = hi;
+    if let Some(ns) = stamp {
+        f[PAYLOAD as usize..PAYLOAD as usize + 8].copy_from_slice(&ns.to_ne_bytes());
+    }
+}
+
+/// `CLOCK_MONOTONIC` in ns, the clock of `bpf_ktime_get_ns` (the sink's).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec for the call to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+fn socklen(n: usize) -> libc::socklen_t {
+    libc::socklen_t::try_from(n).unwrap_or(0)
+}
+
+impl Packet {
+    fn make(iface: &str, t: &Traffic, pace: Option<u64>) -> io::Result<Packet> {
+        let ifindex = ifindex(iface)?;
+        let pace = pace.map(interval).transpose()?;
+        // SAFETY: socket(2) with constant arguments; the descriptor is
+        // owned from here on.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor this process owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // Protocol 0: the socket receives nothing; it only sends.
+        // SAFETY: sockaddr_ll is plain data; zero is a valid start.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = u16::try_from(libc::AF_PACKET).unwrap_or(0);
+        sll.sll_ifindex = i32::try_from(ifindex).unwrap_or(0);
+        // SAFETY: `sll` is a sockaddr_ll of the size passed.
+        let rc = unsafe { libc::bind(fd.as_raw_fd(), (&raw const sll).cast(), socklen(std::mem::size_of_val(&sll))) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Straight to the driver, as pktgen and live frames do: no qdisc.
+        let one: libc::c_int = 1;
+        // SAFETY: an int option of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                (&raw const one).cast(),
+                socklen(std::mem::size_of_val(&one)),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let frame: [u8; FRAME_LEN] = template(t).try_into().map_err(|_| io::Error::other("template length"))?;
+        Ok(Packet { fd, frame, mask: flow_mask(t)?, stamp: t.stamp, n: std::cell::Cell::new(0), pace })
+    }
+
+    /// Makes and sends up to `frames` (at most [`PACKET_BATCH`]) frames in
+    /// one `sendmmsg`; returns how many the kernel took.
+    fn send_batch(&self, frames: usize) -> io::Result<usize> {
+        let frames = frames.min(PACKET_BATCH);
+        let mut bufs = [self.frame; PACKET_BATCH];
+        let stamp = self.stamp.then(monotonic_ns);
+        let first = self.n.get();
+        for (i, f) in bufs.iter_mut().take(frames).enumerate() {
+            write_frame(f, first.wrapping_add(u32::try_from(i).unwrap_or(0)) & self.mask, stamp);
+        }
+        // SAFETY: iovec and mmsghdr are plain data; zero is a valid start.
+        let mut iov: [libc::iovec; PACKET_BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut msgs: [libc::mmsghdr; PACKET_BATCH] = unsafe { std::mem::zeroed() };
+        for ((m, v), b) in msgs.iter_mut().zip(iov.iter_mut()).zip(bufs.iter_mut()).take(frames) {
+            v.iov_base = b.as_mut_ptr().cast();
+            v.iov_len = FRAME_LEN;
+            m.msg_hdr.msg_iov = v;
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: `msgs[..frames]` point at `iov` and `bufs`, which live
+        // across the call; the kernel reads them and writes msg_len.
+        let rc = unsafe { libc::sendmmsg(self.fd.as_raw_fd(), msgs.as_mut_ptr(), u32::try_from(frames).unwrap_or(0), libc::MSG_DONTWAIT) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            // The driver's queue is full: nothing sent this time.
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN | libc::ENOBUFS) => Ok(0),
+                _ => Err(e),
+            };
+        }
+        let sent = usize::try_from(rc).unwrap_or(0);
+        self.n.set(first.wrapping_add(u32::try_from(sent).unwrap_or(0)));
+        Ok(sent)
+    }
+
+    /// Sends `frames` frames; returns how many the kernel took.
+    fn send(&self, frames: u64) -> io::Result<u64> {
+        let mut sent = 0;
+        while sent < frames {
+            let want = usize::try_from((frames - sent).min(PACKET_BATCH as u64)).unwrap_or(PACKET_BATCH);
+            sent += self.send_batch(want)? as u64;
+        }
+        Ok(sent)
+    }
+
+    /// One frame each interval for `d`, each stamped the moment it goes;
+    /// behind (the core taken a while), the next is an interval from now,
+    /// as the program's pace does.
+    fn run_paced(&self, every: u64, d: Duration) -> io::Result<u64> {
+        let end = Instant::now() + d;
+        let mut next = monotonic_ns();
+        let mut sent = 0u64;
+        while Instant::now() < end {
+            let now = monotonic_ns();
+            if now < next {
+                std::hint::spin_loop();
+                continue;
+            }
+            sent += self.send_batch(1)? as u64;
+            next = if next + every > now { next + every } else { now + every };
+        }
+        Ok(sent)
+    }
+}
+
+impl Generator {
+    /// A generator flat out (or paced from user space by
+    /// [`Generator::paced`]), by live frames where the kernel allows them.
+    pub fn new(iface: &str, t: &Traffic) -> io::Result<Generator> {
+        Generator::make(iface, t, None)
+    }
+
+    /// A generator that paces itself, `pps` frames a second, each sent (and
+    /// stamped) the moment it is due (see [`Generator::run_paced`]). By
+    /// live frames its program runs flat out and drops, unsent, every frame
+    /// that is not due yet: frames come one by one, at an even rate, up to
+    /// what the generator can make, where a paced run from user space
+    /// sends bursts (a `BPF_PROG_RUN` call costs microseconds). By
+    /// `AF_PACKET` each frame is a system call of its own.
+    pub fn with_pace(iface: &str, t: &Traffic, pps: u64) -> io::Result<Generator> {
+        interval(pps)?;
+        Generator::make(iface, t, Some(pps))
+    }
+
+    /// A generator that sends `via` the way asked (live frames fail where
+    /// the kernel refuses them).
+    pub fn via(via: Via, iface: &str, t: &Traffic, pps: Option<u64>) -> io::Result<Generator> {
+        let engine = match via {
+            Via::LiveFrames => Engine::Live(
+                Live::make(iface, t, pps)?
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::PermissionDenied, "this kernel refuses BPF_PROG_RUN live frames"))?,
+            ),
+            Via::Packet => Engine::Packet(Packet::make(iface, t, pps)?),
+        };
+        Ok(Generator { engine })
+    }
+
+    fn make(iface: &str, t: &Traffic, pps: Option<u64>) -> io::Result<Generator> {
+        let engine = match Live::make(iface, t, pps)? {
+            Some(live) => Engine::Live(live),
+            None => Engine::Packet(Packet::make(iface, t, pps)?),
+        };
+        Ok(Generator { engine })
+    }
+
+    /// Whether this kernel runs `BPF_PROG_RUN` live frames (a frame into a
+    /// veth pair of the probe's own tells): `Ok(false)` where it refuses
+    /// them.
+    pub fn live_frames_run_here() -> io::Result<bool> {
+        let t = Traffic {
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 2],
+            src: Ipv4Addr::LOCALHOST,
+            dst: Ipv4Addr::LOCALHOST,
+            dport: 9,
+            flows: Some(1),
+            stamp: false,
+        };
+        Ok(Live::make("lo", &t, None)?.is_some())
+    }
+
+    /// How this generator sends.
+    pub fn sends_via(&self) -> Via {
+        match self.engine {
+            Engine::Live(_) => Via::LiveFrames,
+            Engine::Packet(_) => Via::Packet,
+        }
+    }
+
+    /// Sends `frames` frames, `batch` per kernel batch (at most 256 by live
+    /// frames, 64 by `AF_PACKET`); returns the frames the kernel took, when
+    /// it has sent them all.
+    pub fn send(&self, frames: u32, batch: u32) -> io::Result<u64> {
+        match &self.engine {
+            Engine::Live(l) => l.run(l.ifindex, frames, batch).map(|()| u64::from(frames)),
+            Engine::Packet(p) => {
+                let mut sent = 0;
+                while sent < u64::from(frames) {
+                    let want = (u64::from(frames) - sent).min(u64::from(batch.max(1)));
+                    sent += p.send(want)?;
+                }
+                Ok(sent)
+            }
+        }
+    }
+
     /// Sends as fast as the kernel can for `d`; returns the frames sent.
     pub fn flood(&self, d: Duration) -> io::Result<u64> {
         let end = Instant::now() + d;
         let mut sent = 0u64;
         while Instant::now() < end {
-            self.send(65_536, 64)?;
-            sent += 65_536;
+            sent += match &self.engine {
+                Engine::Live(_) => self.send(65_536, 64)?,
+                Engine::Packet(p) => p.send(1024)?,
+            };
         }
         Ok(sent)
     }
 
     /// Runs a generator made [`Generator::with_pace`] for `d`; returns the
-    /// frames it sent. Frames wait at most a batch of 8 runs of the program
-    /// (about a microsecond) for the kernel to send them.
+    /// frames it sent. By live frames, frames wait at most a batch of 8
+    /// runs of the program (about a microsecond) for the kernel to send
+    /// them.
     pub fn run_paced(&self, d: Duration) -> io::Result<u64> {
-        let before = map_get(&self.counter, 0)?;
-        let end = Instant::now() + d;
-        while Instant::now() < end {
-            self.send(16_384, 8)?;
+        match &self.engine {
+            Engine::Live(l) => {
+                let before = l.sent()?;
+                let end = Instant::now() + d;
+                while Instant::now() < end {
+                    l.run(l.ifindex, 16_384, 8)?;
+                }
+                // The counter is a u32 that counts sent frames.
+                Ok((l.sent()?.wrapping_sub(before)) & u64::from(u32::MAX))
+            }
+            Engine::Packet(p) => match p.pace {
+                Some(every) => p.run_paced(every, d),
+                None => Err(io::Error::new(io::ErrorKind::InvalidInput, "run_paced: a generator made with_pace")),
+            },
         }
-        // The counter is a u32 that counts sent frames.
-        Ok((map_get(&self.counter, 0)?.wrapping_sub(before)) & u64::from(u32::MAX))
     }
 
     /// Sends `pps` frames a second for `d`, in bursts of `burst`; returns
@@ -514,8 +818,7 @@ impl Generator {
                 due_from += owed - u128::from(burst);
             }
             if owed > 0 {
-                self.send(burst, burst)?;
-                sent += u64::from(burst);
+                sent += self.send(burst, burst)?;
             } else {
                 std::hint::spin_loop();
             }
@@ -679,14 +982,17 @@ mod tests {
     #[test]
     fn the_template_has_a_valid_header_checksum_for_every_address_byte() {
         let t = traffic(None, false);
-        let mut f = template(&t);
-        for b in 0..=255u8 {
-            // What the program writes.
-            f[29] = b;
-            f[19] = 0xff - b;
+        let mut f: [u8; FRAME_LEN] = template(&t).try_into().expect("a frame");
+        for n in (0..1 << 24).step_by(4099).chain(0..=255) {
+            // What the program writes, and the AF_PACKET generator.
+            write_frame(&mut f, n, Some(0x1122_3344_5566_7788));
             let ip = etherparse::Ipv4HeaderSlice::from_slice(&f[14..34]).expect("a header");
-            assert_eq!(ip.to_header().calc_header_checksum(), ip.header_checksum(), "byte {b}");
-            assert_eq!(ip.source(), [198, 51, 100, b]);
+            assert_eq!(ip.to_header().calc_header_checksum(), ip.header_checksum(), "frame {n}");
+            assert_eq!(ip.source(), [198, 51, 100, n.to_le_bytes()[0]]);
+            let udp = etherparse::UdpHeaderSlice::from_slice(&f[34..42]).expect("a header");
+            assert_eq!(u32::from(udp.source_port()), n >> 8, "frame {n}");
+            assert_eq!(udp.destination_port(), 9000);
+            assert_eq!(f[42..50], 0x1122_3344_5566_7788u64.to_ne_bytes());
         }
     }
 
@@ -713,6 +1019,53 @@ mod paced {
     #[test]
     fn a_generator_that_paces_itself_sends_the_rate_asked_and_stamps_each_frame() {
         assert!(sh("[ \"$(id -u)\" -eq 0 ]"), "this test needs root (XDP)");
+        // By live frames where this kernel runs them (it says when it does
+        // not), and by AF_PACKET everywhere.
+        let t = super::tests::traffic(Some(16), true);
+        match paced_run(Via::LiveFrames, 200_000) {
+            Ok((sent, seen)) => check_paced(Via::LiveFrames, sent, &seen),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => eprintln!("live frames: {e}"),
+            Err(e) => panic!("a paced run by live frames: {e}"),
+        }
+        let (sent, seen) = paced_run(Via::Packet, 200_000).expect("a paced run by AF_PACKET");
+        check_paced(Via::Packet, sent, &seen);
+        assert!(Generator::with_pace("sgt-none", &t, 0).is_err(), "no pace of 0");
+        assert!(Generator::via(Via::Packet, "sgt-none", &t, Some(0)).is_err(), "no pace of 0");
+    }
+
+    #[test]
+    fn a_generator_falls_back_to_af_packet_only_where_live_frames_are_refused() {
+        assert!(sh("[ \"$(id -u)\" -eq 0 ]"), "this test needs root (XDP)");
+        sh("ip link del sgt-fba 2>/dev/null");
+        assert!(sh("ip link add sgt-fba type veth peer name sgt-fbb && ip link set sgt-fba up && ip link set sgt-fbb up"));
+        let t = super::tests::traffic(Some(16), false);
+        let chosen = Generator::new("sgt-fba", &t).map(|g| g.sends_via());
+        let live = Generator::via(Via::LiveFrames, "sgt-fba", &t, None).map(|g| g.sends_via());
+        // A flood by AF_PACKET: every frame one of the 16 flows, arriving.
+        let flood = (|| -> io::Result<(u64, Seen)> {
+            let sink = Sink::attach("sgt-fbb")?;
+            let g = Generator::via(Via::Packet, "sgt-fba", &t, None)?;
+            let before = sink.seen()?;
+            let sent = g.flood(Duration::from_millis(300))?;
+            std::thread::sleep(Duration::from_millis(50));
+            Ok((sent, sink.seen()?.since(&before)))
+        })();
+        sh("ip link del sgt-fba");
+        match live {
+            Ok(v) => assert_eq!(chosen.expect("a generator"), v, "live frames where the kernel runs them"),
+            Err(e) => {
+                assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
+                assert_eq!(chosen.expect("a generator"), Via::Packet, "AF_PACKET where live frames are refused");
+            }
+        }
+        let (sent, seen) = flood.expect("a flood by AF_PACKET");
+        assert!(sent > 10_000, "a flood: {sent} frames in 0.3 s");
+        assert!(seen.frames * 100 >= sent * 99 && seen.frames <= sent, "{} of the {sent} frames sent arrived", seen.frames);
+    }
+
+    /// A paced run of 0.5 s at `pps`, by `via`, on a veth pair of its own
+    /// into a sink.
+    fn paced_run(via: Via, pps: u64) -> io::Result<(u64, Seen)> {
         sh("ip link del sgt-pga 2>/dev/null");
         // No IPv6 of the kernel's own: nothing arrives that was not sent.
         assert!(sh("ip link add sgt-pga type veth peer name sgt-pgb \
@@ -721,21 +1074,23 @@ mod paced {
         let t = super::tests::traffic(Some(16), true);
         let result = (|| -> io::Result<(u64, Seen)> {
             let sink = Sink::attach("sgt-pgb")?;
-            let g = Generator::with_pace("sgt-pga", &t, 200_000)?;
+            let g = Generator::via(via, "sgt-pga", &t, Some(pps))?;
             let before = sink.seen()?;
             let sent = g.run_paced(Duration::from_millis(500))?;
             std::thread::sleep(Duration::from_millis(50));
             Ok((sent, sink.seen()?.since(&before)))
         })();
         sh("ip link del sgt-pga");
-        let (sent, seen) = result.expect("a paced run");
+        result
+    }
+
+    fn check_paced(via: Via, sent: u64, seen: &Seen) {
         // 100,000 due in half a second; a loaded machine takes the core
         // now and then, and a late frame is not made up for.
-        assert!((70_000..=101_000).contains(&sent), "sent {sent} of 100,000 due");
+        assert!((70_000..=101_000).contains(&sent), "{via:?}: sent {sent} of 100,000 due");
         // A transmit can fail now and then (the counter counts what the
         // program sent on its way).
-        assert!(seen.frames <= sent && seen.frames * 100 >= sent * 99, "{} of the {sent} frames sent arrived", seen.frames);
-        assert_eq!(seen.latency.iter().sum::<u64>(), seen.frames, "every frame stamped");
-        assert!(Generator::with_pace("sgt-none", &t, 0).is_err(), "no pace of 0");
+        assert!(seen.frames <= sent && seen.frames * 100 >= sent * 99, "{via:?}: {} of the {sent} frames sent arrived", seen.frames);
+        assert_eq!(seen.latency.iter().sum::<u64>(), seen.frames, "{via:?}: every frame stamped");
     }
 }
