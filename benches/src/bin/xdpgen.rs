@@ -9,7 +9,12 @@
 //!   as the kernel makes them or R a second: in bursts of B paced from user
 //!   space, or with `--even` one by one, each the moment it is due, paced
 //!   by the program itself (`Generator::with_pace`); prints
-//!   `{"sent":N,"seconds":S,"mpps":X}`.
+//!   `{"sent":N,"seconds":S,"mpps":X,"via":V}`, V how the frames were
+//!   sent: `live-frames` (`BPF_PROG_RUN`), or `af-packet` where the
+//!   kernel refuses live frames (see `xdpgen::Via`).
+//! - `xdpgen live`: exits 0 where the kernel runs `BPF_PROG_RUN` live
+//!   frames, 3 where it refuses them (`benches/e2e.sh` then sends with
+//!   `xsk tx`, the same frames through an AF_XDP socket).
 //! - `xdpgen redirect IN OUT --seconds S`: sends every frame arriving on
 //!   IN out of OUT in XDP (`bpf_redirect`), for S seconds: the cost of an
 //!   XDP-level fast path with no lookup.
@@ -72,7 +77,10 @@ fn send(iface: &str, args: &[String]) {
     }
     .unwrap_or_else(|e| fail(&e.to_string()));
     let took = start.elapsed().as_secs_f64();
-    println!("{}", serde_json::json!({"sent": sent, "seconds": took, "mpps": (sent as f64 / took / 1e6 * 1000.0).round() / 1000.0}));
+    println!(
+        "{}",
+        serde_json::json!({"sent": sent, "seconds": took, "mpps": (sent as f64 / took / 1e6 * 1000.0).round() / 1000.0, "via": g.sends_via().name()})
+    );
 }
 
 fn sink(iface: &str, args: &[String]) {
@@ -107,12 +115,22 @@ fn main() {
     match (args.first().map(String::as_str), args.get(1)) {
         (Some("send"), Some(iface)) => send(iface, &args[2..]),
         (Some("sink"), Some(iface)) => sink(iface, &args[2..]),
+        (Some("live"), None) => match Generator::live_frames_run_here() {
+            Ok(true) => {}
+            Ok(false) => {
+                eprintln!("xdpgen: this kernel refuses BPF_PROG_RUN live frames");
+                std::process::exit(3)
+            }
+            Err(e) => fail(&e.to_string()),
+        },
         (Some("redirect"), Some(from)) => {
             let to = args.get(2).unwrap_or_else(|| fail("redirect IN OUT"));
             let seconds: f64 = need(&args[3..], "--seconds");
             let _r = Redirect::attach(from, to).unwrap_or_else(|e| fail(&e.to_string()));
             std::thread::sleep(Duration::from_secs_f64(seconds));
         }
-        _ => fail("usage: xdpgen send IFACE ... | xdpgen sink IFACE --warmup W --seconds S | xdpgen redirect IN OUT --seconds S"),
+        _ => fail(
+            "usage: xdpgen send IFACE ... | xdpgen sink IFACE --warmup W --seconds S | xdpgen live | xdpgen redirect IN OUT --seconds S",
+        ),
     }
 }
