@@ -84,7 +84,14 @@ const ECHO_SERVER: &str = "import socket,threading\ns=socket.socket();s.setsocko
 /// A flood for 4 s from `eth0` of namespace `ns`, on core 1 (the one the
 /// switch's loop does not use): UDP to port 9999, a new flow every frame;
 /// the thread returns the frames sent.
+///
+/// The flooding host's `eth0` gets a FIFO queue, as a host's NIC has
+/// (veth has none): where the kernel refuses live frames, the generator
+/// sends skbs, a veth whose peer's ring is full stops its queue, and
+/// without a qdisc the host's own packets (the pings) would be dropped
+/// before they reach the wire, whatever the switch does.
 fn flood_from(ns: &str, dst_mac: [u8; 6], src: &str, dst: &str) -> std::thread::JoinHandle<u64> {
+    assert!(sh(&format!("ip netns exec {ns} tc qdisc replace dev eth0 root pfifo limit 1000")), "a queue on {ns}'s eth0");
     let (src, dst) = (src.parse().expect("ip"), dst.parse().expect("ip"));
     in_namespace(ns, 1, move || {
         let mac = std::fs::read_to_string("/sys/class/net/eth0/address").expect("eth0's address");
@@ -201,7 +208,11 @@ fn start_with_yielding_uplink(dir: &std::path::Path, log: &std::path::Path, metr
 /// the uplink to another VM (web2) are answered. Here the loop also idles
 /// now and then (web1's frames reach it through the generator's core), so
 /// the pings alone would get through without the step aside too; the count
-/// shows it happens.
+/// shows it happens. Where the kernel refuses live frames, the AF_PACKET
+/// generator's frames are received on its own core, which cannot make them
+/// as fast as the loop takes them: the loop idles between them and need
+/// not step aside (one run in three here). There the count is printed, not
+/// asserted; the engine's unit test covers when the loop steps aside.
 #[test]
 fn a_loop_kept_busy_by_a_vm_still_gives_the_uplinks_napi_threads_their_turn() {
     require_root();
@@ -224,7 +235,9 @@ fn a_loop_kept_busy_by_a_vm_still_gives_the_uplinks_napi_threads_their_turn() {
     let busy = sample(&page, "sgswitch_loop_iterations_total{loop=\"0\",state=\"busy\"}");
     eprintln!("vm flood: {sent} frames offered; loop busy {busy} iterations, stepped aside {stepped} times; pings: {text}");
     assert!(sent > 1_000_000, "the generator flooded: {sent} frames");
-    assert!(stepped > 0, "the loop, busy without a break, stepped aside: {stepped}");
+    if Generator::live_frames_run_here().expect("the probe for live frames") {
+        assert!(stepped > 0, "the loop, busy without a break, stepped aside: {stepped}");
+    }
     assert!(received >= 16, "pings from the uplink kept getting answers: {received} of 20\n{text}");
 }
 

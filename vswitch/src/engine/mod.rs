@@ -58,6 +58,30 @@ const REQUESTS_PER_ITERATION: usize = 4;
 /// the timer slack, 50 us).
 const STEP_ASIDE: Duration = Duration::from_millis(1);
 
+/// How long a loop has been busy without a break (see [`STEP_ASIDE`]).
+#[derive(Debug, Default)]
+struct Streak {
+    since: Option<Instant>,
+}
+
+impl Streak {
+    /// A busy iteration ended at `now`: whether the loop has now been busy
+    /// for [`STEP_ASIDE`] without a break (the streak then starts again).
+    fn busy(&mut self, now: Instant) -> bool {
+        let since = *self.since.get_or_insert(now);
+        let long = now.duration_since(since) >= STEP_ASIDE;
+        if long {
+            self.since = None;
+        }
+        long
+    }
+
+    /// An idle iteration: the streak is broken.
+    fn idle(&mut self) {
+        self.since = None;
+    }
+}
+
 /// How long an idle loop (`busy_poll = false`) waits for its sockets to
 /// receive before it looks at its inbox and timers again.
 const IDLE_WAIT: Duration = Duration::from_micros(200);
@@ -327,8 +351,7 @@ pub fn poll_loop(
     let mut waits: Vec<libc::pollfd> = Vec::with_capacity(io.socks.len() + 8);
     let idle_spin = Duration::from_micros(u64::from(host.datapath.idle_spin_us));
     let mut last_busy = Instant::now();
-    // Since when the loop has been busy without a break (see STEP_ASIDE).
-    let mut streak: Option<Instant> = None;
+    let mut streak = Streak::default();
     // A loop that spins when idle (`busy_poll`) never lets a thread of
     // idle priority run: it leaves them as they are.
     let mut napi = (host.datapath.napi_threads == sgswitch_config::NapiThreads::Yield && !host.datapath.busy_poll)
@@ -484,18 +507,16 @@ pub fn poll_loop(
         if busy {
             stats.busy.add(1);
             last_busy = Instant::now();
-            let since = *streak.get_or_insert(last_busy);
-            if yielding && last_busy.duration_since(since) >= STEP_ASIDE {
+            if streak.busy(last_busy) && yielding {
                 // The NAPI threads that yield to this loop run only when
                 // it waits: busy this long (frames from other sockets), it
                 // gives them a turn.
                 stats.stepped_aside.add(1);
                 std::thread::sleep(Duration::from_micros(1));
-                streak = None;
             }
         } else {
             stats.idle.add(1);
-            streak = None;
+            streak.idle();
             // No spinning while a NAPI thread yields to the loop: its
             // frames come only when the loop waits.
             if host.datapath.busy_poll || (!yielding && last_busy.elapsed() < idle_spin) {
@@ -615,4 +636,29 @@ fn answer(requests: &Receiver<LoopRequest>, pipe: &mut Pipeline<u32>, stats: &Lo
 fn seed() -> u64 {
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     u64::try_from(t & u128::from(u64::MAX)).unwrap_or(0) ^ u64::from(std::process::id()).rotate_left(32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loop_steps_aside_after_a_millisecond_busy_without_a_break_and_not_before() {
+        let t = Instant::now();
+        let us = Duration::from_micros;
+        let mut s = Streak::default();
+        assert!(!s.busy(t));
+        assert!(!s.busy(t + us(999)), "not before a millisecond");
+        assert!(s.busy(t + us(1000)), "a millisecond busy");
+        // The streak starts again from the next busy iteration.
+        assert!(!s.busy(t + us(1100)));
+        assert!(!s.busy(t + us(2099)));
+        assert!(s.busy(t + us(2100)));
+        // An idle iteration breaks it.
+        assert!(!s.busy(t + us(3000)));
+        s.idle();
+        assert!(!s.busy(t + us(3900)));
+        assert!(!s.busy(t + us(4899)), "busy again only since 3,900 us");
+        assert!(s.busy(t + us(4900)));
+    }
 }
