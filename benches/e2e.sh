@@ -37,8 +37,9 @@
 #   Where the kernel refuses live frames (a sandbox's kernel did, EPERM),
 #   xsk tx sends the same frames through an AF_XDP socket on gen0 (an skb
 #   each, about 1.9 Mpps at most): every point then says
-#   "generator":"af-xdp", and a system that delivers what it was offered
-#   measured the generator, not itself (the summary's generator_bound). The
+#   "generator":"af-xdp", and a system that took nearly all the generator
+#   can make measured the generator, not itself (the summary's
+#   generator_bound). The
 #   sink (an XDP program on vm0 that counts, files latencies and drops) runs
 #   in vm0's threaded NAPI kthread, on core 1 at real-time priority: it is
 #   the measurement, not the system's work. What each system pays for the
@@ -63,7 +64,8 @@
 # Output (--json): one line per point,
 #   {"system","rules","cores","case","offered_mpps","mpps","p50_us","p99_us","load","generator"}
 # then one summary line per rule count with the issue's ratios, whether
-# each target is met, the generator and the points it bounded. Without --json, the same as text.
+# each target is met, the generator and the points it bounded. Without
+# --json, the same as text.
 #   benches/e2e.sh [--json] [--quick] [--systems "a b ..."] [--rules "10 1000"]
 # --quick: 1,000 rules, shorter windows, a coarser ramp.
 set -euo pipefail
