@@ -708,13 +708,22 @@ impl Table {
     /// in what the next ones will read ([`Table::prefetch_victims`]; with
     /// it, 64k-flow zones take about 1.8 times the new flows a second they
     /// took without, 1M-flow zones 2.5 times: `benches/src/bin/conntrack.rs`).
+    ///
+    /// An expired entry goes before any live one. Only the current
+    /// second's slot holds both (a slot is its entries' deadline second):
+    /// there the first live candidate waits until the slot is scanned (or
+    /// the scan's limit is reached) in case an entry after it has expired.
     #[expect(clippy::cast_possible_truncation, reason = "a slot is a second modulo the wheel size")]
     fn evict_for(&mut self, zone: Zone, zone_full: bool, now: Now) -> bool {
         let Some(cursor) = self.cursor else { return false };
         let now32 = now.ms32();
+        let now_sec = now.0 / 1000;
         let (mut scanned, mut moved) = (0, 0);
+        // A live candidate of the current second, kept in case an entry
+        // after it in the slot has expired.
+        let mut live = None;
         let start = cursor.max(self.evict_from);
-        for sec in start..cursor + WHEEL_SLOTS as u64 {
+        'slots: for sec in start..cursor + WHEEL_SLOTS as u64 {
             let mut i = self.heads[(sec as usize) & (WHEEL_SLOTS - 1)];
             if i == NIL && scanned == 0 && moved == 0 {
                 self.evict_from = sec + 1;
@@ -738,18 +747,29 @@ impl Table {
                     continue;
                 }
                 if ezone == zone && !assured(estate) {
-                    self.release(idx);
-                    self.prefetch_victims(next);
-                    self.stats.evicted += 1;
-                    return true;
+                    if sec != now_sec {
+                        self.release(idx);
+                        self.prefetch_victims(next);
+                        self.stats.evicted += 1;
+                        return true;
+                    }
+                    live.get_or_insert(idx);
                 }
                 scanned += 1;
                 if scanned >= EVICT_SCAN {
-                    return false;
+                    break 'slots;
                 }
             }
+            if live.is_some() {
+                break;
+            }
         }
-        false
+        let Some(idx) = live else { return false };
+        let next = self.links[idx].next;
+        self.release(idx);
+        self.prefetch_victims(next);
+        self.stats.evicted += 1;
+        true
     }
 
     /// After an entry is taken from its slot (evicted, or freed by the

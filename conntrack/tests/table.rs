@@ -672,3 +672,29 @@ fn reconfigured_timeouts_strictness_and_revalidation_apply_to_the_next_packet() 
     t.reconfigure(&Settings { capacity: 1 << 20, seed: 99, ..t.settings().clone() });
     assert_eq!((t.settings().capacity, t.settings().seed), (64, Settings::default().seed));
 }
+
+#[test]
+fn an_expired_flow_goes_before_a_live_one_due_in_the_same_second() {
+    // Two unreplied flows of a full zone, both due in second 30: one at
+    // 30.0 s (expired at 30.6 s, not yet swept), one at 30.768 s (live).
+    // A new flow at 30.6 s takes the expired one's place, whichever of the
+    // two the wheel's slot lists first.
+    for expired_first in [true, false] {
+        let mut t = Table::new(Settings { capacity: 100, per_zone_capacity: 2, ..Settings::default() }, 1);
+        let f = |p: u16| tuple(0, 17, "10.0.0.1", p, "192.0.2.9", 53);
+        let (dead, live) = (f(1), f(2));
+        if expired_first {
+            t.track(&dead, &UDP, Now(0), 1, allow);
+            t.track(&live, &UDP, Now(768), 1, allow);
+        } else {
+            // Placed first, by its first frame; seen again later.
+            t.track(&live, &UDP, Now(0), 1, allow);
+            t.track(&dead, &UDP, Now(0), 1, allow);
+            t.track(&live, &UDP, Now(768), 1, allow);
+        }
+        assert_eq!(t.track(&f(3), &UDP, Now(30_600), 1, allow), Outcome::New);
+        assert!(t.get(&dead).is_none(), "the expired flow went (listed first: {expired_first})");
+        assert!(t.get(&live).is_some(), "the live one stayed (listed first: {})", !expired_first);
+        assert_eq!((t.stats().expired, t.stats().evicted), (1, 0));
+    }
+}
