@@ -57,41 +57,37 @@ impl NapiThreads {
             }
         }
         let before: Vec<i32> = self.held.iter().map(|y| y.pid).collect();
+        // One request for the namespace's every context, however many
+        // interfaces the loop has.
+        let contexts = match &self.netdev {
+            Some(netdev) if !ifindexes.is_empty() => netdev.contexts(None).unwrap_or_else(|e| {
+                self.cannot_know(format!("netdev napi-get: {e}"));
+                Vec::new()
+            }),
+            _ => Vec::new(),
+        };
         let mut seen = Vec::new();
-        if let Some(netdev) = &self.netdev
-            && !ifindexes.is_empty()
-        {
-            // One request for the namespace's every context, however many
-            // interfaces the loop has.
-            match netdev.contexts(None) {
-                Ok(contexts) => {
-                    let mine =
-                        contexts.into_iter().filter(|c| c.pid != 0 && ifindexes.contains(&c.ifindex) && napi::pinned_to(c.pid, core));
-                    for c in mine {
-                        seen.push(c.pid);
-                        if self.held.iter().any(|y| y.pid == c.pid) {
-                            continue;
-                        }
-                        match napi::yield_thread(c.pid) {
-                            Ok(y) => {
-                                info!(
-                                    "loop {i}: NAPI thread {} ({}) shares core {core} with the loop: it runs at idle priority, receiving as fast as the loop takes frames",
-                                    y.name, y.pid
-                                );
-                                self.held.push(y);
-                            }
-                            Err(why) if !self.told.contains(&c.pid) => {
-                                info!("loop {i}: NAPI thread {} on core {core} left as it is: {why}", c.pid);
-                                if self.told.len() >= TOLD_MAX {
-                                    self.told.clear();
-                                }
-                                self.told.push(c.pid);
-                            }
-                            Err(_) => {}
-                        }
-                    }
+        for c in contexts.into_iter().filter(|c| c.pid != 0 && ifindexes.contains(&c.ifindex) && napi::pinned_to(c.pid, core)) {
+            seen.push(c.pid);
+            if self.held.iter().any(|y| y.pid == c.pid) {
+                continue;
+            }
+            match napi::yield_thread(c.pid) {
+                Ok(y) => {
+                    info!(
+                        "loop {i}: NAPI thread {} ({}) shares core {core} with the loop: it runs at idle priority, receiving as fast as the loop takes frames",
+                        y.name, y.pid
+                    );
+                    self.held.push(y);
                 }
-                Err(e) => self.cannot_know(format!("netdev napi-get: {e}")),
+                Err(why) if !self.told.contains(&c.pid) => {
+                    info!("loop {i}: NAPI thread {} on core {core} left as it is: {why}", c.pid);
+                    if self.told.len() >= TOLD_MAX {
+                        self.told.clear();
+                    }
+                    self.told.push(c.pid);
+                }
+                Err(_) => {}
             }
         }
         self.held.retain(|y| {
