@@ -150,6 +150,12 @@ up() {
     set -- $l
     ip -n "$1" link set "$2" up
   done
+  # Frames xsk tx sends (where live frames are refused) must reach up0's
+  # NAPI as live frames do, for every system: veth hands an skb to the
+  # peer's NAPI only if it could be aggregated, which TSO on the sender
+  # rules out; with TSO the bridge would forward in the sender's context,
+  # on the generator's core. (Live frames do not pass through it.)
+  ip netns exec sgb-gen ethtool -K gen0 tso off gso off >/dev/null
   # No IPv6 chatter from the namespaces' own stacks into the measurement.
   for l in "sgb-gen gen0" "sgb-vm vm0" "sgb-dut up0" "sgb-dut tap-vm"; do
     set -- $l
