@@ -473,3 +473,62 @@ fn a_store_revision_reads_a_port_file_the_watcher_saw_change() {
     assert!(eventually(Duration::from_secs(10), || published().contains("10.1.0.2")), "still published: {}\n{}", published(), log(&h));
     assert!(!log(&h).contains("(file change)"), "the file reload ran early: the test shows nothing\n{}", log(&h));
 }
+
+#[test]
+fn a_host_that_reconnects_after_a_push_shows_its_revision_only_once_it_enforces_it() {
+    // d0 knows one member only, so killing that member cuts it off while
+    // pushes go on through the others; w0 puts a web port in sg-web.
+    let mut etcd = Etcd::start(3);
+    let root = tempfile::tempdir().expect("tempdir");
+    let r1 = push(root.path(), &etcd, 1);
+    let w0 = Host::start(
+        BIN,
+        root.path(),
+        "w0",
+        &etcd.store_toml(PREFIX, "w0", TTL),
+        &[("web0".into(), port_toml("web0", "10.1.0.1", &["sg-web"]))],
+    );
+    let d0 = Host::start(
+        BIN,
+        root.path(),
+        "d0",
+        &etcd.store_toml_on(PREFIX, "d0", TTL, &[0]),
+        &[("db0".into(), port_toml("db0", "10.2.0.1", &["sg-db"]))],
+    );
+    for h in [&w0, &d0] {
+        assert!(
+            eventually(Duration::from_secs(20), || h.generation(BIN).is_some_and(|g| g >= r1)),
+            "{} never at {r1}:\n{}",
+            h.name,
+            log(h)
+        );
+    }
+    let web_seen = || d0.status(BIN).is_some_and(|v| v["store"]["remote_ports"] == 1);
+    assert!(eventually(Duration::from_secs(10), web_seen), "d0 does not see web0");
+
+    for k in 2..=6u16 {
+        etcd.kill(0);
+        let away = eventually(Duration::from_secs(20), || d0.status(BIN).is_some_and(|v| v["store"]["connected"] == false));
+        assert!(away, "d0 does not notice its member is gone");
+        let rev = push(root.path(), &etcd, k);
+        etcd.restart(0);
+        // From the moment d0 shows `rev` (or later), it enforces version k:
+        // a trace taken after the status can only be at that generation or
+        // a newer one, and no newer push is made in this round.
+        let t = std::time::Instant::now();
+        let mut shown = None;
+        while t.elapsed() < Duration::from_secs(30) {
+            let g = d0.generation(BIN);
+            let v = (1..=6).filter(|j| d0.trace_tcp(BIN, "db0", "10.1.0.1", 5000 + j) == "allow").collect::<Vec<u16>>();
+            if g.is_some_and(|g| g >= rev) {
+                assert_eq!(v, vec![k], "round {k}: d0 shows generation {g:?} (push at {rev}) while enforcing {v:?}:\n{}", log(&d0));
+                let since = *shown.get_or_insert(std::time::Instant::now());
+                if since.elapsed() > Duration::from_millis(500) {
+                    break;
+                }
+            }
+        }
+        assert!(shown.is_some(), "round {k}: d0 never reached {rev}:\n{}", log(&d0));
+        etcd.wait_healthy(Duration::from_secs(20));
+    }
+}

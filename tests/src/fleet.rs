@@ -248,7 +248,13 @@ impl Etcd {
 
     /// The `[store]` table for a host named `host` under `prefix`.
     pub fn store_toml(&self, prefix: &str, host: &str, ttl: u32) -> String {
-        let eps: Vec<String> = self.endpoints().iter().map(|e| format!("\"{e}\"")).collect();
+        self.store_toml_on(prefix, host, ttl, &(0..self.members.len()).collect::<Vec<_>>())
+    }
+
+    /// The `[store]` table of a host that knows only the members `on`.
+    pub fn store_toml_on(&self, prefix: &str, host: &str, ttl: u32, on: &[usize]) -> String {
+        let all = self.endpoints();
+        let eps: Vec<String> = on.iter().map(|&i| format!("\"{}\"", all[i])).collect();
         let mut t = format!(
             "[store]\nkind = \"etcd\"\nendpoints = [{}]\nprefix = \"{prefix}\"\nhost = \"{host}\"\nlease_ttl_seconds = {ttl}\ntimeout_ms = 1000\n",
             eps.join(", ")

@@ -227,14 +227,11 @@ async fn session(
                     return Err(format!("the watch was cancelled: {}", resp.cancel_reason()));
                 }
                 let Some(cur) = snap.as_mut() else { return Err("no snapshot".into()) };
-                for e in resp.events() {
-                    let Some(kv) = e.kv() else { continue };
-                    let value = (e.event_type() == EventType::Put).then(|| text(kv.value()));
-                    cur.set(&text(kv.key()), value);
-                }
-                let rev = resp.header().map_or(cur.revision, etcd_client::ResponseHeader::revision);
-                if rev > cur.revision {
-                    cur.revision = rev;
+                let changed = resp.events().iter().filter_map(|e| {
+                    let kv = e.kv()?;
+                    Some((text(kv.key()), (e.event_type() == EventType::Put).then(|| text(kv.value())), kv.mod_revision()))
+                });
+                if cur.apply(changed) {
                     deliver(link, cur, changes);
                 }
                 answered = Instant::now();

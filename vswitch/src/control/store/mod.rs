@@ -109,6 +109,22 @@ impl Snapshot {
         }
     }
 
+    /// Applies one watch response's changes: `(key, value or deleted,
+    /// the revision of the change)`, in the store's order. The snapshot
+    /// then stands at the newest of those revisions, never at the
+    /// response's header revision: etcd stamps a watch's `created`
+    /// answer, its progress notes and a catching-up batch with the
+    /// revision the member is at, which can be ahead of the changes this
+    /// host has received. Whether the revision moved.
+    pub fn apply(&mut self, changes: impl IntoIterator<Item = (String, Option<String>, i64)>) -> bool {
+        let before = self.revision;
+        for (key, value, revision) in changes {
+            self.set(&key, value);
+            self.revision = self.revision.max(revision);
+        }
+        self.revision > before
+    }
+
     fn key(&self, folder: &str, id: &str) -> String {
         format!("{}/{folder}/{id}", self.prefix)
     }
@@ -372,5 +388,25 @@ mod tests {
         assert!(s.overlay("h1").remote.ports.is_empty());
         assert!(s.groups().is_empty());
         assert_eq!(s.ports_of("h1").len(), 1);
+    }
+
+    #[test]
+    fn a_snapshot_stands_at_the_revision_of_the_changes_it_holds() {
+        let mut s = Snapshot::new("/sg");
+        s.revision = 4;
+        // A watch's `created` answer or a progress note: no changes, so no
+        // new revision, whatever the header says.
+        assert!(!s.apply([]));
+        assert_eq!(s.revision, 4);
+        let v2 = "id = \"sg-a\"\n# v2".to_owned();
+        assert!(s.apply([("/sg/groups/sg-a".into(), Some(v2.clone()), 5), ("/sg/hosts/h1/ports/p1".into(), Some("one".into()), 6)]));
+        assert_eq!((s.revision, s.groups().get("sg-a")), (6, Some(&v2)));
+        // Changes outside the layout still mark the revision they were at.
+        assert!(s.apply([("/sg/pushed".into(), Some("{}".into()), 7)]));
+        assert_eq!(s.revision, 7);
+        // A change the snapshot already holds (a watch started from an
+        // older revision) does not move it back.
+        assert!(!s.apply([("/sg/hosts/h1/ports/p1".into(), Some("one".into()), 6)]));
+        assert_eq!(s.revision, 7);
     }
 }
