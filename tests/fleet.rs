@@ -510,6 +510,8 @@ fn a_host_that_reconnects_after_a_push_shows_its_revision_only_once_it_enforces_
         etcd.kill(0);
         let away = eventually(Duration::from_secs(20), || d0.status(BIN).is_some_and(|v| v["store"]["connected"] == false));
         assert!(away, "d0 does not notice its member is gone");
+        // The member killed may have led: the push waits for a new leader.
+        etcd.wait_healthy(Duration::from_secs(20));
         let rev = push(root.path(), &etcd, k);
         etcd.restart(0);
         // From the moment d0 shows `rev` (or later), it enforces version k:
