@@ -17,6 +17,23 @@ fn pings(ns: &str, to: &str) -> bool {
     sh(&format!("ip netns exec sgs-{ns} ping -c 3 -i 0.2 -W 1 {to}"))
 }
 
+/// The average round trip of `n` pings from `ns` to `to`, in ms (`None` if
+/// ping did not say).
+fn ping_avg_ms(ns: &str, to: &str, n: u32) -> Option<f64> {
+    let o = Command::new("ip")
+        .args(["netns", "exec", &format!("sgs-{ns}"), "ping", "-q", "-c", &n.to_string(), "-i", "0.05", "-W", "1", to])
+        .output()
+        .ok()?;
+    // "rtt min/avg/max/mdev = 0.052/0.070/0.101/0.010 ms"
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    text.lines().find_map(|l| l.split_once(" = ")?.1.split('/').nth(1)?.parse().ok())
+}
+
+/// Frames loop `l` handed to the other loops, as the metrics say.
+fn handed_over(metrics: &str, l: &str) -> Option<u64> {
+    metrics.lines().find_map(|m| m.strip_prefix(&format!("sgswitch_loop_handover_total{{loop=\"{l}\",outcome=\"sent\"}} ")))?.parse().ok()
+}
+
 /// A threaded TCP echo server on port 443 (python3, inside a namespace).
 const ECHO_SERVER: &str = "import socket,threading\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('0.0.0.0',443));s.listen()\ndef h(c):\n  while True:\n    d=c.recv(4096)\n    if not d: break\n    c.sendall(d)\nwhile True:\n  c,_=s.accept();threading.Thread(target=h,args=(c,),daemon=True).start()";
 
@@ -132,12 +149,23 @@ fn scenario(cores: &str) {
     }
     if cores != "[0]" {
         for l in ["0", "1"] {
-            let sent = metrics
-                .lines()
-                .find_map(|m| m.strip_prefix(&format!("sgswitch_loop_handover_total{{loop=\"{l}\",outcome=\"sent\"}} ")))
-                .and_then(|v| v.parse::<u64>().ok());
+            let sent = handed_over(&metrics, l);
             assert!(sent.is_some_and(|n| n > 0), "loop {l} handed frames over: {sent:?}");
         }
+        // A quiet loop sleeps up to 10 ms, but a frame handed to it rings
+        // its doorbell: pings whose frames cross from one loop to the
+        // other take no sleep's length (without the ring, 5 ms on average
+        // per crossing).
+        let before: u64 = ["0", "1"].iter().filter_map(|l| handed_over(&metrics, l)).sum();
+        for to in ["10.0.0.11", "10.0.0.12"] {
+            std::thread::sleep(Duration::from_millis(100));
+            let avg = ping_avg_ms("inet", to, 30);
+            eprintln!("pings to {to}: {avg:?} ms on average");
+            assert!(avg.is_some_and(|ms| ms < 2.5), "pings to {to} took {avg:?} ms on average: a sleeping loop was not woken for them");
+        }
+        let metrics = http_get("127.0.0.1:19471", "/metrics").expect("GET /metrics");
+        let after: u64 = ["0", "1"].iter().filter_map(|l| handed_over(&metrics, l)).sum();
+        assert!(after >= before + 30, "the pings crossed between the loops: {before} frames handed over before, {after} after");
     }
 
     // An established connection lives through ten reloads that keep its

@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_queue::ArrayQueue;
 use tracing::{info, warn};
 
 use crate::control::sizing::{MemoryError, check_conntrack_memory, meminfo};
@@ -31,7 +30,7 @@ use crate::control::store::StoreLink;
 use crate::control::{Control, LoadError, load};
 use crate::datapath::plan::Zones;
 use crate::datapath::stats::Counters;
-use crate::engine::forward::{HANDOVER, Inboxes};
+use crate::engine::forward::{Inbox, Inboxes, ring_all};
 use crate::engine::stats::LoopStats;
 use crate::engine::{Context, Loops, poll_loop};
 use crate::ops::View;
@@ -150,7 +149,8 @@ pub fn run(dir: &Path, opts: RunOptions) -> Result<String, RunError> {
     }
     let stats: Vec<Arc<LoopStats>> =
         cores.iter().enumerate().map(|(i, &c)| Arc::new(LoopStats::new(i, c, Arc::new(Counters::default())))).collect();
-    let (loops, receivers) = Loops::new(stats.clone());
+    let inboxes: Arc<Inboxes> = Arc::new((0..n).map(|_| Arc::new(Inbox::new())).collect());
+    let (loops, receivers) = Loops::new(stats.clone(), Arc::clone(&inboxes));
     let loops = Arc::new(loops);
     let (logs, writer): (Vec<Option<FlowLog>>, _) = if host.flow_log.enabled && n > 0 {
         let (logs, w) = FlowLog::per_loop(&host.flow_log, n);
@@ -176,7 +176,10 @@ pub fn run(dir: &Path, opts: RunOptions) -> Result<String, RunError> {
         flow_log: logs.iter().flatten().map(|l| Arc::clone(l.stats())).collect(),
         stop: Arc::clone(&stop),
     });
-    let inboxes: Arc<Inboxes> = Arc::new((0..n).map(|_| Arc::new(ArrayQueue::new(HANDOVER))).collect());
+    {
+        let inboxes = Arc::clone(&inboxes);
+        control.on_publish(move || ring_all(&inboxes));
+    }
 
     let finish = |stop: &AtomicBool| {
         stop.store(true, Ordering::Relaxed);

@@ -12,7 +12,7 @@ pub mod store;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -142,6 +142,18 @@ pub struct Control {
     epoch: Instant,
     /// The fleet's store, when `[store]` names one.
     pub store: Option<Arc<StoreLink>>,
+    /// Called after each new plan is published (the switch wakes its
+    /// sleeping loops with it, so that they take the plan at once).
+    published_hook: OnceLock<Hook>,
+}
+
+/// A function the control plane calls (see [`Control::on_publish`]).
+struct Hook(Box<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
+    }
 }
 
 impl Control {
@@ -176,8 +188,15 @@ impl Control {
             reloading_since: AtomicU64::new(0),
             epoch,
             store,
+            published_hook: OnceLock::new(),
         };
         (control, rx)
+    }
+
+    /// Calls `f` after each plan published from now on (once set, it
+    /// stays).
+    pub fn on_publish(&self, f: impl Fn() + Send + Sync + 'static) {
+        let _ = self.published_hook.set(Hook(Box::new(f)));
     }
 
     /// Records the files of a configuration just applied as `generation`
@@ -248,6 +267,9 @@ impl Control {
                 let history = p.plan.policy().config().host.history.clone();
                 let p = Arc::new(p);
                 self.published.store(Arc::clone(&p));
+                if let Some(Hook(f)) = self.published_hook.get() {
+                    f();
+                }
                 // Shown (and this host's ports published) only once in force:
                 // a fleet compares hosts by the revision they show.
                 if let Some(link) = &self.store {

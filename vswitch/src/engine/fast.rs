@@ -139,6 +139,12 @@ impl Fast {
         stats.fast_flows.set(self.flows.len() as u64);
     }
 
+    /// When (ms) [`Fast::sync`] next has work: now while a sync is under
+    /// way (a slice per iteration), else when the next one starts.
+    pub fn due_ms(&self) -> u64 {
+        if self.cursor > 0 { 0 } else { self.due_ms }
+    }
+
     /// Syncs a slice of the flows when a sync is due (see the module).
     pub fn sync<H: Copy>(&mut self, pipe: &mut Pipeline<H>, plan: &Plan, now: Now, stats: &LoopStats) {
         if now.0 < self.due_ms {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
 
+use super::bell::Doorbell;
 use super::io::{Held, Port};
 use super::stats::LoopStats;
 use crate::datapath::plan::{Plan, PortIdx};
@@ -40,26 +41,55 @@ impl std::fmt::Debug for Parcel {
     }
 }
 
+/// A loop's inbox: the frames other loops hand it, and the doorbell that
+/// wakes it for them (and for requests and new plans).
+#[derive(Debug)]
+pub struct Inbox {
+    pub parcels: ArrayQueue<Parcel>,
+    pub bell: Doorbell,
+}
+
+impl Inbox {
+    pub fn new() -> Inbox {
+        Inbox { parcels: ArrayQueue::new(HANDOVER), bell: Doorbell::new() }
+    }
+}
+
+impl Default for Inbox {
+    fn default() -> Inbox {
+        Inbox::new()
+    }
+}
+
 /// Every loop's inbox, by loop.
-pub type Inboxes = Vec<Arc<ArrayQueue<Parcel>>>;
+pub type Inboxes = Vec<Arc<Inbox>>;
+
+/// Wakes every loop that sleeps (a new plan is published).
+pub fn ring_all(inboxes: &Inboxes) {
+    for i in inboxes {
+        i.bell.ring();
+    }
+}
 
 /// What a loop needs to send frames to the others.
 #[derive(Debug)]
 pub struct Peers<'a> {
     pub me: Owner,
-    pub inboxes: &'a [Arc<ArrayQueue<Parcel>>],
+    pub inboxes: &'a [Arc<Inbox>],
     pub stats: &'a LoopStats,
 }
 
 impl Peers<'_> {
-    /// Hands a copy of `bytes` to loop `to`; a full inbox drops and counts.
+    /// Hands a copy of `bytes` to loop `to`, waking it if it sleeps; a full
+    /// inbox drops and counts.
     fn send(&self, to: usize, task: Task, bytes: &[u8]) {
         let Some(inbox) = self.inboxes.get(to) else { return };
         let mut p = Parcel { task, len: 0, data: [0; FRAME_SIZE as usize] };
         let n = bytes.len().min(p.data.len());
         p.data[..n].copy_from_slice(&bytes[..n]);
         p.len = u16::try_from(n).unwrap_or(u16::MAX);
-        if inbox.push(p).is_ok() {
+        if inbox.parcels.push(p).is_ok() {
+            inbox.bell.ring();
             self.stats.handover_sent.add(1);
         } else {
             self.stats.handover_dropped.add(1);

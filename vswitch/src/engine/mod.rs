@@ -15,6 +15,7 @@
 //! arrived, the receiver's ingress in the receiver's loop. A full inbox
 //! drops the frame and counts it.
 
+pub mod bell;
 pub mod fast;
 pub mod forward;
 pub mod io;
@@ -82,9 +83,29 @@ impl Streak {
     }
 }
 
-/// How long an idle loop (`busy_poll = false`) waits for its sockets to
-/// receive before it looks at its inbox and timers again.
+/// How long an idle loop (`busy_poll = false`) waits for its sockets when
+/// work of its own is left (the sweep of expired connections behind, a
+/// fast-path sync under way, requests queued), or when it has no doorbell
+/// to be woken by (then it looks at its inbox this often).
 const IDLE_WAIT: Duration = Duration::from_micros(200);
+/// The longest a quiet loop sleeps: until a socket receives, its doorbell
+/// rings (frames from another loop, a request, a new plan: [`bell`]) or
+/// its next timer is due, and at most this long. Each wake of a loop that
+/// shares its core with the kernel's receive work is time that work waits
+/// (woken every 200 us, the loop put the fast path's p99 latency at about
+/// twice the bare XDP redirect's; `docs/design.md`). What it bounds: how
+/// late a link event (no doorbell) or the stop is seen.
+const QUIET_WAIT_MS: u64 = 10;
+
+/// How long an idle loop waits at `now_ms`: [`IDLE_WAIT`] with work
+/// `behind`, else until `due_ms` (its next timer), between [`IDLE_WAIT`]
+/// and [`QUIET_WAIT_MS`].
+fn idle_wait(behind: bool, now_ms: u64, due_ms: u64) -> Duration {
+    if behind {
+        return IDLE_WAIT;
+    }
+    Duration::from_millis(due_ms.saturating_sub(now_ms).min(QUIET_WAIT_MS)).max(IDLE_WAIT)
+}
 
 /// A flow as the control socket lists it: its original tuple, state and
 /// per-direction counts.
@@ -137,14 +158,16 @@ pub enum AskError {
 pub struct Loops {
     pub stats: Vec<Arc<LoopStats>>,
     requests: Vec<SyncSender<LoopRequest>>,
+    /// Their inboxes, whose doorbells wake them for a request.
+    inboxes: Arc<Inboxes>,
 }
 
 impl Loops {
-    /// The loops of `stats`, and the receiving end of each one's request
-    /// queue (for [`poll_loop`]).
-    pub fn new(stats: Vec<Arc<LoopStats>>) -> (Loops, Vec<Receiver<LoopRequest>>) {
+    /// The loops of `stats` with their `inboxes`, and the receiving end of
+    /// each one's request queue (for [`poll_loop`]).
+    pub fn new(stats: Vec<Arc<LoopStats>>, inboxes: Arc<Inboxes>) -> (Loops, Vec<Receiver<LoopRequest>>) {
         let (requests, receivers) = stats.iter().map(|_| std::sync::mpsc::sync_channel::<LoopRequest>(8)).unzip();
-        (Loops { stats, requests }, receivers)
+        (Loops { stats, requests, inboxes }, receivers)
     }
 
     /// Asks loop `i` and waits for the answer (at most two seconds).
@@ -155,6 +178,9 @@ impl Loops {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let q = self.requests.get(i).ok_or(AskError::NoLoop(i))?;
         q.try_send(make(tx)).map_err(|_| AskError::Busy(i))?;
+        if let Some(inbox) = self.inboxes.get(i) {
+            inbox.bell.ring();
+        }
         rx.recv_timeout(Duration::from_secs(2)).map_err(|_| AskError::Silent(i))
     }
 
@@ -454,7 +480,7 @@ pub fn poll_loop(
         }
         // Frames the other loops handed over: sent on, or judged first.
         while rx.len() < BATCH
-            && let Some(p) = inbox.pop()
+            && let Some(p) = inbox.parcels.pop()
         {
             busy = true;
             stats.handover_received.add(1);
@@ -498,7 +524,7 @@ pub fn poll_loop(
         for (h, o) in pipe.take_released() {
             ways.released(h, &o);
         }
-        answer(requests, &mut pipe, stats);
+        let asked = answer(requests, &mut pipe, stats);
         if ms >= stats_due {
             stats_due = ms + STATS_EVERY_MS;
             publish_stats(stats, socks, &pipe, plan);
@@ -522,11 +548,19 @@ pub fn poll_loop(
             if host.datapath.busy_poll || (!yielding && last_busy.elapsed() < idle_spin) {
                 std::hint::spin_loop();
             } else {
-                // Until a socket receives, or for as long as a frame handed
-                // over by another loop may wait.
+                // Until a socket receives, the doorbell rings, or the next
+                // timer is due.
+                let behind = asked || !inbox.bell.works() || !pipe.conntrack.caught_up(now);
+                let due = stats_due.min(links_due).min(fast.as_ref().map_or(u64::MAX, fast::Fast::due_ms));
                 waits.clear();
                 waits.extend(socks.iter_mut().map(|p| p.sock.poll_fd()));
-                sys::wait_for_frames(&mut waits, IDLE_WAIT);
+                let bell_at = waits.len();
+                waits.extend(inbox.bell.poll_fd());
+                inbox.bell.going_to_sleep();
+                if inbox.parcels.is_empty() {
+                    sys::wait_for_frames(&mut waits, idle_wait(behind, ms, due));
+                }
+                inbox.bell.awake(waits.get(bell_at));
             }
         }
     }
@@ -599,10 +633,11 @@ fn warn_about_offloads(p: &mut Port) {
     }
 }
 
-/// Answers the control socket's requests (bounded work per iteration).
-fn answer(requests: &Receiver<LoopRequest>, pipe: &mut Pipeline<u32>, stats: &LoopStats) {
+/// Answers the control socket's requests (bounded work per iteration):
+/// whether it answered as many as it may (more may be queued).
+fn answer(requests: &Receiver<LoopRequest>, pipe: &mut Pipeline<u32>, stats: &LoopStats) -> bool {
     for _ in 0..REQUESTS_PER_ITERATION {
-        let Ok(r) = requests.try_recv() else { return };
+        let Ok(r) = requests.try_recv() else { return false };
         match r {
             LoopRequest::Flows { zone, from, limit, reply } => {
                 let (end, next) = (pipe.conntrack.slots(), from.saturating_add(SCAN_STEP));
@@ -631,6 +666,7 @@ fn answer(requests: &Receiver<LoopRequest>, pipe: &mut Pipeline<u32>, stats: &Lo
             }
         }
     }
+    true
 }
 
 fn seed() -> u64 {
@@ -641,6 +677,17 @@ fn seed() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quiet_loop_sleeps_until_its_next_timer_within_bounds_and_briefly_with_work_behind() {
+        let us = |d: Duration| d.as_micros();
+        assert_eq!(us(idle_wait(false, 1000, 1004)), 4000, "until the next timer");
+        assert_eq!(us(idle_wait(false, 1000, 60_000)), 10_000, "never longer than QUIET_WAIT_MS");
+        assert_eq!(us(idle_wait(false, 1000, u64::MAX)), 10_000, "no timer at all");
+        assert_eq!(us(idle_wait(false, 1000, 1000)), 200, "a timer due now");
+        assert_eq!(us(idle_wait(false, 1000, 0)), 200, "a sync under way (due at 0)");
+        assert_eq!(us(idle_wait(true, 1000, 60_000)), 200, "work left: as often as without a doorbell");
+    }
 
     #[test]
     fn a_loop_steps_aside_after_a_millisecond_busy_without_a_break_and_not_before() {

@@ -27,6 +27,39 @@ pub fn wait_for_frames(fds: &mut [libc::pollfd], timeout: std::time::Duration) {
     let _ = unsafe { libc::ppoll(fds.as_mut_ptr(), n, &raw const ts, std::ptr::null()) };
 }
 
+/// A non-blocking `eventfd`: what wakes a poll loop sleeping in
+/// [`wait_for_frames`] when another thread has work for it.
+///
+/// # Errors
+/// The kernel's (out of descriptors).
+pub fn eventfd() -> std::io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: eventfd takes no pointers; a non-negative result is a new
+    // descriptor this process owns, handed to OwnedFd once.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: see above.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+}
+
+/// Adds one to an eventfd's counter (never blocks: it is non-blocking, and
+/// a counter that would overflow is already readable).
+pub fn eventfd_ring(fd: &std::os::fd::OwnedFd) {
+    let one = 1u64;
+    // SAFETY: writes the 8 bytes of `one`, which outlives the call, to a
+    // descriptor this process owns.
+    let _ = unsafe { libc::write(fd.as_raw_fd(), (&raw const one).cast(), 8) };
+}
+
+/// Reads an eventfd's counter back to zero (nothing if it is zero).
+pub fn eventfd_drain(fd: &std::os::fd::OwnedFd) {
+    let mut n = 0u64;
+    // SAFETY: reads at most 8 bytes into `n`, which outlives the call,
+    // from a non-blocking descriptor this process owns.
+    let _ = unsafe { libc::read(fd.as_raw_fd(), (&raw mut n).cast(), 8) };
+}
+
 const SO_BUSY_POLL: libc::c_int = 46;
 const SO_INCOMING_NAPI_ID: libc::c_int = 56;
 const SO_PREFER_BUSY_POLL: libc::c_int = 69;
