@@ -13,15 +13,19 @@
 //!   when one of the loop's interfaces goes away (a VM's tap deleted and
 //!   made again has a new index, which the flows sent to it do not know).
 //! - **Synced** every [`SYNC_MS`], a slice of flows per iteration: what
-//!   each flow's program counted since the last sync is accounted to its
+//!   the programs counted in each flow's slot of the counter array since
+//!   the last sync (read from memory, no system call) is accounted to its
 //!   connection entries and counters (`Pipeline::fast_account`), and a flow
 //!   whose route or entries are gone, or whose entries would lapse before
 //!   the next sync, is taken out: its frames come to the loop again, which
 //!   judges them and lets the connection lapse on time.
 //!
-//! At most [`PER_LOOP`] flows per loop: every sync reads each one (a
-//! system call), so this bounds the loop's cost; flows past it stay with
-//! the loop. Nothing here runs per forwarded frame.
+//! At most [`PER_LOOP`] flows per loop, each with a counter slot of the
+//! loop's own range; flows past it stay with the loop. A slot freed is
+//! reused last (first in, first out), long after any frame the programs
+//! were forwarding for its old flow. Nothing here runs per forwarded frame.
+
+use std::collections::VecDeque;
 
 use hashbrown::HashSet;
 
@@ -39,19 +43,20 @@ use crate::port::xdp::bpf::{FastKey, FastMaps, FastValue};
 pub const SYNC_MS: u64 = 100;
 /// Flows one loop gives the programs at most.
 pub const PER_LOOP: usize = 4096;
-/// Flows synced per loop iteration: a slice costs the loop a system call
-/// each, and while the loop makes them it does not poll its queues (with
-/// busy polling, their receive work, the programs' included, waits). At
-/// 256 a slice was a stall that put sgswitch's p99 latency at 101-226 µs
-/// where the programs alone measured 18-64; at 16, 33-89.
-const SLICE: usize = 16;
+/// Flows synced per loop iteration: while the loop accounts them it does
+/// not poll its queues, and the kernel's receive work sharing its core
+/// waits. When each flow cost a system call, 256 a slice put sgswitch's
+/// p99 latency at 101-226 µs where the programs alone measured 18-64, and
+/// 16 at 33-89; read from memory, a flow costs its accounting only.
+const SLICE: usize = 64;
 
 #[derive(Debug)]
 struct Flow {
     key: FastKey,
     cache: FlowKey,
     info: PacketInfo,
-    /// The program's counts at the last sync.
+    /// Its counter slot, and the slot's counts at the last sync.
+    slot: u32,
     packets: u64,
     bytes: u64,
 }
@@ -66,6 +71,8 @@ pub struct Fast {
     plan: u64,
     flows: Vec<Flow>,
     keys: HashSet<FastKey>,
+    /// The loop's counter slots not in use, the longest free first.
+    free: VecDeque<u32>,
     /// Where the sync in progress is, when it started, how long the last
     /// one took, and when the next one starts.
     cursor: usize,
@@ -76,7 +83,8 @@ pub struct Fast {
 
 impl Fast {
     /// Loop `owner`'s fast path, with room for [`PER_LOOP`] flows
-    /// (allocated now).
+    /// (allocated now) and the counter slots of its range (as many of
+    /// them as the array has: the map is sized to the loops).
     pub fn new(maps: &'static FastMaps, owner: usize) -> Fast {
         Fast {
             maps,
@@ -85,6 +93,7 @@ impl Fast {
             plan: 0,
             flows: Vec::with_capacity(PER_LOOP),
             keys: HashSet::with_capacity(PER_LOOP),
+            free: slots_of(owner, maps.slots()).collect(),
             cursor: 0,
             started_ms: 0,
             last_cycle_ms: 0,
@@ -112,6 +121,7 @@ impl Fast {
         }
         for f in self.flows.drain(..) {
             self.maps.remove(&f.key);
+            self.free.push_back(f.slot);
         }
         self.keys.clear();
         self.cursor = 0;
@@ -126,16 +136,21 @@ impl Fast {
         if self.keys.contains(&key) {
             return;
         }
-        if self.flows.len() >= PER_LOOP {
+        // Free slots and flows together are the loop's range: a free slot is
+        // room for a flow.
+        let Some(slot) = self.free.pop_front() else {
             stats.fast_full.add(1);
             return;
-        }
-        if self.maps.put(&key, &FastValue::new(out_ifindex, self.owner, self.generation)).is_err() {
+        };
+        // Counted from what the slot holds now.
+        let (packets, bytes) = self.maps.counts(slot);
+        if self.maps.put(&key, &FastValue::new(out_ifindex, self.owner, self.generation, slot)).is_err() {
+            self.free.push_front(slot);
             stats.fast_full.add(1);
             return;
         }
         self.keys.insert(key);
-        self.flows.push(Flow { key, cache, info, packets: 0, bytes: 0 });
+        self.flows.push(Flow { key, cache, info, slot, packets, bytes });
         stats.fast_flows.set(self.flows.len() as u64);
     }
 
@@ -161,23 +176,19 @@ impl Fast {
         let mut i = self.cursor;
         while i < end {
             let f = &mut self.flows[i];
-            let keep = match self.maps.get(&f.key) {
-                Some(v) => {
-                    let (packets, bytes) = (v.packets.wrapping_sub(f.packets), v.bytes.wrapping_sub(f.bytes));
-                    (f.packets, f.bytes) = (v.packets, v.bytes);
-                    stats.fast_packets.add(packets);
-                    stats.fast_bytes.add(bytes);
-                    pipe.fast_account(plan, &f.cache, &f.info, (packets, bytes), now, until)
-                }
-                None => false,
-            };
-            if keep {
+            let (p, b) = self.maps.counts(f.slot);
+            let (packets, bytes) = (p.wrapping_sub(f.packets), b.wrapping_sub(f.bytes));
+            (f.packets, f.bytes) = (p, b);
+            stats.fast_packets.add(packets);
+            stats.fast_bytes.add(bytes);
+            if pipe.fast_account(plan, &f.cache, &f.info, (packets, bytes), now, until) {
                 i += 1;
             } else {
                 // Taken out: the last flow takes its place (synced next,
                 // if it was past the slice).
                 self.maps.remove(&f.key);
                 self.keys.remove(&f.key);
+                self.free.push_back(f.slot);
                 self.flows.swap_remove(i);
                 end = end.min(self.flows.len());
             }
@@ -189,5 +200,37 @@ impl Fast {
             self.due_ms = now.0 + SYNC_MS;
         }
         stats.fast_flows.set(self.flows.len() as u64);
+    }
+}
+
+/// Loop `owner`'s counter slots in an array of `slots`: its range of
+/// [`PER_LOOP`], cut at the array's end (the map is sized to the loops,
+/// at most `bpf::FLOWS`: past that, loops have fewer or none).
+fn slots_of(owner: usize, slots: u32) -> impl Iterator<Item = u32> {
+    let from = u32::try_from(owner.saturating_mul(PER_LOOP)).unwrap_or(u32::MAX);
+    let to = u32::try_from(owner.saturating_add(1).saturating_mul(PER_LOOP)).unwrap_or(u32::MAX).min(slots);
+    from..to.max(from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_loop_counts_in_its_own_slots_within_the_array() {
+        let per = u32::try_from(PER_LOOP).expect("per loop");
+        let all = 4 * per;
+        let ranges: Vec<(u32, u32, usize)> = (0..5)
+            .map(|o| {
+                let s: Vec<u32> = slots_of(o, all).collect();
+                (s.first().copied().unwrap_or(0), s.last().copied().unwrap_or(0), s.len())
+            })
+            .collect();
+        assert_eq!(ranges[0], (0, per - 1, PER_LOOP));
+        assert_eq!(ranges[3], (3 * per, all - 1, PER_LOOP));
+        assert_eq!(ranges[4].2, 0, "a loop past the array has no slot");
+        // An array cut short leaves the last loop what is left.
+        assert_eq!(slots_of(1, per + 10).count(), 10);
+        assert_eq!(slots_of(usize::MAX, all).count(), 0);
     }
 }

@@ -22,8 +22,13 @@
 //! map, by the interface it arrived on, both MACs, both addresses and both
 //! ports: a flow a poll loop judged established and put there. A hit
 //! whose generation is its loop's current one is counted (packets, bytes)
-//! and redirected to the interface the loop sent the flow's frames to; a
-//! miss goes to the socket as before. The loop stays the authority: it
+//! in the flow's slot of the counter array and redirected to the
+//! interface the loop sent the flow's frames to; a miss goes to the socket
+//! as before. The counter array is mapped into the switch's memory
+//! (`BPF_F_MMAPABLE`), so the loops read what the programs counted with
+//! plain loads: a sync of thousands of flows makes no system call (one
+//! lookup per flow made each sync slice a stall of tens of microseconds
+//! that the kernel's receive work, sharing the loop's core, waited out). The loop stays the authority: it
 //! puts a flow there only after passing one of its frames as established
 //! through the flow cache, moves its generation on with every plan (which
 //! retires all its flows at once), and every sync accounts what the
@@ -35,15 +40,16 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_TYPE_HASH: u32 = 1;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
+/// `map_flags`: the array can be mapped into the process (Linux 5.5).
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_MAP_TYPE_XSKMAP: u32 = 17;
@@ -247,9 +253,17 @@ fn fast_program(xsks: &OwnedFd, maps: &FastMaps) -> Vec<Insn> {
         .op(LDX_W, 1, 0, 0, 0)
         .op(LDX_W, 2, 8, 8, 0)
         .jump_x(JNE_X, 1, 2, slow)
+        // Its counters, in its slot.
+        .op(LDX_W, 1, 8, 12, 0)
+        .op(STX_W, 10, 1, -40, 0)
+        .map(1, &maps.counters)
+        .op(MOV_X, 2, 10, 0, 0)
+        .op(ADD_K, 2, 0, 0, -40)
+        .op(CALL, 0, 0, 0, HELPER_LOOKUP)
+        .jump_k(JEQ_K, 0, 0, slow)
         .op(MOV_K, 1, 0, 0, 1)
-        .op(ATOMIC_DW, 8, 1, 16, 0) // packets
-        .op(ATOMIC_DW, 8, 7, 24, 0) // bytes
+        .op(ATOMIC_DW, 0, 1, 0, 0) // packets
+        .op(ATOMIC_DW, 0, 7, 8, 0) // bytes
         .op(LDX_W, 1, 8, 0, 0)
         .op(MOV_K, 2, 0, 0, 0)
         .op(CALL, 0, 0, 0, HELPER_REDIRECT)
@@ -314,9 +328,14 @@ pub struct Attached {
 }
 
 fn map_create(kind: u32, key: u32, value: u32, entries: u32) -> io::Result<OwnedFd> {
+    map_create_flags(kind, key, value, entries, 0)
+}
+
+fn map_create_flags(kind: u32, key: u32, value: u32, entries: u32, flags: u32) -> io::Result<OwnedFd> {
     let mut attr = [0u64; 8];
     attr[0] = lo_hi(kind, key); // map_type, key_size
     attr[1] = lo_hi(value, entries); // value_size, max_entries
+    attr[2] = u64::from(flags); // map_flags
     bpf(BPF_MAP_CREATE, &mut attr).map(owned)
 }
 
@@ -369,24 +388,85 @@ pub struct FastValue {
     /// The loop that put it there, and the generation it did so in.
     pub owner: u32,
     pub generation: u32,
-    pad: u32,
-    /// What the program forwarded, since the flow was put there.
-    pub packets: u64,
-    pub bytes: u64,
+    /// Where the program counts its frames ([`FastMaps::counts`]).
+    pub slot: u32,
 }
 
 impl FastValue {
-    pub fn new(out_ifindex: u32, owner: u32, generation: u32) -> FastValue {
-        FastValue { out_ifindex, owner, generation, ..FastValue::default() }
+    pub fn new(out_ifindex: u32, owner: u32, generation: u32, slot: u32) -> FastValue {
+        FastValue { out_ifindex, owner, generation, slot }
     }
 }
 
-/// The fast path's maps, one per switch: the flows, and each loop's
-/// generation.
+/// One slot of the counter array: what the program forwarded of the flow
+/// in that slot (and of the flows in it before; readers take differences).
+#[repr(C)]
+struct Counts {
+    packets: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// The counter array, mapped into this process.
+#[derive(Debug)]
+struct Mapped {
+    at: std::ptr::NonNull<Counts>,
+    slots: usize,
+    len: usize,
+}
+
+// SAFETY: the mapping is shared memory that only atomics read (the kernel
+// and the programs write it with atomic adds); it lives as long as the
+// `Mapped`, and no reference to it outlives a call.
+unsafe impl Send for Mapped {}
+// SAFETY: as above.
+unsafe impl Sync for Mapped {}
+
+impl Mapped {
+    fn new(fd: &OwnedFd, slots: u32) -> io::Result<Mapped> {
+        let slots = slots as usize;
+        // SAFETY: sysconf takes no pointers.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(1);
+        let len = (slots * size_of::<Counts>()).div_ceil(page) * page;
+        // SAFETY: maps `len` bytes of the array, which the kernel made at
+        // least that large (an mmapable array is page-rounded), shared and
+        // read-write as the kernel requires of BPF_F_MMAPABLE; the result
+        // is checked before use and unmapped in Drop.
+        let at = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd.as_raw_fd(), 0) };
+        if at == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let at = std::ptr::NonNull::new(at.cast::<Counts>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Mapped { at, slots, len })
+    }
+
+    fn counts(&self, slot: u32) -> (u64, u64) {
+        let i = slot as usize;
+        if i >= self.slots {
+            return (0, 0);
+        }
+        // SAFETY: `i` is within the array's `slots` entries, which the
+        // mapping covers; `Counts` is two aligned u64 atomics, as the
+        // array's 16-byte values are laid out.
+        let c = unsafe { &*self.at.as_ptr().add(i) };
+        (c.packets.load(Ordering::Relaxed), c.bytes.load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `new` mapped; nothing refers to it.
+        let _ = unsafe { libc::munmap(self.at.as_ptr().cast(), self.len) };
+    }
+}
+
+/// The fast path's maps, one per switch: the flows, each loop's
+/// generation, and the flows' counters.
 #[derive(Debug)]
 pub struct FastMaps {
     flows: OwnedFd,
     generations: OwnedFd,
+    counters: OwnedFd,
+    mapped: Mapped,
 }
 
 impl FastMaps {
@@ -395,7 +475,20 @@ impl FastMaps {
         let capacity = FLOW_CAPACITY.load(Ordering::Relaxed);
         let flows = map_create(BPF_MAP_TYPE_HASH, size(size_of::<FastKey>()), size(size_of::<FastValue>()), capacity)?;
         let generations = map_create(BPF_MAP_TYPE_ARRAY, 4, 4, LOOPS)?;
-        Ok(FastMaps { flows, generations })
+        let counters = map_create_flags(BPF_MAP_TYPE_ARRAY, 4, size(size_of::<Counts>()), capacity, BPF_F_MMAPABLE)?;
+        let mapped = Mapped::new(&counters, capacity)?;
+        Ok(FastMaps { flows, generations, counters, mapped })
+    }
+
+    /// Counter slots: one per flow the map holds.
+    pub fn slots(&self) -> u32 {
+        u32::try_from(self.mapped.slots).unwrap_or(u32::MAX)
+    }
+
+    /// What the program has counted in `slot` (packets, bytes), read from
+    /// memory: no system call. (0, 0) past the array.
+    pub fn counts(&self, slot: u32) -> (u64, u64) {
+        self.mapped.counts(slot)
     }
 
     /// Loop `owner`'s flows of any other generation are not taken from now
@@ -408,19 +501,13 @@ impl FastMaps {
         elem(BPF_MAP_UPDATE_ELEM, &self.generations, (&raw const k).cast(), (&raw mut v).cast())
     }
 
-    /// Puts a flow there (or replaces it, its counts from 0).
+    /// Puts a flow there (or replaces it).
     ///
     /// # Errors
     /// The kernel's (the map full: `E2BIG`).
     pub fn put(&self, key: &FastKey, value: &FastValue) -> io::Result<()> {
         let mut v = *value;
         elem(BPF_MAP_UPDATE_ELEM, &self.flows, (&raw const *key).cast(), (&raw mut v).cast())
-    }
-
-    /// The flow as the program left it, if it is there.
-    pub fn get(&self, key: &FastKey) -> Option<FastValue> {
-        let mut v = FastValue::default();
-        elem(BPF_MAP_LOOKUP_ELEM, &self.flows, (&raw const *key).cast(), (&raw mut v).cast()).ok().map(|()| v)
     }
 
     /// Takes a flow out.
