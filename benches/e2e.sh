@@ -67,12 +67,19 @@
 # each target is met, the generator and the points it bounded. Without
 # --json, the same as text.
 #   benches/e2e.sh [--json] [--quick] [--systems "a b ..."] [--rules "10 1000"]
+#                  [--cases "ramp overload new latency"] [--loads "0.1 0.5 0.9"]
+#                  [--peak MPPS] [--sgswitch PATH]
 # --quick: 1,000 rules, shorter windows, a coarser ramp.
+# --cases: the points to make (all by default); --loads: the latency
+# points' shares of the peak; --peak: sgswitch's peak, for the latency
+# points, instead of the one its ramp and overload measure; --sgswitch:
+# another build of the switch (an A/B pair: run twice, alternated).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=benches/rules.sh
 . benches/rules.sh
 json=0; warm=1; window=2; ramp="0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8 1.0 1.2"; rule_counts="10 1000"
+cases="ramp overload new latency"; loads="0.1 0.5 0.9"; peak=""; sg_bin=""
 systems="sgswitch sgswitch-loop raw-afxdp bridge-nft-linear bridge-nft-sets ovs-afxdp xdp-redirect"
 while [ $# -gt 0 ]; do
   case $1 in
@@ -80,7 +87,11 @@ while [ $# -gt 0 ]; do
     --quick) warm=0.5; window=1; ramp="0.2 0.4 0.6 0.8 1.0"; rule_counts="1000" ;;
     --systems) systems=$2; shift ;;
     --rules) rule_counts=$2; shift ;;
-    *) echo "usage: benches/e2e.sh [--json] [--quick] [--systems LIST] [--rules LIST]" >&2; exit 1 ;;
+    --cases) cases=$2; shift ;;
+    --loads) loads=$2; shift ;;
+    --peak) peak=$2; shift ;;
+    --sgswitch) sg_bin=$(realpath "$2"); shift ;;
+    *) echo "usage: benches/e2e.sh [--json] [--quick] [--systems LIST] [--rules LIST] [--cases LIST] [--loads LIST] [--peak MPPS] [--sgswitch PATH]" >&2; exit 1 ;;
   esac
   shift
 done
@@ -105,7 +116,7 @@ if [ ${#need[@]} -gt 0 ]; then
   cmp -s /tmp/sgb-policy-rc.d /usr/sbin/policy-rc.d && rm -f /usr/sbin/policy-rc.d
 fi
 cargo build --quiet --release --locked -p sgswitch -p sgswitch-benches --bin sgswitch --bin xsk --bin xdpgen
-sg=$PWD/target/release/sgswitch
+sg=${sg_bin:-$PWD/target/release/sgswitch}
 xsk=$PWD/target/release/xsk
 gen=$PWD/target/release/xdpgen
 work=$(mktemp -d)
@@ -383,13 +394,16 @@ start() { # system rules
 # Netfilter's connection table must hold what the new-flow point makes.
 [ -z "$ct_max" ] || echo 4194304 >/proc/sys/net/netfilter/nf_conntrack_max 2>/dev/null || true
 
+has() { case " $cases " in *" $1 "*) return 0 ;; esac; return 1; }
+ramp_points=$ramp
+has ramp || ramp_points=""
 for rules in $rule_counts; do
-  sg_peak=""
+  sg_peak=$peak
   for system in $systems; do
     up
     start "$system" "$rules"
     best=0
-    for r in $ramp; do
+    for r in $ramp_points; do
       pps=$(python3 -c "print(int($r * 1e6))")
       read -r m o <<<"$(point "$system" "$rules" ramp "$r" --flows 1024 --pps "$pps" --burst 64)"
       [ "$m" != null ] && [ "$o" != null ] || break
@@ -397,13 +411,19 @@ for rules in $rule_counts; do
       # Saturated: it no longer delivers what it is offered.
       python3 -c "import sys; sys.exit(0 if $m < 0.9 * $o else 1)" && break
     done
-    read -r m o <<<"$(point "$system" "$rules" overload null --flows 1024)"
-    [ "$m" = null ] || best=$(python3 -c "print(max($best, $m))")
-    echo "{\"system\":\"$system\",\"rules\":$rules,\"cores\":1,\"case\":\"peak\",\"mpps\":$best,\"generator\":\"$sender\"}" >>"$points"
-    [ "$system" = sgswitch ] && sg_peak=$best
-    point "$system" "$rules" new null --new >/dev/null
-    if [ -n "$sg_peak" ]; then
-      for load in 0.1 0.5 0.9; do
+    if has overload; then
+      read -r m o <<<"$(point "$system" "$rules" overload null --flows 1024)"
+      [ "$m" = null ] || best=$(python3 -c "print(max($best, $m))")
+    fi
+    if has ramp || has overload; then
+      echo "{\"system\":\"$system\",\"rules\":$rules,\"cores\":1,\"case\":\"peak\",\"mpps\":$best,\"generator\":\"$sender\"}" >>"$points"
+      [ "$system" = sgswitch ] && [ -z "$peak" ] && sg_peak=$best
+    fi
+    if has new; then
+      point "$system" "$rules" new null --new >/dev/null
+    fi
+    if has latency && [ -n "$sg_peak" ]; then
+      for load in $loads; do
         pps=$(python3 -c "print(max(1000, int($sg_peak * $load * 1e6)))")
         point "$system" "$rules" latency "$load" --flows 1024 --pps "$pps" --even --stamp >/dev/null
       done
