@@ -162,6 +162,18 @@ impl Asm {
         self.jumps.push((self.insns.len(), label));
         self.op(op, dst, src, 0, 0)
     }
+    /// `r0 = bpf_map_lookup_elem(map, &key)`, `goto miss` if it is not
+    /// there; the key is the u32 at `r8 + field`, copied to the stack at
+    /// `r10 + at`.
+    fn lookup_field(&mut self, field: i16, at: i16, map: &OwnedFd, miss: usize) -> &mut Asm {
+        self.op(LDX_W, 1, 8, field, 0)
+            .op(STX_W, 10, 1, at, 0)
+            .map(1, map)
+            .op(MOV_X, 2, 10, 0, 0)
+            .op(ADD_K, 2, 0, 0, i32::from(at))
+            .op(CALL, 0, 0, 0, HELPER_LOOKUP)
+            .jump_k(JEQ_K, 0, 0, miss)
+    }
     /// `dst = map` (a 64-bit load of the map's descriptor).
     fn map(&mut self, dst: u8, map: &OwnedFd) -> &mut Asm {
         self.op(0x18, dst, 1, 0, map.as_raw_fd()).op(0, 0, 0, 0, 0)
@@ -242,25 +254,14 @@ fn fast_program(xsks: &OwnedFd, maps: &FastMaps) -> Vec<Insn> {
         .op(CALL, 0, 0, 0, HELPER_LOOKUP)
         .jump_k(JEQ_K, 0, 0, slow)
         .op(MOV_X, 8, 0, 0, 0) // r8 = the flow
-        // Its loop's generation, which moves with every plan.
-        .op(LDX_W, 1, 8, 4, 0)
-        .op(STX_W, 10, 1, -36, 0)
-        .map(1, &maps.generations)
-        .op(MOV_X, 2, 10, 0, 0)
-        .op(ADD_K, 2, 0, 0, -36)
-        .op(CALL, 0, 0, 0, HELPER_LOOKUP)
-        .jump_k(JEQ_K, 0, 0, slow)
+        // Its loop's generation (by its owner), which moves with every
+        // plan.
+        .lookup_field(4, -36, &maps.generations, slow)
         .op(LDX_W, 1, 0, 0, 0)
         .op(LDX_W, 2, 8, 8, 0)
         .jump_x(JNE_X, 1, 2, slow)
-        // Its counters, in its slot.
-        .op(LDX_W, 1, 8, 12, 0)
-        .op(STX_W, 10, 1, -40, 0)
-        .map(1, &maps.counters)
-        .op(MOV_X, 2, 10, 0, 0)
-        .op(ADD_K, 2, 0, 0, -40)
-        .op(CALL, 0, 0, 0, HELPER_LOOKUP)
-        .jump_k(JEQ_K, 0, 0, slow)
+        // Its counters, by its slot.
+        .lookup_field(12, -40, &maps.counters, slow)
         .op(MOV_K, 1, 0, 0, 1)
         .op(ATOMIC_DW, 0, 1, 0, 0) // packets
         .op(ATOMIC_DW, 0, 7, 8, 0) // bytes
