@@ -62,24 +62,28 @@
 #               by xsk tx (see above), one by one from user space.
 #
 # Output (--json): one line per point,
-#   {"system","rules","cores","case","offered_mpps","mpps","p50_us","p99_us","load","generator"}
+#   {"system","rules","cores","case","offered_mpps","mpps","p50_us","p99_us","load","generator","round"}
 # then one summary line per rule count with the issue's ratios, whether
 # each target is met, the generator and the points it bounded. Without
 # --json, the same as text.
 #   benches/e2e.sh [--json] [--quick] [--systems "a b ..."] [--rules "10 1000"]
 #                  [--cases "ramp overload new latency"] [--loads "0.1 0.5 0.9"]
-#                  [--peak MPPS] [--sgswitch PATH]
+#                  [--peak MPPS] [--sgswitch PATH] [--rounds N]
 # --quick: 1,000 rules, shorter windows, a coarser ramp.
 # --cases: the points to make (all by default); --loads: the latency
 # points' shares of the peak; --peak: sgswitch's peak, for the latency
 # points, instead of the one its ramp and overload measure; --sgswitch:
-# another build of the switch (an A/B pair: run twice, alternated).
+# another build of the switch (an A/B pair: run twice, alternated);
+# --rounds: every system measured N times, the order rotated each round
+# (round 1 as listed, round 2 from the second system, ...) so that no
+# system always meets the machine's same minute; each point carries its
+# "round", and the summary takes each point's median over the rounds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=benches/rules.sh
 . benches/rules.sh
 json=0; warm=1; window=2; ramp="0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8 1.0 1.2"; rule_counts="10 1000"
-cases="ramp overload new latency"; loads="0.1 0.5 0.9"; peak=""; sg_bin=""
+cases="ramp overload new latency"; loads="0.1 0.5 0.9"; peak=""; sg_bin=""; rounds=1; round=1
 systems="sgswitch sgswitch-loop raw-afxdp bridge-nft-linear bridge-nft-sets ovs-afxdp xdp-redirect"
 while [ $# -gt 0 ]; do
   case $1 in
@@ -91,7 +95,8 @@ while [ $# -gt 0 ]; do
     --loads) loads=$2; shift ;;
     --peak) peak=$2; shift ;;
     --sgswitch) sg_bin=$(realpath "$2"); shift ;;
-    *) echo "usage: benches/e2e.sh [--json] [--quick] [--systems LIST] [--rules LIST] [--cases LIST] [--loads LIST] [--peak MPPS] [--sgswitch PATH]" >&2; exit 1 ;;
+    --rounds) rounds=$2; shift ;;
+    *) echo "usage: benches/e2e.sh [--json] [--quick] [--systems LIST] [--rules LIST] [--cases LIST] [--loads LIST] [--peak MPPS] [--sgswitch PATH] [--rounds N]" >&2; exit 1 ;;
   esac
   shift
 done
@@ -350,7 +355,7 @@ point() { # system rules case load generator-args...
   local system=$1 rules=$2 case=$3 load=$4 m o p50 p99
   shift 4
   read -r m o p50 p99 <<<"$(measure "$@")"
-  echo "{\"system\":\"$system\",\"rules\":$rules,\"cores\":1,\"case\":\"$case\",\"load\":$load,\"offered_mpps\":$o,\"mpps\":$m,\"p50_us\":$p50,\"p99_us\":$p99,\"generator\":\"$sender\"}" >>"$points"
+  echo "{\"system\":\"$system\",\"rules\":$rules,\"cores\":1,\"case\":\"$case\",\"load\":$load,\"offered_mpps\":$o,\"mpps\":$m,\"p50_us\":$p50,\"p99_us\":$p99,\"generator\":\"$sender\",\"round\":$round}" >>"$points"
   [ $json -eq 1 ] || printf '%-18s rules %5d  %-9s %5s  offered %6s  delivered %6s Mpps  p50 %5s  p99 %5s us\n' "$system" "$rules" "$case" "$load" "$o" "$m" "$p50" "$p99" >&2
   echo "$m $o"
 }
@@ -397,9 +402,13 @@ start() { # system rules
 has() { case " $cases " in *" $1 "*) return 0 ;; esac; return 1; }
 ramp_points=$ramp
 has ramp || ramp_points=""
+read -ra listed <<<"$systems"
 for rules in $rule_counts; do
   sg_peak=$peak
-  for system in $systems; do
+  for round in $(seq 1 "$rounds"); do
+  order=()
+  for i in "${!listed[@]}"; do order+=("${listed[$(((i + round - 1) % ${#listed[@]}))]}"); done
+  for system in "${order[@]}"; do
     up
     start "$system" "$rules"
     best=0
@@ -416,7 +425,7 @@ for rules in $rule_counts; do
       [ "$m" = null ] || best=$(python3 -c "print(max($best, $m))")
     fi
     if has ramp || has overload; then
-      echo "{\"system\":\"$system\",\"rules\":$rules,\"cores\":1,\"case\":\"peak\",\"mpps\":$best,\"generator\":\"$sender\"}" >>"$points"
+      echo "{\"system\":\"$system\",\"rules\":$rules,\"cores\":1,\"case\":\"peak\",\"mpps\":$best,\"generator\":\"$sender\",\"round\":$round}" >>"$points"
       [ "$system" = sgswitch ] && [ -z "$peak" ] && sg_peak=$best
     fi
     if has new; then
@@ -433,17 +442,18 @@ for rules in $rule_counts; do
     pkill -f "$sg run $work" 2>/dev/null || true
     sleep 0.3
   done
+  done
 done
 
 python3 - "$points" "$json" <<'EOF'
-import json, sys
+import json, statistics, sys
 pts = [json.loads(l) for l in open(sys.argv[1])]
 out = sys.argv[2] == "1"
 def get(system, rules, case, load=None, key="mpps"):
-    for p in pts:
-        if p["system"] == system and p["rules"] == rules and p["case"] == case and (load is None or p.get("load") == load):
-            return p.get(key)
-    return None
+    # The median over the rounds.
+    vs = [p[key] for p in pts if p["system"] == system and p["rules"] == rules and p["case"] == case
+          and (load is None or p.get("load") == load) and p.get(key) is not None]
+    return statistics.median(vs) if vs else None
 for p in pts:
     if out:
         print(json.dumps(p))
@@ -468,6 +478,7 @@ for r in sorted({p["rules"] for p in pts}):
         "p99_us_at_half_peak": get("sgswitch", r, "latency", 0.5, "p99_us"),
         "raw_p99_us_at_half_peak": get("raw-afxdp", r, "latency", 0.5, "p99_us"),
         "generator": pts[0].get("generator") if pts else None,
+        "rounds": max((p.get("round", 1) for p in pts), default=1),
         # Flat-out points where the system took (nearly) all the generator
         # can make: there the generator was the bound, and the system's
         # figure is a floor of its own. What it can make is what it
