@@ -30,7 +30,7 @@ use crate::control::store::StoreLink;
 use crate::control::{Control, LoadError, load};
 use crate::datapath::plan::Zones;
 use crate::datapath::stats::Counters;
-use crate::engine::forward::{Inbox, Inboxes, ring_all};
+use crate::engine::forward::{Inbox, Inboxes, nudge_all};
 use crate::engine::stats::LoopStats;
 use crate::engine::{Context, Loops, poll_loop};
 use crate::ops::View;
@@ -178,7 +178,7 @@ pub fn run(dir: &Path, opts: RunOptions) -> Result<String, RunError> {
     });
     {
         let inboxes = Arc::clone(&inboxes);
-        control.on_publish(move || ring_all(&inboxes));
+        control.on_publish(move || nudge_all(&inboxes));
     }
 
     let finish = |stop: &AtomicBool| {

@@ -4,6 +4,8 @@
 //! `docs/design.md`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
 
@@ -12,7 +14,7 @@ use super::io::{Held, Port};
 use super::stats::LoopStats;
 use crate::datapath::plan::{Plan, PortIdx};
 use crate::datapath::{Action, Outcome, Owner, Source, To, owner_of};
-use crate::port::xdp::{FRAME_SIZE, Frame, Memory};
+use crate::port::xdp::{FRAME_SIZE, Frame, Memory, sys};
 
 /// Frames one loop's inbox holds at most (each a 2 KiB parcel: 2 MiB).
 pub const HANDOVER: usize = 1024;
@@ -42,16 +44,38 @@ impl std::fmt::Debug for Parcel {
 }
 
 /// A loop's inbox: the frames other loops hand it, and the doorbell that
-/// wakes it for them (and for requests and new plans).
+/// wakes it for them and for work that is not a frame (a request queued,
+/// a new plan published: a nudge).
 #[derive(Debug)]
 pub struct Inbox {
     pub parcels: ArrayQueue<Parcel>,
     pub bell: Doorbell,
+    nudged: AtomicBool,
 }
 
 impl Inbox {
     pub fn new() -> Inbox {
-        Inbox { parcels: ArrayQueue::new(HANDOVER), bell: Doorbell::new() }
+        Inbox { parcels: ArrayQueue::new(HANDOVER), bell: Doorbell::new(), nudged: AtomicBool::new(false) }
+    }
+
+    /// Tells the loop it has work that is not a frame, waking it if it
+    /// sleeps; a loop awake sees it at its last look before it sleeps.
+    pub fn nudge(&self) {
+        self.nudged.store(true, Ordering::Relaxed);
+        // Fences before it reads whether the loop sleeps.
+        self.bell.ring();
+    }
+
+    /// The loop, idle: waits on `fds` (its sockets) and the doorbell, at
+    /// most `wait`, unless frames or a nudge came since it last looked.
+    pub fn sleep(&self, fds: &mut Vec<libc::pollfd>, wait: Duration) {
+        let at = fds.len();
+        fds.extend(self.bell.poll_fd());
+        self.bell.going_to_sleep();
+        if self.parcels.is_empty() && !self.nudged.swap(false, Ordering::Relaxed) {
+            sys::wait_for_frames(fds, wait);
+        }
+        self.bell.awake(fds.get(at));
     }
 }
 
@@ -64,10 +88,10 @@ impl Default for Inbox {
 /// Every loop's inbox, by loop.
 pub type Inboxes = Vec<Arc<Inbox>>;
 
-/// Wakes every loop that sleeps (a new plan is published).
-pub fn ring_all(inboxes: &Inboxes) {
+/// Nudges every loop (a new plan is published).
+pub fn nudge_all(inboxes: &Inboxes) {
     for i in inboxes {
-        i.bell.ring();
+        i.nudge();
     }
 }
 
@@ -199,5 +223,44 @@ impl Ways<'_> {
         if let Some(f) = self.held.take(n) {
             self.dispatch(usize::MAX, f, o);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn slept(inbox: &Inbox, limit: Duration) -> Duration {
+        let t = Instant::now();
+        inbox.sleep(&mut Vec::new(), limit);
+        t.elapsed()
+    }
+
+    #[test]
+    fn work_that_came_while_the_loop_was_awake_keeps_it_from_sleeping() {
+        let inbox = Inbox::new();
+        // A request or a plan while the loop was busy: its bell was not
+        // rung (it was awake), but its last look sees the nudge.
+        inbox.nudge();
+        assert!(slept(&inbox, Duration::from_secs(5)) < Duration::from_secs(1), "slept through a nudge");
+        // Seen once: the next sleep is whole.
+        assert!(slept(&inbox, Duration::from_millis(100)) >= Duration::from_millis(90));
+        // A frame handed over while it was awake.
+        let p = Parcel { task: Task::Send(To::Uplink), len: 0, data: [0; FRAME_SIZE as usize] };
+        assert!(inbox.parcels.push(p).is_ok());
+        assert!(slept(&inbox, Duration::from_secs(5)) < Duration::from_secs(1), "slept over a parcel");
+    }
+
+    #[test]
+    fn a_nudge_wakes_a_sleeping_loop() {
+        let inbox = Arc::new(Inbox::new());
+        let other = Arc::clone(&inbox);
+        let waker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            other.nudge();
+        });
+        assert!(slept(&inbox, Duration::from_secs(5)) < Duration::from_secs(1), "a nudge did not wake the sleeper");
+        waker.join().expect("waker");
     }
 }

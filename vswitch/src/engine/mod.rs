@@ -40,7 +40,7 @@ use crate::datapath::plan::{Plan, Published};
 use crate::datapath::{Action, Kind, Outcome, Owner, Reason, Source, owner_of};
 use crate::packet::flowlog::FlowLog;
 use crate::packet::{Pipeline, capacity_share, conntrack_settings, offload};
-use crate::port::xdp::{Frame, sys};
+use crate::port::xdp::Frame;
 use crate::port::{PortError, Rings};
 
 /// Frames taken from one rx ring at a time.
@@ -179,7 +179,7 @@ impl Loops {
         let q = self.requests.get(i).ok_or(AskError::NoLoop(i))?;
         q.try_send(make(tx)).map_err(|_| AskError::Busy(i))?;
         if let Some(inbox) = self.inboxes.get(i) {
-            inbox.bell.ring();
+            inbox.nudge();
         }
         rx.recv_timeout(Duration::from_secs(2)).map_err(|_| AskError::Silent(i))
     }
@@ -554,13 +554,7 @@ pub fn poll_loop(
                 let due = stats_due.min(links_due).min(fast.as_ref().map_or(u64::MAX, fast::Fast::due_ms));
                 waits.clear();
                 waits.extend(socks.iter_mut().map(|p| p.sock.poll_fd()));
-                let bell_at = waits.len();
-                waits.extend(inbox.bell.poll_fd());
-                inbox.bell.going_to_sleep();
-                if inbox.parcels.is_empty() {
-                    sys::wait_for_frames(&mut waits, idle_wait(behind, ms, due));
-                }
-                inbox.bell.awake(waits.get(bell_at));
+                inbox.sleep(&mut waits, idle_wait(behind, ms, due));
             }
         }
     }
