@@ -411,7 +411,7 @@ struct Counts {
 #[derive(Debug)]
 struct Mapped {
     at: std::ptr::NonNull<Counts>,
-    slots: usize,
+    slots: u32,
     len: usize,
 }
 
@@ -424,10 +424,9 @@ unsafe impl Sync for Mapped {}
 
 impl Mapped {
     fn new(fd: &OwnedFd, slots: u32) -> io::Result<Mapped> {
-        let slots = slots as usize;
         // SAFETY: sysconf takes no pointers.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(1);
-        let len = (slots * size_of::<Counts>()).div_ceil(page) * page;
+        let len = (slots as usize * size_of::<Counts>()).div_ceil(page) * page;
         // SAFETY: maps `len` bytes of the array, which the kernel made at
         // least that large (an mmapable array is page-rounded), shared and
         // read-write as the kernel requires of BPF_F_MMAPABLE; the result
@@ -441,14 +440,13 @@ impl Mapped {
     }
 
     fn counts(&self, slot: u32) -> (u64, u64) {
-        let i = slot as usize;
-        if i >= self.slots {
+        if slot >= self.slots {
             return (0, 0);
         }
-        // SAFETY: `i` is within the array's `slots` entries, which the
+        // SAFETY: `slot` is within the array's `slots` entries, which the
         // mapping covers; `Counts` is two aligned u64 atomics, as the
         // array's 16-byte values are laid out.
-        let c = unsafe { &*self.at.as_ptr().add(i) };
+        let c = unsafe { &*self.at.as_ptr().add(slot as usize) };
         (c.packets.load(Ordering::Relaxed), c.bytes.load(Ordering::Relaxed))
     }
 }
@@ -483,7 +481,7 @@ impl FastMaps {
 
     /// Counter slots: one per flow the map holds.
     pub fn slots(&self) -> u32 {
-        u32::try_from(self.mapped.slots).unwrap_or(u32::MAX)
+        self.mapped.slots
     }
 
     /// What the program has counted in `slot` (packets, bytes), read from
