@@ -39,9 +39,8 @@
 #   each, about 1.9 Mpps at most): every point then says
 #   "generator":"af-xdp", and a system that took nearly all the generator
 #   can make measured the generator, not itself (the summary's
-#   generator_bound). The
-#   sink (an XDP program on vm0 that counts, files latencies and drops) runs
-#   in vm0's threaded NAPI kthread, on core 1 at real-time priority: it is
+#   generator_bound). The sink (an XDP program on vm0 that counts, files
+#   latencies and drops) runs in vm0's threaded NAPI kthread, on core 1 at real-time priority: it is
 #   the measurement, not the system's work. What each system pays for the
 #   frames it sends into tap-vm is its own. Latency points are the
 #   exception: there the sink runs in the softirq of the core that sends
@@ -406,42 +405,42 @@ read -ra listed <<<"$systems"
 for rules in $rule_counts; do
   sg_peak=$peak
   for round in $(seq 1 "$rounds"); do
-  order=()
-  for i in "${!listed[@]}"; do order+=("${listed[$(((i + round - 1) % ${#listed[@]}))]}"); done
-  for system in "${order[@]}"; do
-    up
-    start "$system" "$rules"
-    best=0
-    for r in $ramp_points; do
-      pps=$(python3 -c "print(int($r * 1e6))")
-      read -r m o <<<"$(point "$system" "$rules" ramp "$r" --flows 1024 --pps "$pps" --burst 64)"
-      [ "$m" != null ] && [ "$o" != null ] || break
-      best=$(python3 -c "print(max($best, $m))")
-      # Saturated: it no longer delivers what it is offered.
-      python3 -c "import sys; sys.exit(0 if $m < 0.9 * $o else 1)" && break
-    done
-    if has overload; then
-      read -r m o <<<"$(point "$system" "$rules" overload null --flows 1024)"
-      [ "$m" = null ] || best=$(python3 -c "print(max($best, $m))")
-    fi
-    if has ramp || has overload; then
-      echo "{\"system\":\"$system\",\"rules\":$rules,\"cores\":1,\"case\":\"peak\",\"mpps\":$best,\"generator\":\"$sender\",\"round\":$round}" >>"$points"
-      [ "$system" = sgswitch ] && [ -z "$peak" ] && sg_peak=$best
-    fi
-    if has new; then
-      point "$system" "$rules" new null --new >/dev/null
-    fi
-    if has latency && [ -n "$sg_peak" ]; then
-      for load in $loads; do
-        pps=$(python3 -c "print(max(1000, int($sg_peak * $load * 1e6)))")
-        point "$system" "$rules" latency "$load" --flows 1024 --pps "$pps" --even --stamp >/dev/null
+    order=()
+    for i in "${!listed[@]}"; do order+=("${listed[$(((i + round - 1) % ${#listed[@]}))]}"); done
+    for system in "${order[@]}"; do
+      up
+      start "$system" "$rules"
+      best=0
+      for r in $ramp_points; do
+        pps=$(python3 -c "print(int($r * 1e6))")
+        read -r m o <<<"$(point "$system" "$rules" ramp "$r" --flows 1024 --pps "$pps" --burst 64)"
+        [ "$m" != null ] && [ "$o" != null ] || break
+        best=$(python3 -c "print(max($best, $m))")
+        # Saturated: it no longer delivers what it is offered.
+        python3 -c "import sys; sys.exit(0 if $m < 0.9 * $o else 1)" && break
       done
-    fi
-    pkill -f "$xsk fwd" 2>/dev/null || true
-    pkill -f "$gen redirect" 2>/dev/null || true
-    pkill -f "$sg run $work" 2>/dev/null || true
-    sleep 0.3
-  done
+      if has overload; then
+        read -r m o <<<"$(point "$system" "$rules" overload null --flows 1024)"
+        [ "$m" = null ] || best=$(python3 -c "print(max($best, $m))")
+      fi
+      if has ramp || has overload; then
+        echo "{\"system\":\"$system\",\"rules\":$rules,\"cores\":1,\"case\":\"peak\",\"mpps\":$best,\"generator\":\"$sender\",\"round\":$round}" >>"$points"
+        [ "$system" = sgswitch ] && [ -z "$peak" ] && sg_peak=$best
+      fi
+      if has new; then
+        point "$system" "$rules" new null --new >/dev/null
+      fi
+      if has latency && [ -n "$sg_peak" ]; then
+        for load in $loads; do
+          pps=$(python3 -c "print(max(1000, int($sg_peak * $load * 1e6)))")
+          point "$system" "$rules" latency "$load" --flows 1024 --pps "$pps" --even --stamp >/dev/null
+        done
+      fi
+      pkill -f "$xsk fwd" 2>/dev/null || true
+      pkill -f "$gen redirect" 2>/dev/null || true
+      pkill -f "$sg run $work" 2>/dev/null || true
+      sleep 0.3
+    done
   done
 done
 
