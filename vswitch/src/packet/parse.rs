@@ -467,7 +467,8 @@ fn transport(proto: u8, p: &[u8], frag: Option<Frag>, v6: bool) -> Result<L4, Ma
             if !fragmented && (udp_len < 8 || udp_len > p.len()) {
                 return None;
             }
-            let payload_len = if fragmented { p.len() } else { udp_len } - 8;
+            // A first fragment shorter than the header is tiny: no ports.
+            let payload_len = if fragmented { p.len() } else { udp_len }.checked_sub(8)?;
             Some(L4::Udp { sport: be16(p, 0)?, dport: be16(p, 2)?, payload_len: len32(payload_len) })
         })(),
         (ICMP, false) | (ICMPV6, true) => icmp(p, v6).map(L4::Icmp),
@@ -691,6 +692,38 @@ mod tests {
         let Net::Ip(ip) = parse(&frame).unwrap().net else { panic!() };
         assert_eq!(ip.l4, L4::None);
         assert_eq!(ip.frag.map(|f| f.offset), Some(8));
+    }
+
+    #[test]
+    fn a_first_fragment_shorter_than_a_udp_header_has_no_ports() {
+        // A first UDP fragment of 6 bytes (ports and length, no checksum),
+        // both without IP options (the hand-read header) and with one
+        // (etherparse): tiny, no transport fields, never a panic. Found by
+        // the pipeline fuzzer: the payload length underflowed.
+        for options in [false, true] {
+            let ihl = if options { 6 } else { 5 };
+            let mut f = vec![0; 14 + ihl * 4 + 6];
+            f[..6].copy_from_slice(&B);
+            f[6..12].copy_from_slice(&A);
+            f[12..14].copy_from_slice(&[0x08, 0x00]);
+            let total = (ihl * 4 + 6) as u16;
+            let ip = &mut f[14..];
+            ip[0] = 0x40 | ihl as u8;
+            ip[2..4].copy_from_slice(&total.to_be_bytes());
+            ip[6] = 0x20; // more fragments, offset 0
+            ip[8] = 64;
+            ip[9] = UDP;
+            ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
+            ip[16..20].copy_from_slice(&[10, 0, 0, 2]);
+            if options {
+                ip[20] = 1; // one NOP and three end-of-options
+            }
+            let udp = &mut ip[ihl * 4..];
+            udp[..6].copy_from_slice(&[0x13, 0x88, 0, 53, 0, 8]);
+            let Net::Ip(ip) = parse(&f).unwrap().net else { panic!("not ip") };
+            assert_eq!(ip.l4, L4::None, "options {options}");
+            assert_eq!(ip.frag.map(|f| (f.offset, f.len)), Some((0, 6)), "options {options}");
+        }
     }
 
     #[test]
