@@ -701,14 +701,15 @@ mod tests {
         // (etherparse): tiny, no transport fields, never a panic. Found by
         // the pipeline fuzzer: the payload length underflowed.
         for options in [false, true] {
-            let ihl = if options { 6 } else { 5 };
-            let mut f = vec![0; 14 + ihl * 4 + 6];
+            let ihl: u8 = if options { 6 } else { 5 };
+            let header = usize::from(ihl) * 4;
+            let mut f = vec![0; 14 + header + 6];
             f[..6].copy_from_slice(&B);
             f[6..12].copy_from_slice(&A);
             f[12..14].copy_from_slice(&[0x08, 0x00]);
-            let total = (ihl * 4 + 6) as u16;
+            let total = u16::from(ihl) * 4 + 6;
             let ip = &mut f[14..];
-            ip[0] = 0x40 | ihl as u8;
+            ip[0] = 0x40 | ihl;
             ip[2..4].copy_from_slice(&total.to_be_bytes());
             ip[6] = 0x20; // more fragments, offset 0
             ip[8] = 64;
@@ -718,7 +719,7 @@ mod tests {
             if options {
                 ip[20] = 1; // one NOP and three end-of-options
             }
-            let udp = &mut ip[ihl * 4..];
+            let udp = &mut ip[header..];
             udp[..6].copy_from_slice(&[0x13, 0x88, 0, 53, 0, 8]);
             let Net::Ip(ip) = parse(&f).unwrap().net else { panic!("not ip") };
             assert_eq!(ip.l4, L4::None, "options {options}");
