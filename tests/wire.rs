@@ -125,6 +125,43 @@ fn in_namespace<T: Send + 'static>(ns: &str, core: usize, f: impl FnOnce() -> T 
     })
 }
 
+/// The link watcher calls its prompt (which rings every poll loop's
+/// doorbell, so that a quiet loop looks at its interfaces at once rather
+/// than at its next timer) on each link event: a veth pair made in a
+/// namespace of the test's own prompts it, and counts.
+#[test]
+fn a_link_event_prompts_the_watcher_at_once() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    require_root();
+    let ns = "sgs-links";
+    assert!(sh(&format!("ip netns del {ns} 2>/dev/null; ip netns add {ns}")), "namespace");
+    let (stop, events) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let watcher = {
+        let (stop, events) = (Arc::clone(&stop), Arc::clone(&events));
+        in_namespace(ns, 0, move || {
+            let prompt = || {
+                let _ = tx.send(Instant::now());
+            };
+            sgswitch::port::xdp::sys::watch_links(&stop, &events, &prompt).map_err(|e| e.to_string())
+        })
+    };
+    // The watcher's socket is bound once it has been prompted by nothing
+    // for a moment; an interface made before would go unseen.
+    std::thread::sleep(Duration::from_millis(300));
+    let made = Instant::now();
+    assert!(sh(&format!("ip -n {ns} link add sgs-l0 type veth peer name sgs-l1")), "a veth pair");
+    let prompted = rx.recv_timeout(Duration::from_secs(5));
+    stop.store(true, Ordering::Relaxed);
+    let ended = watcher.join().expect("the watcher");
+    sh(&format!("ip netns del {ns}"));
+    assert_eq!(ended, Ok(()), "the watcher ran");
+    let at = prompted.expect("a prompt for the new interface");
+    assert!(at >= made, "prompted by the event, not before it");
+    assert!(events.load(Ordering::Relaxed) >= 1, "and counted");
+}
+
 #[test]
 fn a_flood_on_the_uplink_leaves_vm_traffic_and_allowed_flows_working() {
     require_root();
@@ -361,7 +398,7 @@ fn an_established_udp_flow_takes_the_fast_path_and_a_reload_that_denies_it_stops
     let got = udp_flow(n);
     assert!(t.elapsed() > Duration::from_millis(3500), "the flow outlasted its timeout ({:?})", t.elapsed());
     // Two syncs.
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(600));
     let fast = metric("sgswitch_fastpath_packets_total{loop=\"0\"}");
     let counted = metric(established);
     eprintln!("received {got} of {n}; by the fast path {fast}; counted established {counted}");

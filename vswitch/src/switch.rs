@@ -245,9 +245,9 @@ pub fn run(dir: &Path, opts: RunOptions) -> Result<String, RunError> {
     // deleted and made again when it restarts); without them, they look
     // once a second.
     {
-        let (stop, events) = (Arc::clone(&stop), Arc::clone(&shared.link_events));
+        let (stop, events, inboxes) = (Arc::clone(&stop), Arc::clone(&shared.link_events), Arc::clone(&inboxes));
         let spawned = std::thread::Builder::new().name("sgswitch-links".into()).spawn(move || {
-            if let Err(e) = sys::watch_links(&stop, &events) {
+            if let Err(e) = sys::watch_links(&stop, &events, &|| nudge_all(&inboxes)) {
                 warn!("cannot watch link events ({e}); interfaces are looked at once a second");
             }
         });
@@ -283,6 +283,8 @@ pub fn run(dir: &Path, opts: RunOptions) -> Result<String, RunError> {
         );
     }
     watch(&shared, &hup, &wake_tx, &wake_rx);
+    // Told to stop: the loops see it now, not at their next timer.
+    nudge_all(&inboxes);
     // Stopping: the loops end within an idle wait and close their sockets
     // (detaching the XDP programs); the endpoints' threads within a tenth
     // of a second. Whatever is stuck after STOP_WITHIN (a load blocked in

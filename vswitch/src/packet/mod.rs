@@ -289,6 +289,26 @@ impl<H: Copy> Pipeline<H> {
     /// stood when they were ready) and still ready at `until` (a flow that
     /// would lapse before then is left to the loop, which lets it lapse on
     /// time).
+    /// Brings the flow cache slots of `key` into the cache, ahead of
+    /// [`Pipeline::fast_account`]: the fast path's sync warms a slice of
+    /// flows first, so that their misses overlap.
+    pub fn fast_warm_route(&self, key: &FlowKey) {
+        if let Some(cache) = &self.cache {
+            cache.warm(cache.hash(key));
+        }
+    }
+
+    /// Brings the connection entries of `key`'s route into the cache (its
+    /// slots warmed by [`Pipeline::fast_warm_route`] before).
+    pub fn fast_warm_entries(&self, plan: &Plan, key: &FlowKey) {
+        let Some(cache) = &self.cache else { return };
+        if let Some(route) = cache.get(key, cache.hash(key), plan.id()) {
+            for &at in route.at.iter().take(usize::from(route.stages)) {
+                self.conntrack.warm_at(at);
+            }
+        }
+    }
+
     pub fn fast_account(
         &mut self,
         plan: &Plan,

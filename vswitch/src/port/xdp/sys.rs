@@ -333,14 +333,19 @@ pub fn ifindex(name: &str) -> u32 {
 
 /// Counts the kernel's link events (an interface made, deleted, or its
 /// state changed: `RTM_NEWLINK`/`RTM_DELLINK` on an `rtnetlink` socket
-/// subscribed to `RTMGRP_LINK`) into `events` until `stop`: the poll loops
-/// look at their interfaces again when it moves. The events are only a
+/// subscribed to `RTMGRP_LINK`) into `events` until `stop`, and calls
+/// `prompt` on each (which wakes the poll loops): they look at their
+/// interfaces again when it moves. The events are only a
 /// prompt (the loops read the interfaces themselves), so nothing of them is
 /// parsed. Returns at once, with the reason, if the socket cannot be made.
 ///
 /// # Errors
 /// The netlink socket cannot be opened or bound.
-pub fn watch_links(stop: &std::sync::atomic::AtomicBool, events: &std::sync::atomic::AtomicU64) -> Result<(), PortError> {
+pub fn watch_links(
+    stop: &std::sync::atomic::AtomicBool,
+    events: &std::sync::atomic::AtomicU64,
+    prompt: &dyn Fn(),
+) -> Result<(), PortError> {
     use std::sync::atomic::Ordering;
     const RTMGRP_LINK: u32 = 1;
     // SAFETY: a plain socket call; the descriptor is owned below.
@@ -369,12 +374,14 @@ pub fn watch_links(stop: &std::sync::atomic::AtomicBool, events: &std::sync::ato
         let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n > 0 {
             events.fetch_add(1, Ordering::Relaxed);
+            prompt();
         } else if n < 0 {
             let e = std::io::Error::last_os_error();
             // A timeout lets `stop` be seen; an overrun lost events, which
             // is itself a prompt to look.
             if e.raw_os_error() == Some(libc::ENOBUFS) {
                 events.fetch_add(1, Ordering::Relaxed);
+                prompt();
             }
         }
     }
