@@ -116,7 +116,11 @@ pub fn run(dir: &Path, opts: RunOptions) -> Result<String, RunError> {
     let (wake_tx, wake_rx) = std::sync::mpsc::channel::<Wake>();
     // With a store, nothing is enforced before its first revision is read:
     // until then the ports are not attached, so nothing passes.
-    let store = sgswitch_config::load_host(dir).map_err(LoadError::from)?.store;
+    let local = sgswitch_config::load_host(dir).map_err(LoadError::from)?;
+    if opts.datapath {
+        place_helpers(&loop_cores(&local.datapath.cores));
+    }
+    let store = local.store;
     let store = match store {
         Some(settings) => match start_store(settings, &wake_tx, &wake_rx, &stop)? {
             Some(s) => Some(s),
@@ -137,11 +141,7 @@ pub fn run(dir: &Path, opts: RunOptions) -> Result<String, RunError> {
     let metrics = crate::ops::metrics::bind(host.metrics_listen).map_err(RunError::Endpoint)?;
     let control_socket = crate::ops::control::bind(&host.control_socket).map_err(RunError::Endpoint)?;
 
-    let cores = match (opts.datapath, host.datapath.cores.is_empty()) {
-        (false, _) => Vec::new(),
-        (true, true) => vec![0],
-        (true, false) => host.datapath.cores.clone(),
-    };
+    let cores = if opts.datapath { loop_cores(&host.datapath.cores) } else { Vec::new() };
     let n = cores.len();
     crate::port::xdp::bpf::size_fast_path(crate::engine::fast::PER_LOOP * n);
     if let Some(avail) = meminfo("MemAvailable").filter(|_| n > 0) {
@@ -353,6 +353,42 @@ pub const STOP_WITHIN: Duration = Duration::from_secs(5);
 /// Ends the process with status 2 if it is still running `after` from now:
 /// the last resort of a stop that something holds up. The next start
 /// removes any XDP program left behind.
+/// The poll loops' cores: `[datapath] cores`, or core 0 when it names
+/// none.
+fn loop_cores(configured: &[usize]) -> Vec<usize> {
+    if configured.is_empty() { vec![0] } else { configured.to_vec() }
+}
+
+/// Where the switch's other threads run: the cores the process may use
+/// that no loop has, or all it may use when the loops have every one.
+fn helper_cores(allowed: &[usize], loops: &[usize]) -> Vec<usize> {
+    let free: Vec<usize> = allowed.iter().copied().filter(|c| !loops.contains(c)).collect();
+    if free.is_empty() { allowed.to_vec() } else { free }
+}
+
+/// Keeps the switch's threads other than the loops (metrics, control,
+/// reloads, link events, the store's client, the flow log: all started
+/// after this, from this thread; a vhost-user port's handshake thread,
+/// which its loop starts, moves itself) off the loops' cores, where the
+/// process may run on others. Each wake of one on a loop's core is time
+/// the loop waits, or the kernel's receive work that yields to it: with
+/// the metrics page scraped once a second, the fast path's p99 latency at
+/// a tenth of the peak measured 59-133 µs with them free to run there and
+/// 48-51 kept off (`docs/bench/README.md`). The loops pin themselves to
+/// their own cores.
+fn place_helpers(loops: &[usize]) {
+    let allowed = sys::allowed_cores();
+    let helpers = helper_cores(&allowed, loops);
+    if allowed.is_empty() || helpers == allowed {
+        info!("the switch's other threads share the loops' cores {loops:?}: the process may run on no other");
+        return;
+    }
+    match sys::place_helpers(&helpers) {
+        Ok(()) => info!("the switch's other threads run on cores {helpers:?}, off the loops' {loops:?}"),
+        Err(e) => warn!("cannot keep the switch's other threads off the loops' cores ({e}); they run anywhere"),
+    }
+}
+
 fn watchdog(after: Duration) {
     let _ = std::thread::Builder::new().name("sgswitch-stop".into()).spawn(move || {
         std::thread::sleep(after);
@@ -457,5 +493,22 @@ fn watch(shared: &Shared, hup: &AtomicBool, wake: &std::sync::mpsc::Sender<Wake>
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_other_threads_get_the_cores_no_loop_has_or_share_when_there_are_none() {
+        assert_eq!(helper_cores(&[0, 1, 2, 3], &[0, 1]), vec![2, 3]);
+        assert_eq!(helper_cores(&[0, 1], &[0]), vec![1]);
+        assert_eq!(helper_cores(&[0, 1], &[0, 1]), vec![0, 1], "the loops have every core: shared");
+        assert_eq!(helper_cores(&[0], &[0]), vec![0], "a process held to the loop's core");
+        assert_eq!(helper_cores(&[2, 3], &[0]), vec![2, 3], "the loop's core is not the process's");
+        assert_eq!(helper_cores(&[], &[0]), Vec::<usize>::new(), "the mask unknown");
+        assert_eq!(loop_cores(&[]), vec![0]);
+        assert_eq!(loop_cores(&[3, 1]), vec![3, 1]);
     }
 }

@@ -94,6 +94,8 @@ pub(super) fn start(
 }
 
 fn run(socket: &Path, listener: Option<UnixListener>, made: Option<u64>, port: &str, updates: &SyncSender<Update>, shared: &Arc<Shared>) {
+    // Started by a poll loop: off its core, with the switch's other threads.
+    crate::port::xdp::sys::join_helpers();
     let where_ = socket.display();
     let mut said_waiting = false;
     while !shared.stop.load(Ordering::Relaxed) {
