@@ -350,9 +350,6 @@ fn start_store(
 /// How long the switch takes at most to exit after SIGINT or SIGTERM.
 pub const STOP_WITHIN: Duration = Duration::from_secs(5);
 
-/// Ends the process with status 2 if it is still running `after` from now:
-/// the last resort of a stop that something holds up. The next start
-/// removes any XDP program left behind.
 /// The poll loops' cores: `[datapath] cores`, or core 0 when it names
 /// none.
 fn loop_cores(configured: &[usize]) -> Vec<usize> {
@@ -379,7 +376,11 @@ fn helper_cores(allowed: &[usize], loops: &[usize]) -> Vec<usize> {
 fn place_helpers(loops: &[usize]) {
     let allowed = sys::allowed_cores();
     let helpers = helper_cores(&allowed, loops);
-    if allowed.is_empty() || helpers == allowed {
+    if allowed.is_empty() {
+        warn!("cannot read which cores the process may use; the switch's other threads may share the loops' cores {loops:?}");
+        return;
+    }
+    if helpers == allowed {
         info!("the switch's other threads share the loops' cores {loops:?}: the process may run on no other");
         return;
     }
@@ -389,6 +390,9 @@ fn place_helpers(loops: &[usize]) {
     }
 }
 
+/// Ends the process with status 2 if it is still running `after` from now:
+/// the last resort of a stop that something holds up. The next start
+/// removes any XDP program left behind.
 fn watchdog(after: Duration) {
     let _ = std::thread::Builder::new().name("sgswitch-stop".into()).spawn(move || {
         std::thread::sleep(after);

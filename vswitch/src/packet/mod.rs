@@ -279,16 +279,6 @@ impl<H: Copy> Pipeline<H> {
         self.fast.get(i).copied().flatten()
     }
 
-    /// Accounts what the XDP fast path forwarded of the flow of `key`
-    /// (frames like `info`) since the last call: `packets` frames, `bytes`
-    /// in all. Its connection entries are updated as one frame of the flow
-    /// updates them, at `now`, and its counters as `packets` frames count.
-    /// Returns whether the fast path may keep the flow until `until`: its
-    /// route still recorded under this plan, every entry ready now (else
-    /// nothing is accounted: the frames were forwarded as the entries
-    /// stood when they were ready) and still ready at `until` (a flow that
-    /// would lapse before then is left to the loop, which lets it lapse on
-    /// time).
     /// Brings the flow cache slots of `key` into the cache, ahead of
     /// [`Pipeline::fast_account`]: the fast path's sync warms a slice of
     /// flows first, so that their misses overlap.
@@ -309,6 +299,16 @@ impl<H: Copy> Pipeline<H> {
         }
     }
 
+    /// Accounts what the XDP fast path forwarded of the flow of `key`
+    /// (frames like `info`) since the last call: `packets` frames, `bytes`
+    /// in all. Its connection entries are updated as one frame of the flow
+    /// updates them, at `now`, and its counters as `packets` frames count.
+    /// Returns whether the fast path may keep the flow until `until`: its
+    /// route still recorded under this plan, every entry ready now (else
+    /// nothing is accounted: the frames were forwarded as the entries
+    /// stood when they were ready) and still ready at `until` (a flow that
+    /// would lapse before then is left to the loop, which lets it lapse on
+    /// time).
     pub fn fast_account(
         &mut self,
         plan: &Plan,
