@@ -39,9 +39,10 @@
 #   each, about 1.9 Mpps at most): every point then says
 #   "generator":"af-xdp", and a system that took nearly all the generator
 #   can make, or whose core sat idle while flooded, measured the generator,
-#   not itself (the summary's generator_bound). The sink (an XDP program on vm0 that counts, files
-#   latencies and drops) runs in vm0's threaded NAPI kthread, on core 1 at real-time priority: it is
-#   the measurement, not the system's work. What each system pays for the
+#   not itself (the summary's generator_bound). The sink (an XDP program
+#   on vm0 that counts, files latencies and drops) runs in vm0's threaded
+#   NAPI kthread, on core 1 at real-time priority: it is the measurement,
+#   not the system's work. What each system pays for the
 #   frames it sends into tap-vm is its own. Latency points are the
 #   exception: there the sink runs in the softirq of the core that sends
 #   into vm0 (see measure).

@@ -374,7 +374,7 @@ fn helper_cores(allowed: &[usize], loops: &[usize]) -> Vec<usize> {
 /// 48-51 kept off (`docs/bench/README.md`). The loops pin themselves to
 /// their own cores.
 fn place_helpers(loops: &[usize]) {
-    let allowed = sys::allowed_cores();
+    let allowed: Vec<usize> = core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
     let helpers = helper_cores(&allowed, loops);
     if allowed.is_empty() {
         warn!("cannot read which cores the process may use; the switch's other threads may share the loops' cores {loops:?}");
@@ -384,7 +384,7 @@ fn place_helpers(loops: &[usize]) {
         info!("the switch's other threads share the loops' cores {loops:?}: the process may run on no other");
         return;
     }
-    match sys::place_helpers(&helpers) {
+    match sys::keep_helpers_on(&helpers) {
         Ok(()) => info!("the switch's other threads run on cores {helpers:?}, off the loops' {loops:?}"),
         Err(e) => warn!("cannot keep the switch's other threads off the loops' cores ({e}); they run anywhere"),
     }

@@ -88,7 +88,7 @@ impl Default for Inbox {
 /// Every loop's inbox, by loop.
 pub type Inboxes = Vec<Arc<Inbox>>;
 
-/// Nudges every loop (a new plan is published).
+/// Nudges every loop (a new plan published, a link event, the stop).
 pub fn nudge_all(inboxes: &Inboxes) {
     for i in inboxes {
         i.nudge();

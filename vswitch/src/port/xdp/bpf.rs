@@ -28,8 +28,8 @@
 //! (`BPF_F_MMAPABLE`), so the loops read what the programs counted with
 //! plain loads: a sync of thousands of flows makes no system call (one
 //! lookup per flow made each sync slice a stall of tens of microseconds
-//! that the kernel's receive work, sharing the loop's core, waited out). The loop stays the authority: it
-//! puts a flow there only after passing one of its frames as established
+//! that the kernel's receive work, sharing the loop's core, waited out).
+//! The loop stays the authority: it puts a flow there only after passing one of its frames as established
 //! through the flow cache, moves its generation on with every plan (which
 //! retires all its flows at once), and every sync accounts what the
 //! program forwarded to the flow's connection entries and counters and

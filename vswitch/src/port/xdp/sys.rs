@@ -405,28 +405,9 @@ unsafe extern "C" {
     fn libbpf_set_print(f: *const libc::c_void) -> *const libc::c_void;
 }
 
-/// The cores this thread may run on (its affinity mask), in order; empty
-/// if the kernel will not say.
-pub fn allowed_cores() -> Vec<usize> {
-    // SAFETY: an all-zero cpu_set_t is a valid, empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid cpu_set_t of the size given, which the
-    // kernel writes at most.
-    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw mut set) } != 0 {
-        return Vec::new();
-    }
-    let all = usize::try_from(libc::CPU_SETSIZE).unwrap_or(0);
-    // SAFETY: CPU_ISSET reads `set`, a valid cpu_set_t, at a bit below
-    // CPU_SETSIZE.
-    (0..all).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
-}
-
 /// Restricts this thread, and the threads it starts from then on, to
-/// `cores`.
-///
-/// # Errors
-/// The kernel's (a core the process may not use, none at all).
-pub fn set_allowed_cores(cores: &[usize]) -> std::io::Result<()> {
+/// `cores` (`core_affinity` sets one core only).
+fn set_allowed_cores(cores: &[usize]) -> std::io::Result<()> {
     // SAFETY: an all-zero cpu_set_t is a valid, empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     let all = usize::try_from(libc::CPU_SETSIZE).unwrap_or(0);
@@ -443,7 +424,7 @@ pub fn set_allowed_cores(cores: &[usize]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The cores [`place_helpers`] gave the switch's threads other than the
+/// The cores [`keep_helpers_on`] gave the switch's threads other than the
 /// loops.
 static HELPERS: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
 
@@ -453,7 +434,7 @@ static HELPERS: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
 ///
 /// # Errors
 /// The kernel's (a core the process may not use, none at all).
-pub fn place_helpers(cores: &[usize]) -> std::io::Result<()> {
+pub fn keep_helpers_on(cores: &[usize]) -> std::io::Result<()> {
     set_allowed_cores(cores)?;
     let _ = HELPERS.set(cores.to_vec());
     Ok(())
