@@ -3,7 +3,8 @@
 //! interface.
 //!
 //! - `xdpgen send IFACE --src-mac M --dst-mac M --src IP --dst IP --dport N
-//!   [--flows F | --new] [--pps R [--burst B | --even]] [--stamp] --seconds S`:
+//!   [--flows F | --new] [--pps R [--burst B | --even]] [--stamp] [--af-packet]
+//!   --seconds S`:
 //!   64-byte UDP frames out of IFACE (on veth: into its peer), F flows in
 //!   turn (a power of two; default 1,024) or a new flow each frame, as fast
 //!   as the kernel makes them or R a second: in bursts of B paced from user
@@ -11,7 +12,8 @@
 //!   by the program itself (`Generator::with_pace`); prints
 //!   `{"sent":N,"seconds":S,"mpps":X,"via":V}`, V how the frames were
 //!   sent: `live-frames` (`BPF_PROG_RUN`), or `af-packet` where the
-//!   kernel refuses live frames (see `xdpgen::Via`).
+//!   kernel refuses live frames or `--af-packet` asks for it (see
+//!   `xdpgen::Via`).
 //! - `xdpgen live`: exits 0 where the kernel runs `BPF_PROG_RUN` live
 //!   frames, 3 where it refuses them (`benches/e2e.sh` then sends with
 //!   `xsk tx`, the same frames through an AF_XDP socket).
@@ -26,7 +28,7 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use sgswitch_tests::xdpgen::{Generator, Redirect, Sink, Traffic};
+use sgswitch_tests::xdpgen::{Generator, Redirect, Sink, Traffic, Via};
 
 fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
@@ -64,6 +66,7 @@ fn send(iface: &str, args: &[String]) {
     let pps: Option<u64> = arg(args, "--pps").map(|r| r.parse().unwrap_or_else(|_| fail("--pps")));
     let in_kernel = args.iter().any(|a| a == "--even");
     let g = match pps {
+        _ if args.iter().any(|a| a == "--af-packet") => Generator::via(Via::Packet, iface, &t, pps.filter(|_| in_kernel)),
         Some(r) if in_kernel => Generator::with_pace(iface, &t, r),
         _ => Generator::new(iface, &t),
     }
