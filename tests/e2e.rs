@@ -5,9 +5,9 @@
 //! nothing, a reload that closes a port, and a clean shutdown.
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use sgswitch_tests::netns::{Kill, Topology, examples, http_get, require_root, sample, sh, wait_for};
+use sgswitch_tests::netns::{Kill, Topology, examples, http_get, require_root, sample, sh, thread_switches, wait_for};
 
 fn connects(ns: &str, args: &str) -> bool {
     sh(&format!("ip netns exec sgs-{ns} nc -z -w 2 {args}"))
@@ -455,6 +455,49 @@ fn thread_cores(pid: &str) -> Vec<(String, Vec<usize>)> {
         out.push((name, core_list(&cores)));
     }
     out
+}
+
+/// An idle switch's threads other than its poll loop sleep until they have
+/// work (a request, a file event, a signal, the stop): on a core they share
+/// with the loop, each wake is time the loop's interfaces' receive work
+/// waits. They used to wake every 50-100 ms to look at the stop flag,
+/// about 80 times a second between them. And the stop still ends them at
+/// once.
+#[test]
+fn the_switchs_other_threads_sleep_while_it_is_idle() {
+    require_root();
+    let _topology = Topology::up();
+    let dir = examples("127.0.0.1:19476", "");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let log = logs.path().join("switch.log");
+    let mut child = Kill(
+        Command::new(env!("CARGO_BIN_EXE_sgswitch"))
+            .args(["run", dir.path().to_str().expect("utf-8")])
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start"),
+    );
+    assert!(wait_for(&log, "running on", 0), "switch did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    let pid = child.0.id().to_string();
+    std::thread::sleep(Duration::from_secs(1));
+    let before = thread_switches(&pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let after = thread_switches(&pid);
+    let woke: Vec<(String, u64)> = after
+        .iter()
+        .filter(|(_, (name, _))| !name.starts_with("sgswitch-loop"))
+        .map(|(tid, (name, n))| (name.clone(), n - before.get(tid).map_or(0, |b| b.1)))
+        .filter(|(_, d)| *d > 0)
+        .collect();
+    let total: u64 = woke.iter().map(|(_, d)| d).sum();
+    assert!(after.values().any(|(n, _)| n == "sgswitch-metric"), "the endpoints' threads are there: {after:?}");
+    assert!(total <= 4, "the other threads woke {total} times in 2 s of nothing: {woke:?}");
+    // SIGTERM ends them all promptly, as before.
+    let stopping = Instant::now();
+    assert!(sh(&format!("kill -TERM {pid}")));
+    let status = child.0.wait().expect("exit");
+    assert!(status.success(), "{status:?}: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(stopping.elapsed() < Duration::from_secs(2), "stopped in {:?}", stopping.elapsed());
 }
 
 /// The switch's threads other than its poll loop keep off the loop's core

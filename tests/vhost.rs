@@ -144,6 +144,19 @@ fn vhost_user_guests_are_switched_as_their_groups_say_and_a_bad_or_gone_guest_co
     let (mut a, mut b, mut c) = (connect(work.path(), "va"), connect(work.path(), "vb"), connect(work.path(), "vc"));
     let sock = |n: &str| work.path().join(format!("{n}.sock")).display().to_string();
     wait_running(&sock("vc"), "server", "vc", &logs);
+    // The connected ports' control threads sleep until their guest writes
+    // (or the port goes): none woke in a second of nothing. They used to
+    // look at their stop every 50 ms.
+    let pid = _switch.0.id().to_string();
+    let before = sgswitch_tests::netns::thread_switches(&pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let woke: Vec<(String, u64)> = sgswitch_tests::netns::thread_switches(&pid)
+        .into_iter()
+        .filter(|(_, (name, _))| ["vhost-eni-va", "vhost-eni-vb", "vhost-eni-vc"].contains(&name.as_str()))
+        .map(|(tid, (name, n))| (name, n - before.get(&tid).map_or(0, |b| b.1)))
+        .collect();
+    assert_eq!(woke.len(), 3, "the three control threads: {woke:?}");
+    assert!(woke.iter().all(|(_, d)| *d <= 1), "control threads woke in a second of nothing: {woke:?}");
 
     // Allowed: a -> b:7000, every frame, unchanged.
     let allowed = udp(&ends(1, 2), 5000, 7000, b"over vhost-user");

@@ -128,15 +128,15 @@ fn in_namespace<T: Send + 'static>(ns: &str, core: usize, f: impl FnOnce() -> T 
 /// The link watcher calls its prompt (which rings every poll loop's
 /// doorbell, so that a quiet loop looks at its interfaces at once rather
 /// than at its next timer) on each link event: a veth pair made in a
-/// namespace of the test's own prompts it, and counts.
+/// namespace of the test's own prompts it, and counts. The stop ends it.
 #[test]
 fn a_link_event_prompts_the_watcher_at_once() {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicU64, Ordering};
     require_root();
     let ns = "sgs-links";
     assert!(sh(&format!("ip netns del {ns} 2>/dev/null; ip netns add {ns}")), "namespace");
-    let (stop, events) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let (stop, events) = (Arc::new(sgswitch::control::stop::Stop::new()), Arc::new(AtomicU64::new(0)));
     let (tx, rx) = std::sync::mpsc::channel();
     let watcher = {
         let (stop, events) = (Arc::clone(&stop), Arc::clone(&events));
@@ -144,7 +144,7 @@ fn a_link_event_prompts_the_watcher_at_once() {
             let prompt = || {
                 let _ = tx.send(Instant::now());
             };
-            sgswitch::port::xdp::sys::watch_links(&stop, &events, &prompt).map_err(|e| e.to_string())
+            sgswitch::port::xdp::sys::watch_links(stop.flag(), stop.fd(), &events, &prompt).map_err(|e| e.to_string())
         })
     };
     // The watcher's socket is bound once it has been prompted by nothing
@@ -153,13 +153,16 @@ fn a_link_event_prompts_the_watcher_at_once() {
     let made = Instant::now();
     assert!(sh(&format!("ip -n {ns} link add sgs-l0 type veth peer name sgs-l1")), "a veth pair");
     let prompted = rx.recv_timeout(Duration::from_secs(5));
-    stop.store(true, Ordering::Relaxed);
+    let stopping = Instant::now();
+    stop.set();
     let ended = watcher.join().expect("the watcher");
+    let took = stopping.elapsed();
     sh(&format!("ip netns del {ns}"));
     assert_eq!(ended, Ok(()), "the watcher ran");
     let at = prompted.expect("a prompt for the new interface");
     assert!(at >= made, "prompted by the event, not before it");
     assert!(events.load(Ordering::Relaxed) >= 1, "and counted");
+    assert!(took < Duration::from_secs(1), "the stop ended the watcher's wait: {took:?}");
 }
 
 #[test]

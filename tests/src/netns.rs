@@ -171,6 +171,20 @@ pub fn start_switch(bin: &str, dir: &Path, log: &Path) -> Kill {
     k
 }
 
+/// Context switches (voluntary and not) of each thread of `pid`, by
+/// thread id, with its name.
+pub fn thread_switches(pid: &str) -> std::collections::BTreeMap<String, (String, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks").flatten() {
+        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default().trim().to_owned();
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let n =
+            status.lines().filter(|l| l.contains("ctxt_switches:")).filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()).sum();
+        out.insert(t.file_name().to_string_lossy().into_owned(), (name, n));
+    }
+    out
+}
+
 /// Runs `cmd` in bash inside namespace `ns`; whether it succeeded.
 pub fn in_ns(ns: &str, cmd: &str) -> bool {
     sh(&format!("ip netns exec sgs-{ns} bash -c {}", shell_quote(cmd)))

@@ -20,12 +20,14 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use tracing::{info, warn};
 
 use crate::control::sizing::{MemoryError, check_conntrack_memory, meminfo};
+use crate::control::stop::Stop;
 use crate::control::store::StoreLink;
 use crate::control::{Control, LoadError, load};
 use crate::datapath::plan::Zones;
@@ -70,7 +72,7 @@ struct Shared {
     /// `[reload]` of host.toml at start.
     reload: sgswitch_config::Reload,
     control: Arc<Control>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
     /// Link events seen (interfaces made, deleted or changed): the loops
     /// look at their interfaces again when it moves.
     link_events: Arc<AtomicU64>,
@@ -92,6 +94,10 @@ enum Wake {
     File,
     /// The store is at a new revision.
     Store(i64),
+    /// SIGHUP.
+    Hup,
+    /// SIGINT or SIGTERM (the stop is set).
+    Stop,
 }
 
 /// Runs the switch on `dir` until SIGINT or SIGTERM; returns the shutdown
@@ -107,12 +113,10 @@ pub fn run(dir: &Path, opts: RunOptions) -> Result<String, RunError> {
     sys::raise_open_files();
     let epoch = Instant::now();
     let started = SystemTime::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let hup = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop)).map_err(RunError::Signals)?;
-    }
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup)).map_err(RunError::Signals)?;
+    let stop = Arc::new(Stop::new());
+    // Signals are caught from here on, and handed to the control thread
+    // by a thread of their own once the others' cores are known.
+    let signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(RunError::Signals)?;
     let (wake_tx, wake_rx) = std::sync::mpsc::channel::<Wake>();
     // With a store, nothing is enforced before its first revision is read:
     // until then the ports are not attached, so nothing passes.
@@ -120,6 +124,7 @@ pub fn run(dir: &Path, opts: RunOptions) -> Result<String, RunError> {
     if opts.datapath {
         place_helpers(&loop_cores(&local.datapath.cores));
     }
+    forward_signals(signals, &stop, &wake_tx)?;
     let store = local.store;
     let store = match store {
         Some(settings) => match start_store(settings, &wake_tx, &wake_rx, &stop)? {
@@ -181,8 +186,8 @@ pub fn run(dir: &Path, opts: RunOptions) -> Result<String, RunError> {
         control.on_publish(move || nudge_all(&inboxes));
     }
 
-    let finish = |stop: &AtomicBool| {
-        stop.store(true, Ordering::Relaxed);
+    let finish = |stop: &Stop| {
+        stop.set();
         let _ = std::fs::remove_file(&host.control_socket);
     };
     let flow_handle = || crate::ops::flowlog::Handle { published: Arc::clone(&control.published), started, stop: Arc::clone(&stop) };
@@ -205,7 +210,7 @@ pub fn run(dir: &Path, opts: RunOptions) -> Result<String, RunError> {
                 host: &host,
                 uplink: &uplink,
                 published: &published,
-                stop: &halt,
+                stop: halt.flag(),
                 link_events: &events,
                 inboxes: &inboxes,
                 epoch,
@@ -247,7 +252,7 @@ pub fn run(dir: &Path, opts: RunOptions) -> Result<String, RunError> {
     {
         let (stop, events, inboxes) = (Arc::clone(&stop), Arc::clone(&shared.link_events), Arc::clone(&inboxes));
         let spawned = std::thread::Builder::new().name("sgswitch-links".into()).spawn(move || {
-            if let Err(e) = sys::watch_links(&stop, &events, &|| nudge_all(&inboxes)) {
+            if let Err(e) = sys::watch_links(stop.flag(), stop.fd(), &events, &|| nudge_all(&inboxes)) {
                 warn!("cannot watch link events ({e}); interfaces are looked at once a second");
             }
         });
@@ -259,7 +264,8 @@ pub fn run(dir: &Path, opts: RunOptions) -> Result<String, RunError> {
     // keep the switch from stopping.
     {
         let (control, stop) = (Arc::clone(&control), Arc::clone(&stop));
-        let spawned = std::thread::Builder::new().name("sgswitch-reload".into()).spawn(move || control.run_reloader(&reload_jobs, &stop));
+        let spawned =
+            std::thread::Builder::new().name("sgswitch-reload".into()).spawn(move || control.run_reloader(&reload_jobs, stop.flag()));
         if let Err(e) = spawned {
             warn!("cannot start the reloader ({e}); the configuration will not be reloaded");
         }
@@ -282,9 +288,11 @@ pub fn run(dir: &Path, opts: RunOptions) -> Result<String, RunError> {
             dir.display()
         );
     }
-    watch(&shared, &hup, &wake_tx, &wake_rx);
-    // Told to stop: the loops see it now, not at their next timer.
+    watch(&shared, &wake_tx, &wake_rx);
+    // Told to stop: the loops see it now, not at their next timer, and
+    // the reloader, which sleeps until a job comes.
     nudge_all(&inboxes);
+    control.wake_reloader();
     // Stopping: the loops end within an idle wait and close their sockets
     // (detaching the XDP programs); the endpoints' threads within a tenth
     // of a second. Whatever is stuck after STOP_WITHIN (a load blocked in
@@ -314,7 +322,7 @@ fn start_store(
     settings: sgswitch_config::Store,
     wake_tx: &std::sync::mpsc::Sender<Wake>,
     wake_rx: &std::sync::mpsc::Receiver<Wake>,
-    stop: &Arc<AtomicBool>,
+    stop: &Arc<Stop>,
 ) -> Result<Option<Arc<StoreLink>>, RunError> {
     let link = StoreLink::new(settings);
     info!("reading the configuration from etcd at {} (prefix {})", link.settings.endpoints.join(", "), link.settings.prefix);
@@ -322,18 +330,20 @@ fn start_store(
         let (link, tx, stop) = (Arc::clone(&link), wake_tx.clone(), Arc::clone(stop));
         std::thread::Builder::new()
             .name("sgswitch-store".into())
-            .spawn(move || crate::control::store::serve(&link, &move |r| drop(tx.send(Wake::Store(r))), &stop))
+            .spawn(move || crate::control::store::serve(&link, &move |r| drop(tx.send(Wake::Store(r))), stop.flag()))
             .map_err(|e| RunError::Endpoint(format!("starting the store thread: {e}")))?;
     }
     let waited = Instant::now();
     let mut said = Instant::now();
     loop {
-        match wake_rx.recv_timeout(Duration::from_millis(100)) {
+        // A SIGHUP before the first revision asks for nothing the first
+        // load does not do.
+        match wake_rx.recv_timeout(Duration::from_secs(1)) {
             Ok(Wake::Store(_)) => return Ok(Some(link)),
-            Ok(Wake::File) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(Wake::File | Wake::Hup | Wake::Stop) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(RunError::Endpoint("the store thread ended".into())),
         }
-        if stop.load(Ordering::Relaxed) {
+        if stop.is_set() {
             return Ok(None);
         }
         if said.elapsed() >= Duration::from_secs(5) {
@@ -390,6 +400,30 @@ fn place_helpers(loops: &[usize]) {
     }
 }
 
+/// Hands SIGINT and SIGTERM (which set the stop) and SIGHUP to the control
+/// thread, from a thread that sleeps until one comes.
+fn forward_signals(
+    mut signals: signal_hook::iterator::Signals,
+    stop: &Arc<Stop>,
+    wake: &std::sync::mpsc::Sender<Wake>,
+) -> Result<(), RunError> {
+    let (stop, wake) = (Arc::clone(stop), wake.clone());
+    std::thread::Builder::new()
+        .name("sgswitch-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if sig == SIGHUP {
+                    let _ = wake.send(Wake::Hup);
+                } else {
+                    stop.set();
+                    let _ = wake.send(Wake::Stop);
+                }
+            }
+        })
+        .map(drop)
+        .map_err(RunError::Signals)
+}
+
 /// Ends the process with status 2 if it is still running `after` from now:
 /// the last resort of a stop that something holds up. The next start
 /// removes any XDP program left behind.
@@ -415,7 +449,7 @@ fn fingerprint(dir: &Path) -> Fingerprint {
 /// The control thread: reloads on SIGHUP, and on file changes once the
 /// files have stopped changing (`[reload] watch`, `debounce_ms`), until
 /// told to stop.
-fn watch(shared: &Shared, hup: &AtomicBool, wake: &std::sync::mpsc::Sender<Wake>, rx: &std::sync::mpsc::Receiver<Wake>) {
+fn watch(shared: &Shared, wake: &std::sync::mpsc::Sender<Wake>, rx: &std::sync::mpsc::Receiver<Wake>) {
     use notify::Watcher;
     let dir = shared.control.dir();
     let tx = wake.clone();
@@ -461,16 +495,21 @@ fn watch(shared: &Shared, hup: &AtomicBool, wake: &std::sync::mpsc::Sender<Wake>
     // A change is applied once the files are unchanged (sizes and
     // modification times) for `debounce`: a file caught half-written by a
     // writer that pauses waits for the rest.
+    // It sleeps until something comes (a file event, a store revision, a
+    // signal) or a change's debounce is over.
     let mut due: Option<(Instant, Fingerprint)> = None;
-    while !shared.stop.load(Ordering::Relaxed) {
-        let mut files = false;
-        let mut store = None;
-        if let Ok(w) = rx.recv_timeout(Duration::from_millis(50)) {
-            for w in std::iter::once(w).chain(rx.try_iter()) {
-                match w {
-                    Wake::File => files = true,
-                    Wake::Store(r) => store = Some(r),
-                }
+    while !shared.stop.is_set() {
+        let (mut files, mut store, mut hup) = (false, None, false);
+        let first = match &due {
+            Some((at, _)) => rx.recv_timeout(at.saturating_duration_since(Instant::now())).ok(),
+            None => rx.recv().ok(),
+        };
+        for w in first.into_iter().chain(rx.try_iter()) {
+            match w {
+                Wake::File => files = true,
+                Wake::Store(r) => store = Some(r),
+                Wake::Hup => hup = true,
+                Wake::Stop => {}
             }
         }
         // A new store revision is read whole and applied at once (it has
@@ -482,7 +521,7 @@ fn watch(shared: &Shared, hup: &AtomicBool, wake: &std::sync::mpsc::Sender<Wake>
             due = Some((Instant::now() + debounce, fingerprint(dir)));
         }
         let now = Instant::now();
-        if hup.swap(false, Ordering::Relaxed) {
+        if hup {
             shared.control.queue_reload("SIGHUP");
         }
         if let Some((at, before)) = due.take() {

@@ -3,10 +3,11 @@
 //! reloading (serialised on the reloader thread, [`Control::run_reloader`]),
 //! and saying which changed settings wait for a restart; recording each
 //! configuration applied ([`history`]). Also how much memory the
-//! connection tables take ([`sizing`]).
+//! connection tables take ([`sizing`]), and the switch's [`stop`].
 
 pub mod history;
 pub mod sizing;
+pub mod stop;
 pub mod store;
 
 use std::path::{Path, PathBuf};
@@ -319,6 +320,12 @@ impl Control {
         rx.recv_timeout(wait).map_err(|_| ReloadError::Late { secs: wait.as_secs() })?
     }
 
+    /// Wakes the reloader to see the stop: a job it takes only to return
+    /// (where the queue is full, the job it takes next wakes it as well).
+    pub fn wake_reloader(&self) {
+        let _ = self.jobs.try_send(ReloadJob { why: String::new(), reply: None });
+    }
+
     /// Asks the reloader for a reload without waiting; one already queued
     /// and not started covers this one.
     pub fn queue_reload(&self, why: &str) {
@@ -328,10 +335,13 @@ impl Control {
     /// The reloader: loads, compiles and publishes one configuration at a
     /// time, off the control socket's and the watcher's threads, so that a
     /// slow or blocked load holds up nothing but the reloads queued behind
-    /// it. Returns when `stop` is set.
+    /// it. It sleeps until a job comes; returns when `stop` is set and
+    /// [`Control::wake_reloader`] is called (or a reload in progress ends).
     pub fn run_reloader(&self, jobs: &Receiver<ReloadJob>, stop: &AtomicBool) {
-        while !stop.load(Ordering::Relaxed) {
-            let Ok(job) = jobs.recv_timeout(Duration::from_millis(100)) else { continue };
+        while let Ok(job) = jobs.recv() {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
             let since = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX) + 1;
             self.reloading_since.store(since, Ordering::Relaxed);
             let r = self.reload(&job.why).map_err(ReloadError::from);

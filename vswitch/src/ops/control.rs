@@ -138,10 +138,10 @@ async fn accept_loop(listener: UnixListener, shared: Arc<View>) {
         }
     };
     let clients = Clients::new(MAX_CLIENTS);
-    while !shared.stop.load(Ordering::Relaxed) {
+    while !shared.stop.is_set() {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+            () = shared.stop.wait() => break,
         };
         match accepted {
             Ok((conn, _)) => {

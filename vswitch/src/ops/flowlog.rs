@@ -4,7 +4,6 @@
 
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -41,7 +40,7 @@ fn open(to: &FlowLogTo) -> Result<Box<dyn Write + Send>, FlowLogError> {
 pub struct Handle {
     pub published: Arc<ArcSwap<Published>>,
     pub started: SystemTime,
-    pub stop: Arc<AtomicBool>,
+    pub stop: Arc<crate::control::stop::Stop>,
 }
 
 /// Starts the writer thread; it drains the queue until the switch stops.
@@ -58,7 +57,7 @@ pub fn start(writer: Writer, handle: Handle) -> Result<std::thread::JoinHandle<(
             let mut recent: Vec<Arc<Published>> = Vec::new();
             let stats = Arc::clone(writer.stats());
             loop {
-                let stopping = handle.stop.load(Ordering::Relaxed);
+                let stopping = handle.stop.is_set();
                 let cur = handle.published.load_full();
                 if !recent.iter().any(|p| Arc::ptr_eq(p, &cur)) {
                     if recent.len() == 4 {

@@ -98,10 +98,10 @@ async fn accept_loop(listener: std::net::TcpListener, shared: Arc<View>) {
     let clients = Clients::new(MAX_CONNECTIONS);
     let mut backoff = Duration::from_millis(10);
     let mut warned = false;
-    while !shared.stop.load(Ordering::Relaxed) {
+    while !shared.stop.is_set() {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+            () = shared.stop.wait() => break,
         };
         let stream = match accepted {
             Ok((stream, _)) => {

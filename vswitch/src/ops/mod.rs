@@ -12,12 +12,12 @@ pub mod metrics;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::SystemTime;
 
 use sgswitch_config::Host;
 
 use crate::control::Control;
+use crate::control::stop::Stop;
 pub use crate::control::unix_ms;
 use crate::engine::Loops;
 
@@ -34,5 +34,5 @@ pub struct View {
     pub control: Arc<Control>,
     /// The flow log's counters, per loop, when it is on.
     pub flow_log: Vec<Arc<crate::packet::flowlog::Stats>>,
-    pub stop: Arc<AtomicBool>,
+    pub stop: Arc<Stop>,
 }

@@ -35,7 +35,8 @@ use super::{Connection, GuestMem, Shared, Update, nonblocking};
 use crate::port::PortError;
 use crate::port::xdp::sys::wait_for_frames;
 
-/// How often the control thread looks at its stop flag while it waits.
+/// How often the control thread looks at its stop flag while it waits,
+/// where its stop has no eventfd to wake it.
 const TICK: Duration = Duration::from_millis(50);
 /// How long the control thread waits for the loop to give a ring back.
 const STOP_WAIT: Duration = Duration::from_secs(2);
@@ -122,7 +123,7 @@ fn run(socket: &Path, listener: Option<UnixListener>, made: Option<u64>, port: &
         let Some(stream) = stream else {
             match &listener {
                 Some(l) => {
-                    wait_readable(l.as_raw_fd());
+                    wait_readable(l.as_raw_fd(), shared);
                 }
                 None => std::thread::sleep(Duration::from_millis(200)),
             }
@@ -144,10 +145,12 @@ fn run(socket: &Path, listener: Option<UnixListener>, made: Option<u64>, port: &
     }
 }
 
-/// Waits until `fd` is readable or a tick passed; whether it is.
-fn wait_readable(fd: libc::c_int) -> bool {
-    let mut p = [libc::pollfd { fd, events: libc::POLLIN, revents: 0 }];
-    wait_for_frames(&mut p, TICK);
+/// Waits until `fd` is readable or the port's stop comes (or, with no
+/// eventfd for the stop, a tick passed); whether `fd` is readable.
+fn wait_readable(fd: libc::c_int, shared: &Shared) -> bool {
+    let bell = shared.bell.as_ref().map_or(-1, AsRawFd::as_raw_fd);
+    let mut p = [libc::pollfd { fd, events: libc::POLLIN, revents: 0 }, libc::pollfd { fd: bell, events: libc::POLLIN, revents: 0 }];
+    wait_for_frames(&mut p, if bell < 0 { TICK } else { Duration::from_secs(3600) });
     p[0].revents != 0
 }
 
@@ -156,7 +159,7 @@ fn serve(mut stream: UnixStream, port: &str, updates: &SyncSender<Update>, share
     shared.connection.store(Connection::Connected as u8, Ordering::Relaxed);
     let mut device = Device::new(port, updates.clone(), Arc::clone(shared));
     while !shared.stop.load(Ordering::Relaxed) {
-        if !wait_readable(stream.as_raw_fd()) {
+        if !wait_readable(stream.as_raw_fd(), shared) {
             continue;
         }
         let msg = match super::wire::read(&mut stream) {

@@ -105,10 +105,34 @@ impl Connection {
 
 /// What the two halves share: the control thread's stop flag and the
 /// connection's state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Shared {
     pub stop: AtomicBool,
+    /// An eventfd readable once `stop` is set ([`Shared::stop`]), which the
+    /// control thread waits on with its socket, so that it sleeps until
+    /// the guest writes or the port goes; `None` where none could be made
+    /// (the thread then looks at `stop` every 50 ms).
+    pub bell: Option<std::os::fd::OwnedFd>,
     pub connection: AtomicU8,
+}
+
+impl Default for Shared {
+    fn default() -> Shared {
+        let bell = crate::port::xdp::sys::eventfd()
+            .map_err(|e| tracing::warn!("no eventfd for a vhost-user port's control thread ({e}): it looks for its stop every 50 ms"))
+            .ok();
+        Shared { stop: AtomicBool::new(false), bell, connection: AtomicU8::new(0) }
+    }
+}
+
+impl Shared {
+    /// Tells the control thread to end, and wakes it.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(b) = &self.bell {
+            crate::port::xdp::sys::eventfd_ring(b);
+        }
+    }
 }
 
 /// Counters of a vhost-user port's rings (the loop's, summed when read):
@@ -173,9 +197,8 @@ pub struct VhostUser {
 
 impl Drop for VhostUser {
     fn drop(&mut self) {
-        // The control thread notices within its poll interval; the loop
-        // does not wait for it.
-        self.shared.stop.store(true, Ordering::Relaxed);
+        // The control thread wakes and ends; the loop does not wait for it.
+        self.shared.stop();
     }
 }
 

@@ -337,12 +337,15 @@ pub fn ifindex(name: &str) -> u32 {
 /// `prompt` on each (which wakes the poll loops): they look at their
 /// interfaces again when it moves. The events are only a
 /// prompt (the loops read the interfaces themselves), so nothing of them is
-/// parsed. Returns at once, with the reason, if the socket cannot be made.
+/// parsed. Sleeps until an event comes or `stop_fd` (readable once `stop`
+/// is set) says to end; without one, looks at `stop` every 100 ms.
+/// Returns at once, with the reason, if the socket cannot be made.
 ///
 /// # Errors
 /// The netlink socket cannot be opened or bound.
 pub fn watch_links(
     stop: &std::sync::atomic::AtomicBool,
+    stop_fd: Option<std::os::fd::BorrowedFd<'_>>,
     events: &std::sync::atomic::AtomicU64,
     prompt: &dyn Fn(),
 ) -> Result<(), PortError> {
@@ -364,21 +367,26 @@ pub fn watch_links(
     if unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) } != 0 {
         return Err(PortError::Sys { call: "bind(AF_NETLINK, RTMGRP_LINK)", what: std::io::Error::last_os_error().to_string() });
     }
-    let timeout = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
-    let tlen = libc::socklen_t::try_from(std::mem::size_of::<libc::timeval>()).unwrap_or(16);
-    // SAFETY: `timeout` is a valid timeval of `tlen` bytes.
-    unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&raw const timeout).cast(), tlen) };
     let mut buf = vec![0u8; 64 * 1024];
+    // Without a stop descriptor, a wait of 100 ms lets `stop` be seen.
+    let wait = if stop_fd.is_some() { std::time::Duration::from_secs(3600) } else { std::time::Duration::from_millis(100) };
     while !stop.load(Ordering::Relaxed) {
+        let mut fds = [
+            libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: stop_fd.map_or(-1, |f| f.as_raw_fd()), events: libc::POLLIN, revents: 0 },
+        ];
+        wait_for_frames(&mut fds, wait);
+        if fds[0].revents == 0 {
+            continue;
+        }
         // SAFETY: `buf` is a valid buffer of its length for the kernel.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
         if n > 0 {
             events.fetch_add(1, Ordering::Relaxed);
             prompt();
         } else if n < 0 {
             let e = std::io::Error::last_os_error();
-            // A timeout lets `stop` be seen; an overrun lost events, which
-            // is itself a prompt to look.
+            // An overrun lost events, which is itself a prompt to look.
             if e.raw_os_error() == Some(libc::ENOBUFS) {
                 events.fetch_add(1, Ordering::Relaxed);
                 prompt();
