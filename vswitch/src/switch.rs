@@ -2,7 +2,9 @@
 //! thread loads the configuration, starts the poll loops ([`crate::engine`])
 //! pinned to their cores, the reloader ([`crate::control`]), the link
 //! watcher, the metrics endpoint, the control socket and the flow-log
-//! writer ([`crate::ops`]), then watches the directory and signals.
+//! writer ([`crate::ops`]), then watches the directory and signals. None
+//! of these threads wakes but for work or the stop
+//! ([`crate::control::stop`]).
 //!
 //! - **Reload**: a change under the configuration directory (inotify through
 //!   the `notify` crate, applied once the files are stable), SIGHUP or
@@ -294,9 +296,9 @@ pub fn run(dir: &Path, opts: RunOptions) -> Result<String, RunError> {
     nudge_all(&inboxes);
     control.wake_reloader();
     // Stopping: the loops end within an idle wait and close their sockets
-    // (detaching the XDP programs); the endpoints' threads within a tenth
-    // of a second. Whatever is stuck after STOP_WITHIN (a load blocked in
-    // a read) does not hold the exit.
+    // (detaching the XDP programs); the endpoints' threads, woken by the
+    // stop, at once. Whatever is stuck after STOP_WITHIN (a load blocked
+    // in a read) does not hold the exit.
     watchdog(STOP_WITHIN);
     let mut result = Ok(());
     for w in workers {
