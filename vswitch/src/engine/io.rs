@@ -425,13 +425,15 @@ impl Io {
     }
 
     /// The interfaces of its AF_XDP sockets that the loop does not busy
-    /// poll (not asked for, or the kernel names no NAPI context), each
-    /// once: the kernel receives for them in its own context.
+    /// poll (not asked for, not yet engaged, or the kernel names no NAPI
+    /// context), each once: the kernel receives for them in its own
+    /// context. (Once engaged, busy polling turns the interface's threaded
+    /// NAPI off, and the thread goes.)
     pub fn unpolled_interfaces(&self) -> Vec<u32> {
         let mut out: Vec<u32> = self
             .socks
             .iter()
-            .filter(|p| matches!(p.sock, Link::Xdp(_)) && matches!(p.sock.busy_polled(), BusyPolled::Off | BusyPolled::Unavailable))
+            .filter(|p| matches!(p.sock, Link::Xdp(_)) && p.sock.busy_polled() != BusyPolled::Yes)
             .map(|p| p.sock.ifindex())
             .collect();
         out.sort_unstable();

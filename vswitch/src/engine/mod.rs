@@ -40,7 +40,7 @@ use crate::datapath::plan::{Plan, Published};
 use crate::datapath::{Action, Kind, Outcome, Owner, Reason, Source, owner_of};
 use crate::packet::flowlog::FlowLog;
 use crate::packet::{Pipeline, capacity_share, conntrack_settings, offload};
-use crate::port::xdp::Frame;
+use crate::port::xdp::{BusyPolled, Frame};
 use crate::port::{PortError, Rings};
 
 /// Frames taken from one rx ring at a time.
@@ -383,6 +383,10 @@ pub fn poll_loop(
     // idle priority run: it leaves them as they are.
     let mut napi = (host.datapath.napi_threads == sgswitch_config::NapiThreads::Yield && !host.datapath.busy_poll)
         .then(|| napi::NapiThreads::new(me.index, core));
+    // The NAPI threads are looked for with the interfaces, once a second,
+    // and at the next iteration when a socket's busy-poll state moves or
+    // the statistics say a thread may have come (see `publish_stats`).
+    let mut napi_now = false;
     while !cx.stop.load(Ordering::Relaxed) {
         let latest = cx.published.load();
         let mut reconnect = false;
@@ -422,6 +426,10 @@ pub fn poll_loop(
                 stats.sockets.store(Arc::new(io.socks.iter().map(|p| Arc::clone(&p.stats)).collect()));
                 stats.links.store(Arc::new(io.report(&current.plan, me, cx.uplink, &mut links)));
             }
+            napi_now = true;
+        }
+        if napi_now {
+            napi_now = false;
             if let Some(n) = &mut napi
                 && n.refresh(&io.unpolled_interfaces())
             {
@@ -446,6 +454,14 @@ pub fn poll_loop(
             socks[s].sock.reclaim(mem);
             socks[s].sock.refill(mem, share);
             let n = socks[s].sock.receive(mem, &mut rx, BATCH);
+            // Its busy-poll state moves with its first frames: where they
+            // say the kernel receives for it in its own context, a NAPI
+            // thread on this core may be there to take, at once.
+            let polled = socks[s].sock.busy_polled() as u8;
+            if socks[s].stats.busy_poll.load(Ordering::Relaxed) != polled {
+                socks[s].stats.busy_poll.store(polled, Ordering::Relaxed);
+                napi_now = true;
+            }
             if n == 0 {
                 continue;
             }
@@ -528,7 +544,7 @@ pub fn poll_loop(
         let asked = answer(requests, &mut pipe, stats);
         if ms >= stats_due {
             stats_due = ms + STATS_EVERY_MS;
-            publish_stats(stats, socks, &pipe, plan);
+            napi_now |= publish_stats(stats, socks, &pipe, plan) && napi.is_some();
         }
         let yielding = napi.as_ref().is_some_and(napi::NapiThreads::any);
         if busy {
@@ -575,15 +591,20 @@ fn fill_share(frames: usize, sockets: usize) -> u32 {
 }
 
 /// Copies the kernel's socket statistics and the table's totals into the
-/// loop's counters.
-fn publish_stats(stats: &LoopStats, socks: &mut [Port], pipe: &Pipeline<u32>, plan: &Plan) {
+/// loop's counters. Returns whether the loop should look for NAPI threads
+/// to take now rather than at its next second ([`napi_may_have_come`]).
+fn publish_stats(stats: &LoopStats, socks: &mut [Port], pipe: &Pipeline<u32>, plan: &Plan) -> bool {
+    let mut look = false;
     for p in socks.iter_mut() {
-        p.stats.busy_poll.store(p.sock.busy_polled() as u8, Ordering::Relaxed);
+        let polled = p.sock.busy_polled();
+        let was = BusyPolled::from_u8(p.stats.busy_poll.swap(polled as u8, Ordering::Relaxed));
+        let empty_before = p.stats.kernel[FILL_RING_EMPTY].get();
         if let Some(v) = p.sock.statistics() {
             for (c, v) in p.stats.kernel.iter().zip(v) {
                 c.set(v);
             }
         }
+        look |= napi_may_have_come(was, polled, empty_before, p.stats.kernel[FILL_RING_EMPTY].get());
         if p.stats.port && !p.vhost() {
             warn_about_offloads(p);
         }
@@ -598,6 +619,24 @@ fn publish_stats(stats: &LoopStats, socks: &mut [Port], pipe: &Pipeline<u32>, pl
             e.store(u32::try_from(pipe.conntrack.zone_len(port.zone)).unwrap_or(u32::MAX), Ordering::Relaxed);
         }
     }
+    look
+}
+
+/// Where a socket's kernel statistics keep the frames that found its fill
+/// ring empty (see `Rings::statistics`).
+const FILL_RING_EMPTY: usize = 4;
+
+/// Whether a NAPI thread may have come for the loop to take, from one
+/// socket's last two statistics: its busy-poll state changed (its first
+/// frames said it cannot be busy polled, so its interface's receive work
+/// runs in the kernel's own context, perhaps a thread on this core), or,
+/// not busy polled, it lost frames to an empty fill ring (the sign of a
+/// NAPI thread competing with the loop at equal weight: one pinned to the
+/// loop's core after the switch started, say). Looked for once a second
+/// otherwise, such a thread would take most of the core for up to a second
+/// under a flood, dropping what the loop has no time to take.
+fn napi_may_have_come(was: BusyPolled, now: BusyPolled, empty_before: u64, empty_now: u64) -> bool {
+    was != now || (matches!(now, BusyPolled::Off | BusyPolled::Unavailable) && empty_now > empty_before)
 }
 
 /// Says once per socket, in the log, that its VM's NIC has offloads on
@@ -683,6 +722,18 @@ mod tests {
         assert_eq!(us(idle_wait(false, 1000, 1000)), 200, "a timer due now");
         assert_eq!(us(idle_wait(false, 1000, 0)), 200, "a sync under way (due at 0)");
         assert_eq!(us(idle_wait(true, 1000, 60_000)), 200, "work left: as often as without a doorbell");
+    }
+
+    #[test]
+    fn the_loop_looks_for_napi_threads_at_once_when_a_socket_says_one_may_have_come() {
+        use BusyPolled::{Off, Pending, Unavailable, Yes};
+        assert!(napi_may_have_come(Pending, Unavailable, 0, 0), "the first frames said: not busy polled");
+        assert!(napi_may_have_come(Yes, Unavailable, 0, 0), "busy polling lost");
+        assert!(napi_may_have_come(Unavailable, Unavailable, 10, 11), "frames lost to an empty fill ring");
+        assert!(napi_may_have_come(Off, Off, 0, 64), "the same, busy polling not asked for");
+        assert!(!napi_may_have_come(Unavailable, Unavailable, 10, 10), "nothing new: the next second will do");
+        assert!(!napi_may_have_come(Yes, Yes, 10, 500), "busy polled: no thread receives for it");
+        assert!(!napi_may_have_come(Pending, Pending, 0, 0));
     }
 
     #[test]
