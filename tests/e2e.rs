@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sgswitch_tests::netns::{Kill, Topology, examples, http_get, require_root, sample, sh, thread_switches, wait_for};
+use sgswitch_tests::netns::{Kill, Topology, examples, http_get, require_root, sample, sh, start_switch, thread_switches, wait_for};
 
 fn connects(ns: &str, args: &str) -> bool {
     sh(&format!("ip netns exec sgs-{ns} nc -z -w 2 {args}"))
@@ -470,14 +470,7 @@ fn the_switchs_other_threads_sleep_while_it_is_idle() {
     let dir = examples("127.0.0.1:19476", "");
     let logs = tempfile::tempdir().expect("tempdir");
     let log = logs.path().join("switch.log");
-    let mut child = Kill(
-        Command::new(env!("CARGO_BIN_EXE_sgswitch"))
-            .args(["run", dir.path().to_str().expect("utf-8")])
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("start"),
-    );
-    assert!(wait_for(&log, "running on", 0), "switch did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    let mut child = start_switch(env!("CARGO_BIN_EXE_sgswitch"), dir.path(), &log);
     let pid = child.0.id().to_string();
     std::thread::sleep(Duration::from_secs(1));
     let before = thread_switches(&pid);

@@ -222,23 +222,8 @@ fn the_uplinks_napi_threads_are_taken_before_the_first_frame() {
     let dir = examples("127.0.0.1:19485", "");
     let logs = tempfile::tempdir().expect("tempdir");
     let log = logs.path().join("switch.log");
-    assert!(sh("ethtool -K sgs-uplink gro on >/dev/null && echo 1 > /sys/class/net/sgs-uplink/threaded"), "threaded NAPI on the uplink");
-    let _switch = start(dir.path(), &log);
-    let out = Command::new("pgrep").arg("^napi/sgs-uplink-").output().expect("pgrep");
-    let pids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
-    assert_eq!(pids.len(), 2, "a NAPI thread per queue of the uplink: {pids:?}");
-    for p in &pids {
-        assert!(sh(&format!("taskset -pc 0 {p}")), "pinned to the loop's core");
-    }
-    let t = Instant::now();
-    let mut page = String::new();
-    while t.elapsed() < Duration::from_secs(3) {
-        page = http_get("127.0.0.1:19485", "/metrics").unwrap_or_default();
-        if page.matches("sgswitch_napi_thread_yielded_info{").count() == 2 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (_switch, pids) = start_with_pinned_uplink_napi(dir.path(), &log);
+    let page = metrics_when_both_yield("127.0.0.1:19485", Duration::from_secs(3));
     let pending = page.lines().filter(|l| l.starts_with("sgswitch_xsk_info{") && l.contains("sgs-uplink")).collect::<Vec<_>>();
     assert_eq!(
         page.matches("sgswitch_napi_thread_yielded_info{").count(),
@@ -251,10 +236,23 @@ fn the_uplinks_napi_threads_are_taken_before_the_first_frame() {
     }
 }
 
-/// Starts the switch with the uplink in threaded NAPI, pins the uplink's
-/// NAPI threads to the loop's core, and returns once both yield to the loop
-/// (with their pids).
-fn start_with_yielding_uplink(dir: &std::path::Path, log: &std::path::Path, metrics: &str) -> (Kill, Vec<String>) {
+/// The metrics page once both of the uplink's NAPI threads yield to the
+/// loop, or as it is after `within`.
+fn metrics_when_both_yield(metrics: &str, within: Duration) -> String {
+    let t = Instant::now();
+    loop {
+        let page = http_get(metrics, "/metrics").unwrap_or_default();
+        if page.matches("sgswitch_napi_thread_yielded_info{").count() == 2 || t.elapsed() >= within {
+            return page;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts the switch with the uplink in threaded NAPI and pins the
+/// uplink's NAPI threads (at the kernel's default scheduling) to the
+/// loop's core; returns their pids.
+fn start_with_pinned_uplink_napi(dir: &std::path::Path, log: &std::path::Path) -> (Kill, Vec<String>) {
     assert!(sh("ethtool -K sgs-uplink gro on >/dev/null && echo 1 > /sys/class/net/sgs-uplink/threaded"), "threaded NAPI on the uplink");
     let switch = start(dir, log);
     let out = Command::new("pgrep").arg("^napi/sgs-uplink-").output().expect("pgrep");
@@ -264,18 +262,16 @@ fn start_with_yielding_uplink(dir: &std::path::Path, log: &std::path::Path, metr
         assert_eq!(policy(p), Some(libc::SCHED_OTHER));
         assert!(sh(&format!("taskset -pc 0 {p}")), "pinned to the loop's core");
     }
-    // Frames tell the loop that the queues cannot be busy polled (veth);
-    // within a second or two of that it takes the threads.
-    let t = Instant::now();
-    let mut page = String::new();
-    while t.elapsed() < Duration::from_secs(10) {
-        sh("ip netns exec sgs-inet ping -n -c 1 -W 1 10.0.0.11");
-        page = http_get(metrics, "/metrics").unwrap_or_default();
-        if page.matches("sgswitch_napi_thread_yielded_info{").count() == 2 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    (switch, pids)
+}
+
+/// Starts the switch with the uplink in threaded NAPI, pins the uplink's
+/// NAPI threads to the loop's core, and returns once both yield to the loop
+/// (with their pids).
+fn start_with_yielding_uplink(dir: &std::path::Path, log: &std::path::Path, metrics: &str) -> (Kill, Vec<String>) {
+    let (switch, pids) = start_with_pinned_uplink_napi(dir, log);
+    // The loop takes them at its next second, no frame needed.
+    let page = metrics_when_both_yield(metrics, Duration::from_secs(10));
     let yielded: Vec<&str> = page.lines().filter(|l| l.starts_with("sgswitch_napi_thread_yielded_info{")).collect();
     assert_eq!(yielded.len(), 2, "both threads yield to the loop:\n{}", std::fs::read_to_string(log).unwrap_or_default());
     for p in &pids {
