@@ -630,13 +630,14 @@ const FILL_RING_EMPTY: usize = 4;
 /// socket's last two statistics: its busy-poll state changed (its first
 /// frames said it cannot be busy polled, so its interface's receive work
 /// runs in the kernel's own context, perhaps a thread on this core), or,
-/// not busy polled, it lost frames to an empty fill ring (the sign of a
-/// NAPI thread competing with the loop at equal weight: one pinned to the
-/// loop's core after the switch started, say). Looked for once a second
-/// otherwise, such a thread would take most of the core for up to a second
-/// under a flood, dropping what the loop has no time to take.
+/// not busy polled (or not yet), it lost frames to an empty fill ring (the
+/// sign of a NAPI thread competing with the loop at equal weight: one
+/// pinned to the loop's core after the switch started, say). Looked for
+/// once a second otherwise, such a thread would take most of the core for
+/// up to a second under a flood, dropping what the loop has no time to
+/// take.
 fn napi_may_have_come(was: BusyPolled, now: BusyPolled, empty_before: u64, empty_now: u64) -> bool {
-    was != now || (matches!(now, BusyPolled::Off | BusyPolled::Unavailable) && empty_now > empty_before)
+    was != now || (now != BusyPolled::Yes && empty_now > empty_before)
 }
 
 /// Says once per socket, in the log, that its VM's NIC has offloads on
@@ -731,9 +732,10 @@ mod tests {
         assert!(napi_may_have_come(Yes, Unavailable, 0, 0), "busy polling lost");
         assert!(napi_may_have_come(Unavailable, Unavailable, 10, 11), "frames lost to an empty fill ring");
         assert!(napi_may_have_come(Off, Off, 0, 64), "the same, busy polling not asked for");
+        assert!(napi_may_have_come(Pending, Pending, 0, 64), "the same, busy polling not engaged yet");
         assert!(!napi_may_have_come(Unavailable, Unavailable, 10, 10), "nothing new: the next second will do");
         assert!(!napi_may_have_come(Yes, Yes, 10, 500), "busy polled: no thread receives for it");
-        assert!(!napi_may_have_come(Pending, Pending, 0, 0));
+        assert!(!napi_may_have_come(Pending, Pending, 5, 5));
     }
 
     #[test]
