@@ -417,7 +417,13 @@ impl<R: Read> Reader<R> {
                 let mut at = 8;
                 while at + 4 <= b.len() {
                     let (code, olen) = (u16_of(b, at, swapped), usize::from(u16_of(b, at + 2, swapped)));
-                    let v = b.get(at + 4..at + 4 + olen).unwrap_or(&[]);
+                    let Some(v) = b.get(at + 4..at + 4 + olen) else {
+                        return Err(CaptureError::Malformed {
+                            path: self.path.clone(),
+                            offset: start,
+                            what: format!("an interface description whose option {code} runs past the end of its block"),
+                        });
+                    };
                     match code {
                         0 => break,
                         2 => name = Some(String::from_utf8_lossy(v).trim_end_matches('\0').to_owned()),
@@ -480,5 +486,44 @@ impl<R: Read> Reader<R> {
             return Err(CaptureError::NotEthernet { path: self.path.clone(), link: i.link, interface: iface });
         }
         Ok(i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pcapng section header, then an interface description block whose
+    /// last option (`if_tsresol`, one byte) is cut by the end of its block:
+    /// the value the option claims lies past the block.
+    fn cut_option() -> Vec<u8> {
+        let mut f = Vec::new();
+        // Section header: type, length 28, byte-order magic, version 1.0,
+        // section length unknown, length again.
+        for w in [0x0A0D_0D0Au32, 28, 0x1A2B_3C4D, 1] {
+            f.extend_from_slice(&w.to_le_bytes());
+        }
+        f.extend_from_slice(&u64::MAX.to_le_bytes());
+        f.extend_from_slice(&28u32.to_le_bytes());
+        // Interface description: type 1, length 24: link type 1, reserved,
+        // snaplen, the option header `if_tsresol` (9) of length 1 and no
+        // room for its value, the length again.
+        f.extend_from_slice(&1u32.to_le_bytes());
+        f.extend_from_slice(&24u32.to_le_bytes());
+        f.extend_from_slice(&1u16.to_le_bytes());
+        f.extend_from_slice(&0u16.to_le_bytes());
+        f.extend_from_slice(&65535u32.to_le_bytes());
+        f.extend_from_slice(&9u16.to_le_bytes());
+        f.extend_from_slice(&1u16.to_le_bytes());
+        f.extend_from_slice(&24u32.to_le_bytes());
+        f
+    }
+
+    #[test]
+    fn an_option_cut_by_the_end_of_its_block_is_not_read_past_it() {
+        let data = cut_option();
+        let mut r = Reader::new(Path::new("cut.pcapng"), std::io::Cursor::new(data)).expect("a pcapng header");
+        let e = r.next_record().expect("a record or an error").expect_err("the cut option is an error");
+        assert!(e.to_string().contains("option 9 runs past the end of its block"), "{e}");
     }
 }
