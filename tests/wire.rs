@@ -144,7 +144,7 @@ fn a_link_event_prompts_the_watcher_at_once() {
             let prompt = || {
                 let _ = tx.send(Instant::now());
             };
-            sgswitch::port::xdp::sys::watch_links(stop.flag(), stop.fd(), &events, &prompt).map_err(|e| e.to_string())
+            sgswitch::port::xdp::sys::watch_links(stop.halt(), &events, &prompt).map_err(|e| e.to_string())
         })
     };
     // The watcher's socket is bound once it has been prompted by nothing

@@ -254,7 +254,7 @@ pub fn run(dir: &Path, opts: RunOptions) -> Result<String, RunError> {
     {
         let (stop, events, inboxes) = (Arc::clone(&stop), Arc::clone(&shared.link_events), Arc::clone(&inboxes));
         let spawned = std::thread::Builder::new().name("sgswitch-links".into()).spawn(move || {
-            if let Err(e) = sys::watch_links(stop.flag(), stop.fd(), &events, &|| nudge_all(&inboxes)) {
+            if let Err(e) = sys::watch_links(stop.halt(), &events, &|| nudge_all(&inboxes)) {
                 warn!("cannot watch link events ({e}); interfaces are looked at once a second");
             }
         });

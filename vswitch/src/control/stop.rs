@@ -14,17 +14,16 @@
 //! an eventfd for those in `ppoll`, a `tokio` watch for the endpoints'
 //! runtimes.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
-use crate::port::xdp::sys;
+use crate::port::halt::Halt;
 
 #[derive(Debug)]
 pub struct Stop {
-    flag: AtomicBool,
-    /// Readable once the stop is set; `None` where no eventfd could be
-    /// made (its waiters then look every 100 ms, as before).
-    fd: Option<OwnedFd>,
+    /// The flag and its eventfd (without one, the link watcher looks every
+    /// 100 ms).
+    halt: Halt,
     watch: tokio::sync::watch::Sender<bool>,
 }
 
@@ -36,35 +35,28 @@ impl Default for Stop {
 
 impl Stop {
     pub fn new() -> Stop {
-        let fd =
-            sys::eventfd().map_err(|e| tracing::warn!("no eventfd for the stop ({e}): the link watcher looks for it every 100 ms")).ok();
-        Stop { flag: AtomicBool::new(false), fd, watch: tokio::sync::watch::Sender::new(false) }
+        Stop { halt: Halt::new("the stop", Duration::from_millis(100)), watch: tokio::sync::watch::Sender::new(false) }
     }
 
     /// Sets the stop and wakes every thread waiting on it; once.
     pub fn set(&self) {
-        if self.flag.swap(true, Ordering::SeqCst) {
-            return;
+        if self.halt.set() {
+            self.watch.send_replace(true);
         }
-        if let Some(fd) = &self.fd {
-            sys::eventfd_ring(fd);
-        }
-        self.watch.send_replace(true);
     }
 
     pub fn is_set(&self) -> bool {
-        self.flag.load(Ordering::Relaxed)
+        self.halt.is_set()
     }
 
     /// The flag itself, for those that look at it between pieces of work.
     pub fn flag(&self) -> &AtomicBool {
-        &self.flag
+        self.halt.flag()
     }
 
-    /// A descriptor that `ppoll` sees readable (`POLLIN`) once the stop is
-    /// set, if one could be made.
-    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
-        self.fd.as_ref().map(AsFd::as_fd)
+    /// The flag with its eventfd, for those that wait in `ppoll`.
+    pub fn halt(&self) -> &Halt {
+        &self.halt
     }
 
     /// Returns once the stop is set.
@@ -77,6 +69,7 @@ impl Stop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::port::xdp::sys;
 
     #[test]
     fn setting_the_stop_wakes_its_flag_its_descriptor_and_its_waiters() {
@@ -89,7 +82,7 @@ mod tests {
             })
         };
         let readable = |s: &Stop| {
-            let fd = s.fd().expect("an eventfd");
+            let fd = s.halt().fd().expect("an eventfd");
             let mut p = [libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&fd), events: libc::POLLIN, revents: 0 }];
             sys::wait_for_frames(&mut p, std::time::Duration::ZERO);
             p[0].revents & libc::POLLIN != 0
@@ -99,7 +92,7 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(50));
         stop.set();
         stop.set();
-        assert!(stop.is_set() && stop.flag().load(Ordering::Relaxed));
+        assert!(stop.is_set() && stop.flag().load(std::sync::atomic::Ordering::Relaxed));
         assert!(readable(&stop), "readable once set");
         assert!(waiter.join().expect("waiter"), "the waiter returned at the stop, not at its timeout");
         // A waiter that comes after the stop returns at once.

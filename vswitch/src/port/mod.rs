@@ -10,6 +10,7 @@
 //! loop's `Memory`.
 
 pub mod capture;
+pub mod halt;
 pub mod vhost;
 pub mod xdp;
 

@@ -33,11 +33,7 @@ use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, Mmap
 use super::split::Split;
 use super::{Connection, GuestMem, Shared, Update, nonblocking};
 use crate::port::PortError;
-use crate::port::xdp::sys::wait_for_frames;
 
-/// How often the control thread looks at its stop flag while it waits,
-/// where its stop has no eventfd to wake it.
-const TICK: Duration = Duration::from_millis(50);
 /// How long the control thread waits for the loop to give a ring back.
 const STOP_WAIT: Duration = Duration::from_secs(2);
 /// The largest ring the switch takes (virtio's limit).
@@ -99,7 +95,7 @@ fn run(socket: &Path, listener: Option<UnixListener>, made: Option<u64>, port: &
     crate::port::xdp::sys::join_helpers();
     let where_ = socket.display();
     let mut said_waiting = false;
-    while !shared.stop.load(Ordering::Relaxed) {
+    while !shared.stop.is_set() {
         let stream = match &listener {
             Some(l) => match l.accept() {
                 Ok((s, _)) => Some(s),
@@ -123,7 +119,7 @@ fn run(socket: &Path, listener: Option<UnixListener>, made: Option<u64>, port: &
         let Some(stream) = stream else {
             match &listener {
                 Some(l) => {
-                    wait_readable(l.as_raw_fd(), shared);
+                    shared.stop.wait_readable(l.as_raw_fd());
                 }
                 None => std::thread::sleep(Duration::from_millis(200)),
             }
@@ -145,21 +141,12 @@ fn run(socket: &Path, listener: Option<UnixListener>, made: Option<u64>, port: &
     }
 }
 
-/// Waits until `fd` is readable or the port's stop comes (or, with no
-/// eventfd for the stop, a tick passed); whether `fd` is readable.
-fn wait_readable(fd: libc::c_int, shared: &Shared) -> bool {
-    let bell = shared.bell.as_ref().map_or(-1, AsRawFd::as_raw_fd);
-    let mut p = [libc::pollfd { fd, events: libc::POLLIN, revents: 0 }, libc::pollfd { fd: bell, events: libc::POLLIN, revents: 0 }];
-    wait_for_frames(&mut p, if bell < 0 { TICK } else { Duration::from_secs(3600) });
-    p[0].revents != 0
-}
-
 fn serve(mut stream: UnixStream, port: &str, updates: &SyncSender<Update>, shared: &Arc<Shared>) {
     let _ = stream.set_nonblocking(false);
     shared.connection.store(Connection::Connected as u8, Ordering::Relaxed);
     let mut device = Device::new(port, updates.clone(), Arc::clone(shared));
-    while !shared.stop.load(Ordering::Relaxed) {
-        if !wait_readable(stream.as_raw_fd(), shared) {
+    while !shared.stop.is_set() {
+        if !shared.stop.wait_readable(stream.as_raw_fd()) {
             continue;
         }
         let msg = match super::wire::read(&mut stream) {

@@ -32,14 +32,16 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::AtomicU8;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::time::Duration;
 
 use vm_memory::GuestMemoryMmap;
 
 use self::split::{Access, ChainError, Desc, Head, Split};
 
 use super::Rings;
+use super::halt::Halt;
 use super::xdp::{FRAME_SIZE, Frame, Memory};
 
 /// Guest memory as the rings see it.
@@ -103,35 +105,19 @@ impl Connection {
     }
 }
 
-/// What the two halves share: the control thread's stop flag and the
+/// What the two halves share: the control thread's stop and the
 /// connection's state.
 #[derive(Debug)]
 pub struct Shared {
-    pub stop: AtomicBool,
-    /// An eventfd readable once `stop` is set ([`Shared::stop`]), which the
-    /// control thread waits on with its socket, so that it sleeps until
-    /// the guest writes or the port goes; `None` where none could be made
-    /// (the thread then looks at `stop` every 50 ms).
-    pub bell: Option<std::os::fd::OwnedFd>,
+    /// Set when the port goes: the control thread, which waits on it with
+    /// its socket, sleeps until the guest writes or the port goes.
+    pub stop: Halt,
     pub connection: AtomicU8,
 }
 
 impl Default for Shared {
     fn default() -> Shared {
-        let bell = crate::port::xdp::sys::eventfd()
-            .map_err(|e| tracing::warn!("no eventfd for a vhost-user port's control thread ({e}): it looks for its stop every 50 ms"))
-            .ok();
-        Shared { stop: AtomicBool::new(false), bell, connection: AtomicU8::new(0) }
-    }
-}
-
-impl Shared {
-    /// Tells the control thread to end, and wakes it.
-    pub fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(b) = &self.bell {
-            crate::port::xdp::sys::eventfd_ring(b);
-        }
+        Shared { stop: Halt::new("a vhost-user port's control thread's stop", Duration::from_millis(50)), connection: AtomicU8::new(0) }
     }
 }
 
@@ -198,7 +184,7 @@ pub struct VhostUser {
 impl Drop for VhostUser {
     fn drop(&mut self) {
         // The control thread wakes and ends; the loop does not wait for it.
-        self.shared.stop();
+        self.shared.stop.set();
     }
 }
 

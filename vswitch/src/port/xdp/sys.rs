@@ -337,18 +337,12 @@ pub fn ifindex(name: &str) -> u32 {
 /// `prompt` on each (which wakes the poll loops): they look at their
 /// interfaces again when it moves. The events are only a
 /// prompt (the loops read the interfaces themselves), so nothing of them is
-/// parsed. Sleeps until an event comes or `stop_fd` (readable once `stop`
-/// is set) says to end; without one, looks at `stop` every 100 ms.
+/// parsed. Sleeps until an event comes or `stop` is set.
 /// Returns at once, with the reason, if the socket cannot be made.
 ///
 /// # Errors
 /// The netlink socket cannot be opened or bound.
-pub fn watch_links(
-    stop: &std::sync::atomic::AtomicBool,
-    stop_fd: Option<std::os::fd::BorrowedFd<'_>>,
-    events: &std::sync::atomic::AtomicU64,
-    prompt: &dyn Fn(),
-) -> Result<(), PortError> {
+pub fn watch_links(stop: &crate::port::halt::Halt, events: &std::sync::atomic::AtomicU64, prompt: &dyn Fn()) -> Result<(), PortError> {
     use std::sync::atomic::Ordering;
     const RTMGRP_LINK: u32 = 1;
     // SAFETY: a plain socket call; the descriptor is owned below.
@@ -368,15 +362,8 @@ pub fn watch_links(
         return Err(PortError::Sys { call: "bind(AF_NETLINK, RTMGRP_LINK)", what: std::io::Error::last_os_error().to_string() });
     }
     let mut buf = vec![0u8; 64 * 1024];
-    // Without a stop descriptor, a wait of 100 ms lets `stop` be seen.
-    let wait = if stop_fd.is_some() { std::time::Duration::from_secs(3600) } else { std::time::Duration::from_millis(100) };
-    while !stop.load(Ordering::Relaxed) {
-        let mut fds = [
-            libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: stop_fd.map_or(-1, |f| f.as_raw_fd()), events: libc::POLLIN, revents: 0 },
-        ];
-        wait_for_frames(&mut fds, wait);
-        if fds[0].revents == 0 {
+    while !stop.is_set() {
+        if !stop.wait_readable(fd.as_raw_fd()) {
             continue;
         }
         // SAFETY: `buf` is a valid buffer of its length for the kernel.
