@@ -7,7 +7,9 @@
 # between up0 (its uplink) and tap-vm (a VM port), with 10 or 1,000 ingress
 # rules of which only the last allows the traffic:
 #   raw-afxdp          a plain AF_XDP forwarder, no parsing or policy (the
-#                      ceiling of the port path; busy-polled as sgswitch is)
+#                      ceiling of the port path: bound as sgswitch binds,
+#                      busy-polled where the kernel can, and up0's NAPI
+#                      thread yields to it as to sgswitch's loop)
 #   sgswitch           `sgswitch run`, one poll loop, default settings but
 #                      `fast_path = "on"`: tap-vm stands for a VM's tap, on
 #                      which the XDP fast path is on by default; on a veth
@@ -413,7 +415,7 @@ start() { # system rules
   threaded sgb-dut up0
   case $1 in
     raw-afxdp)
-      ip netns exec sgb-dut taskset -c 0 "$xsk" fwd up0 tap-vm --seconds 100000 >/dev/null 2>&1 &
+      ip netns exec sgb-dut taskset -c 0 "$xsk" fwd up0 tap-vm --core 0 --seconds 100000 >/dev/null 2>&1 &
       sleep 0.5 ;;
     sgswitch|sgswitch-loop)
       local d=$work/cfg-$2 fast=on
@@ -534,6 +536,10 @@ for r in sorted({p["rules"] for p in pts}):
         "established_vs_loop_only": ratio(sg_peak, get("sgswitch-loop", r, "peak")),
         "new_vs_bridge_sets": ratio(sg_new, get("bridge-nft-sets", r, "new")),
         "new_vs_ovs": ratio(sg_new, get("ovs-afxdp", r, "new")),
+        # The ceiling's: what a switch on this port path whose decisions
+        # cost nothing could show, and sgswitch's share of it.
+        "raw_new_vs_ovs": ratio(get("raw-afxdp", r, "new"), get("ovs-afxdp", r, "new")),
+        "new_vs_raw": ratio(sg_new, get("raw-afxdp", r, "new")),
         # The system against itself, seconds apart: round by round (a
         # ratio of medians would set one round's overload against another
         # round's peak, in another phase of the machine).

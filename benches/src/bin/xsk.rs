@@ -15,14 +15,20 @@
 //!   (`xdpgen`'s own `AF_PACKET` fallback makes 1.2).
 //! - `xsk rx IFACE --seconds S`: counts frames for S seconds from the first
 //!   one; prints `{"received":N,"seconds":S,"pps":R}`.
-//! - `xsk fwd IFACE_A IFACE_B --seconds S`: the ceiling: forwards every frame
-//!   from A to B and from B to A by descriptor on one shared UMEM, with no
-//!   parsing or policy; prints `{"forwarded":N}`.
+//! - `xsk fwd IFACE_A IFACE_B --seconds S [--core C]`: the ceiling: forwards
+//!   every frame from A to B and from B to A by descriptor on one shared
+//!   UMEM, with no parsing or policy; prints `{"forwarded":N}`. With
+//!   `--core`, the core it is pinned to, it treats the interfaces' NAPI
+//!   threads pinned to that core as sgswitch's loop does (`napi_threads =
+//!   "yield"`: idle priority while it runs, and a sleep instead of a spin
+//!   when idle), so that it is the ceiling of sgswitch's own port path;
+//!   without, it spins and the threads compete with it at equal weight.
 
 use std::time::{Duration, Instant};
 
+use sgswitch::engine::napi::NapiThreads;
 use sgswitch::port::Rings;
-use sgswitch::port::xdp::{BindOptions, Frame, Memory, Socket};
+use sgswitch::port::xdp::{BindOptions, Frame, Memory, Socket, sys};
 use sgswitch_config::Datapath;
 use sgswitch_tests::xdpgen::{self, FRAME_LEN, Traffic};
 
@@ -160,23 +166,47 @@ fn rx(args: &[String]) {
 fn fwd(args: &[String]) {
     let (a, b) = (&args[2], &args[3]);
     let seconds: u64 = need(args, "--seconds").parse().expect("--seconds N");
+    // The core the forwarder is pinned to (`taskset`): the NAPI threads
+    // pinned to it alone yield to the forwarder, as to a poll loop.
+    let core: Option<usize> = arg(args, "--core").map(|c| c.parse().expect("--core N"));
     let mut mem = memory();
     let mut socks = [bind(&mut mem, a), bind(&mut mem, b)];
+    let ifindexes = [socks[0].ifindex(), socks[1].ifindex()];
+    let mut napi = core.map(|c| NapiThreads::new(0, c));
+    let mut looked = Instant::now();
+    if let Some(n) = napi.as_mut() {
+        n.refresh(&ifindexes);
+    }
     let mut pending: [Vec<Frame>; 2] = [Vec::with_capacity(RING as usize), Vec::with_capacity(RING as usize)];
     let mut forwarded = 0u64;
     let share = (FRAMES - 512) / 4;
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(seconds) {
+        let mut got = 0;
         for i in 0..2 {
             socks[i].reclaim(&mut mem);
             socks[i].refill(&mut mem, share);
-            socks[i].receive(&mut mem, &mut pending[1 - i], BATCH);
+            got += socks[i].receive(&mut mem, &mut pending[1 - i], BATCH);
         }
         for i in 0..2 {
             let sent = socks[i].transmit(&mut mem, &mut pending[i]);
             forwarded += sent as u64;
             for f in pending[i].drain(..) {
                 mem.release(f);
+            }
+        }
+        // As sgswitch's loop: with a NAPI thread yielding to it, frames
+        // come only when the forwarder lets the thread run, so it sleeps
+        // when idle (a spin would starve the thread) and looks at the
+        // threads once a second (the bench pins them after the start).
+        if let Some(n) = napi.as_mut() {
+            if looked.elapsed() >= Duration::from_secs(1) {
+                n.refresh(&ifindexes);
+                looked = Instant::now();
+            }
+            if got == 0 && n.any() {
+                let mut fds = [socks[0].poll_fd(), socks[1].poll_fd()];
+                sys::wait_for_frames(&mut fds, Duration::from_millis(10));
             }
         }
     }
@@ -192,7 +222,7 @@ fn main() {
         Some("fwd") if args.len() > 3 => fwd(&args),
         _ => {
             eprintln!(
-                "usage: xsk tx IFACE --src-mac M --dst-mac M --src IP --dst IP --dport N [--flows F] --seconds S\n       xsk rx IFACE --seconds S\n       xsk fwd IFACE_A IFACE_B --seconds S"
+                "usage: xsk tx IFACE --src-mac M --dst-mac M --src IP --dst IP --dport N [--flows F] --seconds S\n       xsk rx IFACE --seconds S\n       xsk fwd IFACE_A IFACE_B --seconds S [--core C]"
             );
             std::process::exit(1);
         }
