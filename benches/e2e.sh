@@ -65,12 +65,17 @@
 #
 # Output (--json): one line per point,
 #   {"system","rules","cores","case","offered_mpps","mpps","p50_us","p99_us","load",
-#    "core_busy","core_steal","generator_core_busy","generator","round"}
+#    "core_busy","core_steal","generator_core_busy","xcore_rtt_ns","generator","round"}
 # (core_busy: the share of the sink's window the system's core was busy;
 # core_steal: the share the hypervisor gave to others; generator_core_busy:
-# the generator's core, where the sink runs too)
+# the generator's core, where the sink runs too; xcore_rtt_ns: a cache
+# line's round trip between the two cores just before and just after the
+# point, `xcore`: this guest's host places its vCPUs near each other, about
+# 60 ns, or apart, about 340, for seconds to minutes at a time)
 # then one summary line per rule count with the issue's ratios, whether
-# each target is met, the generator and the points it bounded. Without
+# each target is met, the same ratios from the points measured near and
+# from those measured apart (by_placement), the generator and the points
+# it bounded. Without
 # --json, the same as text.
 #   benches/e2e.sh [--json] [--quick] [--systems "a b ..."] [--rules "10 1000"]
 #                  [--cases "ramp overload new latency"] [--loads "0.1 0.5 0.9"]
@@ -135,10 +140,11 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   cmp -s /tmp/sgb-policy-rc.d /usr/sbin/policy-rc.d && rm -f /usr/sbin/policy-rc.d
 fi
-cargo build --quiet --release --locked -p sgswitch -p sgswitch-benches --bin sgswitch --bin xsk --bin xdpgen
+cargo build --quiet --release --locked -p sgswitch -p sgswitch-benches --bin sgswitch --bin xsk --bin xdpgen --bin xcore
 sg=${sg_bin:-$PWD/target/release/sgswitch}
 xsk=$PWD/target/release/xsk
 gen=$PWD/target/release/xdpgen
+xcore=$PWD/target/release/xcore
 work=$(mktemp -d)
 points=$work/points.jsonl
 GEN_MAC=02:00:00:00:e0:01 VM_MAC=02:00:00:00:00:21 VM_IP=10.9.0.21 SRC_IP=198.51.100.10 DPORT=9000
@@ -398,11 +404,21 @@ print(s["mpps"], g["mpps"], q("p50_us"), q("p99_us"), busy, steal, gen_busy)
 EOF
 }
 
+# The two cores' distance (see benches/src/bin/xcore.rs): a cache line's
+# round trip between them in ns, about 20 ms of both cores, at real-time
+# priority so that a system that polls (Open vSwitch's PMD) does not
+# stretch it.
+xrtt() {
+  chrt -f 1 "$xcore" 0 1 --trips 20000 2>/dev/null | sed -n 's/.*"rtt_ns":\([0-9]*\).*/\1/p' | grep . || echo null
+}
+
 point() { # system rules case load generator-args...
-  local system=$1 rules=$2 case=$3 load=$4 m o p50 p99 busy steal gen_busy
+  local system=$1 rules=$2 case=$3 load=$4 m o p50 p99 busy steal gen_busy x0 x1
   shift 4
+  x0=$(xrtt)
   read -r m o p50 p99 busy steal gen_busy <<<"$(measure "$@")"
-  echo "{\"system\":\"$system\",\"rules\":$rules,\"cores\":1,\"case\":\"$case\",\"load\":$load,\"offered_mpps\":$o,\"mpps\":$m,\"p50_us\":$p50,\"p99_us\":$p99,\"core_busy\":$busy,\"core_steal\":$steal,\"generator_core_busy\":$gen_busy,\"generator\":\"$sender\",\"round\":$round}" >>"$points"
+  x1=$(xrtt)
+  echo "{\"system\":\"$system\",\"rules\":$rules,\"cores\":1,\"case\":\"$case\",\"load\":$load,\"offered_mpps\":$o,\"mpps\":$m,\"p50_us\":$p50,\"p99_us\":$p99,\"core_busy\":$busy,\"core_steal\":$steal,\"generator_core_busy\":$gen_busy,\"xcore_rtt_ns\":[$x0,$x1],\"generator\":\"$sender\",\"round\":$round}" >>"$points"
   [ $json -eq 1 ] || printf '%-18s rules %5d  %-9s %5s  offered %6s  delivered %6s Mpps  p50 %5s  p99 %5s us  core busy %5s steal %5s  generator core %5s\n' "$system" "$rules" "$case" "$load" "$o" "$m" "$p50" "$p99" "$busy" "$steal" "$gen_busy" >&2
   echo "$m $o"
 }
@@ -525,6 +541,29 @@ def bound(p):
         return p["core_busy"] + (p.get("core_steal") or 0) < 0.9
     cap = get("xdp-redirect", p["rules"], p["case"], key="offered_mpps")
     return p["mpps"] >= (0.9 * cap if cap else 0.95 * p["offered_mpps"])
+def placement(p):
+    # Where the host had the two vCPUs during the point, from the cache
+    # line's round trip before and after it (about 60 ns near, 340 apart
+    # here): None when it moved or was not read.
+    x = p.get("xcore_rtt_ns") or []
+    if len(x) != 2 or None in x:
+        return None
+    return "near" if max(x) < 150 else "apart" if min(x) >= 150 else None
+def get_at(system, rules, case, where, load=None, key="mpps"):
+    vs = [p[key] for p in pts if p["system"] == system and p["rules"] == rules and p["case"] == case
+          and (load is None or p.get("load") == load) and p.get(key) is not None and placement(p) == where]
+    return statistics.median(vs) if vs else None
+def by_placement(r):
+    out = {}
+    for where in ("near", "apart"):
+        sg, ovs, raw = (get_at(x, r, "new", where) for x in ("sgswitch", "ovs-afxdp", "raw-afxdp"))
+        out[where] = {
+            "new_points": sum(1 for p in pts if p["rules"] == r and p["case"] == "new" and placement(p) == where),
+            "new_vs_ovs": ratio(sg, ovs),
+            "raw_new_vs_ovs": ratio(raw, ovs),
+            "p99_us_at_half_peak": get_at("sgswitch", r, "latency", where, 0.5, "p99_us"),
+        }
+    return out
 for r in sorted({p["rules"] for p in pts}):
     sg_peak, sg_new = get("sgswitch", r, "peak"), get("sgswitch", r, "new")
     bridges = [x for x in (get("bridge-nft-linear", r, "peak"), get("bridge-nft-sets", r, "peak")) if x is not None]
@@ -546,6 +585,10 @@ for r in sorted({p["rules"] for p in pts}):
         "overload_vs_peak": per_round("sgswitch", r, "overload", "peak"),
         "p99_us_at_half_peak": get("sgswitch", r, "latency", 0.5, "p99_us"),
         "raw_p99_us_at_half_peak": get("raw-afxdp", r, "latency", 0.5, "p99_us"),
+        # The same, from the points measured with the cores near each
+        # other and from those with them apart (see placement): the
+        # copy-mode port path crosses between them several times a frame.
+        "by_placement": by_placement(r),
         "generator": pts[0].get("generator") if pts else None,
         "rounds": max((p.get("round", 1) for p in pts), default=1),
         # Flat-out points where the system's core had time to spare (or,
