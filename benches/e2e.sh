@@ -512,10 +512,12 @@ python3 - "$points" "$json" <<'EOF'
 import json, statistics, sys
 pts = [json.loads(l) for l in open(sys.argv[1])]
 out = sys.argv[2] == "1"
-def get(system, rules, case, load=None, key="mpps"):
-    # The median over the rounds.
+def get(system, rules, case, load=None, key="mpps", where="all"):
+    # The median over the rounds (of the points measured in placement
+    # `where` only, when given: see placement).
     vs = [p[key] for p in pts if p["system"] == system and p["rules"] == rules and p["case"] == case
-          and (load is None or p.get("load") == load) and p.get(key) is not None]
+          and (load is None or p.get("load") == load) and p.get(key) is not None
+          and (where == "all" or placement(p) == where)]
     return statistics.median(vs) if vs else None
 for p in pts:
     if out:
@@ -549,19 +551,15 @@ def placement(p):
     if len(x) != 2 or None in x:
         return None
     return "near" if max(x) < 150 else "apart" if min(x) >= 150 else None
-def get_at(system, rules, case, where, load=None, key="mpps"):
-    vs = [p[key] for p in pts if p["system"] == system and p["rules"] == rules and p["case"] == case
-          and (load is None or p.get("load") == load) and p.get(key) is not None and placement(p) == where]
-    return statistics.median(vs) if vs else None
 def by_placement(r):
     out = {}
     for where in ("near", "apart"):
-        sg, ovs, raw = (get_at(x, r, "new", where) for x in ("sgswitch", "ovs-afxdp", "raw-afxdp"))
+        sg, ovs, raw = (get(x, r, "new", where=where) for x in ("sgswitch", "ovs-afxdp", "raw-afxdp"))
         out[where] = {
             "new_points": sum(1 for p in pts if p["rules"] == r and p["case"] == "new" and placement(p) == where),
             "new_vs_ovs": ratio(sg, ovs),
             "raw_new_vs_ovs": ratio(raw, ovs),
-            "p99_us_at_half_peak": get_at("sgswitch", r, "latency", where, 0.5, "p99_us"),
+            "p99_us_at_half_peak": get("sgswitch", r, "latency", 0.5, "p99_us", where),
         }
     return out
 for r in sorted({p["rules"] for p in pts}):
