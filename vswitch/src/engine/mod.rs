@@ -457,11 +457,7 @@ pub fn poll_loop(
             // Its busy-poll state moves with its first frames: where they
             // say the kernel receives for it in its own context, a NAPI
             // thread on this core may be there to take, at once.
-            let polled = socks[s].sock.busy_polled() as u8;
-            if socks[s].stats.busy_poll.load(Ordering::Relaxed) != polled {
-                socks[s].stats.busy_poll.store(polled, Ordering::Relaxed);
-                napi_now = true;
-            }
+            napi_now |= busy_poll_moved(&socks[s].stats.busy_poll, socks[s].sock.busy_polled());
             if n == 0 {
                 continue;
             }
@@ -591,20 +587,21 @@ fn fill_share(frames: usize, sockets: usize) -> u32 {
 }
 
 /// Copies the kernel's socket statistics and the table's totals into the
-/// loop's counters. Returns whether the loop should look for NAPI threads
-/// to take now rather than at its next second ([`napi_may_have_come`]).
+/// loop's counters (a socket's busy-poll state the loop keeps itself,
+/// every iteration: [`busy_poll_moved`]). Returns whether the loop should
+/// look for NAPI threads to take now rather than at its next second
+/// ([`napi_may_compete`]).
 fn publish_stats(stats: &LoopStats, socks: &mut [Port], pipe: &Pipeline<u32>, plan: &Plan) -> bool {
     let mut look = false;
     for p in socks.iter_mut() {
-        let polled = p.sock.busy_polled();
-        let was = BusyPolled::from_u8(p.stats.busy_poll.swap(polled as u8, Ordering::Relaxed));
         let empty_before = p.stats.kernel[FILL_RING_EMPTY].get();
         if let Some(v) = p.sock.statistics() {
             for (c, v) in p.stats.kernel.iter().zip(v) {
                 c.set(v);
             }
         }
-        look |= napi_may_have_come(was, polled, empty_before, p.stats.kernel[FILL_RING_EMPTY].get());
+        let polled = BusyPolled::from_u8(p.stats.busy_poll.load(Ordering::Relaxed));
+        look |= napi_may_compete(polled, empty_before, p.stats.kernel[FILL_RING_EMPTY].get());
         if p.stats.port && !p.vhost() {
             warn_about_offloads(p);
         }
@@ -626,18 +623,24 @@ fn publish_stats(stats: &LoopStats, socks: &mut [Port], pipe: &Pipeline<u32>, pl
 /// ring empty (see `Rings::statistics`).
 const FILL_RING_EMPTY: usize = 4;
 
-/// Whether a NAPI thread may have come for the loop to take, from one
-/// socket's last two statistics: its busy-poll state changed (its first
-/// frames said it cannot be busy polled, so its interface's receive work
-/// runs in the kernel's own context, perhaps a thread on this core), or,
-/// not busy polled (or not yet), it lost frames to an empty fill ring (the
-/// sign of a NAPI thread competing with the loop at equal weight: one
-/// pinned to the loop's core after the switch started, say). Looked for
-/// once a second otherwise, such a thread would take most of the core for
-/// up to a second under a flood, dropping what the loop has no time to
+/// Records a socket's busy-poll state in its counter (what the metrics
+/// show); whether it moved. A move means a NAPI thread may have come for
+/// the loop to take: its first frames said it cannot be busy polled, so
+/// its interface's receive work runs in the kernel's own context, perhaps
+/// a thread on this core (or busy polling was lost).
+fn busy_poll_moved(counter: &std::sync::atomic::AtomicU8, now: BusyPolled) -> bool {
+    counter.swap(now as u8, Ordering::Relaxed) != now as u8
+}
+
+/// Whether a NAPI thread may be competing with the loop, from one socket's
+/// last two statistics: not busy polled (or not yet), it lost frames to an
+/// empty fill ring (the sign of a thread at equal weight with the loop:
+/// one pinned to the loop's core after the switch started, say). Looked
+/// for once a second otherwise, such a thread would take most of the core
+/// for up to a second under a flood, dropping what the loop has no time to
 /// take.
-fn napi_may_have_come(was: BusyPolled, now: BusyPolled, empty_before: u64, empty_now: u64) -> bool {
-    was != now || (now != BusyPolled::Yes && empty_now > empty_before)
+fn napi_may_compete(polled: BusyPolled, empty_before: u64, empty_now: u64) -> bool {
+    polled != BusyPolled::Yes && empty_now > empty_before
 }
 
 /// Says once per socket, in the log, that its VM's NIC has offloads on
@@ -728,14 +731,19 @@ mod tests {
     #[test]
     fn the_loop_looks_for_napi_threads_at_once_when_a_socket_says_one_may_have_come() {
         use BusyPolled::{Off, Pending, Unavailable, Yes};
-        assert!(napi_may_have_come(Pending, Unavailable, 0, 0), "the first frames said: not busy polled");
-        assert!(napi_may_have_come(Yes, Unavailable, 0, 0), "busy polling lost");
-        assert!(napi_may_have_come(Unavailable, Unavailable, 10, 11), "frames lost to an empty fill ring");
-        assert!(napi_may_have_come(Off, Off, 0, 64), "the same, busy polling not asked for");
-        assert!(napi_may_have_come(Pending, Pending, 0, 64), "the same, busy polling not engaged yet");
-        assert!(!napi_may_have_come(Unavailable, Unavailable, 10, 10), "nothing new: the next second will do");
-        assert!(!napi_may_have_come(Yes, Yes, 10, 500), "busy polled: no thread receives for it");
-        assert!(!napi_may_have_come(Pending, Pending, 5, 5));
+        let moved = |was: BusyPolled, now: BusyPolled| busy_poll_moved(&std::sync::atomic::AtomicU8::new(was as u8), now);
+        assert!(moved(Pending, Unavailable), "the first frames said: not busy polled");
+        assert!(moved(Yes, Unavailable), "busy polling lost");
+        assert!(!moved(Unavailable, Unavailable) && !moved(Pending, Pending) && !moved(Yes, Yes));
+        let counter = std::sync::atomic::AtomicU8::new(Pending as u8);
+        assert!(busy_poll_moved(&counter, Unavailable) && !busy_poll_moved(&counter, Unavailable), "recorded: said once");
+        assert_eq!(BusyPolled::from_u8(counter.load(Ordering::Relaxed)), Unavailable);
+        assert!(napi_may_compete(Unavailable, 10, 11), "frames lost to an empty fill ring");
+        assert!(napi_may_compete(Off, 0, 64), "the same, busy polling not asked for");
+        assert!(napi_may_compete(Pending, 0, 64), "the same, busy polling not engaged yet");
+        assert!(!napi_may_compete(Unavailable, 10, 10), "nothing new: the next second will do");
+        assert!(!napi_may_compete(Yes, 10, 500), "busy polled: no thread receives for it");
+        assert!(!napi_may_compete(Pending, 5, 5));
     }
 
     #[test]
