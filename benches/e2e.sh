@@ -560,6 +560,9 @@ def by_placement(r):
             "new_vs_ovs": ratio(sg, ovs),
             "raw_new_vs_ovs": ratio(raw, ovs),
             "p99_us_at_half_peak": get("sgswitch", r, "latency", 0.5, "p99_us", where),
+            "floor_p99_us_at_half_peak": get("xdp-redirect", r, "latency", 0.5, "p99_us", where),
+            "latency_points": sum(1 for p in pts if p["rules"] == r and p["case"] == "latency" and p.get("load") == 0.5
+                                  and p["system"] in ("sgswitch", "xdp-redirect") and placement(p) == where),
         }
     return out
 for r in sorted({p["rules"] for p in pts}):
@@ -583,6 +586,9 @@ for r in sorted({p["rules"] for p in pts}):
         "overload_vs_peak": per_round("sgswitch", r, "overload", "peak"),
         "p99_us_at_half_peak": get("sgswitch", r, "latency", 0.5, "p99_us"),
         "raw_p99_us_at_half_peak": get("raw-afxdp", r, "latency", 0.5, "p99_us"),
+        # The XDP redirect's: a program alone between the two interfaces,
+        # the floor of any switch's latency on this path and this machine.
+        "floor_p99_us_at_half_peak": get("xdp-redirect", r, "latency", 0.5, "p99_us"),
         # The same, from the points measured with the cores near each
         # other and from those with them apart (see placement): the
         # copy-mode port path crosses between them several times a frame.
