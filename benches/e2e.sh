@@ -561,8 +561,9 @@ def by_placement(r):
             "raw_new_vs_ovs": ratio(raw, ovs),
             "p99_us_at_half_peak": get("sgswitch", r, "latency", 0.5, "p99_us", where),
             "floor_p99_us_at_half_peak": get("xdp-redirect", r, "latency", 0.5, "p99_us", where),
-            "latency_points": sum(1 for p in pts if p["rules"] == r and p["case"] == "latency" and p.get("load") == 0.5
-                                  and p["system"] in ("sgswitch", "xdp-redirect") and placement(p) == where),
+            # How many points each of the two p99s is the median of.
+            "p99_points": [sum(1 for p in pts if p["system"] == x and p["rules"] == r and p["case"] == "latency"
+                               and p.get("load") == 0.5 and placement(p) == where) for x in ("sgswitch", "xdp-redirect")],
         }
     return out
 for r in sorted({p["rules"] for p in pts}):
