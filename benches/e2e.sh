@@ -512,12 +512,15 @@ python3 - "$points" "$json" <<'EOF'
 import json, statistics, sys
 pts = [json.loads(l) for l in open(sys.argv[1])]
 out = sys.argv[2] == "1"
+def at(system, rules, case, load=None, where="all"):
+    # The points of one system (or of all, None), rule count and case (at
+    # one load, and measured in placement `where` only, when given: see
+    # placement).
+    return [p for p in pts if (system is None or p["system"] == system) and p["rules"] == rules and p["case"] == case
+            and (load is None or p.get("load") == load) and (where == "all" or placement(p) == where)]
 def get(system, rules, case, load=None, key="mpps", where="all"):
-    # The median over the rounds (of the points measured in placement
-    # `where` only, when given: see placement).
-    vs = [p[key] for p in pts if p["system"] == system and p["rules"] == rules and p["case"] == case
-          and (load is None or p.get("load") == load) and p.get(key) is not None
-          and (where == "all" or placement(p) == where)]
+    # The median over the rounds.
+    vs = [p[key] for p in at(system, rules, case, load, where) if p.get(key) is not None]
     return statistics.median(vs) if vs else None
 for p in pts:
     if out:
@@ -556,14 +559,13 @@ def by_placement(r):
     for where in ("near", "apart"):
         sg, ovs, raw = (get(x, r, "new", where=where) for x in ("sgswitch", "ovs-afxdp", "raw-afxdp"))
         out[where] = {
-            "new_points": sum(1 for p in pts if p["rules"] == r and p["case"] == "new" and placement(p) == where),
+            "new_points": len(at(None, r, "new", where=where)),
             "new_vs_ovs": ratio(sg, ovs),
             "raw_new_vs_ovs": ratio(raw, ovs),
             "p99_us_at_half_peak": get("sgswitch", r, "latency", 0.5, "p99_us", where),
             "floor_p99_us_at_half_peak": get("xdp-redirect", r, "latency", 0.5, "p99_us", where),
             # How many points each of the two p99s is the median of.
-            "p99_points": [sum(1 for p in pts if p["system"] == x and p["rules"] == r and p["case"] == "latency"
-                               and p.get("load") == 0.5 and placement(p) == where) for x in ("sgswitch", "xdp-redirect")],
+            "p99_points": [len(at(x, r, "latency", 0.5, where)) for x in ("sgswitch", "xdp-redirect")],
         }
     return out
 for r in sorted({p["rules"] for p in pts}):
