@@ -610,6 +610,7 @@ fn parse_host(src: &mut Source<'_>, t: &Table<'_, '_>) -> Host {
                 "idle_spin_us",
                 "fast_path",
                 "napi_threads",
+                "core_idle",
             ],
         );
         if let Some(cores) = d.integers(src, "cores") {
@@ -648,6 +649,9 @@ fn parse_host(src: &mut Source<'_>, t: &Table<'_, '_>) -> Host {
         }
         if let Some(m) = d.choice(src, "napi_threads", &["yield", "leave"]) {
             h.datapath.napi_threads = if m.v == "leave" { NapiThreads::Leave } else { NapiThreads::Yield };
+        }
+        if let Some(m) = d.choice(src, "core_idle", &["poll", "leave"]) {
+            h.datapath.core_idle = if m.v == "leave" { CoreIdle::Leave } else { CoreIdle::Poll };
         }
         if let Some(b) = d.boolean(src, "busy_poll") {
             h.datapath.busy_poll = b;

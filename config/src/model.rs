@@ -83,6 +83,20 @@ pub enum NapiThreads {
     Leave,
 }
 
+/// `[datapath] core_idle`: what a poll loop's core does when nothing on it
+/// has work.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CoreIdle {
+    /// It polls (the kernel's polling idle state, asked for by a resume
+    /// latency of 0 on the core): a frame that arrives wakes its receiver
+    /// without an interrupt, where a halted core (on a virtual machine, a
+    /// vCPU the hypervisor descheduled) takes tens of microseconds.
+    #[default]
+    Poll,
+    /// Leaves the core's idle states to the kernel.
+    Leave,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ZeroCopy {
     #[default]
@@ -135,6 +149,7 @@ pub struct Datapath {
     pub idle_spin_us: u32,
     pub fast_path: FastPath,
     pub napi_threads: NapiThreads,
+    pub core_idle: CoreIdle,
 }
 
 impl Default for Datapath {
@@ -153,6 +168,7 @@ impl Default for Datapath {
             idle_spin_us: 50,
             fast_path: FastPath::Auto,
             napi_threads: NapiThreads::Yield,
+            core_idle: CoreIdle::Poll,
         }
     }
 }

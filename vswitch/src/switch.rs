@@ -200,6 +200,11 @@ pub fn run(dir: &Path, opts: RunOptions) -> Result<String, RunError> {
             return Err(e.into());
         }
     };
+    // Held until the loops have ended: each core is put back as it was.
+    let (_polling, idle) = crate::port::xdp::idle::keep_polling(&cores, host.datapath.core_idle);
+    for (s, i) in stats.iter().zip(idle) {
+        let _ = s.core_idle.set(i);
+    }
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), PortError>>();
     let mut workers = Vec::with_capacity(n);
     for ((stats, log), requests) in stats.into_iter().zip(logs).zip(receivers) {

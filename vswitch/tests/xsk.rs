@@ -2,7 +2,9 @@
 //! keeps its tx ring full gets every frame out, one transmit call sends all
 //! it queued, an idle wait ends when a frame arrives, the interface
 //! settings busy polling needs are applied and restored, and a NAPI thread
-//! on a loop's core yields to it and is put back.
+//! on a loop's core yields to it and is put back; a loop's core polls when
+//! idle and is put back after the last switch on it, or by the next when
+//! one is killed.
 
 use std::time::{Duration, Instant};
 
@@ -353,4 +355,100 @@ fn a_napi_thread_a_killed_switch_left_idle_is_put_back_by_the_next() {
     assert!(threads.refresh(&[sys::ifindex("sgt-npc")]));
     drop(threads);
     assert_eq!(napi::policy(pid), Some(libc::SCHED_OTHER), "the kernel's default again");
+}
+
+/// The core the idle tests use: the last, which the machine's other tests
+/// leave alone (their switches run on core 0).
+fn idle_core() -> usize {
+    (0..4096).take_while(|c| std::path::Path::new(&format!("/sys/devices/system/cpu/cpu{c}")).exists()).last().unwrap_or(0)
+}
+
+/// The idle tests share a core: one at a time.
+static IDLE_CORE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn resume_latency(core: usize) -> String {
+    std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu{core}/power/pm_qos_resume_latency_us"))
+        .expect("the core's resume latency")
+        .trim()
+        .to_owned()
+}
+
+fn has_polling_state(core: usize) -> bool {
+    std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu{core}/cpuidle/state0/name")).is_ok_and(|n| n.trim() == "POLL")
+}
+
+/// A loop's core polls when idle while a switch runs on it, kept so while
+/// any switch on it still runs, and is put back as it was after the last;
+/// `core_idle = "leave"` changes nothing.
+#[test]
+fn a_loops_core_polls_when_idle_and_is_put_back_after_the_last_switch() {
+    use sgswitch::port::xdp::idle::keep_polling;
+    use sgswitch_config::CoreIdle;
+    let _one = IDLE_CORE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let core = idle_core();
+    let before = resume_latency(core);
+    assert_ne!(before, "n/a", "core {core} is left polling by something else");
+    let (left, said) = keep_polling(&[core], CoreIdle::Leave);
+    assert!(!said[0].polls && said[0].why.contains("leave"), "{said:?}");
+    assert_eq!(resume_latency(core), before, "left as it was");
+    drop(left);
+    let (first, said) = keep_polling(&[core], CoreIdle::Poll);
+    if !has_polling_state(core) {
+        // The machine's idle driver cannot poll: the reason is given, and
+        // nothing changes.
+        assert!(!said[0].polls && said[0].why.contains("halts"), "{said:?}");
+        assert_eq!(resume_latency(core), before);
+        return;
+    }
+    assert!(said[0].polls, "{said:?}");
+    assert!(said[0].why.contains(&format!("it was {before}")), "{said:?}");
+    assert_eq!(resume_latency(core), "n/a", "a resume latency of 0: the polling idle state");
+    let (second, said) = keep_polling(&[core], CoreIdle::Poll);
+    assert!(said[0].polls && said[0].why.contains("another sgswitch"), "{said:?}");
+    drop(first);
+    assert_eq!(resume_latency(core), "n/a", "kept while another switch still runs on it");
+    drop(second);
+    assert_eq!(resume_latency(core), before, "put back after the last");
+}
+
+/// Run by the next test in a process of its own: takes the core and dies
+/// holding it, as a killed switch does.
+#[test]
+#[ignore = "a helper: a_core_a_killed_switch_left_polling_is_put_back_by_the_next runs it"]
+fn keep_a_core_polling_and_die() {
+    let core: usize = std::env::var("SGT_CORE").expect("SGT_CORE").parse().expect("a core");
+    let (held, said) = sgswitch::port::xdp::idle::keep_polling(&[core], sgswitch_config::CoreIdle::Poll);
+    assert!(said[0].polls, "{said:?}");
+    std::mem::forget(held);
+    std::process::exit(0);
+}
+
+/// A switch killed while it kept its core polling leaves it so: the next
+/// switch to look at the core puts the value back, even one told to leave
+/// the core alone.
+#[test]
+fn a_core_a_killed_switch_left_polling_is_put_back_by_the_next() {
+    use sgswitch::port::xdp::idle::keep_polling;
+    use sgswitch_config::CoreIdle;
+    let _one = IDLE_CORE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let core = idle_core();
+    if !has_polling_state(core) {
+        return;
+    }
+    let before = resume_latency(core);
+    let out = std::process::Command::new(std::env::current_exe().expect("this test's binary"))
+        .args(["--ignored", "--exact", "keep_a_core_polling_and_die"])
+        .env("SGT_CORE", core.to_string())
+        .output()
+        .expect("the helper runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(resume_latency(core), "n/a", "the dead switch left its core polling");
+    let (next, said) = keep_polling(&[core], CoreIdle::Leave);
+    assert!(!said[0].polls);
+    assert_eq!(resume_latency(core), before, "the next switch put it back");
+    drop(next);
+    let (next, said) = keep_polling(&[core], CoreIdle::Poll);
+    assert!(said[0].why.contains(&format!("it was {before}")), "the value found is the one before the dead switch: {said:?}");
+    drop(next);
+    assert_eq!(resume_latency(core), before);
 }

@@ -402,6 +402,7 @@ pub fn restart_needed(running: &Host, next: &Host) -> Vec<String> {
     diff("[datapath] napi_defer_hard_irqs", d.napi_defer_hard_irqs.to_string(), e.napi_defer_hard_irqs.to_string());
     diff("[datapath] idle_spin_us", d.idle_spin_us.to_string(), e.idle_spin_us.to_string());
     diff("[datapath] napi_threads", format!("{:?}", d.napi_threads).to_lowercase(), format!("{:?}", e.napi_threads).to_lowercase());
+    diff("[datapath] core_idle", format!("{:?}", d.core_idle).to_lowercase(), format!("{:?}", e.core_idle).to_lowercase());
     diff("[metrics] listen", a.metrics_listen.to_string(), b.metrics_listen.to_string());
     diff("[control] socket", a.control_socket.display().to_string(), b.control_socket.display().to_string());
     diff("[flow_log]", format!("{:?}", a.flow_log), format!("{:?}", b.flow_log));
@@ -432,8 +433,10 @@ mod tests {
         b.metrics_listen = "127.0.0.1:1".parse().expect("addr");
         b.flow_log.enabled = true;
         b.datapath.napi_threads = sgswitch_config::NapiThreads::Leave;
+        b.datapath.core_idle = sgswitch_config::CoreIdle::Leave;
         let n = restart_needed(&a, &b);
-        assert_eq!(n.len(), 5, "{n:?}");
+        assert_eq!(n.len(), 6, "{n:?}");
+        assert!(n.contains(&"[datapath] core_idle = leave (running poll)".to_owned()), "{n:?}");
         assert!(n.contains(&"[datapath] napi_threads = leave (running yield)".to_owned()), "{n:?}");
         b.store = Some(sgswitch_config::Store {
             endpoints: vec!["http://127.0.0.1:2379".into()],

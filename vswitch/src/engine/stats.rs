@@ -114,6 +114,9 @@ pub struct LoopStats {
     pub napi_yielded: ArcSwap<Vec<String>>,
     /// Times it paused, busy, to give those threads a turn.
     pub stepped_aside: Counter,
+    /// What its core does when idle (`[datapath] core_idle`), set once at
+    /// the start.
+    pub core_idle: std::sync::OnceLock<crate::port::xdp::idle::Idle>,
 }
 
 impl LoopStats {
@@ -142,6 +145,7 @@ impl LoopStats {
             links: ArcSwap::from_pointee(Vec::new()),
             napi_yielded: ArcSwap::from_pointee(Vec::new()),
             stepped_aside: Counter::default(),
+            core_idle: std::sync::OnceLock::new(),
         }
     }
 

@@ -315,6 +315,18 @@ pub fn render(shared: &View) -> String {
             t.sample("sgswitch_napi_thread_yielded_info", &[("loop", &lp), ("core", &core), ("thread", name)], 1);
         }
     }
+    t.family(
+        "sgswitch_loop_core_idle_info",
+        "gauge",
+        "What a poll loop's core does when idle ([datapath] core_idle): \"poll\" (the kernel's polling idle state: a frame that comes wakes its receiver at once) or \"halt\" (it waits for the core to wake), and why.",
+    );
+    for l in &shared.loops.stats {
+        if let Some(i) = l.core_idle.get() {
+            let (lp, core) = (l.index.to_string(), l.core.to_string());
+            let idle = if i.polls { "poll" } else { "halt" };
+            t.sample("sgswitch_loop_core_idle_info", &[("loop", &lp), ("core", &core), ("idle", idle), ("why", &i.why)], 1);
+        }
+    }
     t.per_loop(
         shared,
         "sgswitch_loop_stepped_aside_total",

@@ -35,6 +35,7 @@
 #![allow(unsafe_code, reason = "xsk-rs ring and UMEM access is unsafe; each call says why it holds")]
 
 pub mod bpf;
+pub mod idle;
 pub mod napi;
 pub mod sys;
 
