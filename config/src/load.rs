@@ -650,8 +650,12 @@ fn parse_host(src: &mut Source<'_>, t: &Table<'_, '_>) -> Host {
         if let Some(m) = d.choice(src, "napi_threads", &["yield", "leave"]) {
             h.datapath.napi_threads = if m.v == "leave" { NapiThreads::Leave } else { NapiThreads::Yield };
         }
-        if let Some(m) = d.choice(src, "core_idle", &["poll", "leave"]) {
-            h.datapath.core_idle = if m.v == "leave" { CoreIdle::Leave } else { CoreIdle::Poll };
+        if let Some(m) = d.choice(src, "core_idle", &["auto", "poll", "leave"]) {
+            h.datapath.core_idle = match m.v.as_str() {
+                "poll" => CoreIdle::Poll,
+                "leave" => CoreIdle::Leave,
+                _ => CoreIdle::Auto,
+            };
         }
         if let Some(b) = d.boolean(src, "busy_poll") {
             h.datapath.busy_poll = b;

@@ -373,6 +373,10 @@ fn resume_latency(core: usize) -> String {
         .to_owned()
 }
 
+fn in_a_vm() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo").expect("cpuinfo").lines().any(|l| l.starts_with("flags") && l.contains(" hypervisor"))
+}
+
 fn has_polling_state(core: usize) -> bool {
     std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu{core}/cpuidle/state0/name")).is_ok_and(|n| n.trim() == "POLL")
 }
@@ -392,6 +396,17 @@ fn a_loops_core_polls_when_idle_and_is_put_back_after_the_last_switch() {
     assert!(!said[0].polls && said[0].why.contains("leave"), "{said:?}");
     assert_eq!(resume_latency(core), before, "left as it was");
     drop(left);
+    // `auto`: polling on bare metal, the kernel's idle on a VM.
+    let (auto, said) = keep_polling(&[core], CoreIdle::Auto);
+    if in_a_vm() {
+        assert!(!said[0].polls && said[0].why.contains("virtual machine"), "{said:?}");
+        assert_eq!(resume_latency(core), before, "left as it was on a VM");
+    } else if has_polling_state(core) {
+        assert!(said[0].polls, "{said:?}");
+        assert_eq!(resume_latency(core), "n/a", "polling on bare metal");
+    }
+    drop(auto);
+    assert_eq!(resume_latency(core), before);
     let (first, said) = keep_polling(&[core], CoreIdle::Poll);
     if !has_polling_state(core) {
         // The machine's idle driver cannot poll: the reason is given, and

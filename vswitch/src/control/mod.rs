@@ -436,7 +436,7 @@ mod tests {
         b.datapath.core_idle = sgswitch_config::CoreIdle::Leave;
         let n = restart_needed(&a, &b);
         assert_eq!(n.len(), 6, "{n:?}");
-        assert!(n.contains(&"[datapath] core_idle = leave (running poll)".to_owned()), "{n:?}");
+        assert!(n.contains(&"[datapath] core_idle = leave (running auto)".to_owned()), "{n:?}");
         assert!(n.contains(&"[datapath] napi_threads = leave (running yield)".to_owned()), "{n:?}");
         b.store = Some(sgswitch_config::Store {
             endpoints: vec!["http://127.0.0.1:2379".into()],

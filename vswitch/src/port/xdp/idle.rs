@@ -21,6 +21,13 @@
 //! `POLL`) halts as before, and the log and `sgswitch_loop_core_idle_info`
 //! say why.
 //!
+//! On a virtual machine the default (`auto`) leaves the cores alone: its
+//! host places the vCPUs by how busy they are, and measured here one that
+//! never idled was placed apart from its sibling more often (a cache
+//! line's round trip 340 ns instead of 60), where the port path loses a
+//! third of its rate (`docs/bench/README.md`, 2026-12-07, night). `poll`
+//! asks for polling anyway.
+//!
 //! The setting is the core's, and several switches may share a core (one
 //! per network namespace, say): each holds a shared `flock` on the core's
 //! record under `/run/sgswitch/cores` while it keeps the core polling, the
@@ -131,8 +138,19 @@ fn put_back_left(core: usize, users: &mut File) -> Option<String> {
     Some(value)
 }
 
-/// Keeps `core` polling when idle, for `mode`: the record held (shared)
-/// while it does, and what the core does.
+/// Whether this kernel runs under a hypervisor (x86's `hypervisor` CPU
+/// flag).
+fn in_a_vm() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .is_ok_and(|t| t.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "hypervisor")))
+}
+
+/// Why `core_idle = "auto"` leaves the cores alone on a virtual machine.
+const AUTO_IN_A_VM: &str = "core_idle = \"auto\" on a virtual machine: its idle states are the kernel's (the host places a \
+                            vCPU that never idles apart from its sibling more often; \"poll\" asks for polling anyway)";
+
+/// Keeps `core` polling when idle, for `mode` (`Auto` resolved): the
+/// record held (shared) while it does, and what the core does.
 fn keep(core: usize, mode: CoreIdle) -> Result<(Option<File>, Idle), String> {
     std::fs::create_dir_all(DIR).map_err(|e| format!("{DIR}: {e}"))?;
     let _turn = turn(core)?;
@@ -149,8 +167,10 @@ fn keep(core: usize, mode: CoreIdle) -> Result<(Option<File>, Idle), String> {
     if alone && let Some(v) = put_back_left(core, &mut users) {
         tracing::warn!("core {core}: restored pm_qos_resume_latency_us={v} that a previous sgswitch had changed");
     }
-    if mode == CoreIdle::Leave {
-        return Ok((None, Idle { polls: false, why: "core_idle = \"leave\": its idle states are the kernel's".into() }));
+    match mode {
+        CoreIdle::Leave => return Ok((None, Idle { polls: false, why: "core_idle = \"leave\": its idle states are the kernel's".into() })),
+        CoreIdle::Auto => return Ok((None, Idle { polls: false, why: AUTO_IN_A_VM.into() })),
+        CoreIdle::Poll => {}
     }
     if let Some(why) = halts_anyway(core) {
         return Ok((None, Idle { polls: false, why }));
@@ -176,18 +196,22 @@ fn keep(core: usize, mode: CoreIdle) -> Result<(Option<File>, Idle), String> {
     Ok((Some(users), Idle { polls: true, why }))
 }
 
-/// Keeps each of `cores` polling when idle (`mode` = `Poll`), or leaves
-/// them to the kernel; puts back what a killed switch left either way.
+/// Keeps each of `cores` polling when idle (`mode` = `Poll`, or `Auto`
+/// on bare metal), or leaves them to the kernel; puts back what a killed
+/// switch left either way.
 /// Returns the hold, dropped at exit, and what each core does, in order.
 /// A core that cannot be kept polling (no permission, no such setting)
 /// halts as before: that is logged, not an error.
 pub fn keep_polling(cores: &[usize], mode: CoreIdle) -> (Polling, Vec<Idle>) {
+    let mode = if mode == CoreIdle::Auto && !in_a_vm() { CoreIdle::Poll } else { mode };
     let mut held = Vec::new();
     let mut idle = Vec::with_capacity(cores.len());
     for &core in cores {
         match keep(core, mode) {
             Ok((hold, i)) => {
                 if i.polls {
+                    tracing::info!("core {core}: {}", i.why);
+                } else if mode == CoreIdle::Auto {
                     tracing::info!("core {core}: {}", i.why);
                 } else if mode == CoreIdle::Poll {
                     tracing::warn!("core {core} halts when idle: {}; a frame that comes then waits for it to wake", i.why);
