@@ -65,13 +65,17 @@
 #
 # Output (--json): one line per point,
 #   {"system","rules","cores","case","offered_mpps","mpps","p50_us","p99_us","load",
-#    "core_busy","core_steal","generator_core_busy","xcore_rtt_ns","generator","round"}
+#    "core_busy","core_steal","generator_core_busy","xcore_rtt_ns","core_polls","generator","round"}
 # (core_busy: the share of the sink's window the system's core was busy;
 # core_steal: the share the hypervisor gave to others; generator_core_busy:
 # the generator's core, where the sink runs too; xcore_rtt_ns: a cache
 # line's round trip between the two cores just before and just after the
 # point, `xcore`: this guest's host places its vCPUs near each other, about
-# 60 ns, or apart, about 340, for seconds to minutes at a time)
+# 60 ns, or apart, about 340, for seconds to minutes at a time;
+# core_polls: whether core 0 polled when idle, as sgswitch keeps its loop's
+# core by default, `core_idle = "poll"`; the other systems are measured
+# with the core as the machine has it, a killed switch's setting put back
+# first)
 # then one summary line per rule count with the issue's ratios, whether
 # each target is met, the same ratios from the points measured near and
 # from those measured apart (by_placement), the generator and the points
@@ -79,13 +83,15 @@
 # --json, the same as text.
 #   benches/e2e.sh [--json] [--quick] [--systems "a b ..."] [--rules "10 1000"]
 #                  [--cases "ramp overload new latency"] [--loads "0.1 0.5 0.9"]
-#                  [--peak MPPS] [--sgswitch PATH] [--rounds N]
-#                  [--generator live-frames|af-xdp|af-packet]
+#                  [--peak MPPS] [--sgswitch PATH] [--set "KEY = VALUE"]
+#                  [--rounds N] [--generator live-frames|af-xdp|af-packet]
 # --quick: 1,000 rules, shorter windows, a coarser ramp.
 # --cases: the points to make (all by default); --loads: the latency
 # points' shares of the peak; --peak: sgswitch's peak, for the latency
 # points, instead of the one its ramp and overload measure; --sgswitch:
 # another build of the switch (an A/B pair: run twice, alternated);
+# --set: a line added to sgswitch's `[datapath]` (an A/B pair of a
+# setting, as of a build; repeatable);
 # --rounds: every system measured N times, the order rotated each round
 # (round 1 as listed, round 2 from the second system, ...) so that no
 # system always meets the machine's same minute; each point carries its
@@ -102,7 +108,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=benches/rules.sh
 . benches/rules.sh
 json=0; warm=1; window=2; ramp="0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8 1.0 1.2"; rule_counts="10 1000"
-cases="ramp overload new latency"; loads="0.1 0.5 0.9"; peak=""; sg_bin=""; rounds=1; round=1; sender=""
+cases="ramp overload new latency"; loads="0.1 0.5 0.9"; peak=""; sg_bin=""; sg_set=""; rounds=1; round=1; sender=""
 systems="sgswitch sgswitch-loop raw-afxdp bridge-nft-linear bridge-nft-sets ovs-afxdp xdp-redirect"
 while [ $# -gt 0 ]; do
   case $1 in
@@ -114,9 +120,10 @@ while [ $# -gt 0 ]; do
     --loads) loads=$2; shift ;;
     --peak) peak=$2; shift ;;
     --sgswitch) sg_bin=$(realpath "$2"); shift ;;
+    --set) sg_set+="$2"$'\n'; shift ;;
     --rounds) rounds=$2; shift ;;
     --generator) sender=$2; shift ;;
-    *) echo "usage: benches/e2e.sh [--json] [--quick] [--systems LIST] [--rules LIST] [--cases LIST] [--loads LIST] [--peak MPPS] [--sgswitch PATH] [--rounds N] [--generator live-frames|af-xdp|af-packet]" >&2; exit 1 ;;
+    *) echo "usage: benches/e2e.sh [--json] [--quick] [--systems LIST] [--rules LIST] [--cases LIST] [--loads LIST] [--peak MPPS] [--sgswitch PATH] [--set \"KEY = VALUE\"] [--rounds N] [--generator live-frames|af-xdp|af-packet]" >&2; exit 1 ;;
   esac
   shift
 done
@@ -244,7 +251,7 @@ interface = "up0"
 [datapath]
 cores = [0]
 fast_path = "$fast"
-[metrics]
+$sg_set[metrics]
 listen = "127.0.0.1:19480"
 [control]
 socket = "$d/control.sock"
@@ -412,13 +419,34 @@ xrtt() {
   chrt -f 1 "$xcore" 0 1 --trips 20000 2>/dev/null | sed -n 's/.*"rtt_ns":\([0-9]*\).*/\1/p' | grep . || echo null
 }
 
+# Whether core 0 polls when idle (its PM QoS resume latency is 0, "n/a":
+# sgswitch's `core_idle = "poll"` while it runs): true or false.
+core_polls() {
+  [ "$(cat /sys/devices/system/cpu/cpu0/power/pm_qos_resume_latency_us 2>/dev/null)" = n/a ] && echo true || echo false
+}
+
+# Puts back what a killed sgswitch left on a core it kept polling (a test
+# suite's switches are killed): every system is measured with the cores
+# as the machine has them, but for what a system sets itself.
+cores_as_they_were() {
+  local f
+  for f in /run/sgswitch/cores/cpu[0-9]*; do
+    case $f in *.lock | *"[0-9]*") continue ;; esac
+    # The core's turn, then the record unless a live switch holds it.
+    flock -x "$f.lock" flock -xn "$f" bash -c '
+      v=$(sed -n "s/^pm_qos_resume_latency_us=//p" "$1")
+      [ -z "$v" ] || { echo "$v" >"/sys/devices/system/cpu/${1##*/}/power/pm_qos_resume_latency_us" && : >"$1"; }' _ "$f" || true
+  done
+}
+
 point() { # system rules case load generator-args...
-  local system=$1 rules=$2 case=$3 load=$4 m o p50 p99 busy steal gen_busy x0 x1
+  local system=$1 rules=$2 case=$3 load=$4 m o p50 p99 busy steal gen_busy x0 x1 polls
   shift 4
   x0=$(xrtt)
+  polls=$(core_polls)
   read -r m o p50 p99 busy steal gen_busy <<<"$(measure "$@")"
   x1=$(xrtt)
-  echo "{\"system\":\"$system\",\"rules\":$rules,\"cores\":1,\"case\":\"$case\",\"load\":$load,\"offered_mpps\":$o,\"mpps\":$m,\"p50_us\":$p50,\"p99_us\":$p99,\"core_busy\":$busy,\"core_steal\":$steal,\"generator_core_busy\":$gen_busy,\"xcore_rtt_ns\":[$x0,$x1],\"generator\":\"$sender\",\"round\":$round}" >>"$points"
+  echo "{\"system\":\"$system\",\"rules\":$rules,\"cores\":1,\"case\":\"$case\",\"load\":$load,\"offered_mpps\":$o,\"mpps\":$m,\"p50_us\":$p50,\"p99_us\":$p99,\"core_busy\":$busy,\"core_steal\":$steal,\"generator_core_busy\":$gen_busy,\"xcore_rtt_ns\":[$x0,$x1],\"core_polls\":$polls,\"generator\":\"$sender\",\"round\":$round}" >>"$points"
   [ $json -eq 1 ] || printf '%-18s rules %5d  %-9s %5s  offered %6s  delivered %6s Mpps  p50 %5s  p99 %5s us  core busy %5s steal %5s  generator core %5s\n' "$system" "$rules" "$case" "$load" "$o" "$m" "$p50" "$p99" "$busy" "$steal" "$gen_busy" >&2
   echo "$m $o"
 }
@@ -458,6 +486,8 @@ start() { # system rules
   esac
   pin_napi sgb-dut up0 0
 }
+
+cores_as_they_were
 
 # Netfilter's connection table must hold what the new-flow point makes.
 [ -z "$ct_max" ] || echo 4194304 >/proc/sys/net/netfilter/nf_conntrack_max 2>/dev/null || true
@@ -503,6 +533,9 @@ for rules in $rule_counts; do
       pkill -f "$xsk fwd" 2>/dev/null || true
       pkill -f "$gen redirect" 2>/dev/null || true
       pkill -f "$sg run $work" 2>/dev/null || true
+      # sgswitch puts its core's idle setting back as it ends: the next
+      # system starts after that.
+      for _ in $(seq 50); do pgrep -f "$sg run $work" >/dev/null || break; sleep 0.1; done
       sleep 0.3
     done
   done
