@@ -149,6 +149,9 @@ fn in_a_vm() -> bool {
 const AUTO_IN_A_VM: &str = "core_idle = \"auto\" on a virtual machine: its idle states are the kernel's (the host places a \
                             vCPU that never idles apart from its sibling more often; \"poll\" asks for polling anyway)";
 
+/// Why `core_idle = "leave"` leaves them alone.
+const LEAVE: &str = "core_idle = \"leave\": its idle states are the kernel's";
+
 /// Keeps `core` polling when idle, for `mode` (`Auto` resolved): the
 /// record held (shared) while it does, and what the core does.
 fn keep(core: usize, mode: CoreIdle) -> Result<(Option<File>, Idle), String> {
@@ -168,7 +171,7 @@ fn keep(core: usize, mode: CoreIdle) -> Result<(Option<File>, Idle), String> {
         tracing::warn!("core {core}: restored pm_qos_resume_latency_us={v} that a previous sgswitch had changed");
     }
     match mode {
-        CoreIdle::Leave => return Ok((None, Idle { polls: false, why: "core_idle = \"leave\": its idle states are the kernel's".into() })),
+        CoreIdle::Leave => return Ok((None, Idle { polls: false, why: LEAVE.into() })),
         CoreIdle::Auto => return Ok((None, Idle { polls: false, why: AUTO_IN_A_VM.into() })),
         CoreIdle::Poll => {}
     }
@@ -209,9 +212,7 @@ pub fn keep_polling(cores: &[usize], mode: CoreIdle) -> (Polling, Vec<Idle>) {
     for &core in cores {
         match keep(core, mode) {
             Ok((hold, i)) => {
-                if i.polls {
-                    tracing::info!("core {core}: {}", i.why);
-                } else if mode == CoreIdle::Auto {
+                if i.polls || mode == CoreIdle::Auto {
                     tracing::info!("core {core}: {}", i.why);
                 } else if mode == CoreIdle::Poll {
                     tracing::warn!("core {core} halts when idle: {}; a frame that comes then waits for it to wake", i.why);
@@ -219,9 +220,16 @@ pub fn keep_polling(cores: &[usize], mode: CoreIdle) -> (Polling, Vec<Idle>) {
                 held.extend(hold.map(|h| (core, h)));
                 idle.push(i);
             }
-            Err(e) => {
+            Err(e) if mode == CoreIdle::Poll => {
                 tracing::warn!("core {core} halts when idle: cannot keep it polling ({e}); a frame that comes then waits for it to wake");
                 idle.push(Idle { polls: false, why: format!("cannot keep it polling: {e}") });
+            }
+            Err(e) => {
+                // Left to the kernel anyway; only the look for what a
+                // killed switch left failed.
+                tracing::warn!("core {core}: cannot look for an idle setting a killed sgswitch left ({e})");
+                let why = if mode == CoreIdle::Auto { AUTO_IN_A_VM } else { LEAVE };
+                idle.push(Idle { polls: false, why: why.into() });
             }
         }
     }
