@@ -73,7 +73,8 @@
 # point, `xcore`: this guest's host places its vCPUs near each other, about
 # 60 ns, or apart, about 340, for seconds to minutes at a time;
 # core_polls: whether core 0 polled when idle, as sgswitch keeps its loop's
-# core by default, `core_idle = "poll"`; the other systems are measured
+# core with `core_idle = "poll"` (the default, "auto", on bare metal only,
+# not on a virtual machine such as this one); the other systems are measured
 # with the core as the machine has it, a killed switch's setting put back
 # first)
 # then one summary line per rule count with the ratios, whether

@@ -152,20 +152,16 @@ fn scenario(cores: &str) {
     // metal, where the kernel has a polling idle state: `core_idle` is
     // `auto`), and says so.
     let loop_cores: Vec<usize> = if cores == "[0]" { vec![0] } else { vec![0, 1] };
-    let in_a_vm =
-        std::fs::read_to_string("/proc/cpuinfo").expect("cpuinfo").lines().any(|l| l.starts_with("flags") && l.contains(" hypervisor"));
+    let in_a_vm = sgswitch_tests::cpu::in_a_vm();
     for (l, c) in loop_cores.iter().enumerate() {
-        let polls = !in_a_vm
-            && std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu{c}/cpuidle/state0/name")).is_ok_and(|n| n.trim() == "POLL");
+        let polls = !in_a_vm && sgswitch_tests::cpu::has_polling_state(*c);
         let idle = if polls { "poll" } else { "halt" };
         assert!(
             metrics.contains(&format!("sgswitch_loop_core_idle_info{{loop=\"{l}\",core=\"{c}\",idle=\"{idle}\"")),
             "loop {l} on core {c}: {metrics}"
         );
         if polls {
-            let qos =
-                std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu{c}/power/pm_qos_resume_latency_us")).expect("resume latency");
-            assert_eq!(qos.trim(), "n/a", "core {c} is asked to poll");
+            assert_eq!(sgswitch_tests::cpu::resume_latency(*c), "n/a", "core {c} is asked to poll");
         }
     }
     if cores != "[0]" {

@@ -17,6 +17,7 @@
 //!   `"<allow|deny> default"` or `"allow intra-group"`.
 #![deny(unsafe_code)]
 
+pub mod cpu;
 pub mod fleet;
 pub mod frames;
 pub mod guest;

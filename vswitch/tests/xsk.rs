@@ -12,6 +12,7 @@ use sgswitch::engine::napi::NapiThreads;
 use sgswitch::port::Rings;
 use sgswitch::port::xdp::{BUSY_WAIT, BindOptions, Frame, Memory, napi, sys};
 use sgswitch_config::{XdpMode, ZeroCopy};
+use sgswitch_tests::cpu::{has_polling_state, in_a_vm, resume_latency};
 use sgswitch_tests::netns::sh;
 
 const PLAIN: BindOptions =
@@ -365,21 +366,6 @@ fn idle_core() -> usize {
 
 /// The idle tests share a core: one at a time.
 static IDLE_CORE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn resume_latency(core: usize) -> String {
-    std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu{core}/power/pm_qos_resume_latency_us"))
-        .expect("the core's resume latency")
-        .trim()
-        .to_owned()
-}
-
-fn in_a_vm() -> bool {
-    std::fs::read_to_string("/proc/cpuinfo").expect("cpuinfo").lines().any(|l| l.starts_with("flags") && l.contains(" hypervisor"))
-}
-
-fn has_polling_state(core: usize) -> bool {
-    std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu{core}/cpuidle/state0/name")).is_ok_and(|n| n.trim() == "POLL")
-}
 
 /// A loop's core polls when idle while a switch runs on it, kept so while
 /// any switch on it still runs, and is put back as it was after the last;
