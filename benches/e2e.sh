@@ -77,11 +77,14 @@
 # not on a virtual machine such as this one); the other systems are measured
 # with the core as the machine has it, a killed switch's setting put back
 # first)
-# then one summary line per rule count with the issue's ratios, whether
-# each target is met, the same ratios from the points measured near and
-# from those measured apart (by_placement), the generator and the points
-# it bounded. Without
-# --json, the same as text.
+# then one summary line per rule count (benches/e2e_summary.py) with the
+# issue's ratios, whether each target is met, the same ratios from the
+# points measured near and from those measured apart (by_placement: there
+# each of the two targets the placement moves is judged for sgswitch, met,
+# and for the ceiling's new flows and the floor's p99, reachable), the
+# generator and the points it bounded. Without --json, the same as text.
+# `benches/e2e_summary.py --pool FILE...` gives by_placement over several
+# saved runs.
 #   benches/e2e.sh [--json] [--quick] [--systems "a b ..."] [--rules "10 1000"]
 #                  [--cases "ramp overload new latency"] [--loads "0.1 0.5 0.9"]
 #                  [--peak MPPS] [--sgswitch PATH] [--set "KEY = VALUE"]
@@ -542,112 +545,6 @@ for rules in $rule_counts; do
   done
 done
 
-python3 - "$points" "$json" <<'EOF'
-import json, statistics, sys
-pts = [json.loads(l) for l in open(sys.argv[1])]
-out = sys.argv[2] == "1"
-def at(system, rules, case, load=None, where="all"):
-    # The points of one system (or of all, None), rule count and case (at
-    # one load, and measured in placement `where` only, when given: see
-    # placement).
-    return [p for p in pts if (system is None or p["system"] == system) and p["rules"] == rules and p["case"] == case
-            and (load is None or p.get("load") == load) and (where == "all" or placement(p) == where)]
-def get(system, rules, case, load=None, key="mpps", where="all"):
-    # The median over the rounds.
-    vs = [p[key] for p in at(system, rules, case, load, where) if p.get(key) is not None]
-    return statistics.median(vs) if vs else None
-for p in pts:
-    if out:
-        print(json.dumps(p))
-ratio = lambda a, b: round(a / b, 3) if a is not None and b else None
-def per_round(system, rules, num, den):
-    # The median over the rounds of one case's rate over another's.
-    at = lambda case, n: next((p["mpps"] for p in pts if p["system"] == system and p["rules"] == rules and p["case"] == case
-                               and p.get("round", 1) == n and p.get("mpps") is not None), None)
-    vs = [ratio(at(num, n), at(den, n)) for n in sorted({p.get("round", 1) for p in pts})]
-    vs = [v for v in vs if v is not None]
-    return statistics.median(vs) if vs else None
-def bound(p):
-    if p["case"] not in ("overload", "new") or p.get("mpps") is None or not p.get("offered_mpps"):
-        return False
-    # Flat out, the system's core went idle a tenth of the window: nothing
-    # was waiting to be received (a frame offered is work for the core,
-    # if only to drop it), so the system was starved, not full. Busy the
-    # rest of the time, it was full: the figure is its own, whatever the
-    # generator offered (an AF_XDP sender is held back to what a full
-    # system takes, so offered and delivered meet either way).
-    if isinstance(p.get("core_busy"), (int, float)):
-        return p["core_busy"] + (p.get("core_steal") or 0) < 0.9
-    cap = get("xdp-redirect", p["rules"], p["case"], key="offered_mpps")
-    return p["mpps"] >= (0.9 * cap if cap else 0.95 * p["offered_mpps"])
-def placement(p):
-    # Where the host had the two vCPUs during the point, from the cache
-    # line's round trip before and after it (about 60 ns near, 340 apart
-    # here): None when it moved or was not read.
-    x = p.get("xcore_rtt_ns") or []
-    if len(x) != 2 or None in x:
-        return None
-    return "near" if max(x) < 150 else "apart" if min(x) >= 150 else None
-def by_placement(r):
-    out = {}
-    for where in ("near", "apart"):
-        sg, ovs, raw = (get(x, r, "new", where=where) for x in ("sgswitch", "ovs-afxdp", "raw-afxdp"))
-        out[where] = {
-            "new_points": len(at(None, r, "new", where=where)),
-            "new_vs_ovs": ratio(sg, ovs),
-            "raw_new_vs_ovs": ratio(raw, ovs),
-            "p99_us_at_half_peak": get("sgswitch", r, "latency", 0.5, "p99_us", where),
-            "floor_p99_us_at_half_peak": get("xdp-redirect", r, "latency", 0.5, "p99_us", where),
-            # How many points each of the two p99s is the median of.
-            "p99_points": [len(at(x, r, "latency", 0.5, where)) for x in ("sgswitch", "xdp-redirect")],
-        }
-    return out
-for r in sorted({p["rules"] for p in pts}):
-    sg_peak, sg_new = get("sgswitch", r, "peak"), get("sgswitch", r, "new")
-    bridges = [x for x in (get("bridge-nft-linear", r, "peak"), get("bridge-nft-sets", r, "peak")) if x is not None]
-    s = {
-        "rules": r,
-        "established_vs_best_bridge": ratio(sg_peak, max(bridges) if bridges else None),
-        "established_vs_ovs": ratio(sg_peak, get("ovs-afxdp", r, "peak")),
-        "established_vs_raw": ratio(sg_peak, get("raw-afxdp", r, "peak")),
-        "established_vs_loop_only": ratio(sg_peak, get("sgswitch-loop", r, "peak")),
-        "new_vs_bridge_sets": ratio(sg_new, get("bridge-nft-sets", r, "new")),
-        "new_vs_ovs": ratio(sg_new, get("ovs-afxdp", r, "new")),
-        # The ceiling's: what a switch on this port path whose decisions
-        # cost nothing could show, and sgswitch's share of it.
-        "raw_new_vs_ovs": ratio(get("raw-afxdp", r, "new"), get("ovs-afxdp", r, "new")),
-        "new_vs_raw": ratio(sg_new, get("raw-afxdp", r, "new")),
-        # The system against itself, seconds apart: round by round (a
-        # ratio of medians would set one round's overload against another
-        # round's peak, in another phase of the machine).
-        "overload_vs_peak": per_round("sgswitch", r, "overload", "peak"),
-        "p99_us_at_half_peak": get("sgswitch", r, "latency", 0.5, "p99_us"),
-        "raw_p99_us_at_half_peak": get("raw-afxdp", r, "latency", 0.5, "p99_us"),
-        # The XDP redirect's: a program alone between the two interfaces,
-        # the floor of any switch's latency on this path and this machine.
-        "floor_p99_us_at_half_peak": get("xdp-redirect", r, "latency", 0.5, "p99_us"),
-        # The same, from the points measured with the cores near each
-        # other and from those with them apart (see placement): the
-        # copy-mode port path crosses between them several times a frame.
-        "by_placement": by_placement(r),
-        "generator": pts[0].get("generator") if pts else None,
-        "rounds": max((p.get("round", 1) for p in pts), default=1),
-        # Flat-out points where the system's core had time to spare (or,
-        # in runs made before the core was read, where the system took
-        # nearly all the generator can make): there the generator was the
-        # bound, and the system's figure is a floor of its own. What the
-        # generator can make is what it offered the XDP redirect (the
-        # cheapest receiver); without that line, what it offered the
-        # system.
-        "generator_bound": sorted(f"{p['system']} {p['case']} (round {p.get('round', 1)})" for p in pts if p["rules"] == r and bound(p)),
-    }
-    targets = {"established_vs_best_bridge": 1.5, "established_vs_ovs": 2.0, "new_vs_bridge_sets": 2.0, "new_vs_ovs": 3.0, "overload_vs_peak": 0.9}
-    s["met"] = {k: (s[k] >= t if s[k] is not None else None) for k, t in targets.items()}
-    p99 = s["p99_us_at_half_peak"]
-    s["met"]["p99_us_at_half_peak"] = (p99 <= 50) if p99 is not None else None
-    if out:
-        print(json.dumps(s))
-    else:
-        print(f"rules {r}: " + ", ".join(f"{k} {v}" for k, v in s.items() if k not in ("rules", "met")))
-        print(f"rules {r}: targets met: {s['met']}")
-EOF
+# The summary (benches/e2e_summary.py: the ratios, the targets, and the
+# same by placement).
+python3 benches/e2e_summary.py "$points" "$json"
