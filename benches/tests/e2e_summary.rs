@@ -25,21 +25,16 @@ fn latency(system: &str, p99: u32, xcore: [u32; 2]) -> Value {
 /// Near, everything within reach and met; apart, the ceiling makes 2.8x
 /// Open vSwitch and the floor's p99 is 65 us, so neither target can be.
 fn points() -> Vec<Value> {
-    vec![
-        new_flows("sgswitch", 0.75, NEAR),
-        new_flows("ovs-afxdp", 0.23, NEAR),
-        new_flows("raw-afxdp", 0.88, NEAR),
-        new_flows("sgswitch", 0.56, APART),
-        new_flows("ovs-afxdp", 0.22, APART),
-        new_flows("raw-afxdp", 0.62, APART),
-        // Moved during the point: in neither placement.
-        new_flows("raw-afxdp", 5.0, MOVING),
-        latency("sgswitch", 40, NEAR),
-        latency("xdp-redirect", 35, NEAR),
-        latency("sgswitch", 60, APART),
-        latency("xdp-redirect", 65, APART),
-        latency("sgswitch", 900, MOVING),
-    ]
+    // Per placement: sgswitch's, Open vSwitch's and the ceiling's new
+    // flows (Mpps), then sgswitch's and the floor's p99 (us).
+    let mut v = Vec::new();
+    for (xcore, [sg, ovs, raw], [p99, floor]) in [(NEAR, [0.75, 0.23, 0.88], [40, 35]), (APART, [0.56, 0.22, 0.62], [60, 65])] {
+        v.extend([new_flows("sgswitch", sg, xcore), new_flows("ovs-afxdp", ovs, xcore), new_flows("raw-afxdp", raw, xcore)]);
+        v.extend([latency("sgswitch", p99, xcore), latency("xdp-redirect", floor, xcore)]);
+    }
+    // Moved during the point: in neither placement.
+    v.extend([new_flows("raw-afxdp", 5.0, MOVING), latency("sgswitch", 900, MOVING)]);
+    v
 }
 
 fn write(path: &Path, lines: &[Value]) {
