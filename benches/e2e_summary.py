@@ -83,13 +83,14 @@ def by_placement(r):
         sg, ovs, raw = (get(x, r, "new", where=where) for x in ("sgswitch", "ovs-afxdp", "raw-afxdp"))
         p99 = get("sgswitch", r, "latency", 0.5, "p99_us", where)
         floor = get("xdp-redirect", r, "latency", 0.5, "p99_us", where)
+        new_vs_ovs, raw_new_vs_ovs = ratio(sg, ovs), ratio(raw, ovs)
         out[where] = {
             "new_points": len(at(None, r, "new", where=where)),
             # How many points each figure is the median of.
             "new_points_of": {x: len(at(x, r, "new", where=where)) for x in ("sgswitch", "ovs-afxdp", "raw-afxdp")},
             "new_mpps": {"sgswitch": sg, "ovs-afxdp": ovs, "raw-afxdp": raw},
-            "new_vs_ovs": ratio(sg, ovs),
-            "raw_new_vs_ovs": ratio(raw, ovs),
+            "new_vs_ovs": new_vs_ovs,
+            "raw_new_vs_ovs": raw_new_vs_ovs,
             "new_vs_raw": ratio(sg, raw),
             # A new flow's core time beyond the ceiling's frame: what
             # sgswitch's decisions cost (classification, a connection
@@ -102,8 +103,8 @@ def by_placement(r):
             # The two targets that the placement moves: met by sgswitch,
             # and within reach of a switch on this port path at all (the
             # ceiling's new flows, the floor's p99).
-            "met": {"new_vs_ovs": at_least(ratio(sg, ovs), TARGETS["new_vs_ovs"]), "p99_us_at_half_peak": at_most(p99, P99_US)},
-            "reachable": {"new_vs_ovs": at_least(ratio(raw, ovs), TARGETS["new_vs_ovs"]), "p99_us_at_half_peak": at_most(floor, P99_US)},
+            "met": {"new_vs_ovs": at_least(new_vs_ovs, TARGETS["new_vs_ovs"]), "p99_us_at_half_peak": at_most(p99, P99_US)},
+            "reachable": {"new_vs_ovs": at_least(raw_new_vs_ovs, TARGETS["new_vs_ovs"]), "p99_us_at_half_peak": at_most(floor, P99_US)},
         }
     return out
 def summary(r):
